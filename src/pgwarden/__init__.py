@@ -1,0 +1,3 @@
+"""pgwarden: high availability for PostgreSQL."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,303 @@
+"""Immutable observations the HA core decides on: the store's snapshot, the local PostgreSQL view,
+peers' fresh readings and the lease as this node knows it.
+
+Everything here is plain data (frozen dataclasses). The adapters build these; the core reads them.
+LSNs are integers (bytes), times are seconds: `now` on the monotonic clock, `wall` since the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pgwarden.config.schema import ClusterSettings
+
+
+class Role(StrEnum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    STANDBY_LEADER = "standby_leader"
+    UNKNOWN = "unknown"
+
+
+class DataState(StrEnum):
+    """What the data directory holds, read without starting PostgreSQL."""
+
+    EMPTY = "empty"  # missing or empty: needs bootstrap or clone
+    VALID = "valid"  # a PostgreSQL data directory
+    BROKEN = "broken"  # not empty, not usable (half-finished clone): wipe and re-clone
+
+
+def lsn_to_int(text: str | None) -> int | None:
+    """'16/B374D848' -> int. None stays None."""
+    if not text:
+        return None
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def int_to_lsn(value: int | None) -> str | None:
+    if value is None:
+        return None
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class Tags:
+    nofailover: bool = False
+    noloadbalance: bool = False
+    nosync: bool = False
+    replicatefrom: str | None = None
+    failover_priority: int = 1
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> Tags:
+        d = d or {}
+        return cls(
+            nofailover=bool(d.get("nofailover", False)),
+            noloadbalance=bool(d.get("noloadbalance", False)),
+            nosync=bool(d.get("nosync", False)),
+            replicatefrom=d.get("replicatefrom") or None,
+            failover_priority=int(d.get("failover_priority", 1)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nofailover": self.nofailover,
+            "noloadbalance": self.noloadbalance,
+            "nosync": self.nosync,
+            "replicatefrom": self.replicatefrom,
+            "failover_priority": self.failover_priority,
+        }
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """What a member publishes under its member key (with a TTL) and serves at GET /status."""
+
+    name: str
+    api_url: str
+    host: str
+    port: int
+    role: Role = Role.UNKNOWN
+    state: str = "starting"
+    running: bool = False
+    timeline: int | None = None
+    lsn: int | None = None  # primary: current WAL write LSN; replica: max(received, replayed)
+    received_lsn: int | None = None
+    replayed_lsn: int | None = None
+    upstream: str | None = None  # member this replica streams from
+    tags: Tags = Tags()
+    agent_pid: int | None = None
+    postmaster_pid: int | None = None
+    version: str = ""
+    pg_version: int | None = None
+    pending_restart: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "api_url": self.api_url,
+            "host": self.host,
+            "port": self.port,
+            "role": self.role.value,
+            "state": self.state,
+            "running": self.running,
+            "timeline": self.timeline,
+            "lsn": self.lsn,
+            "received_lsn": self.received_lsn,
+            "replayed_lsn": self.replayed_lsn,
+            "upstream": self.upstream,
+            "tags": self.tags.to_dict(),
+            "agent_pid": self.agent_pid,
+            "postmaster_pid": self.postmaster_pid,
+            "version": self.version,
+            "pg_version": self.pg_version,
+            "pending_restart": self.pending_restart,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MemberInfo:
+        def opt_int(k: str) -> int | None:
+            v = d.get(k)
+            return None if v is None else int(v)
+
+        role = d.get("role", "unknown")
+        return cls(
+            name=str(d["name"]),
+            api_url=str(d.get("api_url", "")),
+            host=str(d.get("host", "")),
+            port=int(d.get("port", 0)),
+            role=Role(role) if role in Role._value2member_map_ else Role.UNKNOWN,
+            state=str(d.get("state", "unknown")),
+            running=bool(d.get("running", False)),
+            timeline=opt_int("timeline"),
+            lsn=opt_int("lsn"),
+            received_lsn=opt_int("received_lsn"),
+            replayed_lsn=opt_int("replayed_lsn"),
+            upstream=d.get("upstream"),
+            tags=Tags.from_dict(d.get("tags")),
+            agent_pid=opt_int("agent_pid"),
+            postmaster_pid=opt_int("postmaster_pid"),
+            version=str(d.get("version", "")),
+            pg_version=opt_int("pg_version"),
+            pending_restart=bool(d.get("pending_restart", False)),
+        )
+
+
+@dataclass(frozen=True)
+class LeaderKey:
+    name: str
+    token: str  # opaque version for compare-and-swap (etcd mod_revision, zk version, ...)
+
+
+@dataclass(frozen=True)
+class SyncState:
+    """The store's synchronous promise: every acknowledged commit is on at least `quorum` of
+    `members`. `synchronous_mode: on` is the case quorum == len(members)."""
+
+    leader: str | None
+    members: frozenset[str]
+    quorum: int
+    token: str = ""
+
+    @property
+    def empty(self) -> bool:
+        return self.quorum == 0 or not self.members
+
+
+@dataclass(frozen=True)
+class FailoverRequest:
+    """A switchover (planned, leader named) or failover (operator-chosen candidate) request."""
+
+    kind: str  # "switchover" | "failover"
+    leader: str | None
+    candidate: str | None
+    scheduled_at: float | None  # epoch seconds; None = now
+    token: str = ""
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    timeline: int  # the timeline that ended
+    switch_lsn: int  # where it ended
+    reason: str
+    at: float | None = None  # epoch seconds
+    new_leader: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """One read of everything the store holds for the cluster, taken once per loop."""
+
+    initialized: str | None  # PostgreSQL system identifier, once bootstrapped
+    init_holder: str | None  # member holding the initialise lock (bootstrap in progress)
+    settings: ClusterSettings
+    settings_token: str
+    leader: LeaderKey | None
+    members: Mapping[str, MemberInfo]
+    sync: SyncState | None
+    failover: FailoverRequest | None
+    history: tuple[HistoryEntry, ...] = ()
+    leader_lsn: int | None = None  # last LSN the leader published ("optime")
+
+
+@dataclass(frozen=True)
+class ReplicationStat:
+    """One row of pg_stat_replication on the primary."""
+
+    name: str  # application_name = member name
+    state: str  # streaming, catchup, ...
+    sync_state: str  # async, sync, potential, quorum
+    flush_lsn: int | None
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """What synchronous_standby_names currently enforces: ANY `quorum` of `members`.
+    `members` == {'*'} means any standby."""
+
+    quorum: int
+    members: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return self.quorum == 0 or not self.members
+
+
+NO_SYNC = SyncConfig(0, frozenset())
+
+
+@dataclass(frozen=True)
+class PgView:
+    """The local PostgreSQL as the agent saw it this loop."""
+
+    data: DataState
+    running: bool = False
+    healthy: bool = False  # answered the health query within the bound
+    in_recovery: bool | None = None
+    system_id: str | None = None
+    timeline: int | None = None
+    lsn: int | None = None  # primary: write LSN; replica: max(received, replayed)
+    received_lsn: int | None = None
+    replayed_lsn: int | None = None
+    # From pg_controldata while stopped: the last checkpoint's end and whether it was a primary.
+    checkpoint_lsn: int | None = None
+    was_primary: bool | None = None
+    clean_shutdown: bool | None = None
+    upstream: str | None = None  # member named in primary_conninfo
+    streaming: bool = False
+    sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied
+    replication: tuple[ReplicationStat, ...] = ()
+    postmaster_pid: int | None = None
+    pending_restart: bool = False
+    version: int | None = None
+    # Set by the runner after a failed rewind, so the core asks for a re-clone instead.
+    rewind_failed: bool = False
+
+
+@dataclass(frozen=True)
+class PeerReading:
+    """A member's own answer to GET /status, fetched this loop (fresher than its member key)."""
+
+    name: str
+    reachable: bool
+    role: Role = Role.UNKNOWN
+    running: bool = False
+    timeline: int | None = None
+    received_lsn: int | None = None
+    replayed_lsn: int | None = None
+    lsn: int | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This node's knowledge of its own leader lease. `deadline` (monotonic) is
+    sent_at + ttl - margin of the last renewal that succeeded (SAFETY rule 2)."""
+
+    held: bool
+    deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class Me:
+    name: str
+    tags: Tags
+    host: str
+    port: int
+    api_url: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    wall: float
+    me: Me
+    pg: PgView
+    store: ClusterView | None  # None: the store did not answer this loop
+    lease: Lease
+    peers: Mapping[str, PeerReading] = field(default_factory=dict)
+    # How long the postmaster has been down while we meant it to run (crash detection).
+    starting: bool = False  # a start is in progress (runner-side), don't start again
