@@ -1,0 +1,57 @@
+"""What the agent publishes for the REST API each loop (NodeState), and the narrow set of local
+commands the API may ask the agent to run. The API reads these; it never reaches into the HA loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from pgwarden.core.model import NO_SYNC, ClusterView, MemberInfo, SyncConfig
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """One loop's outcome as the API serves it. Immutable, so a reader never sees half an update."""
+
+    member: MemberInfo  # this node now (role, state, running, timeline, lsn, tags, pids, version ...)
+    cluster: ClusterView | None  # last store snapshot (None until the store first answered)
+    store_ok: bool  # the last store call succeeded
+    holds_lease: bool  # this node holds the leader lease right now
+    last_loop_at: float  # monotonic time the HA loop last completed (for /liveness)
+    started_at: float  # epoch seconds the agent started
+    pg_sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied on this node (primary)
+    message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
+
+
+class StateHolder:
+    """Hands the latest NodeState from the agent thread to the API thread.
+
+    `set` replaces the whole object; `get` returns the latest one (None before the first loop)."""
+
+    def __init__(self, initial: NodeState | None = None) -> None:
+        self._lock = threading.Lock()
+        self._state = initial
+
+    def set(self, state: NodeState) -> None:
+        with self._lock:
+            self._state = state
+
+    def get(self) -> NodeState | None:
+        with self._lock:
+            return self._state
+
+
+class CommandRefused(Exception):
+    """The agent cannot run the requested command now; the message says why."""
+
+
+class Commands(Protocol):
+    """Local operations the API may request. Implementations only queue the work for the agent's
+    loop and return at once (they are called from the API's thread); they return a message for
+    the operator or raise CommandRefused."""
+
+    def request_restart(self) -> str: ...
+
+    def request_reinitialize(self, force: bool) -> str: ...
