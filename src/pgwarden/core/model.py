@@ -256,6 +256,13 @@ class PgView:
     version: int | None = None
     # Set by the runner after a failed rewind, so the core asks for a re-clone instead.
     rewind_failed: bool = False
+    # Primary's WAL position when the current synchronous_standby_names took effect: standbys
+    # that flushed past it hold every commit acknowledged under the previous setting.
+    sync_applied_lsn: int | None = None
+    # Seconds the postmaster has been alive but failing the health query (0 when healthy).
+    unhealthy_for: float = 0.0
+    # Seconds a running replica has had no streaming WAL receiver (0 when streaming).
+    not_streaming_for: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -299,5 +306,5 @@ class Observation:
     store: ClusterView | None  # None: the store did not answer this loop
     lease: Lease
     peers: Mapping[str, PeerReading] = field(default_factory=dict)
-    # How long the postmaster has been down while we meant it to run (crash detection).
-    starting: bool = False  # a start is in progress (runner-side), don't start again
+    # Last settings the store gave us, for loops where the store does not answer.
+    settings: ClusterSettings = field(default_factory=ClusterSettings)

@@ -1,0 +1,34 @@
+"""This node's view of its leader lease: deadline = send time of the last successful renewal +
+ttl - margin (SAFETY rule 2). A late answer never moves the deadline past sent_at + ttl."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgwarden.config.schema import LEASE_MARGIN
+from pgwarden.core.model import Lease
+
+
+@dataclass
+class LeaseKeeper:
+    held: bool = False
+    deadline: float = 0.0
+
+    def renewed(self, sent_at: float, ttl: float) -> None:
+        self.held = True
+        self.deadline = sent_at + ttl - LEASE_MARGIN
+
+    def lost(self) -> None:
+        self.held = False
+        self.deadline = 0.0
+
+    def view(self, now: float) -> Lease:
+        if self.held and now >= self.deadline:
+            self.lost()
+        return Lease(self.held, self.deadline)
+
+    def call_timeout(self, now: float, retry_timeout: float) -> float:
+        """Deadline for one store call: never past the point where we must already be fenced."""
+        if not self.held:
+            return retry_timeout
+        return max(0.05, min(retry_timeout, self.deadline - now - 0.25))

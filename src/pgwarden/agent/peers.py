@@ -1,0 +1,55 @@
+"""Fresh readings of the other members (GET /status on their REST API), taken in parallel with a
+short deadline when a decision needs them: no leader, or a switchover to hand over."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import urllib3
+
+from pgwarden.core.model import MemberInfo, PeerReading, Role
+
+log = logging.getLogger("pgwarden.peers")
+
+
+class PeerProbe:
+    def __init__(self) -> None:
+        self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer")
+
+    def read(self, members: Iterable[MemberInfo], timeout: float) -> dict[str, PeerReading]:
+        members = [m for m in members if m.api_url]
+        futures = {m.name: self._pool.submit(self._one, m, timeout) for m in members}
+        return {name: f.result() for name, f in futures.items()}
+
+    def _one(self, m: MemberInfo, timeout: float) -> PeerReading:
+        try:
+            r = self._http.request("GET", m.api_url.rstrip("/") + "/status",
+                                   timeout=urllib3.Timeout(total=timeout), preload_content=True)
+            d = json.loads(r.data)
+        except Exception as e:
+            log.debug("peer %s unreachable: %s", m.name, e)
+            return PeerReading(m.name, reachable=False)
+        role = d.get("role", "unknown")
+
+        def opt(k: str) -> int | None:
+            v = d.get(k)
+            return int(v) if isinstance(v, int) else None
+
+        return PeerReading(
+            name=m.name,
+            reachable=True,
+            role=Role(role) if role in Role._value2member_map_ else Role.UNKNOWN,
+            running=bool(d.get("running", False)),
+            timeline=opt("timeline"),
+            received_lsn=opt("received_lsn"),
+            replayed_lsn=opt("replayed_lsn"),
+            lsn=opt("lsn"),
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.clear()

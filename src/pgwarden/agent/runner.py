@@ -1,0 +1,364 @@
+"""The agent: once per loop, observe (PostgreSQL, the store, peers when needed), call the pure
+core, execute its actions, publish what happened. The REST API runs on its own thread and reads
+only the published NodeState."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+
+from pgwarden import __version__
+from pgwarden.agent.executor import STOP_TIMEOUT, Executor, LocalFacts
+from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.peers import PeerProbe
+from pgwarden.api.server import ApiServer
+from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.config.load import ConfigError, load_node_config
+from pgwarden.config.schema import ClusterSettings, NodeConfig
+from pgwarden.core.decide import decide
+from pgwarden.core.model import (
+    ClusterView,
+    DataState,
+    Me,
+    MemberInfo,
+    Observation,
+    PeerReading,
+    PgView,
+    Role,
+    Tags,
+)
+from pgwarden.fence.supervisor import Fencer
+from pgwarden.postgres.controller import PostgresController
+from pgwarden.store.base import Store, StoreError
+from pgwarden.store.factory import open_store
+
+log = logging.getLogger("pgwarden.agent")
+
+MIN_LOOP_INTERVAL = 0.05
+
+
+def run_dir_for(cfg: NodeConfig) -> Path:
+    """Agent-owned files (fencer state, pid files) live beside the data directory."""
+    return Path(str(cfg.data_dir) + ".pgwarden")
+
+
+class Agent:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.seed = cfg.initial_settings()
+        self._settings: ClusterSettings = self.seed
+        self._settings_token: str | None = None
+        self.stop_event = threading.Event()
+        self.holder = StateHolder()
+        self.lease = LeaseKeeper()
+        self.facts = LocalFacts()
+        self.peers = PeerProbe()
+        self.started_at = time.time()
+        self.store: Store = open_store(cfg.store, cfg.cluster)
+        self.pg = PostgresController(cfg, self.settings)
+        self.fencer = Fencer(run_dir_for(cfg))
+        self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
+                             self.settings, self.seed)
+        host, port = cfg.postgresql.connect_host_port()
+        self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
+        # The API writes requests through a store client of its own: the agent's client ignores
+        # changes it made itself, and a switchover request must wake the agent's loop.
+        self.api_store: Store = open_store(cfg.store, cfg.cluster)
+        self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
+                             self, cfg.name)
+        self._view: ClusterView | None = None
+        self._unhealthy_since: float | None = None
+        self._not_streaming_since: float | None = None
+        self._last_pg: PgView | None = None
+        self._message = "starting"
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def settings(self) -> ClusterSettings:
+        return self._settings
+
+    # -- Commands for the REST API (called from the API thread: only queue work) ---------------
+    def request_restart(self) -> str:
+        with self._lock:
+            self.facts.restart_requested = True
+        self.store_wakeup()
+        return "restart scheduled"
+
+    def request_reinitialize(self, force: bool) -> str:
+        view = self._view
+        if view is not None and view.leader is not None and view.leader.name == self.cfg.name:
+            raise CommandRefused("this node is the leader; switch over first, then reinitialize it")
+        if view is None or view.leader is None:
+            raise CommandRefused("no leader to clone from")
+        with self._lock:
+            self.facts.reinit_requested = True
+        self.store_wakeup()
+        return "reinitialize scheduled"
+
+    def store_wakeup(self) -> None:
+        self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.fencer.start()
+        self.api.start()
+        log.info("agent %s of cluster %s started (pid %d); REST API on %s", self.cfg.name,
+                 self.cfg.cluster, os.getpid(), self.api.url)
+        self._adopt_lease()
+        try:
+            while not self.stop_event.is_set():
+                started = time.monotonic()
+                try:
+                    self.loop_once()
+                except Exception:
+                    log.exception("HA loop failed; retrying next loop")
+                self._wait(started)
+        finally:
+            self.shutdown()
+        return 0
+
+    def _adopt_lease(self) -> None:
+        """After a restart, a leader key naming us can be renewed at once (rule 5)."""
+        try:
+            view = self.store.snapshot(self._settings.retry_timeout)
+        except StoreError:
+            return
+        mine = view.leader is not None and view.leader.name == self.cfg.name
+        if mine and self.exec.renew(view.settings):
+            log.info("re-adopted our leader key after restart")
+
+    def _wait(self, started: float) -> None:
+        s = self._settings
+        remaining = max(MIN_LOOP_INTERVAL, s.loop_wait - (time.monotonic() - started))
+        deadline = time.monotonic() + remaining
+        # Wake early on a store change (leader released/expired, switchover asked) or a command.
+        while not self.stop_event.is_set() and not self._wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                if self.store.wait_for_change(min(left, 0.5)):
+                    break
+            except StoreError:
+                self.stop_event.wait(min(left, 0.2))
+        self._wake.clear()
+        elapsed = time.monotonic() - started
+        if elapsed < MIN_LOOP_INTERVAL:
+            self.stop_event.wait(MIN_LOOP_INTERVAL - elapsed)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
+
+    def shutdown(self) -> None:
+        """Stop PostgreSQL, then give up the lease so a replica takes over at once."""
+        log.info("shutting down")
+        try:
+            self.pg.stop("fast", STOP_TIMEOUT)
+        except Exception:
+            log.exception("stopping PostgreSQL failed")
+        if self.lease.held:
+            try:
+                self.store.release_leader(self.cfg.name, self._settings.retry_timeout)
+                log.info("released the leader lease")
+            except StoreError as e:
+                log.warning("could not release the leader lease: %s", e)
+            self.lease.lost()
+        self.fencer.disarm()
+        try:
+            self.store.delete_member(self.cfg.name, self._settings.retry_timeout)
+        except StoreError:
+            pass
+        self.api.stop()
+        self.peers.close()
+        self.api_store.close()
+        self.store.close()
+
+    # -- one loop ------------------------------------------------------------------------------
+    def loop_once(self) -> None:
+        s = self._settings
+        now = time.monotonic()
+        pgv = self._observe_pg(s)
+        view = self._snapshot(now)
+        if view is not None:
+            self._adopt_settings(view)
+            s = self._settings
+        self._handle_commands(view, pgv)
+        peers: dict[str, PeerReading] = {}
+        if view is not None and (view.leader is None or view.failover is not None):
+            others = [m for n, m in view.members.items() if n != self.cfg.name]
+            peers = self.peers.read(others, min(0.5, s.retry_timeout))
+        obs = Observation(
+            now=time.monotonic(), wall=time.time(), me=self.me, pg=pgv, store=view,
+            lease=self.lease.view(time.monotonic()), peers=peers, settings=s,
+        )
+        decision = decide(obs)
+        if decision.message != self._message:
+            log.info("%s", decision.message)
+            self._message = decision.message
+        if decision.actions:
+            log.debug("actions: %s", decision.actions)
+            self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
+            self.exec.run(decision.actions, view, pgv)
+            pgv = self._observe_pg(s)
+        self.facts.activity = ""
+        store_ok = view is not None
+        if view is not None:
+            store_ok = self._publish_member(pgv, view)
+        self._publish(pgv, view, store_ok)
+
+    def _observe_pg(self, s: ClusterSettings) -> PgView:
+        pgv = self.pg.observe(s.retry_timeout)
+        now = time.monotonic()
+        if pgv.running and not pgv.healthy:
+            if self._unhealthy_since is None:
+                self._unhealthy_since = now
+        else:
+            self._unhealthy_since = None
+        unhealthy_for = 0.0 if self._unhealthy_since is None else now - self._unhealthy_since
+        if pgv.running and pgv.in_recovery and not pgv.streaming:
+            if self._not_streaming_since is None:
+                self._not_streaming_since = now
+        else:
+            self._not_streaming_since = None
+        not_streaming_for = 0.0 if self._not_streaming_since is None else now - self._not_streaming_since
+        if self.facts.sync_apply_pending and pgv.running and pgv.in_recovery is False:
+            self.facts.sync_applied_lsn = pgv.lsn
+            self.facts.sync_apply_pending = False
+        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, unhealthy_for=unhealthy_for,
+                      not_streaming_for=not_streaming_for, sync_applied_lsn=self.facts.sync_applied_lsn)
+        self._last_pg = pgv
+        return pgv
+
+    def _snapshot(self, now: float) -> ClusterView | None:
+        t = self.lease.call_timeout(now, self._settings.retry_timeout)
+        try:
+            view = self.store.snapshot(t)
+        except StoreError as e:
+            log.warning("store unreachable: %s", e)
+            return None
+        self._view = view
+        return view
+
+    def _adopt_settings(self, view: ClusterView) -> None:
+        if view.settings_token == "" or view.settings_token == self._settings_token:
+            return
+        changed = self._settings_token is not None and view.settings != self._settings
+        self._settings = view.settings
+        self._settings_token = view.settings_token
+        if changed:
+            log.info("cluster settings changed; applying")
+            up = None
+            prev = self._last_pg.upstream if self._last_pg is not None else None
+            m = view.members.get(prev) if prev else None
+            if m is not None:
+                up = (m.name, m.host, m.port)
+            try:
+                self.pg.reconfigure(up, self.facts.sync_applied, view.settings)
+            except Exception as e:
+                log.warning("applying settings failed: %s", e)
+
+    def _handle_commands(self, view: ClusterView | None, pgv: PgView) -> None:
+        with self._lock:
+            restart, reinit = self.facts.restart_requested, self.facts.reinit_requested
+            self.facts.restart_requested = self.facts.reinit_requested = False
+        if restart and pgv.running:
+            log.info("restarting PostgreSQL on request")
+            primary = pgv.in_recovery is False
+            up = None
+            if view is not None and pgv.upstream and pgv.upstream in view.members:
+                m = view.members[pgv.upstream]
+                up = (m.name, m.host, m.port)
+            self.pg.stop("fast", STOP_TIMEOUT)
+            if primary and self.lease.held:
+                self.fencer.arm(self.lease.deadline, None)
+                self.pg.start(role="primary", upstream=None, wait_timeout=30)
+                self.fencer.arm(self.lease.deadline, self.pg.postmaster_pid())
+            elif not primary:
+                self.pg.start(role="replica", upstream=up, wait_timeout=30)
+        if reinit and view is not None and view.leader is not None and view.leader.name != self.cfg.name:
+            log.info("reinitializing on request: wiping the data directory")
+            self.pg.stop("immediate", STOP_TIMEOUT)
+            self.pg.wipe()
+
+    def _member_info(self, pgv: PgView) -> MemberInfo:
+        if pgv.running and pgv.in_recovery is False:
+            role = Role.PRIMARY
+        elif pgv.running and pgv.in_recovery:
+            role = Role.REPLICA
+        else:
+            role = Role.UNKNOWN
+        if self.facts.activity:
+            state = self.facts.activity
+        elif pgv.running and pgv.healthy:
+            state = "running"
+        elif pgv.running:
+            state = "unhealthy"
+        elif pgv.data != DataState.VALID:
+            state = "uninitialized"
+        else:
+            state = "stopped"
+        return MemberInfo(
+            name=self.cfg.name, api_url=self.me.api_url, host=self.me.host, port=self.me.port,
+            role=role, state=state, running=pgv.running and pgv.healthy, timeline=pgv.timeline,
+            lsn=pgv.lsn, received_lsn=pgv.received_lsn, replayed_lsn=pgv.replayed_lsn,
+            upstream=pgv.upstream if role == Role.REPLICA else None, tags=self.me.tags,
+            agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
+            pg_version=pgv.version, pending_restart=pgv.pending_restart,
+        )
+
+    def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
+        s = self._settings
+        info = self._member_info(pgv)
+        t = self.lease.call_timeout(time.monotonic(), s.retry_timeout)
+        try:
+            self.store.publish_member(info, s.ttl, t)
+            if self.lease.held and info.role == Role.PRIMARY and info.lsn is not None:
+                self.store.set_optime(info.lsn, t)
+            if self.lease.held and view.settings_token == "":
+                self.store.set_settings(self.seed, None, t)
+        except StoreError as e:
+            log.warning("publishing member state failed: %s", e)
+            return False
+        return True
+
+    def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool) -> None:
+        self.holder.set(NodeState(
+            member=self._member_info(pgv), cluster=view if view is not None else self._view,
+            store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
+            started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
+        ))
+
+
+def setup_logging(cfg: NodeConfig) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if cfg.log.file is not None:
+        handlers = [logging.FileHandler(cfg.log.file)]
+    logging.basicConfig(
+        level=cfg.log.level.upper(), handlers=handlers, force=True,
+        format=f"%(asctime)s %(levelname)s {cfg.name} %(name)s: %(message)s",
+    )
+
+
+def run_agent(config_path: str) -> int:
+    """`pgwarden agent -c FILE`: run one node in the foreground until SIGTERM/SIGINT."""
+    try:
+        cfg = load_node_config(config_path)
+    except ConfigError as e:
+        raise SystemExit(f"pgwarden: error: {e}") from None
+    setup_logging(cfg)
+    agent = Agent(cfg)
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    return agent.run()

@@ -1,0 +1,164 @@
+"""What the core asks the runner to do. The runner executes a decision's actions in order and
+stops at the first that fails: later actions may rely on earlier ones (hold the lease before
+promoting; fence before releasing the lease)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pgwarden.core.model import SyncConfig, SyncState
+
+
+@dataclass(frozen=True)
+class Upstream:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class TakeInitLock:
+    pass
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """initdb, start as primary, record the system id (and seed the cluster settings)."""
+
+
+@dataclass(frozen=True)
+class AdoptExistingData:
+    """Record the system id of data that was already here (store lost or first run on old data)."""
+
+    system_id: str
+
+
+@dataclass(frozen=True)
+class Clone:
+    source: Upstream
+
+
+@dataclass(frozen=True)
+class AcquireLease:
+    pass
+
+
+@dataclass(frozen=True)
+class RenewLease:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    pass
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Promote; the runner renews the lease right after and demotes at once if it is gone."""
+
+
+@dataclass(frozen=True)
+class Demote:
+    """Stop accepting writes now (fast stop, immediate if that stalls) and run as a replica of
+    `upstream` (None: read-only with no upstream yet)."""
+
+    upstream: Upstream | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartPostgres:
+    role: str  # "primary" | "replica"
+    upstream: Upstream | None = None
+
+
+@dataclass(frozen=True)
+class StopPostgres:
+    mode: str  # "fast" | "immediate"
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestartPostgres:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Follow:
+    """Point a running replica at another upstream (primary_conninfo + reload)."""
+
+    upstream: Upstream
+
+
+@dataclass(frozen=True)
+class Rewind:
+    source: Upstream
+
+
+@dataclass(frozen=True)
+class Reclone:
+    source: Upstream
+    reason: str
+
+
+@dataclass(frozen=True)
+class ApplySync:
+    """Change what the primary waits for (synchronous_standby_names)."""
+
+    config: SyncConfig
+
+
+@dataclass(frozen=True)
+class WriteSyncState:
+    """Change the store's synchronous promise (compare-and-swap on `token`)."""
+
+    state: SyncState
+    token: str | None
+
+
+@dataclass(frozen=True)
+class EnsureSlots:
+    names: frozenset[str]
+
+
+@dataclass(frozen=True)
+class PublishHistory:
+    """Read the timeline history files of the current timeline into the store."""
+
+    timeline: int
+
+
+@dataclass(frozen=True)
+class ClearFailover:
+    pass
+
+
+Action = (
+    TakeInitLock
+    | Bootstrap
+    | AdoptExistingData
+    | Clone
+    | AcquireLease
+    | RenewLease
+    | ReleaseLease
+    | Promote
+    | Demote
+    | StartPostgres
+    | StopPostgres
+    | RestartPostgres
+    | Follow
+    | Rewind
+    | Reclone
+    | ApplySync
+    | WriteSyncState
+    | EnsureSlots
+    | PublishHistory
+    | ClearFailover
+)
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    message: str

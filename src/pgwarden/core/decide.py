@@ -1,0 +1,368 @@
+"""The HA policy: one pure function from what this node observed to what it should do next.
+
+`decide(obs)` reads no clock and does no I/O (SAFETY rule 14): `obs.now` is the time. The runner
+(`pgwarden.agent`) builds the observation once per loop and executes the returned actions in
+order, stopping at the first that fails. Ordering rules the actions below keep:
+
+* hold the lease before promoting; renew it right after promoting (rule 4);
+* fence (stop writes) before releasing the lease (switchover, lost health);
+* demote before the lease deadline when renewals keep failing (rules 2, 3);
+* never start a former primary as a primary without the lease (rules 5, 12);
+* rewind a forked timeline before streaming (rule 11);
+* the store's synchronous promise changes only in the order `sync.next_step` allows (rule 6).
+"""
+
+from __future__ import annotations
+
+from pgwarden.config.schema import ClusterSettings, FailoverMode, SyncMode
+from pgwarden.core import candidates, sync
+from pgwarden.core.actions import (
+    AcquireLease,
+    Action,
+    AdoptExistingData,
+    ApplySync,
+    Bootstrap,
+    ClearFailover,
+    Clone,
+    Decision,
+    Demote,
+    EnsureSlots,
+    Follow,
+    Promote,
+    PublishHistory,
+    Reclone,
+    ReleaseLease,
+    RenewLease,
+    Rewind,
+    StartPostgres,
+    StopPostgres,
+    TakeInitLock,
+    Upstream,
+    WriteSyncState,
+)
+from pgwarden.core.model import (
+    ClusterView,
+    DataState,
+    FailoverRequest,
+    MemberInfo,
+    Observation,
+    Role,
+    SyncState,
+)
+from pgwarden.core.rewind import diverged
+
+# Time the agent keeps for itself to stop PostgreSQL before its lease deadline.
+FENCE_BUDGET = 0.25
+
+
+def decide(obs: Observation) -> Decision:
+    view = obs.store
+    if view is None:
+        return _store_unreachable(obs)
+    if view.initialized is None:
+        return _uninitialized(obs, view)
+    pg = obs.pg
+    if pg.system_id and pg.system_id != view.initialized:
+        stop: tuple[Action, ...] = ()
+        if pg.running and pg.in_recovery is False:
+            stop = (StopPostgres("fast", "data belongs to another cluster"),)
+        return Decision(
+            stop,
+            f"data directory has system id {pg.system_id}, the cluster has {view.initialized}: "
+            f"reinitialize this node (pgwarden ctl reinit {obs.me.name})",
+        )
+    if pg.data != DataState.VALID:
+        return _needs_data(obs, view)
+    if view.leader is not None and view.leader.name == obs.me.name:
+        return _as_leader(obs, view)
+    if view.leader is not None:
+        return _as_follower(obs, view)
+    return _leaderless(obs, view)
+
+
+# -- lease deadline ---------------------------------------------------------------------------
+
+
+def lease_running_out(obs: Observation, settings: ClusterSettings) -> bool:
+    """Would the next loop start too late to stop writes before the lease deadline?"""
+    return obs.now + settings.loop_wait >= obs.lease.deadline - FENCE_BUDGET
+
+
+def _is_primary(obs: Observation) -> bool:
+    return obs.pg.running and obs.pg.in_recovery is False
+
+
+def _store_unreachable(obs: Observation) -> Decision:
+    if not _is_primary(obs):
+        return Decision((), "store unreachable; replica keeps streaming")
+    if obs.lease.held and not lease_running_out(obs, obs.settings):
+        left = obs.lease.deadline - obs.now
+        return Decision((), f"store unreachable; still leading for {left:.1f}s unless a renewal succeeds")
+    return Decision(
+        (Demote(None, "store unreachable and the lease is running out"),),
+        "store unreachable: demoting to read-only before the lease can expire",
+    )
+
+
+# -- bootstrap and data ------------------------------------------------------------------------
+
+
+def _uninitialized(obs: Observation, view: ClusterView) -> Decision:
+    pg = obs.pg
+    if view.init_holder not in (None, obs.me.name):
+        return Decision((), f"waiting for {view.init_holder} to initialise the cluster")
+    take: tuple[Action, ...] = () if view.init_holder == obs.me.name else (TakeInitLock(),)
+    if pg.data == DataState.VALID and pg.system_id:
+        return Decision((*take, AdoptExistingData(pg.system_id)),
+                        f"initialising the cluster from existing data {pg.system_id}")
+    return Decision((*take, Bootstrap()), "bootstrapping a new cluster")
+
+
+def _member_upstream(m: MemberInfo) -> Upstream:
+    return Upstream(m.name, m.host, m.port)
+
+
+def _leader_member(view: ClusterView) -> MemberInfo | None:
+    if view.leader is None:
+        return None
+    return view.members.get(view.leader.name)
+
+
+def _upstream_for(obs: Observation, view: ClusterView) -> Upstream | None:
+    """The leader, or the member named by `replicatefrom` when it runs as a streaming replica."""
+    src = obs.me.tags.replicatefrom
+    if src and src != obs.me.name:
+        m = view.members.get(src)
+        if m is not None and m.running and m.role == Role.REPLICA and m.upstream != obs.me.name:
+            return _member_upstream(m)
+    leader = _leader_member(view)
+    return _member_upstream(leader) if leader is not None else None
+
+
+def _needs_data(obs: Observation, view: ClusterView) -> Decision:
+    leader = _leader_member(view)
+    if leader is None or not leader.running:
+        return Decision((), "no data yet; waiting for a running leader to clone from")
+    src = _upstream_for(obs, view)
+    assert src is not None
+    return Decision((Clone(src),), f"cloning from {src.name}")
+
+
+# -- leader ------------------------------------------------------------------------------------
+
+
+def _as_leader(obs: Observation, view: ClusterView) -> Decision:
+    pg, settings = obs.pg, view.settings
+    if not obs.lease.held:
+        # The key names us but we could not renew it (the runner tries once at start-up).
+        # Rule 5: a primary without the lease stops writes first.
+        if _is_primary(obs):
+            return Decision((Demote(None, "leader key not renewable"),),
+                            "our leader key could not be renewed: demoting first")
+        return Decision((RenewLease(),), "re-adopting our leader key")
+    if lease_running_out(obs, settings) and _is_primary(obs):
+        return Decision((Demote(None, "could not renew the lease in time"),),
+                        "lease running out: demoting")
+    renew: tuple[Action, ...] = (RenewLease(),)
+    if not pg.running:
+        if settings.paused:
+            return Decision(renew, "leader; PostgreSQL stopped (paused: not starting it)")
+        return Decision((*renew, StartPostgres("primary")), "leader; restarting PostgreSQL in place")
+    if pg.in_recovery:
+        return Decision((*renew, Promote()), "holding the lease: promoting")
+    if not pg.healthy:
+        if pg.unhealthy_for > settings.ttl and not settings.paused:
+            return Decision(
+                (Demote(None, "PostgreSQL stopped answering"), ReleaseLease()),
+                "PostgreSQL unhealthy too long: fencing it and releasing the lease",
+            )
+        return Decision(renew, f"leader; PostgreSQL not answering for {pg.unhealthy_for:.1f}s")
+
+    handover = _switchover(obs, view)
+    if handover is not None:
+        return handover
+
+    actions: list[Action] = list(renew)
+    message = "leader, running as primary"
+    if view.failover is not None and view.failover.candidate == obs.me.name:
+        actions.append(ClearFailover())  # the switchover or failover to us is done
+    if pg.timeline is not None and pg.timeline > 1 and \
+            (not view.history or max(e.timeline for e in view.history) < pg.timeline - 1):
+        actions.append(PublishHistory(pg.timeline))
+    step_actions, waiting = _sync_actions(obs, view)
+    actions.extend(step_actions)
+    if waiting:
+        message += f"; {waiting}"
+    slots = frozenset(n for n in view.members if n != obs.me.name)
+    actions.append(EnsureSlots(slots))
+    return Decision(tuple(_dedup(actions)), message)
+
+
+def _dedup(actions: list[Action]) -> list[Action]:
+    out: list[Action] = []
+    for a in actions:
+        if a not in out:
+            out.append(a)
+    return out
+
+
+def _eligible_sync(obs: Observation, view: ClusterView) -> tuple[set[str], dict[str, int]]:
+    lsn = obs.pg.lsn or 0
+    eligible: set[str] = set()
+    lag: dict[str, int] = {}
+    for st in obs.pg.replication:
+        m = view.members.get(st.name)
+        if m is None or m.tags.nosync or st.state != "streaming":
+            continue
+        eligible.add(st.name)
+        lag[st.name] = max(0, lsn - (st.flush_lsn or 0))
+    return eligible, lag
+
+
+def _sync_actions(obs: Observation, view: ClusterView) -> tuple[list[Action], str]:
+    stored = view.sync
+    promise = sync.Promise(stored.quorum, stored.members) if stored and not stored.empty else sync.NO_PROMISE
+    if view.settings.synchronous_mode == SyncMode.OFF and promise.empty and obs.pg.sync.empty:
+        return [], ""
+    eligible, lag = _eligible_sync(obs, view)
+    want = sync.desired_sync(view.settings, eligible, promise, lag)
+    step = sync.next_step(obs.pg.sync, promise, want, obs.pg.replication, obs.pg.sync_applied_lsn)
+    out: list[Action] = []
+    if step.store is not None:
+        token = stored.token if stored else None
+        out.append(WriteSyncState(SyncState(obs.me.name, step.store.members, step.store.quorum), token))
+    if step.pg is not None:
+        out.append(ApplySync(step.pg))
+    return out, step.waiting
+
+
+def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
+    """A pending switchover (or failover naming another member) while we lead."""
+    req = view.failover
+    if req is None or req.candidate == obs.me.name:
+        return None
+    if req.leader not in (None, obs.me.name):
+        return Decision((RenewLease(), ClearFailover()),
+                        f"dropping a switchover request for former leader {req.leader}")
+    if req.scheduled_at is not None and obs.wall < req.scheduled_at:
+        return None
+    target = _handover_target(obs, view, req)
+    if target is None:
+        return None  # keep leading; the request waits for a healthy candidate
+    up = view.members.get(target)
+    upstream = _member_upstream(up) if up is not None else None
+    return Decision(
+        (Demote(upstream, f"switchover to {target}"), ReleaseLease()),
+        f"switchover: stopping writes and handing over to {target}",
+    )
+
+
+def _handover_target(obs: Observation, view: ClusterView, req: FailoverRequest) -> str | None:
+    cands = list(candidates.peer_candidates(obs, view))
+    if req.candidate is not None:
+        return req.candidate if any(c.name == req.candidate for c in cands) else None
+    if view.sync is not None and not view.sync.empty:
+        cands = [c for c in cands if c.name in view.sync.members]
+    b = candidates.best(cands)
+    return b.name if b else None
+
+
+# -- follower ----------------------------------------------------------------------------------
+
+
+def _as_follower(obs: Observation, view: ClusterView) -> Decision:
+    pg = obs.pg
+    leader = _leader_member(view)
+    upstream = _upstream_for(obs, view)
+    assert view.leader is not None
+    if _is_primary(obs):
+        return Decision((Demote(upstream, f"{view.leader.name} holds the lease"),),
+                        f"running as primary while {view.leader.name} leads: demoting")
+    if upstream is None or leader is None:
+        return Decision((), f"following {view.leader.name}; waiting for it to publish its address")
+    leader_tl = leader.timeline
+    if not pg.running:
+        if view.settings.paused:
+            return Decision((), "paused: not starting PostgreSQL")
+        lsn = pg.checkpoint_lsn
+        if diverged(pg.timeline, lsn, pg.was_primary, leader_tl, view.history):
+            src = _member_upstream(leader)
+            if not view.settings.use_pg_rewind or pg.rewind_failed:
+                why = "pg_rewind failed" if pg.rewind_failed else "use_pg_rewind is off"
+                return Decision((Reclone(src, why),), f"timeline forked and {why}: re-cloning")
+            return Decision((Rewind(src), StartPostgres("replica", upstream)),
+                            f"timeline forked from {leader.name}'s: rewinding")
+        return Decision((StartPostgres("replica", upstream),), f"starting as a replica of {upstream.name}")
+    if pg.upstream != upstream.name:
+        return Decision((Follow(upstream),), f"switching upstream to {upstream.name}")
+    # A replica's reported timeline lags right after a promotion, so only a replica that has
+    # failed to stream for a whole ttl is checked for a fork (and then stopped to be rewound).
+    if pg.not_streaming_for > view.settings.ttl and leader_tl is not None and pg.timeline is not None and \
+            diverged(pg.timeline, pg.lsn, False, leader_tl, view.history, unknown_diverges=False):
+        return Decision((StopPostgres("fast", "timeline forked"),),
+                        f"not streaming: our timeline {pg.timeline} forked from {leader.name}'s")
+    state = "streaming" if pg.streaming else "not streaming yet"
+    return Decision((), f"replica of {upstream.name}, {state}")
+
+
+# -- no leader ---------------------------------------------------------------------------------
+
+
+def _leaderless(obs: Observation, view: ClusterView) -> Decision:
+    pg, settings = obs.pg, view.settings
+    newest = candidates.latest_timeline(view)
+    if _is_primary(obs):
+        if newest is not None and pg.timeline is not None and pg.timeline < newest:
+            return Decision((Demote(None, "the cluster moved to a newer timeline"),),
+                            f"primary on timeline {pg.timeline} but the cluster reached {newest}: demoting")
+        req = view.failover
+        if req is not None and req.leader == obs.me.name and req.kind == "switchover":
+            return Decision((Demote(None, "switchover away from us in progress"),),
+                            "switchover in progress: staying read-only")
+        # Rule 5: a primary without the lease takes it at once or demotes.
+        return Decision((AcquireLease(),), "primary without a leader key: taking the lease")
+    if not pg.running:
+        if settings.paused:
+            return Decision((), "no leader; paused")
+        return Decision((StartPostgres("replica", None),), "no leader; starting read-only to take part")
+    req = view.failover
+    manual = settings.paused or settings.failover_mode == FailoverMode.MANUAL
+    if req is not None:
+        if req.leader == obs.me.name and req.kind == "switchover":
+            return Decision((), f"switchover away from us: waiting for {req.candidate or 'a replica'}")
+        if req.candidate is not None and req.candidate != obs.me.name:
+            target = view.members.get(req.candidate)
+            reading = obs.peers.get(req.candidate)
+            if target is not None and (reading is None or reading.reachable):
+                return Decision((), f"no leader; {req.candidate} was asked to take over")
+        elif req.candidate == obs.me.name:
+            return _try_promote(obs, view, explicit=True)
+    if manual:
+        why = "paused" if settings.paused else "failover_mode is manual"
+        return Decision((), f"no leader; not taking over ({why}); use pgwarden ctl failover")
+    return _try_promote(obs, view, explicit=False)
+
+
+def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decision:
+    pg = obs.pg
+    my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
+    reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
+    if reason is not None and not (explicit and reason == "tagged nofailover"):
+        return Decision((), f"no leader; not a candidate: {reason}")
+    stored = view.sync
+    if view.settings.synchronous_mode != SyncMode.OFF or (stored is not None and not stored.empty):
+        promise = sync.Promise(stored.quorum, stored.members) if stored and not stored.empty \
+            else sync.NO_PROMISE
+        voters = {n: (max(r.received_lsn or 0, r.replayed_lsn or 0) or r.lsn)
+                  for n, r in obs.peers.items() if r.reachable}
+        ok, why = sync.may_promote(obs.me.name, promise, my_lsn, voters)
+        if not ok:
+            return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
+    assert my_lsn is not None
+    me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
+    if not explicit:
+        others = list(candidates.peer_candidates(obs, view))
+        top = candidates.best([me, *others])
+        if top is not None and top.name != obs.me.name:
+            return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
+    return Decision((AcquireLease(), Promote()), "no leader; taking the lease and promoting")

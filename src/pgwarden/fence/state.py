@@ -1,0 +1,69 @@
+"""The file through which the agent tells its fencer the lease deadline (SAFETY rule 13).
+
+The fencer knows nothing else: which postmaster to stop, by when, and whether the agent that
+wrote it is still alive. Times are CLOCK_MONOTONIC seconds, which Linux shares across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class FenceState:
+    agent_pid: int
+    armed: bool  # True while this node may accept writes under a lease
+    deadline: float  # monotonic seconds; past it the postmaster must not run as primary
+    postmaster_pid: int | None = None
+    postmaster_start: int | None = None  # /proc/<pid>/stat starttime, guards against PID reuse
+
+
+def write_state(path: Path, st: FenceState) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(st)))
+    os.replace(tmp, path)
+
+
+def read_state(path: Path) -> FenceState | None:
+    try:
+        d = json.loads(path.read_text())
+        return FenceState(
+            agent_pid=int(d["agent_pid"]),
+            armed=bool(d["armed"]),
+            deadline=float(d["deadline"]),
+            postmaster_pid=d.get("postmaster_pid"),
+            postmaster_start=d.get("postmaster_start"),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), or None if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; it ends at the last ')'.
+    fields = raw[raw.rfind(")") + 2:].split()
+    return int(fields[19])
+
+
+def alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is not alive for our purposes.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
