@@ -19,7 +19,7 @@ def wait_for(cond: Callable[[], T | None], timeout: float, what: str, interval: 
             result = cond()
             if result:
                 return result
-        except Exception as e:  # noqa: BLE001 - the condition may fail while things start
+        except Exception as e:  # the condition may fail while things start
             last_exc = e
         if time.monotonic() >= deadline:
             extra = f" (last error: {last_exc!r})" if last_exc else ""

@@ -1,0 +1,34 @@
+"""Open the store backend a node's configuration names (etcd or ZooKeeper)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import cast
+
+from pgwarden.config.load import ConfigError
+from pgwarden.config.schema import StoreConfig
+from pgwarden.store.base import Store
+
+
+def open_store(cfg: StoreConfig, cluster: str) -> Store:
+    """A `Store` for `cluster` in the configured backend. Raises ConfigError if it cannot be used."""
+    if cfg.etcd is not None:
+        from pgwarden.store.etcd import EtcdStore
+
+        return EtcdStore(list(cfg.etcd.hosts), cluster, cfg.etcd.prefix)
+    if cfg.zookeeper is not None:
+        # Imported lazily: the ZooKeeper backend needs kazoo, an optional extra.
+        try:
+            module = importlib.import_module("pgwarden.store.zookeeper")
+        except ImportError as e:
+            if e.name and e.name.split(".")[0] == "kazoo":
+                raise ConfigError(
+                    "store.zookeeper: the ZooKeeper backend needs kazoo; "
+                    "install it with `pip install 'pgwarden[zookeeper]'`"
+                ) from None
+            raise ConfigError(
+                f"store.zookeeper: the ZooKeeper backend is not available in this installation ({e})"
+            ) from None
+        cls = module.ZooKeeperStore
+        return cast(Store, cls(list(cfg.zookeeper.hosts), cluster, cfg.zookeeper.prefix))
+    raise ConfigError("store: choose exactly one store backend: etcd or zookeeper")
