@@ -1,0 +1,142 @@
+"""`pgwarden local ...`: run a whole cluster on loopback (one etcd, N agents) for demos and tests.
+
+Extra components for `local up` (a proxy, a pooler) plug in through UP_EXTENSIONS: modules that
+add their own flags and return `Component`s to start after the agents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, cast
+
+from pgwarden.cli.output import UsageError, console, members_table, print_json
+from pgwarden.local.cluster import STOP_TIMEOUT, Component, LocalCluster, Options
+
+# Each module defines `add_up_arguments(parser)` and `up_components(args, cluster) -> list[Component]`;
+# modules not written yet are skipped.
+UP_EXTENSIONS: tuple[str, ...] = ("pgwarden.local.haproxy", "pgwarden.local.pgbouncer")
+
+
+class UpExtension(Protocol):
+    def add_up_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def up_components(self, args: argparse.Namespace, cluster: LocalCluster) -> Sequence[Component]: ...
+
+
+def _extensions() -> list[UpExtension]:
+    return [
+        cast(UpExtension, importlib.import_module(name))
+        for name in UP_EXTENSIONS
+        if importlib.util.find_spec(name) is not None
+    ]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    local = sub.add_parser("local", help="run a cluster on loopback for demos and tests")
+    cmds = local.add_subparsers(dest="local_command", metavar="COMMAND", required=True)
+
+    def with_dir(name: str, help: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help)
+        p.add_argument("--dir", required=True, type=Path, metavar="DIR", help="the cluster's directory")
+        return p
+
+    p = with_dir("up", "create and start a cluster (or start a stopped one)")
+    p.add_argument("--nodes", type=int, default=3, metavar="N", help="number of nodes (default 3)")
+    p.add_argument("--sync", choices=("on", "quorum"), help="synchronous_mode")
+    p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
+                   help="a cluster setting to seed (repeatable), as for `ctl edit-config`")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cluster (120)")
+    for ext in _extensions():
+        ext.add_up_arguments(p)
+    p.set_defaults(local_func=cmd_up)
+
+    p = with_dir("status", "members of the local cluster, stopped ones included")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(local_func=cmd_status)
+
+    p = with_dir("dsn", "a libpq multi-host connection string (last line)")
+    p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
+    p.set_defaults(local_func=cmd_dsn)
+
+    for name, help, func in (("stop", "stop one node (or etcd)", cmd_stop),
+                             ("start", "start one stopped node (or etcd) again", cmd_start)):
+        p = with_dir(name, help)
+        p.add_argument("node", metavar="NODE")
+        if name == "stop":
+            p.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help=argparse.SUPPRESS)
+        p.set_defaults(local_func=func)
+
+    p = with_dir("down", "stop everything the cluster started")
+    p.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help=argparse.SUPPRESS)
+    p.set_defaults(local_func=cmd_down)
+
+    local.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(args.dir)
+    try:
+        return int(args.local_func(args, cluster))
+    finally:
+        cluster.close()
+
+
+def _print_members(cluster: LocalCluster) -> None:
+    state = cluster.current_state()
+    console().print(members_table(cluster.member_rows(), f"Cluster: {state.cluster} ({cluster.directory})"))
+
+
+def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    if args.nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {args.nodes}")
+    extras: list[Component] = []
+    for ext in _extensions():
+        extras.extend(ext.up_components(args, cluster))
+    opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
+                   timeout=args.timeout)
+    cluster.up(opts, extras)
+    _print_members(cluster)
+    for line in cluster.components_summary():
+        print(line)
+    print("Read-write connection string (reaches the primary wherever it runs):")
+    print(cluster.dsn())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    if args.format == "json":
+        print_json({"members": cluster.member_rows()})
+        return 0
+    _print_members(cluster)
+    for line in cluster.components_summary():
+        print(line)
+    return 0
+
+
+def cmd_dsn(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    dsn = cluster.dsn(replicas=args.replicas)
+    if args.replicas:
+        print("Read-only connection string (a standby when one is up, else the primary):")
+    else:
+        print("Read-write connection string (reaches the primary wherever it runs):")
+    print(dsn)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    cluster.stop(args.node, args.timeout)
+    return 0
+
+
+def cmd_start(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    cluster.start(args.node)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    cluster.down(args.timeout)
+    return 0

@@ -1,0 +1,131 @@
+"""`pgwarden witness -c FILE`: run a raft member that votes but holds no PostgreSQL, so two data
+nodes and a witness keep a majority when any one of the three is lost (store: raft only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from pgwarden.config.load import ConfigError, describe_errors
+from pgwarden.config.schema import LogConfig, StoreConfig, Strict
+
+log = logging.getLogger(__name__)
+
+
+class WitnessApiConfig(Strict):
+    listen_address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+
+
+class WitnessConfig(Strict):
+    """The witness' YAML file: the node file's `cluster`, `name`, `store` (raft) and `log`, plus
+    an optional `restapi` serving GET /health. No `postgresql`: a witness has none."""
+
+    cluster: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    store: StoreConfig
+    restapi: WitnessApiConfig | None = None
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _raft_only(self) -> WitnessConfig:
+        if self.store.raft is None:
+            raise ValueError("a witness is a member of the agents' raft group: configure store.raft")
+        return self
+
+
+def load_witness_config(path: str | Path) -> WitnessConfig:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys at the top level")
+    try:
+        return WitnessConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(describe_errors(e, WitnessConfig, str(p))) from None
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("witness", help="run a raft member that votes but holds no PostgreSQL")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="the witness' YAML file")
+    p.set_defaults(func=run)
+
+
+def health(status: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """HTTP status and body of GET /health: 200 while this member is in a group with a leader."""
+    ok = status["role"] == "leader" or (status["leader"] is not None and status["has_quorum"])
+    return (200 if ok else 503), {"role": "witness", "raft": status}
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_witness_config(args.config)
+    logging.basicConfig(
+        level=cfg.log.level.upper(), filename=cfg.log.file,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here so `pgwarden --help` works without pysyncobj.
+    from pgwarden.store.raft import acquire_node, release_node
+
+    assert cfg.store.raft is not None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # Created on the main thread: pysyncobj's tick thread lives as long as its creator.
+    node = acquire_node(cfg.store.raft)
+    server: ThreadingHTTPServer | None = None
+    try:
+        if cfg.restapi is not None:
+            server = _serve_health(cfg.restapi, node.status)
+        log.info("witness %s of cluster %s: raft member at %s, partners %s", cfg.name, cfg.cluster,
+                 cfg.store.raft.self_addr, ", ".join(cfg.store.raft.partner_addrs))
+        while not stop.wait(1.0):
+            pass
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        release_node(node)
+    return 0
+
+
+def _serve_health(api: WitnessApiConfig, status: Any) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/health", "/"):
+                code, body = 404, {"error": "not found"}
+            else:
+                code, body = health(status())
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("health: " + format, *args)
+
+    server = ThreadingHTTPServer((api.listen_address, api.port), Handler)
+    threading.Thread(target=server.serve_forever, name="witness-health", daemon=True).start()
+    log.info("witness health at http://%s:%d/health", api.listen_address, server.server_address[1])
+    return server

@@ -1,0 +1,43 @@
+"""Fixtures for the CLI tests: one real etcd for the session, a cluster name per test, a node
+file pointing at it and a store to populate it through."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden.config.schema import EtcdConfig, StoreConfig
+from pgwarden.store.base import Store
+from pgwarden.store.factory import open_store
+from tests.cli.helpers import write_node_file
+from tests.support.etcd import EtcdServer
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    with EtcdServer(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name)[:50]
+    return f"{base}-{next(_counter)}"
+
+
+@pytest.fixture
+def node_file(tmp_path: Path, cluster: str, etcd: EtcdServer) -> Path:
+    return write_node_file(tmp_path / "pgwarden.yaml", cluster, etcd.endpoint)
+
+
+@pytest.fixture
+def store(cluster: str, etcd: EtcdServer) -> Iterator[Store]:
+    s = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
+    yield s
+    s.close()

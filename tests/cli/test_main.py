@@ -1,0 +1,102 @@
+"""The console script's contract: one clear line on stderr and the right exit code for every
+user mistake, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli.helpers import run_cli, write_node_file
+from tests.support.ports import free_port
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pgwarden: error: "), err
+    return lines[0]
+
+
+def test_version() -> None:
+    r = run_cli("version")
+    assert r.code == 0
+    assert r.out.startswith("pgwarden ")
+
+
+def test_unknown_subcommand() -> None:
+    r = run_cli("frobnicate")
+    assert r.code == 2
+    line = one_error_line(r.err)
+    assert "frobnicate" in line and "ctl" in line and "local" in line
+
+
+def test_unknown_ctl_command() -> None:
+    r = run_cli("ctl", "-c", "x.yaml", "lst")
+    assert r.code == 2
+    assert "lst" in one_error_line(r.err)
+
+
+def test_ctl_needs_config() -> None:
+    r = run_cli("ctl", "list")
+    assert r.code == 2
+    assert "-c/--config" in one_error_line(r.err)
+
+
+def test_no_command() -> None:
+    r = run_cli()
+    assert r.code == 2
+    one_error_line(r.err)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    r = run_cli("ctl", "-c", str(tmp_path / "nope.yaml"), "list")
+    assert r.code == 2
+    line = one_error_line(r.err)
+    assert "cannot read config file" in line and "nope.yaml" in line
+
+
+def test_config_typo_names_key_and_suggests(tmp_path: Path) -> None:
+    path = write_node_file(tmp_path / "n.yaml", "c1", "127.0.0.1:2379", postgresql={"prot": 5433})
+    r = run_cli("ctl", "-c", str(path), "list")
+    assert r.code == 2
+    line = one_error_line(r.err)
+    assert "postgresql.prot" in line and "did you mean 'port'" in line
+
+
+def test_agent_validates_config_first(tmp_path: Path) -> None:
+    path = write_node_file(tmp_path / "n.yaml", "c1", "127.0.0.1:2379", tgas={})
+    r = run_cli("agent", "-c", str(path))
+    assert r.code == 2
+    assert "did you mean 'tags'" in one_error_line(r.err)
+
+
+def test_unreachable_store_is_one_line_and_quick(tmp_path: Path) -> None:
+    endpoint = f"127.0.0.1:{free_port()}"  # nobody listens here
+    path = write_node_file(tmp_path / "n.yaml", "c1", endpoint)
+    started = time.monotonic()
+    r = run_cli("ctl", "-c", str(path), "list")
+    assert time.monotonic() - started < 10
+    assert r.code == 1
+    line = one_error_line(r.err)
+    assert f"cannot reach the store at {endpoint}" in line and "is etcd running?" in line
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    """`python -m pgwarden` goes through the same main: exit code and one line, no traceback."""
+    res = subprocess.run(
+        [sys.executable, "-m", "pgwarden", "ctl", "-c", str(tmp_path / "missing.yaml"), "list"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    one_error_line(res.stderr)
+
+
+def test_help_exits_zero() -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_cli("ctl", "--help")
+    assert exc.value.code == 0
