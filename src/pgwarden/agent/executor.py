@@ -19,7 +19,7 @@ from pgwarden.core.model import (
     SyncConfig,
 )
 from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres.controller import PostgresController
+from pgwarden.postgres.controller import PostgresController, PostgresError
 from pgwarden.store.base import Store, StoreError, dump_settings
 
 log = logging.getLogger("pgwarden.agent")
@@ -40,9 +40,8 @@ class LocalFacts:
     """What the runner remembers between loops that PostgreSQL itself does not tell."""
 
     rewind_failed: bool = False
+    start_failures: int = 0
     sync_applied: SyncConfig = NO_SYNC
-    sync_applied_lsn: int | None = None
-    sync_apply_pending: bool = False
     slots: frozenset[str] | None = None
     restart_requested: bool = False
     reinit_requested: bool = False
@@ -92,7 +91,7 @@ class Executor:
         for action in actions:
             try:
                 ok = self._one(action, view, pgv)
-            except (StoreError, OSError, RuntimeError, ValueError) as e:
+            except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
                 ok = False
             if not ok:
@@ -148,7 +147,12 @@ class Executor:
                 self.pg.start(role="primary", upstream=None, wait_timeout=self._lease_budget(START_TIMEOUT))
                 self._arm(self.pg.postmaster_pid())
             else:
-                self.pg.start(role="replica", upstream=up, wait_timeout=START_TIMEOUT)
+                try:
+                    self.pg.start(role="replica", upstream=up, wait_timeout=START_TIMEOUT)
+                except Exception:
+                    self.facts.start_failures += 1
+                    raise
+                self.facts.start_failures = 0
             return True
         if isinstance(a, A.StopPostgres):
             log.info("stopping PostgreSQL (%s): %s", a.mode, a.reason)
@@ -171,6 +175,7 @@ class Executor:
             if not self.pg.rewind(a.source.host, a.source.port, CLONE_TIMEOUT):
                 self.facts.rewind_failed = True
                 return False
+            self.facts.start_failures = 0
             return True
         if isinstance(a, A.Reclone):
             log.warning("re-cloning from %s: %s", a.source.name, a.reason)
@@ -192,8 +197,6 @@ class Executor:
             log.info("synchronous_standby_names -> %s", _fmt_sync(a.config))
             self.pg.set_sync(a.config)
             self.facts.sync_applied = a.config
-            self.facts.sync_apply_pending = True
-            self.facts.sync_applied_lsn = None
             return True
         if isinstance(a, A.WriteSyncState):
             log.info("store sync promise -> %d of %s", a.state.quorum, sorted(a.state.members))

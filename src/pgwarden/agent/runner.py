@@ -73,7 +73,6 @@ class Agent:
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name)
         self._view: ClusterView | None = None
-        self._unhealthy_since: float | None = None
         self._not_streaming_since: float | None = None
         self._last_pg: PgView | None = None
         self._message = "starting"
@@ -216,23 +215,15 @@ class Agent:
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
         now = time.monotonic()
-        if pgv.running and not pgv.healthy:
-            if self._unhealthy_since is None:
-                self._unhealthy_since = now
-        else:
-            self._unhealthy_since = None
-        unhealthy_for = 0.0 if self._unhealthy_since is None else now - self._unhealthy_since
         if pgv.running and pgv.in_recovery and not pgv.streaming:
             if self._not_streaming_since is None:
                 self._not_streaming_since = now
         else:
             self._not_streaming_since = None
         not_streaming_for = 0.0 if self._not_streaming_since is None else now - self._not_streaming_since
-        if self.facts.sync_apply_pending and pgv.running and pgv.in_recovery is False:
-            self.facts.sync_applied_lsn = pgv.lsn
-            self.facts.sync_apply_pending = False
-        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, unhealthy_for=unhealthy_for,
-                      not_streaming_for=not_streaming_for, sync_applied_lsn=self.facts.sync_applied_lsn)
+        # The controller tracks unhealthy_for and sync_applied_lsn itself.
+        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
+                      start_failures=self.facts.start_failures)
         self._last_pg = pgv
         return pgv
 

@@ -14,7 +14,7 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.config.schema import ClusterSettings, FailoverMode, SyncMode
+from pgwarden.config.schema import LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
 from pgwarden.core import candidates, sync
 from pgwarden.core.actions import (
     AcquireLease,
@@ -83,9 +83,34 @@ def decide(obs: Observation) -> Decision:
 # -- lease deadline ---------------------------------------------------------------------------
 
 
+def stuck_after(settings: ClusterSettings) -> float:
+    """How long a running replica may fail to stream before we suspect a forked timeline."""
+    return max(30.0, 3 * settings.ttl)
+
+
 def lease_running_out(obs: Observation, settings: ClusterSettings) -> bool:
     """Would the next loop start too late to stop writes before the lease deadline?"""
     return obs.now + settings.loop_wait >= obs.lease.deadline - FENCE_BUDGET
+
+
+def _leader_must_demote(obs: Observation, settings: ClusterSettings) -> bool:
+    """The leader reached the store this loop and will renew. Demote first only when the deadline
+    is too close to count on that renewal, or when the lease is running out *and* the previous
+    loop's renewal failed. A lease renewed last loop is always "running out" under a tight but
+    valid timing (2 * loop_wait + margins >= ttl): demoting on that alone would make a healthy
+    leader demote and re-promote (a new timeline) every other loop."""
+    deadline = obs.lease.deadline
+    if obs.now >= deadline - FENCE_BUDGET:
+        return True
+    # deadline = sent_at + ttl - LEASE_MARGIN; a renewal sent during the previous loop (which may
+    # have run late by one slow call) leaves at least this much.
+    renewed_last_loop = deadline >= obs.now + settings.ttl - LEASE_MARGIN - settings.loop_wait - \
+        settings.retry_timeout
+    return lease_running_out(obs, settings) and not renewed_last_loop
+
+
+def _synchronous(view: ClusterView) -> bool:
+    return view.settings.synchronous_mode != SyncMode.OFF
 
 
 def _is_primary(obs: Observation) -> bool:
@@ -160,7 +185,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
             return Decision((Demote(None, "leader key not renewable"),),
                             "our leader key could not be renewed: demoting first")
         return Decision((RenewLease(),), "re-adopting our leader key")
-    if lease_running_out(obs, settings) and _is_primary(obs):
+    if _is_primary(obs) and _leader_must_demote(obs, settings):
         return Decision((Demote(None, "could not renew the lease in time"),),
                         "lease running out: demoting")
     renew: tuple[Action, ...] = (RenewLease(),)
@@ -258,11 +283,12 @@ def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
 
 
 def _handover_target(obs: Observation, view: ClusterView, req: FailoverRequest) -> str | None:
-    cands = list(candidates.peer_candidates(obs, view))
+    # Rule 7: hand over only to a member allowed to promote under the store's synchronous set;
+    # releasing the lease to any other leaves the cluster without a primary.
+    cands = [c for c in candidates.peer_candidates(obs, view)
+             if sync.may_take_over(c.name, view.sync, _synchronous(view))]
     if req.candidate is not None:
         return req.candidate if any(c.name == req.candidate for c in cands) else None
-    if view.sync is not None and not view.sync.empty:
-        cands = [c for c in cands if c.name in view.sync.members]
     b = candidates.best(cands)
     return b.name if b else None
 
@@ -285,7 +311,8 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
         if view.settings.paused:
             return Decision((), "paused: not starting PostgreSQL")
         lsn = pg.checkpoint_lsn
-        if diverged(pg.timeline, lsn, pg.was_primary, leader_tl, view.history):
+        # Repeated failed starts mean PostgreSQL itself refuses our history: let pg_rewind judge.
+        if pg.start_failures >= 2 or diverged(pg.timeline, lsn, pg.was_primary, leader_tl, view.history):
             src = _member_upstream(leader)
             if not view.settings.use_pg_rewind or pg.rewind_failed:
                 why = "pg_rewind failed" if pg.rewind_failed else "use_pg_rewind is off"
@@ -295,12 +322,13 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
         return Decision((StartPostgres("replica", upstream),), f"starting as a replica of {upstream.name}")
     if pg.upstream != upstream.name:
         return Decision((Follow(upstream),), f"switching upstream to {upstream.name}")
-    # A replica's reported timeline lags right after a promotion, so only a replica that has
-    # failed to stream for a whole ttl is checked for a fork (and then stopped to be rewound).
-    if pg.not_streaming_for > view.settings.ttl and leader_tl is not None and pg.timeline is not None and \
-            diverged(pg.timeline, pg.lsn, False, leader_tl, view.history, unknown_diverges=False):
-        return Decision((StopPostgres("fast", "timeline forked"),),
-                        f"not streaming: our timeline {pg.timeline} forked from {leader.name}'s")
+    # A replica that cannot stream for long while its leader runs may hold WAL the leader lacks
+    # (it was ahead of the new primary). Its reported timeline is unreliable while not streaming,
+    # so let pg_rewind judge: it answers "no rewind required" cheaply when nothing forked.
+    if pg.not_streaming_for > stuck_after(view.settings) and leader.running:
+        src = _member_upstream(leader)
+        steps = (StopPostgres("fast", "not streaming"), Rewind(src), StartPostgres("replica", upstream))
+        return Decision(steps, f"not streaming for {pg.not_streaming_for:.0f}s: pg_rewind checks for a fork")
     state = "streaming" if pg.streaming else "not streaming yet"
     return Decision((), f"replica of {upstream.name}, {state}")
 
@@ -333,7 +361,8 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         if req.candidate is not None and req.candidate != obs.me.name:
             target = view.members.get(req.candidate)
             reading = obs.peers.get(req.candidate)
-            if target is not None and (reading is None or reading.reachable):
+            if target is not None and (reading is None or reading.reachable) and \
+                    sync.may_take_over(req.candidate, view.sync, _synchronous(view)):
                 return Decision((), f"no leader; {req.candidate} was asked to take over")
         elif req.candidate == obs.me.name:
             return _try_promote(obs, view, explicit=True)
@@ -349,19 +378,18 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decisio
     reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
     if reason is not None and not (explicit and reason == "tagged nofailover"):
         return Decision((), f"no leader; not a candidate: {reason}")
-    stored = view.sync
-    if view.settings.synchronous_mode != SyncMode.OFF or (stored is not None and not stored.empty):
-        promise = sync.Promise(stored.quorum, stored.members) if stored and not stored.empty \
-            else sync.NO_PROMISE
-        voters = {n: (max(r.received_lsn or 0, r.replayed_lsn or 0) or r.lsn)
-                  for n, r in obs.peers.items() if r.reachable}
-        ok, why = sync.may_promote(obs.me.name, promise, my_lsn, voters)
-        if not ok:
-            return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
+    voters = {n: (max(r.received_lsn or 0, r.replayed_lsn or 0) or r.lsn)
+              for n, r in obs.peers.items() if r.reachable}
+    ok, why = sync.may_promote_stored(obs.me.name, view.sync, _synchronous(view), my_lsn, voters)
+    if not ok:
+        return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
     if not explicit:
-        others = list(candidates.peer_candidates(obs, view))
+        # Rule 10 compares with peers that could win: one barred by the synchronous set would
+        # never promote, and waiting for it would leave the cluster without a primary.
+        others = [c for c in candidates.peer_candidates(obs, view)
+                  if sync.may_take_over(c.name, view.sync, _synchronous(view))]
         top = candidates.best([me, *others])
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")

@@ -263,6 +263,8 @@ class PgView:
     unhealthy_for: float = 0.0
     # Seconds a running replica has had no streaming WAL receiver (0 when streaming).
     not_streaming_for: float = 0.0
+    # Starts as a replica that failed in a row (e.g. "not a child of this server's history").
+    start_failures: int = 0
 
 
 @dataclass(frozen=True)

@@ -216,6 +216,7 @@ def render_pg_hba(*, superuser: str, extra: Iterable[str] = ()) -> str:
     lines = [
         "# Written by pgwarden; add lines through postgresql.pg_hba in the node's config.",
         f"local   all             {superuser:<15} peer map={ident_map_name}",
+        f"local   replication     {superuser:<15} peer map={ident_map_name}",
         *extra,
         "local   all             all             scram-sha-256",
         "local   replication     all             scram-sha-256",

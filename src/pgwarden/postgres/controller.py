@@ -299,7 +299,12 @@ class PostgresController:
         def work() -> None:
             try:
                 with sql.connect(params, max(budget, 0.5)) as conn:
-                    box["health"] = sql.query_health(conn)
+                    health = sql.query_health(conn)
+                if health.in_recovery and health.receiver_status != "streaming":
+                    tl = sql.replay_timeline(params, max(budget, 0.5))
+                    if tl is not None:
+                        health = replace(health, timeline=tl)
+                box["health"] = health
             except Exception as e:  # reported as unhealthy
                 box["error"] = e
 
@@ -354,7 +359,7 @@ class PostgresController:
                 log.warning("cannot read pg_control: %s", e)
                 return base
             return replace(base, system_id=cd.system_id, timeline=cd.timeline,
-                           checkpoint_lsn=cd.checkpoint_lsn, was_primary=cd.was_primary,
+                           checkpoint_lsn=_end_lsn(cd), was_primary=cd.was_primary,
                            clean_shutdown=cd.clean_shutdown)
         health = self._probe(timeout - (time.monotonic() - started))
         if health is None:
@@ -687,6 +692,13 @@ class PostgresController:
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
+
+
+def _end_lsn(cd: controldata.ControlData) -> int | None:
+    """How far the stopped data directory is known to reach: a standby's minimum recovery end
+    can be well past its last restartpoint, and a fork check must not miss that WAL."""
+    known = [x for x in (cd.checkpoint_lsn, cd.min_recovery_end_lsn) if x]
+    return max(known) if known else None
 
 
 def parse_history(text: str) -> list[tuple[int, int, str]]:

@@ -51,6 +51,30 @@ def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
     return psycopg.connect(**kwargs)
 
 
+def replay_timeline(params: ConnParams, timeout: float) -> int | None:
+    """The timeline a standby is replaying now, from IDENTIFY_SYSTEM on a replication connection.
+
+    SQL cannot tell it while no WAL receiver streams: pg_control's checkpoint timeline lags a
+    promotion until the next restartpoint, and candidates are judged by timeline (rule 9).
+    """
+    kwargs: dict[str, Any] = {
+        "host": params.host, "port": params.port, "user": params.user,
+        "application_name": params.application_name, "replication": "true",
+        "connect_timeout": max(1, math.ceil(timeout)), "autocommit": True,
+    }
+    if params.password is not None:
+        kwargs["password"] = params.password
+    if params.passfile is not None:
+        kwargs["passfile"] = params.passfile
+    with psycopg.connect(**kwargs) as conn:
+        # A walsender speaks only the simple query protocol: go through libpq directly.
+        res = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
+        if res.ntuples != 1:
+            return None
+        raw = res.get_value(0, 1)
+        return None if raw is None else int(raw)
+
+
 @dataclass(frozen=True)
 class Health:
     """The health query's answer: role, LSNs, timeline, replication status."""

@@ -1,0 +1,44 @@
+"""synchronous_mode: on — a writer records every acknowledged commit; after a SIGKILL of the
+primary (agent and postmaster) the new primary has every one of them (SAFETY rules 6, 7)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.wait import wait_for
+from tests.support.writer import Writer
+
+pytestmark = pytest.mark.integration
+
+
+def test_no_acknowledged_commit_is_lost_after_a_crash_failover() -> None:
+    with Cluster("sync", sync="on") as cl:
+        old = cl.wait_primary()
+        cl.wait_replicas([n for n in cl.names if n != old])
+
+        def promised() -> list[str]:
+            st = cl.http("GET", old, "/cluster")[1]
+            sync = st.get("sync") or {}
+            members: list[str] = sync.get("members") or []
+            return members
+        wait_for(promised, 30, "a synchronous standby in the store")
+        wait_for(lambda: cl.sql(old, "SHOW synchronous_standby_names")[0][0] not in ("", None), 15,
+                 "the primary waiting for its synchronous standby")
+
+        writers = [Writer(cl.dsn(), table="sync_acks", writer_id=i) for i in range(2)]
+        writers[0].prepare()
+        for w in writers:
+            w.start(max_seconds=90)
+        wait_for(lambda: all(len(w.acks) > 30 for w in writers), 20, "writes flowing")
+        cl.kill_node(old)
+        new = cl.wait_primary(timeout=60, exclude=(old,))
+        port = str(cl.config(new)["postgresql"]["port"])
+        wait_for(lambda: any(a.server.endswith(port) for a in writers[0].acks), 30,
+                 "writes acknowledged by the new primary")
+        for w in writers:
+            w.stop()
+        acked = sum(len(w.acks) for w in writers)
+        missing = [i for w in writers for i in w.missing_on(cl.conninfo(new))]
+        assert acked > 60
+        assert missing == [], f"{len(missing)} acknowledged commits lost: {missing[:10]}"

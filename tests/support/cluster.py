@@ -1,0 +1,196 @@
+"""A real local cluster for integration tests, driven through the `pgwarden local` CLI (so the
+tests exercise the commands operators use), with the fault helpers tests need on top."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import urllib3
+import yaml
+
+from tests.support.wait import wait_for
+
+_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=2.0))
+
+
+def pgwarden(*args: str, timeout: float = 240.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "pgwarden", *args], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pgwarden {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def reachable_tmpdir(prefix: str) -> Path:
+    """A fresh directory the unprivileged PostgreSQL user can traverse (pytest's is 0700)."""
+    base = Path(tempfile.gettempdir()) / f"pgwarden-it-{prefix}-{uuid.uuid4().hex[:8]}"
+    base.mkdir(mode=0o755)
+    os.chmod(base, 0o755)
+    return base
+
+
+class Cluster:
+    def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = ()):
+        self.dir = reachable_tmpdir(name)
+        self.nodes = nodes
+        self.sync = sync
+        self.sets = sets
+        self.names = [f"node{i}" for i in range(1, nodes + 1)]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def up(self) -> None:
+        args = ["local", "up", "--nodes", str(self.nodes), "--dir", str(self.dir)]
+        if self.sync:
+            args += ["--sync", self.sync]
+        for s in self.sets:
+            args += ["--set", s]
+        pgwarden(*args)
+
+    def down(self) -> None:
+        pgwarden("local", "down", "--dir", str(self.dir), check=False, timeout=120)
+        if not os.environ.get("PGWARDEN_KEEP_TEST_DIRS"):  # keep logs for a post-mortem
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Cluster:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    # -- inspection ----------------------------------------------------------------------------
+    def config(self, node: str) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load((self.dir / node / "pgwarden.yaml").read_text())
+        return doc
+
+    def config_path(self, node: str) -> str:
+        return str(self.dir / node / "pgwarden.yaml")
+
+    def api(self, node: str) -> str:
+        r = self.config(node)["restapi"]
+        return f"http://{r['listen_address']}:{r['port']}"
+
+    def http(self, method: str, node: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        r = _http.request(method, self.api(node) + path, body=data)
+        try:
+            parsed = json.loads(r.data) if r.data else None
+        except ValueError:
+            parsed = r.data.decode(errors="replace")
+        return r.status, parsed
+
+    def status(self, node: str) -> dict[str, Any] | None:
+        try:
+            code, body = self.http("GET", node, "/status")
+        except urllib3.exceptions.HTTPError:
+            return None
+        return body if code == 200 and isinstance(body, dict) else None
+
+    def primaries(self) -> list[str]:
+        """Nodes whose REST API says they are the writable primary right now."""
+        out = []
+        for n in self.names:
+            try:
+                code, _ = self.http("GET", n, "/primary")
+            except urllib3.exceptions.HTTPError:
+                continue
+            if code == 200:
+                out.append(n)
+        return out
+
+    def wait_primary(self, timeout: float = 60, exclude: tuple[str, ...] = ()) -> str:
+        def one() -> str | None:
+            p = self.primaries()
+            assert len(p) <= 1, f"two primaries at once: {p}"
+            return p[0] if p and p[0] not in exclude else None
+        return wait_for(one, timeout, f"one primary (not {exclude})")
+
+    def wait_replicas(self, names: list[str], timeout: float = 90) -> None:
+        def ok() -> bool:
+            for n in names:
+                st = self.status(n)
+                if st is None or st.get("role") != "replica" or st.get("state") != "running":
+                    return False
+            return True
+        wait_for(ok, timeout, f"{names} running as replicas")
+
+    def conninfo(self, node: str) -> str:
+        c = self.config(node)["postgresql"]
+        su = c.get("superuser", {"username": "postgres", "password": "postgres"})
+        return (f"host={c.get('listen_address', '127.0.0.1')} port={c['port']} user={su['username']} "
+                f"password={su['password']} dbname=postgres connect_timeout=2")
+
+    def dsn(self) -> str:
+        out = pgwarden("local", "dsn", "--dir", str(self.dir)).stdout.strip().splitlines()
+        return out[-1]
+
+    def sql(self, node: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.conninfo(node), autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    # -- faults --------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads((self.dir / "state.json").read_text())
+        return doc
+
+    def agent_pid(self, node: str) -> int:
+        return int(self.state()["procs"][node]["pid"])
+
+    def postmaster_pid(self, node: str) -> int | None:
+        data_dir = Path(self.config(node)["data_dir"])
+        try:
+            return int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def kill_node(self, node: str) -> None:
+        """SIGKILL the node's agent and postmaster together (a node crash)."""
+        pids = [self.agent_pid(node), self.postmaster_pid(node)]
+        for pid in pids:
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    def start_node(self, node: str) -> None:
+        pgwarden("local", "start", "--dir", str(self.dir), node)
+
+    def stop_node(self, node: str) -> None:
+        pgwarden("local", "stop", "--dir", str(self.dir), node)
+
+    def etcd_pid(self) -> int:
+        return int(self.state()["procs"]["etcd"]["pid"])
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return pgwarden("ctl", "-c", self.config_path(self.names[0]), *args, check=check, timeout=90)
+
+
+def is_writable(cl: Cluster, node: str) -> bool | None:
+    """True/False when the node's PostgreSQL answers, None when it does not."""
+    try:
+        rows = cl.sql(node, "SELECT NOT pg_is_in_recovery()")
+    except psycopg.Error:
+        return None
+    return bool(rows[0][0])
+
+
+def now() -> float:
+    return time.monotonic()
