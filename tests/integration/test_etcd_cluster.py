@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+import yaml
 
 from tests.support.cluster import Cluster, is_writable
 from tests.support.wait import wait_for
@@ -142,3 +143,31 @@ def test_losing_the_store_makes_the_primary_read_only_then_it_recovers(cluster: 
     cluster.wait_primary(timeout=60)
     wait_for(lambda: sum(bool(is_writable(cluster, n)) for n in cluster.names) == 1, 30,
              "exactly one writable server again")
+
+
+def test_replicatefrom_cascades_through_another_replica(cluster: Cluster) -> None:
+    leader = cluster.wait_primary()
+    first, second = [n for n in cluster.names if n != leader]
+    cluster.wait_replicas([first, second])
+    path = cluster.dir / second / "pgwarden.yaml"
+    original = path.read_text()
+    doc = cluster.config(second)
+    doc.setdefault("tags", {})["replicatefrom"] = first
+    cluster.stop_node(second)
+    path.write_text(yaml.safe_dump(doc))
+    try:
+        cluster.start_node(second)
+        wait_for(lambda: (cluster.status(second) or {}).get("upstream") == first, 60,
+                 f"{second} streaming from {first}")
+        with psycopg.connect(cluster.dsn(), autocommit=True) as c:
+            c.execute("CREATE TABLE IF NOT EXISTS t_cascade (id int)")
+            c.execute("INSERT INTO t_cascade VALUES (42)")
+        wait_for(lambda: cluster.sql(second, "SELECT count(*) FROM t_cascade WHERE id = 42")[0][0] == 1,
+                 30, "the row on the cascaded replica")
+        slots = {r[0] for r in cluster.sql(first, "SELECT slot_name FROM pg_replication_slots")}
+        assert second in slots
+    finally:
+        cluster.stop_node(second)
+        path.write_text(original)
+        cluster.start_node(second)
+        cluster.wait_replicas([second], timeout=90)

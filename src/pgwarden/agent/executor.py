@@ -29,6 +29,10 @@ log = logging.getLogger("pgwarden.agent")
 CLONE_TIMEOUT = 3600.0
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
+SLOT_RETENTION = 600.0
+
+# Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
+BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState)
 
 
 class ActionFailed(Exception):
@@ -43,11 +47,11 @@ class LocalFacts:
     start_failures: int = 0
     sync_applied: SyncConfig = NO_SYNC
     slots: frozenset[str] | None = None
+    slot_seen: dict[str, float] = field(default_factory=dict)
     restart_requested: bool = False
     reinit_requested: bool = False
     activity: str = ""
     history_published: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Executor:
@@ -202,9 +206,15 @@ class Executor:
             log.info("store sync promise -> %d of %s", a.state.quorum, sorted(a.state.members))
             return self.store.set_sync(a.state, a.token, self._timeout())
         if isinstance(a, A.EnsureSlots):
-            if self.facts.slots != a.names:
-                self.pg.ensure_slots(set(a.names))
-                self.facts.slots = a.names
+            # A member's key vanishes while it is being cloned or restarted; keep its slot for
+            # SLOT_RETENTION so it finds its WAL when it comes back.
+            now = time.monotonic()
+            for n in a.names:
+                self.facts.slot_seen[n] = now
+            keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
+            if self.facts.slots != keep:
+                self.pg.ensure_slots(set(keep))
+                self.facts.slots = keep
             return True
         if isinstance(a, A.PublishHistory):
             return self._publish_history(a.timeline, view)

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from pgwarden import __version__
-from pgwarden.agent.executor import STOP_TIMEOUT, Executor, LocalFacts
+from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.api.server import ApiServer
@@ -203,9 +203,11 @@ class Agent:
             self._message = decision.message
         if decision.actions:
             log.debug("actions: %s", decision.actions)
-            self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
+            if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
+                self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
             self.exec.run(decision.actions, view, pgv)
-            pgv = self._observe_pg(s)
+            if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
+                pgv = self._observe_pg(s)
         self.facts.activity = ""
         store_ok = view is not None
         if view is not None:

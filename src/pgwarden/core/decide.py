@@ -330,7 +330,10 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
         steps = (StopPostgres("fast", "not streaming"), Rewind(src), StartPostgres("replica", upstream))
         return Decision(steps, f"not streaming for {pg.not_streaming_for:.0f}s: pg_rewind checks for a fork")
     state = "streaming" if pg.streaming else "not streaming yet"
-    return Decision((), f"replica of {upstream.name}, {state}")
+    # Members cascading from us stream through a slot we keep (the leader keeps the others').
+    cascading = frozenset(n for n, m in view.members.items()
+                          if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
+    return Decision((EnsureSlots(cascading),) if cascading else (), f"replica of {upstream.name}, {state}")
 
 
 # -- no leader ---------------------------------------------------------------------------------
@@ -356,13 +359,16 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
     req = view.failover
     manual = settings.paused or settings.failover_mode == FailoverMode.MANUAL
     if req is not None:
+        # Wait for a named candidate (or, for our own switchover, any replica) only while one
+        # could take over: a request whose candidate is gone, forked, lagging or barred by the
+        # synchronous set would otherwise leave the cluster without a primary until cleared.
+        able = {c.name for c in candidates.peer_candidates(obs, view)
+                if sync.may_take_over(c.name, view.sync, _synchronous(view))}
         if req.leader == obs.me.name and req.kind == "switchover":
-            return Decision((), f"switchover away from us: waiting for {req.candidate or 'a replica'}")
-        if req.candidate is not None and req.candidate != obs.me.name:
-            target = view.members.get(req.candidate)
-            reading = obs.peers.get(req.candidate)
-            if target is not None and (reading is None or reading.reachable) and \
-                    sync.may_take_over(req.candidate, view.sync, _synchronous(view)):
+            if (req.candidate in able) if req.candidate is not None else bool(able):
+                return Decision((), f"switchover away from us: waiting for {req.candidate or 'a replica'}")
+        elif req.candidate is not None and req.candidate != obs.me.name:
+            if req.candidate in able:
                 return Decision((), f"no leader; {req.candidate} was asked to take over")
         elif req.candidate == obs.me.name:
             return _try_promote(obs, view, explicit=True)
