@@ -1,0 +1,71 @@
+"""The node file and cluster settings: bad input names the key and how to fix it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgwarden.config.load import ConfigError, apply_setting, load_node_config, parse_node_config
+from pgwarden.config.schema import ClusterSettings, SyncMode
+
+BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}
+
+
+def test_minimal_config_gets_safe_defaults() -> None:
+    cfg = parse_node_config(BASE)
+    s = cfg.initial_settings()
+    assert (s.ttl, s.loop_wait, s.retry_timeout) == (4.0, 1.0, 1.0)
+    assert cfg.postgresql.os_user == "postgres"
+    assert cfg.restapi.url() == "http://127.0.0.1:8008"
+
+
+def test_nested_typo_names_path_and_suggests() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_node_config({**BASE, "postgresql": {"prot": 5433}})
+    msg = str(e.value)
+    assert "postgresql.prot" in msg and "did you mean 'port'" in msg
+
+
+def test_missing_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="missing required key 'store'"):
+        parse_node_config({k: v for k, v in BASE.items() if k != "store"})
+
+
+def test_unsafe_timing_is_refused_with_the_rule() -> None:
+    with pytest.raises(ConfigError, match="loop_wait \\+ 2 \\* retry_timeout"):
+        parse_node_config({**BASE, "timing": {"ttl": 3, "loop_wait": 2, "retry_timeout": 1}})
+    with pytest.raises(ConfigError, match="ttl must be at least 2"):
+        parse_node_config({**BASE, "timing": {"ttl": 1}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_node_config({**BASE, "timing": {"tll": 5}})
+
+
+def test_exactly_one_store() -> None:
+    with pytest.raises(ConfigError, match="exactly one store"):
+        parse_node_config({**BASE, "store": {}})
+
+
+def test_yaml_errors_and_unreadable_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_node_config(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_node_config(tmp_path / "missing.yaml")
+
+
+def test_apply_setting() -> None:
+    s = ClusterSettings()
+    s = apply_setting(s, "synchronous_mode=on")
+    assert s.synchronous_mode == SyncMode.ON
+    s = apply_setting(s, "postgresql.parameters.work_mem=8MB")
+    assert s.parameters["work_mem"] == "8MB"
+    s = apply_setting(s, "parameters.work_mem=")
+    assert "work_mem" not in s.parameters
+    with pytest.raises(ConfigError, match="did you mean 'loop_wait'"):
+        apply_setting(s, "loop_wiat=2")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        apply_setting(s, "ttl")
+    with pytest.raises(ConfigError, match="ttl"):
+        apply_setting(s, "ttl=1")
