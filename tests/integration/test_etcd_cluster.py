@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import psycopg
 import pytest
@@ -44,9 +45,11 @@ def test_rows_written_on_the_primary_reach_every_replica(cluster: Cluster) -> No
         c.execute("INSERT INTO t_repl SELECT generate_series(1, 100)")
         row = c.execute("SELECT inet_server_port()").fetchone()
     assert row is not None and row[0] == cluster.config(primary)["postgresql"]["port"]
+    def has_rows(node: str) -> bool:
+        return bool(cluster.sql(node, "SELECT count(*) FROM t_repl")[0][0] == 100)
+
     for n in cluster.names:
-        wait_for(lambda n=n: cluster.sql(n, "SELECT count(*) FROM t_repl")[0][0] == 100, 30,
-                 f"rows on {n}")
+        wait_for(partial(has_rows, n), 30, f"rows on {n}")
 
 
 def test_crash_of_the_primary_gives_exactly_one_new_primary_and_the_old_one_rejoins(
