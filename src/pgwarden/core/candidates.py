@@ -60,7 +60,11 @@ def peer_candidates(obs: Observation, view: ClusterView) -> Iterable[Candidate]:
         if name == obs.me.name or not _peer_ok(reading):
             continue
         member = view.members.get(name)
-        tags = member.tags if member else Tags()
+        if member is None:
+            # Its member key expired: it cannot reach the store, so it cannot take the lease.
+            # Waiting for it (rule 10) would leave the cluster without a primary.
+            continue
+        tags = member.tags
         lsn = max(reading.received_lsn or 0, reading.replayed_lsn or 0) or reading.lsn
         if eligibility(tags, True, True, lsn, reading.timeline, view) is None and lsn is not None:
             yield Candidate(name, tags.failover_priority, lsn, reading.timeline)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pgwarden.config.schema import ClusterSettings, SyncMode
-from pgwarden.core.model import NO_SYNC, ReplicationStat, SyncConfig
+from pgwarden.core.model import NO_SYNC, ReplicationStat, SyncConfig, SyncState
 
 WILDCARD = "*"
 
@@ -178,3 +178,32 @@ def may_promote(
     if ahead:
         return False, f"{', '.join(ahead)} received more WAL"
     return True, "newest of the synchronous members read"
+
+
+def may_promote_stored(
+    me: str,
+    stored: SyncState | None,
+    synchronous: bool,
+    my_lsn: int | None,
+    voter_lsns: Mapping[str, int | None],
+) -> tuple[bool, str]:
+    """`may_promote` from the store's record as it is, for a cluster in a synchronous mode or not.
+
+    An empty set recorded by a leader in a synchronous mode does not mean "anyone": the set goes
+    empty when the last synchronous standby left (non-strict fallback to async, the strict
+    wildcard, or `next_step` weakening the set before a replacement confirms), and commits it
+    acknowledged before that may be on no live standby. Only that leader surely has them all.
+    """
+    if stored is None or stored.empty:
+        if synchronous and stored is not None and stored.leader not in (None, me):
+            return False, f"the synchronous set is empty: only {stored.leader} has every acknowledged commit"
+        return True, "no synchronous promise"
+    return may_promote(me, Promise(stored.quorum, stored.members), my_lsn, voter_lsns)
+
+
+def may_take_over(name: str, stored: SyncState | None, synchronous: bool) -> bool:
+    """Could `name` ever pass `may_promote_stored` (its membership part)? For hand-overs: the leader
+    must not give the lease to a member that is not allowed to promote."""
+    if stored is None or stored.empty:
+        return not (synchronous and stored is not None and stored.leader not in (None, name))
+    return name in stored.members
