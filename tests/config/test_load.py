@@ -34,7 +34,7 @@ def test_missing_key_is_named() -> None:
 
 def test_unsafe_timing_is_refused_with_the_rule() -> None:
     with pytest.raises(ConfigError, match="loop_wait \\+ 2 \\* retry_timeout"):
-        parse_node_config({**BASE, "timing": {"ttl": 3, "loop_wait": 2, "retry_timeout": 1}})
+        parse_node_config({**BASE, "timing": {"ttl": 3, "loop_wait": 1, "retry_timeout": 1.5}})
     with pytest.raises(ConfigError, match="ttl must be at least 2"):
         parse_node_config({**BASE, "timing": {"ttl": 1}})
     with pytest.raises(ConfigError, match="unknown key"):
@@ -69,3 +69,10 @@ def test_apply_setting() -> None:
         apply_setting(s, "ttl")
     with pytest.raises(ConfigError, match="ttl"):
         apply_setting(s, "ttl=1")
+
+
+def test_ttl_must_leave_room_to_fence_after_one_missed_renewal() -> None:
+    with pytest.raises(ConfigError, match="ttl must exceed 2 \\* loop_wait"):
+        parse_node_config({**BASE, "timing": {"ttl": 2.5, "loop_wait": 1, "retry_timeout": 0.75}})
+    fastest = parse_node_config({**BASE, "timing": {"ttl": 2, "loop_wait": 0.25, "retry_timeout": 0.5}})
+    assert fastest.initial_settings().ttl == 2

@@ -187,7 +187,7 @@ def test_leader_past_fence_point_demotes() -> None:
 
 
 @pytest.mark.parametrize(("ttl", "loop_wait", "retry_timeout"), [
-    (4, 1, 1), (2.5, 1, 0.75), (3, 1, 1), (20, 10, 5), (30, 10, 10), (2, 1, 0.5),
+    (4, 1, 1), (3, 1, 1), (30, 10, 10), (2, 0.6, 0.5), (2, 0.25, 0.5), (21, 10, 5),
 ])
 def test_leader_renewed_last_loop_never_demotes_under_valid_timing(
     ttl: float, loop_wait: float, retry_timeout: float

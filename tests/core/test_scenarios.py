@@ -319,7 +319,7 @@ def test_steady_state_keeps_one_primary() -> None:
     assert all(w.streaming(w.nodes[n]) for n in ("n2", "n3"))
 
 
-@pytest.mark.parametrize(("ttl", "loop_wait", "retry_timeout"), [(2.5, 1, 0.75), (20, 10, 5), (3, 1, 1)])
+@pytest.mark.parametrize(("ttl", "loop_wait", "retry_timeout"), [(2, 0.25, 0.5), (21, 10, 5), (3, 1, 1)])
 def test_steady_state_under_tight_valid_timing(ttl: float, loop_wait: float, retry_timeout: float) -> None:
     w = World(cluster=ClusterSettings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry_timeout))
     w.run(60)

@@ -32,6 +32,8 @@ class FailoverMode(StrEnum):
 # LEASE_MARGIN seconds to stop PostgreSQL before the store lets anyone else lead.
 MIN_TTL = 2.0
 LEASE_MARGIN = 0.5
+# Time the agent keeps for itself to stop PostgreSQL before its own lease deadline.
+FENCE_BUDGET = 0.25
 
 
 class ClusterSettings(Strict):
@@ -58,6 +60,13 @@ class ClusterSettings(Strict):
             raise ValueError(f"loop_wait must be at least 0.1 s; got {self.loop_wait:g}")
         if self.retry_timeout < 0.2:
             raise ValueError(f"retry_timeout must be at least 0.2 s; got {self.retry_timeout:g}")
+        # The leader must be able to miss one renewal and still stop writes itself before the
+        # lease deadline (sent_at + ttl - LEASE_MARGIN), with FENCE_BUDGET to do it.
+        if 2 * self.loop_wait + LEASE_MARGIN + FENCE_BUDGET >= self.ttl:
+            raise ValueError(
+                f"timing: ttl must exceed 2 * loop_wait + {LEASE_MARGIN + FENCE_BUDGET:g} "
+                f"(ttl={self.ttl:g}, loop_wait={self.loop_wait:g}); raise ttl or lower loop_wait"
+            )
         # A leader must be able to fail one renewal and still renew again before the lease ends.
         if self.loop_wait + 2 * self.retry_timeout > self.ttl:
             raise ValueError(
@@ -127,15 +136,41 @@ class ZooKeeperConfig(Strict):
     prefix: str = "/pgwarden"
 
 
+def _check_addr(addr: str) -> str:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {addr!r}")
+    return addr
+
+
+class RaftConfig(Strict):
+    """No external store: the agents (and witnesses) form a Raft group among themselves."""
+
+    self_addr: str = Field(description="host:port this member's raft node listens on and others dial")
+    partner_addrs: list[str] = Field(min_length=1, description="host:port of every other member")
+    data_dir: Path | None = Field(None, description="raft journal directory (term, vote and log survive restarts)")
+
+    @model_validator(mode="after")
+    def _addrs(self) -> RaftConfig:
+        for a in (self.self_addr, *self.partner_addrs):
+            _check_addr(a)
+        if self.self_addr in self.partner_addrs:
+            raise ValueError("partner_addrs must not contain self_addr")
+        if len(set(self.partner_addrs)) != len(self.partner_addrs):
+            raise ValueError("partner_addrs lists an address twice")
+        return self
+
+
 class StoreConfig(Strict):
     etcd: EtcdConfig | None = None
     zookeeper: ZooKeeperConfig | None = None
+    raft: RaftConfig | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StoreConfig:
-        chosen = [k for k in ("etcd", "zookeeper") if getattr(self, k) is not None]
+        chosen = [k for k in ("etcd", "zookeeper", "raft") if getattr(self, k) is not None]
         if len(chosen) != 1:
-            raise ValueError("choose exactly one store backend: etcd or zookeeper")
+            raise ValueError("choose exactly one store backend: etcd, zookeeper or raft")
         return self
 
 
@@ -148,6 +183,18 @@ class Tags(Strict):
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_defaults=False)
+
+
+class PgBouncerConfig(Strict):
+    """A PgBouncer the agent keeps pointed at the primary (see `pgwarden.routing.router`)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(6432, ge=1, le=65535)
+    admin: Credentials = Field(description="a user in PgBouncer's admin_users")
+    databases: list[str] = Field(default_factory=lambda: ["postgres"], min_length=1,
+                                 description="[databases] entries to retarget, PAUSE and RESUME")
+    config_file: Path = Field(description="pgbouncer.ini, whose [databases] lines the leader rewrites")
+    pause_timeout: float = Field(2.0, gt=0, description="longest wait, s, for open transactions at switchover")
 
 
 class LogConfig(Strict):
@@ -164,6 +211,7 @@ class NodeConfig(Strict):
     store: StoreConfig
     tags: Tags = Tags()
     log: LogConfig = LogConfig()
+    pgbouncer: PgBouncerConfig | None = None
     # Seeds for the cluster-wide settings (see ClusterSettings); only the bootstrapping node's
     # values reach the store.
     timing: dict[str, float] = Field(default_factory=dict)

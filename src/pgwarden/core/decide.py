@@ -14,7 +14,7 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.config.schema import LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
+from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
 from pgwarden.core import candidates, sync
 from pgwarden.core.actions import (
     AcquireLease,
@@ -50,9 +50,6 @@ from pgwarden.core.model import (
     SyncState,
 )
 from pgwarden.core.rewind import diverged
-
-# Time the agent keeps for itself to stop PostgreSQL before its lease deadline.
-FENCE_BUDGET = 0.25
 
 
 def decide(obs: Observation) -> Decision:
@@ -382,7 +379,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decisio
     pg = obs.pg
     my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
     reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
-    if reason is not None and not (explicit and reason == "tagged nofailover"):
+    if reason is not None:  # rule 9 holds for operator-requested failovers too
         return Decision((), f"no leader; not a candidate: {reason}")
     voters = {n: (max(r.received_lsn or 0, r.replayed_lsn or 0) or r.lsn)
               for n, r in obs.peers.items() if r.reachable}
