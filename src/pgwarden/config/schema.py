@@ -148,7 +148,7 @@ class RaftConfig(Strict):
 
     self_addr: str = Field(description="host:port this member's raft node listens on and others dial")
     partner_addrs: list[str] = Field(min_length=1, description="host:port of every other member")
-    data_dir: Path | None = Field(None, description="raft journal directory (term, vote and log survive restarts)")
+    data_dir: Path | None = Field(None, description="raft journal dir (term, vote and log survive restarts)")
 
     @model_validator(mode="after")
     def _addrs(self) -> RaftConfig:
@@ -194,7 +194,7 @@ class PgBouncerConfig(Strict):
     databases: list[str] = Field(default_factory=lambda: ["postgres"], min_length=1,
                                  description="[databases] entries to retarget, PAUSE and RESUME")
     config_file: Path = Field(description="pgbouncer.ini, whose [databases] lines the leader rewrites")
-    pause_timeout: float = Field(2.0, gt=0, description="longest wait, s, for open transactions at switchover")
+    pause_timeout: float = Field(2.0, gt=0, description="max wait (s) for open transactions at switchover")
 
 
 class LogConfig(Strict):
