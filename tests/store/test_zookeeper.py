@@ -1,0 +1,209 @@
+"""What the ZooKeeper backend adds to the store contract: lease sessions, their length, restarts,
+a frozen server, and the znode layout, against a real ZooKeeper of this module's own."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from kazoo.client import KazooClient
+
+from pgwarden.config.schema import ClusterSettings, StoreConfig
+from pgwarden.core.model import FailoverRequest, MemberInfo
+from pgwarden.store.base import StoreError, StoreUnavailable, load_member
+from pgwarden.store.factory import open_store
+from pgwarden.store.zookeeper import ZooKeeperStore
+from tests.support.wait import wait_for
+from tests.support.zookeeper import ZooKeeperServer, zookeeper_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not zookeeper_available(), reason="Debian's zookeeper package is not installed"),
+]
+
+T = 2.0
+TTL = 2.0
+MAX_SESSION = 6.0  # this module's server grants sessions of at most this long
+_names = itertools.count()
+
+Factory = Callable[[str], ZooKeeperStore]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    with ZooKeeperServer(tmp_path_factory.mktemp("zk"), max_session_ms=int(MAX_SESSION * 1000)) as zk:
+        yield zk
+
+
+@pytest.fixture
+def cluster() -> str:
+    return f"zk-{next(_names)}"
+
+
+@pytest.fixture
+def make(server: ZooKeeperServer) -> Iterator[Factory]:
+    made: list[ZooKeeperStore] = []
+
+    def make_store(cluster: str) -> ZooKeeperStore:
+        store = ZooKeeperStore([server.endpoint], cluster)
+        made.append(store)
+        return store
+
+    yield make_store
+    for store in made:
+        store.close()
+
+
+@pytest.fixture
+def raw(server: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A plain kazoo client, to look at the znodes themselves."""
+    client = KazooClient(hosts=server.endpoint)
+    client.start(timeout=10)
+    yield client
+    client.stop()
+    client.close()
+
+
+def member(name: str) -> MemberInfo:
+    return MemberInfo(name=name, api_url=f"http://127.0.0.1:80/{name}", host="127.0.0.1", port=5432)
+
+
+def test_znode_layout(make: Factory, raw: KazooClient, cluster: str) -> None:
+    a = make(cluster)
+    assert a.acquire_leader("a", TTL, T)
+    a.publish_member(member("a"), TTL, T)
+    assert a.set_failover(FailoverRequest("failover", None, "a", None), None, T)
+    base = f"/pgwarden/{cluster}"
+    data, stat = raw.get(f"{base}/leader")
+    assert data == b"a" and stat.ephemeralOwner != 0
+    data, stat = raw.get(f"{base}/members/a")
+    assert load_member(data.decode()) == member("a") and stat.ephemeralOwner != 0
+    _, stat = raw.get(f"{base}/failover")
+    assert stat.ephemeralOwner == 0
+    assert a.snapshot(T).failover is not None
+    assert a.snapshot(T).failover.token == str(stat.version)  # type: ignore[union-attr]
+
+
+def test_factory_opens_zookeeper(server: ZooKeeperServer, cluster: str) -> None:
+    store = open_store(StoreConfig.model_validate({"zookeeper": {"hosts": [server.endpoint]}}), cluster)
+    try:
+        assert isinstance(store, ZooKeeperStore)
+        assert store.snapshot(T).leader is None
+    finally:
+        store.close()
+
+
+def test_close_does_not_release_the_leader(make: Factory, cluster: str) -> None:
+    a, b = make(cluster), make(cluster)
+    assert a.acquire_leader("a", TTL, T)
+    a.close()
+    view = b.snapshot(T)
+    assert view.leader is not None and view.leader.name == "a"  # a closed agent keeps its key...
+    wait_for(lambda: b.snapshot(T).leader is None, TTL + 3, "the abandoned leader key to lapse")
+
+
+def test_ttl_change_moves_the_key_to_a_session_of_that_length(
+    make: Factory, raw: KazooClient, cluster: str
+) -> None:
+    a, b = make(cluster), make(cluster)
+    path = f"/pgwarden/{cluster}/leader"
+    assert a.acquire_leader("a", TTL, T)
+    _, before = raw.get(path)
+    assert a.renew_leader("a", 4.0, T)
+    _, after = raw.get(path)
+    assert after.ephemeralOwner != before.ephemeralOwner
+    assert a._leader is not None and a._leader.negotiated == 4.0
+    for _ in range(3):
+        assert a.renew_leader("a", 4.0, T)
+    view = b.snapshot(T)
+    assert view.leader is not None and view.leader.name == "a"
+    assert not b.renew_leader("a", 4.0, T)
+
+
+def test_a_ttl_longer_than_the_server_allows_is_refused(make: Factory, cluster: str) -> None:
+    a = make(cluster)
+    with pytest.raises(StoreError) as info:
+        a.acquire_leader("a", MAX_SESSION + 4, T)
+    assert not isinstance(info.value, StoreUnavailable)  # a configuration error, not an outage
+    assert "maxSessionTimeout" in str(info.value)
+    assert a.snapshot(T).leader is None
+
+
+def test_own_writes_and_member_refreshes_do_not_wake(make: Factory, cluster: str) -> None:
+    a, b = make(cluster), make(cluster)
+    b.publish_member(member("b"), 10, T)
+    a.snapshot(T)
+    assert not a.wait_for_change(0.3)
+    assert a.set_failover(FailoverRequest("failover", None, "a", None), None, T)
+    a.set_optime(123, T)
+    b.publish_member(member("b"), 10, T)  # a refresh
+    assert not a.wait_for_change(0.5)
+    a.publish_member(member("a"), 10, T)  # a join counts (even our own: it is another session)
+    assert a.wait_for_change(2.0)
+
+
+def test_a_restarted_agent_replaces_its_lingering_member_key(make: Factory, cluster: str) -> None:
+    old, new, reader = make(cluster), make(cluster), make(cluster)
+    old.publish_member(member("a"), MAX_SESSION, T)
+    old.close()  # the old session lingers for its ttl
+    moved = MemberInfo(name="a", api_url="http://127.0.0.1:81/a", host="127.0.0.1", port=5433)
+    new.publish_member(moved, TTL, T)
+    assert reader.snapshot(T).members == {"a": moved}
+    new.publish_member(moved, TTL, T)
+    assert reader.snapshot(T).members == {"a": moved}
+
+
+def test_frozen_server_bounds_every_call(make: Factory, server: ZooKeeperServer, cluster: str) -> None:
+    a = make(cluster)
+    assert a.acquire_leader("a", MAX_SESSION, T)
+    a.snapshot(T)
+    calls: list[Callable[[], object]] = [
+        lambda: a.renew_leader("a", MAX_SESSION, 0.5),
+        lambda: a.snapshot(0.5),
+        lambda: a.publish_member(member("a"), MAX_SESSION, 0.5),
+        lambda: a.set_settings(ClusterSettings.model_validate({}), None, 0.5),
+    ]
+    server.pause()
+    try:
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                call()
+            assert time.monotonic() - started < 1.0
+    finally:
+        server.resume()
+    # The session outlived the freeze (the server's clock for it restarts): still the leader.
+    wait_for(lambda: a.renew_leader("a", MAX_SESSION, T), 10, "a renewal after the freeze")
+
+
+def test_server_restart_keeps_sessions_and_watches(
+    make: Factory, server: ZooKeeperServer, cluster: str
+) -> None:
+    a, b = make(cluster), make(cluster)
+    assert a.acquire_leader("a", MAX_SESSION, T)
+    b.snapshot(T)
+    server.stop()
+    assert b.wait_for_change(5.0)  # the lost connection wakes the loop
+    with pytest.raises(StoreUnavailable):
+        a.renew_leader("a", MAX_SESSION, 0.5)
+    server.start()
+    wait_for(lambda: a.renew_leader("a", MAX_SESSION, T), 10, "a renewal after the restart")
+    wait_for(lambda: b.snapshot(T), 10, "the reading session to reconnect")
+    while b.wait_for_change(0.2):  # drain wake-ups from the reconnect
+        b.snapshot(T)
+    assert a.set_failover(FailoverRequest("failover", None, "b", None), None, T)
+    assert b.wait_for_change(5.0)
+    assert b.snapshot(T).failover is not None
+
+
+def test_server_path_prefix(server: ZooKeeperServer, raw: KazooClient, cluster: str) -> None:
+    store = ZooKeeperStore([server.endpoint], cluster, prefix="/other/place/")
+    try:
+        assert store.set_initialized("7300000000000000001", T)
+        data, _ = raw.get(f"/other/place/{cluster}/initialize")
+        assert data == b"7300000000000000001"
+    finally:
+        store.close()
+

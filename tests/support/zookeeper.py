@@ -1,0 +1,170 @@
+"""A real standalone ZooKeeper (Debian's `zookeeper` package) for tests: own port, own data dir,
+stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from tests.support.ports import free_port
+
+# The jar's manifest lists its dependencies (netty, jute, slf4j-api, ...); slf4j-simple makes
+# the server's warnings reach its log file instead of being dropped.
+_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
+_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+
+def zookeeper_available() -> bool:
+    return shutil.which("java") is not None and Path(_JARS[0]).exists()
+
+
+class ZooKeeperServer:
+    """`with ZooKeeperServer(tmp_path) as zk:` starts ZooKeeper on a free loopback port.
+
+    A short tick (`tick_ms`) lets sessions as short as the 2 s minimum ttl be granted and expire
+    on time (the server grants between `min_session_ms` and `max_session_ms`, and expires sessions
+    on tick boundaries). `stop()`/`start()` restart it on the same port and data;
+    `pause()`/`resume()` freeze it (SIGSTOP/SIGCONT) so calls to it stall instead of failing.
+    """
+
+    def __init__(
+        self,
+        base_dir: Path,
+        name: str = "zookeeper",
+        tick_ms: int = 200,
+        min_session_ms: int = 400,
+        max_session_ms: int = 120_000,
+    ) -> None:
+        if not zookeeper_available():
+            raise RuntimeError("no ZooKeeper: install Debian's `zookeeper` package (and java)")
+        self.dir = base_dir / name
+        self.data_dir = self.dir / "data"
+        self.log_path = self.dir / "server.log"
+        self.config_path = self.dir / "zoo.cfg"
+        self.port = free_port()
+        self.endpoint = f"127.0.0.1:{self.port}"
+        self.tick_ms = tick_ms
+        self.min_session_ms = min_session_ms
+        self.max_session_ms = max_session_ms
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("zookeeper is not running")
+        return self._proc.pid
+
+    def _write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(
+            "\n".join(
+                [
+                    f"tickTime={self.tick_ms}",
+                    f"dataDir={self.data_dir}",
+                    f"clientPort={self.port}",
+                    "clientPortAddress=127.0.0.1",
+                    f"minSessionTimeout={self.min_session_ms}",
+                    f"maxSessionTimeout={self.max_session_ms}",
+                    "admin.enableServer=false",
+                    "4lw.commands.whitelist=ruok,srvr",
+                    "maxClientCnxns=0",  # every test store opens a few sessions
+                    "",
+                ]
+            )
+        )
+
+    def command(self) -> list[str]:
+        return [
+            "java",
+            "-Xmx128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",  # starts faster; a test server needs no peak speed
+            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+            "-Dzookeeper.jmx.log4j.disable=true",
+            "-cp", ":".join(j for j in _JARS if Path(j).exists()),
+            _MAIN,
+            str(self.config_path),
+        ]
+
+    def healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"ruok")
+                return s.recv(16) == b"imok"
+        except OSError:
+            return False
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self._proc is not None:
+            raise RuntimeError("zookeeper already running")
+        self._write_config()
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a test's Ctrl-C must not reach it; we stop it ourselves
+            )
+        proc = self._proc
+        try:
+            # Poll, but fail at once if the JVM exits (bad config, port taken, ...).
+            deadline = time.monotonic() + timeout
+            while not self.healthy():
+                if proc.poll() is not None:
+                    tail = self.log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"zookeeper exited with {proc.returncode}:\n{tail}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"zookeeper on {self.endpoint} not up after {timeout:g}s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if self._paused:
+                os.kill(proc.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        self._paused = False
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self._paused = False
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self._paused = False
+
+    def __enter__(self) -> ZooKeeperServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
