@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pgwarden.config.schema import LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
+from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
 from pgwarden.core.actions import (
     AcquireLease,
     AdoptExistingData,
@@ -29,7 +29,7 @@ from pgwarden.core.actions import (
     Upstream,
     WriteSyncState,
 )
-from pgwarden.core.decide import FENCE_BUDGET, decide, stuck_after
+from pgwarden.core.decide import decide, stuck_after
 from pgwarden.core.model import ClusterView, DataState, PeerReading, PgView, Role, SyncState
 
 from .builders import (

@@ -1,4 +1,4 @@
-"""synchronous_mode: on — a writer records every acknowledged commit; after a SIGKILL of the
+"""synchronous_mode on and quorum — a writer records every acknowledged commit; after a SIGKILL of the
 primary (agent and postmaster) the new primary has every one of them (SAFETY rules 6, 7)."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from tests.support.writer import Writer
 pytestmark = pytest.mark.integration
 
 
-def test_no_acknowledged_commit_is_lost_after_a_crash_failover() -> None:
-    with Cluster("sync", sync="on") as cl:
+@pytest.mark.parametrize("mode", ["on", "quorum"])
+def test_no_acknowledged_commit_is_lost_after_a_crash_failover(mode: str) -> None:
+    with Cluster(f"sync-{mode}", sync=mode) as cl:
         old = cl.wait_primary()
         cl.wait_replicas([n for n in cl.names if n != old])
 

@@ -21,6 +21,7 @@ from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.load import ConfigError, load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
+from pgwarden.core.actions import Demote
 from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
@@ -35,6 +36,7 @@ from pgwarden.core.model import (
 )
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
+from pgwarden.routing.router import router_for
 from pgwarden.store.base import Store, StoreError
 from pgwarden.store.factory import open_store
 
@@ -78,6 +80,8 @@ class Agent:
         self._message = "starting"
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
+        self.router = router_for(cfg.pgbouncer)
 
     def settings(self) -> ClusterSettings:
         return self._settings
@@ -107,6 +111,8 @@ class Agent:
     def run(self) -> int:
         self.fencer.start()
         self.api.start()
+        if self.router is not None:
+            self.router.start()
         log.info("agent %s of cluster %s started (pid %d); REST API on %s", self.cfg.name,
                  self.cfg.cluster, os.getpid(), self.api.url)
         self._adopt_lease()
@@ -175,6 +181,8 @@ class Agent:
         except StoreError:
             pass
         self.api.stop()
+        if self.router is not None:
+            self.router.stop()
         self.peers.close()
         self.api_store.close()
         self.store.close()
@@ -205,14 +213,28 @@ class Agent:
             log.debug("actions: %s", decision.actions)
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
+            self._pause_router_for_handover(view, decision.actions)
             self.exec.run(decision.actions, view, pgv)
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 pgv = self._observe_pg(s)
+        if self.router is not None:
+            leading = self.lease.held and pgv.running and pgv.in_recovery is False
+            self.router.follow((self.me.host, self.me.port) if leading else None)
         self.facts.activity = ""
         store_ok = view is not None
         if view is not None:
             store_ok = self._publish_member(pgv, view)
         self._publish(pgv, view, store_ok)
+
+    def _pause_router_for_handover(self, view: ClusterView | None, actions: tuple[object, ...]) -> None:
+        """A switchover demotes us next: PgBouncer must stop sending transactions first, so none
+        is cut off. Bounded to leave the demotion its time inside the lease (rules 2, 15)."""
+        if self.router is None or view is None or view.failover is None or not self.lease.held:
+            return
+        if not any(isinstance(a, Demote) for a in actions):
+            return
+        left = self.lease.deadline - time.monotonic() - 1.5
+        self.router.hand_over(min(self.router.cfg.pause_timeout, max(0.0, left)))
 
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)

@@ -60,6 +60,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = with_dir("dsn", "a libpq multi-host connection string (last line)")
     p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
+    p.add_argument("--via", choices=("haproxy", "pgbouncer"),
+                   help="through the cluster's HAProxy or PgBouncer instead of multi-host libpq")
     p.set_defaults(local_func=cmd_dsn)
 
     for name, help, func in (("stop", "stop one node (or etcd)", cmd_stop),
@@ -118,11 +120,31 @@ def cmd_status(args: argparse.Namespace, cluster: LocalCluster) -> int:
 
 
 def cmd_dsn(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    via = getattr(args, "via", None)
+    if via is not None:
+        return _dsn_via(via, args.replicas, cluster)
     dsn = cluster.dsn(replicas=args.replicas)
     if args.replicas:
         print("Read-only connection string (a standby when one is up, else the primary):")
     else:
         print("Read-write connection string (reaches the primary wherever it runs):")
+    print(dsn)
+    return 0
+
+
+def _dsn_via(via: str, replicas: bool, cluster: LocalCluster) -> int:
+    if via == "haproxy":
+        from pgwarden.local import haproxy
+
+        dsn = haproxy.dsn(cluster, replicas)
+        print(f"Through HAProxy's {'read-only (replicas)' if replicas else 'read-write (primary)'} listener:")
+    else:
+        if replicas:
+            raise UsageError("--replicas with --via pgbouncer: PgBouncer sends only to the primary")
+        from pgwarden.local import pgbouncer
+
+        dsn = pgbouncer.dsn(cluster)
+        print("Through PgBouncer (kept pointed at the primary by the agents):")
     print(dsn)
     return 0
 

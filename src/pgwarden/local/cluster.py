@@ -77,6 +77,9 @@ class Component(abc.ABC):
     def is_ready(self, cluster: LocalCluster, record: ProcRecord) -> bool:
         return True
 
+    def amend_node_config(self, doc: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Add to each new node's config (e.g. a pooler section the agents drive); default none."""
+
 
 # What to do after a process of a given kind has stopped (agents: make sure PostgreSQL stopped).
 AFTER_STOP: dict[str, Callable[[LocalCluster, ProcRecord], None]] = {}
@@ -347,6 +350,8 @@ class LocalCluster:
         for i, node in enumerate(node_names(opts.nodes)):
             plan = NodePlan(node, ports[2 + 2 * i], ports[3 + 2 * i])
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw)
+            for extra in extras:
+                extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))
         components.extend(extras)
 

@@ -1,0 +1,1 @@
+"""Routing clients to the right member: HAProxy configuration and PgBouncer retargeting."""
