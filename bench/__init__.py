@@ -1,0 +1,1 @@
+"""Benchmark harness: the same HA scenarios run against pgwarden and Patroni, side by side."""

@@ -1,0 +1,1 @@
+"""Cluster drivers: one per HA tool, all behind the ClusterDriver protocol in base.py."""

@@ -1,0 +1,58 @@
+"""The contract every cluster driver meets, so one scenario runs unchanged against any HA tool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Timing:
+    """HA timing of one preset, in seconds."""
+
+    label: str  # "default" or "fastest": the ratio column pairs rows by this label
+    ttl: float
+    loop_wait: float
+    retry_timeout: float
+
+    def describe(self) -> str:
+        return f"ttl={self.ttl:g} loop_wait={self.loop_wait:g} retry_timeout={self.retry_timeout:g}"
+
+
+class ClusterError(RuntimeError):
+    """The cluster did not do what a scenario asked within its deadline."""
+
+
+class ClusterDriver(Protocol):
+    name: str
+    presets: dict[str, Timing]
+
+    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
+        """Start a fresh cluster from nothing and return once it is healthy."""
+
+    def dsn(self) -> str:
+        """libpq multi-host connection string with credentials (the workload adds read-write)."""
+
+    def primary(self) -> str:
+        """Name of the current primary member."""
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary's agent and postmaster (and the postmaster's children) together."""
+
+    def switchover(self, candidate: str | None = None) -> None:
+        """Planned switchover through the tool's own CLI; returns when the tool says it is done."""
+
+    def heal(self) -> None:
+        """Start again every agent this driver killed, so the cluster can return to full strength."""
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Wait for one primary and every other member streaming from it."""
+
+    def leader_changes(self) -> int:
+        """Leader changes so far, from the tool's own history (for the false-failover scenario)."""
+
+    def agent_pids(self) -> list[int]:
+        """PIDs of the running agent processes (the agents only, not PostgreSQL)."""
+
+    def down(self) -> None:
+        """Stop everything this driver started, by PID, and remove the data."""

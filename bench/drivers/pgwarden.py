@@ -1,0 +1,185 @@
+"""pgwarden driver, written to the CLI contract of issue 2 (`pgwarden local ...`, `pgwarden ctl ...`,
+member REST `GET /status`); it drives the real agent as soon as that lands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.drivers.base import ClusterError, Timing
+from bench.procs import alive, descendants, http_json, kill_pids, wait_for
+
+BASE = Path("/var/lib/pgwarden-bench")
+
+PRESETS = {
+    "default": Timing("default", ttl=4, loop_wait=1, retry_timeout=1),
+    "fastest": Timing("fastest", ttl=2, loop_wait=0.25, retry_timeout=0.5),
+}
+
+
+@dataclass
+class PgwardenDriver:
+    name: str = "pgwarden"
+    presets: dict[str, Timing] = field(default_factory=lambda: dict(PRESETS))
+    keep: bool = False
+    cli: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pgwarden"])
+    dir: Path | None = None
+    sync: bool = False
+    _members: list[str] = field(default_factory=list)
+    _killed: list[str] = field(default_factory=list)
+    _pids: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (agent, postmaster)
+
+    # -- CLI plumbing ----------------------------------------------------------------------------
+
+    def _run(self, *args: str, timeout: float = 120) -> str:
+        res = subprocess.run([*self.cli, *args], capture_output=True, text=True, timeout=timeout)
+        if res.returncode != 0:
+            raise ClusterError(f"pgwarden {' '.join(args)} failed: {(res.stderr or res.stdout).strip()}")
+        return res.stdout
+
+    def _status(self) -> list[dict[str, Any]]:
+        assert self.dir is not None
+        out = self._run("local", "status", "--dir", str(self.dir), "--format", "json", timeout=30)
+        members = json.loads(out)["members"]
+        assert isinstance(members, list)
+        return members
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
+        timing = timing or self.presets["default"]
+        self.sync = sync
+        BASE.mkdir(parents=True, exist_ok=True)
+        self.dir = BASE / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-pgwarden"
+        args = ["local", "up", "--nodes", str(nodes), "--dir", str(self.dir)]
+        if sync:
+            args += ["--sync", "on"]
+        help_text = subprocess.run(
+            [*self.cli, "local", "up", "--help"], capture_output=True, text=True, timeout=30
+        ).stdout
+        if "--ttl" in help_text:
+            args += ["--ttl", f"{timing.ttl:g}", "--loop-wait", f"{timing.loop_wait:g}"]
+            args += ["--retry-timeout", f"{timing.retry_timeout:g}"]
+            self._run(*args, timeout=300)
+        else:
+            # No timing options: bring the cluster up, write the preset into every node's config
+            # file, then restart all agents at once so none runs with mixed timing.
+            self._run(*args, timeout=300)
+            self._members = [m["name"] for m in self._status()]
+            if timing != self.presets["default"]:
+                self._set_timing_and_restart(timing)
+        self._members = [m["name"] for m in self._status()]
+        self.wait_healthy(timeout=120)
+
+    def _set_timing_and_restart(self, timing: Timing) -> None:
+        assert self.dir is not None
+        for name in self._members:
+            path = self.dir / name / "pgwarden.yaml"
+            config = yaml.safe_load(path.read_text())
+            config["timing"] = {
+                "ttl": timing.ttl,
+                "loop_wait": timing.loop_wait,
+                "retry_timeout": timing.retry_timeout,
+            }
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+        for name in self._members:
+            self._run("local", "stop", "--dir", str(self.dir), name)
+        for name in self._members:
+            self._run("local", "start", "--dir", str(self.dir), name)
+
+    def heal(self) -> None:
+        assert self.dir is not None
+        for name in self._killed:
+            self._run("local", "start", "--dir", str(self.dir), name)
+        self._killed = []
+
+    def down(self) -> None:
+        if self.dir is None:
+            return
+        try:
+            self._run("local", "down", "--dir", str(self.dir), timeout=60)
+        except (ClusterError, subprocess.TimeoutExpired):
+            # The CLI could not stop them: end the agents and postmasters we saw, by PID.
+            roots = [pid for pair in self._pids.values() for pid in pair if alive(pid)]
+            kill_pids(roots + descendants(roots), signal.SIGKILL)
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    # -- observation -----------------------------------------------------------------------------
+
+    def _member_status(self, member: dict[str, Any]) -> dict[str, Any]:
+        status = http_json(f"{str(member['api_url']).rstrip('/')}/status", timeout=1.0)
+        assert isinstance(status, dict)
+        self._pids[str(member["name"])] = (int(status["agent_pid"]), int(status["postmaster_pid"]))
+        return status
+
+    def _healthy(self) -> bool:
+        members = self._status()
+        primaries = [m for m in members if m.get("role") == "primary" and m.get("state") == "running"]
+        streaming = [m for m in members if m.get("role") == "replica" and m.get("state") == "streaming"]
+        # A crash before the store names a synchronous standby leaves no safe candidate (SAFETY.md rule 7):
+        # wait for it. Issue 2 does not fix the field yet; accept `sync: true` or role `sync_standby`.
+        sync_ok = not self.sync or any(m.get("sync") or m.get("role") == "sync_standby" for m in members)
+        return len(primaries) == 1 and len(streaming) == len(self._members) - 1 and sync_ok
+
+    def wait_healthy(self, timeout: float) -> None:
+        wait_for(self._healthy, timeout, "pgwarden: one primary and all replicas streaming", interval=0.1)
+
+    def primary(self) -> str:
+        for m in self._status():
+            if m.get("role") == "primary":
+                return str(m["name"])
+        raise ClusterError("pgwarden reports no primary")
+
+    def dsn(self) -> str:
+        assert self.dir is not None
+        lines = self._run("local", "dsn", "--dir", str(self.dir), timeout=30).strip().splitlines()
+        return lines[-1]
+
+    def leader_changes(self) -> int:
+        for m in self._status():
+            if m.get("name") not in self._killed:
+                history = http_json(f"{str(m['api_url']).rstrip('/')}/history", timeout=2.0)
+                return len(history) if isinstance(history, list) else 0
+        raise ClusterError("no pgwarden member to ask for /history")
+
+    def agent_pids(self) -> list[int]:
+        pids = []
+        for m in self._status():
+            if m.get("name") not in self._killed:
+                pid = int(self._member_status(m)["agent_pid"])
+                if alive(pid):
+                    pids.append(pid)
+        return pids
+
+    # -- faults and operations -------------------------------------------------------------------
+
+    def kill_primary(self) -> None:
+        member = next((m for m in self._status() if m.get("role") == "primary"), None)
+        if member is None:
+            raise ClusterError("pgwarden reports no primary to kill")
+        status = self._member_status(member)
+        roots = [int(status["agent_pid"]), int(status["postmaster_pid"])]
+        # One sweep, root processes first: the node dies as a whole, as in a crash of the machine.
+        kill_pids(roots + descendants(roots))
+        wait_for(lambda: not any(alive(p) for p in roots), 10, "killed pgwarden processes to exit")
+        self._killed.append(str(member["name"]))
+
+    def switchover(self, candidate: str | None = None) -> None:
+        assert self.dir is not None
+        config = self.dir / self.primary() / "pgwarden.yaml"
+        args = ["ctl", "-c", str(config), "switchover"]
+        if candidate:
+            args += ["--candidate", candidate]
+        self._run(*args, "--force", timeout=120)

@@ -1,0 +1,355 @@
+"""Run the HA benchmark scenarios against pgwarden and/or Patroni and print one comparison table.
+
+Usage: .venv/bin/python bench/run.py [--runs 5] [--tools pgwarden,patroni] [--scenarios ...] [--write PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `bench` importable
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.drivers.base import ClusterDriver, Timing
+from bench.drivers.patroni import PatroniDriver, ensure_environment
+from bench.drivers.pgwarden import PgwardenDriver
+from bench.procs import cpu_seconds, rss_mb, wait_for
+from bench.workload import Workload, count_lost, prepare
+
+REPO = Path(__file__).resolve().parent.parent
+DRIVERS: dict[str, Callable[[], ClusterDriver]] = {"patroni": PatroniDriver, "pgwarden": PgwardenDriver}
+ALL_SCENARIOS = ["crash", "crash-sync", "switchover", "bootstrap", "footprint"]
+# Issue 3 items 2 and 6. They need network namespaces (partition) and a 10-minute pgbench load with a CPU
+# hog (false-failover, via ClusterDriver.leader_changes()); until they are written they yield no rows.
+TODO_SCENARIOS = {
+    "partition": "write unavailability after the primary is partitioned (needs ip netns layout)",
+    "false-failover": "leader changes nobody asked for under 10 min of pgbench (+ CPU hog)",
+}
+WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
+AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Row:
+    scenario: str
+    tool: str
+    timing: Timing
+    unit: str
+    values: list[float] = field(default_factory=list)
+    lost: int | None = None
+    failed: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def median(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+
+def say(msg: str) -> None:
+    console.log(msg)
+
+
+# -- scenarios -----------------------------------------------------------------------------------------
+
+
+def _fault_run(driver: ClusterDriver, timing: Timing, fault: Callable[[], None]) -> tuple[float, int, int]:
+    """Write, inject `fault`, wait until another server acknowledges. Returns (pause, failed tx, lost)."""
+    dsn = driver.dsn()
+    prepare(dsn)
+    workload = Workload(dsn)
+    workload.start()
+    try:
+        wait_for(lambda: workload.ack_count() >= WARMUP_ACKS, 30, "writes before the fault")
+        last = workload.last_ack()
+        assert last is not None
+        fault_at = time.monotonic()
+        fault()
+        # Generous: a Patroni replica may need a full ttl plus loop_wait before it even starts to promote.
+        first_new = wait_for(
+            lambda: workload.ack_after(fault_at, other_than=last.server),
+            3 * timing.ttl + 60,
+            "a write acknowledged by the new primary",
+        )
+        enough = workload.ack_count() + AFTER_ACKS
+        wait_for(lambda: workload.ack_count() >= enough, 30, "writes on the new primary")
+    finally:
+        history = workload.stop()
+    found = history.failover_pause(fault_at)
+    assert found is not None, "the history lost the acks we waited for"
+    pause, _ = found
+    failed = history.failed_transactions(fault_at - 1.0, first_new.at)
+    lost = count_lost(dsn, history.acked_ids())
+    return pause, failed, lost
+
+
+def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, name: str) -> Row:
+    row = Row(name, tool, timing, "s", lost=0, failed=0)
+    for i in range(runs):
+        driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+        try:
+            if name == "switchover":
+                pause, failed, lost = _fault_run(driver, timing, lambda: driver.switchover(None))
+            else:
+                pause, failed, lost = _fault_run(driver, timing, driver.kill_primary)
+        except Exception as e:  # record and go on: one bad run must not hide the others
+            row.errors.append(f"run {i + 1}: {e}")
+            say(f"[red]{tool} {name} run {i + 1} failed: {e}")
+        else:
+            row.values.append(pause)
+            row.failed = (row.failed or 0) + failed
+            row.lost = (row.lost or 0) + lost
+            say(f"{tool} {name} ({timing.label}) run {i + 1}: {pause:.3f}s, failed {failed}, lost {lost}")
+        driver.heal()
+    driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+    return row
+
+
+def scenario_bootstrap(tool: str, timing: Timing, runs: int) -> Row:
+    row = Row("bootstrap", tool, timing, "s")
+    for i in range(runs):
+        driver = DRIVERS[tool]()
+        LIVE.append(driver)
+        started = time.monotonic()
+        try:
+            driver.up(3, False, timing)
+            row.values.append(time.monotonic() - started)
+            say(f"{tool} bootstrap ({timing.label}) run {i + 1}: {row.values[-1]:.2f}s")
+        except Exception as e:
+            row.errors.append(f"run {i + 1}: {e}")
+            say(f"[red]{tool} bootstrap run {i + 1} failed: {e}")
+        finally:
+            driver.down()
+            LIVE.remove(driver)
+    return row
+
+
+def scenario_footprint(
+    tool: str, driver: ClusterDriver, timing: Timing, runs: int, seconds: float
+) -> list[Row]:
+    rss = Row("footprint-rss", tool, timing, "MB")
+    cpu = Row("footprint-cpu", tool, timing, "cpu s/min")
+    for i in range(runs):
+        driver.wait_healthy(timeout=120)
+        pids = driver.agent_pids()
+        before = {pid: cpu_seconds(pid) for pid in pids}
+        started = time.monotonic()
+        # An idle window of fixed length is the measurement itself, not a wait for a condition.
+        threading.Event().wait(seconds)
+        elapsed = time.monotonic() - started
+        for pid in pids:
+            rss.values.append(rss_mb(pid))
+            cpu.values.append((cpu_seconds(pid) - before[pid]) / elapsed * 60.0)
+        say(f"{tool} footprint ({timing.label}) run {i + 1}: rss {rss.values[-len(pids) :]}")
+    return [rss, cpu]
+
+
+# -- orchestration -------------------------------------------------------------------------------------
+
+LIVE: list[ClusterDriver] = []
+
+
+def run_tool(
+    rows: list[Row], tool: str, preset: Timing, scenarios: list[str], runs: int, footprint_s: float
+) -> None:
+    """Append rows as scenarios finish, so an interrupted run still prints what it measured."""
+    if "bootstrap" in scenarios:
+        rows.append(scenario_bootstrap(tool, preset, runs))
+    for sync, wanted in ((False, ["footprint", "switchover", "crash"]), (True, ["crash-sync"])):
+        todo = [s for s in wanted if s in scenarios]
+        if not todo:
+            continue
+        driver = DRIVERS[tool]()
+        LIVE.append(driver)
+        try:
+            say(f"{tool} ({preset.label}): starting a 3-node cluster (sync={sync})")
+            driver.up(3, sync, preset)
+            for name in todo:
+                if name == "footprint":
+                    rows += scenario_footprint(tool, driver, preset, runs, footprint_s)
+                else:
+                    rows.append(scenario_fault(tool, driver, preset, runs, name))
+        finally:
+            driver.down()
+            LIVE.remove(driver)
+
+
+def fmt(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
+
+
+def ratios(rows: list[Row]) -> dict[int, float]:
+    """pgwarden median / Patroni median, for rows whose scenario and preset label match."""
+    out: dict[int, float] = {}
+    for i, r in enumerate(rows):
+        if r.tool != "pgwarden" or r.median() is None:
+            continue
+        for p in rows:
+            pm = p.median()
+            if p.tool == "patroni" and p.scenario == r.scenario and p.timing.label == r.timing.label and pm:
+                out[i] = (r.median() or 0.0) / pm
+    return out
+
+
+HEADERS = ["scenario", "tool", "timing", "unit", "runs", "median", "min", "max", "rows lost", "failed tx"]
+
+
+def cells(rows: list[Row]) -> list[list[str]]:
+    rat = ratios(rows)
+    table = []
+    for i, r in enumerate(rows):
+        table.append(
+            [
+                r.scenario,
+                r.tool,
+                f"{r.timing.label} ({r.timing.ttl:g}/{r.timing.loop_wait:g}/{r.timing.retry_timeout:g})",
+                r.unit,
+                f"{len(r.values)}" + (f" ({len(r.errors)} failed)" if r.errors else ""),
+                fmt(r.median()),
+                fmt(min(r.values) if r.values else None),
+                fmt(max(r.values) if r.values else None),
+                "—" if r.lost is None else str(r.lost),
+                "—" if r.failed is None else str(r.failed),
+                f"{rat[i]:.2f}" if i in rat else "—",
+            ]
+        )
+    return table
+
+
+def print_table(rows: list[Row]) -> None:
+    table = Table(title="HA benchmark (timing = ttl/loop_wait/retry_timeout)")
+    for h in [*HEADERS, "pgwarden/Patroni"]:
+        table.add_column(h, justify="left" if h in ("scenario", "tool", "timing", "unit") else "right")
+    for c in cells(rows):
+        table.add_row(*c)
+    # Wide enough for every column even when stdout is a pipe or a file.
+    Console(width=max(Console().width, 150)).print(table)
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
+    mem_kb = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal")), 0)
+    return f"{os.cpu_count()} CPUs ({model}), {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.platform()}"
+
+
+def markdown(rows: list[Row], command: str, presets: dict[str, dict[str, Timing]]) -> str:
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    lines = [
+        "# HA benchmark: pgwarden and Patroni",
+        "",
+        f"- Date: {date}",
+        f"- Machine: {machine()}",
+        f"- Command: `{command}`",
+        "",
+        "| " + " | ".join([*HEADERS, "pgwarden/Patroni"]) + " |",
+        "|" + "---|" * (len(HEADERS) + 1),
+    ]
+    lines += ["| " + " | ".join(c) + " |" for c in cells(rows)]
+    lines += ["", "## Timing presets (seconds)", ""]
+    for tool, ps in presets.items():
+        for t in ps.values():
+            lines.append(f"- {tool} `{t.label}`: {t.describe()}")
+    if tool_notes := [f"- {r.scenario} {r.tool} {r.timing.label}: {e}" for r in rows for e in r.errors]:
+        lines += ["", "## Failed runs", "", *tool_notes]
+    lines += ["", METHOD]
+    return "\n".join(lines) + "\n"
+
+
+METHOD = """## Method
+
+- Workload (`bench/workload.py`): 2 writer threads, each at most 200 inserts/s, autocommit, through a
+  libpq multi-host string with `target_session_attrs=read-write connect_timeout=1`, reconnecting every
+  20 ms while no primary answers. Times are the client's monotonic clock.
+- crash / crash-sync: SIGKILL, in one sweep, of the primary's agent, its postmaster and all their
+  descendants (a node crash). Value = longest gap between acknowledged commits from just before the
+  kill until the first commit acknowledged by another server. Rows lost = acknowledged ids missing on
+  the new primary (summed over runs). Failed tx = statements that raised (summed over runs). The killed
+  node is restarted and the cluster must be healthy again before the next run.
+- switchover: the tool's CLI (`patronictl switchover --force`, `pgwarden ctl switchover --force`);
+  value measured as for crash.
+- bootstrap: from nothing (etcd included) to one primary and 2 streaming replicas.
+- footprint: each agent process alone (not PostgreSQL, not the agent's children), idle cluster:
+  VmRSS at the end of the window, and (utime+stime) over the window scaled to one minute; one value per
+  agent per run.
+- TODO (issue 3): partition and false-failover scenarios; rows will appear here when written.
+"""
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tools", default="pgwarden,patroni")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
+    ap.add_argument("--presets", default="default,fastest", help="timing presets to run, per tool")
+    ap.add_argument("--footprint-seconds", type=float, default=60.0)
+    ap.add_argument("--write", metavar="PATH", help="write the table as markdown (e.g. docs/benchmarks.md)")
+    args = ap.parse_args()
+    tools = [t for t in args.tools.split(",") if t]
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    for s in scenarios:
+        if s in TODO_SCENARIOS:
+            say(f"[yellow]scenario {s!r} is not written yet ({TODO_SCENARIOS[s]}): skipped")
+        elif s not in ALL_SCENARIOS:
+            ap.error(f"unknown scenario {s!r}; choose from {', '.join(ALL_SCENARIOS)}")
+    for t in tools:
+        if t not in DRIVERS:
+            ap.error(f"unknown tool {t!r}; choose from {', '.join(DRIVERS)}")
+    if os.geteuid() != 0:
+        ap.error("run as root: PostgreSQL and the agents are started as the unprivileged `postgres` user")
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    if "patroni" in tools:
+        say("preparing Patroni's virtualenv and the PostgreSQL copy (idempotent)")
+        ensure_environment()
+    rows: list[Row] = []
+    presets: dict[str, dict[str, Timing]] = {}
+    try:
+        for tool in tools:
+            ps = {k: v for k, v in DRIVERS[tool]().presets.items() if k in args.presets.split(",")}
+            presets[tool] = ps
+            for preset in ps.values():
+                say(f"[bold]{tool}, timing {preset.label}: {preset.describe()}")
+                run_tool(rows, tool, preset, scenarios, args.runs, args.footprint_seconds)
+    except KeyboardInterrupt:
+        say("[red]interrupted: stopping what was started")
+    finally:
+        for driver in list(LIVE):
+            driver.down()
+    order = ["crash", "crash-sync", "switchover", "bootstrap", "footprint-rss", "footprint-cpu"]
+    rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool))
+    print_table(rows)
+    if args.write and rows:
+        target = Path(args.write)
+        if target.resolve() == (REPO / "docs" / "benchmarks.md").resolve() and set(tools) != set(DRIVERS):
+            # docs/benchmarks.md is the side-by-side record: never publish it with one tool missing.
+            target = REPO / "bench" / "results" / f"{'-'.join(tools)}-{time.strftime('%Y-%m-%d')}.md"
+            say(f"[yellow]not all tools ran: writing {target} instead of docs/benchmarks.md")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        command = ".venv/bin/python bench/run.py " + " ".join(sys.argv[1:])
+        target.write_text(markdown(rows, command, presets))
+        say(f"wrote {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
