@@ -48,3 +48,48 @@ def etcd_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
 
 BACKENDS: dict[str, Backend] = {"etcd": etcd_backend}
 OPENERS: dict[str, Opener] = {"etcd": open_etcd}
+
+
+# -- raft: the agents' own group, three members in this process --------------------------------
+
+
+def open_raft(hosts: list[str], cluster: str) -> Store:
+    """A raft member of its own whose partners are `hosts` (for the unreachable cases)."""
+    from pgwarden.config.schema import RaftConfig
+    from pgwarden.store.raft import RaftStore
+    from tests.support.ports import free_port
+
+    return RaftStore(RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts), cluster)
+
+
+@contextmanager
+def raft_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
+    from tests.support.raft import RaftGroup
+
+    with RaftGroup(tmp_dir) as group:
+        yield group.store
+
+
+BACKENDS["raft"] = raft_backend
+OPENERS["raft"] = open_raft
+
+
+# -- zookeeper: a standalone server (Debian's package) ------------------------------------------
+
+
+def open_zookeeper(hosts: list[str], cluster: str) -> Store:
+    from pgwarden.store.zookeeper import ZooKeeperStore
+
+    return ZooKeeperStore(hosts, cluster)
+
+
+@contextmanager
+def zookeeper_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
+    from tests.support.zookeeper import ZooKeeperServer
+
+    with ZooKeeperServer(tmp_dir) as server, _stores(lambda c: open_zookeeper([server.endpoint], c)) as make:
+        yield make
+
+
+BACKENDS["zookeeper"] = zookeeper_backend
+OPENERS["zookeeper"] = open_zookeeper

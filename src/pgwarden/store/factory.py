@@ -1,4 +1,4 @@
-"""Open the store backend a node's configuration names (etcd or ZooKeeper)."""
+"""Open the store backend a node's configuration names (etcd, ZooKeeper or the agents' own raft group)."""
 
 from __future__ import annotations
 
@@ -31,4 +31,9 @@ def open_store(cfg: StoreConfig, cluster: str) -> Store:
             ) from None
         cls = module.ZooKeeperStore
         return cast(Store, cls(list(cfg.zookeeper.hosts), cluster, cfg.zookeeper.prefix))
-    raise ConfigError("store: choose exactly one store backend: etcd or zookeeper")
+    if cfg.raft is not None:
+        # Lazily: pysyncobj is only needed by the raft mode.
+        from pgwarden.store.raft import RaftStore
+
+        return RaftStore(cfg.raft, cluster)
+    raise ConfigError("store: choose exactly one store backend: etcd, zookeeper or raft")

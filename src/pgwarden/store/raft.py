@@ -1,0 +1,442 @@
+"""The store port with no external store: the agents (and witnesses) form a Raft group among
+themselves and keep the cluster's keys in a replicated map (`raft_kv.ReplicatedKV`).
+
+Why pysyncobj: it is maintained, pure Python (no compiler or server to install next to each
+agent), and it is what Patroni's raft mode uses for exactly this purpose, so its behaviour under
+failover is known in the field. It replicates method calls on a Python object through a Raft log,
+with a journal for term, vote and log on disk; it has no notion of TTLs, which we add on top
+(see `raft_kv` for the expiry rules and why they keep SAFETY rule 2).
+
+Where it falls short, and what this module does about it:
+* No read index or lease reads: a member's local state may be behind. `snapshot` therefore
+  commits a no-op through the log first (a read barrier) and reads after it is applied, so a
+  snapshot is linearizable and a member cut off from the majority cannot present a stale view.
+* Its transport unpickles what peers send: the raft port must only be reachable by the group
+  (bind it to a private network); pysyncobj's `password` option is not wired up yet.
+* It has no pre-vote: a member rejoining after a partition forces one election.
+* Its tick thread stops when the thread that created the node ends, so nodes are created from
+  the process's main thread (the agent and the witness do).
+* Commands carry no deadline: one sent just before a partition can in principle be applied
+  late. Every write is a compare-and-swap whose outcome the caller re-reads, as with etcd.
+
+One raft node runs per process (the agent opens two Store instances, one for the HA loop and one
+for the REST API): `acquire_node` keeps a registry keyed by the node's own address, and each
+`RaftStore` is a thin client of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf  # type: ignore[import-untyped]
+
+from pgwarden.config.load import ConfigError, parse_settings
+from pgwarden.config.schema import ClusterSettings, RaftConfig
+from pgwarden.core.model import (
+    ClusterView,
+    FailoverRequest,
+    HistoryEntry,
+    LeaderKey,
+    MemberInfo,
+    SyncState,
+)
+from pgwarden.store.base import (
+    Store,
+    StoreUnavailable,
+    dump_failover,
+    dump_history,
+    dump_member,
+    dump_settings,
+    dump_sync,
+    load_failover,
+    load_history,
+    load_member,
+    load_sync,
+)
+from pgwarden.store.raft_kv import Change, Entry, ReplicatedKV, Result, command
+
+log = logging.getLogger(__name__)
+
+# Raft timing. The leader heartbeats every 0.1 s; a follower that hears nothing for 0.5-1.0 s
+# starts an election; a leader that hears from no majority for 1 s steps down. All of it well
+# inside the shortest lease (MIN_TTL = 2 s), so a lost leader is replaced before leases matter.
+_TIMING: dict[str, Any] = {
+    "autoTickPeriod": 0.05,
+    "appendEntriesPeriod": 0.1,
+    "raftMinTimeout": 0.5,
+    "raftMaxTimeout": 1.0,
+    "leaderFallbackTimeout": 1.0,
+    "connectionTimeout": 3.5,
+    # pysyncobj's default (5 s) would keep a restarted peer out of the group that long.
+    "connectionRetryTime": 0.5,
+    "bindRetryTime": 0.2,
+    "maxBindRetries": 10,
+}
+# Pause before retrying a command pysyncobj refused at once (no leader yet, election running).
+_RETRY_PAUSE = 0.05
+
+_FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if isinstance(v, int)}
+
+
+class RaftNode:
+    """One member of the raft group: pysyncobj's node plus the replicated map. Shared by every
+    RaftStore of the process (see `acquire_node`).
+
+    A `voter=False` node is a client (pysyncobj's read-only node): it dials every member, gets
+    the log and forwards commands to the leader, but has no address, no vote and no journal, and
+    never counts toward a majority. That is how `pgwarden ctl` reaches the group from a host
+    whose agent already runs the member."""
+
+    def __init__(self, cfg: RaftConfig, voter: bool = True) -> None:
+        self.cfg = cfg
+        self.voter = voter
+        self.key = _registry_key(cfg, voter)
+        self.kv = ReplicatedKV()
+        self._stopped = threading.Event()
+        self._refs = 0
+        extra: dict[str, Any] = {}
+        # A client keeps nothing on disk: it gets the state from the group each time it starts.
+        if voter and cfg.data_dir is not None:
+            cfg.data_dir.mkdir(parents=True, exist_ok=True)
+            extra["journalFile"] = str(Path(cfg.data_dir) / "raft.journal")
+            extra["fullDumpFile"] = str(Path(cfg.data_dir) / "raft.dump")
+        elif voter:
+            # Raft's vote must survive a restart, or a member restarted mid-election may vote
+            # twice in one term. Fine for tests and throwaway clusters, not for production.
+            log.warning("raft: no data_dir for %s; term, vote and log are kept in memory only", cfg.self_addr)
+        conf = SyncObjConf(
+            **_TIMING,
+            **extra,
+            # Fail a command at once when there is no leader (we retry until our deadline)
+            # instead of queueing it to be applied whenever a leader appears, maybe much later.
+            commandsWaitLeader=False,
+            # Send each command at once instead of batching it to the next heartbeat: every
+            # HA-loop call waits for its commit.
+            appendEntriesUseBatch=False,
+            # Forking a process full of threads to write the dump is asking for trouble.
+            useFork=False,
+        )
+        if voter:
+            self._so = SyncObj(cfg.self_addr, list(cfg.partner_addrs), conf=conf, consumers=[self.kv])
+            try:
+                self._so.waitBinded()
+            except Exception:
+                self._so.destroy_synchronous()
+                raise ConfigError(f"store.raft.self_addr: cannot listen on {cfg.self_addr}") from None
+        else:
+            # A client listens on nothing (and pysyncobj's bind wait would never return for it).
+            members = [cfg.self_addr, *cfg.partner_addrs]
+            self._so = SyncObj(None, members, conf=conf, consumers=[self.kv])
+        self._so.addOnTickCallback(self._on_tick)
+
+    # -- running on pysyncobj's tick thread ----------------------------------------------------
+    def _on_tick(self) -> None:
+        # Only the leader decides expiry, on its own clock; the expire goes through the log.
+        if not self._so._isLeader():
+            return
+        for cluster, key, touched in self.kv.due(time.monotonic()):
+            self.kv.execute(command("expire", cluster, key, rid=uuid.uuid4().hex, arg=touched))
+
+    # -- used by RaftStore ---------------------------------------------------------------------
+    def submit(self, cmd: dict[str, Any], deadline: float) -> Result:
+        """Apply `cmd` through the log and return its result once committed and applied here.
+        Retries (with the same request id, so it takes effect at most once) until `deadline`;
+        raises StoreUnavailable if it was not committed by then (e.g. no majority)."""
+        last = "no time left"
+        while True:
+            left = deadline - time.monotonic()
+            if self._stopped.is_set():
+                raise StoreUnavailable(f"raft node {self.cfg.self_addr} is stopped")
+            if left <= 0:
+                raise StoreUnavailable(f"raft: not committed in time ({last})")
+            done = threading.Event()
+            box: list[tuple[Any, int]] = []
+
+            def on_result(res: Any, err: int, box: list[tuple[Any, int]] = box,
+                          done: threading.Event = done) -> None:
+                box.append((res, err))
+                done.set()
+
+            self.kv.execute(cmd, callback=on_result)
+            if not done.wait(left):
+                raise StoreUnavailable("raft: not committed in time (no majority reachable?)")
+            res, err = box[0]
+            if err == FAIL_REASON.SUCCESS and res is not None:
+                return (bool(res[0]), int(res[1]))
+            # Every failure is retried with the same rid: if the first try was applied after
+            # all (leader changed, outcome unknown), the map answers with its first result.
+            last = _FAIL_NAMES.get(err, str(err))
+            self._stopped.wait(min(_RETRY_PAUSE, max(0.0, deadline - time.monotonic())))
+
+    def barrier(self, deadline: float) -> None:
+        """Return once everything committed before this call is applied on this member."""
+        self.submit(command("noop", "", "", rid=uuid.uuid4().hex), deadline)
+
+    def status(self) -> dict[str, Any]:
+        """What this member knows of the group (for the witness' /health and for operators)."""
+        so = self._so
+        leader = so._getLeader()
+        # getStatus walks pysyncobj's dicts while its tick thread may change them: retry once.
+        try:
+            st = so.getStatus()
+        except RuntimeError:
+            st = so.getStatus()
+        role = {0: "follower", 1: "candidate", 2: "leader"}.get(int(st.get("state", 0)), "unknown")
+        return {
+            "self": self.cfg.self_addr if self.voter else None,
+            "role": role,
+            "leader": getattr(leader, "address", None) if leader is not None else None,
+            "has_quorum": bool(so.hasQuorum),
+            "term": int(so.raftCurrentTerm),
+            "commit_index": int(so.raftCommitIndex),
+            "last_applied": int(so.raftLastApplied),
+            "partners": sorted(self.cfg.partner_addrs),
+        }
+
+    def is_leader(self) -> bool:
+        return bool(self._so._isLeader())
+
+    def stop(self) -> None:
+        """Stop this member at once (its clients then get StoreUnavailable)."""
+        with _registry_lock:
+            if _registry.get(self.key) is self:
+                del _registry[self.key]
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._so.removeOnTickCallback(self._on_tick)
+        self._so.destroy_synchronous()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+
+_registry_lock = threading.Lock()
+_registry: dict[str, RaftNode] = {}
+
+
+def _registry_key(cfg: RaftConfig, voter: bool) -> str:
+    return cfg.self_addr if voter else "client:" + ",".join(sorted([cfg.self_addr, *cfg.partner_addrs]))
+
+
+def acquire_node(cfg: RaftConfig, voter: bool = True) -> RaftNode:
+    """This process's raft node for `cfg.self_addr` (or its client of that group, if not
+    `voter`), started on first use. Pair with `release_node`; the node stops when its last user
+    releases it."""
+    key = _registry_key(cfg, voter)
+    with _registry_lock:
+        node = _registry.get(key)
+        if node is not None and voter:
+            if sorted(node.cfg.partner_addrs) != sorted(cfg.partner_addrs):
+                raise ConfigError(
+                    f"store.raft: {cfg.self_addr} already runs in this process with partners "
+                    f"{sorted(node.cfg.partner_addrs)}, not {sorted(cfg.partner_addrs)}"
+                )
+        elif node is None:
+            node = RaftNode(cfg, voter)
+            _registry[key] = node
+        node._refs += 1
+        return node
+
+
+def release_node(node: RaftNode) -> None:
+    with _registry_lock:
+        node._refs -= 1
+        last = node._refs <= 0
+        if last and _registry.get(node.key) is node:
+            # Out of the registry before it stops, so nobody acquires a node being stopped.
+            del _registry[node.key]
+    if last:
+        node.stop()
+
+
+class RaftStore(Store):
+    """One cluster's keys in the raft group, through this process's raft node.
+
+    Compare-and-swap tokens are the key's revision as a string (`""`/`None` = create-only).
+    Leases (leader key, init lock, member key) are owned by this instance: another instance
+    cannot renew them even under the same name, as with etcd's lease ids. `close()` releases
+    nothing; leases run out by themselves.
+
+    `wait_for_change` counts every change under the cluster except this instance's own writes,
+    renewals, and refreshes of an existing member key, and pairs with `snapshot` as in etcd:
+    changes already visible in this instance's last snapshot do not count.
+    """
+
+    def __init__(self, cfg: RaftConfig, cluster: str, voter: bool = True) -> None:
+        self.cluster = cluster
+        self._id = uuid.uuid4().hex  # lease owner token and origin of this instance's writes
+        self._node = acquire_node(cfg, voter)
+        self._cond = threading.Condition()
+        self._seen_rev = 0  # changes up to here are known to the caller
+        self._latest_change = 0  # revision of the latest change that counts (see the class doc)
+        self._closed = False
+        self._node.kv.add_listener(self._on_change)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _do(self, op: str, key: str, timeout: float, **kw: Any) -> bool:
+        cmd = command(op, self.cluster, key, rid=uuid.uuid4().hex, origin=self._id, **kw)
+        ok, _ = self._node.submit(cmd, time.monotonic() + timeout)
+        return ok
+
+    def _on_change(self, ch: Change) -> None:
+        # Runs on the raft tick thread: cheap, never blocks.
+        if ch.cluster != self.cluster or ch.origin == self._id or ch.op == "renew":
+            return
+        if ch.op == "put" and not ch.created and ch.key.startswith("members/"):
+            return  # a member refreshing its key every loop is not news
+        with self._cond:
+            self._latest_change = max(self._latest_change, ch.revision)
+            self._cond.notify_all()
+
+    # -- reading -------------------------------------------------------------------------------
+    def snapshot(self, timeout: float) -> ClusterView:
+        self._node.barrier(time.monotonic() + timeout)
+        entries, revision = self._node.kv.read(self.cluster)
+        with self._cond:
+            self._seen_rev = max(self._seen_rev, revision)
+        return _view(entries, self.cluster)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        with self._cond:
+            pending = lambda: self._closed or self._latest_change > self._seen_rev  # noqa: E731
+            if not self._cond.wait_for(pending, timeout=max(0.0, timeout)) or self._closed:
+                return False
+            self._seen_rev = max(self._seen_rev, self._latest_change)
+            return True
+
+    # -- bootstrap -----------------------------------------------------------------------------
+    def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
+        """Create-only; calling again while holding the lock renews it (a long bootstrap)."""
+        deadline = time.monotonic() + timeout
+        if self._do("renew", "init_lock", timeout, value=name, owner=self._id, ttl=ttl, cond="held"):
+            return True
+        left = deadline - time.monotonic()
+        return self._do("put", "init_lock", left, value=name, owner=self._id, ttl=ttl, cond="absent")
+
+    def set_initialized(self, system_id: str, timeout: float) -> bool:
+        return self._do("put", "initialize", timeout, value=system_id, cond="absent")
+
+    def release_init_lock(self, name: str, timeout: float) -> None:
+        self._do("delete", "init_lock", timeout, cond="value", arg=name)
+
+    # -- the leader lease ----------------------------------------------------------------------
+    def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool:
+        return self._do("put", "leader", timeout, value=name, owner=self._id, ttl=ttl, cond="absent")
+
+    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool:
+        # True only once the renewal is committed: every member then counts the ttl from a
+        # moment after our caller's send time (see raft_kv), and a member cut off from the
+        # majority cannot get here at all, so it fences.
+        return self._do("renew", "leader", timeout, value=name, owner=self._id, ttl=ttl, cond="held")
+
+    def release_leader(self, name: str, timeout: float) -> bool:
+        return self._do("delete", "leader", timeout, cond="value", arg=name)
+
+    # -- members -------------------------------------------------------------------------------
+    def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
+        self._do("put", f"members/{info.name}", timeout, value=dump_member(info), owner=self._id, ttl=ttl)
+
+    def delete_member(self, name: str, timeout: float) -> None:
+        self._do("delete", f"members/{name}", timeout)
+
+    # -- cluster-wide state --------------------------------------------------------------------
+    def _cas(self, key: str, value: str, token: str | None, timeout: float) -> bool:
+        if not token:
+            return self._do("put", key, timeout, value=value, cond="absent")
+        try:
+            version = int(token)
+        except ValueError:
+            return False  # not a token this backend handed out: it cannot match
+        return self._do("put", key, timeout, value=value, cond="version", arg=version)
+
+    def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
+        return self._cas("config", dump_settings(settings), token, timeout)
+
+    def set_sync(self, state: SyncState, token: str | None, timeout: float) -> bool:
+        return self._cas("sync", dump_sync(state), token, timeout)
+
+    def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool:
+        return self._cas("failover", dump_failover(request), token, timeout)
+
+    def clear_failover(self, timeout: float) -> None:
+        self._do("delete", "failover", timeout)
+
+    def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None:
+        self._do("put", "history", timeout, value=dump_history(history))
+
+    def set_optime(self, lsn: int, timeout: float) -> None:
+        self._do("put", "optime", timeout, value=str(int(lsn)))
+
+    # -- shutting down -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Detach from the raft node (stopping it if this was its last user). Leases are left to
+        run out."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+        self._node.kv.remove_listener(self._on_change)
+        release_node(self._node)
+
+
+def open_client_store(cfg: RaftConfig, cluster: str) -> RaftStore:
+    """A store that reaches the group `cfg` belongs to without becoming a member (for `ctl` and
+    other tools running beside an agent that already is one)."""
+    return RaftStore(cfg, cluster, voter=False)
+
+
+def _view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
+    initialized: str | None = None
+    init_holder: str | None = None
+    settings = ClusterSettings.model_validate({})
+    settings_token = ""
+    leader: LeaderKey | None = None
+    members: dict[str, MemberInfo] = {}
+    sync: SyncState | None = None
+    failover: FailoverRequest | None = None
+    history: tuple[HistoryEntry, ...] = ()
+    leader_lsn: int | None = None
+    for key, e in entries.items():
+        raw, token = e.value, str(e.version)
+        try:
+            if key == "initialize":
+                initialized = raw
+            elif key == "init_lock":
+                init_holder = raw
+            elif key == "config":
+                settings_token = token
+                try:
+                    settings = parse_settings(json.loads(raw), f"raft key {cluster}/config")
+                except (ConfigError, ValueError) as err:
+                    # Keep the token so an operator's fix (a CAS write) still goes through.
+                    log.warning("raft: stored cluster settings are invalid, using defaults: %s", err)
+            elif key == "leader":
+                leader = LeaderKey(raw, token)
+            elif key.startswith("members/"):
+                m = load_member(raw)
+                members[m.name] = m
+            elif key == "sync":
+                sync = load_sync(raw, token)
+            elif key == "failover":
+                failover = load_failover(raw, token)
+            elif key == "history":
+                history = load_history(raw)
+            elif key == "optime":
+                leader_lsn = int(raw)
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("raft: skipping unreadable key %s/%s: %s", cluster, key, err)
+    return ClusterView(
+        initialized=initialized, init_holder=init_holder, settings=settings,
+        settings_token=settings_token, leader=leader, members=members, sync=sync,
+        failover=failover, history=history, leader_lsn=leader_lsn,
+    )
