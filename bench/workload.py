@@ -10,6 +10,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 CREATE = (
     "CREATE TABLE IF NOT EXISTS bench_writes"
@@ -26,7 +27,9 @@ RECONNECT_PAUSE = 0.02  # bounds the retry rate while no primary is reachable
 
 def client_dsn(dsn: str) -> str:
     """The DSN with the settings the workload depends on: primary only, fail fast on a dead host."""
-    return f"{dsn} target_session_attrs=read-write connect_timeout=1 application_name=bench_writer"
+    # make_conninfo accepts both URIs (as `pgwarden local dsn` prints) and key=value strings.
+    return make_conninfo(dsn, target_session_attrs="read-write", connect_timeout=1,
+                         application_name="bench_writer")
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.drivers.base import ClusterError, Timing
 from bench.procs import alive, descendants, http_json, kill_pids, wait_for
 
@@ -64,38 +62,12 @@ class PgwardenDriver:
         args = ["local", "up", "--nodes", str(nodes), "--dir", str(self.dir)]
         if sync:
             args += ["--sync", "on"]
-        help_text = subprocess.run(
-            [*self.cli, "local", "up", "--help"], capture_output=True, text=True, timeout=30
-        ).stdout
-        if "--ttl" in help_text:
-            args += ["--ttl", f"{timing.ttl:g}", "--loop-wait", f"{timing.loop_wait:g}"]
-            args += ["--retry-timeout", f"{timing.retry_timeout:g}"]
-            self._run(*args, timeout=300)
-        else:
-            # No timing options: bring the cluster up, write the preset into every node's config
-            # file, then restart all agents at once so none runs with mixed timing.
-            self._run(*args, timeout=300)
-            self._members = [m["name"] for m in self._status()]
-            if timing != self.presets["default"]:
-                self._set_timing_and_restart(timing)
+        # Timing is cluster-wide and lives in the store: seed it at bootstrap with --set.
+        args += ["--set", f"ttl={timing.ttl:g}", "--set", f"loop_wait={timing.loop_wait:g}",
+                 "--set", f"retry_timeout={timing.retry_timeout:g}"]
+        self._run(*args, timeout=300)
         self._members = [m["name"] for m in self._status()]
         self.wait_healthy(timeout=120)
-
-    def _set_timing_and_restart(self, timing: Timing) -> None:
-        assert self.dir is not None
-        for name in self._members:
-            path = self.dir / name / "pgwarden.yaml"
-            config = yaml.safe_load(path.read_text())
-            config["timing"] = {
-                "ttl": timing.ttl,
-                "loop_wait": timing.loop_wait,
-                "retry_timeout": timing.retry_timeout,
-            }
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-        for name in self._members:
-            self._run("local", "stop", "--dir", str(self.dir), name)
-        for name in self._members:
-            self._run("local", "start", "--dir", str(self.dir), name)
 
     def heal(self) -> None:
         assert self.dir is not None
@@ -127,11 +99,23 @@ class PgwardenDriver:
     def _healthy(self) -> bool:
         members = self._status()
         primaries = [m for m in members if m.get("role") == "primary" and m.get("state") == "running"]
-        streaming = [m for m in members if m.get("role") == "replica" and m.get("state") == "streaming"]
+        streaming = [m for m in members if m.get("role") == "replica" and m.get("state") == "running"
+                     and m.get("streaming")]
         # A crash before the store names a synchronous standby leaves no safe candidate (SAFETY.md rule 7):
         # wait for it. Issue 2 does not fix the field yet; accept `sync: true` or role `sync_standby`.
-        sync_ok = not self.sync or any(m.get("sync") or m.get("role") == "sync_standby" for m in members)
+        sync_ok = not self.sync or self._sync_promised(members)
         return len(primaries) == 1 and len(streaming) == len(self._members) - 1 and sync_ok
+
+    def _sync_promised(self, members: list[dict[str, Any]]) -> bool:
+        """The store names a synchronous standby (GET /cluster's `sync.members`)."""
+        for m in members:
+            try:
+                cluster = http_json(f"{str(m['api_url']).rstrip('/')}/cluster", timeout=1.0)
+            except Exception:  # a member being restarted
+                continue
+            sync = cluster.get("sync") if isinstance(cluster, dict) else None
+            return bool(sync and sync.get("members"))
+        return False
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(self._healthy, timeout, "pgwarden: one primary and all replicas streaming", interval=0.1)

@@ -323,7 +323,8 @@ class Agent:
             name=self.cfg.name, api_url=self.me.api_url, host=self.me.host, port=self.me.port,
             role=role, state=state, running=pgv.running and pgv.healthy, timeline=pgv.timeline,
             lsn=pgv.lsn, received_lsn=pgv.received_lsn, replayed_lsn=pgv.replayed_lsn,
-            upstream=pgv.upstream if role == Role.REPLICA else None, tags=self.me.tags,
+            upstream=pgv.upstream if role == Role.REPLICA else None,
+            streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
         )

@@ -29,7 +29,7 @@ from pgwarden.cli.output import (
     print_json,
     topology_tree,
 )
-from pgwarden.config.load import apply_setting, load_node_config
+from pgwarden.config.load import apply_settings, load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
 from pgwarden.store.base import Store, StoreUnavailable
@@ -257,9 +257,7 @@ def cmd_edit_config(args: argparse.Namespace, ctx: Ctx) -> int:
     assignments: list[str] = args.assignments
 
     def change(s: ClusterSettings) -> ClusterSettings:
-        for a in assignments:
-            s = apply_setting(s, a)
-        return s
+        return apply_settings(s, assignments)
 
     before, after = update_settings(ctx.store, change)
     if before == after:

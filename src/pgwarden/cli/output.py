@@ -18,7 +18,7 @@ from rich.tree import Tree
 from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Role, Tags, int_to_lsn
 
 # Keys of one member in `ctl list --format json` and `local status --format json`.
-MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "tags")
+MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "tags")
 
 
 class CliError(Exception):
@@ -70,6 +70,7 @@ def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
         "api_url": m.api_url,
         "timeline": m.timeline,
         "lag": member_lag(view, m),
+        "streaming": m.streaming,
         "tags": m.tags.to_dict(),
     }
 
@@ -92,6 +93,7 @@ def stopped_row(name: str, host: str, port: int, api_url: str, tags: Tags | None
         "api_url": api_url,
         "timeline": None,
         "lag": None,
+        "streaming": False,
         "tags": (tags or Tags()).to_dict(),
     }
 
@@ -122,7 +124,8 @@ def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
             str(r["name"]),
             f"{r['host']}:{r['port']}",
             str(r["role"]),
-            str(r["state"]),
+            # Like patronictl: a running replica whose WAL receiver streams shows "streaming".
+            "streaming" if r["state"] == "running" and r.get("streaming") else str(r["state"]),
             "" if r["timeline"] is None else str(r["timeline"]),
             format_lag_mb(r["lag"]),
             format_tags(r["tags"]),

@@ -7,6 +7,7 @@ it without reading our source.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +94,28 @@ def parse_settings(data: Any, source: str = "cluster settings") -> ClusterSettin
 
 
 def apply_setting(settings: ClusterSettings, assignment: str) -> ClusterSettings:
-    """Apply one `KEY=VALUE` (from `ctl edit-config --set`) and validate the result.
+    """Apply one `KEY=VALUE` (see `apply_settings`)."""
+    return apply_settings(settings, [assignment])
 
-    VALUE is parsed as YAML (so `on`/`off` strings stay strings only where the schema says so:
-    pydantic coerces). `parameters.NAME=VALUE` (or `postgresql.parameters.NAME`) sets a
+
+def apply_settings(settings: ClusterSettings, assignments: Sequence[str]) -> ClusterSettings:
+    """Apply `KEY=VALUE` assignments (from `--set`) together, then validate the result once, so
+    changes that are only valid together (ttl=2 with loop_wait=0.25) can be made in one go.
+
+    VALUE is parsed as YAML. `parameters.NAME=VALUE` (or `postgresql.parameters.NAME`) sets a
     PostgreSQL parameter; an empty VALUE removes it.
     """
+    data = settings.model_dump(mode="json")
+    for assignment in assignments:
+        _assign(data, assignment)
+    return parse_settings(data, "--set " + " --set ".join(assignments))
+
+
+def _assign(data: dict[str, Any], assignment: str) -> None:
     key, sep, raw = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"--set takes KEY=VALUE, got '{assignment}'")
-    data = settings.model_dump(mode="json")
     key = key.removeprefix("postgresql.")
     if key.startswith("parameters."):
         name = key.split(".", 1)[1]
@@ -113,14 +125,12 @@ def apply_setting(settings: ClusterSettings, assignment: str) -> ClusterSettings
         else:
             params[name] = raw
         data["parameters"] = params
-    else:
-        if key not in ClusterSettings.model_fields:
-            guess = difflib.get_close_matches(key, list(ClusterSettings.model_fields), n=1, cutoff=0.5)
-            hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            raise ConfigError(
-                f"unknown setting '{key}'{hint} (settings: {', '.join(sorted(ClusterSettings.model_fields))})"
-            )
-        # YAML would read `on`/`off` as booleans; synchronous_mode wants the words.
-        value: Any = raw if key in ("synchronous_mode", "failover_mode") else yaml.safe_load(raw)
-        data[key] = value
-    return parse_settings(data, f"--set {assignment}")
+        return
+    if key not in ClusterSettings.model_fields:
+        guess = difflib.get_close_matches(key, list(ClusterSettings.model_fields), n=1, cutoff=0.5)
+        hint = f"; did you mean '{guess[0]}'?" if guess else ""
+        raise ConfigError(
+            f"unknown setting '{key}'{hint} (settings: {', '.join(sorted(ClusterSettings.model_fields))})"
+        )
+    # YAML would read `on`/`off` as booleans; synchronous_mode wants the words.
+    data[key] = raw if key in ("synchronous_mode", "failover_mode") else yaml.safe_load(raw)

@@ -89,6 +89,7 @@ class MemberInfo:
     received_lsn: int | None = None
     replayed_lsn: int | None = None
     upstream: str | None = None  # member this replica streams from
+    streaming: bool = False  # a replica whose WAL receiver streams from its upstream
     tags: Tags = Tags()
     agent_pid: int | None = None
     postmaster_pid: int | None = None
@@ -110,6 +111,7 @@ class MemberInfo:
             "received_lsn": self.received_lsn,
             "replayed_lsn": self.replayed_lsn,
             "upstream": self.upstream,
+            "streaming": self.streaming,
             "tags": self.tags.to_dict(),
             "agent_pid": self.agent_pid,
             "postmaster_pid": self.postmaster_pid,
@@ -138,6 +140,7 @@ class MemberInfo:
             received_lsn=opt_int("received_lsn"),
             replayed_lsn=opt_int("replayed_lsn"),
             upstream=d.get("upstream"),
+            streaming=bool(d.get("streaming", False)),
             tags=Tags.from_dict(d.get("tags")),
             agent_pid=opt_int("agent_pid"),
             postmaster_pid=opt_int("postmaster_pid"),

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from pgwarden.cli.output import CliError, UsageError
-from pgwarden.config.load import ConfigError, apply_setting, parse_node_config
+from pgwarden.config.load import ConfigError, apply_settings, parse_node_config
 from pgwarden.config.schema import ClusterSettings, PostgresConfig, SyncMode
 
 LOOPBACK = "127.0.0.1"
@@ -149,12 +149,8 @@ class NodePlan:
 def seed_settings(sync: str | None, assignments: Sequence[str]) -> ClusterSettings:
     """The cluster settings `local up` seeds: defaults, --sync, then each --set (validated, so a
     typo fails before anything starts)."""
-    settings = ClusterSettings()
-    if sync is not None:
-        settings = apply_setting(settings, f"synchronous_mode={SyncMode(sync).value}")
-    for a in assignments:
-        settings = apply_setting(settings, a)
-    return settings
+    sets = [f"synchronous_mode={SyncMode(sync).value}"] if sync is not None else []
+    return apply_settings(ClusterSettings(), [*sets, *assignments])
 
 
 def node_config(
