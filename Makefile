@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEMO_DIR ?= demo
+# As root, PostgreSQL runs as the `postgres` user, which cannot reach a checkout under /root:
+# keep the demo cluster where it can.
+DEMO_DIR ?= $(if $(filter 0,$(shell id -u)),/var/lib/pgwarden/demo,demo)
 NODES ?= 3
 
 .PHONY: install demo demo-status demo-down test lint typecheck unit bench clean
