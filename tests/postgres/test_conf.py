@@ -94,7 +94,9 @@ def test_hba_and_ident() -> None:
     hba = conf.render_pg_hba(superuser="postgres", extra=["host all app 10.0.0.0/8 scram-sha-256"])
     lines = [line.split() for line in hba.splitlines() if not line.startswith("#")]
     assert lines[0] == ["local", "all", "postgres", "peer", "map=pgwarden"]
-    assert lines[1][2] == "app"  # extras before our catch-alls
+    # The agent reads a standby's replay timeline over a local replication connection.
+    assert lines[1] == ["local", "replication", "postgres", "peer", "map=pgwarden"]
+    assert lines[2][2] == "app"  # extras before our catch-alls
     assert ["host", "replication", "all", "0.0.0.0/0", "scram-sha-256"] in lines
     assert all(line[-1] == "scram-sha-256" for line in lines if line[0] == "host")
     ident = conf.render_pg_ident(os_users=["root", "postgres"], superuser="postgres")

@@ -1,27 +1,45 @@
 """The node's REST API: Patroni-compatible health checks, status, cluster view and operator
-requests, served by aiohttp on its own thread and event loop so HTTP never blocks the HA loop.
+requests, served on threads of its own so HTTP never blocks the HA loop.
 
 The API only reads the NodeState the agent publishes; operator requests go to the store (validated
 by core/requests.py) or, for local operations, to the agent's Commands.
+
+Transport: the standard library's ThreadingHTTPServer, not an async framework. That is a deliberate
+choice, not an omission:
+- footprint: the agent is meant to idle near Patroni's resident size, and importing aiohttp alone
+  added ~11 MB of RSS; http.server is a few hundred KB of code that the interpreter mostly already has;
+- the traffic is tiny: health checks (HAProxy, Kubernetes probes, load balancers) are GET/HEAD/OPTIONS
+  with no body, a few a second per checker, plus the odd operator request; a thread per connection
+  is plenty and lets blocking store calls run in the request's own thread with `store_timeout`;
+- it is what Patroni serves its REST API with, so its clients' expectations hold.
+What a framework would have given us is done here explicitly: one accept thread (no polling, it
+sleeps until a connection or stop()), daemon request threads, a socket timeout so a silent client
+cannot hold a thread, a 1 MiB body cap (413), Content-Length on every response (keep-alive stays in
+sync), JSON errors for malformed requests, and an access log on "pgwarden.api.access".
 """
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-import functools
+import itertools
 import json
 import logging
 import math
+import re
+import selectors
+import socket
+import socketserver
+import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from aiohttp import web
-
+from pgwarden import __version__
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status, member_lag, sync_flags
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
 from pgwarden.config.load import ConfigError, parse_settings
@@ -31,13 +49,18 @@ from pgwarden.core.requests import RequestError, validate_failover, validate_swi
 from pgwarden.store.base import Store, StoreConflict, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+access_log = logging.getLogger("pgwarden.api.access")
 
 _NONE = type(None)
 _STR_OR_NULL: tuple[type, ...] = (str, _NONE)
-_STARTUP_TIMEOUT = 10.0
+_MAX_BODY = 1024 * 1024
+_MAX_LINE = 65536
+_REQUEST_TIMEOUT = 10.0
+_STOP_TIMEOUT = 10.0
+_JSON_TYPE = "application/json; charset=utf-8"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_SLASH = re.compile(r"%2[Ff]")
 
 
 class ApiServerError(RuntimeError):
@@ -89,6 +112,7 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "replayed_lsn": m.replayed_lsn,
         "lag": lag,
         "upstream": m.upstream,
+        "replication_state": "streaming" if m.streaming else None,
         "holds_lease": st.holds_lease,
         "paused": paused,
         "pending_restart": m.pending_restart,
@@ -288,52 +312,339 @@ def merge_settings(current: ClusterSettings, patch: Mapping[str, Any]) -> Cluste
         raise HttpError(400, str(e)) from None
 
 
+# -- the transport --------------------------------------------------------------------------------
+
+
+class _Disconnect(Exception):
+    """The client went away or stopped sending mid-request: there is nobody to answer."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a route handler sees: the method, the percent-decoded path, the query (first value of
+    each key) and the body, read on demand (HttpError 413 past the cap, 400 if malformed)."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    read: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+Route = Callable[[Request], Response]
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+    data = json.dumps(body, sort_keys=True).encode("utf-8")
+    return Response(status, data, {"Content-Type": _JSON_TYPE, **(headers or {})})
+
+
+def _unquote(part: str) -> str:
+    try:
+        return urllib.parse.unquote(part, errors="strict")
+    except UnicodeDecodeError:
+        return part
+
+
+def _decode_path(raw: str) -> str:
+    """Percent-decoded, except %2F (a slash inside a segment is not a separator); undecodable
+    sequences stay as sent."""
+    return "%2F".join(_unquote(p) for p in _SLASH.split(raw))
+
+
+def _split_target(target: str) -> tuple[str, str] | None:
+    """(path, raw query) of an origin-form or absolute-form request target; None if neither."""
+    if not target.startswith("/"):
+        if not target.lower().startswith(("http://", "https://")):
+            return None
+        try:
+            parts = urllib.parse.urlsplit(target)
+        except ValueError:
+            return None
+        target = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+    path, _, query = target.partition("#")[0].partition("?")
+    return path, query
+
+
+def _query(raw: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in urllib.parse.parse_qsl(raw, keep_blank_values=True):
+        query.setdefault(key, value)
+    return query
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection: reads requests (keep-alive), hands each to ApiServer.dispatch, writes the
+    answer in one piece with Content-Length always set."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = f"pgwarden/{__version__}"
+    sys_version = ""
+    timeout = _REQUEST_TIMEOUT  # on the socket: a silent client is dropped, not waited for
+    disable_nagle_algorithm = True
+
+    _started = 0.0
+    _length: int | None = 0  # request body: bytes announced; None = chunked
+    _body: bytes | None = None
+
+    @property
+    def _api(self) -> ApiServer:
+        server = self.server
+        assert isinstance(server, _Server)
+        return server.api
+
+    def handle_one_request(self) -> None:
+        self._started = time.time()
+        self._length, self._body = 0, None
+        self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+        try:
+            self.raw_requestline = self.rfile.readline(_MAX_LINE + 1)
+            if not self.raw_requestline:
+                self.close_connection = True
+                return
+            if len(self.raw_requestline) > _MAX_LINE:
+                self.send_error(414, "request line too long")
+                return
+            if self.parse_request():  # on failure it has answered (send_error) or there is nothing to answer
+                self._serve()
+        except (OSError, _Disconnect) as e:  # timeouts, resets, broken pipes
+            log.debug("REST API: dropping connection from %s: %r", self.client_address[0], e)
+            self.close_connection = True
+
+    def _serve(self) -> None:
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+            self.send_error(400, "HTTP/0.9 requests are not supported")
+            return
+        if not _TOKEN.fullmatch(self.command):
+            self.send_error(400, f"invalid method {self.command!r}")
+            return
+        split = _split_target(self.requestline.split()[1])  # unlike self.path, keeps a leading //
+        if split is None:
+            self.send_error(400, "invalid request target")
+            return
+        error = self._framing()
+        if error is not None:
+            self.send_error(400, error)
+            return
+        raw_path, raw_query = split
+        request = Request(self.command, _decode_path(raw_path), _query(raw_query), self._read_body)
+        response = self._api.dispatch(request)
+        if self._body is None and self._length is not None and self._length > _MAX_BODY:
+            self.close_connection = True  # an unread body too big to skip
+        self._reply(response, head=self.command == "HEAD")
+        if self._body is None and self._length != 0 and not self.close_connection:
+            try:  # skip the unread body so the next request on this connection starts in sync
+                self._read_body()
+            except HttpError:
+                self.close_connection = True
+
+    def _framing(self) -> str | None:
+        """How the request body is delimited; an error message when that is ambiguous or invalid."""
+        chunked = self.headers.get("Transfer-Encoding")
+        lengths = self.headers.get_all("Content-Length") or []
+        if chunked is not None:
+            if chunked.strip().lower() != "chunked":
+                return f"unsupported Transfer-Encoding: {chunked}"
+            if lengths:
+                return "both Content-Length and Transfer-Encoding are set"
+            self._length = None
+        elif lengths:
+            values = {v.strip() for v in lengths}
+            value = values.pop()
+            if values or not value.isascii() or not value.isdigit() or len(value) > 18:
+                return "invalid Content-Length"
+            self._length = int(value)
+        return None
+
+    # -- the request body -----------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if self._body is None:
+            try:
+                self._body = self._read_chunked() if self._length is None else self._read_exactly()
+            except HttpError:
+                self.close_connection = True  # the rest of the body is still on the wire
+                raise
+        return self._body
+
+    def _read_exactly(self) -> bytes:
+        assert self._length is not None
+        if self._length > _MAX_BODY:
+            raise HttpError(413, "Request Entity Too Large")
+        return self._recv(self._length)
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            data = self.rfile.read(n)
+        except OSError as e:
+            raise _Disconnect(repr(e)) from e
+        if len(data) < n:
+            raise _Disconnect("the client closed the connection mid-body")
+        return data
+
+    def _line(self) -> bytes:
+        try:
+            line = self.rfile.readline(_MAX_LINE + 1)
+        except OSError as e:
+            raise _Disconnect(repr(e)) from e
+        if not line:
+            raise _Disconnect("the client closed the connection mid-body")
+        if len(line) > _MAX_LINE:
+            raise HttpError(400, "malformed chunked body")
+        return line
+
+    def _read_chunked(self) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            size = self._line().split(b";", 1)[0].strip()
+            if not _CHUNK_SIZE.fullmatch(size):
+                raise HttpError(400, "malformed chunked body")
+            n = int(size, 16)
+            if n == 0:
+                break
+            total += n
+            if total > _MAX_BODY:
+                raise HttpError(413, "Request Entity Too Large")
+            parts.append(self._recv(n))
+            if self._line().strip():
+                raise HttpError(400, "malformed chunked body")
+        while self._line().strip():  # trailer fields, ignored
+            pass
+        return b"".join(parts)
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def _reply(self, response: Response, *, head: bool = False) -> None:
+        """Status line, headers and body in one write; HEAD gets the headers a GET would."""
+        reason = self.responses.get(response.status, ("",))[0]
+        lines = [f"HTTP/1.1 {response.status} {reason}",
+                 f"Server: {self.version_string()}",
+                 f"Date: {self.date_time_string()}"]
+        lines += [f"{k}: {v}" for k, v in response.headers.items()]
+        lines.append(f"Content-Length: {len(response.body)}")
+        if self.close_connection:
+            lines.append("Connection: close")
+        elif self.request_version == "HTTP/1.0":
+            lines.append("Connection: keep-alive")
+        payload = b"" if head else response.body
+        self.wfile.write("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + payload)
+        self._access(response.status, len(payload))
+
+    def _access(self, status: int, size: int) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        headers = getattr(self, "headers", None)
+        referer = headers.get("Referer", "-") if headers is not None else "-"
+        agent = headers.get("User-Agent", "-") if headers is not None else "-"
+        when = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(self._started))
+        access_log.info('%s %s "%s" %d %d "%s" "%s"', self.client_address[0], when,
+                        self.requestline or "-", status, size, referer, agent)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Protocol-level failures (bad request line, headers, version): a JSON error like any other,
+        and the connection is closed since the rest of the request cannot be trusted."""
+        self.close_connection = True
+        self._reply(_json(code, {"error": message or self.responses.get(code, ("error",))[0]}),
+                    head=self.command == "HEAD")
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _access logs every answer, in the format the agent has always used
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("REST API: %s: %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    """One listening socket. Connections are accepted by ApiServer's accept thread (which watches
+    every socket and a wake-up pipe, so it sleeps until there is work) and served on daemon threads
+    named pgwarden-api-N."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], api: ApiServer) -> None:
+        self.address_family = family
+        self.api = api
+        self._serial = itertools.count(1)
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(address, _Handler)
+        self.socket.setblocking(False)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio does
+        socketserver.TCPServer.server_bind(self)  # HTTPServer's would do a reverse DNS lookup
+        self.server_name = str(self.server_address[0])
+        self.server_port = int(self.server_address[1])
+
+    def accept(self) -> None:
+        try:
+            conn, addr = self.get_request()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return  # nothing after all: the client gave up
+        except OSError as e:  # out of descriptors or memory: back off rather than spin
+            log.warning("REST API: cannot accept a connection: %s", e)
+            time.sleep(0.1)
+            return
+        self.process_request(conn, addr)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        thread = threading.Thread(target=self._process, args=(request, client_address),
+                                  name=f"pgwarden-api-{next(self._serial)}", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:
+            log.warning("REST API: cannot start a thread for %s; connection dropped", client_address[0])
+            self._forget(request)
+
+    def _process(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: socket.socket) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("REST API: connection from %s failed", client_address[0], exc_info=True)
+        else:
+            log.exception("REST API: error serving %s", client_address[0])
+
+    def end_connections(self) -> None:
+        """Stop reading from every open connection: idle keep-alive connections end at once, a request
+        in progress still gets its answer."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+
 # -- the server -----------------------------------------------------------------------------------
 
 
-def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers,
-                             dumps=functools.partial(json.dumps, sort_keys=True))
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every failure becomes a JSON {"error": ...}; nothing a client sends yields a traceback."""
-    try:
-        return await handler(request)
-    except HttpError as e:
-        return _json(e.status, {"error": e.message})
-    except BadRequest as e:
-        return _json(400, {"error": str(e)})
-    except RequestError as e:
-        return _json(400 if e.kind == "invalid" else 412, {"error": e.message})
-    except StoreConflict as e:
-        return _json(409, {"error": f"the store changed concurrently, retry: {e}"})
-    except StoreUnavailable as e:
-        return _json(503, {"error": f"the store is unreachable: {e}"})
-    except StoreError as e:
-        return _json(503, {"error": f"store error: {e}"})
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        headers = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
-        if e.status == 404:
-            msg = f"no such endpoint: {request.path}"
-        elif e.status == 405:
-            allowed = e.headers.get("Allow", "")
-            msg = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
-        else:
-            msg = e.reason
-        return _json(e.status, {"error": msg}, headers)
-    except asyncio.CancelledError:
-        raise
-    except Exception as e:
-        log.exception("REST API: unexpected error on %s %s", request.method, request.path)
-        return _json(500, {"error": f"internal error: {type(e).__name__}"})
-
-
 class ApiServer:
-    """One node's HTTP API, on its own thread. `start()` returns once listening."""
+    """One node's HTTP API, on threads of its own. `start()` returns once listening."""
 
     def __init__(
         self,
@@ -354,12 +665,11 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
+        self._servers: list[_Server] = []
+        self._wake: tuple[socket.socket, socket.socket] | None = None
         self._bound_port: int | None = None
+        self._routes: dict[str, dict[str, Route]] = {}
+        self._add_routes()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -371,86 +681,113 @@ class ApiServer:
     def start(self) -> None:
         if self._thread is not None:
             raise ApiServerError("REST API already started")
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pgwarden-api-io")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="pgwarden-api", daemon=True)
+        try:
+            servers = self._listen()
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise ApiServerError(f"REST API cannot listen on {self.host}:{self.port}: {reason}") from e
+        self._servers = servers
+        self._bound_port = servers[0].server_port
+        self._wake = socket.socketpair()
+        self._thread = threading.Thread(target=self._accept_loop, args=(servers, self._wake[0]),
+                                        name="pgwarden-api", daemon=True)
         self._thread.start()
-        if not self._started.wait(_STARTUP_TIMEOUT):
-            raise ApiServerError(f"REST API did not start listening on {self.host}:{self.port} in time")
-        if self._start_error is not None:
-            self._thread.join()
-            self._thread = None
-            self._executor.shutdown(wait=False)
-            err = self._start_error
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-            raise ApiServerError(f"REST API cannot listen on {self.host}:{self.port}: {reason}") from err
 
     def stop(self) -> None:
-        thread, loop = self._thread, self._loop
-        if thread is None or loop is None:
+        thread, wake, servers = self._thread, self._wake, self._servers
+        if thread is None or wake is None:
             return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        self._thread = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._thread, self._wake, self._servers = None, None, []
+        try:
+            wake[1].send(b"x")
+        except OSError:
+            pass
+        thread.join(_STOP_TIMEOUT)
+        for server in servers:
+            server.server_close()
+            server.end_connections()
+        for s in wake:
+            s.close()
 
-    def _run(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
+    def _listen(self) -> list[_Server]:
+        """A socket per address the host resolves to (an empty host: all of them, IPv4 and IPv6)."""
+        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        servers: list[_Server] = []
+        seen: set[tuple[Any, ...]] = set()
         try:
-            loop.run_until_complete(self._listen())
-        except BaseException as e:
-            self._start_error = e
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
-        try:
-            loop.run_forever()
-        finally:
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-    async def _listen(self) -> None:
-        app = web.Application(middlewares=[_errors], client_max_size=1024 * 1024)
-        self._routes(app)
-        runner = web.AppRunner(app, shutdown_timeout=1.0, keepalive_timeout=75.0,
-                               access_log=logging.getLogger("pgwarden.api.access"))
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        try:
-            await site.start()
+            for family, _, _, _, sockaddr in infos:
+                key = (family, *sockaddr[:2])
+                if key not in seen:
+                    seen.add(key)
+                    servers.append(_Server(family, tuple(sockaddr), self))
         except BaseException:
-            await runner.cleanup()
+            for server in servers:
+                server.server_close()
             raise
-        self._runner = runner
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self._bound_port = int(sockets[0].getsockname()[1])
+        return servers
 
-    def _routes(self, app: web.Application) -> None:
-        r = app.router
+    @staticmethod
+    def _accept_loop(servers: list[_Server], wake: socket.socket) -> None:
+        with selectors.DefaultSelector() as sel:
+            for server in servers:
+                sel.register(server.socket, selectors.EVENT_READ, server)
+            sel.register(wake, selectors.EVENT_READ, None)
+            while True:
+                for key, _ in sel.select():
+                    if key.data is None:
+                        return
+                    try:
+                        key.data.accept()
+                    except Exception:
+                        log.exception("REST API: cannot accept a connection")
+
+    def _add_routes(self) -> None:
+        r = self._routes
         for path in sorted(HEALTH_PATHS):
-            paths = [path] if path == "/" else [path, path + "/"]
-            for p in paths:
-                r.add_get(p, self._health)  # also HEAD
-                r.add_route("OPTIONS", p, self._health)
+            for p in [path] if path == "/" else [path, path + "/"]:
+                r[p] = {"GET": self._health, "HEAD": self._health, "OPTIONS": self._health}
         for p in ("/status", "/patroni"):
-            r.add_get(p, self._status)
-        r.add_get("/cluster", self._cluster)
-        r.add_get("/history", self._history)
-        r.add_get("/config", self._get_config)
-        r.add_patch("/config", self._patch_config)
-        r.add_put("/config", self._put_config)
-        r.add_post("/switchover", self._switchover)
-        r.add_delete("/switchover", self._delete_switchover)
-        r.add_post("/failover", self._failover)
-        r.add_post("/restart", self._restart)
-        r.add_post("/reinitialize", self._reinitialize)
+            r[p] = {"GET": self._status, "HEAD": self._status}
+        r["/cluster"] = {"GET": self._cluster, "HEAD": self._cluster}
+        r["/history"] = {"GET": self._history, "HEAD": self._history}
+        r["/config"] = {"GET": self._get_config, "HEAD": self._get_config, "PATCH": self._patch_config,
+                        "PUT": self._put_config}
+        r["/switchover"] = {"POST": self._switchover, "DELETE": self._delete_switchover}
+        r["/failover"] = {"POST": self._failover}
+        r["/restart"] = {"POST": self._restart}
+        r["/reinitialize"] = {"POST": self._reinitialize}
+
+    def dispatch(self, request: Request) -> Response:
+        """Route one request. Every failure becomes a JSON {"error": ...}; nothing a client sends
+        yields a traceback."""
+        try:
+            methods = self._routes.get(request.path)
+            if methods is None:
+                raise HttpError(404, f"no such endpoint: {request.path}")
+            route = methods.get(request.method)
+            if route is None:
+                allowed = ",".join(sorted(methods))
+                return _json(405, {"error": f"method {request.method} is not allowed on {request.path} "
+                                            f"(allowed: {allowed})"}, {"Allow": allowed})
+            return route(request)
+        except HttpError as e:
+            return _json(e.status, {"error": e.message})
+        except BadRequest as e:
+            return _json(400, {"error": str(e)})
+        except RequestError as e:
+            return _json(400 if e.kind == "invalid" else 412, {"error": e.message})
+        except StoreConflict as e:
+            return _json(409, {"error": f"the store changed concurrently, retry: {e}"})
+        except StoreUnavailable as e:
+            return _json(503, {"error": f"the store is unreachable: {e}"})
+        except StoreError as e:
+            return _json(503, {"error": f"store error: {e}"})
+        except _Disconnect:
+            raise
+        except Exception as e:
+            log.exception("REST API: unexpected error on %s %s", request.method, request.path)
+            return _json(500, {"error": f"internal error: {type(e).__name__}"})
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -468,19 +805,13 @@ class ApiServer:
             raise HttpError(503, "this node has no store connection")
         return self._store
 
-    async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
-        """Blocking calls (store, agent commands) run on worker threads, never on the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+    def _snapshot(self) -> ClusterView:
+        return self._need_store().snapshot(self._store_timeout)
 
-    async def _snapshot(self) -> ClusterView:
-        store = self._need_store()
-        return await self._off_loop(store.snapshot, self._store_timeout)
-
-    async def _view(self) -> ClusterView:
+    def _view(self) -> ClusterView:
         """A fresh snapshot when there is a store, else the agent's last one."""
         if self._store is not None:
-            return await self._snapshot()
+            return self._snapshot()
         st = self._state()
         if st.cluster is None:
             raise HttpError(503, "no store snapshot yet")
@@ -488,64 +819,61 @@ class ApiServer:
 
     # -- read endpoints -------------------------------------------------------------------------
 
-    async def _health(self, request: web.Request) -> web.StreamResponse:
+    def _health(self, request: Request) -> Response:
         path = request.path if request.path == "/" else request.path.rstrip("/")
         st = self._holder.get()
-        query = {k: request.query.getone(k) for k in request.query}
-        code = 503 if st is None else health_status(path, query, st, time.monotonic())
+        code = 503 if st is None else health_status(path, request.query, st, time.monotonic())
         if request.method in ("HEAD", "OPTIONS"):
             # HAProxy's `option httpchk` reads the status line only.
-            return web.Response(status=code)
+            return Response(code)
         body = status_json(st, self._cluster_name()) if st is not None else {
             "error": "the agent is starting: no state published yet"}
         return _json(code, body)
 
-    async def _status(self, request: web.Request) -> web.StreamResponse:
+    def _status(self, request: Request) -> Response:
         return _json(200, status_json(self._state(), self._cluster_name()))
 
-    async def _cluster(self, request: web.Request) -> web.StreamResponse:
+    def _cluster(self, request: Request) -> Response:
         st = self._state()
         if st.cluster is None:
             raise HttpError(503, "no store snapshot yet")
         return _json(200, cluster_json(st.cluster, self._cluster_name()))
 
-    async def _history(self, request: web.Request) -> web.StreamResponse:
-        return _json(200, history_json(await self._view()))
+    def _history(self, request: Request) -> Response:
+        return _json(200, history_json(self._view()))
 
-    async def _get_config(self, request: web.Request) -> web.StreamResponse:
-        return _json(200, settings_json((await self._view()).settings))
+    def _get_config(self, request: Request) -> Response:
+        return _json(200, settings_json(self._view().settings))
 
     # -- settings -------------------------------------------------------------------------------
 
-    async def _write_settings(self, view: ClusterView, new: ClusterSettings) -> web.StreamResponse:
+    def _write_settings(self, view: ClusterView, new: ClusterSettings) -> Response:
         store = self._need_store()
-        ok = await self._off_loop(store.set_settings, new, view.settings_token or None, self._store_timeout)
-        if not ok:
+        if not store.set_settings(new, view.settings_token or None, self._store_timeout):
             raise HttpError(409, "the settings changed while this request ran; read them again and retry")
         log.info("REST API: cluster settings changed: %s", settings_json(new))
         return _json(200, settings_json(new))
 
-    async def _patch_config(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read())
-        view = await self._snapshot()
-        return await self._write_settings(view, merge_settings(view.settings, body))
+    def _patch_config(self, request: Request) -> Response:
+        body = parse_body(request.read())
+        view = self._snapshot()
+        return self._write_settings(view, merge_settings(view.settings, body))
 
-    async def _put_config(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read())
+    def _put_config(self, request: Request) -> Response:
+        body = parse_body(request.read())
         try:
             new = parse_settings(body, "settings")
         except ConfigError as e:
             raise HttpError(400, str(e)) from None
-        view = await self._snapshot()
-        return await self._write_settings(view, new)
+        view = self._snapshot()
+        return self._write_settings(view, new)
 
     # -- switchover / failover ------------------------------------------------------------------
 
-    async def _submit(self, view: ClusterView, req: FailoverRequest) -> web.StreamResponse:
+    def _submit(self, view: ClusterView, req: FailoverRequest) -> Response:
         store = self._need_store()
         token = view.failover.token if view.failover is not None else None
-        ok = await self._off_loop(store.set_failover, req, token, self._store_timeout)
-        if not ok:
+        if not store.set_failover(req, token, self._store_timeout):
             raise HttpError(409, "another switchover or failover request was written meanwhile; retry")
         if req.kind == "switchover":
             target = f" to {req.candidate}" if req.candidate else ""
@@ -556,40 +884,40 @@ class ApiServer:
         log.info("REST API: %s", msg)
         return _json(202, {"message": msg})
 
-    async def _switchover(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read())
+    def _switchover(self, request: Request) -> Response:
+        body = parse_body(request.read())
         check_fields(body, {"leader": _STR_OR_NULL, "candidate": _STR_OR_NULL, "member": _STR_OR_NULL,
                             "scheduled_at": (str, int, float, _NONE)}, "switchover")
-        return await self._do_switchover(body)
+        return self._do_switchover(body)
 
-    async def _do_switchover(self, body: Mapping[str, Any]) -> web.StreamResponse:
+    def _do_switchover(self, body: Mapping[str, Any]) -> Response:
         scheduled = parse_schedule(body.get("scheduled_at"), "switchover")
         candidate = body.get("candidate") or body.get("member") or None
-        view = await self._snapshot()
+        view = self._snapshot()
         req = validate_switchover(view, body.get("leader") or None, candidate, scheduled, time.time())
-        return await self._submit(view, req)
+        return self._submit(view, req)
 
-    async def _failover(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read())
+    def _failover(self, request: Request) -> Response:
+        body = parse_body(request.read())
         check_fields(body, {"leader": _STR_OR_NULL, "candidate": _STR_OR_NULL, "member": _STR_OR_NULL,
                             "scheduled_at": (str, int, float, _NONE)}, "failover")
         if body.get("leader"):
             # Patroni: a failover naming the leader is carried out as a switchover.
-            return await self._do_switchover(body)
+            return self._do_switchover(body)
         if body.get("scheduled_at") not in (None, ""):
             raise HttpError(400, "a failover can't be scheduled; use a switchover")
         candidate = body.get("candidate") or body.get("member")
         if not candidate:
             raise HttpError(400, "a failover needs a candidate")
-        view = await self._snapshot()
-        return await self._submit(view, validate_failover(view, candidate, time.time()))
+        view = self._snapshot()
+        return self._submit(view, validate_failover(view, candidate, time.time()))
 
-    async def _delete_switchover(self, request: web.Request) -> web.StreamResponse:
+    def _delete_switchover(self, request: Request) -> Response:
         store = self._need_store()
-        view = await self._snapshot()
+        view = self._snapshot()
         if view.failover is None or view.failover.scheduled_at is None:
             raise HttpError(404, "no switchover is scheduled")
-        await self._off_loop(store.clear_failover, self._store_timeout)
+        store.clear_failover(self._store_timeout)
         return _json(200, {"message": "scheduled switchover deleted"})
 
     # -- local commands -------------------------------------------------------------------------
@@ -599,8 +927,8 @@ class ApiServer:
             raise HttpError(503, "this node does not accept local commands")
         return self._commands
 
-    async def _restart(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read(), required=False)
+    def _restart(self, request: Request) -> Response:
+        body = parse_body(request.read(), required=False)
         if "schedule" in body:
             raise HttpError(400, "scheduled restarts are not supported; restart now or later by hand")
         check_fields(body, {"role": (str,), "restart_pending": (bool,)}, "restart")
@@ -616,17 +944,17 @@ class ApiServer:
         if body.get("restart_pending") and not st.member.pending_restart:
             raise HttpError(412, "not restarted: no restart is pending on this node")
         try:
-            msg = await self._off_loop(commands.request_restart)
+            msg = commands.request_restart()
         except CommandRefused as e:
             raise HttpError(409, str(e)) from None
         return _json(200, {"message": msg})
 
-    async def _reinitialize(self, request: web.Request) -> web.StreamResponse:
-        body = parse_body(await request.read(), required=False)
+    def _reinitialize(self, request: Request) -> Response:
+        body = parse_body(request.read(), required=False)
         check_fields(body, {"force": (bool,)}, "reinitialize")
         commands = self._need_commands()
         try:
-            msg = await self._off_loop(commands.request_reinitialize, bool(body.get("force", False)))
+            msg = commands.request_reinitialize(bool(body.get("force", False)))
         except CommandRefused as e:
             raise HttpError(409, str(e)) from None
         return _json(200, {"message": msg})
