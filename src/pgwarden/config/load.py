@@ -58,7 +58,7 @@ def describe_errors(err: ValidationError, model: type[BaseModel], source: str) -
             lines.append(f"{source}: missing required key '{dotted}'")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: '{dotted}': {msg}")
+            lines.append(f"{source}: '{dotted}': {msg}" if loc else f"{source}: {msg}")
     return "\n".join(lines)
 
 
