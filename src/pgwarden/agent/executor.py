@@ -28,6 +28,9 @@ log = logging.getLogger("pgwarden.agent")
 # except promote/start-in-place, which are clipped to the lease (see `_lease_budget`).
 CLONE_TIMEOUT = 3600.0
 START_TIMEOUT = 60.0
+# A standby may need WAL from its upstream before it accepts connections; the loop must not sit
+# in pg_ctl meanwhile (observe() reports it as running but not yet healthy).
+REPLICA_START_WAIT = 5.0
 STOP_TIMEOUT = 30.0
 SLOT_RETENTION = 600.0
 
@@ -152,7 +155,7 @@ class Executor:
                 self._arm(self.pg.postmaster_pid())
             else:
                 try:
-                    self.pg.start(role="replica", upstream=up, wait_timeout=START_TIMEOUT)
+                    self.pg.start(role="replica", upstream=up, wait_timeout=REPLICA_START_WAIT)
                 except Exception:
                     self.facts.start_failures += 1
                     raise
@@ -237,7 +240,8 @@ class Executor:
         log.info("cloning from %s (%s:%d)", src.name, src.host, src.port)
         self.pg.stop("immediate", STOP_TIMEOUT)
         self.pg.clone(src.host, src.port, CLONE_TIMEOUT)
-        self.pg.start(role="replica", upstream=(src.name, src.host, src.port), wait_timeout=START_TIMEOUT)
+        up = (src.name, src.host, src.port)
+        self.pg.start(role="replica", upstream=up, wait_timeout=REPLICA_START_WAIT)
         self.facts.rewind_failed = False
         return True
 

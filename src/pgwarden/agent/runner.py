@@ -213,6 +213,10 @@ class Agent:
             log.debug("actions: %s", decision.actions)
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
+                if view is not None:
+                    # Before a rewind, clone or start that may take a while: the leader keeps a
+                    # slot only for members whose key it sees, and we need ours to stream.
+                    self._publish_member(pgv, view)
             self._pause_router_for_handover(view, decision.actions)
             self.exec.run(decision.actions, view, pgv)
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
