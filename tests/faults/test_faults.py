@@ -1,0 +1,105 @@
+"""The fault-injection runs (Jepsen-style): a 3-node cluster in network namespaces, concurrent
+writers, a seeded random fault schedule, and the checker's verdict. `--duration` makes a run
+longer, `--seed` replays one; see docs/fault-injection.md."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from pgwarden.postgres.conf import slot_name
+from tests.faults.checker import concurrent_writers
+from tests.faults.conftest import duration, seed
+from tests.faults.harness import FaultCluster
+from tests.faults.run import experiment
+from tests.faults.workload import Workload
+from tests.support.netns import Network, unavailable_reason
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def netns_ok() -> None:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"fault injection needs network namespaces: {reason}")
+
+
+@pytest.mark.fault_run
+@pytest.mark.parametrize("sync", [None, "on"], ids=["async", "sync-on"])
+def test_checker_finds_no_violation_under_random_faults(
+        sync: str | None, netns_ok: None, request: pytest.FixtureRequest) -> None:
+    chosen = seed(request.config)
+    run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
+    out = experiment(sync, run_seed, duration(request.config))
+    assert out.acks > 0, out.report
+    assert not out.violations, f"seed {run_seed}: checker found violations\n{out.report}"
+    assert not out.not_converged, f"seed {run_seed}: cluster did not converge\n{out.report}"
+
+
+REJOIN_DEADLINE = 25.0
+TRIES = 4
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "agent bug: after SIGCONT, a frozen former primary's agent runs pg_rewind and then "
+    "`pg_ctl start -w -t 60` in the same loop, before it publishes its member key again (it "
+    "lapsed during the freeze); the new primary creates replication slots only for published "
+    "members, so the standby fails with 'replication slot \"nodeN\" does not exist', cannot "
+    "reach a consistent state, and the agent sits in pg_ctl for the full 60 s (rejoin ~62 s)"))
+def test_a_frozen_primary_streams_again_soon_after_it_resumes(netns_ok: None) -> None:
+    """Fixed schedule: writes flowing, SIGSTOP the primary's agent for 2 * ttl (the fencer
+    stops its PostgreSQL, a replica takes over, the frozen node's member key expires), SIGCONT;
+    it must be a streaming replica on the new timeline within REJOIN_DEADLINE seconds.
+
+    Whether the new primary saw the frozen node's member key before it expired is a race of a
+    few milliseconds; a try where it did (the new primary made a slot for it) does not test the
+    case, so the test tries again, at most TRIES times, and skips if the race never went the
+    way the case needs."""
+    with Network() as net:
+        cl = FaultCluster(net)
+        keep = True
+        try:
+            cl.start()
+            work = Workload(cl.dsn(), writers=2, max_seconds=300)
+            work.prepare()
+            work.start()
+            try:
+                for attempt in range(1, TRIES + 1):
+                    old = cl.wait_primary(30)
+                    assert old is not None, "no primary"
+                    wait_for(lambda: work.last_ack_after(time.monotonic() - 0.5), 20, "writes flowing")
+                    cl.freeze_agent(old)
+                    time.sleep(2 * cl.ttl)  # the fault's own hold
+                    new = cl.primary()
+                    has_slot = new is not None and slot_name(old) in cl.slots(new)
+                    log_from = cl.agent_log(old).stat().st_size
+                    cl.thaw_agent(old)
+                    resumed = time.monotonic()
+                    assert new is not None and new != old, f"no failover while {old}'s agent was frozen"
+                    problems = cl.wait_converged(REJOIN_DEADLINE)
+                    took = time.monotonic() - resumed
+                    with cl.agent_log(old).open(errors="replace") as f:
+                        f.seek(log_from)
+                        rewound = "pg_rewind from" in f.read()
+                    if problems or (rewound and not has_slot):
+                        break
+                    print(f"try {attempt}: not the case under test (slot kept: {has_slot}, "
+                          f"rewound: {rewound}); again")
+                    assert not cl.wait_converged(90), "cluster did not recover between tries"
+                else:
+                    pytest.skip(f"in {TRIES} tries no frozen primary needed pg_rewind without a slot")
+            finally:
+                work.stop()
+            assert not concurrent_writers(work.acks)
+            # An expected failure while the bug stands: no kept directory piling up in /var/tmp
+            # (PGWARDEN_KEEP_TEST_DIRS=1 keeps it for a post-mortem).
+            keep = False
+            assert not problems, (f"{old} not back {took:.1f}s after its agent resumed (new primary "
+                                  f"{new}, slot kept: {has_slot}, rewound: {rewound}): {problems}\n"
+                                  f"{cl.log_excerpt(old, lines=25)}")
+        finally:
+            cl.close(keep=keep)
