@@ -165,7 +165,8 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
     assert [(m["name"], m["role"], m["state"], m["lag"]) for m in rows] == [
         ("node1", "primary", "running", 0), ("node2", "replica", "running", 1000),
         ("node3", "unknown", "stopped", None)]
-    assert set(rows[2]) == {"name", "role", "state", "host", "port", "api_url", "timeline", "lag", "tags"}
+    assert set(rows[2]) == {"name", "role", "state", "host", "port", "api_url", "timeline", "lag",
+                            "streaming", "tags"}
     assert rows[2]["port"] == ports["node3"] and rows[2]["api_url"] == "http://127.0.0.1:18010"
 
     r = run_cli("local", "status", "--dir", str(cluster_dir))

@@ -42,11 +42,14 @@ def reachable_tmpdir(prefix: str) -> Path:
 
 
 class Cluster:
-    def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = ()):
+    def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
+                 store: str = "etcd", witness: bool = False):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
         self.sets = sets
+        self.store = store  # etcd | zookeeper | raft (`local up --store`)
+        self.witness = witness
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -56,6 +59,10 @@ class Cluster:
             args += ["--sync", self.sync]
         for s in self.sets:
             args += ["--set", s]
+        if self.store != "etcd":
+            args += ["--store", self.store]
+        if self.witness:
+            args.append("--witness")
         pgwarden(*args)
 
     def down(self) -> None:
@@ -177,7 +184,15 @@ class Cluster:
         pgwarden("local", "stop", "--dir", str(self.dir), node)
 
     def etcd_pid(self) -> int:
-        return int(self.state()["procs"]["etcd"]["pid"])
+        return self.proc_pid("etcd")
+
+    def proc_pid(self, name: str) -> int:
+        """PID of any process `local up` started (a node's agent, etcd, zookeeper, witness)."""
+        return int(self.state()["procs"][name]["pid"])
+
+    def node_cmd(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`pgwarden node -c <node's file> ...`, not checked: tests look at refusals too."""
+        return pgwarden("node", "-c", self.config_path(node), *args, check=False, timeout=300)
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return pgwarden("ctl", "-c", self.config_path(self.names[0]), *args, check=check, timeout=90)

@@ -1,27 +1,19 @@
 """A real standalone ZooKeeper (Debian's `zookeeper` package) for tests: own port, own data dir,
-stopped by its PID."""
+stopped by its PID. The server's configuration and command line are `pgwarden.local.zookeeper`'s,
+the same `pgwarden local up --store zookeeper` runs."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+from pgwarden.local.zookeeper import MAX_SESSION_MS, MIN_SESSION_MS, TICK_MS, command, config_text, healthy
+from pgwarden.local.zookeeper import zookeeper_available as zookeeper_available
 from tests.support.ports import free_port
-
-# The jar's manifest lists its dependencies (netty, jute, slf4j-api, ...); slf4j-simple makes
-# the server's warnings reach its log file instead of being dropped.
-_JARS = ("/usr/share/java/zookeeper.jar", "/usr/share/java/slf4j-simple.jar")
-_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
-
-
-def zookeeper_available() -> bool:
-    return shutil.which("java") is not None and Path(_JARS[0]).exists()
 
 
 class ZooKeeperServer:
@@ -37,9 +29,9 @@ class ZooKeeperServer:
         self,
         base_dir: Path,
         name: str = "zookeeper",
-        tick_ms: int = 200,
-        min_session_ms: int = 400,
-        max_session_ms: int = 120_000,
+        tick_ms: int = TICK_MS,
+        min_session_ms: int = MIN_SESSION_MS,
+        max_session_ms: int = MAX_SESSION_MS,
     ) -> None:
         if not zookeeper_available():
             raise RuntimeError("no ZooKeeper: install Debian's `zookeeper` package (and java)")
@@ -64,42 +56,14 @@ class ZooKeeperServer:
     def _write_config(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(
-            "\n".join(
-                [
-                    f"tickTime={self.tick_ms}",
-                    f"dataDir={self.data_dir}",
-                    f"clientPort={self.port}",
-                    "clientPortAddress=127.0.0.1",
-                    f"minSessionTimeout={self.min_session_ms}",
-                    f"maxSessionTimeout={self.max_session_ms}",
-                    "admin.enableServer=false",
-                    "4lw.commands.whitelist=ruok,srvr",
-                    "maxClientCnxns=0",  # every test store opens a few sessions
-                    "",
-                ]
-            )
+            config_text(self.data_dir, self.port, self.tick_ms, self.min_session_ms, self.max_session_ms)
         )
 
     def command(self) -> list[str]:
-        return [
-            "java",
-            "-Xmx128m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",  # starts faster; a test server needs no peak speed
-            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-            "-Dzookeeper.jmx.log4j.disable=true",
-            "-cp", ":".join(j for j in _JARS if Path(j).exists()),
-            _MAIN,
-            str(self.config_path),
-        ]
+        return command(self.config_path)
 
     def healthy(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
-                s.sendall(b"ruok")
-                return s.recv(16) == b"imok"
-        except OSError:
-            return False
+        return healthy(self.port)
 
     def start(self, timeout: float = 60.0) -> None:
         if self._proc is not None:

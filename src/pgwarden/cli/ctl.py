@@ -51,9 +51,10 @@ class Ctx:
     @property
     def store(self) -> Store:
         if self._store is None:
-            from pgwarden.store.factory import open_store
+            # A client, not a member: in raft mode this host's agent already is one.
+            from pgwarden.store.factory import open_tool_store
 
-            self._store = open_store(self.cfg.store, self.cfg.cluster)
+            self._store = open_tool_store(self.cfg.store, self.cfg.cluster)
         return self._store
 
     def snapshot(self) -> ClusterView:
@@ -70,7 +71,18 @@ def store_hosts(cfg: StoreConfig) -> str:
         return ",".join(cfg.etcd.hosts)
     if cfg.zookeeper is not None:
         return ",".join(cfg.zookeeper.hosts)
+    if cfg.raft is not None:
+        return ",".join([cfg.raft.self_addr, *cfg.raft.partner_addrs])
     return "?"
+
+
+def store_what(cfg: StoreConfig) -> str:
+    """What to check when the store does not answer, for error messages."""
+    if cfg.etcd is not None:
+        return "is etcd running?"
+    if cfg.zookeeper is not None:
+        return "is ZooKeeper running?"
+    return "are a majority of the raft members (agents, witness) running?"
 
 
 # -- argument parsing ----------------------------------------------------------------------------
@@ -142,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         return func(args, ctx)
     except StoreUnavailable as e:
-        raise CliError(f"cannot reach the store at {store_hosts(cfg.store)}: {e}; is etcd running?") from None
+        raise CliError(f"cannot reach the store at {store_hosts(cfg.store)}: {e}; "
+                       f"{store_what(cfg.store)}") from None
     finally:
         ctx.close()
 

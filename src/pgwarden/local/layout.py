@@ -161,8 +161,10 @@ def node_config(
     settings: ClusterSettings,
     superuser_password: str,
     replication_password: str,
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The YAML document for one node (validated by the same loader the agent uses)."""
+    """The YAML document for one node (validated by the same loader the agent uses). `store` is
+    the node file's `store` section; by default etcd on `etcd_hosts`."""
     ndir = directory / node.name
     seed = settings.model_dump(mode="json")
     defaults = ClusterSettings().model_dump(mode="json")
@@ -179,7 +181,7 @@ def node_config(
             "replication": {"username": "replicator", "password": replication_password},
         },
         "restapi": {"listen_address": LOOPBACK, "port": node.api_port},
-        "store": {"etcd": {"hosts": list(etcd_hosts)}},
+        "store": store if store is not None else {"etcd": {"hosts": list(etcd_hosts)}},
         "log": {"file": str(ndir / "agent.log")},
         "timing": timing,
     }

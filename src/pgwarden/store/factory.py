@@ -37,3 +37,14 @@ def open_store(cfg: StoreConfig, cluster: str) -> Store:
 
         return RaftStore(cfg.raft, cluster)
     raise ConfigError("store: choose exactly one store backend: etcd, zookeeper or raft")
+
+
+def open_tool_store(cfg: StoreConfig, cluster: str) -> Store:
+    """A `Store` for tools that run beside an agent (`ctl`, `node`, `local status`): the same as
+    `open_store`, except in raft mode, where opening a member would start a second voter on the
+    agent's own address; there it is a non-voting client of the group."""
+    if cfg.raft is not None:
+        from pgwarden.store.raft import open_client_store
+
+        return open_client_store(cfg.raft, cluster)
+    return open_store(cfg, cluster)

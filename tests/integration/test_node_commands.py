@@ -1,0 +1,124 @@
+"""`pgwarden node ...` against real PostgreSQL in a `pgwarden local` cluster: an operator stops a
+node's agent with `local stop` (or the node crashes) and works on its data by hand. The refusals
+are what keep it safe: no promotion while another primary takes writes, no following across a
+timeline fork, nothing while the node's own agent runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.support.cluster import Cluster
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with Cluster("node-cmds") as cl:
+        yield cl
+
+
+def _one_line_refusal(res: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert res.returncode != 0, res.stdout
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("pgwarden: error: "), res.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def _in_recovery(cl: Cluster, node: str) -> bool:
+    return bool(cl.sql(node, "SELECT pg_is_in_recovery()")[0][0])
+
+
+def _has_row(cl: Cluster, node: str, value: int) -> bool:
+    return bool(cl.sql(node, "SELECT count(*) FROM node_rows WHERE id = %s", (value,))[0][0] == 1)
+
+
+def test_node_commands_refuse_what_is_unsafe_and_repair_a_crashed_primary(cluster: Cluster) -> None:
+    cl = cluster
+    old = cl.wait_primary()
+    a, b = [n for n in cl.names if n != old]
+    cl.wait_replicas([a, b])
+    with psycopg.connect(cl.dsn(), autocommit=True) as c:
+        c.execute("CREATE TABLE node_rows (id int)")
+        c.execute("INSERT INTO node_rows VALUES (1)")
+    wait_for(lambda: _has_row(cl, a, 1), 30, f"row 1 on {a}")
+
+    # While a node's agent runs, the agent owns its PostgreSQL.
+    _one_line_refusal(cl.node_cmd(b, "clone"), "agent", b)
+
+    # With a's agent stopped (its PostgreSQL too), promoting a would make a second primary.
+    cl.stop_node(a)
+    _one_line_refusal(cl.node_cmd(a, "promote"), old)
+    assert cl.primaries() == [old]
+
+    # The primary's node crashes; b, the only candidate left, takes over on a new timeline.
+    cl.kill_node(old)
+    assert cl.wait_primary(timeout=60, exclude=(old,)) == b
+
+    def history_ends_timeline_1() -> bool:
+        return any(e["timeline"] == 1 for e in _history(cl))
+
+    wait_for(history_ends_timeline_1, 30, "the new leader's history in the store")
+    with psycopg.connect(cl.dsn(), autocommit=True) as c:
+        c.execute("INSERT INTO node_rows VALUES (2)")
+
+    # The crashed primary's data forked from b's timeline: following b needs a rewind first.
+    _one_line_refusal(cl.node_cmd(old, "follow", "--upstream", b), "timeline", "rewind")
+    # a stopped as a clean replica before the fork: it may follow b as it is.
+    res = cl.node_cmd(a, "follow", "--upstream", b)
+    assert res.returncode == 0, res.stderr
+    assert f"following {b}" in res.stdout
+    wait_for(lambda: _has_row(cl, a, 2), 30, f"row 2 streamed to {a}")
+
+    # rejoin: pg_rewind the crashed primary onto b's timeline, start it as b's replica.
+    res = cl.node_cmd(old, "rejoin")
+    assert res.returncode == 0, res.stderr
+    assert "rewound" in res.stdout or "cloned" in res.stdout, res.stdout
+    assert _in_recovery(cl, old)
+    wait_for(lambda: _has_row(cl, old, 2), 30, f"row 2 streamed to {old}")
+
+    # clone: a fresh copy of the leader, started as its replica.
+    res = cl.node_cmd(a, "clone")
+    assert res.returncode == 0, res.stderr
+    assert f"cloned from {b}" in res.stdout
+    assert _in_recovery(cl, a) and _has_row(cl, a, 2)
+
+    # The agents take the hand-repaired nodes over as they are.
+    cl.start_node(a)
+    cl.start_node(old)
+    cl.wait_replicas([a, old], timeout=120)
+    assert cl.primaries() == [b]
+
+
+def test_promote_by_hand_once_no_primary_is_left(cluster: Cluster) -> None:
+    cl = cluster
+    leader = cl.wait_primary()
+    a, c = [n for n in cl.names if n != leader]
+    cl.wait_replicas([a, c])
+    # Running agents elect their own leader; an operator promoting by hand pauses them first.
+    cl.ctl("pause")
+    cl.stop_node(a)
+    cl.stop_node(leader)
+
+    def promoted() -> bool:
+        # Refused until the departed leader's lease is gone; nothing is done before that.
+        res = cl.node_cmd(a, "promote")
+        return res.returncode == 0 and "promoted" in res.stdout
+
+    wait_for(promoted, 30, f"{a} promoted by hand", interval=0.5)
+    assert not _in_recovery(cl, a)
+    assert _in_recovery(cl, c)
+    # A second promotion anywhere is now refused: a is a writable primary.
+    _one_line_refusal(cl.node_cmd(leader, "promote"), a)
+
+
+def _history(cl: Cluster) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = json.loads(cl.ctl("history", "--format", "json").stdout)
+    return out
