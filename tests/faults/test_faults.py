@@ -44,12 +44,6 @@ REJOIN_DEADLINE = 25.0
 TRIES = 4
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent bug: after SIGCONT, a frozen former primary's agent runs pg_rewind and then "
-    "`pg_ctl start -w -t 60` in the same loop, before it publishes its member key again (it "
-    "lapsed during the freeze); the new primary creates replication slots only for published "
-    "members, so the standby fails with 'replication slot \"nodeN\" does not exist', cannot "
-    "reach a consistent state, and the agent sits in pg_ctl for the full 60 s (rejoin ~62 s)"))
 def test_a_frozen_primary_streams_again_soon_after_it_resumes(netns_ok: None) -> None:
     """Fixed schedule: writes flowing, SIGSTOP the primary's agent for 2 * ttl (the fencer
     stops its PostgreSQL, a replica takes over, the frozen node's member key expires), SIGCONT;
@@ -95,9 +89,7 @@ def test_a_frozen_primary_streams_again_soon_after_it_resumes(netns_ok: None) ->
             finally:
                 work.stop()
             assert not concurrent_writers(work.acks)
-            # An expected failure while the bug stands: no kept directory piling up in /var/tmp
-            # (PGWARDEN_KEEP_TEST_DIRS=1 keeps it for a post-mortem).
-            keep = False
+            keep = False  # PGWARDEN_KEEP_TEST_DIRS=1 keeps the directory for a post-mortem
             assert not problems, (f"{old} not back {took:.1f}s after its agent resumed (new primary "
                                   f"{new}, slot kept: {has_slot}, rewound: {rewound}): {problems}\n"
                                   f"{cl.log_excerpt(old, lines=25)}")
