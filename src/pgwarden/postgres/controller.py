@@ -25,8 +25,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql as pgsql
 
-from pgwarden.config.schema import ClusterSettings, NodeConfig
-from pgwarden.core.model import DataState, PgView, SyncConfig, lsn_to_int
+from pgwarden.config.schema import ClusterSettings, NodeConfig, SyncMode
+from pgwarden.core.model import NO_SYNC, DataState, PgView, SyncConfig, lsn_to_int
 from pgwarden.postgres import binaries, conf, controldata, osuser, sql
 
 log = logging.getLogger("pgwarden.postgres")
@@ -555,8 +555,21 @@ class PostgresController:
             if time.monotonic() > deadline:
                 raise PostgresError(f"still in recovery {timeout:g}s after promote")
             time.sleep(0.05)
-        self._write_config(conf.ConfState("primary", None, self._state.sync, ""))
+        self._write_config(conf.ConfState("primary", None, self._sync_after_promotion(), ""))
         self._reload_and_wait(max(1.0, deadline - time.monotonic()))
+
+    def _sync_after_promotion(self) -> SyncConfig:
+        """What a new primary waits for before its HA loop manages synchronous replication.
+
+        Never the set it may have carried from an earlier term as primary: that can name the
+        dead old primary and block every commit. Strict mode waits for any standby (rule 8);
+        otherwise nothing, which is safe because the store's promise still names only members
+        that hold every acknowledged commit, and the leader's loop rebuilds the set in order.
+        """
+        s = self._settings_provider()
+        if s.synchronous_mode != SyncMode.OFF and s.synchronous_mode_strict:
+            return SyncConfig(1, frozenset({"*"}))
+        return NO_SYNC
 
     def demote(self, upstream: UpstreamTuple | None, timeout: float) -> None:
         """Fast stop (writes end for every session), then start as a standby of `upstream`."""
