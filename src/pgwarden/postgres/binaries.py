@@ -119,13 +119,25 @@ def pg_version(bin_dir: Path) -> int:
 
 
 def can_run_as(bin_dir: Path, os_user: str) -> bool:
-    """Whether `os_user` can actually execute `<bin_dir>/postgres --version`."""
-    try:
-        res = osuser.run_as(os_user, [str(bin_dir / "postgres"), "--version"], timeout=10)
-    except (OSError, subprocess.SubprocessError) as e:
-        log.debug("%s cannot run %s: %s", os_user, bin_dir, e)
-        return False
-    return res.returncode == 0 and "PostgreSQL" in res.stdout
+    """Whether `os_user` can actually execute the server and the client tools (initdb links
+    libpq, which a wheel keeps outside the installation)."""
+    for tool in ("postgres", "initdb"):
+        try:
+            res = osuser.run_as(os_user, [str(bin_dir / tool), "--version"], timeout=10)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.debug("%s cannot run %s: %s", os_user, bin_dir, e)
+            return False
+        if res.returncode != 0 or "PostgreSQL" not in res.stdout:
+            return False
+    return True
+
+
+def _wheel_libs(src_root: Path) -> Path | None:
+    """A wheel's vendored shared libraries (`<package>.libs` beside the package, found through
+    RPATH `$ORIGIN/../../../<package>.libs`), which a mirror must keep at the same place."""
+    pkg = src_root.parent
+    libs = pkg.parent / f"{pkg.name}.libs"
+    return libs if (pkg / "__init__.py").exists() and libs.is_dir() else None
 
 
 def mirror_dir_for(bin_dir: Path, major: int, mirror_root: Path = MIRROR_ROOT) -> Path:
@@ -133,7 +145,7 @@ def mirror_dir_for(bin_dir: Path, major: int, mirror_root: Path = MIRROR_ROOT) -
     upgraded installation gets a fresh mirror and an unchanged one is reused."""
     src = bin_dir.resolve()
     mtime = (src / "postgres").stat().st_mtime_ns
-    digest = hashlib.sha256(f"{src}:{mtime}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{src}:{mtime}:layout-2".encode()).hexdigest()[:12]
     return mirror_root / f"{major}-{digest}"
 
 
@@ -154,9 +166,12 @@ def mirror_installation(bin_dir: Path, major: int, mirror_root: Path = MIRROR_RO
     root-owned place once; return the mirrored bin dir. Relocatable builds find lib/ and share/
     relative to bin/, so the copy works as-is."""
     target = mirror_dir_for(bin_dir, major, mirror_root)
-    if _usable(target / "bin"):
-        return target / "bin"
     src_root = bin_dir.resolve().parent
+    libs = _wheel_libs(src_root)
+    # A wheel's installation is mirrored with its package layout so relative RPATHs still work.
+    inner = Path(src_root.parent.name) / src_root.name if libs else Path()
+    if _usable(target / inner / "bin"):
+        return target / inner / "bin"
     mirror_root.mkdir(parents=True, exist_ok=True)
     for p in (mirror_root, *mirror_root.parents):
         if p == Path("/"):
@@ -170,7 +185,9 @@ def mirror_installation(bin_dir: Path, major: int, mirror_root: Path = MIRROR_RO
         bin_dir, src_root, target,
     )
     try:
-        shutil.copytree(src_root, tmp, symlinks=True)
+        shutil.copytree(src_root, tmp / inner, symlinks=True)
+        if libs is not None:
+            shutil.copytree(libs, tmp / libs.name, symlinks=True)
         _make_world_readable(tmp)
         os.rename(tmp, target)
     except FileExistsError:
@@ -179,7 +196,7 @@ def mirror_installation(bin_dir: Path, major: int, mirror_root: Path = MIRROR_RO
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target / "bin"
+    return target / inner / "bin"
 
 
 def reachable_bin_dir(bin_dir: Path, os_user: str, *, mirror_root: Path = MIRROR_ROOT) -> Path:
