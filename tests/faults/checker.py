@@ -156,7 +156,8 @@ def lost_commits(acks: Iterable[Ack], present: Iterable[int]) -> list[Violation]
 
 def convergence_problems(statuses: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
     """Rule (c): every node is back — its agent answers, PostgreSQL runs, exactly one primary,
-    every other node a running replica on the primary's timeline. Empty when converged."""
+    every other node a running replica on the primary's timeline that streams. Empty when
+    converged."""
     problems: list[str] = []
     primaries = [n for n, s in statuses.items() if s is not None and s.get("role") == "primary"
                  and s.get("state") == "running"]
@@ -180,6 +181,10 @@ def convergence_problems(statuses: Mapping[str, Mapping[str, Any] | None]) -> li
         elif leader_tl is not None and s.get("timeline") != leader_tl:
             problems.append(f"{name}: timeline {s.get('timeline')} but the primary is on {leader_tl} "
                             f"({s.get('message')})")
+        elif s.get("replication_state") != "streaming":
+            # A replica that does not stream holds nothing newer than its last contact: a cluster
+            # is only back when every replica receives the primary's WAL again.
+            problems.append(f"{name}: replica not streaming ({s.get('message')})")
     return problems
 
 

