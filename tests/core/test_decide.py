@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -369,7 +370,8 @@ def test_old_leader_stops_waiting_when_its_candidate_cannot_take_over() -> None:
              hist=history((1, 500)))
     me_pg = replica_pg(None, timeline=2)
     d = decide(obs("n1", me_pg, v, ps=peers(peer("n2", timeline=1), peer("n3", 900, timeline=2))))
-    assert d.actions == (AcquireLease(), Promote())
+    # ... and drops the request it gave up on, or as leader it would try to carry it out again.
+    assert d.actions == (AcquireLease(), Promote(), ClearFailover())
 
 
 def test_replicas_stop_waiting_for_an_unreachable_or_gone_candidate() -> None:
@@ -379,7 +381,7 @@ def test_replicas_stop_waiting_for_an_unreachable_or_gone_candidate() -> None:
     ]:
         v = view(None, ms, failover=switchover(None, "n2", kind="failover"))
         d = decide(obs("n3", replica_pg(None), v, ps=ps))
-        assert d.actions == (AcquireLease(), Promote()), d
+        assert d.actions == (AcquireLease(), Promote(), ClearFailover()), d
 
 
 def test_peer_without_member_key_does_not_block_rule_10() -> None:
@@ -401,6 +403,51 @@ def test_other_replicas_wait_for_the_named_candidate() -> None:
     d = decide(obs("n3", replica_pg(None, lsn=2000, received_lsn=2000, replayed_lsn=2000), v,
                    ps=peers(peer("n1"), peer("n2"))))
     assert d.actions == ()
+
+
+def test_the_departing_leader_of_a_switchover_is_no_candidate() -> None:
+    """n1 demoted for a switchover with no candidate; its WAL is the newest and its name sorts
+    first, yet n2 must not wait for it (n1 waits for a replica: they would wait for each other)."""
+    v = view(None, [member("n1"), member("n2"), member("n3")], failover=switchover("n1", None))
+    d = decide(obs("n2", replica_pg(None, lsn=1000, received_lsn=1000, replayed_lsn=1000), v,
+                   ps=peers(peer("n1", 1200), peer("n3", 1000))))
+    assert d.actions == (AcquireLease(), Promote(), ClearFailover())
+    d = decide(obs("n1", replica_pg(None, lsn=1200, received_lsn=None, replayed_lsn=1200), v,
+                   ps=peers(peer("n2", 1000), peer("n3", 1000))))
+    assert d.actions == () and "waiting for a replica" in d.message
+
+
+def test_rule_10_waits_for_a_better_peer_only_within_the_patience_bound() -> None:
+    v = view(None, [member("n2"), member("n3")])
+    o = obs("n3", replica_pg(None, lsn=900, received_lsn=900, replayed_lsn=900), v,
+            ps=peers(peer("n2", 1000)))
+    assert decide(o).actions == ()
+    ttl = v.settings.ttl
+    assert decide(dataclasses.replace(o, leaderless_for=ttl - 0.1)).actions == ()
+    late = decide(dataclasses.replace(o, leaderless_for=ttl + 0.1))
+    assert late.actions == (AcquireLease(), Promote()) and "leaderless for" in late.message
+
+
+@pytest.mark.parametrize("cluster", [settings(), settings(failover_mode=FailoverMode.MANUAL)])
+def test_a_stalled_switchover_gives_the_lease_back_to_the_old_leader(cluster: ClusterSettings) -> None:
+    """n2 was named and looks able, but nobody took the lease within the patience bound: n1
+    undoes its half of the switchover (also in manual mode: the request failed, no automatic
+    failover happens) and drops the request."""
+    v = view(None, [member("n1"), member("n2"), member("n3")], failover=switchover("n1", "n2"),
+             cluster=cluster)
+    o = obs("n1", replica_pg(None, lsn=1200, received_lsn=None, replayed_lsn=1200), v,
+            ps=peers(peer("n2", 1200), peer("n3", 1200)), cluster=cluster)
+    assert decide(o).actions == ()
+    d = decide(dataclasses.replace(o, leaderless_for=cluster.ttl + 1))
+    assert d.actions == (AcquireLease(), Promote(), ClearFailover()) and "stalled" in d.message
+    # n3, not named, also stops waiting in automatic mode, never in manual mode.
+    o3 = obs("n3", replica_pg(None, lsn=1200, received_lsn=1200, replayed_lsn=1200), v,
+             ps=peers(peer("n1", 1200), peer("n2", 1200)), cluster=cluster)
+    d3 = decide(dataclasses.replace(o3, leaderless_for=cluster.ttl + 1))
+    if cluster.failover_mode == FailoverMode.MANUAL:
+        assert d3.actions == ()
+    else:
+        assert d3.actions == (AcquireLease(), Promote(), ClearFailover())
 
 
 # -- follower --------------------------------------------------------------------------------

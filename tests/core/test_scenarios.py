@@ -72,10 +72,13 @@ class Node:
     deadline: float = 0.0  # agent's own lease deadline (monotonic = simulated time)
     fence_deadline: float = 0.0  # what the separate fencer knows
     frozen_until: float = 0.0
+    loop_hung: bool = False  # its HA loop blocks while its REST API still answers peers
+    self_unhealthy: bool = False  # its own health query fails; peers still read it as running
     store_cut_until: float = 0.0
     peers_cut_until: float = 0.0
     fencer_works: bool = True
     member_expires: float = 0.0  # its member key in the store (TTL, refreshed every loop)
+    leaderless_since: float | None = None  # as the runner tracks it
 
 
 @dataclass
@@ -147,7 +150,7 @@ class World:
         running = node.role != "stopped"
         since = node.not_streaming_since
         return PgView(
-            data=DataState.VALID, running=running, healthy=running,
+            data=DataState.VALID, running=running, healthy=running and not node.self_unhealthy,
             in_recovery=None if not running else node.role == "replica",
             system_id=SYSID, timeline=node.timeline, lsn=node.lsn,
             received_lsn=node.lsn if node.role == "replica" else None,
@@ -175,6 +178,10 @@ class World:
                 sync=None, failover=self.store.failover, history=self.store.history,
                 leader_lsn=self.store.leader_lsn,
             )
+            if leader is not None:
+                node.leaderless_since = None
+            elif node.leaderless_since is None:
+                node.leaderless_since = self.t
         if node.held and self.t >= node.deadline:
             node.held = False
         peers = {}
@@ -188,7 +195,9 @@ class World:
                                             rl, rl, other.lsn) if ok else PeerReading(other.name, False)
         return Observation(now=self.t, wall=1_700_000_000.0 + self.t,
                            me=Me(node.name, Tags(), node.name, 5432, ""), pg=self.pg_view(node),
-                           store=store, lease=Lease(node.held, node.deadline), peers=peers, settings=self.s)
+                           store=store, lease=Lease(node.held, node.deadline), peers=peers, settings=self.s,
+                           leaderless_for=0.0 if node.leaderless_since is None
+                           else self.t - node.leaderless_since)
 
     # -- executing actions ---------------------------------------------------------------
 
@@ -270,7 +279,8 @@ class World:
                 self.log.append(f"{self.t:.2f} fencer stopped {node.name}")
         self.check()
         for node in self.nodes.values():
-            if self.t < node.frozen_until or abs((self.t - node.phase) % self.s.loop_wait) > 1e-9:
+            off_beat = abs((self.t - node.phase) % self.s.loop_wait) > 1e-9
+            if self.t < node.frozen_until or node.loop_hung or off_beat:
                 continue
             if self.store_ok(node):
                 node.member_expires = self.t + self.s.ttl
@@ -370,6 +380,44 @@ def test_switchover() -> None:
     assert w.store.failover is None
     assert w.nodes["n1"].role == "replica" and w.streaming(w.nodes["n1"])
     assert [p[1] for p in w.promotions] == ["n2"]
+
+
+@pytest.mark.parametrize("names", [("n1", "n2", "n3"), ("n3", "n1", "n2")], ids=["lowest", "highest"])
+def test_switchover_without_a_candidate_hands_over(names: tuple[str, ...]) -> None:
+    """No candidate named: the departing leader (its WAL the newest, its name possibly first in
+    the tie-break) must not rank as a candidate, or the replicas wait for it while it waits for
+    them and the cluster stays without a primary."""
+    w = World(names)
+    w.run(5)
+    old = names[0]
+    w.store.failover = FailoverRequest("switchover", old, None, None)
+    w.run(5)  # well within patience (ttl): no stall rule involved
+    assert len(w.primaries()) == 1 and w.primaries() != [old], w.log[-10:]
+    assert w.store.failover is None
+    assert [p[1] for p in w.promotions] == w.primaries()
+
+
+def test_a_named_candidate_that_never_acts_does_not_leave_the_cluster_leaderless() -> None:
+    """The request names n2. Its peers read it as a running replica, but its own health query
+    fails, so it will not promote. n1 hands over and waits; after the patience bound someone
+    acts and drops the request. (A candidate whose loop hangs outright is simpler: its member key
+    expires and nobody waits for it; see the next test.)"""
+    w = World()
+    w.run(5)
+    w.store.failover = FailoverRequest("switchover", "n1", "n2", None)
+    w.nodes["n2"].self_unhealthy = True
+    w.run(4 * w.s.ttl)
+    assert len(w.primaries()) == 1 and w.primaries() != ["n2"], w.log[-10:]
+    assert w.store.failover is None
+
+
+def test_a_candidate_whose_loop_hangs_is_not_waited_for() -> None:
+    w = World()
+    w.run(5)
+    w.store.failover = FailoverRequest("switchover", "n1", "n2", None)
+    w.nodes["n2"].loop_hung = True
+    w.run(4 * w.s.ttl)
+    assert len(w.primaries()) == 1 and w.primaries() != ["n2"], w.log[-10:]
 
 
 def test_frozen_primary_is_fenced_and_follows_the_new_leader_after_resuming() -> None:

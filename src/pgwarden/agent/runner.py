@@ -76,6 +76,7 @@ class Agent:
                              self, cfg.name)
         self._view: ClusterView | None = None
         self._not_streaming_since: float | None = None
+        self._leaderless_since: float | None = None  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._message = "starting"
         self._lock = threading.Lock()
@@ -201,9 +202,16 @@ class Agent:
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
             peers = self.peers.read(others, min(0.5, s.retry_timeout))
+        mono = time.monotonic()
+        if view is not None:
+            if view.leader is not None:
+                self._leaderless_since = None
+            elif self._leaderless_since is None:
+                self._leaderless_since = mono
         obs = Observation(
-            now=time.monotonic(), wall=time.time(), me=self.me, pg=pgv, store=view,
-            lease=self.lease.view(time.monotonic()), peers=peers, settings=s,
+            now=mono, wall=time.time(), me=self.me, pg=pgv, store=view,
+            lease=self.lease.view(mono), peers=peers, settings=s,
+            leaderless_for=mono - self._leaderless_since if self._leaderless_since is not None else 0.0,
         )
         decision = decide(obs)
         if decision.message != self._message:

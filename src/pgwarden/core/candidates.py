@@ -56,8 +56,15 @@ def eligibility(
 
 
 def peer_candidates(obs: Observation, view: ClusterView) -> Iterable[Candidate]:
+    req = view.failover
+    departing = req.leader if req is not None and req.kind == "switchover" else None
     for name, reading in obs.peers.items():
         if name == obs.me.name or not _peer_ok(reading):
+            continue
+        if name == departing:
+            # The leader a switchover moves away from demoted itself and waits for a replica to
+            # take over; with the newest WAL it would top every ranking, and the replicas would
+            # wait for it while it waits for them.
             continue
         member = view.members.get(name)
         if member is None:

@@ -355,27 +355,43 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         return Decision((StartPostgres("replica", None),), "no leader; starting read-only to take part")
     req = view.failover
     manual = settings.paused or settings.failover_mode == FailoverMode.MANUAL
+    stalled = obs.leaderless_for > patience(settings)
     if req is not None:
         # Wait for a named candidate (or, for our own switchover, any replica) only while one
         # could take over: a request whose candidate is gone, forked, lagging or barred by the
         # synchronous set would otherwise leave the cluster without a primary until cleared.
+        # And only for so long: a candidate that looks able but does not act (its agent hung,
+        # its own checks refuse) must not leave the cluster without a primary either.
         able = {c.name for c in candidates.peer_candidates(obs, view)
                 if sync.may_take_over(c.name, view.sync, _synchronous(view))}
-        if req.leader == obs.me.name and req.kind == "switchover":
+        ours = req.leader == obs.me.name and req.kind == "switchover"
+        if ours and not stalled:
             if (req.candidate in able) if req.candidate is not None else bool(able):
                 return Decision((), f"switchover away from us: waiting for {req.candidate or 'a replica'}")
-        elif req.candidate is not None and req.candidate != obs.me.name:
+        elif req.candidate is not None and req.candidate != obs.me.name and not stalled:
             if req.candidate in able:
                 return Decision((), f"no leader; {req.candidate} was asked to take over")
         elif req.candidate == obs.me.name:
             return _try_promote(obs, view, explicit=True)
+        if ours and stalled:
+            # Nobody took over from us: undo our half of the switchover (in manual mode too:
+            # this is the operator's request failing, not an automatic failover).
+            return _try_promote(obs, view, explicit=True, note=f"the switchover stalled for "
+                                f"{obs.leaderless_for:.0f}s; taking the lease back")
     if manual:
         why = "paused" if settings.paused else "failover_mode is manual"
         return Decision((), f"no leader; not taking over ({why}); use pgwarden ctl failover")
     return _try_promote(obs, view, explicit=False)
 
 
-def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decision:
+def patience(settings: ClusterSettings) -> float:
+    """How long a leaderless node waits for another to act (a better candidate, the one a request
+    names) before it acts itself. The lease is atomic, so acting cannot make two primaries; it
+    can only pick a less preferred one, which beats having none."""
+    return max(settings.ttl, 3 * settings.loop_wait)
+
+
+def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str = "") -> Decision:
     pg = obs.pg
     my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
     reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
@@ -388,7 +404,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decisio
         return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
-    if not explicit:
+    stalled = obs.leaderless_for > patience(view.settings)
+    if not explicit and not stalled:
         # Rule 10 compares with peers that could win: one barred by the synchronous set would
         # never promote, and waiting for it would leave the cluster without a primary.
         others = [c for c in candidates.peer_candidates(obs, view)
@@ -396,4 +413,14 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool) -> Decisio
         top = candidates.best([me, *others])
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
-    return Decision((AcquireLease(), Promote()), "no leader; taking the lease and promoting")
+    steps: tuple[Action, ...] = (AcquireLease(), Promote())
+    message = note or "no leader; taking the lease and promoting"
+    if view.failover is not None and view.failover.candidate != obs.me.name:
+        # We act on our own after a request that did not come true: drop it, or the new leader
+        # would try to carry it out again.
+        steps = (*steps, ClearFailover())
+        if not note:
+            message += f" (no one acted on the pending {view.failover.kind} for {obs.leaderless_for:.0f}s)"
+    elif stalled and not explicit:
+        message += f" (leaderless for {obs.leaderless_for:.0f}s)"
+    return Decision(steps, message)

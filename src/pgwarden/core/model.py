@@ -313,3 +313,6 @@ class Observation:
     peers: Mapping[str, PeerReading] = field(default_factory=dict)
     # Last settings the store gave us, for loops where the store does not answer.
     settings: ClusterSettings = field(default_factory=ClusterSettings)
+    # How long this agent has seen the store answer with no leader, without a break (0 while
+    # there is one). Bounds every wait a leaderless node makes for someone else to act.
+    leaderless_for: float = 0.0
