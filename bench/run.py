@@ -108,7 +108,8 @@ def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, 
                 pause, failed, lost = _fault_run(driver, timing, driver.kill_primary)
         except Exception as e:  # record and go on: one bad run must not hide the others
             row.errors.append(f"run {i + 1}: {e}")
-            say(f"[red]{tool} {name} run {i + 1} failed: {e}")
+            driver.keep = True  # its logs explain the failure
+            say(f"[red]{tool} {name} run {i + 1} failed (logs kept): {e}")
         else:
             row.values.append(pause)
             row.failed = (row.failed or 0) + failed
@@ -131,7 +132,8 @@ def scenario_bootstrap(tool: str, timing: Timing, runs: int) -> Row:
             say(f"{tool} bootstrap ({timing.label}) run {i + 1}: {row.values[-1]:.2f}s")
         except Exception as e:
             row.errors.append(f"run {i + 1}: {e}")
-            say(f"[red]{tool} bootstrap run {i + 1} failed: {e}")
+            driver.keep = True
+            say(f"[red]{tool} bootstrap run {i + 1} failed (logs kept): {e}")
         finally:
             driver.down()
             LIVE.remove(driver)

@@ -26,6 +26,7 @@ class ClusterError(RuntimeError):
 class ClusterDriver(Protocol):
     name: str
     presets: dict[str, Timing]
+    keep: bool  # keep the run directory (logs, data) after down(): set once a run failed
 
     def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
         """Start a fresh cluster from nothing and return once it is healthy."""

@@ -1,5 +1,5 @@
-"""pgwarden driver, written to the CLI contract of issue 2 (`pgwarden local ...`, `pgwarden ctl ...`,
-member REST `GET /status`); it drives the real agent as soon as that lands."""
+"""pgwarden driver: a real local cluster through the CLI (`pgwarden local ...`, `pgwarden ctl ...`)
+and each member's REST `GET /status`."""
 
 from __future__ import annotations
 
