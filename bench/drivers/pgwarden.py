@@ -33,6 +33,7 @@ class PgwardenDriver:
     cli: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pgwarden"])
     dir: Path | None = None
     sync: bool = False
+    store: str = "etcd"  # `local up --store`: etcd | zookeeper | raft
     _members: list[str] = field(default_factory=list)
     _killed: list[str] = field(default_factory=list)
     _pids: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (agent, postmaster)
@@ -58,10 +59,12 @@ class PgwardenDriver:
         timing = timing or self.presets["default"]
         self.sync = sync
         BASE.mkdir(parents=True, exist_ok=True)
-        self.dir = BASE / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-pgwarden"
+        self.dir = BASE / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.name}"
         args = ["local", "up", "--nodes", str(nodes), "--dir", str(self.dir)]
         if sync:
             args += ["--sync", "on"]
+        if self.store != "etcd":
+            args += ["--store", self.store]
         # Timing is cluster-wide and lives in the store: seed it at bootstrap with --set.
         args += ["--set", f"ttl={timing.ttl:g}", "--set", f"loop_wait={timing.loop_wait:g}",
                  "--set", f"retry_timeout={timing.retry_timeout:g}"]
