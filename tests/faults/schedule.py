@@ -19,12 +19,19 @@ KINDS = (
     "kill-primary",  # SIGKILL agent, fencer, postmaster and backends of the primary's node
     "kill-replica",  # the same on a replica
     "freeze-primary-agent",  # SIGSTOP the primary's agent for longer than ttl, then SIGCONT
-    "restart-etcd",  # SIGKILL etcd, start it again on the same data
-    "partition-primary-etcd",  # the primary cannot reach etcd (nor etcd it)
-    "partition-primary-replicas",  # ... cannot reach either replica; etcd and clients still can
-    "partition-primary-all",  # ... cannot reach etcd or the replicas; clients still reach it
+    "restart-store",  # SIGKILL etcd or ZooKeeper, start it again on the same data
+    "partition-primary-store",  # the primary cannot reach the store (nor the store it)
+    "partition-primary-replicas",  # ... cannot reach either replica; the store and clients still can
+    "partition-primary-all",  # ... cannot reach the store or the replicas; clients still reach it
     "isolate-primary",  # the primary's link is down: nobody reaches it, clients included
 )
+# Raft mode has no store process and no store host: the agents are the store, so losing the
+# store is losing the peers (partition-primary-replicas, which costs the primary its majority).
+STORE_HOST_KINDS = ("restart-store", "partition-primary-store")
+
+
+def kinds_for(store: str) -> tuple[str, ...]:
+    return tuple(k for k in KINDS if store != "raft" or k not in STORE_HOST_KINDS)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ def draw(seed: int, duration: float, ttl: float, kinds: Sequence[str] = KINDS) -
         kind = rng.choice(list(kinds))
         if kind == "freeze-primary-agent":
             hold = ttl + rng.uniform(0.5, 2 * ttl)
-        elif kind == "restart-etcd":
+        elif kind == "restart-store":
             hold = rng.uniform(0.5, 2 * ttl)
         else:
             hold = rng.uniform(0.5, 3 * ttl)
@@ -97,7 +104,7 @@ class Nemesis:
         kind = step.kind
         if kind == "kill-replica":
             target = replicas[step.pick % len(replicas)]
-        self.note(f"step {step.describe()} -> {target if kind != 'restart-etcd' else 'etcd'}")
+        self.note(f"step {step.describe()} -> {target if kind != 'restart-store' else cl.store}")
         try:
             if kind in ("kill-primary", "kill-replica"):
                 pids = cl.crash(target)
@@ -111,22 +118,22 @@ class Nemesis:
                 time.sleep(step.hold)
                 cl.thaw_agent(target)
                 self.note(f"SIGCONTed {target}'s agent")
-            elif kind == "restart-etcd":
-                cl.kill_etcd()
-                self.note("SIGKILLed etcd")
+            elif kind == "restart-store":
+                cl.kill_store()
+                self.note(f"SIGKILLed {cl.store}")
                 time.sleep(step.hold)
-                cl.start_etcd()
-                self.note("etcd restarted and healthy")
-            elif kind == "partition-primary-etcd":
-                cl.cut_from_etcd(target)
-                self._hold_then_heal(step, f"{target} cut from etcd")
+                cl.start_store()
+                self.note(f"{cl.store} restarted and healthy")
+            elif kind == "partition-primary-store":
+                cl.cut_from_store(target)
+                self._hold_then_heal(step, f"{target} cut from {cl.store}")
             elif kind == "partition-primary-replicas":
                 cl.cut_from_peers(target)
                 self._hold_then_heal(step, f"{target} cut from the replicas")
             elif kind == "partition-primary-all":
-                cl.cut_from_etcd(target)
+                cl.cut_from_store(target)
                 cl.cut_from_peers(target)
-                self._hold_then_heal(step, f"{target} cut from etcd and the replicas "
+                self._hold_then_heal(step, f"{target} cut from {cl.store} and the replicas "
                                            f"(clients still reach it)")
             elif kind == "isolate-primary":
                 cl.isolate(target)
@@ -157,9 +164,9 @@ class Nemesis:
         for n in list(cl.frozen):
             cl.thaw_agent(n)
             self.note(f"SIGCONTed {n}'s agent (clean-up)")
-        if cl.etcd_proc is None or cl.etcd_proc.poll() is not None:
-            cl.start_etcd()
-            self.note("etcd started (clean-up)")
+        if not cl.store_running():
+            cl.start_store()
+            self.note(f"{cl.store} started (clean-up)")
         for n in cl.names:
             if not cl.agent_alive(n):
                 proc = cl.agents.get(n)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from pgwarden.local.zookeeper import zookeeper_available
 from pgwarden.postgres.conf import slot_name
 from tests.faults.checker import concurrent_writers
 from tests.faults.conftest import duration, seed
@@ -29,12 +30,16 @@ def netns_ok() -> None:
 
 
 @pytest.mark.fault_run
-@pytest.mark.parametrize("sync", [None, "on"], ids=["async", "sync-on"])
+@pytest.mark.parametrize(("store", "sync"), [
+    ("etcd", None), ("etcd", "on"), ("zookeeper", None), ("raft", None),
+], ids=["etcd-async", "etcd-sync-on", "zookeeper-async", "raft-async"])
 def test_checker_finds_no_violation_under_random_faults(
-        sync: str | None, netns_ok: None, request: pytest.FixtureRequest) -> None:
+        store: str, sync: str | None, netns_ok: None, request: pytest.FixtureRequest) -> None:
+    if store == "zookeeper" and not zookeeper_available():
+        pytest.skip("no ZooKeeper: install Debian's `zookeeper` package (and java)")
     chosen = seed(request.config)
     run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
-    out = experiment(sync, run_seed, duration(request.config))
+    out = experiment(sync, run_seed, duration(request.config), store=store)
     assert out.acks > 0, out.report
     assert not out.violations, f"seed {run_seed}: checker found violations\n{out.report}"
     assert not out.not_converged, f"seed {run_seed}: cluster did not converge\n{out.report}"

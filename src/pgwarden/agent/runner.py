@@ -248,10 +248,23 @@ class Agent:
         left = self.lease.deadline - time.monotonic() - 1.5
         self.router.hand_over(min(self.router.cfg.pause_timeout, max(0.0, left)))
 
+    def _leader_timeline(self) -> int | None:
+        view = self._view
+        if view is None or view.leader is None or view.leader.name == self.cfg.name:
+            return None
+        m = view.members.get(view.leader.name)
+        return m.timeline if m is not None else None
+
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
         now = time.monotonic()
-        if pgv.running and pgv.in_recovery and not pgv.streaming:
+        # Streaming counts only on the leader's timeline: a forked former primary's WAL receiver
+        # connects, streams the old timeline up to the fork, is cut off and retries every
+        # wal_retrieve_retry_interval. Each retry looks like "streaming" for a moment and would
+        # otherwise restart the clock that lets pg_rewind look at it.
+        leader_tl = self._leader_timeline()
+        on_leader_tl = leader_tl is None or pgv.timeline is None or pgv.timeline >= leader_tl
+        if pgv.running and pgv.in_recovery and not (pgv.streaming and on_leader_tl):
             if self._not_streaming_since is None:
                 self._not_streaming_since = now
         else:

@@ -46,6 +46,7 @@ from pgwarden.core.model import (
     FailoverRequest,
     MemberInfo,
     Observation,
+    PgView,
     Role,
     SyncState,
 )
@@ -317,6 +318,13 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
             return Decision((Rewind(src), StartPostgres("replica", upstream)),
                             f"timeline forked from {leader.name}'s: rewinding")
         return Decision((StartPostgres("replica", upstream),), f"starting as a replica of {upstream.name}")
+    if pg.in_recovery and _forked_while_running(pg, leader_tl, view):
+        # Known from the leader's history: our WAL runs past the point where our timeline ended
+        # (a former primary that demoted itself, say). No upstream can feed us: rewind now.
+        src = _member_upstream(leader)
+        steps = (StopPostgres("fast", "timeline forked"), Rewind(src), StartPostgres("replica", upstream))
+        return Decision(steps, f"our WAL on timeline {pg.timeline} runs past where the leader's "
+                               f"history ends it: rewinding")
     if pg.upstream != upstream.name:
         return Decision((Follow(upstream),), f"switching upstream to {upstream.name}")
     # A replica that cannot stream for long while its leader runs may hold WAL the leader lacks
@@ -331,6 +339,15 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     cascading = frozenset(n for n, m in view.members.items()
                           if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
     return Decision((EnsureSlots(cascading),) if cascading else (), f"replica of {upstream.name}, {state}")
+
+
+def _forked_while_running(pg: PgView, leader_tl: int | None, view: ClusterView) -> bool:
+    """Only a fork the history proves (unknown_diverges=False): a running replica on an older
+    timeline is normally just catching up through the switch."""
+    if leader_tl is None or pg.timeline is None or pg.timeline >= leader_tl:
+        return False
+    lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
+    return diverged(pg.timeline, lsn, False, leader_tl, view.history, unknown_diverges=False)
 
 
 # -- no leader ---------------------------------------------------------------------------------

@@ -34,13 +34,14 @@ def config_text(
     tick_ms: int = TICK_MS,
     min_session_ms: int = MIN_SESSION_MS,
     max_session_ms: int = MAX_SESSION_MS,
+    address: str = LOOPBACK,
 ) -> str:
-    """zoo.cfg for one standalone server listening on loopback only."""
+    """zoo.cfg for one standalone server listening on `address` only (loopback by default)."""
     return "\n".join([
         f"tickTime={tick_ms}",
         f"dataDir={data_dir}",
         f"clientPort={port}",
-        f"clientPortAddress={LOOPBACK}",
+        f"clientPortAddress={address}",
         f"minSessionTimeout={min_session_ms}",
         f"maxSessionTimeout={max_session_ms}",
         "admin.enableServer=false",  # its HTTP admin server would take port 8080
