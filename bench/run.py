@@ -40,6 +40,7 @@ DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
     "pgwarden-raft": partial(PgwardenDriver, name="pgwarden-raft", store="raft"),
 }
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
+BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
 ALL_SCENARIOS = ["crash", "crash-sync", "switchover", "bootstrap", "footprint"]
 # Issue 3 items 2 and 6. They need network namespaces (partition) and a 10-minute pgbench load with a CPU
 # hog (false-failover, via ClusterDriver.leader_changes()); until they are written they yield no rows.
@@ -312,6 +313,10 @@ def main() -> int:
     ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS))
     ap.add_argument("--presets", default="default,fastest", help="timing presets to run, per tool")
     ap.add_argument("--footprint-seconds", type=float, default=60.0)
+    ap.add_argument("--backend-scenarios", default="crash,switchover",
+                    help="scenarios for the pgwarden-zookeeper and pgwarden-raft tools (the agent is the "
+                         "same; the backend changes how a lease expires and is taken)")
+    ap.add_argument("--backend-presets", default="default", help="timing presets for those tools")
     ap.add_argument("--write", metavar="PATH", help="write the table as markdown (e.g. docs/benchmarks.md)")
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
@@ -335,18 +340,21 @@ def main() -> int:
     presets: dict[str, dict[str, Timing]] = {}
     try:
         for tool in tools:
-            ps = {k: v for k, v in DRIVERS[tool]().presets.items() if k in args.presets.split(",")}
+            backend = tool in BACKEND_TOOLS
+            wanted = (args.backend_presets if backend else args.presets).split(",")
+            todo = [s for s in scenarios if not backend or s in args.backend_scenarios.split(",")]
+            ps = {k: v for k, v in DRIVERS[tool]().presets.items() if k in wanted}
             presets[tool] = ps
             for preset in ps.values():
                 say(f"[bold]{tool}, timing {preset.label}: {preset.describe()}")
-                run_tool(rows, tool, preset, scenarios, args.runs, args.footprint_seconds)
+                run_tool(rows, tool, preset, todo, args.runs, args.footprint_seconds)
     except KeyboardInterrupt:
         say("[red]interrupted: stopping what was started")
     finally:
         for driver in list(LIVE):
             driver.down()
     order = ["crash", "crash-sync", "switchover", "bootstrap", "footprint-rss", "footprint-cpu"]
-    rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool))
+    rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool != "patroni", r.tool))
     print_table(rows)
     if args.write and rows:
         target = Path(args.write)
