@@ -42,7 +42,7 @@ unit: install
 	$(BIN)/pytest -q tests/core tests/config tests/api
 
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --tools patroni,pgwarden,pgwarden-zookeeper,pgwarden-raft
 
 clean:
 	rm -rf $(VENV) build *.egg-info
