@@ -346,6 +346,21 @@ def test_switchover_to_named_non_sync_candidate_never_hands_over() -> None:
     assert not any(isinstance(a, (Demote, ReleaseLease)) for a in d.actions)
 
 
+def test_a_request_the_leader_cannot_carry_out_is_dropped_after_the_patience_bound() -> None:
+    """n2 is unreachable: the leader keeps leading and the request waits, then is dropped, so it
+    cannot fire hours later when n2 recovers. A scheduled one counts from its time."""
+    ttl = so_view().settings.ttl
+    o = leader_obs(store=so_view(), ps=peers(peer("n2", reachable=False)))
+    d = decide(dataclasses.replace(o, request_pending_for=ttl - 0.1))
+    assert ClearFailover() not in d.actions and d.actions[0] == RenewLease()
+    d = decide(dataclasses.replace(o, request_pending_for=ttl + 0.1))
+    assert d.actions == (RenewLease(), ClearFailover()) and "could not take over" in d.message
+    o = leader_obs(store=so_view(at=WALL - 1), ps=peers(peer("n2", reachable=False)))
+    assert ClearFailover() not in decide(dataclasses.replace(o, request_pending_for=3600)).actions
+    o = leader_obs(store=so_view(at=WALL - ttl - 1), ps=peers(peer("n2", reachable=False)))
+    assert decide(dataclasses.replace(o, request_pending_for=3600)).actions == (RenewLease(), ClearFailover())
+
+
 def test_switchover_for_another_former_leader_is_dropped() -> None:
     v = view("n1", failover=switchover("n9", "n2"))
     d = decide(leader_obs(store=v, ps=peers(peer("n2"))))

@@ -26,6 +26,7 @@ from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
     DataState,
+    FailoverRequest,
     Me,
     MemberInfo,
     Observation,
@@ -77,6 +78,7 @@ class Agent:
         self._view: ClusterView | None = None
         self._not_streaming_since: float | None = None
         self._leaderless_since: float | None = None  # monotonic; see Observation.leaderless_for
+        self._request_seen: tuple[FailoverRequest, float] | None = None  # request, first seen
         self._last_pg: PgView | None = None
         self._message = "starting"
         self._lock = threading.Lock()
@@ -208,10 +210,16 @@ class Agent:
                 self._leaderless_since = None
             elif self._leaderless_since is None:
                 self._leaderless_since = mono
+            req = view.failover
+            if req is None:
+                self._request_seen = None
+            elif self._request_seen is None or self._request_seen[0] != req:
+                self._request_seen = (req, mono)
         obs = Observation(
             now=mono, wall=time.time(), me=self.me, pg=pgv, store=view,
             lease=self.lease.view(mono), peers=peers, settings=s,
             leaderless_for=mono - self._leaderless_since if self._leaderless_since is not None else 0.0,
+            request_pending_for=mono - self._request_seen[1] if self._request_seen is not None else 0.0,
         )
         decision = decide(obs)
         if decision.message != self._message:

@@ -373,6 +373,8 @@ def wait_for_new_primary(
                 print(f"{request.kind} complete after {took:.1f} s: {done} is the primary")
                 return 0
             leader = view.leader.name if view.leader else None
+            if view.failover is None and leader is not None and leader == old_leader:
+                break  # the leader dropped the request: no use waiting out the timeout
             state = None
             if leader is not None and leader in view.members:
                 m = view.members[leader]
@@ -390,6 +392,12 @@ def wait_for_new_primary(
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     leader = view.leader.name if view is not None and view.leader is not None else None
     pending = view is not None and view.failover is not None
+    if view is not None and not pending and leader is not None and leader == old_leader:
+        raise CliError(
+            f"{request.kind} did not happen: the leader {leader} dropped the request because "
+            f"{request.candidate or 'no replica'} could not take over (its log says why); "
+            f"check `pgwarden ctl list` and try again"
+        )
     raise CliError(
         f"{request.kind} did not complete within {timeout:g} s: the leader is "
         f"{leader or 'nobody'}; the request is {'still pending' if pending else 'no longer in the store'} "

@@ -271,7 +271,17 @@ def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
         return None
     target = _handover_target(obs, view, req)
     if target is None:
-        return None  # keep leading; the request waits for a healthy candidate
+        # Keep leading; the request waits for a healthy candidate, but not for ever: an
+        # operator's request carried out hours later, when the candidate happens to recover,
+        # would be a surprise (and its `ctl` has long since reported a failure).
+        due = obs.request_pending_for
+        if req.scheduled_at is not None:
+            due = min(due, obs.wall - req.scheduled_at)
+        if due > patience(view.settings):
+            who = req.candidate or "any replica"
+            return Decision((RenewLease(), ClearFailover()),
+                            f"dropping the {req.kind} request: {who} could not take over for {due:.0f}s")
+        return None
     up = view.members.get(target)
     upstream = _member_upstream(up) if up is not None else None
     return Decision(

@@ -316,3 +316,5 @@ class Observation:
     # How long this agent has seen the store answer with no leader, without a break (0 while
     # there is one). Bounds every wait a leaderless node makes for someone else to act.
     leaderless_for: float = 0.0
+    # How long this agent has seen the store's current failover/switchover request (0: none).
+    request_pending_for: float = 0.0
