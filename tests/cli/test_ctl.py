@@ -254,6 +254,36 @@ def test_switchover_completes_when_the_cluster_acts(
     assert "node2 is the primary" in r.out
 
 
+def test_switchover_the_leader_drops_is_reported_as_such(
+    node_file: Path, store: Store, cluster: str, etcd: EtcdServer
+) -> None:
+    """Play the leader that gives up on the request (its candidate could not take over): the
+    request vanishes while node1 still leads. ctl says the switchover did not happen."""
+    three(store)
+    agents = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
+    stop = threading.Event()
+
+    def play() -> None:
+        while not stop.is_set():
+            if agents.snapshot(TIMEOUT).failover is not None:
+                agents.clear_failover(TIMEOUT)
+                return
+            agents.wait_for_change(0.5)
+
+    t = threading.Thread(target=play, daemon=True)
+    t.start()
+    try:
+        r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node2", "--force",
+                    "--timeout", "20")
+    finally:
+        stop.set()
+        t.join(10)
+        agents.close()
+    assert r.code == 1
+    assert "did not happen" in r.err and "node1 dropped the request" in r.err, r.err
+    assert store.snapshot(TIMEOUT).leader is not None
+
+
 def test_failover_unknown_candidate(node_file: Path, store: Store) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "failover", "--candidate", "nodeX", "--force")
