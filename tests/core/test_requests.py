@@ -66,9 +66,15 @@ def test_switchover_in_sync_mode_to_sync_standby() -> None:
     assert validate_switchover(v, "a", None, None, NOW).candidate is None
 
 
-def test_switchover_in_quorum_mode_to_any_replica() -> None:
+def test_switchover_in_quorum_mode_only_within_the_quorum_set() -> None:
+    """As the HA core: it hands over only to a member of the store's set, so a request for
+    another would wait and be dropped; refuse it up front instead."""
     v = _view(mode=SyncMode.QUORUM, sync=("c",))
-    assert validate_switchover(v, "a", "b", None, NOW).candidate == "b"
+    assert validate_switchover(v, "a", "c", None, NOW).candidate == "c"
+    with pytest.raises(RequestError, match=r"b is not a synchronous standby \(synchronous_mode is quorum"):
+        validate_switchover(v, "a", "b", None, NOW)
+    with pytest.raises(RequestError, match="b is not a synchronous standby"):
+        validate_failover(v, "b", NOW)
 
 
 def test_paused_switchover_to_specific_candidate() -> None:

@@ -40,7 +40,13 @@ def _healthy_replica(m: MemberInfo) -> bool:
 
 
 def _sync_on(view: ClusterView) -> bool:
-    return view.settings.synchronous_mode == SyncMode.ON
+    """Either synchronous mode: `on` and `quorum` both promote only within the store's set
+    (`sync.may_take_over`, what the HA core checks when it carries a request out)."""
+    return view.settings.synchronous_mode != SyncMode.OFF
+
+
+def _mode(view: ClusterView) -> str:
+    return str(view.settings.synchronous_mode.value)
 
 
 def _sync_members(view: ClusterView) -> frozenset[str]:
@@ -86,11 +92,11 @@ def validate_switchover(
             raise RequestError(
                 f"{candidate} is not a running replica (role {m.role.value}, state {m.state})"
             )
-        # SAFETY rule 7: in `on` mode only a member of the store's sync set may be promoted.
+        # SAFETY rule 7: in a synchronous mode only a member of the store's set may be promoted.
         if immediate and _sync_on(view) and candidate not in sync_set:
             listed = ", ".join(sorted(sync_set)) or "none"
             raise RequestError(
-                f"{candidate} is not a synchronous standby (synchronous_mode is on; "
+                f"{candidate} is not a synchronous standby (synchronous_mode is {_mode(view)}; "
                 f"synchronous standbys: {listed})"
             )
     elif immediate:
@@ -120,7 +126,7 @@ def validate_failover(view: ClusterView, candidate: str, now_wall: float) -> Fai
     # SAFETY rule 7: promoting outside the sync set could lose acknowledged commits.
     if _sync_on(view) and sync_set and candidate not in sync_set:
         raise RequestError(
-            f"{candidate} is not a synchronous standby (synchronous_mode is on; "
+            f"{candidate} is not a synchronous standby (synchronous_mode is {_mode(view)}; "
             f"synchronous standbys: {', '.join(sorted(sync_set))})"
         )
     return FailoverRequest(kind="failover", leader=None, candidate=candidate, scheduled_at=None)
