@@ -350,7 +350,12 @@ METHOD = """## Method
 - footprint: each agent process alone (not PostgreSQL, not the agent's children), idle cluster:
   VmRSS at the end of the window, and (utime+stime) over the window scaled to one minute; one value per
   agent per run.
-- TODO (issue 3): partition and false-failover scenarios; rows will appear here when written.
+- false-failover: `pgbench -i -s 1`, then TPC-B-like `pgbench -c 4 -j 2` through the read-write DSN for
+  the chosen time, the second half with a busy loop on every core; value = leader changes in the tool's
+  own `/history` over the load (nobody asked for any). One value per tool and timing.
+- Not measured here: write unavailability after a network partition of the primary. The drivers run
+  every node on loopback, which cannot be partitioned; tests/faults partitions pgwarden in network
+  namespaces and checks safety and recovery, but Patroni has no such harness yet.
 """
 
 
