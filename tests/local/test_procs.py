@@ -3,9 +3,12 @@ command we started (PID reuse), stubborn processes are killed, stray postmasters
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
+
+import pytest
 
 from pgwarden.local import procs
 
@@ -33,6 +36,23 @@ def test_is_ours_checks_the_command_line(tmp_path: Path) -> None:
         assert not procs.alive(pid) and not procs.is_ours(pid, marker)
     finally:
         procs.terminate([(pid, marker)], 0.1, signal.SIGKILL)
+
+
+def test_a_child_not_yet_exec_ed_counts_as_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between fork and exec a child shows its parent's command line; `local up` checking it
+    right then must not report it as exited (it did, under load, with an empty log)."""
+    marker = str(tmp_path / "marker-c")
+    pid = start_sleeper(tmp_path, marker)
+    try:
+        own = procs.cmdline(os.getpid())
+        real = procs.cmdline
+        monkeypatch.setattr(procs, "cmdline", lambda p: own if p == pid else real(p))
+        assert procs.is_ours(pid, marker)
+        monkeypatch.setattr(procs, "cmdline", real)
+        assert procs.is_ours(pid, marker)
+    finally:
+        procs.terminate([(pid, marker)], 0.1, signal.SIGKILL)
+    assert not procs.is_ours(pid, marker)
 
 
 def test_terminate_falls_back_to_sigkill(tmp_path: Path) -> None:

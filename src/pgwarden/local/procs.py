@@ -68,6 +68,10 @@ def is_ours(pid: int | None, marker: str) -> bool:
     if pid is None or not alive(pid):
         return False
     args = cmdline(pid)
+    if pid in _children and args == cmdline(os.getpid()):
+        # Our own child in the moment between fork and exec: it still shows our command line.
+        # Under load that moment is long enough for a readiness check to call it gone.
+        return True
     return args is not None and any(marker in a for a in args)
 
 
