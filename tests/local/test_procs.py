@@ -39,8 +39,8 @@ def test_is_ours_checks_the_command_line(tmp_path: Path) -> None:
 
 
 def test_a_child_not_yet_exec_ed_counts_as_ours(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Between fork and exec a child shows its parent's command line; `local up` checking it
-    right then must not report it as exited (it did, under load, with an empty log)."""
+    """Between fork and exec a child shows its parent's command line (or none); `local up`
+    checking it right then must not report it as exited (it did, under load, with an empty log)."""
     marker = str(tmp_path / "marker-c")
     pid = start_sleeper(tmp_path, marker)
     try:
@@ -48,6 +48,9 @@ def test_a_child_not_yet_exec_ed_counts_as_ours(tmp_path: Path, monkeypatch: pyt
         real = procs.cmdline
         monkeypatch.setattr(procs, "cmdline", lambda p: own if p == pid else real(p))
         assert procs.is_ours(pid, marker)
+        monkeypatch.setattr(procs, "cmdline", lambda p: [] if p == pid else real(p))
+        assert procs.is_ours(pid, marker)  # mid-exec: /proc shows no command line at all
+        assert not procs.is_ours(pid, str(tmp_path / "marker-d"))
         monkeypatch.setattr(procs, "cmdline", real)
         assert procs.is_ours(pid, marker)
     finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 # Popen objects of children started by this process: `local up` run in-process (tests) must reap
 # them, or an exited agent stays a zombie that looks alive to kill(pid, 0).
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_argv: dict[int, list[str]] = {}  # the command each of them was started with
 
 
 def spawn(argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
@@ -27,6 +28,7 @@ def spawn(argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None 
             cwd=cwd, env=env, start_new_session=True, close_fds=True,
         )
     _children[proc.pid] = proc
+    _argv[proc.pid] = list(argv)
     return proc.pid
 
 
@@ -52,6 +54,7 @@ def alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         del _children[pid]
+        _argv.pop(pid, None)
         return False
     try:
         os.kill(pid, 0)
@@ -67,11 +70,13 @@ def is_ours(pid: int | None, marker: str) -> bool:
     reused PID is never signalled."""
     if pid is None or not alive(pid):
         return False
+    if pid in _children:
+        # Our own child (alive() reaps it once it exits, so its PID is not reused): judge it
+        # by the command we started, not by /proc, which shows our command line, or nothing,
+        # while it is between fork and exec. Under load a readiness check landed right there
+        # and called a starting etcd or PgBouncer "exited" with an empty log.
+        return any(marker in a for a in _argv.get(pid, ()))
     args = cmdline(pid)
-    if pid in _children and args == cmdline(os.getpid()):
-        # Our own child in the moment between fork and exec: it still shows our command line.
-        # Under load that moment is long enough for a readiness check to call it gone.
-        return True
     return args is not None and any(marker in a for a in args)
 
 
