@@ -8,11 +8,14 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.actions import EnsureSlots
 from pgwarden.core.model import NO_SYNC, DataState, SyncConfig
 from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController, PostgresError
@@ -246,3 +249,30 @@ def test_stop_escalates_on_frozen_postmaster(tmp_path: Path) -> None:
         assert wait_for(lambda: ctl.observe(2).healthy, 20, "healthy after crash recovery")
     finally:
         teardown(ctl)
+
+
+def test_the_agent_makes_sure_of_slots_again_after_its_server_changed(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The executor skips the slot query while nothing it knows of changed. A rewind or re-clone
+    takes slots away with the wanted set unchanged (a leader that was rewound and leads again):
+    a new postmaster, or SLOT_RECHECK seconds, must make it look again."""
+    from pgwarden.agent import executor as ex
+
+    p = pair.p
+    run = ex.Executor(p._cfg, p, cast(Any, None), cast(Any, None), cast(Any, None), ex.LocalFacts(),
+                      ClusterSettings, ClusterSettings())
+    pgv = p.observe(2)
+    want = ("r1", "r9")
+    assert run.run((EnsureSlots(frozenset(want)),), None, pgv)
+    assert _slots(p) >= set(want)
+    query(p._cfg, "SELECT pg_drop_replication_slot('r9')")
+    assert run.run((EnsureSlots(frozenset(want)),), None, pgv)
+    assert "r9" not in _slots(p)  # same server, checked moments ago: no query
+    restarted = replace(pgv, postmaster_pid=(pgv.postmaster_pid or 0) + 1)
+    assert run.run((EnsureSlots(frozenset(want)),), None, restarted)
+    assert "r9" in _slots(p)
+    query(p._cfg, "SELECT pg_drop_replication_slot('r9')")
+    monkeypatch.setattr(ex, "SLOT_RECHECK", 0.0)
+    assert run.run((EnsureSlots(frozenset(want)),), None, restarted)
+    assert "r9" in _slots(p)
+    p.ensure_slots({"r1"})

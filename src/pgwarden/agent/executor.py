@@ -33,6 +33,7 @@ START_TIMEOUT = 60.0
 REPLICA_START_WAIT = 5.0
 STOP_TIMEOUT = 30.0
 SLOT_RETENTION = 600.0
+SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we know of changed
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState)
@@ -49,7 +50,10 @@ class LocalFacts:
     rewind_failed: bool = False
     start_failures: int = 0
     sync_applied: SyncConfig = NO_SYNC
-    slots: frozenset[str] | None = None
+    # The slot set last made sure of, for which postmaster, and when: a rewind, a re-clone or a
+    # restart can take slots away while the wanted set stays the same.
+    slots: tuple[int | None, frozenset[str]] | None = None
+    slots_checked: float = 0.0
     slot_seen: dict[str, float] = field(default_factory=dict)
     restart_requested: bool = False
     reinit_requested: bool = False
@@ -215,9 +219,11 @@ class Executor:
             for n in a.names:
                 self.facts.slot_seen[n] = now
             keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
-            if self.facts.slots != keep:
+            key = (pgv.postmaster_pid, keep)
+            if self.facts.slots != key or now - self.facts.slots_checked > SLOT_RECHECK:
                 self.pg.ensure_slots(set(keep))
-                self.facts.slots = keep
+                self.facts.slots = key
+                self.facts.slots_checked = now
             return True
         if isinstance(a, A.PublishHistory):
             return self._publish_history(a.timeline, view)
