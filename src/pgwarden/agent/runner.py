@@ -21,7 +21,7 @@ from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.load import ConfigError, load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
-from pgwarden.core.actions import Demote
+from pgwarden.core.actions import Clone, Demote, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
@@ -235,6 +235,10 @@ class Agent:
                     self._publish_member(pgv, view)
             self._pause_router_for_handover(view, decision.actions)
             self.exec.run(decision.actions, view, pgv)
+            if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
+                # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
+                # than a stop, rewind and start on every loop while the cause persists.
+                self._not_streaming_since = None
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 pgv = self._observe_pg(s)
         if self.router is not None:
