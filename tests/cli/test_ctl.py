@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
 from pgwarden.core.model import HistoryEntry, MemberInfo, Role, Tags
 from pgwarden.store.base import Store
 from pgwarden.store.factory import open_store
-from tests.cli.helpers import TIMEOUT, member, publish_cluster, run_cli
+from tests.cli.helpers import TIMEOUT, Result, member, publish_cluster, run_cli
 from tests.support.etcd import EtcdServer
 
 MB = 1024 * 1024
@@ -223,33 +223,45 @@ def test_switchover_times_out_when_nobody_acts(node_file: Path, store: Store) ->
     assert req is not None and req.candidate == "node2"
 
 
-def test_switchover_completes_when_the_cluster_acts(
-    node_file: Path, store: Store, cluster: str, etcd: EtcdServer
-) -> None:
-    """Play the agents: once the request appears, node1 releases the lease and node2 takes it
-    and publishes itself as a running primary."""
-    three(store)
+def _ctl_while_agents_play(etcd: EtcdServer, cluster: str, node_file: Path,
+                           on_request: Callable[[Store], None], *args: str) -> Result:
+    """Run `ctl` while a thread plays the agents: once a request appears in the store, it calls
+    `on_request` with its own store connection."""
     agents = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
     stop = threading.Event()
 
     def play() -> None:
         while not stop.is_set():
             if agents.snapshot(TIMEOUT).failover is not None:
-                store.release_leader("node1", TIMEOUT)
-                agents.clear_failover(TIMEOUT)
-                assert agents.acquire_leader("node2", 60, TIMEOUT)
-                agents.publish_member(member("node2", Role.PRIMARY, 5433, 21 * MB, timeline=2), 60, TIMEOUT)
+                on_request(agents)
                 return
             agents.wait_for_change(0.5)
 
     t = threading.Thread(target=play, daemon=True)
     t.start()
     try:
-        r = run_cli("ctl", "-c", str(node_file), "switchover", "--force", "--timeout", "20")
+        return run_cli("ctl", "-c", str(node_file), *args)
     finally:
         stop.set()
         t.join(10)
         agents.close()
+
+
+def test_switchover_completes_when_the_cluster_acts(
+    node_file: Path, store: Store, cluster: str, etcd: EtcdServer
+) -> None:
+    """Play the agents: once the request appears, node1 releases the lease and node2 takes it
+    and publishes itself as a running primary."""
+    three(store)
+
+    def hand_over(agents: Store) -> None:
+        store.release_leader("node1", TIMEOUT)
+        agents.clear_failover(TIMEOUT)
+        assert agents.acquire_leader("node2", 60, TIMEOUT)
+        agents.publish_member(member("node2", Role.PRIMARY, 5433, 21 * MB, timeline=2), 60, TIMEOUT)
+
+    r = _ctl_while_agents_play(etcd, cluster, node_file, hand_over, "switchover", "--force",
+                               "--timeout", "20")
     assert r.code == 0, r.err
     assert "node2 is the primary" in r.out
 
@@ -260,25 +272,12 @@ def test_switchover_the_leader_drops_is_reported_as_such(
     """Play the leader that gives up on the request (its candidate could not take over): the
     request vanishes while node1 still leads. ctl says the switchover did not happen."""
     three(store)
-    agents = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
-    stop = threading.Event()
 
-    def play() -> None:
-        while not stop.is_set():
-            if agents.snapshot(TIMEOUT).failover is not None:
-                agents.clear_failover(TIMEOUT)
-                return
-            agents.wait_for_change(0.5)
+    def drop(agents: Store) -> None:
+        agents.clear_failover(TIMEOUT)
 
-    t = threading.Thread(target=play, daemon=True)
-    t.start()
-    try:
-        r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node2", "--force",
-                    "--timeout", "20")
-    finally:
-        stop.set()
-        t.join(10)
-        agents.close()
+    r = _ctl_while_agents_play(etcd, cluster, node_file, drop, "switchover", "--candidate", "node2",
+                               "--force", "--timeout", "20")
     assert r.code == 1
     assert "did not happen" in r.err and "node1 dropped the request" in r.err, r.err
     assert store.snapshot(TIMEOUT).leader is not None
