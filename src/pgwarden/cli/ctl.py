@@ -352,6 +352,11 @@ def _done(view: ClusterView, request: FailoverRequest, old_leader: str | None) -
     return name
 
 
+def _dropped(view: ClusterView, old_leader: str | None) -> bool:
+    """The request is gone and the leader is the one it was filed under: the leader dropped it."""
+    return view.failover is None and view.leader is not None and view.leader.name == old_leader
+
+
 def wait_for_new_primary(
     store: Store, request: FailoverRequest, old_leader: str | None, timeout: float
 ) -> int:
@@ -373,8 +378,8 @@ def wait_for_new_primary(
                 print(f"{request.kind} complete after {took:.1f} s: {done} is the primary")
                 return 0
             leader = view.leader.name if view.leader else None
-            if view.failover is None and leader is not None and leader == old_leader:
-                break  # the leader dropped the request: no use waiting out the timeout
+            if _dropped(view, old_leader):
+                break  # no use waiting out the timeout
             state = None
             if leader is not None and leader in view.members:
                 m = view.members[leader]
@@ -392,7 +397,7 @@ def wait_for_new_primary(
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
     leader = view.leader.name if view is not None and view.leader is not None else None
     pending = view is not None and view.failover is not None
-    if view is not None and not pending and leader is not None and leader == old_leader:
+    if view is not None and _dropped(view, old_leader):
         raise CliError(
             f"{request.kind} did not happen: the leader {leader} dropped the request because "
             f"{request.candidate or 'no replica'} could not take over (its log says why); "

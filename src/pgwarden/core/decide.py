@@ -382,7 +382,7 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         return Decision((StartPostgres("replica", None),), "no leader; starting read-only to take part")
     req = view.failover
     manual = settings.paused or settings.failover_mode == FailoverMode.MANUAL
-    stalled = obs.leaderless_for > patience(settings)
+    stalled = _stalled(obs, settings)
     if req is not None:
         # Wait for a named candidate (or, for our own switchover, any replica) only while one
         # could take over: a request whose candidate is gone, forked, lagging or barred by the
@@ -418,6 +418,10 @@ def patience(settings: ClusterSettings) -> float:
     return max(settings.ttl, 3 * settings.loop_wait)
 
 
+def _stalled(obs: Observation, settings: ClusterSettings) -> bool:
+    return obs.leaderless_for > patience(settings)
+
+
 def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str = "") -> Decision:
     pg = obs.pg
     my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
@@ -431,7 +435,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
-    stalled = obs.leaderless_for > patience(view.settings)
+    stalled = _stalled(obs, view.settings)
     if not explicit and not stalled:
         # Rule 10 compares with peers that could win: one barred by the synchronous set would
         # never promote, and waiting for it would leave the cluster without a primary.

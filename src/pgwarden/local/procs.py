@@ -15,7 +15,6 @@ from pathlib import Path
 # Popen objects of children started by this process: `local up` run in-process (tests) must reap
 # them, or an exited agent stays a zombie that looks alive to kill(pid, 0).
 _children: dict[int, subprocess.Popen[bytes]] = {}
-_argv: dict[int, list[str]] = {}  # the command each of them was started with
 
 
 def spawn(argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
@@ -24,11 +23,10 @@ def spawn(argv: Sequence[str], log: Path, cwd: Path, env: dict[str, str] | None 
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             cwd=cwd, env=env, start_new_session=True, close_fds=True,
         )
     _children[proc.pid] = proc
-    _argv[proc.pid] = list(argv)
     return proc.pid
 
 
@@ -54,7 +52,6 @@ def alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         del _children[pid]
-        _argv.pop(pid, None)
         return False
     try:
         os.kill(pid, 0)
@@ -75,7 +72,8 @@ def is_ours(pid: int | None, marker: str) -> bool:
         # by the command we started, not by /proc, which shows our command line, or nothing,
         # while it is between fork and exec. Under load a readiness check landed right there
         # and called a starting etcd or PgBouncer "exited" with an empty log.
-        return any(marker in a for a in _argv.get(pid, ()))
+        started = _children[pid].args  # the list spawn() passed
+        return isinstance(started, list) and any(marker in str(a) for a in started)
     args = cmdline(pid)
     return args is not None and any(marker in a for a in args)
 
