@@ -29,9 +29,11 @@ from rich.table import Table
 from bench.drivers.base import ClusterDriver, Timing
 from bench.drivers.patroni import PatroniDriver, ensure_environment
 from bench.drivers.pgwarden import PgwardenDriver
+from bench.drivers.pgwarden_netns import PgwardenNetnsDriver
 from bench.procs import cpu_seconds, rss_mb, wait_for
 from bench.routing import PGBENCH
 from bench.workload import Workload, count_lost, prepare
+from tests.support.netns import Network, unavailable_reason
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
@@ -41,14 +43,18 @@ DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
     "pgwarden-zookeeper": partial(PgwardenDriver, name="pgwarden-zookeeper", store="zookeeper"),
     "pgwarden-raft": partial(PgwardenDriver, name="pgwarden-raft", store="raft"),
 }
+# The partition rows need each node behind its own interface: the same tools on a private network
+# of namespaces (etcd or ZooKeeper on one host, each node on another, this process a client).
+NETNS_DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
+    "patroni": lambda: PatroniDriver(net=Network()),
+    "pgwarden": PgwardenNetnsDriver,
+    "pgwarden-zookeeper": partial(PgwardenNetnsDriver, name="pgwarden-zookeeper", store="zookeeper"),
+    "pgwarden-raft": partial(PgwardenNetnsDriver, name="pgwarden-raft", store="raft"),
+}
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
 BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
-ALL_SCENARIOS = ["crash", "crash-sync", "switchover", "bootstrap", "footprint", "false-failover"]
-# Issue 3 item 2 needs each node behind its own network interface (ip netns) for both tools; the
-# loopback clusters the drivers start cannot be partitioned. tests/faults covers partitions.
-TODO_SCENARIOS = {
-    "partition": "write unavailability after the primary is partitioned (needs an ip netns layout)",
-}
+ALL_SCENARIOS = ["crash", "crash-sync", "partition", "partition-sync", "switchover", "bootstrap", "footprint",
+                 "false-failover"]
 WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
 AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
 
@@ -77,8 +83,16 @@ def say(msg: str) -> None:
 # -- scenarios -----------------------------------------------------------------------------------------
 
 
-def _fault_run(driver: ClusterDriver, timing: Timing, fault: Callable[[], None]) -> tuple[float, int, int]:
-    """Write, inject `fault`, wait until another server acknowledges. Returns (pause, failed tx, lost)."""
+@dataclass(frozen=True)
+class FaultResult:
+    pause: float  # longest gap between acks, from just before the fault to the new primary's first
+    failed: int  # transactions that raised
+    lost: int  # acknowledged ids the new primary does not have
+    overlap: int  # acks by the old primary after the new one acknowledged: two writable primaries
+
+
+def _fault_run(driver: ClusterDriver, timing: Timing, fault: Callable[[], None]) -> FaultResult:
+    """Write, inject `fault`, wait until another server acknowledges."""
     dsn = driver.dsn()
     prepare(dsn)
     workload = Workload(dsn)
@@ -101,30 +115,39 @@ def _fault_run(driver: ClusterDriver, timing: Timing, fault: Callable[[], None])
         history = workload.stop()
     found = history.failover_pause(fault_at)
     assert found is not None, "the history lost the acks we waited for"
-    pause, _ = found
+    pause, new_at = found
     failed = history.failed_transactions(fault_at - 1.0, first_new.at)
-    lost = count_lost(dsn, history.acked_ids())
-    return pause, failed, lost
+    # Ask the new primary itself: after a partition the old one may still answer.
+    lost = count_lost(dsn, history.acked_ids(), server=first_new.server)
+    overlap = sum(1 for a in history.acks if a.server == last.server and a.at > new_at)
+    return FaultResult(pause, failed, lost, overlap)
 
 
 def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, name: str) -> Row:
     row = Row(name, tool, timing, "s", lost=0, failed=0)
     for i in range(runs):
         driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+        fault = {
+            "switchover": lambda: driver.switchover(None),
+            "partition": driver.partition_primary,
+            "partition-sync": driver.partition_primary,
+        }.get(name, driver.kill_primary)
         try:
-            if name == "switchover":
-                pause, failed, lost = _fault_run(driver, timing, lambda: driver.switchover(None))
-            else:
-                pause, failed, lost = _fault_run(driver, timing, driver.kill_primary)
+            r = _fault_run(driver, timing, fault)
         except Exception as e:  # record and go on: one bad run must not hide the others
             row.errors.append(f"run {i + 1}: {e}")
             driver.keep = True  # its logs explain the failure
             say(f"[red]{tool} {name} run {i + 1} failed (logs kept): {e}")
         else:
-            row.values.append(pause)
-            row.failed = (row.failed or 0) + failed
-            row.lost = (row.lost or 0) + lost
-            say(f"{tool} {name} ({timing.label}) run {i + 1}: {pause:.3f}s, failed {failed}, lost {lost}")
+            row.values.append(r.pause)
+            row.failed = (row.failed or 0) + r.failed
+            row.lost = (row.lost or 0) + r.lost
+            if r.overlap:  # a safety failure: it must show in the table, not only in the log
+                row.errors.append(f"run {i + 1}: the old primary acknowledged {r.overlap} commit(s) after "
+                                  f"the new primary's first")
+                driver.keep = True
+            say(f"{tool} {name} ({timing.label}) run {i + 1}: {r.pause:.3f}s, failed {r.failed}, "
+                f"lost {r.lost}, old primary acks after the new one's first: {r.overlap}")
         driver.heal()
     driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
     return row
@@ -248,6 +271,29 @@ def run_tool(
         finally:
             driver.down()
             LIVE.remove(driver)
+    for sync, name in ((False, "partition"), (True, "partition-sync")):
+        if name not in scenarios:
+            continue
+        if tool not in NETNS_DRIVERS or (why := unavailable_reason()) is not None:
+            row = Row(name, tool, preset, "s")
+            row.errors.append(f"not measured: {why if tool in NETNS_DRIVERS else 'no namespaced driver'}")
+            rows.append(row)
+            continue
+        driver = NETNS_DRIVERS[tool]()
+        LIVE.append(driver)
+        try:
+            say(f"{tool} ({preset.label}): starting a 3-node cluster in network namespaces (sync={sync})")
+            driver.up(3, sync, preset)
+            rows.append(scenario_fault(tool, driver, preset, runs, name))
+        except Exception as e:
+            row = Row(name, tool, preset, "s")
+            row.errors.append(f"cluster did not come up: {e}")
+            rows.append(row)
+            driver.keep = True
+            say(f"[red]{tool} {name}: {e}")
+        finally:
+            driver.down()
+            LIVE.remove(driver)
 
 
 def fmt(v: float | None) -> str:
@@ -352,9 +398,13 @@ METHOD = """## Method
 - false-failover: `pgbench -i -s 1`, then TPC-B-like `pgbench -c 4 -j 2` through the read-write DSN for
   the chosen time, the second half with a busy loop on every core; value = leader changes in the tool's
   own `/history` over the load (nobody asked for any). One value per tool and timing.
-- Not measured here: write unavailability after a network partition of the primary. The drivers run
-  every node on loopback, which cannot be partitioned; tests/faults partitions pgwarden in network
-  namespaces and checks safety and recovery, but Patroni has no such harness yet.
+- partition / partition-sync: the same clusters on a private network of Linux namespaces (etcd on
+  one host, each node on its own, the benchmark a client on the same bridge; tests/support/netns.py).
+  The primary is cut off from etcd and from the other nodes (packets silently dropped both ways); the
+  client still reaches it, as an application next to it would. Value, rows lost and failed tx as for
+  crash, with lost rows counted on the new primary; a run in which the old primary acknowledged a
+  commit after the new primary's first is listed under "Failed runs" (two writable primaries). The
+  partition is healed after each run and the old primary must be back, streaming, before the next.
 """
 
 
@@ -380,9 +430,7 @@ def main() -> int:
     tools = [t for t in args.tools.split(",") if t]
     scenarios = [s for s in args.scenarios.split(",") if s]
     for s in scenarios:
-        if s in TODO_SCENARIOS:
-            say(f"[yellow]scenario {s!r} is not written yet ({TODO_SCENARIOS[s]}): skipped")
-        elif s not in ALL_SCENARIOS:
+        if s not in ALL_SCENARIOS:
             ap.error(f"unknown scenario {s!r}; choose from {', '.join(ALL_SCENARIOS)}")
     for t in tools:
         if t not in DRIVERS:
@@ -412,8 +460,8 @@ def main() -> int:
     finally:
         for driver in list(LIVE):
             driver.down()
-    order = ["crash", "crash-sync", "switchover", "bootstrap", "footprint-rss", "footprint-cpu",
-             "false-failover"]
+    order = ["crash", "crash-sync", "partition", "partition-sync", "switchover", "bootstrap", "footprint-rss",
+             "footprint-cpu", "false-failover"]
     rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool != "patroni", r.tool))
     print_table(rows)
     if args.write and rows:

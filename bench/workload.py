@@ -115,9 +115,13 @@ def prepare(dsn: str) -> None:
         conn.execute("TRUNCATE bench_writes")
 
 
-def count_lost(dsn: str, ids: list[int]) -> int:
-    """How many acknowledged ids the current primary does not have."""
-    with psycopg.connect(client_dsn(dsn), autocommit=True) as conn:
+def count_lost(dsn: str, ids: list[int], server: str | None = None) -> int:
+    """How many acknowledged ids the current primary (or `server`, "addr:port") does not have."""
+    conninfo = client_dsn(dsn)
+    if server is not None:
+        host, port = server.rsplit(":", 1)
+        conninfo = make_conninfo(conninfo, host=host, port=port)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM unnest(%s::bigint[]) AS a(id) "
             "WHERE NOT EXISTS (SELECT 1 FROM bench_writes w WHERE w.id = a.id)",

@@ -40,6 +40,10 @@ class ClusterDriver(Protocol):
     def kill_primary(self) -> None:
         """SIGKILL the primary's agent and postmaster (and the postmaster's children) together."""
 
+    def partition_primary(self) -> None:
+        """Cut the primary off from the store and the other nodes; the client still reaches it.
+        Only drivers on a private network (ip netns) can; the others raise ClusterError."""
+
     def switchover(self, candidate: str | None = None) -> None:
         """Planned switchover through the tool's own CLI; returns when the tool says it is done."""
 

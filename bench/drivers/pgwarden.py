@@ -163,6 +163,9 @@ class PgwardenDriver:
         wait_for(lambda: not any(alive(p) for p in roots), 10, "killed pgwarden processes to exit")
         self._killed.append(str(member["name"]))
 
+    def partition_primary(self) -> None:
+        raise ClusterError("loopback cannot be partitioned: bench/drivers/pgwarden_netns.py can")
+
     def switchover(self, candidate: str | None = None) -> None:
         assert self.dir is not None
         config = self.dir / self.primary() / "pgwarden.yaml"
