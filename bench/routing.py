@@ -1,8 +1,10 @@
 """Routing benchmark rows: a planned switchover seen by a steady client through PgBouncer and
-through HAProxy (longest wait, failed transactions), and pgbench select-only throughput and
-median latency through HAProxy and PgBouncer as ratios to a direct connection.
+through HAProxy (longest wait, failed transactions), and pgbench throughput and median latency
+through HAProxy and PgBouncer as ratios to a direct connection, for pgbench's select-only script
+(`-S`, one round trip) and its default TPC-B-like script (seven statements and a commit).
 
     .venv/bin/python bench/routing.py [--seconds 8] [--clients 4] [--switchovers 2]
+                                      [--scripts select-only,tpcb-like]
 
 Runs one `pgwarden local up --haproxy --pgbouncer` cluster in a temporary directory (as root; the
 agents run PostgreSQL as `postgres`) and removes it afterwards. Every load is bounded in time.
@@ -111,15 +113,18 @@ def switchover_row(directory: Path, dsn: str, cfg0: str) -> tuple[float, int, in
     return gap, failed, len(cl.lat)
 
 
+SCRIPTS = ("select-only", "tpcb-like")  # pgbench --builtin names
+
+
 def pgbench(dsn_kw: dict[str, str], seconds: int, clients: int, logdir: Path,
-            tag: str) -> tuple[float, float]:
-    """(tps, median latency ms) of `pgbench -S` from per-transaction logs."""
+            tag: str, script: str = "select-only") -> tuple[float, float]:
+    """(tps, median latency ms) of a pgbench builtin script, from per-transaction logs."""
     env = {**os.environ, "PGPASSWORD": dsn_kw["password"]}
-    d = logdir / tag
+    d = logdir / f"{script}-{tag}"
     d.mkdir()
-    args = [str(PGBENCH), "-h", dsn_kw["host"], "-p", dsn_kw["port"], "-U", dsn_kw["user"], "-S", "-n",
-            "-T", str(seconds), "-c", str(clients), "-j", str(min(clients, 2)), "-l",
-            "--log-prefix", str(d / "tx"), "postgres"]
+    args = [str(PGBENCH), "-h", dsn_kw["host"], "-p", dsn_kw["port"], "-U", dsn_kw["user"],
+            "--builtin", script, "-n", "-T", str(seconds), "-c", str(clients), "-j", str(min(clients, 2)),
+            "-l", "--log-prefix", str(d / "tx"), "postgres"]
     res = subprocess.run(args, capture_output=True, text=True, env=env, timeout=seconds + 60, cwd=d)
     if res.returncode != 0:
         raise SystemExit(f"pgbench failed ({tag}): {res.stderr}")
@@ -143,7 +148,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--switchovers", type=int, default=2)
+    ap.add_argument("--scripts", default=",".join(SCRIPTS), help="pgbench builtin scripts to compare")
     args = ap.parse_args()
+    scripts = [x for x in args.scripts.split(",") if x]
+    if bad := [x for x in scripts if x not in SCRIPTS]:
+        ap.error(f"unknown script(s) {bad}; choose from {', '.join(SCRIPTS)}")
     base = Path(tempfile.mkdtemp(prefix="pgwarden-bench-routing-", dir="/tmp"))
     os.chmod(base, 0o755)
     cdir = base / "c"
@@ -178,16 +187,17 @@ def main() -> int:
                         "-U", k["user"], "postgres"], check=True, capture_output=True, env=env, timeout=120)
         logs = base / "pgbench"
         logs.mkdir()
-        results = {}
-        for tag, dsn in (("direct", leader), ("haproxy", via_ha), ("pgbouncer", via_pgb)):
-            results[tag] = pgbench(kw(dsn), args.seconds, args.clients, logs, tag)
-        d_tps, d_med = results["direct"]
-        rows.append(("pgbench -S direct", f"{d_tps:.0f} tps; median latency {d_med:.3f} ms"))
-        for tag in ("haproxy", "pgbouncer"):
-            tps, med = results[tag]
-            rows.append((f"pgbench -S via {tag}",
-                         f"{tps:.0f} tps ({tps / d_tps:.2f}x direct); median latency {med:.3f} ms "
-                         f"({med / d_med:.2f}x direct)"))
+        for script in scripts:
+            results = {}
+            for tag, dsn in (("direct", leader), ("haproxy", via_ha), ("pgbouncer", via_pgb)):
+                results[tag] = pgbench(kw(dsn), args.seconds, args.clients, logs, tag, script)
+            d_tps, d_med = results["direct"]
+            rows.append((f"pgbench {script} direct", f"{d_tps:.0f} tps; median latency {d_med:.3f} ms"))
+            for tag in ("haproxy", "pgbouncer"):
+                tps, med = results[tag]
+                rows.append((f"pgbench {script} via {tag}",
+                             f"{tps:.0f} tps ({tps / d_tps:.2f}x direct); median latency {med:.3f} ms "
+                             f"({med / d_med:.2f}x direct)"))
         width = max(len(r[0]) for r in rows)
         print(f"\n{'row'.ljust(width)} | result")
         print(f"{'-' * width}-|-{'-' * 50}")
