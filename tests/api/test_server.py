@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from pgwarden.api.health import HEALTH_PATHS, health_status
 from pgwarden.api.server import ApiServer, ApiServerError
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.config.load import replace as replace_model
+from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import HistoryEntry, MemberInfo, Role
 from tests.support.ports import free_port
@@ -212,7 +214,7 @@ def test_history_and_config(env: Env) -> None:
                      "reason": "no recovery target specified", "at": "2023-11-14T22:13:20+00:00",
                      "new_leader": "node1"}]
     status, body = env.json("GET", "/config")
-    assert status == 200 and body == ClusterSettings().model_dump(mode="json")
+    assert status == 200 and body == to_data(ClusterSettings())
 
 
 def test_store_unreachable_is_503(env: Env) -> None:
@@ -364,7 +366,7 @@ class RacingStore(MemStore):
 
     def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
         current = self.snapshot(timeout)
-        super().set_settings(current.settings.model_copy(update={"paused": True}), current.settings_token,
+        super().set_settings(replace_model(current.settings, paused=True), current.settings_token,
                              timeout)
         return super().set_settings(settings, token, timeout)
 

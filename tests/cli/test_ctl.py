@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pgwarden.cli.ctl import update_settings
+from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
 from pgwarden.core.model import HistoryEntry, MemberInfo, Role, Tags
 from pgwarden.store.base import Store
@@ -70,7 +71,7 @@ def test_list_empty_cluster(node_file: Path) -> None:
 def test_show_config(node_file: Path) -> None:
     r = run_cli("ctl", "-c", str(node_file), "show-config")
     assert r.code == 0, r.err
-    assert yaml.safe_load(r.out) == ClusterSettings().model_dump(mode="json")
+    assert yaml.safe_load(r.out) == to_data(ClusterSettings())
 
 
 def test_edit_config_prints_diff_and_writes(node_file: Path, store: Store) -> None:
@@ -110,8 +111,8 @@ def test_settings_cas_retries_after_a_concurrent_write(cluster: str, etcd: EtcdS
         nonlocal calls
         calls += 1
         if calls == 1:  # someone else writes between our read and our compare-and-swap
-            assert other.set_settings(s.model_copy(update={"loop_wait": 0.5}), None, TIMEOUT)
-        return s.model_copy(update={"paused": True})
+            assert other.set_settings(replace(s, loop_wait=0.5), None, TIMEOUT)
+        return replace(s, paused=True)
 
     try:
         update_settings(store, change)

@@ -100,3 +100,37 @@ def test_help_exits_zero() -> None:
     with pytest.raises(SystemExit) as exc:
         run_cli("ctl", "--help")
     assert exc.value.code == 0
+
+
+def test_command_owners_match_what_each_module_registers() -> None:
+    """`pgwarden COMMAND` imports the module COMMAND_OWNERS names: it must be the one that adds it."""
+    import argparse
+    import importlib
+
+    from pgwarden.cli.main import COMMAND_MODULES, COMMAND_OWNERS
+
+    registered: dict[str, str] = {}
+    for name in COMMAND_MODULES:
+        parser = argparse.ArgumentParser()
+        sub = parser.add_subparsers()
+        importlib.import_module(name).register(sub)
+        registered.update(dict.fromkeys(sub.choices, name))
+    assert registered == COMMAND_OWNERS
+
+
+def test_agent_command_leaves_the_other_commands_unimported() -> None:
+    code = ("import sys\nfrom pgwarden.cli.main import build_parser\n"
+            "args = build_parser('agent').parse_args(['agent', '-c', 'x.yaml'])\n"
+            "print(args.config, sorted(m for m in ('rich', 'pgwarden.cli.ctl', 'pgwarden.cli.local') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["x.yaml", "[]"]
+
+
+def test_help_still_lists_every_command() -> None:
+    from pgwarden.cli.main import build_parser
+
+    for first in (None, "--help", "no-such-command"):
+        text = build_parser(first).format_help()
+        for command in ("agent", "ctl", "local", "witness", "node", "haproxy-config"):
+            assert command in text, (first, command)

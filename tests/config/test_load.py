@@ -76,3 +76,44 @@ def test_ttl_must_leave_room_to_fence_after_one_missed_renewal() -> None:
         parse_node_config({**BASE, "timing": {"ttl": 2.5, "loop_wait": 1, "retry_timeout": 0.75}})
     fastest = parse_node_config({**BASE, "timing": {"ttl": 2, "loop_wait": 0.25, "retry_timeout": 0.5}})
     assert fastest.initial_settings().ttl == 2
+
+
+def test_every_unknown_key_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_node_config({**BASE, "tagz": {}, "postgresql": {"prot": 1, "superuser": {"usrname": "x"}}})
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3
+    assert any("'tagz'" in ln and "did you mean 'tags'" in ln for ln in lines)
+    assert any("'postgresql.prot'" in ln and "did you mean 'port'" in ln for ln in lines)
+    assert any("postgresql.superuser.usrname" in ln and "did you mean 'username'" in ln for ln in lines)
+
+
+def test_wrong_types_and_bounds_name_the_path() -> None:
+    cases = [
+        ({"postgresql": {"port": "abc"}}, "'postgresql.port': Expected `int`"),
+        ({"postgresql": {"port": 70000}}, "'postgresql.port': Expected `int` <= 65535"),
+        ({"name": "bad name"}, "'name': Expected `str` matching regex"),
+        ({"store": {"etcd": {}}}, "missing required key 'store.etcd.hosts'"),
+        ({"store": {"raft": {"self_addr": "a:1", "partner_addrs": ["a:1"]}}},
+         "'store.raft': partner_addrs must not contain self_addr"),
+        ({"postgresql": {"superuser": {"username": "x"}}}, "'postgresql.superuser': give either password"),
+        ({"tags": {"failover_priority": -1}}, "'tags.failover_priority': Expected `int` >= 0"),
+    ]
+    for patch, expected in cases:
+        with pytest.raises(ConfigError) as e:
+            parse_node_config({**BASE, **patch}, "f.yaml")
+        assert str(e.value).startswith("f.yaml: ") and expected in str(e.value), (patch, str(e.value))
+
+
+def test_yaml_friendly_conversion_and_round_trip() -> None:
+    from pgwarden.config.load import replace, to_data
+
+    cfg = parse_node_config({**BASE, "postgresql": {"port": "5433", "bin_dir": "/opt/pg/bin"}})
+    assert cfg.postgresql.port == 5433 and cfg.postgresql.bin_dir == Path("/opt/pg/bin")
+    data = to_data(cfg)
+    assert data["postgresql"]["bin_dir"] == "/opt/pg/bin" and data["data_dir"] == "/tmp/x"
+    assert parse_node_config(data) == cfg
+    s = replace(ClusterSettings(), synchronous_mode="on", ttl=10)
+    assert s.synchronous_mode is SyncMode.ON and s.ttl == 10.0
+    with pytest.raises(ConfigError, match="ttl must be at least"):
+        replace(s, ttl=1)  # a copy is validated again

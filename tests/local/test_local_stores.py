@@ -12,7 +12,7 @@ import pytest
 
 from pgwarden.cli.output import UsageError
 from pgwarden.cli.witness import WitnessConfig
-from pgwarden.config.load import parse_node_config
+from pgwarden.config.load import parse_node_config, validate
 from pgwarden.local.cluster import LocalCluster, Options, witness_config
 from pgwarden.local.layout import NodePlan, load_state, node_config, seed_settings
 from pgwarden.local.zookeeper import healthy, zookeeper_available
@@ -51,7 +51,7 @@ def test_raft_sections_name_every_other_voter_and_the_witness(open_dir: Path) ->
         cfg = parse_node_config(node_doc, name)
         assert cfg.store.raft is not None and cfg.store.etcd is None
     wdoc = witness_config(cl.directory, "r", witness, 20009)
-    wcfg = WitnessConfig.model_validate(wdoc)
+    wcfg = validate(WitnessConfig, wdoc)
     assert wcfg.store.raft is not None and wcfg.store.raft.self_addr == addrs["witness"]
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from pgwarden.config.load import replace, validate
 from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, SyncState, Tags
 from pgwarden.store.base import StoreUnavailable
@@ -169,16 +170,16 @@ def test_init_lock_expires(make_store: StoreFactory, cluster: str) -> None:
 def test_settings_cas(make_store: StoreFactory, cluster: str) -> None:
     a, b = make_store(cluster), make_store(cluster)
     view = a.snapshot(T)
-    assert view.settings == ClusterSettings.model_validate({})
+    assert view.settings == ClusterSettings()
     assert view.settings_token == ""
-    first = ClusterSettings.model_validate({"ttl": 10, "loop_wait": 2})
+    first = validate(ClusterSettings, {"ttl": 10, "loop_wait": 2})
     assert a.set_settings(first, view.settings_token, T)  # "" = not in the store yet = create
     assert not b.set_settings(first, None, T)  # create-only loses once it exists
     view = b.snapshot(T)
     assert view.settings == first and view.settings_token != ""
-    second = first.model_copy(update={"paused": True})
+    second = replace(first, paused=True)
     assert b.set_settings(second, view.settings_token, T)
-    third = first.model_copy(update={"synchronous_mode": SyncMode.ON})
+    third = replace(first, synchronous_mode=SyncMode.ON)
     assert not a.set_settings(third, view.settings_token, T)  # stale token
     after = a.snapshot(T)
     assert after.settings == second
@@ -223,7 +224,7 @@ def test_failover_cas_and_clear(make_store: StoreFactory, cluster: str) -> None:
 
 def test_snapshot_round_trips_everything(make_store: StoreFactory, cluster: str) -> None:
     a, b = make_store(cluster), make_store(cluster)
-    settings = ClusterSettings.model_validate(
+    settings = validate(ClusterSettings,
         {"ttl": 8, "synchronous_mode": "quorum", "synchronous_node_count": 2,
          "parameters": {"max_connections": 200, "wal_level": "replica"}}
     )
@@ -302,7 +303,7 @@ def test_unreachable_store_raises_within_the_timeout(backend: str, timeout: floa
             lambda: store.snapshot(timeout),
             lambda: store.acquire_leader("a", TTL, timeout),
             lambda: store.publish_member(member("a"), TTL, timeout),
-            lambda: store.set_settings(ClusterSettings.model_validate({}), None, timeout),
+            lambda: store.set_settings(ClusterSettings(), None, timeout),
         ]
         for call in calls:
             started = time.monotonic()

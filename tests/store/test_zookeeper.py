@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 
+from pgwarden.config.load import validate
 from pgwarden.config.schema import ClusterSettings, StoreConfig
 from pgwarden.core.model import FailoverRequest, MemberInfo
 from pgwarden.store.base import StoreError, StoreUnavailable, load_member
@@ -87,7 +88,7 @@ def test_znode_layout(make: Factory, raw: KazooClient, cluster: str) -> None:
 
 
 def test_factory_opens_zookeeper(server: ZooKeeperServer, cluster: str) -> None:
-    store = open_store(StoreConfig.model_validate({"zookeeper": {"hosts": [server.endpoint]}}), cluster)
+    store = open_store(validate(StoreConfig, {"zookeeper": {"hosts": [server.endpoint]}}), cluster)
     try:
         assert isinstance(store, ZooKeeperStore)
         assert store.snapshot(T).leader is None
@@ -163,7 +164,7 @@ def test_frozen_server_bounds_every_call(make: Factory, server: ZooKeeperServer,
         lambda: a.renew_leader("a", MAX_SESSION, 0.5),
         lambda: a.snapshot(0.5),
         lambda: a.publish_member(member("a"), MAX_SESSION, 0.5),
-        lambda: a.set_settings(ClusterSettings.model_validate({}), None, 0.5),
+        lambda: a.set_settings(ClusterSettings(), None, 0.5),
     ]
     server.pause()
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import psycopg
 
+from pgwarden.config.load import validate
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.postgres.controller import PostgresController
 
@@ -96,7 +97,7 @@ def make_node_config(
         "replication": {"username": REPLUSER, "password": REPLPASS},
         **postgresql,
     }
-    return NodeConfig.model_validate({
+    return validate(NodeConfig, {
         "cluster": "test",
         "name": name,
         "data_dir": str(base / "data"),

@@ -42,7 +42,7 @@ from typing import Any
 from pgwarden import __version__
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status, member_lag, sync_flags
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
-from pgwarden.config.load import ConfigError, parse_settings
+from pgwarden.config.load import ConfigError, field_names, parse_settings, to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, MemberInfo, Role, int_to_lsn
 from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
@@ -138,8 +138,7 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
 
 
 def settings_json(s: ClusterSettings) -> dict[str, Any]:
-    data: dict[str, Any] = s.model_dump(mode="json")
-    return data
+    return to_data(s)
 
 
 def failover_json(r: FailoverRequest | None) -> dict[str, Any] | None:
@@ -269,7 +268,7 @@ def merge_settings(current: ClusterSettings, patch: Mapping[str, Any]) -> Cluste
     """PATCH semantics: flat ClusterSettings keys replace, null restores the default;
     `parameters` (or Patroni's `postgresql.parameters`) merge key by key, null removes one."""
     data: dict[str, Any] = settings_json(current)
-    fields = ClusterSettings.model_fields
+    fields = field_names(ClusterSettings)
 
     def merge_params(value: Any, where: str) -> None:
         if value is None:

@@ -29,7 +29,7 @@ from pgwarden.cli.output import (
     print_json,
     topology_tree,
 )
-from pgwarden.config.load import apply_settings, load_node_config
+from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
 from pgwarden.store.base import Store, StoreUnavailable
@@ -193,7 +193,7 @@ def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def settings_yaml(settings: ClusterSettings) -> str:
-    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True, default_flow_style=False)
+    return yaml.safe_dump(to_data(settings), sort_keys=True, default_flow_style=False)
 
 
 def cmd_show_config(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -248,7 +248,7 @@ def update_settings(
 
 
 def _set_paused(ctx: Ctx, paused: bool) -> int:
-    before, _ = update_settings(ctx.store, lambda s: s.model_copy(update={"paused": paused}))
+    before, _ = update_settings(ctx.store, lambda s: replace(s, paused=paused))
     word = "paused" if paused else "resumed"
     if before.paused == paused:
         print(f"cluster {ctx.cfg.cluster} is already {'paused' if paused else 'not paused'}")

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from pgwarden.api.lag import parse_lag
-from pgwarden.cli.output import CliError, UsageError
+from pgwarden.cli.errors import CliError, UsageError
 from pgwarden.config.load import load_node_config
 from pgwarden.routing.haproxy import BALANCE_MODES, Listeners, backends_from_view, render
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NoReturn, Protocol, cast
 
 from pgwarden import __version__
-from pgwarden.cli.output import CliError, UsageError
+from pgwarden.cli.errors import CliError, UsageError
 from pgwarden.config.load import ConfigError
 from pgwarden.store.base import StoreError, StoreUnavailable
 
@@ -28,6 +28,18 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pgwarden.cli.haproxy_config",
 )
 
+# The subcommand each module adds: `pgwarden agent ...` imports the agent's module alone, so the
+# long-running agent does not carry the other commands' imports (rich, the local cluster's
+# helpers): measured 4 MB of its resident memory (docs/benchmarks.md, footprint).
+COMMAND_OWNERS: dict[str, str] = {
+    "agent": "pgwarden.cli.agent_cmd",
+    "ctl": "pgwarden.cli.ctl",
+    "local": "pgwarden.cli.local",
+    "witness": "pgwarden.cli.witness",
+    "node": "pgwarden.cli.node",
+    "haproxy-config": "pgwarden.cli.haproxy_config",
+}
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -42,7 +54,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> Parser:
+def build_parser(command: str | None = None) -> Parser:
+    """The whole parser, or with `command` (a known subcommand name) only that subcommand's."""
+    modules = (COMMAND_OWNERS[command],) if command in COMMAND_OWNERS else COMMAND_MODULES
     parser = Parser(prog="pgwarden", description="High availability for PostgreSQL.")
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -50,7 +64,7 @@ def build_parser() -> Parser:
     )
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=_version)
-    for name in COMMAND_MODULES:
+    for name in modules:
         if importlib.util.find_spec(name) is None:
             continue
         module = cast(CommandModule, importlib.import_module(name))
@@ -75,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from pgwarden.core.requests import RequestError
 
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        words = sys.argv[1:] if argv is None else argv
+        parser = build_parser(words[0] if words else None)
+        args = parser.parse_args(words)
         func = cast(Handler, args.func)
         return func(args)
     except CliError as e:

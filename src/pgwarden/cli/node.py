@@ -28,7 +28,7 @@ import psycopg
 import urllib3
 
 from pgwarden.cli.ctl import store_hosts, store_what
-from pgwarden.cli.output import CliError
+from pgwarden.cli.errors import CliError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, FailoverMode, NodeConfig
 from pgwarden.core.model import ClusterView, DataState, HistoryEntry, MemberInfo, PgView, Role

@@ -15,24 +15,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from pgwarden.cli.errors import CliError, UsageError
 from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Role, Tags, int_to_lsn
 
 # Keys of one member in `ctl list --format json` and `local status --format json`.
+__all__ = ["CliError", "UsageError"]  # re-exported: most commands import everything from here
+
 MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "tags")
 
-
-class CliError(Exception):
-    """A user-facing failure: `main` prints `pgwarden: error: <message>` and exits with `code`
-    (2 = bad usage or configuration, 1 = the operation failed)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class UsageError(CliError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 2)
 
 
 def leader_lsn(view: ClusterView) -> int | None:

@@ -11,37 +11,35 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from msgspec import Meta, field
 
-from pgwarden.config.load import ConfigError, describe_errors
-from pgwarden.config.schema import LogConfig, StoreConfig, Strict
+from pgwarden.config.load import ConfigError, validate
+from pgwarden.config.schema import LogConfig, Name, StoreConfig, Strict
 
 log = logging.getLogger(__name__)
 
 
-class WitnessApiConfig(Strict):
+class WitnessApiConfig(Strict, frozen=True, kw_only=True):
     listen_address: str = "127.0.0.1"
-    port: int = Field(ge=0, le=65535)
+    port: Annotated[int, Meta(ge=0, le=65535)]
 
 
-class WitnessConfig(Strict):
+class WitnessConfig(Strict, frozen=True, kw_only=True):
     """The witness' YAML file: the node file's `cluster`, `name`, `store` (raft) and `log`, plus
     an optional `restapi` serving GET /health. No `postgresql`: a witness has none."""
 
-    cluster: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    cluster: Name
+    name: Name
     store: StoreConfig
     restapi: WitnessApiConfig | None = None
-    log: LogConfig = LogConfig()
+    log: LogConfig = field(default_factory=LogConfig)
 
-    @model_validator(mode="after")
-    def _raft_only(self) -> WitnessConfig:
+    def __post_init__(self) -> None:
         if self.store.raft is None:
             raise ValueError("a witness is a member of the agents' raft group: configure store.raft")
-        return self
 
 
 def load_witness_config(path: str | Path) -> WitnessConfig:
@@ -54,10 +52,7 @@ def load_witness_config(path: str | Path) -> WitnessConfig:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of keys at the top level")
-    try:
-        return WitnessConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_errors(e, WitnessConfig, str(p))) from None
+    return validate(WitnessConfig, data, str(p))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -7,68 +7,124 @@ it without reading our source.
 from __future__ import annotations
 
 import difflib
+import functools
+import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import yaml
-from pydantic import BaseModel, ValidationError
 
 from pgwarden.config.schema import ClusterSettings, NodeConfig
+
+T = TypeVar("T", bound=msgspec.Struct)
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message says what to change."""
 
 
-def _model_at(model: type[BaseModel], path: tuple[str | int, ...]) -> type[BaseModel] | None:
-    """The pydantic model that owns the mapping at `path` (for suggesting key names)."""
-    current: type[BaseModel] | None = model
-    for part in path:
-        if current is None or not isinstance(part, str):
-            return None
-        field = current.model_fields.get(part)
-        if field is None:
-            return None
-        ann = field.annotation
-        nxt: type[BaseModel] | None = None
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                nxt = cand
-                break
-        current = nxt
-    return current
+def field_names(model: type[msgspec.Struct]) -> tuple[str, ...]:
+    return model.__struct_fields__
 
 
-def describe_errors(err: ValidationError, model: type[BaseModel], source: str) -> str:
-    lines: list[str] = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        dotted = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            owner = _model_at(model, loc[:-1])
-            valid = sorted(owner.model_fields) if owner else []
-            guess = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+def _struct_in(annotation: Any) -> type[msgspec.Struct] | None:
+    """The Struct type in `annotation` (itself, or the non-None member of an optional)."""
+    for cand in (annotation, *typing.get_args(annotation)):
+        if isinstance(cand, type) and issubclass(cand, msgspec.Struct):
+            return cand
+    return None
+
+
+@functools.cache
+def _field_types(model: type[msgspec.Struct]) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.structs.fields(model)}
+
+
+def unknown_keys(model: type[msgspec.Struct], data: Any, path: tuple[str, ...] = ()) -> list[str]:
+    """Every key in `data` that `model` (or a nested model) does not have, each with the nearest
+    valid key. msgspec stops at the first error; typos are the common mistake, so all of them are
+    reported at once."""
+    if not isinstance(data, dict):
+        return []
+    out: list[str] = []
+    fields = _field_types(model)
+    for key, value in data.items():
+        where = (*path, str(key))
+        if key not in fields:
+            valid = sorted(fields)
+            guess = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{guess[0]}'?" if guess else ""
-            where = ".".join(str(p) for p in loc[:-1]) or "the top level"
-            lines.append(
-                f"{source}: unknown key '{dotted}'{hint} (valid keys at {where}: {', '.join(valid)})"
-            )
-        elif e["type"] == "missing":
-            lines.append(f"{source}: missing required key '{dotted}'")
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: '{dotted}': {msg}" if loc else f"{source}: {msg}")
-    return "\n".join(lines)
+            owner = ".".join(path) or "the top level"
+            out.append(f"unknown key '{'.'.join(where)}'{hint} (valid keys at {owner}: {', '.join(valid)})")
+        elif (sub := _struct_in(fields[key])) is not None:
+            out += unknown_keys(sub, value, where)
+    return out
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+def describe_error(err: msgspec.ValidationError, source: str) -> str:
+    """msgspec's "what - at `$.a.b`" as "source: 'a.b': what"."""
+    m = _AT.match(str(err))
+    msg, path = (m.group("msg"), m.group("path") or "") if m else (str(err), "")
+    dotted = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+    if miss := _MISSING.match(msg):
+        key = ".".join(p for p in (dotted, miss.group("name")) if p)
+        return f"{source}: missing required key '{key}'"
+    return f"{source}: '{dotted}': {msg}" if dotted else f"{source}: {msg}"
+
+
+def _dec_hook(kind: type, obj: Any) -> Any:
+    if kind is Path and isinstance(obj, str):
+        return Path(obj)
+    raise NotImplementedError(f"cannot read {kind!r} from {type(obj).__name__}")
+
+
+def _enc_hook(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    raise NotImplementedError(f"cannot write {type(obj).__name__}")
+
+
+def convert(model: type[T], data: Any) -> T:
+    """msgspec's conversion with the types our models use; raises msgspec.ValidationError. Lax
+    like YAML users expect: "5432" for a port, 3 for a float."""
+    return msgspec.convert(data, model, strict=False, dec_hook=_dec_hook)
+
+
+def validate(model: type[T], data: Any, source: str = "config") -> T:
+    """`data` as a `model`, or ConfigError naming every unknown key, or else the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys")
+    if unknown := unknown_keys(model, data):
+        raise ConfigError("\n".join(f"{source}: {u}" for u in unknown))
+    try:
+        return convert(model, data)
+    except msgspec.ValidationError as e:
+        raise ConfigError(describe_error(e, source)) from None
+
+
+def to_data(model: msgspec.Struct) -> dict[str, Any]:
+    """The model as plain JSON/YAML-ready data (enums as their values, paths as strings)."""
+    data = msgspec.to_builtins(model, enc_hook=_enc_hook)
+    assert isinstance(data, dict)
+    return data
+
+
+def replace(model: T, **changes: Any) -> T:
+    """A copy with `changes`, validated again (a change can break a rule across fields)."""
+    return validate(type(model), {**to_data(model), **changes}, type(model).__name__)
 
 
 def parse_node_config(data: Any, source: str = "config") -> NodeConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
-    try:
-        return NodeConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_errors(e, NodeConfig, source)) from None
+    return validate(NodeConfig, data, source)
 
 
 def load_node_config(path: str | Path) -> NodeConfig:
@@ -87,10 +143,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
 def parse_settings(data: Any, source: str = "cluster settings") -> ClusterSettings:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping")
-    try:
-        return ClusterSettings.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(describe_errors(e, ClusterSettings, source)) from None
+    return validate(ClusterSettings, data, source)
 
 
 def apply_setting(settings: ClusterSettings, assignment: str) -> ClusterSettings:
@@ -105,7 +158,7 @@ def apply_settings(settings: ClusterSettings, assignments: Sequence[str]) -> Clu
     VALUE is parsed as YAML. `parameters.NAME=VALUE` (or `postgresql.parameters.NAME`) sets a
     PostgreSQL parameter; an empty VALUE removes it.
     """
-    data = settings.model_dump(mode="json")
+    data = to_data(settings)
     for assignment in assignments:
         _assign(data, assignment)
     return parse_settings(data, "--set " + " --set ".join(assignments))
@@ -126,11 +179,10 @@ def _assign(data: dict[str, Any], assignment: str) -> None:
             params[name] = raw
         data["parameters"] = params
         return
-    if key not in ClusterSettings.model_fields:
-        guess = difflib.get_close_matches(key, list(ClusterSettings.model_fields), n=1, cutoff=0.5)
+    fields = field_names(ClusterSettings)
+    if key not in fields:
+        guess = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
         hint = f"; did you mean '{guess[0]}'?" if guess else ""
-        raise ConfigError(
-            f"unknown setting '{key}'{hint} (settings: {', '.join(sorted(ClusterSettings.model_fields))})"
-        )
+        raise ConfigError(f"unknown setting '{key}'{hint} (settings: {', '.join(sorted(fields))})")
     # YAML would read `on`/`off` as booleans; synchronous_mode wants the words.
     data[key] = raw if key in ("synchronous_mode", "failover_mode") else yaml.safe_load(raw)

@@ -2,19 +2,31 @@
 
 Every model forbids unknown keys: a typo must stop the agent with a clear message
 (see `load.py`), never be silently ignored.
+
+The models are msgspec Structs. pydantic did the same job at three times the memory: the agent is
+a long-running process on every database host, and pydantic (with its compiled core and the
+validators it builds) was 9 MB of its resident set (docs/benchmarks.md, footprint). Constraints
+are `Annotated[..., Meta(...)]`; rules across fields live in `__post_init__`, whose ValueError
+msgspec reports with the path of the offending mapping.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from msgspec import Meta, Struct, field
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of every model: unknown keys refused, instances immutable."""
+
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
+NonNegative = Annotated[int, Meta(ge=0)]
+ParamValue = str | int | float | bool
 
 
 class SyncMode(StrEnum):
@@ -36,24 +48,23 @@ LEASE_MARGIN = 0.5
 FENCE_BUDGET = 0.25
 
 
-class ClusterSettings(Strict):
+class ClusterSettings(Strict, frozen=True, kw_only=True):
     """Cluster-wide settings. Seeded into the store by the node that bootstraps the cluster;
     afterwards the store's copy wins and `pgwarden ctl edit-config` changes it."""
 
-    ttl: float = Field(4.0, description="leader lease length, seconds")
-    loop_wait: float = Field(1.0, description="seconds between HA loop runs")
-    retry_timeout: float = Field(1.0, description="deadline of one store or PostgreSQL call, seconds")
-    maximum_lag_on_failover: int = Field(1048576, ge=0, description="bytes a candidate may lag")
+    ttl: float = 4.0  # leader lease length, seconds
+    loop_wait: float = 1.0  # seconds between HA loop runs
+    retry_timeout: float = 1.0  # deadline of one store or PostgreSQL call, seconds
+    maximum_lag_on_failover: NonNegative = 1048576  # bytes a candidate may lag
     synchronous_mode: SyncMode = SyncMode.OFF
-    synchronous_node_count: int = Field(1, ge=1)
+    synchronous_node_count: Annotated[int, Meta(ge=1)] = 1
     synchronous_mode_strict: bool = False
     failover_mode: FailoverMode = FailoverMode.AUTOMATIC
     paused: bool = False
     use_pg_rewind: bool = True
-    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _timing(self) -> ClusterSettings:
+    def __post_init__(self) -> None:
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
         if self.loop_wait < 0.1:
@@ -74,19 +85,16 @@ class ClusterSettings(Strict):
                 f"({self.loop_wait:g} + 2 * {self.retry_timeout:g} > {self.ttl:g}); "
                 f"raise ttl or lower loop_wait/retry_timeout"
             )
-        return self
 
 
-class Credentials(Strict):
+class Credentials(Strict, frozen=True, kw_only=True):
     username: str
     password: str | None = None
     password_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _one_secret(self) -> Credentials:
+    def __post_init__(self) -> None:
         if self.password is None and self.password_file is None:
             raise ValueError("give either password or password_file")
-        return self
 
     def secret(self) -> str:
         if self.password is not None:
@@ -98,16 +106,18 @@ class Credentials(Strict):
             raise ValueError(f"cannot read password_file {self.password_file}: {e.strerror}") from e
 
 
-class PostgresConfig(Strict):
+class PostgresConfig(Strict, frozen=True, kw_only=True):
     listen_address: str = "127.0.0.1"
-    port: int = Field(5432, ge=1, le=65535)
-    connect_address: str | None = Field(None, description="host:port others use; default listen:port")
+    port: Port = 5432
+    connect_address: str | None = None  # host:port others use; default listen_address:port
     bin_dir: Path | None = None
     os_user: str = "postgres"
-    parameters: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    superuser: Credentials = Credentials(username="postgres", password="postgres")
-    replication: Credentials = Credentials(username="replicator", password="replicator")
-    pg_hba: list[str] = Field(default_factory=list, description="extra pg_hba.conf lines")
+    parameters: dict[str, ParamValue] = field(default_factory=dict)
+    superuser: Credentials = field(
+        default_factory=lambda: Credentials(username="postgres", password="postgres"))
+    replication: Credentials = field(
+        default_factory=lambda: Credentials(username="replicator", password="replicator"))
+    pg_hba: list[str] = field(default_factory=list)  # extra pg_hba.conf lines
 
     def connect_host_port(self) -> tuple[str, int]:
         if self.connect_address:
@@ -116,9 +126,9 @@ class PostgresConfig(Strict):
         return self.listen_address, self.port
 
 
-class RestApiConfig(Strict):
+class RestApiConfig(Strict, frozen=True, kw_only=True):
     listen_address: str = "127.0.0.1"
-    port: int = Field(8008, ge=1, le=65535)
+    port: Port = 8008
     connect_address: str | None = None
 
     def url(self) -> str:
@@ -126,13 +136,16 @@ class RestApiConfig(Strict):
         return f"http://{addr}"
 
 
-class EtcdConfig(Strict):
-    hosts: list[str] = Field(min_length=1)
+Hosts = Annotated[list[str], Meta(min_length=1)]
+
+
+class EtcdConfig(Strict, frozen=True, kw_only=True):
+    hosts: Hosts
     prefix: str = "/pgwarden"
 
 
-class ZooKeeperConfig(Strict):
-    hosts: list[str] = Field(min_length=1)
+class ZooKeeperConfig(Strict, frozen=True, kw_only=True):
+    hosts: Hosts
     prefix: str = "/pgwarden"
 
 
@@ -143,84 +156,78 @@ def _check_addr(addr: str) -> str:
     return addr
 
 
-class RaftConfig(Strict):
+class RaftConfig(Strict, frozen=True, kw_only=True):
     """No external store: the agents (and witnesses) form a Raft group among themselves."""
 
-    self_addr: str = Field(description="host:port this member's raft node listens on and others dial")
-    partner_addrs: list[str] = Field(min_length=1, description="host:port of every other member")
-    data_dir: Path | None = Field(None, description="raft journal dir (term, vote and log survive restarts)")
+    self_addr: str  # host:port this member's raft node listens on and others dial
+    partner_addrs: Hosts  # host:port of every other member
+    data_dir: Path | None = None  # raft journal dir (term, vote and log survive restarts)
 
-    @model_validator(mode="after")
-    def _addrs(self) -> RaftConfig:
+    def __post_init__(self) -> None:
         for a in (self.self_addr, *self.partner_addrs):
             _check_addr(a)
         if self.self_addr in self.partner_addrs:
             raise ValueError("partner_addrs must not contain self_addr")
         if len(set(self.partner_addrs)) != len(self.partner_addrs):
             raise ValueError("partner_addrs lists an address twice")
-        return self
 
 
-class StoreConfig(Strict):
+class StoreConfig(Strict, frozen=True, kw_only=True):
     etcd: EtcdConfig | None = None
     zookeeper: ZooKeeperConfig | None = None
     raft: RaftConfig | None = None
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> StoreConfig:
+    def __post_init__(self) -> None:
         chosen = [k for k in ("etcd", "zookeeper", "raft") if getattr(self, k) is not None]
         if len(chosen) != 1:
             raise ValueError("choose exactly one store backend: etcd, zookeeper or raft")
-        return self
 
 
-class Tags(Strict):
+class Tags(Strict, frozen=True, kw_only=True):
     nofailover: bool = False
     noloadbalance: bool = False
     nosync: bool = False
     replicatefrom: str | None = None
-    failover_priority: int = Field(1, ge=0)
+    failover_priority: NonNegative = 1
 
     def as_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_defaults=False)
+        return {name: getattr(self, name) for name in self.__struct_fields__}
 
 
-class PgBouncerConfig(Strict):
+class PgBouncerConfig(Strict, frozen=True, kw_only=True):
     """A PgBouncer the agent keeps pointed at the primary (see `pgwarden.routing.router`)."""
 
+    admin: Credentials  # a user in PgBouncer's admin_users
+    config_file: Path  # pgbouncer.ini, whose [databases] lines the leader rewrites
     host: str = "127.0.0.1"
-    port: int = Field(6432, ge=1, le=65535)
-    admin: Credentials = Field(description="a user in PgBouncer's admin_users")
-    databases: list[str] = Field(default_factory=lambda: ["postgres"], min_length=1,
-                                 description="[databases] entries to retarget, PAUSE and RESUME")
-    config_file: Path = Field(description="pgbouncer.ini, whose [databases] lines the leader rewrites")
-    pause_timeout: float = Field(2.0, gt=0, description="max wait (s) for open transactions at switchover")
+    port: Port = 6432
+    # [databases] entries to retarget, PAUSE and RESUME
+    databases: Hosts = field(default_factory=lambda: ["postgres"])
+    pause_timeout: Annotated[float, Meta(gt=0)] = 2.0  # max wait (s) for open transactions at switchover
 
 
-class LogConfig(Strict):
+class LogConfig(Strict, frozen=True, kw_only=True):
     level: str = "INFO"
     file: Path | None = None
 
 
-class NodeConfig(Strict):
-    cluster: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+class NodeConfig(Strict, frozen=True, kw_only=True):
+    cluster: Name
+    name: Name
     data_dir: Path
-    postgresql: PostgresConfig = PostgresConfig()
-    restapi: RestApiConfig = RestApiConfig()
     store: StoreConfig
-    tags: Tags = Tags()
-    log: LogConfig = LogConfig()
+    postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    restapi: RestApiConfig = field(default_factory=RestApiConfig)
+    tags: Tags = field(default_factory=Tags)
+    log: LogConfig = field(default_factory=LogConfig)
     pgbouncer: PgBouncerConfig | None = None
     # Seeds for the cluster-wide settings (see ClusterSettings); only the bootstrapping node's
     # values reach the store.
-    timing: dict[str, float] = Field(default_factory=dict)
-    settings: dict[str, Any] = Field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _seed_is_valid(self) -> NodeConfig:
+    def __post_init__(self) -> None:
         self.initial_settings()  # raises with the bad key named
-        return self
 
     def initial_settings(self) -> ClusterSettings:
         bad = set(self.timing) - {"ttl", "loop_wait", "retry_timeout"}
@@ -229,4 +236,9 @@ class NodeConfig(Strict):
         merged: dict[str, Any] = {**self.settings, **self.timing}
         if self.postgresql.parameters:
             merged["parameters"] = {**self.postgresql.parameters, **merged.get("parameters", {})}
-        return ClusterSettings.model_validate(merged)
+        from pgwarden.config.load import ConfigError, validate  # load.py imports this module
+
+        try:
+            return validate(ClusterSettings, merged, "settings")
+        except ConfigError as e:  # msgspec reports a ValueError from here with its path
+            raise ValueError(str(e).removeprefix("settings: ")) from None

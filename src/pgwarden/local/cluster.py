@@ -26,7 +26,7 @@ from typing import Any
 import urllib3
 
 from pgwarden.cli.output import CliError, UsageError, libpq_dsn, member_row, stopped_row
-from pgwarden.config.load import load_node_config
+from pgwarden.config.load import load_node_config, validate
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
 from pgwarden.local import procs
@@ -211,7 +211,7 @@ def witness_config(directory: Path, cluster: str, raft: dict[str, Any], api_port
         "log": {"file": str(wdir / "witness.log")},
     }
     try:
-        WitnessConfig.model_validate(doc)
+        validate(WitnessConfig, doc, "witness config")
     except ValueError as e:
         raise CliError(f"generated an invalid witness file (a bug): {e}") from None
     return doc

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgwarden.cli.output import CliError
+from pgwarden.cli.errors import CliError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import NodeConfig
 from pgwarden.local.cluster import Component, LocalCluster

@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from pgwarden.cli.output import CliError, UsageError
-from pgwarden.config.load import ConfigError, apply_settings, parse_node_config
+from pgwarden.cli.errors import CliError, UsageError
+from pgwarden.config.load import ConfigError, apply_settings, parse_node_config, to_data
 from pgwarden.config.schema import ClusterSettings, PostgresConfig, SyncMode
 
 LOOPBACK = "127.0.0.1"
@@ -166,8 +166,8 @@ def node_config(
     """The YAML document for one node (validated by the same loader the agent uses). `store` is
     the node file's `store` section; by default etcd on `etcd_hosts`."""
     ndir = directory / node.name
-    seed = settings.model_dump(mode="json")
-    defaults = ClusterSettings().model_dump(mode="json")
+    seed = to_data(settings)
+    defaults = to_data(ClusterSettings())
     timing = {k: seed[k] for k in TIMING_KEYS}
     rest = {k: v for k, v in seed.items() if k not in TIMING_KEYS and v != defaults[k]}
     doc: dict[str, Any] = {

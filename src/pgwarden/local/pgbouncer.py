@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pgwarden.cli.output import CliError
+from pgwarden.cli.errors import CliError
 from pgwarden.local.cluster import Component, LocalCluster
 from pgwarden.local.haproxy import node_configs
 from pgwarden.local.layout import LOOPBACK, ProcRecord, default_os_user, free_ports, make_dir

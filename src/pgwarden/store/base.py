@@ -25,6 +25,7 @@ import abc
 import json
 from typing import Any
 
+from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,
@@ -118,7 +119,7 @@ class Store(abc.ABC):
 
 
 def dump_settings(s: ClusterSettings) -> str:
-    return json.dumps(s.model_dump(mode="json"), sort_keys=True)
+    return json.dumps(to_data(s), sort_keys=True)
 
 
 def dump_sync(s: SyncState) -> str:

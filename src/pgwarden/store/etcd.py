@@ -329,7 +329,7 @@ class EtcdStore(Store):
     def _parse(self, kvs: list[dict[str, Any]]) -> ClusterView:
         initialized: str | None = None
         init_holder: str | None = None
-        settings = ClusterSettings.model_validate({})
+        settings = ClusterSettings()
         settings_token = ""
         leader: LeaderKey | None = None
         members: dict[str, MemberInfo] = {}

@@ -398,7 +398,7 @@ def open_client_store(cfg: RaftConfig, cluster: str) -> RaftStore:
 def _view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
     initialized: str | None = None
     init_holder: str | None = None
-    settings = ClusterSettings.model_validate({})
+    settings = ClusterSettings()
     settings_token = ""
     leader: LeaderKey | None = None
     members: dict[str, MemberInfo] = {}

@@ -407,7 +407,7 @@ class ZooKeeperStore(Store):
         return self._parse(values, raw_members)
 
     def _parse(self, values: dict[str, tuple[str, ZnodeStat]], raw_members: list[str]) -> ClusterView:
-        settings = ClusterSettings.model_validate({})
+        settings = ClusterSettings()
         settings_token = ""
         leader: LeaderKey | None = None
         sync: SyncState | None = None
