@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from pgwarden.cli.ctl import SWITCHOVER_TIMEOUT
 from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
 from pgwarden.core.actions import (
     AcquireLease,
@@ -30,7 +31,7 @@ from pgwarden.core.actions import (
     Upstream,
     WriteSyncState,
 )
-from pgwarden.core.decide import decide, stuck_after
+from pgwarden.core.decide import decide, patience, request_patience, stuck_after
 from pgwarden.core.model import ClusterView, DataState, PeerReading, PgView, Role, SyncState
 
 from .builders import (
@@ -349,7 +350,9 @@ def test_switchover_to_named_non_sync_candidate_never_hands_over() -> None:
 def test_a_request_the_leader_cannot_carry_out_is_dropped_after_the_patience_bound() -> None:
     """n2 is unreachable: the leader keeps leading and the request waits, then is dropped, so it
     cannot fire hours later when n2 recovers. A scheduled one counts from its time."""
-    ttl = so_view().settings.ttl
+    ttl = request_patience(so_view().settings)
+    assert ttl > patience(so_view().settings)  # a replica still reconnecting gets its chance
+    assert ttl < SWITCHOVER_TIMEOUT  # `ctl switchover` is still waiting, and reports the drop
     o = leader_obs(store=so_view(), ps=peers(peer("n2", reachable=False)))
     d = decide(dataclasses.replace(o, request_pending_for=ttl - 0.1))
     assert ClearFailover() not in d.actions and d.actions[0] == RenewLease()

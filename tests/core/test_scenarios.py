@@ -79,6 +79,7 @@ class Node:
     fencer_works: bool = True
     member_expires: float = 0.0  # its member key in the store (TTL, refreshed every loop)
     leaderless_since: float | None = None  # as the runner tracks it
+    request_seen: tuple[FailoverRequest, float] | None = None  # (request, first seen), likewise
 
 
 @dataclass
@@ -182,6 +183,11 @@ class World:
                 node.leaderless_since = None
             elif node.leaderless_since is None:
                 node.leaderless_since = self.t
+            req = self.store.failover
+            if req is None:
+                node.request_seen = None
+            elif node.request_seen is None or node.request_seen[0] != req:
+                node.request_seen = (req, self.t)
         if node.held and self.t >= node.deadline:
             node.held = False
         peers = {}
@@ -197,7 +203,9 @@ class World:
                            me=Me(node.name, Tags(), node.name, 5432, ""), pg=self.pg_view(node),
                            store=store, lease=Lease(node.held, node.deadline), peers=peers, settings=self.s,
                            leaderless_for=0.0 if node.leaderless_since is None
-                           else self.t - node.leaderless_since)
+                           else self.t - node.leaderless_since,
+                           request_pending_for=0.0 if node.request_seen is None
+                           else self.t - node.request_seen[1])
 
     # -- executing actions ---------------------------------------------------------------
 
@@ -395,6 +403,22 @@ def test_switchover_without_a_candidate_hands_over(names: tuple[str, ...]) -> No
     assert len(w.primaries()) == 1 and w.primaries() != [old], w.log[-10:]
     assert w.store.failover is None
     assert [p[1] for p in w.promotions] == w.primaries()
+
+
+def test_a_switchover_waits_for_replicas_still_getting_ready() -> None:
+    """Right after a switchover every replica may still be reconnecting. A second request then
+    finds none ready for longer than the leaderless patience (ttl): the leader, which still leads,
+    must keep the request and hand over once one is ready, not drop it."""
+    w = World()
+    w.run(5)
+    for n in ("n2", "n3"):
+        w.nodes[n].peers_cut_until = w.t + 3 * w.s.ttl  # unreadable and not streaming for 12 s
+    w.store.failover = FailoverRequest("switchover", "n1", None, None)
+    w.run(2 * w.s.ttl)
+    assert w.primaries() == ["n1"] and w.store.failover is not None, w.log[-10:]
+    w.run(3 * w.s.ttl)
+    assert len(w.primaries()) == 1 and w.primaries() != ["n1"], w.log[-10:]
+    assert w.store.failover is None
 
 
 @pytest.mark.parametrize("fault", ["self_unhealthy", "loop_hung"])

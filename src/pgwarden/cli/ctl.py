@@ -37,7 +37,7 @@ from pgwarden.store.base import Store, StoreUnavailable
 # Deadline of one store call from the CLI: long enough for a loaded etcd, short enough that an
 # unreachable store is reported at once rather than after a TCP timeout.
 STORE_TIMEOUT = 3.0
-SWITCHOVER_TIMEOUT = 30.0
+SWITCHOVER_TIMEOUT = 30.0  # longer than the leader's HANDOVER_PATIENCE (core/decide.py)
 SETTINGS_RETRIES = 10
 
 
@@ -400,7 +400,8 @@ def wait_for_new_primary(
     if view is not None and _dropped(view, old_leader):
         raise CliError(
             f"{request.kind} did not happen: the leader {leader} dropped the request because "
-            f"{request.candidate or 'no replica'} could not take over (its log says why); "
+            f"{f'{request.candidate} could not' if request.candidate else 'no replica could'} take over "
+            f"(its log says why); "
             f"check `pgwarden ctl list` and try again"
         )
     raise CliError(

@@ -277,7 +277,7 @@ def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
         due = obs.request_pending_for
         if req.scheduled_at is not None:
             due = min(due, obs.wall - req.scheduled_at)
-        if due > patience(view.settings):
+        if due > request_patience(view.settings):
             who = req.candidate or "any replica"
             return Decision((RenewLease(), ClearFailover()),
                             f"dropping the {req.kind} request: {who} could not take over for {due:.0f}s")
@@ -409,6 +409,19 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         why = "paused" if settings.paused else "failover_mode is manual"
         return Decision((), f"no leader; not taking over ({why}); use pgwarden ctl failover")
     return _try_promote(obs, view, explicit=False)
+
+
+# How long a leader that still leads keeps a switchover it cannot carry out yet. Nothing is
+# unavailable meanwhile, and right after a switchover every replica is still reconnecting (the old
+# primary stops, maybe rewinds, starts and streams again): the leaderless `patience` (4 s at
+# default timing) made a second switchover in a row fail for want of a ready replica. Shorter than
+# `ctl switchover`'s wait (SWITCHOVER_TIMEOUT, 30 s), so the command still sees the drop and says so.
+HANDOVER_PATIENCE = 25.0
+
+
+def request_patience(settings: ClusterSettings) -> float:
+    """How long the leader keeps a request no member can take over yet before dropping it."""
+    return max(patience(settings), HANDOVER_PATIENCE)
 
 
 def patience(settings: ClusterSettings) -> float:
