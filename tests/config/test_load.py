@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_every_unknown_key_is_reported_at_once() -> None:
 
 
 def test_wrong_types_and_bounds_name_the_path() -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"postgresql": {"port": "abc"}}, "'postgresql.port': Expected `int`"),
         ({"postgresql": {"port": 70000}}, "'postgresql.port': Expected `int` <= 65535"),
         ({"name": "bad name"}, "'name': Expected `str` matching regex"),
