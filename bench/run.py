@@ -251,16 +251,36 @@ def run_tool(
     """Append rows as scenarios finish, so an interrupted run still prints what it measured."""
     if "bootstrap" in scenarios:
         rows.append(scenario_bootstrap(tool, preset, runs))
-    plain = ["footprint", "false-failover", "switchover", "crash"]
-    for sync, wanted in ((False, plain), (True, ["crash-sync"])):
+    # One cluster per group: (drivers, synchronous mode, scenarios it runs in this order).
+    groups: list[tuple[dict[str, Callable[[], ClusterDriver]], bool, list[str]]] = [
+        (DRIVERS, False, ["footprint", "false-failover", "switchover", "crash"]),
+        (DRIVERS, True, ["crash-sync"]),
+        (NETNS_DRIVERS, False, ["partition"]),
+        (NETNS_DRIVERS, True, ["partition-sync"]),
+    ]
+    for drivers, sync, wanted in groups:
         todo = [s for s in wanted if s in scenarios]
         if not todo:
             continue
-        driver = DRIVERS[tool]()
+        why = None
+        if drivers is NETNS_DRIVERS:
+            why = unavailable_reason() if tool in drivers else "no namespaced driver"
+        if why is not None:
+            rows += [Row(name, tool, preset, "s", errors=[f"not measured: {why}"]) for name in todo]
+            continue
+        where = " in network namespaces" if drivers is NETNS_DRIVERS else ""
+        driver = drivers[tool]()
         LIVE.append(driver)
         try:
-            say(f"{tool} ({preset.label}): starting a 3-node cluster (sync={sync})")
-            driver.up(3, sync, preset)
+            say(f"{tool} ({preset.label}): starting a 3-node cluster{where} (sync={sync})")
+            try:
+                driver.up(3, sync, preset)
+            except Exception as e:  # no cluster, no rows: say why and go on with the next group
+                rows += [Row(name, tool, preset, "s", errors=[f"cluster did not come up: {e}"])
+                         for name in todo]
+                driver.keep = True
+                say(f"[red]{tool} {', '.join(todo)}: {e}")
+                continue
             for name in todo:
                 if name == "footprint":
                     rows += scenario_footprint(tool, driver, preset, runs, footprint_s)
@@ -268,29 +288,6 @@ def run_tool(
                     rows.append(scenario_false_failover(tool, driver, preset, false_failover_s))
                 else:
                     rows.append(scenario_fault(tool, driver, preset, runs, name))
-        finally:
-            driver.down()
-            LIVE.remove(driver)
-    for sync, name in ((False, "partition"), (True, "partition-sync")):
-        if name not in scenarios:
-            continue
-        if tool not in NETNS_DRIVERS or (why := unavailable_reason()) is not None:
-            row = Row(name, tool, preset, "s")
-            row.errors.append(f"not measured: {why if tool in NETNS_DRIVERS else 'no namespaced driver'}")
-            rows.append(row)
-            continue
-        driver = NETNS_DRIVERS[tool]()
-        LIVE.append(driver)
-        try:
-            say(f"{tool} ({preset.label}): starting a 3-node cluster in network namespaces (sync={sync})")
-            driver.up(3, sync, preset)
-            rows.append(scenario_fault(tool, driver, preset, runs, name))
-        except Exception as e:
-            row = Row(name, tool, preset, "s")
-            row.errors.append(f"cluster did not come up: {e}")
-            rows.append(row)
-            driver.keep = True
-            say(f"[red]{tool} {name}: {e}")
         finally:
             driver.down()
             LIVE.remove(driver)

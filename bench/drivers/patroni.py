@@ -265,27 +265,24 @@ class PatroniDriver:
 
     def _start_node(self, node: Node) -> None:
         argv = [str(VENV / "bin" / "patroni"), str(node.config)]
+        as_user = run_as_user()
+        if self.net is not None:
+            # Entering a namespace needs root, so the switch to `postgres` comes after it
+            # (setpriv execs: the PID is Patroni's own).
+            argv = self.net.argv(node.name, ["setpriv", f"--reuid={as_user['user']}",
+                                             f"--regid={as_user['group']}", "--clear-groups", *argv])
+            as_user = {}
         with open(node.dir / "patroni.log", "ab") as log:
-            if self.net is not None:
-                # Entering a namespace needs root, so the switch to `postgres` comes after it
-                # (setpriv execs: the PID is Patroni's own).
-                pw = pwd.getpwnam(OS_USER)
-                node.proc = subprocess.Popen(
-                    self.net.argv(node.name, ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}",
-                                              "--clear-groups", *argv]),
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=node.dir,
-                    env=self._env(node), start_new_session=True,
-                )
-            else:
-                node.proc = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=node.dir,
-                    env=self._env(node),
-                    start_new_session=True,
-                    **run_as_user(),
-                )
+            node.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=node.dir,
+                env=self._env(node),
+                start_new_session=True,
+                **as_user,
+            )
         node.killed = False
 
     def partition_primary(self) -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,19 @@ PRESETS = {
     "default": Timing("default", ttl=4, loop_wait=1, retry_timeout=1),
     "fastest": Timing("fastest", ttl=2, loop_wait=0.25, retry_timeout=0.5),
 }
+
+
+def sync_promised(api_urls: Iterable[str]) -> bool:
+    """The store names a synchronous standby (GET /cluster's `sync.members`), as the first member
+    that answers tells it."""
+    for url in api_urls:
+        try:
+            cluster = http_json(f"{url.rstrip('/')}/cluster", timeout=1.0)
+        except Exception:  # a member being restarted: ask the next one
+            continue
+        sync = cluster.get("sync") if isinstance(cluster, dict) else None
+        return bool(sync and sync.get("members"))
+    return False
 
 
 @dataclass
@@ -106,19 +120,8 @@ class PgwardenDriver:
                      and m.get("streaming")]
         # A crash before the store names a synchronous standby leaves no safe candidate (SAFETY.md rule 7):
         # wait for it. Issue 2 does not fix the field yet; accept `sync: true` or role `sync_standby`.
-        sync_ok = not self.sync or self._sync_promised(members)
+        sync_ok = not self.sync or sync_promised(str(m["api_url"]) for m in members)
         return len(primaries) == 1 and len(streaming) == len(self._members) - 1 and sync_ok
-
-    def _sync_promised(self, members: list[dict[str, Any]]) -> bool:
-        """The store names a synchronous standby (GET /cluster's `sync.members`)."""
-        for m in members:
-            try:
-                cluster = http_json(f"{str(m['api_url']).rstrip('/')}/cluster", timeout=1.0)
-            except Exception:  # a member being restarted
-                continue
-            sync = cluster.get("sync") if isinstance(cluster, dict) else None
-            return bool(sync and sync.get("members"))
-        return False
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(self._healthy, timeout, "pgwarden: one primary and all replicas streaming", interval=0.1)

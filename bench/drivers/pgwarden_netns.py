@@ -6,12 +6,12 @@ contract. The loopback driver (`bench/drivers/pgwarden.py`) cannot be partitione
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from bench.drivers.base import ClusterError, Timing
-from bench.drivers.pgwarden import PRESETS
+from bench.drivers.pgwarden import PRESETS, sync_promised
 from bench.procs import http_json, wait_for
 from pgwarden.local.layout import seed_settings
+from tests.faults.checker import convergence_problems
 from tests.faults.harness import API_PORT, PG_PORT, FaultCluster
 from tests.support.netns import Network
 
@@ -62,22 +62,10 @@ class PgwardenNetnsDriver:
         return found
 
     def _healthy(self) -> bool:
-        from tests.faults.checker import convergence_problems
-
-        if convergence_problems(self.cluster.statuses()):
+        cl = self.cluster
+        if convergence_problems(cl.statuses()):
             return False
-        return not self.sync or self._sync_promised()
-
-    def _sync_promised(self) -> bool:
-        """The store names a synchronous standby (GET /cluster's `sync.members`)."""
-        for n in self.cluster.names:
-            try:
-                doc: Any = http_json(f"http://{self.cluster.addr(n)}:{API_PORT}/cluster", timeout=1.0)
-            except Exception:  # that member is restarting: ask the next one
-                continue
-            sync = doc.get("sync") if isinstance(doc, dict) else None
-            return bool(sync and sync.get("members"))
-        return False
+        return not self.sync or sync_promised(f"http://{cl.addr(n)}:{API_PORT}" for n in cl.names)
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(self._healthy, timeout, "pgwarden (netns): one primary and all replicas streaming",

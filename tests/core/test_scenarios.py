@@ -50,6 +50,7 @@ from pgwarden.core.model import (
     Role,
     Tags,
 )
+from pgwarden.core.waits import WaitClocks
 
 DT = 0.25
 SYSID = "7300000000000000001"
@@ -78,8 +79,7 @@ class Node:
     peers_cut_until: float = 0.0
     fencer_works: bool = True
     member_expires: float = 0.0  # its member key in the store (TTL, refreshed every loop)
-    leaderless_since: float | None = None  # as the runner tracks it
-    request_seen: tuple[FailoverRequest, float] | None = None  # (request, first seen), likewise
+    waits: WaitClocks = field(default_factory=WaitClocks)  # as the runner tracks them
 
 
 @dataclass
@@ -179,15 +179,7 @@ class World:
                 sync=None, failover=self.store.failover, history=self.store.history,
                 leader_lsn=self.store.leader_lsn,
             )
-            if leader is not None:
-                node.leaderless_since = None
-            elif node.leaderless_since is None:
-                node.leaderless_since = self.t
-            req = self.store.failover
-            if req is None:
-                node.request_seen = None
-            elif node.request_seen is None or node.request_seen[0] != req:
-                node.request_seen = (req, self.t)
+            node.waits.saw(store, self.t)
         if node.held and self.t >= node.deadline:
             node.held = False
         peers = {}
@@ -202,10 +194,8 @@ class World:
         return Observation(now=self.t, wall=1_700_000_000.0 + self.t,
                            me=Me(node.name, Tags(), node.name, 5432, ""), pg=self.pg_view(node),
                            store=store, lease=Lease(node.held, node.deadline), peers=peers, settings=self.s,
-                           leaderless_for=0.0 if node.leaderless_since is None
-                           else self.t - node.leaderless_since,
-                           request_pending_for=0.0 if node.request_seen is None
-                           else self.t - node.request_seen[1])
+                           leaderless_for=node.waits.leaderless_for(self.t),
+                           request_pending_for=node.waits.request_pending_for(self.t))
 
     # -- executing actions ---------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
     DataState,
-    FailoverRequest,
     Me,
     MemberInfo,
     Observation,
@@ -35,6 +34,7 @@ from pgwarden.core.model import (
     Role,
     Tags,
 )
+from pgwarden.core.waits import WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
 from pgwarden.routing.router import router_for
@@ -77,8 +77,7 @@ class Agent:
                              self, cfg.name)
         self._view: ClusterView | None = None
         self._not_streaming_since: float | None = None
-        self._leaderless_since: float | None = None  # monotonic; see Observation.leaderless_for
-        self._request_seen: tuple[FailoverRequest, float] | None = None  # request, first seen
+        self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._message = "starting"
         self._lock = threading.Lock()
@@ -206,20 +205,12 @@ class Agent:
             peers = self.peers.read(others, min(0.5, s.retry_timeout))
         mono = time.monotonic()
         if view is not None:
-            if view.leader is not None:
-                self._leaderless_since = None
-            elif self._leaderless_since is None:
-                self._leaderless_since = mono
-            req = view.failover
-            if req is None:
-                self._request_seen = None
-            elif self._request_seen is None or self._request_seen[0] != req:
-                self._request_seen = (req, mono)
+            self._waits.saw(view, mono)
         obs = Observation(
             now=mono, wall=time.time(), me=self.me, pg=pgv, store=view,
             lease=self.lease.view(mono), peers=peers, settings=s,
-            leaderless_for=mono - self._leaderless_since if self._leaderless_since is not None else 0.0,
-            request_pending_for=mono - self._request_seen[1] if self._request_seen is not None else 0.0,
+            leaderless_for=self._waits.leaderless_for(mono),
+            request_pending_for=self._waits.request_pending_for(mono),
         )
         decision = decide(obs)
         if decision.message != self._message:

@@ -1,0 +1,24 @@
+"""The clocks the runner keeps for the core's bounded waits."""
+
+from __future__ import annotations
+
+from pgwarden.core.waits import WaitClocks
+from tests.core.builders import switchover, view
+
+
+def test_leaderless_and_request_clocks_start_at_first_sight_and_reset() -> None:
+    w = WaitClocks()
+    assert w.leaderless_for(5.0) == 0.0 and w.request_pending_for(5.0) == 0.0
+    w.saw(view(None), 10.0)
+    w.saw(view(None), 12.0)  # still leaderless: the clock keeps its start
+    assert w.leaderless_for(13.0) == 3.0
+    w.saw(view("n1"), 14.0)
+    assert w.leaderless_for(20.0) == 0.0
+    first = switchover("n1", "n2")
+    w.saw(view("n1", failover=first), 21.0)
+    w.saw(view("n1", failover=first), 22.0)
+    assert w.request_pending_for(25.0) == 4.0
+    w.saw(view("n1", failover=switchover("n1", "n3")), 26.0)  # another request: counted afresh
+    assert w.request_pending_for(27.0) == 1.0
+    w.saw(view("n1"), 28.0)
+    assert w.request_pending_for(30.0) == 0.0
