@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import ClusterSettings, NodeConfig
@@ -55,8 +56,8 @@ class LocalFacts:
     slots: tuple[int | None, frozenset[str]] | None = None
     slots_checked: float = 0.0
     slot_seen: dict[str, float] = field(default_factory=dict)
-    restart_requested: bool = False
-    reinit_requested: bool = False
+    # PostgreSQL was stopped for a requested restart and has not been started since.
+    restart_pending: bool = False
     activity: str = ""
     history_published: int = 0
 
@@ -88,11 +89,13 @@ class Executor:
         s = self.settings()
         return self.lease.call_timeout(time.monotonic(), s.retry_timeout)
 
-    def _lease_budget(self, cap: float) -> float:
-        """Time left before the lease deadline, less what stopping PostgreSQL needs."""
+    def _lease_budget(self, cap: float, floor: float = 1.0) -> float:
+        """Time left before the lease deadline, less what stopping PostgreSQL needs (rule 15).
+        `floor` keeps a stop or start from being given no time at all: past the deadline the
+        fencer stops the postmaster anyway."""
         if not self.lease.held:
             return cap
-        return max(1.0, min(cap, self.lease.deadline - time.monotonic() - 0.5))
+        return max(floor, min(cap, self.lease.deadline - time.monotonic() - 0.5))
 
     def _arm(self, pm_pid: int | None) -> None:
         self.fencer.arm(self.lease.deadline, pm_pid)
@@ -112,125 +115,154 @@ class Executor:
     # -- the actions ---------------------------------------------------------------------------
     def _one(self, a: A.Action, view: ClusterView | None, pgv: PgView) -> bool:
         s = self.settings()
-        if isinstance(a, A.RenewLease):
-            return self.renew(s)
-        if isinstance(a, A.AcquireLease):
-            sent = time.monotonic()
-            if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
-                log.info("lost the race for the leader lease")
-                return False
-            self.lease.renewed(sent, s.ttl)
-            log.info("acquired the leader lease")
-            self._arm(pgv.postmaster_pid)
-            return True
-        if isinstance(a, A.ReleaseLease):
-            ok = self.store.release_leader(self.name, self._timeout())
-            self.lease.lost()
-            self.fencer.disarm()
-            log.info("released the leader lease")
-            return ok
-        if isinstance(a, A.Promote):
-            self._arm(pgv.postmaster_pid)
-            self.facts.activity = "promoting"
-            log.info("promoting PostgreSQL")
-            self.pg.promote(self._lease_budget(10.0))
-            # Rule 4: still ours right after promotion? If not, stop writes at once.
-            if not self.renew(s):
-                log.error("lease lost during promotion: demoting at once")
-                self.pg.demote(None, STOP_TIMEOUT)
-                self.fencer.disarm()
-                return False
-            return True
-        if isinstance(a, A.Demote):
-            log.warning("demoting: %s", a.reason)
-            self.facts.activity = "demoting"
-            up = (a.upstream.name, a.upstream.host, a.upstream.port) if a.upstream else None
-            self.pg.demote(up, self._lease_budget(STOP_TIMEOUT))
-            self.fencer.disarm()
-            self.facts.sync_applied = NO_SYNC
-            return True
-        if isinstance(a, A.StartPostgres):
-            up = (a.upstream.name, a.upstream.host, a.upstream.port) if a.upstream else None
-            if a.role == "primary":
-                if not self.lease.held:
+        match a:
+            case A.RenewLease():
+                return self.renew(s)
+            case A.AcquireLease():
+                sent = time.monotonic()
+                if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
+                    log.info("lost the race for the leader lease")
                     return False
-                self._arm(None)  # the new postmaster's pid is recorded once it runs
-                self.pg.start(role="primary", upstream=None, wait_timeout=self._lease_budget(START_TIMEOUT))
-                self._arm(self.pg.postmaster_pid())
-            else:
+                self.lease.renewed(sent, s.ttl)
+                log.info("acquired the leader lease")
+                self._arm(pgv.postmaster_pid)
+                return True
+            case A.ReleaseLease():
+                ok = self.store.release_leader(self.name, self._timeout())
+                self.lease.lost()
+                self.fencer.disarm()
+                log.info("released the leader lease")
+                return ok
+            case A.Promote():
+                return self._promote(s, pgv)
+            case A.Demote(upstream=upstream, reason=reason):
+                log.warning("demoting: %s", reason)
+                self.facts.activity = "demoting"
+                self.pg.demote(_up(upstream), self._lease_budget(STOP_TIMEOUT))
+                self.fencer.disarm()
+                self.facts.sync_applied = NO_SYNC
+                return True
+            case A.StartPostgres(role="primary"):
+                return self._start_primary()
+            case A.StartPostgres(upstream=upstream):
+                self.fencer.disarm()  # a standby accepts no writes: nothing to fence
                 try:
-                    self.pg.start(role="replica", upstream=up, wait_timeout=REPLICA_START_WAIT)
+                    self.pg.start(role="replica", upstream=_up(upstream), wait_timeout=REPLICA_START_WAIT)
                 except Exception:
                     self.facts.start_failures += 1
                     raise
                 self.facts.start_failures = 0
-            return True
-        if isinstance(a, A.StopPostgres):
-            log.info("stopping PostgreSQL (%s): %s", a.mode, a.reason)
-            self.pg.stop("immediate" if a.mode == "immediate" else "fast", STOP_TIMEOUT)
-            return True
-        if isinstance(a, A.RestartPostgres):
-            log.info("restarting PostgreSQL: %s", a.reason)
-            self.pg.stop("fast", STOP_TIMEOUT)
-            return True  # the next loop starts it in the role the core chooses
-        if isinstance(a, A.Follow):
-            up = (a.upstream.name, a.upstream.host, a.upstream.port)
-            log.info("following %s", a.upstream.name)
-            self.pg.reconfigure(up, self.facts.sync_applied, s)
-            return True
-        if isinstance(a, A.Rewind):
-            self.facts.activity = f"rewinding from {a.source.name}"
-            log.info("pg_rewind from %s", a.source.name)
-            if pgv.running:
-                self.pg.stop("fast", STOP_TIMEOUT)
-            if not self.pg.rewind(a.source.host, a.source.port, CLONE_TIMEOUT):
-                self.facts.rewind_failed = True
-                return False
-            self.facts.start_failures = 0
-            return True
-        if isinstance(a, A.Reclone):
-            log.warning("re-cloning from %s: %s", a.source.name, a.reason)
-            return self._clone(a.source)
-        if isinstance(a, A.Clone):
-            return self._clone(a.source)
-        if isinstance(a, A.TakeInitLock):
-            return self.store.take_init_lock(self.name, max(s.ttl, 60.0), self._timeout())
-        if isinstance(a, A.Bootstrap):
-            self.facts.activity = "bootstrapping"
-            if pgv.running:
+                self.facts.restart_pending = False
+                return True
+            case A.StopPostgres(mode=mode, reason=reason, restart=restart):
+                log.info("stopping PostgreSQL (%s): %s", mode, reason)
+                # A primary under our lease must be down before the deadline (rules 2, 15): the
+                # stop escalates to immediate and SIGKILL within the budget.
+                self.pg.stop("immediate" if mode == "immediate" else "fast", self._lease_budget(STOP_TIMEOUT))
+                if restart:
+                    self.facts.restart_pending = True
+                return True
+            case A.Wipe(reason=reason):
+                log.warning("wiping the data directory: %s", reason)
                 self.pg.stop("immediate", STOP_TIMEOUT)
-            self.pg.wipe()
-            sysid = self.pg.bootstrap()
-            return self._initialized(sysid)
-        if isinstance(a, A.AdoptExistingData):
-            return self._initialized(a.system_id)
-        if isinstance(a, A.ApplySync):
-            log.info("synchronous_standby_names -> %s", _fmt_sync(a.config))
-            self.pg.set_sync(a.config)
-            self.facts.sync_applied = a.config
-            return True
-        if isinstance(a, A.WriteSyncState):
-            log.info("store sync promise -> %d of %s", a.state.quorum, sorted(a.state.members))
-            return self.store.set_sync(a.state, a.token, self._timeout())
-        if isinstance(a, A.EnsureSlots):
-            # A member's key vanishes while it is being cloned or restarted; keep its slot for
-            # SLOT_RETENTION so it finds its WAL when it comes back.
-            now = time.monotonic()
-            for n in a.names:
-                self.facts.slot_seen[n] = now
-            keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
-            key = (pgv.postmaster_pid, keep)
-            if self.facts.slots != key or now - self.facts.slots_checked > SLOT_RECHECK:
-                self.pg.ensure_slots(set(keep))
-                self.facts.slots = key
-                self.facts.slots_checked = now
-            return True
-        if isinstance(a, A.PublishHistory):
-            return self._publish_history(a.timeline, view)
-        if isinstance(a, A.ClearFailover):
-            self.store.clear_failover(self._timeout())
-            return True
-        raise ActionFailed(f"unknown action {a!r}")
+                self.pg.wipe()
+                return True
+            case A.Follow(upstream=upstream):
+                log.info("following %s", upstream.name)
+                self.pg.reconfigure(_up(upstream), self.facts.sync_applied, s)
+                return True
+            case A.Rewind(source=src):
+                self.facts.activity = f"rewinding from {src.name}"
+                log.info("pg_rewind from %s", src.name)
+                if pgv.running:
+                    self.pg.stop("fast", STOP_TIMEOUT)
+                if not self.pg.rewind(src.host, src.port, CLONE_TIMEOUT):
+                    self.facts.rewind_failed = True
+                    return False
+                self.facts.start_failures = 0
+                return True
+            case A.Reclone(source=src, reason=reason):
+                log.warning("re-cloning from %s: %s", src.name, reason)
+                return self._clone(src)
+            case A.Clone(source=src):
+                return self._clone(src)
+            case A.TakeInitLock():
+                return self.store.take_init_lock(self.name, max(s.ttl, 60.0), self._timeout())
+            case A.Bootstrap():
+                self.facts.activity = "bootstrapping"
+                if pgv.running:
+                    self.pg.stop("immediate", STOP_TIMEOUT)
+                self.pg.wipe()
+                sysid = self.pg.bootstrap()
+                return self._initialized(sysid)
+            case A.AdoptExistingData(system_id=sysid):
+                return self._initialized(sysid)
+            case A.ApplySync(config=config):
+                log.info("synchronous_standby_names -> %s", _fmt_sync(config))
+                self.pg.set_sync(config, self._lease_budget(5.0, floor=0.2))
+                self.facts.sync_applied = config
+                return True
+            case A.WriteSyncState(state=state, token=token):
+                log.info("store sync promise -> %d of %s", state.quorum, sorted(state.members))
+                return self.store.set_sync(state, token, self._timeout())
+            case A.EnsureSlots(names=names):
+                self._ensure_slots(names, pgv)
+                return True
+            case A.PublishHistory(timeline=timeline):
+                return self._publish_history(timeline, view)
+            case A.ClearFailover():
+                self.store.clear_failover(self._timeout())
+                return True
+            case _:
+                assert_never(a)
+
+    def _promote(self, s: ClusterSettings, pgv: PgView) -> bool:
+        self._arm(pgv.postmaster_pid)
+        self.facts.activity = "promoting"
+        log.info("promoting PostgreSQL")
+        self.pg.promote(self._lease_budget(10.0))
+        # Rule 4: still ours right after promotion? If not (or we cannot tell), stop writes at once.
+        try:
+            kept = self.renew(s)
+        except Exception as e:  # any failure to confirm counts as a lost lease here
+            log.error("renewing after promotion failed: %s", e)
+            kept = False
+        if not kept:
+            log.error("lease lost during promotion: demoting at once")
+            self.pg.demote(None, self._lease_budget(STOP_TIMEOUT))
+            self.fencer.disarm()
+            return False
+        return True
+
+    def _start_primary(self) -> bool:
+        """Rule 12, sharpened: a primary starts only under a lease still valid by our own clock
+        (not just `held`, which a long stop can leave stale), with the fencer armed for that
+        deadline before the postmaster exists; it finds the postmaster through postmaster.pid
+        even before we learn its pid."""
+        now = time.monotonic()
+        if not self.lease.valid(now):
+            log.warning("not starting as primary: the lease is no longer valid")
+            return False
+        self._arm(None)
+        try:
+            self.pg.start(role="primary", upstream=None, wait_timeout=self._lease_budget(START_TIMEOUT))
+        finally:
+            self._arm(self.pg.postmaster_pid())
+        self.facts.restart_pending = False
+        return True
+
+    def _ensure_slots(self, names: frozenset[str], pgv: PgView) -> None:
+        # A member's key vanishes while it is being cloned or restarted; keep its slot for
+        # SLOT_RETENTION so it finds its WAL when it comes back.
+        now = time.monotonic()
+        for n in names:
+            self.facts.slot_seen[n] = now
+        keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
+        key = (pgv.postmaster_pid, keep)
+        if self.facts.slots != key or now - self.facts.slots_checked > SLOT_RECHECK:
+            self.pg.ensure_slots(set(keep))
+            self.facts.slots = key
+            self.facts.slots_checked = now
 
     def renew(self, s: ClusterSettings) -> bool:
         sent = time.monotonic()
@@ -282,3 +314,7 @@ def _fmt_sync(c: SyncConfig) -> str:
     if c.empty:
         return "''"
     return f"ANY {c.quorum} ({', '.join(sorted(c.members))})"
+
+
+def _up(u: A.Upstream | None) -> tuple[str, str, int] | None:
+    return (u.name, u.host, u.port) if u is not None else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgwarden.config.schema import LEASE_MARGIN
+from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN
 from pgwarden.core.model import Lease
 
 
@@ -17,6 +17,10 @@ class LeaseKeeper:
     def renewed(self, sent_at: float, ttl: float) -> None:
         self.held = True
         self.deadline = sent_at + ttl - LEASE_MARGIN
+
+    def valid(self, now: float) -> bool:
+        """Held, with time left to stop PostgreSQL before the deadline (FENCE_BUDGET)."""
+        return self.held and now < self.deadline - FENCE_BUDGET
 
     def lost(self) -> None:
         self.held = False

@@ -26,6 +26,7 @@ from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
     DataState,
+    LocalCommand,
     Me,
     MemberInfo,
     Observation,
@@ -81,6 +82,7 @@ class Agent:
         self._last_pg: PgView | None = None
         self._message = "starting"
         self._lock = threading.Lock()
+        self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
         self.router = router_for(cfg.pgbouncer)
@@ -91,18 +93,19 @@ class Agent:
     # -- Commands for the REST API (called from the API thread: only queue work) ---------------
     def request_restart(self) -> str:
         with self._lock:
-            self.facts.restart_requested = True
+            self._command = LocalCommand.RESTART
         self.store_wakeup()
         return "restart scheduled"
 
     def request_reinitialize(self, force: bool) -> str:
+        # Quick feedback for the operator; the core decides again on the loop's own snapshot.
         view = self._view
         if view is not None and view.leader is not None and view.leader.name == self.cfg.name:
             raise CommandRefused("this node is the leader; switch over first, then reinitialize it")
         if view is None or view.leader is None:
             raise CommandRefused("no leader to clone from")
         with self._lock:
-            self.facts.reinit_requested = True
+            self._command = LocalCommand.REINITIALIZE
         self.store_wakeup()
         return "reinitialize scheduled"
 
@@ -166,18 +169,26 @@ class Agent:
     def shutdown(self) -> None:
         """Stop PostgreSQL, then give up the lease so a replica takes over at once."""
         log.info("shutting down")
+        stopped = False
         try:
             self.pg.stop("fast", STOP_TIMEOUT)
+            stopped = self.pg.postmaster_pid() is None
         except Exception:
             log.exception("stopping PostgreSQL failed")
-        if self.lease.held:
+        if self.lease.held and not stopped:
+            # Releasing now would let a replica promote while our server may still take writes:
+            # keep the key; it expires after ttl, by which time the fencer has stopped the server.
+            log.error("PostgreSQL did not stop: keeping the leader key until it expires (the fencer "
+                      "stops the server at the lease deadline)")
+        elif self.lease.held:
             try:
                 self.store.release_leader(self.cfg.name, self._settings.retry_timeout)
                 log.info("released the leader lease")
             except StoreError as e:
                 log.warning("could not release the leader lease: %s", e)
             self.lease.lost()
-        self.fencer.disarm()
+        if stopped:
+            self.fencer.disarm()
         try:
             self.store.delete_member(self.cfg.name, self._settings.retry_timeout)
         except StoreError:
@@ -198,7 +209,8 @@ class Agent:
         if view is not None:
             self._adopt_settings(view)
             s = self._settings
-        self._handle_commands(view, pgv)
+        with self._lock:
+            command, self._command = self._command, None
         peers: dict[str, PeerReading] = {}
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
@@ -211,6 +223,7 @@ class Agent:
             lease=self.lease.view(mono), peers=peers, settings=s,
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
+            command=command, restart_pending=self.facts.restart_pending,
         )
         decision = decide(obs)
         if decision.message != self._message:
@@ -306,29 +319,6 @@ class Agent:
                 self.pg.reconfigure(up, self.facts.sync_applied, view.settings)
             except Exception as e:
                 log.warning("applying settings failed: %s", e)
-
-    def _handle_commands(self, view: ClusterView | None, pgv: PgView) -> None:
-        with self._lock:
-            restart, reinit = self.facts.restart_requested, self.facts.reinit_requested
-            self.facts.restart_requested = self.facts.reinit_requested = False
-        if restart and pgv.running:
-            log.info("restarting PostgreSQL on request")
-            primary = pgv.in_recovery is False
-            up = None
-            if view is not None and pgv.upstream and pgv.upstream in view.members:
-                m = view.members[pgv.upstream]
-                up = (m.name, m.host, m.port)
-            self.pg.stop("fast", STOP_TIMEOUT)
-            if primary and self.lease.held:
-                self.fencer.arm(self.lease.deadline, None)
-                self.pg.start(role="primary", upstream=None, wait_timeout=30)
-                self.fencer.arm(self.lease.deadline, self.pg.postmaster_pid())
-            elif not primary:
-                self.pg.start(role="replica", upstream=up, wait_timeout=30)
-        if reinit and view is not None and view.leader is not None and view.leader.name != self.cfg.name:
-            log.info("reinitializing on request: wiping the data directory")
-            self.pg.stop("immediate", STOP_TIMEOUT)
-            self.pg.wipe()
 
     def _member_info(self, pgv: PgView) -> MemberInfo:
         if pgv.running and pgv.in_recovery is False:

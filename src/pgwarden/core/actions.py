@@ -77,10 +77,13 @@ class StartPostgres:
 class StopPostgres:
     mode: str  # "fast" | "immediate"
     reason: str
+    restart: bool = False  # an operator's restart: start it again next loop, even when paused
 
 
 @dataclass(frozen=True)
-class RestartPostgres:
+class Wipe:
+    """Delete the data directory (PostgreSQL stopped first): the next loop clones it afresh."""
+
     reason: str
 
 
@@ -146,7 +149,7 @@ Action = (
     | Demote
     | StartPostgres
     | StopPostgres
-    | RestartPostgres
+    | Wipe
     | Follow
     | Rewind
     | Reclone

@@ -38,19 +38,21 @@ from pgwarden.core.actions import (
     StopPostgres,
     TakeInitLock,
     Upstream,
+    Wipe,
     WriteSyncState,
 )
 from pgwarden.core.model import (
     ClusterView,
     DataState,
     FailoverRequest,
+    LocalCommand,
     MemberInfo,
     Observation,
     PgView,
     Role,
     SyncState,
 )
-from pgwarden.core.rewind import diverged
+from pgwarden.core.rewind import diverged, forked_on_one_timeline
 
 
 def decide(obs: Observation) -> Decision:
@@ -60,6 +62,10 @@ def decide(obs: Observation) -> Decision:
     if view.initialized is None:
         return _uninitialized(obs, view)
     pg = obs.pg
+    if obs.command is not None:
+        carried = _command(obs, view)
+        if carried is not None:
+            return carried
     if pg.system_id and pg.system_id != view.initialized:
         stop: tuple[Action, ...] = ()
         if pg.running and pg.in_recovery is False:
@@ -171,6 +177,37 @@ def _needs_data(obs: Observation, view: ClusterView) -> Decision:
     return Decision((Clone(src),), f"cloning from {src.name}")
 
 
+# -- operators' local commands ------------------------------------------------------------------
+
+
+def _command(obs: Observation, view: ClusterView) -> Decision | None:
+    """POST /restart and POST /reinitialize, decided here like everything else: a leader's restart
+    renews first and only stops PostgreSQL; the next loop starts it in whatever role the rules
+    then allow (as primary only under a still-valid lease, rule 12). None: carry on as usual."""
+    me = obs.me.name
+    leads = view.leader is not None and view.leader.name == me
+    if obs.command == LocalCommand.REINITIALIZE:
+        if leads or obs.lease.held:
+            return Decision((), "reinitialize refused: this node holds the leader lease; switch over first")
+        leader = _leader_member(view)
+        if leader is None or not leader.running:
+            return Decision((), "reinitialize refused: no running leader to clone from")
+        return Decision((StopPostgres("immediate", "reinitialize requested"), Wipe("reinitialize requested")),
+                        f"reinitializing: wiping the data directory to clone it from {leader.name}")
+    if obs.command == LocalCommand.RESTART and obs.pg.running:
+        if leads and obs.lease.held:
+            return Decision((RenewLease(), StopPostgres("fast", "restart requested", restart=True)),
+                            "restart requested: stopping PostgreSQL; it starts again next loop")
+        return Decision((StopPostgres("fast", "restart requested", restart=True),),
+                        "restart requested: stopping PostgreSQL; it starts again next loop")
+    return None
+
+
+def _held_back(obs: Observation, settings: ClusterSettings) -> bool:
+    """Paused: leave a stopped PostgreSQL stopped, unless we stopped it for a requested restart."""
+    return settings.paused and not obs.restart_pending
+
+
 # -- leader ------------------------------------------------------------------------------------
 
 
@@ -188,8 +225,15 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
                         "lease running out: demoting")
     renew: tuple[Action, ...] = (RenewLease(),)
     if not pg.running:
-        if settings.paused:
+        if _held_back(obs, settings):
             return Decision(renew, "leader; PostgreSQL stopped (paused: not starting it)")
+        if pg.was_primary is not True:
+            # Rule 4: a standby becomes a primary only by promotion (a new timeline). Starting
+            # it as a primary would fork history on its old timeline, invisible to pg_rewind.
+            return Decision((*renew, StartPostgres("replica", None)),
+                            "leader; starting PostgreSQL as a standby to promote it (it was one)")
+        # Rule 12, sharpened: a crashed primary restarts as primary only under a lease that is
+        # still ours (renewed first; the runner checks the deadline again just before starting).
         return Decision((*renew, StartPostgres("primary")), "leader; restarting PostgreSQL in place")
     if pg.in_recovery:
         return Decision((*renew, Promote()), "holding the lease: promoting")
@@ -316,9 +360,17 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
         return Decision((), f"following {view.leader.name}; waiting for it to publish its address")
     leader_tl = leader.timeline
     if not pg.running:
-        if view.settings.paused:
+        if _held_back(obs, view.settings):
             return Decision((), "paused: not starting PostgreSQL")
         lsn = pg.checkpoint_lsn
+        leader_lsn = max(leader.lsn or 0, view.leader_lsn or 0) or None
+        if leader.role == Role.PRIMARY and forked_on_one_timeline(pg.timeline, lsn, pg.was_primary,
+                                                                 leader_tl, leader_lsn):
+            src = _member_upstream(leader)
+            return Decision((Reclone(src, "history forked on one timeline"),),
+                            f"we were a primary on timeline {pg.timeline} and hold WAL past "
+                            f"{leader.name}'s on that same timeline: re-cloning (pg_rewind cannot "
+                            f"see a fork within one timeline)")
         # Repeated failed starts mean PostgreSQL itself refuses our history: let pg_rewind judge.
         if pg.start_failures >= 2 or diverged(pg.timeline, lsn, pg.was_primary, leader_tl, view.history):
             src = _member_upstream(leader)
@@ -377,7 +429,7 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         # Rule 5: a primary without the lease takes it at once or demotes.
         return Decision((AcquireLease(),), "primary without a leader key: taking the lease")
     if not pg.running:
-        if settings.paused:
+        if _held_back(obs, settings):
             return Decision((), "no leader; paused")
         return Decision((StartPostgres("replica", None),), "no leader; starting read-only to take part")
     req = view.failover

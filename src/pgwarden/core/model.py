@@ -302,6 +302,13 @@ class Me:
     api_url: str
 
 
+class LocalCommand(StrEnum):
+    """An operator's command for this node alone, carried out through a decision."""
+
+    RESTART = "restart"
+    REINITIALIZE = "reinitialize"
+
+
 @dataclass(frozen=True)
 class Observation:
     now: float
@@ -318,3 +325,10 @@ class Observation:
     leaderless_for: float = 0.0
     # How long this agent has seen the store's current failover/switchover request (0: none).
     request_pending_for: float = 0.0
+    # An operator's local command (POST /restart, POST /reinitialize) waiting for this loop;
+    # the runner hands it to one decision and forgets it.
+    command: LocalCommand | None = None
+    # PostgreSQL was stopped for a requested restart and has not run since: start it again
+    # even while paused (the operator asked for a restart, not a stop).
+    restart_pending: bool = False
+

@@ -34,3 +34,24 @@ def diverged(
         # publishes it right after promoting). A stopped node plays safe; a running replica waits.
         return unknown_diverges
     return local_lsn is not None and local_lsn > min(ended)
+
+
+def forked_on_one_timeline(
+    local_timeline: int | None,
+    local_lsn: int | None,
+    was_primary: bool | None,
+    leader_timeline: int | None,
+    leader_lsn: int | None,
+) -> bool:
+    """A former primary on the very timeline another leader runs as primary, holding WAL past the
+    leader's position. A primary appears only by bootstrap or by promotion, and promotion always
+    opens a new timeline, so two primaries on one timeline means one of them was started as a
+    primary without promotion: the histories differ while the timeline numbers agree, which
+    `diverged` (and pg_rewind) cannot see. Only a fresh clone is safe then.
+
+    Comparing by LSN keeps a freshly cloned replica (whose pg_control still says "in
+    production", copied from the primary) from counting: its checkpoint is behind the leader.
+    """
+    if not was_primary or local_timeline is None or local_timeline != leader_timeline:
+        return False
+    return local_lsn is not None and leader_lsn is not None and local_lsn > leader_lsn

@@ -1,0 +1,88 @@
+"""The executor against real PostgreSQL servers and an in-memory store: the checks it makes at the
+moment of acting, which no decision can make for it (safety review, finding 2 and "also")."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden.agent.executor import Executor, LocalFacts
+from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.actions import Promote, StartPostgres
+from pgwarden.fence.supervisor import Fencer
+from pgwarden.postgres import osuser
+from pgwarden.postgres.controller import PostgresController
+from tests.api.memstore import MemStore
+from tests.support.pg import bootstrapped_primary, controller, make_node_config, teardown
+from tests.support.ports import free_port
+from tests.support.wait import wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
+                       reason="needs root and a postgres OS user"),
+]
+
+HOST = "127.0.0.1"
+SETTINGS = ClusterSettings()
+
+
+def _executor(pg: PostgresController, store: MemStore, lease: LeaseKeeper, run_dir: Path) -> Executor:
+    # The fencer's state file is written, but no fencer process is started: these tests are
+    # about what the executor itself does, before any fencer would have to step in.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Executor(pg._cfg, pg, store, lease, Fencer(run_dir), LocalFacts(), lambda: SETTINGS, SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresController]:
+    base = tmp_path_factory.mktemp("exec")
+    p = bootstrapped_primary(make_node_config(base, "p", free_port(), free_port()))
+    try:
+        yield p
+    finally:
+        teardown(p)
+
+
+def test_a_stale_lease_never_starts_a_primary(primary: PostgresController, tmp_path: Path) -> None:
+    """`held` says yes, but the deadline passed while PostgreSQL was stopping (a leader's restart
+    that took long): starting it as a primary now could make a second writable primary."""
+    primary.stop("fast", 30)
+    try:
+        lease = LeaseKeeper(held=True, deadline=time.monotonic() - 0.1)
+        ex = _executor(primary, MemStore(), lease, tmp_path)
+        pgv = primary.observe(2)
+        assert ex.run((StartPostgres("primary"),), None, pgv) is False
+        assert primary.postmaster_pid() is None
+        # The same action under a valid lease does start it: the refusal above was the lease's.
+        lease.renewed(time.monotonic(), SETTINGS.ttl)
+        assert ex.run((StartPostgres("primary"),), None, pgv) is True
+        assert primary.postmaster_pid() is not None
+    finally:
+        primary.start(role="primary", upstream=None, wait_timeout=30)
+
+
+def test_a_renewal_that_raises_after_promotion_demotes(primary: PostgresController, tmp_path: Path) -> None:
+    """Rule 4: a promotion whose lease cannot be confirmed right after must not leave a primary."""
+    cfg = make_node_config(tmp_path, "r", free_port(), free_port())
+    r = controller(cfg)
+    primary.ensure_slots({"r"})
+    r.clone(HOST, primary._cfg.postgresql.port, timeout=60)
+    try:
+        r.start(role="replica", upstream=("p", HOST, primary._cfg.postgresql.port), wait_timeout=30)
+        wait_for(lambda: r.observe(2).healthy or None, 30, "the replica answers")
+        store = MemStore()
+        store.down = True  # renew_leader raises StoreUnavailable
+        lease = LeaseKeeper()
+        lease.renewed(time.monotonic(), SETTINGS.ttl)
+        ex = _executor(r, store, lease, tmp_path / "run")
+        assert ex.run((Promote(),), None, r.observe(2)) is False
+        assert (tmp_path / "run" / "fence.json").exists(), "the promotion was never attempted"
+        v = wait_for(lambda: (lambda v: v if v.healthy else None)(r.observe(2)), 30, "the demoted server")
+        assert v.in_recovery is True, "promoted without a confirmed lease and left writable"
+    finally:
+        teardown(r)
