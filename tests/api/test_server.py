@@ -24,7 +24,7 @@ from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.load import replace as replace_model
 from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import HistoryEntry, MemberInfo, Role
+from pgwarden.core.model import HistoryEntry, MemberInfo, PeerReading, Role
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
@@ -48,6 +48,11 @@ class FakeCommands:
             raise CommandRefused(self.refuse)
         self.calls.append(f"reinitialize force={force}")
         return "reinitialize requested"
+
+    def read_position(self, timeout: float) -> PeerReading:
+        self.calls.append("position")
+        return PeerReading("node2", reachable=True, role=Role.REPLICA, running=True, timeline=3,
+                           received_lsn=LEADER_LSN + 5, replayed_lsn=LEADER_LSN, lsn=LEADER_LSN + 5)
 
 
 @dataclass
@@ -405,6 +410,13 @@ def test_restart_and_reinitialize(env: Env) -> None:
     env.commands.refuse = "the primary cannot be reinitialized"
     status, body = env.json("POST", "/reinitialize")
     assert status == 409 and body["error"] == "the primary cannot be reinitialized"
+
+
+def test_position_is_read_when_asked(env: Env) -> None:
+    status, body = env.json("GET", "/position")
+    assert status == 200 and env.commands.calls == ["position"]
+    assert body == {"name": "node2", "running": True, "role": "replica", "timeline": 3,
+                    "lsn": LEADER_LSN + 5, "received_lsn": LEADER_LSN + 5, "replayed_lsn": LEADER_LSN}
 
 
 def test_commands_unavailable() -> None:

@@ -28,7 +28,8 @@ def test_leader_with_standby_data_starts_it_as_a_standby_then_promotes(was_prima
 
 
 def test_leader_with_primary_data_restarts_in_place() -> None:
-    assert decide(leader_obs(stopped_pg(was_primary=True))).actions == (RenewLease(), StartPostgres("primary"))
+    d = decide(leader_obs(stopped_pg(was_primary=True)))
+    assert d.actions == (RenewLease(), StartPostgres("primary"))
 
 
 def test_former_primary_ahead_on_the_leaders_own_timeline_is_recloned() -> None:

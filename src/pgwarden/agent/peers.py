@@ -1,5 +1,6 @@
-"""Fresh readings of the other members (GET /status on their REST API), taken in parallel with a
-short deadline when a decision needs them: no leader, or a switchover to hand over."""
+"""Fresh readings of the other members (GET /position on their REST API: their PostgreSQL's
+position read when asked, not their last loop's), taken in parallel with a short deadline when a
+decision needs them: no leader, or a switchover to hand over."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ class PeerProbe:
 
     def _one(self, m: MemberInfo, timeout: float) -> PeerReading:
         try:
-            r = self._http.request("GET", m.api_url.rstrip("/") + "/status",
+            r = self._http.request("GET", m.api_url.rstrip("/") + "/position",
                                    timeout=urllib3.Timeout(total=timeout), preload_content=True)
+            if r.status != 200:
+                raise ValueError(f"HTTP {r.status}")
             d = json.loads(r.data)
         except Exception as e:
             log.debug("peer %s unreachable: %s", m.name, e)

@@ -17,6 +17,7 @@ from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
+from pgwarden.agent.position import fresh_position
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.load import ConfigError, load_node_config
@@ -108,6 +109,9 @@ class Agent:
             self._command = LocalCommand.REINITIALIZE
         self.store_wakeup()
         return "reinitialize scheduled"
+
+    def read_position(self, timeout: float) -> PeerReading:
+        return fresh_position(self.pg, self.cfg.name, timeout)
 
     def store_wakeup(self) -> None:
         self._wake.set()

@@ -642,6 +642,10 @@ class _Server(ThreadingHTTPServer):
 # -- the server -----------------------------------------------------------------------------------
 
 
+# The reading a peer waits for before its promotion decision (its own deadline is shorter).
+POSITION_TIMEOUT = 1.0
+
+
 class ApiServer:
     """One node's HTTP API, on threads of its own. `start()` returns once listening."""
 
@@ -748,6 +752,7 @@ class ApiServer:
                 r[p] = {"GET": self._health, "HEAD": self._health, "OPTIONS": self._health}
         for p in ("/status", "/patroni"):
             r[p] = {"GET": self._status, "HEAD": self._status}
+        r["/position"] = {"GET": self._position}
         r["/cluster"] = {"GET": self._cluster, "HEAD": self._cluster}
         r["/history"] = {"GET": self._history, "HEAD": self._history}
         r["/config"] = {"GET": self._get_config, "HEAD": self._get_config, "PATCH": self._patch_config,
@@ -831,6 +836,13 @@ class ApiServer:
 
     def _status(self, request: Request) -> Response:
         return _json(200, status_json(self._state(), self._cluster_name()))
+
+    def _position(self, request: Request) -> Response:
+        """This node's WAL position read from PostgreSQL now (see agent/position.py)."""
+        p = self._need_commands().read_position(POSITION_TIMEOUT)
+        return _json(200, {"name": p.name, "running": p.running, "role": p.role.value,
+                           "timeline": p.timeline, "lsn": p.lsn, "received_lsn": p.received_lsn,
+                           "replayed_lsn": p.replayed_lsn})
 
     def _cluster(self, request: Request) -> Response:
         st = self._state()

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from pgwarden.core.model import NO_SYNC, ClusterView, MemberInfo, SyncConfig
+from pgwarden.core.model import NO_SYNC, ClusterView, MemberInfo, PeerReading, SyncConfig
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,8 @@ class Commands(Protocol):
     def request_restart(self) -> str: ...
 
     def request_reinitialize(self, force: bool) -> str: ...
+
+    def read_position(self, timeout: float) -> PeerReading:
+        """Our PostgreSQL's WAL position read now (not the last loop's), for a peer's promotion
+        decision; `running=False` when PostgreSQL does not answer."""
+        ...
