@@ -187,3 +187,14 @@ def test_two_data_members_and_a_witness_survive_the_loss_of_one(tmp_path: Path) 
             release_node(n)
         assert witness.stderr is not None
         witness.stderr.close()
+
+
+def test_an_agent_or_witness_without_data_dir_is_refused() -> None:
+    """A member that forgets its term and vote on restart can vote twice in one term."""
+    from pgwarden.config.load import ConfigError
+    from pgwarden.config.schema import StoreConfig
+    from pgwarden.store.factory import open_store
+
+    cfg = StoreConfig(raft=RaftConfig(self_addr="127.0.0.1:1", partner_addrs=["127.0.0.1:2"]))
+    with pytest.raises(ConfigError, match="store.raft.data_dir: required"):
+        open_store(cfg, "c")

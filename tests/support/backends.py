@@ -59,7 +59,11 @@ def open_raft(hosts: list[str], cluster: str) -> Store:
     from pgwarden.store.raft import RaftStore
     from tests.support.ports import free_port
 
-    return RaftStore(RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts), cluster)
+    import tempfile
+
+    journal = Path(tempfile.mkdtemp(prefix="pgwarden-raft-"))
+    return RaftStore(RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts,
+                                data_dir=journal), cluster)
 
 
 @contextmanager

@@ -40,6 +40,9 @@ class WitnessConfig(Strict, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.store.raft is None:
             raise ValueError("a witness is a member of the agents' raft group: configure store.raft")
+        if self.store.raft.data_dir is None:
+            raise ValueError("store.raft.data_dir is required: a witness' term and vote must survive "
+                             "a restart, or it can vote twice in one term")
 
 
 def load_witness_config(path: str | Path) -> WitnessConfig:

@@ -35,6 +35,15 @@ def open_store(cfg: StoreConfig, cluster: str) -> Store:
         # Lazily: pysyncobj is only needed by the raft mode.
         from pgwarden.store.raft import RaftStore
 
+        if cfg.raft.data_dir is None:
+            # Raft's term and vote must survive a restart: a member restarted mid-election with
+            # an empty memory can vote twice in one term, and two leaders of one term can each
+            # grant the leader key (safety review).
+            raise ConfigError(
+                "store.raft.data_dir: required for an agent or witness (Raft's term and vote must "
+                "survive a restart, or a restarted member can vote twice); set it to a directory "
+                "on this host"
+            )
         return RaftStore(cfg.raft, cluster)
     raise ConfigError("store: choose exactly one store backend: etcd, zookeeper or raft")
 
