@@ -196,5 +196,5 @@ def test_an_agent_or_witness_without_data_dir_is_refused() -> None:
     from pgwarden.store.factory import open_store
 
     cfg = StoreConfig(raft=RaftConfig(self_addr="127.0.0.1:1", partner_addrs=["127.0.0.1:2"]))
-    with pytest.raises(ConfigError, match="store.raft.data_dir: required"):
+    with pytest.raises(ConfigError, match=r"store\.raft\.data_dir: required"):
         open_store(cfg, "c")

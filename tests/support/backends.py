@@ -55,11 +55,11 @@ OPENERS: dict[str, Opener] = {"etcd": open_etcd}
 
 def open_raft(hosts: list[str], cluster: str) -> Store:
     """A raft member of its own whose partners are `hosts` (for the unreachable cases)."""
+    import tempfile
+
     from pgwarden.config.schema import RaftConfig
     from pgwarden.store.raft import RaftStore
     from tests.support.ports import free_port
-
-    import tempfile
 
     journal = Path(tempfile.mkdtemp(prefix="pgwarden-raft-"))
     return RaftStore(RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts,
