@@ -2,10 +2,13 @@
 the agent is dead, frozen or stuck (SAFETY rule 13).
 
 It runs in its own session (so signals to the agent's process group miss it), reads only the state
-file the agent writes (`state.py`), and when the deadline passes while armed it stops the
-postmaster and every backend with SIGKILL: nothing that was writable can acknowledge another
-commit. It exits once its agent is gone and nothing is left to fence. Standard library only, to
-stay small and start fast: `python -m pgwarden.fence.fencer STATE_FILE`.
+file the agent writes (`state.py`), and while armed with the deadline passed it stops whatever
+postmaster is recorded (matching pid and start time) and every backend with SIGKILL: nothing that
+was writable can acknowledge another commit. A pid recorded after the deadline passed (the agent
+arms before PostgreSQL starts, then records its pid) is fenced as well. An unreadable state file
+leaves the last one read in force. It exits once its agent is gone and nothing is left to fence;
+nothing else ends it: an unexpected error is logged to `fencer.log` and the loop goes on.
+Standard library only, to stay small and start fast: `python -m pgwarden.fence.fencer STATE_FILE`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ import os
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from pgwarden.fence.state import FenceState, alive, process_start_time, read_state
 
 POLL = 0.05
+ERROR_REPEAT = 60.0  # the same error is logged again at most this often
+
+Target = tuple[int, int | None]  # (postmaster pid, its start time)
 
 
 def children_of(pid: int) -> list[int]:
@@ -42,43 +49,103 @@ def same_process(pid: int, start: int | None) -> bool:
     return alive(pid) and (start is None or process_start_time(pid) == start)
 
 
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # already gone: that is what we wanted
+
+
+def _append(log: Path, line: str) -> None:
+    try:
+        with log.open("a") as f:
+            f.write(f"{time.time():.3f} {line}\n")
+    except OSError:
+        pass  # a full disk must not stop the fencing
+
+
 def fence(st: FenceState, log: Path) -> bool:
     """Stop the recorded postmaster and its children. True if something was stopped."""
     pid = st.postmaster_pid
     if pid is None or not same_process(pid, st.postmaster_start):
         return False
-    # Freeze the postmaster first so it cannot restart children, then kill the backends (they
-    # are what acknowledges commits), then the postmaster.
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        return False
-    for child in children_of(pid):
-        try:
-            os.kill(child, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    os.kill(pid, signal.SIGKILL)
-    with log.open("a") as f:
-        f.write(f"{time.time():.3f} fenced postmaster {pid}: lease deadline passed\n")
+    # Freeze the postmaster first so it cannot start children, then kill the backends (they are
+    # what acknowledges commits), then the postmaster. The backends are looked up before the
+    # freeze too, so that they are killed even if the postmaster vanishes in between.
+    backends = children_of(pid)
+    _kill(pid, signal.SIGSTOP)
+    backends += [c for c in children_of(pid) if c not in backends]
+    for child in backends:
+        _kill(child, signal.SIGKILL)
+    _kill(pid, signal.SIGKILL)
+    _append(log, f"fenced postmaster {pid}: lease deadline passed")
     return True
 
 
-def run(state_file: Path) -> int:
-    log = state_file.with_name("fencer.log")
-    fenced_deadline: float | None = None
-    while True:
-        st = read_state(state_file)
+class Watch:
+    """What the fencer remembers between polls."""
+
+    def __init__(self, state_file: Path) -> None:
+        self.state_file = state_file
+        self.log = state_file.with_name("fencer.log")
+        self.last: FenceState | None = None
+        # Postmasters already killed. A SIGKILL cannot be ignored, so one is enough; and a pid
+        # recorded without a start time is not signalled twice (the second time it is a reuse).
+        self.fenced: set[Target] = set()
+
+    def target(self, st: FenceState) -> Target | None:
+        """The recorded postmaster if it runs and has not been fenced yet."""
+        pid = st.postmaster_pid
+        if pid is None:
+            return None
+        key = (pid, st.postmaster_start)
+        return key if key not in self.fenced and same_process(pid, st.postmaster_start) else None
+
+    def tick(self, now: float) -> bool:
+        """One poll: fence if due. False once the agent is gone and nothing is left to fence."""
+        st = read_state(self.state_file) or self.last
+        if st is None:
+            return False  # never had a state: there is nothing we could fence
+        if self.last is None:
+            _append(self.log, f"fencer {os.getpid()} watching {self.state_file} for agent {st.agent_pid}")
+        self.last = st
+        target = self.target(st) if st.armed else None
+        # No "deadline handled" memory: while armed and past the deadline, every recorded live
+        # postmaster is fenced, including one recorded after the deadline passed.
+        if target is not None and now >= st.deadline and fence(st, self.log):
+            self.fenced.add(target)
+            target = None
+        return target is not None or alive(st.agent_pid)
+
+
+class ErrorLog:
+    """Log unexpected errors to fencer.log, each distinct one at most every ERROR_REPEAT s."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.seen: dict[str, float] = {}
+
+    def report(self, e: Exception) -> None:
+        key = f"{type(e).__name__}: {e}"
         now = time.monotonic()
-        if st is not None and st.armed and now >= st.deadline and fenced_deadline != st.deadline:
-            fence(st, log)
-            fenced_deadline = st.deadline
-        agent_alive = st is not None and alive(st.agent_pid)
-        if not agent_alive:
-            pending = st is not None and st.armed and fenced_deadline != st.deadline \
-                and st.postmaster_pid is not None and same_process(st.postmaster_pid, st.postmaster_start)
-            if not pending:
+        if now - self.seen.get(key, -ERROR_REPEAT) < ERROR_REPEAT:
+            return
+        if len(self.seen) > 100:  # messages may carry pids: keep the memory bounded
+            self.seen.clear()
+        self.seen[key] = now
+        tb = "".join(traceback.format_exception(e)).rstrip().replace("\n", "\n    ")
+        _append(self.log, f"unexpected error (fencer goes on): {key}\n    {tb}")
+
+
+def run(state_file: Path) -> int:
+    watch = Watch(state_file)
+    errors = ErrorLog(watch.log)
+    while True:
+        try:
+            if not watch.tick(time.monotonic()):
                 return 0
+        except Exception as e:  # never let a bug or a /proc hiccup end the fencing
+            errors.report(e)
         time.sleep(POLL)
 
 

@@ -28,17 +28,32 @@ def write_state(path: Path, st: FenceState) -> None:
 
 
 def read_state(path: Path) -> FenceState | None:
+    """The state in `path`, or None if it is missing or malformed."""
     try:
         d = json.loads(path.read_text())
         return FenceState(
             agent_pid=int(d["agent_pid"]),
-            armed=bool(d["armed"]),
+            armed=_bool(d["armed"]),
             deadline=float(d["deadline"]),
-            postmaster_pid=d.get("postmaster_pid"),
-            postmaster_start=d.get("postmaster_start"),
+            postmaster_pid=_opt_int(d.get("postmaster_pid")),
+            postmaster_start=_opt_int(d.get("postmaster_start")),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _opt_int(v: object) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"not an integer: {v!r}")
+    return v
+
+
+def _bool(v: object) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"not a boolean: {v!r}")
+    return v
 
 
 def process_start_time(pid: int) -> int | None:
@@ -49,7 +64,10 @@ def process_start_time(pid: int) -> int | None:
         return None
     # The command name (field 2) may contain spaces; it ends at the last ')'.
     fields = raw[raw.rfind(")") + 2:].split()
-    return int(fields[19])
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def alive(pid: int | None) -> bool:
@@ -64,6 +82,6 @@ def alive(pid: int | None) -> bool:
     # A zombie is not alive for our purposes.
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+    except (OSError, IndexError):
         return False
     return state != "Z"

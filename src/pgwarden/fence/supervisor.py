@@ -1,4 +1,5 @@
-"""The agent's side of fencing: start (or reuse) the fencer and keep its state file current."""
+"""The agent's side of fencing: start (or reuse) the fencer, keep it running, and keep its state
+file current."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pgwarden.fence.state import FenceState, alive, process_start_time, read_state, write_state
+from pgwarden.fence.state import FenceState, process_start_time, read_state, write_state
 
 log = logging.getLogger("pgwarden.fence")
 
@@ -19,6 +20,12 @@ class Fencer:
         self.state_file = run_dir / "fence.json"
         self.pid_file = run_dir / "fencer.pid"
         self._last: FenceState | None = None
+        self._pid = 0  # the fencer watching our state file, as far as we know
+        self._proc: subprocess.Popen[bytes] | None = None  # set when we spawned it
+        # The fencer's argv ends with the state file; an absolute path tells it apart from the
+        # fencers of other nodes on this host.
+        self._state_arg = os.path.abspath(self.state_file)
+        self._tail = b"\0-m\0pgwarden.fence.fencer\0" + os.fsencode(self._state_arg) + b"\0"
 
     def start(self) -> None:
         """Spawn the fencer unless one from an earlier agent run still watches our state file."""
@@ -30,19 +37,43 @@ class Fencer:
         write_state(self.state_file, st)
         self._last = st
         try:
-            pid = int(self.pid_file.read_text())
+            self._pid = int(self.pid_file.read_text())
         except (OSError, ValueError):
-            pid = 0
-        if pid and alive(pid) and b"pgwarden.fence.fencer" in _cmdline(pid):
-            log.info("reusing fencer pid %d", pid)
-            return
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgwarden.fence.fencer", str(self.state_file)],
+            self._pid = 0
+        if self._ensure():
+            log.info("started fencer pid %d (state %s)", self._pid, self.state_file)
+        else:
+            log.info("reusing fencer pid %d", self._pid)
+
+    def ensure_running(self) -> bool:
+        """Start a new fencer if ours is gone; True if one had to be started. Cheap enough for
+        every agent loop: a reap of our own child and one read of /proc/<pid>/cmdline."""
+        if self._last is None:  # start() never ran: it writes the state the fencer needs first
+            log.warning("ensure_running() before start(): starting the fencer")
+            self.start()
+            return self._proc is not None  # set only when start() spawned a new fencer
+        if not self._ensure():
+            return False
+        log.warning("the fencer was not running: started a new one, pid %d", self._pid)
+        return True
+
+    def _ensure(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None  # reaped: a zombie would keep its pid
+        if self._pid > 0 and _cmdline(self._pid).endswith(self._tail):
+            return False
+        # The new fencer reads the file first: make sure it holds what we last told it.
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._last is not None:
+            write_state(self.state_file, self._last)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pgwarden.fence.fencer", self._state_arg],
             start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, close_fds=True,
         )
-        self.pid_file.write_text(str(proc.pid))
-        log.info("started fencer pid %d (state %s)", proc.pid, self.state_file)
+        self._pid = self._proc.pid
+        self.pid_file.write_text(str(self._pid))
+        return True
 
     def arm(self, deadline: float, postmaster_pid: int | None) -> None:
         self._write(True, deadline, postmaster_pid)
@@ -64,6 +95,7 @@ class Fencer:
 
 
 def _cmdline(pid: int) -> bytes:
+    """argv of `pid`, NUL-terminated; empty once it is gone (or a zombie)."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
