@@ -311,3 +311,30 @@ def test_a_vanished_state_file_does_not_disarm_the_fencer(
     state.unlink()
     _fenced(fake_postmaster, kids, tmp_path / "fencer.log")
     assert time.monotonic() >= deadline
+
+
+def test_a_postmaster_the_agent_never_recorded_is_found_through_postmaster_pid(
+        tmp_path: Path, spawned: list[Proc]) -> None:
+    """The agent armed (no pid yet), started PostgreSQL and froze before recording its pid: the
+    fencer finds the postmaster through the data directory's postmaster.pid. A stale file naming
+    a process of another directory is no target."""
+    data = tmp_path / "data"
+    other = tmp_path / "elsewhere"
+    data.mkdir()
+    other.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"], cwd=other)
+    spawned.append(stranger)
+    (data / "postmaster.pid").write_text(f"{stranger.pid}\n{data}\n")
+    agent = _agent_stand_in(spawned)
+    state = tmp_path / "fence.json"
+    write_state(state, FenceState(agent.pid, True, time.monotonic() - 0.1, None, None, str(data)))
+    fencer = _spawn_fencer(spawned, state)
+    _watching(fencer, tmp_path / "fencer.log")
+    _holds(lambda: stranger.poll() is None and fencer.poll() is None, 0.5,
+           "a process that merely reused the pid in a stale postmaster.pid was killed")
+    postmaster = subprocess.Popen(["sleep", "60"], cwd=data)
+    spawned.append(postmaster)
+    (data / "postmaster.pid").write_text(f"{postmaster.pid}\n{data}\n")
+    wait_for(lambda: postmaster.poll() is not None, 3, "the unrecorded postmaster killed")
+    assert stranger.poll() is None
+    assert f"fenced postmaster {postmaster.pid}" in (tmp_path / "fencer.log").read_text()

@@ -67,7 +67,7 @@ class Agent:
         self.started_at = time.time()
         self.store: Store = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
-        self.fencer = Fencer(run_dir_for(cfg))
+        self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
                              self.settings, self.seed)
         host, port = cfg.postgresql.connect_host_port()
@@ -207,6 +207,10 @@ class Agent:
     # -- one loop ------------------------------------------------------------------------------
     def loop_once(self) -> None:
         s = self._settings
+        try:
+            self.fencer.ensure_running()  # rule 13 holds only while a fencer watches
+        except OSError as e:
+            log.error("cannot start the fencer: %s", e)
         now = time.monotonic()
         pgv = self._observe_pg(s)
         view = self._snapshot(now)

@@ -18,9 +18,10 @@ import signal
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
-from pgwarden.fence.state import FenceState, alive, process_start_time, read_state
+from pgwarden.fence.state import FenceState, alive, postmaster_of, process_start_time, read_state
 
 POLL = 0.05
 ERROR_REPEAT = 60.0  # the same error is logged again at most this often
@@ -94,12 +95,19 @@ class Watch:
         self.fenced: set[Target] = set()
 
     def target(self, st: FenceState) -> Target | None:
-        """The recorded postmaster if it runs and has not been fenced yet."""
+        """The recorded postmaster if it runs and has not been fenced yet; else the one the data
+        directory's postmaster.pid names (started by an agent that froze before recording it)."""
         pid = st.postmaster_pid
-        if pid is None:
-            return None
-        key = (pid, st.postmaster_start)
-        return key if key not in self.fenced and same_process(pid, st.postmaster_start) else None
+        if pid is not None:
+            key = (pid, st.postmaster_start)
+            if key not in self.fenced and same_process(pid, st.postmaster_start):
+                return key
+        found = postmaster_of(st.data_dir) if st.data_dir else None
+        if found is not None:
+            key = (found, process_start_time(found))
+            if key not in self.fenced:
+                return key
+        return None
 
     def tick(self, now: float) -> bool:
         """One poll: fence if due. False once the agent is gone and nothing is left to fence."""
@@ -112,7 +120,8 @@ class Watch:
         target = self.target(st) if st.armed else None
         # No "deadline handled" memory: while armed and past the deadline, every recorded live
         # postmaster is fenced, including one recorded after the deadline passed.
-        if target is not None and now >= st.deadline and fence(st, self.log):
+        if target is not None and now >= st.deadline and \
+                fence(replace(st, postmaster_pid=target[0], postmaster_start=target[1]), self.log):
             self.fenced.add(target)
             target = None
         return target is not None or alive(st.agent_pid)

@@ -19,6 +19,9 @@ class FenceState:
     deadline: float  # monotonic seconds; past it the postmaster must not run as primary
     postmaster_pid: int | None = None
     postmaster_start: int | None = None  # /proc/<pid>/stat starttime, guards against PID reuse
+    # The data directory: past the deadline the fencer also stops a postmaster it finds through
+    # its postmaster.pid, one the agent started but could not record (frozen or dead meanwhile).
+    data_dir: str | None = None
 
 
 def write_state(path: Path, st: FenceState) -> None:
@@ -37,6 +40,7 @@ def read_state(path: Path) -> FenceState | None:
             deadline=float(d["deadline"]),
             postmaster_pid=_opt_int(d.get("postmaster_pid")),
             postmaster_start=_opt_int(d.get("postmaster_start")),
+            data_dir=_opt_str(d.get("data_dir")),
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -48,6 +52,32 @@ def _opt_int(v: object) -> int | None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"not an integer: {v!r}")
     return v
+
+
+def _opt_str(v: object) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ValueError(f"not a string: {v!r}")
+    return v
+
+
+def postmaster_of(data_dir: str) -> int | None:
+    """The live postmaster of `data_dir`: the pid in its postmaster.pid, if that process runs
+    with the data directory as its working directory (a postmaster chdirs there at start), so a
+    stale file whose pid was reused by another process never names a victim."""
+    try:
+        first = (Path(data_dir) / "postmaster.pid").read_text().split("\n", 1)[0].strip()
+        pid = int(first)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or not alive(pid):
+        return None
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+    return pid if os.path.realpath(cwd) == os.path.realpath(data_dir) else None
 
 
 def _bool(v: object) -> bool:

@@ -15,8 +15,10 @@ log = logging.getLogger("pgwarden.fence")
 
 
 class Fencer:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, data_dir: Path | None = None) -> None:
         self.run_dir = run_dir
+        # Lets the fencer find a postmaster we started but could not record (see state.py).
+        self.data_dir = str(data_dir) if data_dir is not None else None
         self.state_file = run_dir / "fence.json"
         self.pid_file = run_dir / "fencer.pid"
         self._last: FenceState | None = None
@@ -33,7 +35,8 @@ class Fencer:
         prev = read_state(self.state_file)
         # Carry an armed deadline over: the postmaster may still be a primary from before.
         st = FenceState(os.getpid(), prev.armed if prev else False, prev.deadline if prev else 0.0,
-                        prev.postmaster_pid if prev else None, prev.postmaster_start if prev else None)
+                        prev.postmaster_pid if prev else None, prev.postmaster_start if prev else None,
+                        self.data_dir)
         write_state(self.state_file, st)
         self._last = st
         try:
@@ -88,7 +91,7 @@ class Fencer:
 
     def _write(self, armed: bool, deadline: float, pm: int | None) -> None:
         start = process_start_time(pm) if pm else None
-        st = FenceState(os.getpid(), armed, deadline, pm, start)
+        st = FenceState(os.getpid(), armed, deadline, pm, start, self.data_dir)
         if st != self._last:
             write_state(self.state_file, st)
             self._last = st
