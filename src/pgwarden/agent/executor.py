@@ -138,9 +138,7 @@ class Executor:
             case A.Demote(upstream=upstream, reason=reason):
                 log.warning("demoting: %s", reason)
                 self.facts.activity = "demoting"
-                self.pg.demote(_up(upstream), self._lease_budget(STOP_TIMEOUT))
-                self.fencer.disarm()
-                self.facts.sync_applied = NO_SYNC
+                self._demote(_up(upstream))
                 return True
             case A.StartPostgres(role="primary"):
                 return self._start_primary()
@@ -229,10 +227,17 @@ class Executor:
             kept = False
         if not kept:
             log.error("lease lost during promotion: demoting at once")
-            self.pg.demote(None, self._lease_budget(STOP_TIMEOUT))
-            self.fencer.disarm()
+            self._demote(None)
             return False
         return True
+
+    def _demote(self, upstream: tuple[str, str, int] | None) -> None:
+        """Stop writes within the lease (escalating to immediate, then SIGKILL), disarm the fencer
+        only once the server is down, then start it as a standby (rule 3)."""
+        self.pg.stop("fast", self._lease_budget(STOP_TIMEOUT))
+        self.fencer.disarm()
+        self.facts.sync_applied = NO_SYNC
+        self.pg.start(role="replica", upstream=upstream, wait_timeout=REPLICA_START_WAIT)
 
     def _start_primary(self) -> bool:
         """Rule 12, sharpened: a primary starts only under a lease still valid by our own clock
