@@ -259,6 +259,48 @@ class FaultCluster:
         if proc is not None and proc.poll() is None:
             os.kill(proc.pid, signal.SIGCONT)
 
+    def postmaster_pid(self, node: str) -> int | None:
+        """The node's running postmaster: the PID in its data directory's postmaster.pid, only if
+        that process lives in the node's namespace (so it is one this harness's agent started) and
+        is a postgres; None when PostgreSQL is down or the file is stale."""
+        try:
+            pid = int((self.data_dir(node) / "postmaster.pid").read_text().splitlines()[0])
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (OSError, ValueError, IndexError):
+            return None
+        if comm not in ("postgres", "postmaster") or pid not in self.net.pids(node):
+            return None
+        return pid
+
+    def kill_postmaster(self, node: str) -> int | None:
+        """SIGKILL the node's postmaster alone (its agent and fencer live on; the backends notice
+        their postmaster's death and exit). Returns the PID, or None when none was running."""
+        pid = self.postmaster_pid(node)
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def request_restart(self, node: str, timeout: float = 10.0) -> tuple[int | None, str]:
+        """`pgwarden ctl restart NODE`: POST /restart to the node's REST API. Returns the HTTP
+        status (None when the API did not answer) and the message or error."""
+        http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))
+        try:
+            r = http.request("POST", f"http://{self.addr(node)}:{API_PORT}/restart", body=b"{}",
+                             headers={"Content-Type": "application/json"})
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            return None, str(e)
+        text = r.data.decode("utf-8", "replace").strip()
+        try:
+            body = json.loads(text)
+            text = str(body.get("message") or body.get("error") or text) if isinstance(body, dict) else text
+        except ValueError:
+            pass
+        return r.status, text
+
     def agent_alive(self, node: str) -> bool:
         proc = self.agents.get(node)
         return proc is not None and proc.poll() is None
@@ -337,6 +379,22 @@ class FaultCluster:
     def slots(self, node: str) -> set[str]:
         with psycopg.connect(self.conninfo(node), autocommit=True) as c:
             return {str(r[0]) for r in c.execute("SELECT slot_name FROM pg_replication_slots").fetchall()}
+
+    def log_size(self, node: str) -> int:
+        try:
+            return self.agent_log(node).stat().st_size
+        except OSError:
+            return 0
+
+    def log_read(self, node: str, offset: int) -> tuple[str, int]:
+        """The agent log's text from byte `offset` on, and the offset to read from next."""
+        try:
+            with self.agent_log(node).open("rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except OSError:
+            return "", offset
+        return data.decode("utf-8", "replace"), offset + len(data)
 
     def log_excerpt(self, node: str, since_wall: float | None = None, lines: int = 40) -> str:
         try:

@@ -49,8 +49,9 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
         cl = FaultCluster(net, sync=sync, log=say, store=store)
         steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for(store))
         out = Outcome(seed, sync, steps)
+        only = f" --fault-kinds {','.join(kinds)}" if kinds is not None else ""
         say(f"fault schedule seed {seed} (replay: pytest tests/faults/test_faults.py --seed {seed} "
-            f"--duration {duration:g}), store {store}, synchronous_mode {sync or 'off'}, "
+            f"--duration {duration:g}{only}), store {store}, synchronous_mode {sync or 'off'}, "
             f"ttl {cl.ttl:g}s, network 10.77.{net.octet}.0/24, dir {cl.dir}")
         for s in steps:
             say(f"  {s.describe()}")
@@ -96,7 +97,7 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
                 out.not_converged.append("no primary at the end to check acknowledged commits on")
             else:
                 present = cl.present_ids(final, TABLE)
-                if sync:
+                if sync:  # "on" and "quorum": an acknowledged commit is never lost
                     out.violations += checker.lost_commits(acks, present)
                 else:
                     out.async_lost = len(checker.missing(acks, present))
@@ -138,10 +139,12 @@ def _wait(cond: Callable[[], bool], timeout: float, what: str | None) -> bool:
 
 
 def _wait_sync_standby(cl: FaultCluster) -> None:
-    """Rule (b) is about commits a synchronous standby confirmed: start writing once one is."""
+    """Rule (b) is about commits a synchronous standby confirmed: start writing once one is (in
+    quorum mode, once a replica is a quorum voter)."""
     def ready() -> bool:
-        return any(s is not None and s.get("sync_standby") for s in cl.statuses().values())
-    _wait(ready, 30, "a synchronous standby")
+        return any(s is not None and (s.get("sync_standby") or s.get("quorum_standby"))
+                   for s in cl.statuses().values())
+    _wait(ready, 30, "a synchronous (or quorum) standby")
 
 
 def _failure_digest(failures: list[checker.Failure]) -> list[str]:

@@ -3,6 +3,8 @@ including the clock-ordering slack (an acknowledgement only bounds its commit to
 
 from __future__ import annotations
 
+import pytest
+
 from tests.faults.checker import (
     Ack,
     Failure,
@@ -13,7 +15,7 @@ from tests.faults.checker import (
     summary,
     windows,
 )
-from tests.faults.schedule import KINDS, draw
+from tests.faults.schedule import KINDS, draw, kinds_for
 
 A, B, C = "10.77.1.11:5432", "10.77.1.12:5432", "10.77.1.13:5432"
 
@@ -126,3 +128,18 @@ def test_the_schedule_is_a_function_of_the_seed() -> None:
     freezes = [s for s in draw(3, 600, 4.0) if s.kind == "freeze-primary-agent"]
     assert freezes and all(s.hold > 4.0 for s in freezes)
     assert len(draw(1, 0, 4.0)) == 1
+
+
+def test_the_new_kinds_draw_their_own_holds_and_replay() -> None:
+    new = ("restart-primary", "kill-postmaster-freeze-agent", "kill-during-promotion")
+    assert set(new) <= set(kinds_for("etcd")) and set(new) <= set(kinds_for("raft"))
+    steps = draw(11, 600, 4.0, new)
+    assert steps == draw(11, 600, 4.0, new) and {s.kind for s in steps} == set(new)
+    kpf = [s for s in steps if s.kind == "kill-postmaster-freeze-agent"]
+    assert all(12.0 <= s.hold <= 30.0 and 0.0 <= s.delay <= 1.0 for s in kpf)
+    assert "delay" in kpf[0].describe()
+    assert all(s.delay == 0.0 for s in steps if s.kind != "kill-postmaster-freeze-agent")
+    only = draw(5, 120, 4.0, ("restart-primary",))
+    assert {s.kind for s in only} == {"restart-primary"} and all(0.5 <= s.hold <= 8.0 for s in only)
+    with pytest.raises(ValueError):
+        draw(1, 10, 4.0, ("no-such-kind",))

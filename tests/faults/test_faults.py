@@ -1,6 +1,6 @@
 """The fault-injection runs (Jepsen-style): a 3-node cluster in network namespaces, concurrent
 writers, a seeded random fault schedule, and the checker's verdict. `--duration` makes a run
-longer, `--seed` replays one; see docs/fault-injection.md."""
+longer, `--seed` replays one, `--fault-kinds` restricts the kinds; see docs/fault-injection.md."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from pgwarden.local.zookeeper import zookeeper_available
 from pgwarden.postgres.conf import slot_name
 from tests.faults.checker import concurrent_writers
-from tests.faults.conftest import duration, seed
+from tests.faults.conftest import duration, fault_kinds, seed
 from tests.faults.harness import FaultCluster
 from tests.faults.run import experiment
+from tests.faults.schedule import kinds_for
 from tests.faults.workload import Workload
 from tests.support.netns import Network, unavailable_reason
 from tests.support.wait import wait_for
@@ -31,15 +32,21 @@ def netns_ok() -> None:
 
 @pytest.mark.fault_run
 @pytest.mark.parametrize(("store", "sync"), [
-    ("etcd", None), ("etcd", "on"), ("zookeeper", None), ("raft", None),
-], ids=["etcd-async", "etcd-sync-on", "zookeeper-async", "raft-async"])
+    ("etcd", None), ("etcd", "on"), ("etcd", "quorum"), ("zookeeper", None), ("raft", None),
+], ids=["etcd-async", "etcd-sync-on", "etcd-sync-quorum", "zookeeper-async", "raft-async"])
 def test_checker_finds_no_violation_under_random_faults(
         store: str, sync: str | None, netns_ok: None, request: pytest.FixtureRequest) -> None:
     if store == "zookeeper" and not zookeeper_available():
         pytest.skip("no ZooKeeper: install Debian's `zookeeper` package (and java)")
+    only = fault_kinds(request.config)
+    kinds = None
+    if only is not None:
+        kinds = tuple(k for k in only if k in kinds_for(store))
+        if not kinds:
+            pytest.skip(f"none of --fault-kinds {','.join(only)} applies to {store}")
     chosen = seed(request.config)
     run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
-    out = experiment(sync, run_seed, duration(request.config), store=store)
+    out = experiment(sync, run_seed, duration(request.config), kinds=kinds, store=store)
     assert out.acks > 0, out.report
     assert not out.violations, f"seed {run_seed}: checker found violations\n{out.report}"
     assert not out.not_converged, f"seed {run_seed}: cluster did not converge\n{out.report}"
