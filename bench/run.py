@@ -26,7 +26,7 @@ from psycopg.conninfo import make_conninfo
 from rich.console import Console
 from rich.table import Table
 
-from bench.drivers.base import ClusterDriver, Timing
+from bench.drivers.base import ClusterDriver, SyncMode, Timing
 from bench.drivers.patroni import PatroniDriver, ensure_environment
 from bench.drivers.pgwarden import PgwardenDriver
 from bench.drivers.pgwarden_netns import PgwardenNetnsDriver
@@ -53,8 +53,8 @@ NETNS_DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
 }
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
 BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
-ALL_SCENARIOS = ["crash", "crash-sync", "partition", "partition-sync", "switchover", "bootstrap", "footprint",
-                 "false-failover"]
+ALL_SCENARIOS = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover",
+                 "bootstrap", "footprint", "false-failover"]
 WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
 AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
 
@@ -160,7 +160,7 @@ def scenario_bootstrap(tool: str, timing: Timing, runs: int) -> Row:
         LIVE.append(driver)
         started = time.monotonic()
         try:
-            driver.up(3, False, timing)
+            driver.up(3, "off", timing)
             row.values.append(time.monotonic() - started)
             say(f"{tool} bootstrap ({timing.label}) run {i + 1}: {row.values[-1]:.2f}s")
         except Exception as e:
@@ -251,12 +251,13 @@ def run_tool(
     """Append rows as scenarios finish, so an interrupted run still prints what it measured."""
     if "bootstrap" in scenarios:
         rows.append(scenario_bootstrap(tool, preset, runs))
-    # One cluster per group: (drivers, synchronous mode, scenarios it runs in this order).
-    groups: list[tuple[dict[str, Callable[[], ClusterDriver]], bool, list[str]]] = [
-        (DRIVERS, False, ["footprint", "false-failover", "switchover", "crash"]),
-        (DRIVERS, True, ["crash-sync"]),
-        (NETNS_DRIVERS, False, ["partition"]),
-        (NETNS_DRIVERS, True, ["partition-sync"]),
+    # One cluster per group: (drivers, synchronous_mode, scenarios it runs in this order).
+    groups: list[tuple[dict[str, Callable[[], ClusterDriver]], SyncMode, list[str]]] = [
+        (DRIVERS, "off", ["footprint", "false-failover", "switchover", "crash"]),
+        (DRIVERS, "on", ["crash-sync"]),
+        (DRIVERS, "quorum", ["crash-quorum"]),
+        (NETNS_DRIVERS, "off", ["partition"]),
+        (NETNS_DRIVERS, "on", ["partition-sync"]),
     ]
     for drivers, sync, wanted in groups:
         todo = [s for s in wanted if s in scenarios]
@@ -272,7 +273,7 @@ def run_tool(
         driver = drivers[tool]()
         LIVE.append(driver)
         try:
-            say(f"{tool} ({preset.label}): starting a 3-node cluster{where} (sync={sync})")
+            say(f"{tool} ({preset.label}): starting a 3-node cluster{where} (synchronous_mode {sync})")
             try:
                 driver.up(3, sync, preset)
             except Exception as e:  # no cluster, no rows: say why and go on with the next group
@@ -381,8 +382,11 @@ METHOD = """## Method
 - Workload (`bench/workload.py`): 2 writer threads, each at most 200 inserts/s, autocommit, through a
   libpq multi-host string with `target_session_attrs=read-write connect_timeout=1`, reconnecting every
   20 ms while no primary answers. Times are the client's monotonic clock.
-- crash / crash-sync: SIGKILL, in one sweep, of the primary's agent, its postmaster and all their
-  descendants (a node crash). Value = longest gap between acknowledged commits from just before the
+- crash / crash-sync / crash-quorum: SIGKILL, in one sweep, of the primary's agent, its postmaster and all
+  their descendants (a node crash), with `synchronous_mode` off, on and quorum (pgwarden `local up --sync
+  quorum`, Patroni `synchronous_mode: quorum`; `synchronous_node_count` 1: each commit waits for 1 of the
+  2 standbys). Each kill waits until the tool names its synchronous standby (on) or both standbys as
+  quorum voters (quorum). Value = longest gap between acknowledged commits from just before the
   kill until the first commit acknowledged by another server. Rows lost = acknowledged ids missing on
   the new primary (summed over runs). Failed tx = statements that raised (summed over runs). The killed
   node is restarted and the cluster must be healthy again before the next run.
@@ -457,8 +461,8 @@ def main() -> int:
     finally:
         for driver in list(LIVE):
             driver.down()
-    order = ["crash", "crash-sync", "partition", "partition-sync", "switchover", "bootstrap", "footprint-rss",
-             "footprint-cpu", "false-failover"]
+    order = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover", "bootstrap",
+             "footprint-rss", "footprint-cpu", "false-failover"]
     rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool != "patroni", r.tool))
     print_table(rows)
     if args.write and rows:

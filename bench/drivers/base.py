@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+# synchronous_mode of a benchmark cluster: off (asynchronous), on (each commit waits for the named
+# synchronous standby), quorum (each commit waits for synchronous_node_count of the voters).
+SyncMode = Literal["off", "on", "quorum"]
 
 
 @dataclass(frozen=True)
@@ -28,8 +32,9 @@ class ClusterDriver(Protocol):
     presets: dict[str, Timing]
     keep: bool  # keep the run directory (logs, data) after down(): set once a run failed
 
-    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
-        """Start a fresh cluster from nothing and return once it is healthy."""
+    def up(self, nodes: int = 3, sync: SyncMode = "off", timing: Timing | None = None) -> None:
+        """Start a fresh cluster from nothing in synchronous_mode `sync` and return once it is
+        healthy (in a synchronous mode: once the tool promises a synchronous standby or quorum)."""
 
     def dsn(self) -> str:
         """libpq multi-host connection string with credentials (the workload adds read-write)."""
@@ -51,7 +56,8 @@ class ClusterDriver(Protocol):
         """Start again every agent this driver killed, so the cluster can return to full strength."""
 
     def wait_healthy(self, timeout: float) -> None:
-        """Wait for one primary and every other member streaming from it."""
+        """Wait for one primary and every other member streaming from it (and, in a synchronous
+        mode, the synchronous promise in place: see `up`)."""
 
     def leader_changes(self) -> int:
         """Leader changes so far, from the tool's own history (for the false-failover scenario)."""

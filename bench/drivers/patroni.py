@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import yaml
 
-from bench.drivers.base import ClusterError, Timing
+from bench.drivers.base import ClusterError, SyncMode, Timing
 from bench.procs import alive, descendants, free_port, http_json, kill_pids, postmaster_pid, wait_for
 from tests.support.netns import Network
 
@@ -33,6 +33,8 @@ SUPERUSER_PASSWORD = "bench-super"
 REPLICATION_PASSWORD = "bench-repl"
 
 NETNS_PG_PORT, NETNS_API_PORT, NETNS_ETCD_PORTS = 5432, 8008, (2379, 2380)
+
+SYNCHRONOUS_MODE: dict[SyncMode, bool | str] = {"off": False, "on": True, "quorum": "quorum"}
 
 PRESETS = {
     # Patroni's built-in defaults (patroni/config.py).
@@ -138,14 +140,14 @@ class PatroniDriver:
     etcd: subprocess.Popen[bytes] | None = None
     etcd_port: int = 0
     etcd_host: str = "127.0.0.1"
-    sync: bool = False
+    sync: SyncMode = "off"
     # With a network, the driver makes etcd a host ("store") and each node a host of its own, and
     # destroys the network in down(). Without one, everything runs on loopback.
     net: Network | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
+    def up(self, nodes: int = 3, sync: SyncMode = "off", timing: Timing | None = None) -> None:
         timing = timing or self.presets["default"]
         self.sync = sync
         ensure_environment()
@@ -204,7 +206,7 @@ class PatroniDriver:
             lambda: (http_json(f"{client_url}/health") or {}).get("health") == "true", 30, "etcd /health"
         )
 
-    def _config(self, node: Node, sync: bool, timing: Timing) -> dict[str, Any]:
+    def _config(self, node: Node, sync: SyncMode, timing: Timing) -> dict[str, Any]:
         return {
             "scope": "bench",
             "name": node.name,
@@ -220,7 +222,8 @@ class PatroniDriver:
                     "loop_wait": int(timing.loop_wait),
                     "retry_timeout": int(timing.retry_timeout),
                     "maximum_lag_on_failover": 1048576,
-                    "synchronous_mode": sync,
+                    # false | true | "quorum" (Patroni >= 4.0); synchronous_node_count stays 1.
+                    "synchronous_mode": SYNCHRONOUS_MODE[sync],
                     "postgresql": {
                         "use_pg_rewind": True,
                         "use_slots": True,
@@ -355,16 +358,24 @@ class PatroniDriver:
         members = self._cluster().get("members", [])
         leaders = [m for m in members if m.get("role") == "leader" and m.get("state") == "running"]
         streaming = [m for m in members if m.get("role") != "leader" and m.get("state") == "streaming"]
-        # In synchronous mode Patroni only promotes a member its /sync key names, and it writes that key
-        # one loop after the standby became synchronous: until then a crash leaves no candidate at all.
-        sync_ok = not self.sync or any(m.get("role") == "sync_standby" for m in streaming)
-        return len(leaders) == 1 and len(streaming) == len(self.nodes) - 1 and sync_ok
+        return len(leaders) == 1 and len(streaming) == len(self.nodes) - 1 and self._sync_ok(streaming)
+
+    def _sync_ok(self, streaming: list[dict[str, Any]]) -> bool:
+        """In synchronous mode Patroni only promotes a member its /sync key names, and it writes that
+        key one loop after the standby became synchronous: until then a crash leaves no candidate at
+        all. /cluster shows the key's members as role `sync_standby` (on) or `quorum_standby` (quorum);
+        in quorum mode wait until every standby is a voter, quorum mode's steady state."""
+        if self.sync == "on":
+            return any(m.get("role") == "sync_standby" for m in streaming)
+        if self.sync == "quorum":
+            return bool(streaming) and all(m.get("role") == "quorum_standby" for m in streaming)
+        return True
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(
             self._healthy,
             timeout,
-            "Patroni: one leader, all replicas streaming (one sync_standby in sync mode)",
+            "Patroni: one leader, all replicas streaming (a sync_standby, or all quorum_standby)",
             interval=0.2,
         )
 

@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.drivers.base import ClusterError, Timing
+from bench.drivers.base import ClusterError, SyncMode, Timing
 from bench.procs import alive, descendants, http_json, kill_pids, wait_for
 
 BASE = Path("/var/lib/pgwarden-bench")
@@ -26,16 +26,24 @@ PRESETS = {
 }
 
 
-def sync_promised(api_urls: Iterable[str]) -> bool:
-    """The store names a synchronous standby (GET /cluster's `sync.members`), as the first member
-    that answers tells it."""
+def sync_promised(api_urls: Iterable[str], mode: SyncMode, standbys: Collection[str]) -> bool:
+    """The store's synchronous promise (GET /cluster's `sync`: leader, members, quorum), as the
+    first member that answers tells it, is in place for `mode`: `on`, it names a synchronous
+    standby; `quorum`, it names every one of `standbys` as a voter with a quorum of at least 1 (the
+    steady state of quorum mode, so each run's kill meets the same promise). Always true when off."""
+    if mode == "off":
+        return True
     for url in api_urls:
         try:
             cluster = http_json(f"{url.rstrip('/')}/cluster", timeout=1.0)
         except Exception:  # a member being restarted: ask the next one
             continue
         sync = cluster.get("sync") if isinstance(cluster, dict) else None
-        return bool(sync and sync.get("members"))
+        if not sync or not sync.get("members"):
+            return False
+        if mode == "quorum":
+            return int(sync.get("quorum") or 0) >= 1 and set(standbys) <= set(sync["members"])
+        return True
     return False
 
 
@@ -46,7 +54,7 @@ class PgwardenDriver:
     keep: bool = False
     cli: list[str] = field(default_factory=lambda: [sys.executable, "-m", "pgwarden"])
     dir: Path | None = None
-    sync: bool = False
+    sync: SyncMode = "off"
     store: str = "etcd"  # `local up --store`: etcd | zookeeper | raft
     _members: list[str] = field(default_factory=list)
     _killed: list[str] = field(default_factory=list)
@@ -69,14 +77,14 @@ class PgwardenDriver:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
+    def up(self, nodes: int = 3, sync: SyncMode = "off", timing: Timing | None = None) -> None:
         timing = timing or self.presets["default"]
         self.sync = sync
         BASE.mkdir(parents=True, exist_ok=True)
         self.dir = BASE / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.name}"
         args = ["local", "up", "--nodes", str(nodes), "--dir", str(self.dir)]
-        if sync:
-            args += ["--sync", "on"]
+        if sync != "off":
+            args += ["--sync", sync]  # on | quorum
         if self.store != "etcd":
             args += ["--store", self.store]
         # Timing is cluster-wide and lives in the store: seed it at bootstrap with --set.
@@ -118,9 +126,10 @@ class PgwardenDriver:
         primaries = [m for m in members if m.get("role") == "primary" and m.get("state") == "running"]
         streaming = [m for m in members if m.get("role") == "replica" and m.get("state") == "running"
                      and m.get("streaming")]
-        # A crash before the store names a synchronous standby leaves no safe candidate (SAFETY.md rule 7):
-        # wait for it. Issue 2 does not fix the field yet; accept `sync: true` or role `sync_standby`.
-        sync_ok = not self.sync or sync_promised(str(m["api_url"]) for m in members)
+        # A crash before the store names a synchronous standby (or quorum) leaves no safe candidate
+        # (SAFETY.md rule 7): wait for it.
+        sync_ok = sync_promised((str(m["api_url"]) for m in members), self.sync,
+                                [str(m["name"]) for m in streaming])
         return len(primaries) == 1 and len(streaming) == len(self._members) - 1 and sync_ok
 
     def wait_healthy(self, timeout: float) -> None:

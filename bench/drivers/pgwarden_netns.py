@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench.drivers.base import ClusterError, Timing
+from bench.drivers.base import ClusterError, SyncMode, Timing
 from bench.drivers.pgwarden import PRESETS, sync_promised
 from bench.procs import http_json, wait_for
 from pgwarden.local.layout import seed_settings
@@ -22,18 +22,19 @@ class PgwardenNetnsDriver:
     presets: dict[str, Timing] = field(default_factory=lambda: dict(PRESETS))
     keep: bool = False
     store: str = "etcd"
-    sync: bool = False
+    sync: SyncMode = "off"
     _net: Network | None = None
     _cluster: FaultCluster | None = None
 
-    def up(self, nodes: int = 3, sync: bool = False, timing: Timing | None = None) -> None:
+    def up(self, nodes: int = 3, sync: SyncMode = "off", timing: Timing | None = None) -> None:
         if nodes != 3:
             raise ClusterError("the namespaced layout has exactly 3 nodes")
         timing = timing or self.presets["default"]
         self.sync = sync
         self._net = Network()
         self._net.create()
-        cl = FaultCluster(self._net, sync="on" if sync else None, log=lambda _: None, store=self.store)
+        cl = FaultCluster(self._net, sync=None if sync == "off" else sync, log=lambda _: None,
+                          store=self.store)
         # Timing lives in the store, seeded at bootstrap, as `local up --set` does it.
         cl.settings = seed_settings(cl.sync, [f"ttl={timing.ttl:g}", f"loop_wait={timing.loop_wait:g}",
                                               f"retry_timeout={timing.retry_timeout:g}"])
@@ -65,7 +66,9 @@ class PgwardenNetnsDriver:
         cl = self.cluster
         if convergence_problems(cl.statuses()):
             return False
-        return not self.sync or sync_promised(f"http://{cl.addr(n)}:{API_PORT}" for n in cl.names)
+        leader = cl.primary() if self.sync == "quorum" else None
+        standbys = [n for n in cl.names if n != leader]
+        return sync_promised((f"http://{cl.addr(n)}:{API_PORT}" for n in cl.names), self.sync, standbys)
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(self._healthy, timeout, "pgwarden (netns): one primary and all replicas streaming",
