@@ -38,14 +38,13 @@ from pgwarden.core.actions import (
     StopPostgres,
     TakeInitLock,
     Upstream,
-    Wipe,
     WriteSyncState,
 )
+from pgwarden.core.commands import local_command
 from pgwarden.core.model import (
     ClusterView,
     DataState,
     FailoverRequest,
-    LocalCommand,
     MemberInfo,
     Observation,
     PgView,
@@ -63,7 +62,7 @@ def decide(obs: Observation) -> Decision:
         return _uninitialized(obs, view)
     pg = obs.pg
     if obs.command is not None:
-        carried = _command(obs, view)
+        carried = local_command(obs, view)
         if carried is not None:
             return carried
     if pg.system_id and pg.system_id != view.initialized:
@@ -177,30 +176,7 @@ def _needs_data(obs: Observation, view: ClusterView) -> Decision:
     return Decision((Clone(src),), f"cloning from {src.name}")
 
 
-# -- operators' local commands ------------------------------------------------------------------
-
-
-def _command(obs: Observation, view: ClusterView) -> Decision | None:
-    """POST /restart and POST /reinitialize, decided here like everything else: a leader's restart
-    renews first and only stops PostgreSQL; the next loop starts it in whatever role the rules
-    then allow (as primary only under a still-valid lease, rule 12). None: carry on as usual."""
-    me = obs.me.name
-    leads = view.leader is not None and view.leader.name == me
-    if obs.command == LocalCommand.REINITIALIZE:
-        if leads or obs.lease.held:
-            return Decision((), "reinitialize refused: this node holds the leader lease; switch over first")
-        leader = _leader_member(view)
-        if leader is None or not leader.running:
-            return Decision((), "reinitialize refused: no running leader to clone from")
-        return Decision((StopPostgres("immediate", "reinitialize requested"), Wipe("reinitialize requested")),
-                        f"reinitializing: wiping the data directory to clone it from {leader.name}")
-    if obs.command == LocalCommand.RESTART and obs.pg.running:
-        if leads and obs.lease.held:
-            return Decision((RenewLease(), StopPostgres("fast", "restart requested", restart=True)),
-                            "restart requested: stopping PostgreSQL; it starts again next loop")
-        return Decision((StopPostgres("fast", "restart requested", restart=True),),
-                        "restart requested: stopping PostgreSQL; it starts again next loop")
-    return None
+# -- pausing ----------------------------------------------------------------------------------
 
 
 def _held_back(obs: Observation, settings: ClusterSettings) -> bool:
