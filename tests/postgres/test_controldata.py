@@ -64,6 +64,8 @@ def test_replica_shut_down_in_recovery() -> None:
     ("shut down", True, True),
     ("in archive recovery", False, False),
     ("in crash recovery", True, False),
+    ("shutting down", True, False),
+    ("shut down in recovery", False, True),
 ])
 def test_states(state: str, primary: bool, clean: bool) -> None:
     cd = parse_controldata(SAMPLE.replace("in production", state))

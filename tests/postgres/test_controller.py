@@ -16,7 +16,7 @@ import pytest
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.actions import EnsureSlots
-from pgwarden.core.model import NO_SYNC, DataState, SyncConfig
+from pgwarden.core.model import NO_SYNC, DataState, SyncConfig, lsn_to_int
 from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from tests.support.pg import (
@@ -276,3 +276,84 @@ def test_the_agent_makes_sure_of_slots_again_after_its_server_changed(
     assert run.run((EnsureSlots(frozenset(want)),), None, restarted)
     assert "r9" in _slots(p)
     p.ensure_slots({"r1"})
+
+
+def _show_sync(ctl: PostgresController) -> str:
+    return str(query(ctl._cfg, "SHOW synchronous_standby_names")[0][0])
+
+
+def _current_lsn(ctl: PostgresController) -> int:
+    lsn = lsn_to_int(str(query(ctl._cfg, "SELECT pg_current_wal_lsn()::text")[0][0]))
+    assert lsn is not None
+    return lsn
+
+
+def _fail_reload(timeout: float) -> bool:
+    raise PostgresError("simulated: configuration reload not applied")
+
+
+def test_sync_is_what_the_server_runs_not_what_the_file_says(
+        pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload that failed once leaves the file naming a set the server does not wait for:
+    observe() must report the server's live set, and set_sync must still apply the file's."""
+    p = pair.p
+    a = SyncConfig(1, frozenset({"r1"}))
+    b = SyncConfig(1, frozenset({"r1", "ghost"}))
+    try:
+        p.set_sync(a)
+        assert _show_sync(p) == 'ANY 1 ("r1")'
+        applied_a = p.observe(2).sync_applied_lsn
+        assert applied_a is not None
+
+        with monkeypatch.context() as m:
+            m.setattr(p, "_reload_and_wait", _fail_reload)
+            with pytest.raises(PostgresError, match="simulated"):
+                p.set_sync(b)
+        assert _show_sync(p) == 'ANY 1 ("r1")'  # the file says b; the server still runs a
+        v = p.observe(2)
+        assert v.sync == a, f"reported {v.sync}, the server waits for {_show_sync(p)!r}"
+        assert v.sync_applied_lsn == applied_a
+
+        query(p._cfg, "INSERT INTO t VALUES (10, 'advance the WAL')")
+        before_b = _current_lsn(p)
+        p.set_sync(b)
+        assert _show_sync(p) == 'ANY 1 ("ghost", "r1")', "set_sync(b) did not reach the server"
+        v = p.observe(2)
+        assert v.sync == b and v.sync_applied_lsn is not None and v.sync_applied_lsn >= before_b
+
+        # A reload applied behind our back (the signal got through after all): the next
+        # observation sees the change and counts it from no earlier than its own LSN.
+        with monkeypatch.context() as m:
+            m.setattr(p, "_reload_and_wait", _fail_reload)
+            with pytest.raises(PostgresError, match="simulated"):
+                p.set_sync(a)
+        assert p.observe(2).sync == b
+        query(p._cfg, "INSERT INTO t VALUES (11, 'advance the WAL')")
+        before_reload = _current_lsn(p)
+        query(p._cfg, "SELECT pg_reload_conf()")
+        v = wait_for(lambda: (lambda v: v if v.sync == a else None)(p.observe(2)), 10,
+                     "the reloaded set observed")
+        assert v.sync_applied_lsn is not None and v.sync_applied_lsn >= before_reload
+    finally:
+        query(p._cfg, "DELETE FROM t WHERE id IN (10, 11)")
+        p.set_sync(NO_SYNC)
+    assert _show_sync(p) == "" and p.observe(2).sync == NO_SYNC
+
+
+def test_set_sync_fails_when_the_server_does_not_take_the_setting(pair: Pair) -> None:
+    """ALTER SYSTEM (postgresql.auto.conf) overrides our file: set_sync must not claim success,
+    and observe() must report what the server really waits for, FIRST included."""
+    p = pair.p
+    try:
+        query(p._cfg, "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (r1, r2)'")
+        query(p._cfg, "SELECT pg_reload_conf()")
+        want = SyncConfig(1, frozenset({"r1", "r2"}))
+        wait_for(lambda: p.observe(2).sync == want, 10, "the ALTER SYSTEM setting observed")
+        with pytest.raises(PostgresError, match="synchronous_standby_names"):
+            p.set_sync(SyncConfig(1, frozenset({"r1"})))
+    finally:
+        query(p._cfg, "ALTER SYSTEM RESET synchronous_standby_names")
+        query(p._cfg, "SELECT pg_reload_conf()")
+        wait_for(lambda: _show_sync(p) in ("", 'ANY 1 ("r1")'), 10, "the override gone")
+        p.set_sync(NO_SYNC)
+    assert _show_sync(p) == "" and p.observe(2).sync == NO_SYNC

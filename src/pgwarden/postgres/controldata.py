@@ -6,6 +6,7 @@ labels are the English ones parsed here.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from pgwarden.core.model import lsn_to_int
 from pgwarden.postgres import osuser
 
 # States a primary leaves behind; "in crash recovery" counts too: only a primary (or a standby
-# without standby.signal, which then also comes up as a primary) does crash recovery.
-_PRIMARY_STATES = {"in production", "shut down", "in crash recovery"}
+# without standby.signal, which then also comes up as a primary) does crash recovery. "shutting
+# down" is a primary killed during its shutdown (or end-of-recovery) checkpoint: a standby's
+# shutdown restartpoint leaves "in archive recovery" or "shut down in recovery".
+_PRIMARY_STATES = {"in production", "shut down", "in crash recovery", "shutting down"}
 _CLEAN_STATES = {"shut down", "shut down in recovery"}
 
 
@@ -86,3 +89,29 @@ def read_controldata(bin_dir: Path, data_dir: Path, os_user: str, timeout: float
     if res.returncode != 0:
         raise ControlDataError(f"pg_controldata failed ({res.returncode}): {res.stderr.strip()}")
     return parse_controldata(res.stdout)
+
+
+def unstarted_backup(data_dir: Path) -> bool:
+    """A base backup (or a pg_rewind result) whose recovery has not started: it holds a
+    backup_label, and a base backup's pg_control is its source's copy ("in production"), so
+    `was_primary` does not tell. It was never a primary of its own."""
+    return (data_dir / "backup_label").exists()
+
+
+def primary_start_refusal(bin_dir: Path, data_dir: Path, os_user: str, timeout: float) -> str | None:
+    """Why the stopped `data_dir` must not be started as a primary, None when it may.
+
+    A data directory that was last a standby becomes a primary only by promotion, which opens a
+    new timeline. Started as a primary (without standby.signal) it would take writes on its old
+    timeline: a fork that neither timeline comparison nor pg_rewind can see (SAFETY rule 4).
+    """
+    how = "start it as a standby and promote it"
+    if unstarted_backup(data_dir):
+        return f"it holds a backup_label (a base backup or rewound directory that never ran); {how}"
+    try:
+        cd = read_controldata(bin_dir, data_dir, os_user, timeout)
+    except (ControlDataError, OSError, subprocess.SubprocessError) as e:
+        return f"cannot read pg_control to tell whether it was a standby: {e}"
+    if not cd.was_primary:
+        return f"pg_control says it was last a standby (state {cd.state!r}); {how}"
+    return None

@@ -27,7 +27,7 @@ from psycopg import sql as pgsql
 
 from pgwarden.config.schema import ClusterSettings, NodeConfig, SyncMode
 from pgwarden.core.model import NO_SYNC, DataState, PgView, SyncConfig, lsn_to_int
-from pgwarden.postgres import binaries, conf, controldata, osuser, sql
+from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
 
 log = logging.getLogger("pgwarden.postgres")
 
@@ -113,9 +113,9 @@ class PostgresController:
         self._state = self._load_state()
         self._probe_lock = threading.Lock()
         self._probe_thread: threading.Thread | None = None
-        # The primary's LSN when the sync setting we last wrote took effect; None = not known
-        # yet, and the next healthy observation uses its current LSN (later is conservative).
-        self._sync_applied_lsn: int | None = None
+        # synchronous_standby_names as the server last answered it (the file can be ahead of
+        # it after a reload that did not go through) and the LSN when it took effect.
+        self._live = sync_names.LiveSyncTracker()
         self._unhealthy_since: float | None = None
         self._pending_restart = False
         log.info("postgres %d binaries in %s, data in %s, OS user %s",
@@ -268,16 +268,23 @@ class PostgresController:
                  f"{up.member}@{up.host}:{up.port}" if up else None, conf.sync_standby_names(state.sync))
 
     def _reload_and_wait(self, timeout: float) -> bool:
-        """Reload and wait until the postmaster runs the config we wrote; return pending_restart."""
+        """Reload and wait until the postmaster runs the config we wrote; return pending_restart.
+        Notes the sync setting the server then runs (self._live)."""
         deadline = time.monotonic() + timeout
-        with self._local(timeout) as conn:
-            conn.execute("SELECT pg_reload_conf()")
+        pid = self.postmaster_pid()
+        self._live.reloading(self._state.sync)
+        try:
+            with self._local(timeout) as conn:
+                conn.execute("SELECT pg_reload_conf()")
+        except psycopg.Error as e:
+            raise PostgresError(f"configuration reload failed: {e}") from e
         want = self._state.generation
         while True:
             left = deadline - time.monotonic()
             try:
                 with self._local(max(left, 0.5)) as conn:
                     if sql.current_generation(conn) == want:
+                        self._note_live(pid, conn)
                         row = conn.execute(
                             "SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings"
                         ).fetchone()
@@ -287,6 +294,10 @@ class PostgresController:
             if left <= 0:
                 raise PostgresError(f"configuration reload not applied within {timeout:g}s")
             time.sleep(0.05)
+
+    def _note_live(self, pid: int | None, conn: psycopg.Connection[Any]) -> SyncConfig:
+        live = sql.query_live_sync(conn)
+        return self._live.note(pid, live.names, live.in_recovery, live.current_lsn)
 
     # ---- observation ---------------------------------------------------------------------
 
@@ -358,29 +369,31 @@ class PostgresController:
             except (controldata.ControlDataError, OSError, subprocess.SubprocessError) as e:
                 log.warning("cannot read pg_control: %s", e)
                 return base
+            was_primary = cd.was_primary and not controldata.unstarted_backup(self.data_dir)
             return replace(base, system_id=cd.system_id, timeline=cd.timeline,
-                           checkpoint_lsn=_end_lsn(cd), was_primary=cd.was_primary,
+                           checkpoint_lsn=_end_lsn(cd), was_primary=was_primary,
                            clean_shutdown=cd.clean_shutdown)
         health = self._probe(timeout - (time.monotonic() - started))
         if health is None:
             now = time.monotonic()
             if self._unhealthy_since is None:
                 self._unhealthy_since = now
+            known = self._live.known(pid)
             return replace(base, running=True, healthy=False, postmaster_pid=pid,
+                           sync=st.sync if known is None else known,
                            unhealthy_for=now - self._unhealthy_since)
         self._unhealthy_since = None
-        if health.in_recovery:
-            self._sync_applied_lsn = None
-        elif self._sync_applied_lsn is None:
-            self._sync_applied_lsn = health.current_lsn
+        # What the server waits for, not what we last wrote: a reload may not have gone through.
+        live = self._live.note(pid, health.sync_standby_names, health.in_recovery,
+                               health.current_lsn)
         return replace(
-            base, running=True, healthy=True, postmaster_pid=pid,
+            base, sync=live, running=True, healthy=True, postmaster_pid=pid,
             in_recovery=health.in_recovery, system_id=health.system_id, timeline=health.timeline,
             lsn=health.lsn, received_lsn=health.received_lsn, replayed_lsn=health.replayed_lsn,
             streaming=health.receiver_status == "streaming",
             replication=health.replication if not health.in_recovery else (),
             pending_restart=health.pending_restart, version=health.version_num // 10000,
-            sync_applied_lsn=None if health.in_recovery else self._sync_applied_lsn,
+            sync_applied_lsn=self._live.applied_lsn,
         )
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -465,11 +478,17 @@ class PostgresController:
             return
         if self.data_state() is not DataState.VALID:
             raise PostgresError(f"cannot start: {self.data_dir} holds no valid data directory")
+        if role == "primary":
+            # Rule 4: a standby's data directory becomes a primary only by promotion.
+            refusal = controldata.primary_start_refusal(self.bin_dir, self.data_dir, self.os_user,
+                                                        max(1.0, min(wait_timeout, 30.0)))
+            if refusal is not None:
+                raise PostgresError(f"refusing to start {self.data_dir} as a primary: {refusal}")
         self._ensure_layout()
         self._remove_stale_pidfile()
         up = conf.Upstream(*upstream) if role == "replica" and upstream else None
         self._write_config(conf.ConfState(role, up, self._state.sync, ""))
-        self._sync_applied_lsn = None
+        self._live.forget()
         argv = [self._bin("pg_ctl"), "start", "-D", str(self.data_dir), "-w",
                 "-t", str(max(1, int(wait_timeout))), "-l", str(self.log_file)]
         try:
@@ -526,12 +545,28 @@ class PostgresController:
         self._remove_stale_pidfile()
 
     def promote(self, timeout: float) -> None:
-        """Promote the running standby and wait until it accepts writes."""
+        """Promote the running standby and wait until it accepts writes.
+
+        The new primary's synchronous setting (_sync_after_promotion) is reloaded while it is
+        still a standby (the server accepts it in recovery and enforces it the moment recovery
+        ends), so it holds from the first commit. standby.signal stays until pg_promote removes
+        it: a crash before the promotion must bring the server back as a standby.
+        """
         deadline = time.monotonic() + timeout
-        wait_s = max(1, int(timeout))
+        sync_after = self._sync_after_promotion()
+        try:
+            with self._local(timeout) as conn:
+                standby = sql.query_live_sync(conn).in_recovery
+        except psycopg.Error as e:
+            raise PostgresError(f"cannot set the synchronous setting before promoting: {e}") from e
+        if standby:
+            self._write_config(conf.ConfState("replica", self._state.upstream, sync_after, ""))
+            self._reload_and_wait(max(1.0, deadline - time.monotonic()))
+        left = max(1.0, deadline - time.monotonic())
+        wait_s = max(1, int(left))
         ok = False
         try:
-            with self._local(timeout + 1) as conn:
+            with self._local(left + 1) as conn:
                 log.info("SELECT pg_promote(wait => true, wait_seconds => %d)", wait_s)
                 row = conn.execute("SELECT pg_promote(wait => true, wait_seconds => %s)",
                                    (wait_s,)).fetchone()
@@ -555,7 +590,7 @@ class PostgresController:
             if time.monotonic() > deadline:
                 raise PostgresError(f"still in recovery {timeout:g}s after promote")
             time.sleep(0.05)
-        self._write_config(conf.ConfState("primary", None, self._sync_after_promotion(), ""))
+        self._write_config(conf.ConfState("primary", None, sync_after, ""))
         self._reload_and_wait(max(1.0, deadline - time.monotonic()))
 
     def _sync_after_promotion(self) -> SyncConfig:
@@ -586,34 +621,47 @@ class PostgresController:
         up = conf.Upstream(*upstream) if role == "replica" and upstream else None
         state = conf.ConfState(role, up, sync, self._state.generation)
         running = self.postmaster_pid() is not None
-        if self._config_unchanged(state, settings):
+        if self._config_unchanged(state, settings) and (not running or self._runs_our_file(timeout)):
             return running and self._pending_restart
-        sync_changed = sync != self._state.sync
         self._write_config(state, settings)
-        if sync_changed:
-            self._sync_applied_lsn = None
         if not running:
             return False
         self._pending_restart = self._reload_and_wait(timeout)
         return self._pending_restart
 
+    def _runs_our_file(self, timeout: float) -> bool:
+        """Does the server run the config file we last wrote (a reload may have failed)?"""
+        try:
+            with self._local(timeout) as conn:
+                return sql.current_generation(conn) == self._state.generation
+        except psycopg.Error as e:
+            log.debug("cannot read the running configuration's generation: %s", e)
+            return False
+
     def set_sync(self, sync: SyncConfig, timeout: float = 5.0) -> None:
         """Make synchronous_standby_names enforce `sync`; returns once the server runs it, and
-        records the primary's LSN at that moment (PgView.sync_applied_lsn)."""
+        records the primary's LSN at that moment (PgView.sync_applied_lsn). Skips the reload
+        only when the server, asked now, already runs `sync` and the file says so too: after a
+        reload that did not go through, the file is ahead of the server."""
         deadline = time.monotonic() + timeout
-        running = self.postmaster_pid() is not None
-        if running and self._config_unchanged(replace(self._state, sync=sync), None):
-            return  # already enforced since _sync_applied_lsn
-        self._write_config(replace(self._state, sync=sync))
-        self._sync_applied_lsn = None
-        if not running:
+        state = replace(self._state, sync=sync)
+        pid = self.postmaster_pid()
+        if pid is None:
+            self._write_config(state)
             return
-        self._reload_and_wait(timeout)
-        with self._local(max(0.5, deadline - time.monotonic())) as conn:
-            row = conn.execute(
-                "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
-            ).fetchone()
-            self._sync_applied_lsn = lsn_to_int(row[0]) if row else None
+        try:
+            with self._local(timeout) as conn:
+                live = self._note_live(pid, conn)
+        except psycopg.Error as e:
+            raise PostgresError(f"cannot read synchronous_standby_names: {e}") from e
+        if live == sync and self._config_unchanged(state, None):
+            return  # already enforced since PgView.sync_applied_lsn
+        self._write_config(state)
+        self._reload_and_wait(max(0.5, deadline - time.monotonic()))
+        if self._live.sync != sync:
+            raise PostgresError(
+                f"synchronous_standby_names is {self._live.names!r} after the reload, not "
+                f"{conf.sync_standby_names(sync)!r} (overridden in postgresql.auto.conf?)")
 
     def ensure_slots(self, names: set[str], timeout: float = 5.0) -> None:
         """On the primary: a physical slot for each member in `names` (member or slot names;
@@ -705,6 +753,12 @@ class PostgresController:
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
+
+    def fresh_health(self, timeout: float) -> sql.Health:
+        """The health query now, on a connection of its own: a peer deciding a promotion needs
+        our position as it is, not as our last loop saw it (rule 7)."""
+        with sql.connect(self._local_params(), timeout) as conn:
+            return sql.query_health(conn)
 
 
 def _end_lsn(cd: controldata.ControlData) -> int | None:

@@ -160,6 +160,27 @@ def query_health(conn: psycopg.Connection[Any]) -> Health:
     )
 
 
+@dataclass(frozen=True)
+class LiveSync:
+    """synchronous_standby_names as the answering session runs it, with the server's role and
+    (on a primary) its current WAL position."""
+
+    names: str
+    in_recovery: bool
+    current_lsn: int | None
+
+
+def query_live_sync(conn: psycopg.Connection[Any]) -> LiveSync:
+    row = conn.execute(
+        "SELECT current_setting('synchronous_standby_names'), r, "
+        "CASE WHEN r THEN NULL ELSE pg_current_wal_lsn()::text END "
+        "FROM pg_is_in_recovery() r"
+    ).fetchone()
+    if row is None:
+        raise psycopg.InterfaceError("synchronous_standby_names query returned no row")
+    return LiveSync(names=str(row[0]), in_recovery=bool(row[1]), current_lsn=lsn_to_int(row[2]))
+
+
 def current_generation(conn: psycopg.Connection[Any]) -> str | None:
     """The `pgwarden.generation` marker of the configuration this session runs with."""
     row = conn.execute("SELECT current_setting('pgwarden.generation', true)").fetchone()
