@@ -317,7 +317,7 @@ def test_a_postmaster_the_agent_never_recorded_is_found_through_postmaster_pid(
         tmp_path: Path, spawned: list[Proc]) -> None:
     """The agent armed (no pid yet), started PostgreSQL and froze before recording its pid: the
     fencer finds the postmaster through the data directory's postmaster.pid. A stale file naming
-    a process of another directory is no target."""
+    a process of another directory is no target, nor is a server in standby mode."""
     data = tmp_path / "data"
     other = tmp_path / "elsewhere"
     data.mkdir()
@@ -334,7 +334,11 @@ def test_a_postmaster_the_agent_never_recorded_is_found_through_postmaster_pid(
            "a process that merely reused the pid in a stale postmaster.pid was killed")
     postmaster = subprocess.Popen(["sleep", "60"], cwd=data)
     spawned.append(postmaster)
+    # In standby mode (standby.signal present) it takes no writes: not a target.
+    (data / "standby.signal").write_text("")
     (data / "postmaster.pid").write_text(f"{postmaster.pid}\n{data}\n")
+    _holds(lambda: postmaster.poll() is None, 0.5, "a standby's postmaster was fenced")
+    (data / "standby.signal").unlink()  # promoted: now it could acknowledge commits
     wait_for(lambda: postmaster.poll() is not None, 3, "the unrecorded postmaster killed")
     assert stranger.poll() is None
     assert f"fenced postmaster {postmaster.pid}" in (tmp_path / "fencer.log").read_text()

@@ -96,13 +96,19 @@ class Watch:
 
     def target(self, st: FenceState) -> Target | None:
         """The recorded postmaster if it runs and has not been fenced yet; else the one the data
-        directory's postmaster.pid names (started by an agent that froze before recording it)."""
+        directory's postmaster.pid names (started by an agent that froze before recording it),
+        unless it runs in standby mode."""
         pid = st.postmaster_pid
         if pid is not None:
             key = (pid, st.postmaster_start)
             if key not in self.fenced and same_process(pid, st.postmaster_start):
                 return key
         found = postmaster_of(st.data_dir) if st.data_dir else None
+        # A server started in standby mode takes no writes until promoted, and promotion removes
+        # standby.signal: such a postmaster (a replica `pgwarden node rejoin` started while the
+        # armed state of a dead primary's agent was still on disk, say) is left alone.
+        if found is not None and st.data_dir and (Path(st.data_dir) / "standby.signal").exists():
+            found = None
         if found is not None:
             key = (found, process_start_time(found))
             if key not in self.fenced:
