@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pgwarden.core.model import NO_SYNC, SyncConfig
 from pgwarden.postgres import conf
-from pgwarden.postgres.controller import parse_history
+from pgwarden.postgres.provision import parse_history
 
 
 def _params(text: str) -> dict[str, str]:

@@ -1,0 +1,32 @@
+"""Is a process alive? One answer for the fencer, the PostgreSQL controller and the local
+launcher. Standard library only: the fencer imports it and must stay small."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def zombie(pid: int) -> bool:
+    """Exited but not yet reaped (where nothing reaps orphans, a dead postmaster lingers so)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        # Gone between the signal check and now, unless there is no /proc to read at all.
+        return Path("/proc/self/stat").exists()
+    # The state follows the command name, which is in parentheses and may itself hold spaces.
+    fields = stat[stat.rfind(")") + 2:].split()
+    return bool(fields) and fields[0] in ("Z", "X")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """The process exists (whoever owns it) and is not a zombie."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    return not zombie(pid)
