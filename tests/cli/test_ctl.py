@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgwarden.cli.ctl import update_settings
+from pgwarden.cli.ctl import SWITCHOVER_TIMEOUT, update_settings
 from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
+from pgwarden.core.decide import request_patience
 from pgwarden.core.model import HistoryEntry, MemberInfo, Role, Tags
 from pgwarden.store.base import Store
 from pgwarden.store.factory import open_store
@@ -357,3 +358,9 @@ def test_restart_unreachable_member(node_file: Path, store: Store) -> None:
     three(store, node2=member("node2", Role.REPLICA, 5433, 1, api_url=dead))
     r = run_cli("ctl", "-c", str(node_file), "restart", "node2")
     assert r.code == 1 and f"cannot reach node2's REST API at {dead}/restart" in r.err
+
+
+def test_ctl_switchover_waits_longer_than_the_leader_keeps_a_request() -> None:
+    """A request the leader drops (it could not carry it out) is reported by a still-waiting
+    `ctl switchover`, not as a time-out."""
+    assert request_patience(ClusterSettings()) < SWITCHOVER_TIMEOUT

@@ -12,10 +12,10 @@ from typing import assert_never
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
+from pgwarden.core.history import merge_history
 from pgwarden.core.model import (
     NO_SYNC,
     ClusterView,
-    HistoryEntry,
     PgView,
     SyncConfig,
 )
@@ -301,17 +301,9 @@ class Executor:
         return True
 
     def _publish_history(self, timeline: int, view: ClusterView | None) -> bool:
-        rows = self.pg.read_timeline_history(timeline)
-        known = {e.timeline: e for e in (view.history if view else ())}
-        entries: list[HistoryEntry] = []
-        for tl, lsn, reason in rows:
-            old = known.get(tl)
-            if old is not None:
-                entries.append(old)
-            else:
-                new_leader = self.name if tl == timeline - 1 else None
-                entries.append(HistoryEntry(tl, lsn, reason, time.time(), new_leader))
-        self.store.set_history(tuple(entries), self._timeout())
+        entries = merge_history(self.pg.read_timeline_history(timeline), view.history if view else (),
+                                self.name, timeline, time.time())
+        self.store.set_history(entries, self._timeout())
         return True
 
 

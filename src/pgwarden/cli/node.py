@@ -31,7 +31,8 @@ from pgwarden.cli.ctl import store_hosts, store_what
 from pgwarden.cli.errors import CliError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, FailoverMode, NodeConfig
-from pgwarden.core.model import ClusterView, DataState, HistoryEntry, MemberInfo, PgView, Role
+from pgwarden.core.history import merge_history
+from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
 from pgwarden.store.base import Store, StoreUnavailable
 
 if TYPE_CHECKING:  # imported when used: `pgwarden --help` must not need PostgreSQL
@@ -360,17 +361,9 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
 def _publish_history(node: Node, view: ClusterView, timeline: int) -> None:
     """Record the new timeline in the store as the agent does after promoting, so a later
     promotion elsewhere sees that this timeline exists (see cmd_promote)."""
-    known = {e.timeline: e for e in view.history}
-    entries: list[HistoryEntry] = []
-    for tl, lsn, reason in node.pg.read_timeline_history(timeline):
-        old = known.get(tl)
-        if old is not None:
-            entries.append(old)
-        else:
-            new_leader = node.cfg.name if tl == timeline - 1 else None
-            entries.append(HistoryEntry(tl, lsn, reason or "promoted by hand (pgwarden node promote)",
-                                        time.time(), new_leader))
-    node.store.set_history(tuple(entries), STORE_TIMEOUT)
+    entries = merge_history(node.pg.read_timeline_history(timeline), view.history, node.cfg.name,
+                            timeline, time.time(), "promoted by hand (pgwarden node promote)")
+    node.store.set_history(entries, STORE_TIMEOUT)
 
 
 def _configured_upstream(node: Node) -> tuple[str, str, int] | None:
