@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from pgwarden.config.load import ConfigError, apply_setting, load_node_config, parse_node_config
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import apply_setting, load_node_config, parse_node_config
 from pgwarden.config.schema import ClusterSettings, SyncMode
 
 BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}

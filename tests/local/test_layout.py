@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgwarden.cli.output import CliError
-from pgwarden.config.load import ConfigError, load_node_config
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import load_node_config
+from pgwarden.errors import CliError
 from pgwarden.local.layout import (
     NodePlan,
     OsUser,

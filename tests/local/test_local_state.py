@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.cli.output import CliError
 from pgwarden.config.schema import EtcdConfig, StoreConfig
 from pgwarden.core.model import Role
+from pgwarden.errors import CliError
 from pgwarden.local import procs
-from pgwarden.local.cluster import STAGE_AGENTS, STAGE_EXTRAS, Component, LocalCluster, Options, etcd_healthy
+from pgwarden.local.cluster import LocalCluster, Options
+from pgwarden.local.component import STAGE_AGENTS, STAGE_EXTRAS, Component
+from pgwarden.local.etcd import etcd_healthy
 from pgwarden.local.layout import (
     NodePlan,
     ProcRecord,

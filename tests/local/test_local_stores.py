@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.cli.output import UsageError
-from pgwarden.cli.witness import WitnessConfig
-from pgwarden.config.load import parse_node_config, validate
-from pgwarden.local.cluster import LocalCluster, Options, witness_config
+from pgwarden.config.load import parse_node_config
+from pgwarden.config.validate import validate
+from pgwarden.config.witness import WitnessConfig
+from pgwarden.errors import UsageError
+from pgwarden.local.cluster import LocalCluster, Options
 from pgwarden.local.layout import NodePlan, load_state, node_config, seed_settings
+from pgwarden.local.witness import witness_config
 from pgwarden.local.zookeeper import healthy, zookeeper_available
 
 

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 import pytest
 
-from pgwarden.config.load import replace, validate
+from pgwarden.config.load import replace
 from pgwarden.config.schema import ClusterSettings, SyncMode
+from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, SyncState, Tags
 from pgwarden.store.base import StoreUnavailable
 from tests.support.backends import OPENERS, StoreFactory

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.config.load import ConfigError
+from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import EtcdConfig, StoreConfig, ZooKeeperConfig
 from pgwarden.core.model import FailoverRequest, MemberInfo
 from pgwarden.store.base import StoreUnavailable

@@ -191,7 +191,7 @@ def test_two_data_members_and_a_witness_survive_the_loss_of_one(tmp_path: Path) 
 
 def test_an_agent_or_witness_without_data_dir_is_refused() -> None:
     """A member that forgets its term and vote on restart can vote twice in one term."""
-    from pgwarden.config.load import ConfigError
+    from pgwarden.config.errors import ConfigError
     from pgwarden.config.schema import StoreConfig
     from pgwarden.store.factory import open_store
 

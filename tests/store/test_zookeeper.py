@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from pgwarden.config.load import validate
 from pgwarden.config.schema import ClusterSettings, StoreConfig
+from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, MemberInfo
 from pgwarden.store.base import StoreError, StoreUnavailable, load_member
 from pgwarden.store.factory import open_store

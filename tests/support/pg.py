@@ -21,8 +21,8 @@ from typing import Any
 
 import psycopg
 
-from pgwarden.config.load import validate
 from pgwarden.config.schema import ClusterSettings, NodeConfig
+from pgwarden.config.validate import validate
 from pgwarden.postgres.controller import PostgresController
 
 SUPERUSER = "postgres"

@@ -20,7 +20,8 @@ from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
-from pgwarden.config.load import ConfigError, load_node_config
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Demote, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide

@@ -7,8 +7,8 @@ import argparse
 import sys
 
 from pgwarden.api.lag import parse_lag
-from pgwarden.cli.errors import CliError, UsageError
 from pgwarden.config.load import load_node_config
+from pgwarden.errors import CliError, UsageError
 from pgwarden.routing.haproxy import BALANCE_MODES, Listeners, backends_from_view, render
 
 STORE_TIMEOUT = 5.0

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Protocol, cast
 
 from pgwarden.cli.output import UsageError, console, members_table, print_json
-from pgwarden.local.cluster import STOP_TIMEOUT, STORES, Component, LocalCluster, Options
+from pgwarden.local.cluster import STOP_TIMEOUT, STORES, LocalCluster, Options
+from pgwarden.local.component import Component
 
 # Each module defines `add_up_arguments(parser)` and `up_components(args, cluster) -> list[Component]`;
 # modules not written yet are skipped.

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import NoReturn, Protocol, cast
 
 from pgwarden import __version__
-from pgwarden.cli.errors import CliError, UsageError
-from pgwarden.config.load import ConfigError
+from pgwarden.config.errors import ConfigError
+from pgwarden.errors import CliError, UsageError
 from pgwarden.store.base import StoreError, StoreUnavailable
 
 # Each module defines `register(subparsers)`, adding its subcommand(s) with

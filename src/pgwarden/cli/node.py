@@ -28,11 +28,11 @@ import psycopg
 import urllib3
 
 from pgwarden.cli.ctl import store_hosts, store_what
-from pgwarden.cli.errors import CliError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, FailoverMode, NodeConfig
 from pgwarden.core.history import merge_history
 from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
+from pgwarden.errors import CliError
 from pgwarden.store.base import Store, StoreUnavailable
 
 if TYPE_CHECKING:  # imported when used: `pgwarden --help` must not need PostgreSQL

@@ -1,5 +1,5 @@
-"""What the CLI shows: member rows built from a store snapshot, tables, the topology tree and
-libpq connection strings. Pure functions of their inputs, so they are tested without servers.
+"""What the CLI shows: tables and the topology tree, plus the member rows and libpq connection
+strings of `pgwarden.report`. Pure functions of their inputs, so they are tested without servers.
 """
 
 from __future__ import annotations
@@ -9,83 +9,17 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TextIO
-from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from pgwarden.cli.errors import CliError, UsageError
-from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Role, Tags, int_to_lsn
+from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Tags, int_to_lsn
+from pgwarden.errors import CliError, UsageError
+from pgwarden.report import MEMBER_KEYS, libpq_dsn, member_role, member_rows, stopped_row
 
-# Keys of one member in `ctl list --format json` and `local status --format json`.
-__all__ = ["CliError", "UsageError"]  # re-exported: most commands import everything from here
-
-MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "tags")
-
-
-
-def leader_lsn(view: ClusterView) -> int | None:
-    """The leader's position: its published member LSN, else the last optime it stored."""
-    if view.leader is not None:
-        m = view.members.get(view.leader.name)
-        if m is not None and m.lsn is not None:
-            return m.lsn
-    return view.leader_lsn
-
-
-def member_role(view: ClusterView, m: MemberInfo) -> str:
-    """The lease holder is the primary (or the standby leader of a standby cluster); everyone
-    else is shown as it describes itself, so a second self-declared primary stays visible."""
-    if view.leader is not None and view.leader.name == m.name:
-        return Role.STANDBY_LEADER.value if m.role == Role.STANDBY_LEADER else Role.PRIMARY.value
-    return m.role.value
-
-
-def member_lag(view: ClusterView, m: MemberInfo) -> int | None:
-    top = leader_lsn(view)
-    if top is None or m.lsn is None:
-        return None
-    # A replica may publish a received LSN newer than the leader's last published one.
-    return max(0, top - m.lsn)
-
-
-def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
-    return {
-        "name": m.name,
-        "role": member_role(view, m),
-        "state": m.state,
-        "host": m.host,
-        "port": m.port,
-        "api_url": m.api_url,
-        "timeline": m.timeline,
-        "lag": member_lag(view, m),
-        "streaming": m.streaming,
-        "tags": m.tags.to_dict(),
-    }
-
-
-def member_rows(view: ClusterView) -> list[dict[str, Any]]:
-    """One row per published member, leader first, then by name."""
-    leader = view.leader.name if view.leader else None
-    ordered = sorted(view.members.values(), key=lambda m: (m.name != leader, m.name))
-    return [member_row(view, m) for m in ordered]
-
-
-def stopped_row(name: str, host: str, port: int, api_url: str, tags: Tags | None = None) -> dict[str, Any]:
-    """A member that publishes nothing (its agent is down): shown, not hidden."""
-    return {
-        "name": name,
-        "role": Role.UNKNOWN.value,
-        "state": "stopped",
-        "host": host,
-        "port": port,
-        "api_url": api_url,
-        "timeline": None,
-        "lag": None,
-        "streaming": False,
-        "tags": (tags or Tags()).to_dict(),
-    }
+# Re-exported: most commands import everything from here.
+__all__ = ["MEMBER_KEYS", "CliError", "UsageError", "libpq_dsn", "member_rows", "stopped_row"]
 
 
 def format_tags(tags: Mapping[str, Any]) -> str:
@@ -170,27 +104,6 @@ def topology_tree(view: ClusterView, title: str) -> Tree:
             seen.add(m.name)
             attach(root.add(label(m) + " [upstream loop]"), m.name)
     return root
-
-
-def libpq_dsn(
-    hosts: Sequence[tuple[str, int]],
-    user: str,
-    password: str,
-    replicas: bool = False,
-    dbname: str = "postgres",
-) -> str:
-    """A multi-host URI: libpq tries the hosts in order and keeps the first that matches
-    `target_session_attrs`, so it reaches the primary (or, with `replicas`, a standby when one
-    is up) wherever it runs now."""
-    if not hosts:
-        raise CliError("no members known to build a connection string from")
-    auth = quote(user, safe="")
-    if password:
-        auth += ":" + quote(password, safe="")
-    where = ",".join(f"{h}:{p}" for h, p in hosts)
-    attrs = "prefer-standby" if replicas else "read-write"
-    db = quote(dbname, safe="")
-    return f"postgresql://{auth}@{where}/{db}?target_session_attrs={attrs}&connect_timeout=2"
 
 
 def console(file: TextIO | None = None) -> Console:

@@ -1,7 +1,7 @@
 """The node configuration file (YAML) and the cluster-wide settings kept in the store.
 
 Every model forbids unknown keys: a typo must stop the agent with a clear message
-(see `load.py`), never be silently ignored.
+(see `validate.py`), never be silently ignored.
 
 The models are msgspec Structs. pydantic did the same job at three times the memory: the agent is
 a long-running process on every database host, and pydantic (with its compiled core and the
@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from msgspec import Meta, Struct, field
+
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.validate import validate
 
 
 class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -236,8 +239,6 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
         merged: dict[str, Any] = {**self.settings, **self.timing}
         if self.postgresql.parameters:
             merged["parameters"] = {**self.postgresql.parameters, **merged.get("parameters", {})}
-        from pgwarden.config.load import ConfigError, validate  # load.py imports this module
-
         try:
             return validate(ClusterSettings, merged, "settings")
         except ConfigError as e:  # msgspec reports a ValueError from here with its path

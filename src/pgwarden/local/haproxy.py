@@ -10,10 +10,11 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from pgwarden.cli.errors import CliError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import NodeConfig
-from pgwarden.local.cluster import Component, LocalCluster
+from pgwarden.errors import CliError
+from pgwarden.local.cluster import LocalCluster
+from pgwarden.local.component import Component
 from pgwarden.local.layout import LOOPBACK, ProcRecord, free_ports, make_dir
 from pgwarden.routing.dsn import proxy_dsn
 from pgwarden.routing.haproxy import Backend, Listeners, api_port, render

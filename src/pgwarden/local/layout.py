@@ -20,9 +20,10 @@ from typing import Any
 
 import yaml
 
-from pgwarden.cli.errors import CliError, UsageError
-from pgwarden.config.load import ConfigError, apply_settings, parse_node_config, to_data
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import apply_settings, parse_node_config, to_data
 from pgwarden.config.schema import ClusterSettings, PostgresConfig, SyncMode
+from pgwarden.errors import CliError, UsageError
 
 LOOPBACK = "127.0.0.1"
 STATE_FILE = "state.json"

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pgwarden.cli.errors import CliError
-from pgwarden.local.cluster import Component, LocalCluster
+from pgwarden.errors import CliError
+from pgwarden.local.cluster import LocalCluster
+from pgwarden.local.component import Component
 from pgwarden.local.haproxy import node_configs
 from pgwarden.local.layout import LOOPBACK, ProcRecord, default_os_user, free_ports, make_dir
 from pgwarden.routing.dsn import proxy_dsn

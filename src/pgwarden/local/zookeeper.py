@@ -9,7 +9,8 @@ import shutil
 import socket
 from pathlib import Path
 
-from pgwarden.local.cluster import STAGE_STORE, Component, LocalCluster
+from pgwarden.local.component import STAGE_STORE, Component
+from pgwarden.local.handle import ClusterHandle
 from pgwarden.local.layout import LOOPBACK, ProcRecord, make_dir
 
 # The jar's manifest lists its dependencies (netty, jute, slf4j-api, ...); slf4j-simple makes
@@ -85,7 +86,7 @@ class ZooKeeperComponent(Component):
         self.name = "zookeeper"
         self.client_port = client_port
 
-    def plan(self, cluster: LocalCluster) -> ProcRecord:
+    def plan(self, cluster: ClusterHandle) -> ProcRecord:
         zdir = cluster.directory / "zookeeper"
         data = zdir / "data"
         make_dir(data)
@@ -96,5 +97,5 @@ class ZooKeeperComponent(Component):
             marker=str(cfg), ports={"client": self.client_port}, stage=self.stage,
         )
 
-    def is_ready(self, cluster: LocalCluster, record: ProcRecord) -> bool:
+    def is_ready(self, cluster: ClusterHandle, record: ProcRecord) -> bool:
         return healthy(record.ports["client"])

@@ -21,7 +21,8 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 
-from pgwarden.config.load import ConfigError, parse_settings
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,

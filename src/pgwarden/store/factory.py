@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import cast
 
-from pgwarden.config.load import ConfigError
+from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import StoreConfig
 from pgwarden.store.base import Store
 

@@ -37,7 +37,8 @@ from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf  # type: ignore[import-untyped]
 
-from pgwarden.config.load import ConfigError, parse_settings
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings, RaftConfig
 from pgwarden.core.model import (
     ClusterView,

@@ -26,7 +26,8 @@ from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 from kazoo.retry import KazooRetry
 
-from pgwarden.config.load import ConfigError, parse_settings
+from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,

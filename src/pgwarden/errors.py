@@ -1,5 +1,5 @@
-"""The errors every command raises for `main` to report. Apart from output.py (which needs rich)
-so that the agent, which imports `main`, does not load rich."""
+"""The errors a command raises for `pgwarden`'s `main` to report. They import nothing, so any layer
+(the CLI, `pgwarden local`) can raise them, and the agent, which imports `main`, loads no rich."""
 
 from __future__ import annotations
 
