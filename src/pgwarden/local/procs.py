@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pgwarden.procinfo import pid_alive
+
 # Popen objects of children started by this process: `local up` run in-process (tests) must reap
 # them, or an exited agent stays a zombie that looks alive to kill(pid, 0).
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -38,28 +40,12 @@ def cmdline(pid: int) -> list[str] | None:
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # The state follows the command name, which is in parentheses and may itself hold spaces.
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return bool(fields) and fields[0] in ("Z", "X")
-
-
 def alive(pid: int) -> bool:
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         del _children[pid]
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by someone else
-    return not _zombie(pid)
+    return pid_alive(pid)
 
 
 def is_ours(pid: int | None, marker: str) -> bool:
