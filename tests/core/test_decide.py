@@ -18,6 +18,7 @@ from pgwarden.core.actions import (
     Demote,
     EnsureSlots,
     Follow,
+    HoldClients,
     Promote,
     PublishHistory,
     Reclone,
@@ -30,7 +31,7 @@ from pgwarden.core.actions import (
     Upstream,
     WriteSyncState,
 )
-from pgwarden.core.decide import decide, patience, request_patience, stuck_after
+from pgwarden.core.decide import HANDOVER_STOP_RESERVE, decide, patience, request_patience, stuck_after
 from pgwarden.core.model import ClusterView, DataState, PeerReading, PgView, Role, SyncState
 
 from .builders import (
@@ -292,16 +293,20 @@ def so_view(candidate: str | None = "n2", at: float | None = None, **kw: Any) ->
     return view("n1", failover=switchover("n1", candidate, at), **kw)
 
 
-def test_switchover_demotes_then_releases() -> None:
+HOLD = HoldClients(NOW + settings().ttl - LEASE_MARGIN - HANDOVER_STOP_RESERVE)
+
+
+def test_switchover_holds_clients_demotes_then_releases() -> None:
+    """The pooler is paused only up to where the demotion still fits inside the lease."""
     d = decide(leader_obs(store=so_view(), ps=peers(peer("n2"), peer("n3"))))
-    assert d.actions == (Demote(UP_N2, "switchover to n2"), ReleaseLease())
+    assert d.actions == (HOLD, Demote(UP_N2, "switchover to n2"), ReleaseLease())
 
 
 def test_switchover_waits_for_scheduled_time() -> None:
     d = decide(leader_obs(store=so_view(at=WALL + 60), ps=peers(peer("n2"))))
     assert not any(isinstance(a, (Demote, ReleaseLease)) for a in d.actions)
     d = decide(leader_obs(store=so_view(at=WALL - 1), ps=peers(peer("n2"))))
-    assert kinds(d.actions) == ["Demote", "ReleaseLease"]
+    assert kinds(d.actions) == ["HoldClients", "Demote", "ReleaseLease"]
 
 
 @pytest.mark.parametrize("reading", [
@@ -325,7 +330,7 @@ def test_switchover_candidate_missing_from_readings_waits() -> None:
 
 def test_switchover_without_candidate_picks_best_replica() -> None:
     d = decide(leader_obs(store=so_view(None), ps=peers(peer("n2", 900), peer("n3", 1000))))
-    assert d.actions == (Demote(UP_N3, "switchover to n3"), ReleaseLease())
+    assert d.actions == (HOLD, Demote(UP_N3, "switchover to n3"), ReleaseLease())
 
 
 def test_switchover_in_sync_mode_only_to_a_synchronous_standby() -> None:
@@ -333,7 +338,7 @@ def test_switchover_in_sync_mode_only_to_a_synchronous_standby() -> None:
              sync=sync_state("n1", "n2"))
     pg = primary_pg(sync=sync_config(1, "n2"), replication=(stat("n2", 1000), stat("n3", 1000)))
     d = decide(leader_obs(pg, v, ps=peers(peer("n2", 900), peer("n3", 1000))))
-    assert d.actions[0] == Demote(UP_N2, "switchover to n2")
+    assert d.actions[1] == Demote(UP_N2, "switchover to n2")
 
 
 def test_switchover_to_named_non_sync_candidate_never_hands_over() -> None:

@@ -21,6 +21,7 @@ from pgwarden.core.model import (
 )
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController, PostgresError
+from pgwarden.routing.router import PgBouncerRouter
 from pgwarden.store.base import Store, StoreError, dump_settings
 
 log = logging.getLogger("pgwarden.agent")
@@ -73,7 +74,9 @@ class Executor:
         facts: LocalFacts,
         settings: Callable[[], ClusterSettings],
         seed: ClusterSettings,
+        router: PgBouncerRouter | None = None,
     ) -> None:
+        self.router = router
         self.cfg = cfg
         self.pg = pg
         self.store = store
@@ -208,6 +211,12 @@ class Executor:
                 return True
             case A.PublishHistory(timeline=timeline):
                 return self._publish_history(timeline, view)
+            case A.HoldClients(until=until):
+                if self.router is not None:
+                    left = max(0.0, until - time.monotonic())
+                    # A pause that fails only costs clients an error: the switchover goes on.
+                    self.router.hand_over(min(self.router.cfg.pause_timeout, left))
+                return True
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
                 return True

@@ -23,7 +23,7 @@ from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
-from pgwarden.core.actions import Clone, Demote, Reclone, Rewind, StartPostgres
+from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
@@ -69,8 +69,10 @@ class Agent:
         self.store: Store = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
+        # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
+        self.router = router_for(cfg.pgbouncer)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
-                             self.settings, self.seed)
+                             self.settings, self.seed, self.router)
         host, port = cfg.postgresql.connect_host_port()
         self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
         # The API writes requests through a store client of its own: the agent's client ignores
@@ -86,8 +88,6 @@ class Agent:
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
-        # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
-        self.router = router_for(cfg.pgbouncer)
 
     def settings(self) -> ClusterSettings:
         return self._settings
@@ -246,7 +246,6 @@ class Agent:
                     # Before a rewind, clone or start that may take a while: the leader keeps a
                     # slot only for members whose key it sees, and we need ours to stream.
                     self._publish_member(pgv, view)
-            self._pause_router_for_handover(view, decision.actions)
             self.exec.run(decision.actions, view, pgv)
             if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
                 # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
@@ -262,16 +261,6 @@ class Agent:
         if view is not None:
             store_ok = self._publish_member(pgv, view)
         self._publish(pgv, view, store_ok)
-
-    def _pause_router_for_handover(self, view: ClusterView | None, actions: tuple[object, ...]) -> None:
-        """A switchover demotes us next: PgBouncer must stop sending transactions first, so none
-        is cut off. Bounded to leave the demotion its time inside the lease (rules 2, 15)."""
-        if self.router is None or view is None or view.failover is None or not self.lease.held:
-            return
-        if not any(isinstance(a, Demote) for a in actions):
-            return
-        left = self.lease.deadline - time.monotonic() - 1.5
-        self.router.hand_over(min(self.router.cfg.pause_timeout, max(0.0, left)))
 
     def _leader_timeline(self) -> int | None:
         view = self._view

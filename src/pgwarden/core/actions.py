@@ -81,6 +81,15 @@ class StopPostgres:
 
 
 @dataclass(frozen=True)
+class HoldClients:
+    """Before a switchover demotes us: PAUSE the connection pooler pgwarden manages in front of
+    us (none: nothing to do), so no transaction is cut off. Give up at `until` (monotonic), which
+    leaves the demotion its time inside the lease (rules 2, 15)."""
+
+    until: float
+
+
+@dataclass(frozen=True)
 class Wipe:
     """Delete the data directory (PostgreSQL stopped first): the next loop clones it afresh."""
 
@@ -150,6 +159,7 @@ Action = (
     | StartPostgres
     | StopPostgres
     | Wipe
+    | HoldClients
     | Follow
     | Rewind
     | Reclone

@@ -28,6 +28,7 @@ from pgwarden.core.actions import (
     Demote,
     EnsureSlots,
     Follow,
+    HoldClients,
     Promote,
     PublishHistory,
     Reclone,
@@ -305,7 +306,8 @@ def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
     up = view.members.get(target)
     upstream = _member_upstream(up) if up is not None else None
     return Decision(
-        (Demote(upstream, f"switchover to {target}"), ReleaseLease()),
+        (HoldClients(obs.lease.deadline - HANDOVER_STOP_RESERVE), Demote(upstream, f"switchover to {target}"),
+         ReleaseLease()),
         f"switchover: stopping writes and handing over to {target}",
     )
 
@@ -438,6 +440,10 @@ def _leaderless(obs: Observation, view: ClusterView) -> Decision:
         return Decision((), f"no leader; not taking over ({why}); use pgwarden ctl failover")
     return _try_promote(obs, view, explicit=False)
 
+
+# Seconds of the lease a switchover keeps for the demotion itself: pausing the pooler in front of
+# us may use the lease only up to that point.
+HANDOVER_STOP_RESERVE = 1.5
 
 # How long a leader that still leads keeps a switchover it cannot carry out yet. Nothing is
 # unavailable meanwhile, and right after a switchover every replica is still reconnecting (the old
