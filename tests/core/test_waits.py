@@ -22,3 +22,19 @@ def test_leaderless_and_request_clocks_start_at_first_sight_and_reset() -> None:
     assert w.request_pending_for(27.0) == 1.0
     w.saw(view("n1"), 28.0)
     assert w.request_pending_for(30.0) == 0.0
+
+
+def test_stream_clock_counts_only_streaming_on_the_leaders_timeline() -> None:
+    from pgwarden.core.waits import StreamClock
+
+    from .builders import replica_pg
+
+    c = StreamClock()
+    c.saw(replica_pg("n1", streaming=False), 2, 10.0)
+    c.saw(replica_pg("n1", streaming=True, timeline=1), 2, 15.0)  # a forked receiver's retry
+    assert c.not_streaming_for(20.0) == 10.0
+    c.saw(replica_pg("n1", streaming=True, timeline=2), 2, 21.0)
+    assert c.not_streaming_for(22.0) == 0.0
+    c.saw(replica_pg("n1", streaming=False), None, 30.0)
+    c.restart()
+    assert c.not_streaming_for(40.0) == 0.0

@@ -37,7 +37,7 @@ from pgwarden.core.model import (
     Role,
     Tags,
 )
-from pgwarden.core.waits import WaitClocks
+from pgwarden.core.waits import StreamClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
 from pgwarden.routing.router import router_for
@@ -81,7 +81,7 @@ class Agent:
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name)
         self._view: ClusterView | None = None
-        self._not_streaming_since: float | None = None
+        self._streaming = StreamClock()  # see core/waits.py
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._message = "starting"
@@ -250,7 +250,7 @@ class Agent:
             if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
                 # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
                 # than a stop, rewind and start on every loop while the cause persists.
-                self._not_streaming_since = None
+                self._streaming.restart()
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 pgv = self._observe_pg(s)
         if self.router is not None:
@@ -272,18 +272,8 @@ class Agent:
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
         now = time.monotonic()
-        # Streaming counts only on the leader's timeline: a forked former primary's WAL receiver
-        # connects, streams the old timeline up to the fork, is cut off and retries every
-        # wal_retrieve_retry_interval. Each retry looks like "streaming" for a moment and would
-        # otherwise restart the clock that lets pg_rewind look at it.
-        leader_tl = self._leader_timeline()
-        on_leader_tl = leader_tl is None or pgv.timeline is None or pgv.timeline >= leader_tl
-        if pgv.running and pgv.in_recovery and not (pgv.streaming and on_leader_tl):
-            if self._not_streaming_since is None:
-                self._not_streaming_since = now
-        else:
-            self._not_streaming_since = None
-        not_streaming_for = 0.0 if self._not_streaming_since is None else now - self._not_streaming_since
+        self._streaming.saw(pgv, self._leader_timeline(), now)
+        not_streaming_for = self._streaming.not_streaming_for(now)
         # The controller tracks unhealthy_for and sync_applied_lsn itself.
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       start_failures=self.facts.start_failures)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgwarden.core.model import ClusterView, FailoverRequest
+from pgwarden.core.model import ClusterView, FailoverRequest, PgView
 
 
 @dataclass
@@ -34,3 +34,33 @@ class WaitClocks:
 
     def request_pending_for(self, now: float) -> float:
         return 0.0 if self.request_seen is None else now - self.request_seen[1]
+
+
+def streams_usefully(pg: PgView, leader_timeline: int | None) -> bool:
+    """A running replica streams in a way that counts: its WAL receiver streams, on the leader's
+    timeline. A forked former primary's receiver connects, streams the old timeline up to the
+    fork, is cut off and retries every wal_retrieve_retry_interval; each retry looks like
+    "streaming" for a moment and must not restart the clock that lets pg_rewind look at it."""
+    on_leader_tl = leader_timeline is None or pg.timeline is None or pg.timeline >= leader_timeline
+    return pg.streaming and on_leader_tl
+
+
+@dataclass
+class StreamClock:
+    """Since when a running replica has not streamed usefully (`decide.stuck_after` bounds it)."""
+
+    since: float | None = None
+
+    def saw(self, pg: PgView, leader_timeline: int | None, now: float) -> None:
+        if pg.running and pg.in_recovery and not streams_usefully(pg, leader_timeline):
+            if self.since is None:
+                self.since = now
+        else:
+            self.since = None
+
+    def restart(self) -> None:
+        """A fresh start (rewind, clone, start) gets a fresh stuck_after."""
+        self.since = None
+
+    def not_streaming_for(self, now: float) -> float:
+        return 0.0 if self.since is None else now - self.since
