@@ -282,3 +282,14 @@ def test_may_take_over() -> None:
     assert not may_take_over("b", SyncState("p", frozenset(), 0), True)
     assert may_take_over("b", SyncState("p", frozenset(), 0), False)
     assert may_take_over("b", None, True)
+
+
+def test_a_new_primary_waits_for_any_standby_only_in_strict_mode() -> None:
+    from pgwarden.config.schema import ClusterSettings, SyncMode
+    from pgwarden.core.model import NO_SYNC, SyncConfig
+    from pgwarden.core.sync import after_promotion
+
+    strict = ClusterSettings(synchronous_mode=SyncMode.ON, synchronous_mode_strict=True)
+    assert after_promotion(strict) == SyncConfig(1, frozenset({"*"}))
+    assert after_promotion(ClusterSettings(synchronous_mode=SyncMode.QUORUM)) == NO_SYNC
+    assert after_promotion(ClusterSettings(synchronous_mode_strict=True)) == NO_SYNC  # mode off

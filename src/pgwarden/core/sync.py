@@ -64,6 +64,19 @@ class Desired:
     pg: SyncConfig  # what the primary should wait for once the promise is in the store
 
 
+def after_promotion(settings: ClusterSettings) -> SyncConfig:
+    """What a new primary waits for before its HA loop manages synchronous replication.
+
+    Never the set it may have carried from an earlier term as primary: that can name the dead old
+    primary and block every commit. Strict mode waits for any standby (rule 8); otherwise nothing,
+    which is safe because the store's promise still names only members that hold every
+    acknowledged commit, and the leader's loop rebuilds the set in order (`next_step`).
+    """
+    if settings.synchronous_mode != SyncMode.OFF and settings.synchronous_mode_strict:
+        return SyncConfig(1, frozenset({WILDCARD}))
+    return NO_SYNC
+
+
 def desired_sync(
     settings: ClusterSettings,
     eligible: Iterable[str],

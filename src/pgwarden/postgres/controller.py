@@ -18,8 +18,9 @@ from typing import Any
 
 import psycopg
 
-from pgwarden.config.schema import ClusterSettings, SyncMode
-from pgwarden.core.model import NO_SYNC, DataState, PgView, SyncConfig
+from pgwarden.config.schema import ClusterSettings
+from pgwarden.core import sync as core_sync
+from pgwarden.core.model import DataState, PgView, SyncConfig
 from pgwarden.postgres import conf, controldata, sql
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
@@ -142,13 +143,13 @@ class PostgresController(DataDirectory):
     def promote(self, timeout: float) -> None:
         """Promote the running standby and wait until it accepts writes.
 
-        The new primary's synchronous setting (_sync_after_promotion) is reloaded while it is
+        The new primary's synchronous setting (core.sync.after_promotion) is reloaded while it is
         still a standby (the server accepts it in recovery and enforces it the moment recovery
         ends), so it holds from the first commit. standby.signal stays until pg_promote removes
         it: a crash before the promotion must bring the server back as a standby.
         """
         deadline = time.monotonic() + timeout
-        sync_after = self._sync_after_promotion()
+        sync_after = core_sync.after_promotion(self._settings_provider())
         try:
             with self._local(timeout) as conn:
                 standby = sql.query_live_sync(conn).in_recovery
@@ -187,19 +188,6 @@ class PostgresController(DataDirectory):
             time.sleep(0.05)
         self._write_config(conf.ConfState("primary", None, sync_after, ""))
         self._reload_and_wait(max(1.0, deadline - time.monotonic()))
-
-    def _sync_after_promotion(self) -> SyncConfig:
-        """What a new primary waits for before its HA loop manages synchronous replication.
-
-        Never the set it may have carried from an earlier term as primary: that can name the
-        dead old primary and block every commit. Strict mode waits for any standby (rule 8);
-        otherwise nothing, which is safe because the store's promise still names only members
-        that hold every acknowledged commit, and the leader's loop rebuilds the set in order.
-        """
-        s = self._settings_provider()
-        if s.synchronous_mode != SyncMode.OFF and s.synchronous_mode_strict:
-            return SyncConfig(1, frozenset({"*"}))
-        return NO_SYNC
 
     def demote(self, upstream: UpstreamTuple | None, timeout: float) -> None:
         """Fast stop (writes end for every session), then start as a standby of `upstream`."""
