@@ -67,6 +67,11 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     use_pg_rewind: bool = True
     parameters: dict[str, ParamValue] = field(default_factory=dict)
 
+    @property
+    def synchronous(self) -> bool:
+        """Some synchronous mode (on or quorum) is asked for: the one place that says so."""
+        return self.synchronous_mode != SyncMode.OFF
+
     def __post_init__(self) -> None:
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")

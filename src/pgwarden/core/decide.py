@@ -14,7 +14,7 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode, SyncMode
+from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
 from pgwarden.core import candidates, sync
 from pgwarden.core.actions import (
     AcquireLease,
@@ -114,7 +114,7 @@ def _leader_must_demote(obs: Observation, settings: ClusterSettings) -> bool:
 
 
 def _synchronous(view: ClusterView) -> bool:
-    return view.settings.synchronous_mode != SyncMode.OFF
+    return view.settings.synchronous
 
 
 def _is_primary(obs: Observation) -> bool:
@@ -266,7 +266,7 @@ def _eligible_sync(obs: Observation, view: ClusterView) -> tuple[set[str], dict[
 def _sync_actions(obs: Observation, view: ClusterView) -> tuple[list[Action], str]:
     stored = view.sync
     promise = sync.Promise(stored.quorum, stored.members) if stored and not stored.empty else sync.NO_PROMISE
-    if view.settings.synchronous_mode == SyncMode.OFF and promise.empty and obs.pg.sync.empty:
+    if not view.settings.synchronous and promise.empty and obs.pg.sync.empty:
         return [], ""
     eligible, lag = _eligible_sync(obs, view)
     want = sync.desired_sync(view.settings, eligible, promise, lag)

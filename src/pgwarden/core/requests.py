@@ -9,7 +9,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from pgwarden.config.schema import SyncMode
 from pgwarden.core.model import ClusterView, FailoverRequest, MemberInfo, Role
 
 
@@ -42,7 +41,7 @@ def _healthy_replica(m: MemberInfo) -> bool:
 def _sync_on(view: ClusterView) -> bool:
     """Either synchronous mode: `on` and `quorum` both promote only within the store's set
     (`sync.may_take_over`, what the HA core checks when it carries a request out)."""
-    return view.settings.synchronous_mode != SyncMode.OFF
+    return view.settings.synchronous
 
 
 def _mode(view: ClusterView) -> str:

@@ -72,7 +72,7 @@ def after_promotion(settings: ClusterSettings) -> SyncConfig:
     which is safe because the store's promise still names only members that hold every
     acknowledged commit, and the leader's loop rebuilds the set in order (`next_step`).
     """
-    if settings.synchronous_mode != SyncMode.OFF and settings.synchronous_mode_strict:
+    if settings.synchronous and settings.synchronous_mode_strict:
         return SyncConfig(1, frozenset({WILDCARD}))
     return NO_SYNC
 
