@@ -8,7 +8,6 @@ clips each call's timeout to the lease it has left), which urllib3 gives us dire
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -17,9 +16,6 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import urllib3
-from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
@@ -46,142 +42,29 @@ from pgwarden.store.base import (
     load_member,
     load_sync,
 )
+from pgwarden.store.etcd_gateway import (
+    _NOT_FOUND,
+    EtcdRequestError,
+    _absent,
+    _b64,
+    _delete,
+    _Gateway,
+    _int,
+    _lease_is,
+    _mod_is,
+    _put,
+    _range_end,
+    _unb64,
+    _value_is,
+)
+from pgwarden.store.etcd_watch import EtcdWatch
 
 log = logging.getLogger(__name__)
-
-# gRPC status codes meaning "this request is wrong" (another host would say the same), as opposed
-# to "this server cannot answer now" (try the next host, then report the store unavailable).
-_REQUEST_ERRORS = frozenset({3, 5, 6, 7, 9, 11, 16})
-_NOT_FOUND = 5
-
-# A watch stream that stays silent this long is reopened (from the next revision, so nothing is
-# lost): a stream to a frozen or partitioned server would otherwise hang forever unnoticed.
-_WATCH_IDLE = 10.0
-_WATCH_CONNECT = 2.0
-_WATCH_BACKOFF_MAX = 2.0
-
-
-class _WatchReset(Exception):
-    """The watch must start over from the current revision (its resume point was compacted)."""
-
-
-class EtcdRequestError(StoreError):
-    """etcd answered with an error that retrying on another host would not fix."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"etcd error {code}: {message}")
-        self.code = code
-
-
-def _b64(data: str | bytes) -> str:
-    raw = data.encode() if isinstance(data, str) else data
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: str | None) -> str:
-    return base64.b64decode(text or "").decode("utf-8", errors="replace")
-
-
-def _range_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with `prefix` (etcd's prefix range)."""
-    b = bytearray(prefix)
-    while b:
-        if b[-1] < 0xFF:
-            b[-1] += 1
-            return bytes(b)
-        b.pop()
-    return b"\0"  # every key
 
 
 def _lease_seconds(ttl: float) -> int:
     # etcd TTLs are whole seconds; rounding up keeps the key at least as long as asked.
     return max(1, math.ceil(ttl))
-
-
-def _url(host: str) -> str:
-    return host.rstrip("/") if "://" in host else f"http://{host}"
-
-
-def _int(value: Any) -> int:
-    # The gateway encodes int64 as strings and omits zero values.
-    return int(value or 0)
-
-
-class _Gateway:
-    """POSTs JSON to one of several etcd hosts, all within one deadline per call."""
-
-    def __init__(self, hosts: list[str]) -> None:
-        if not hosts:
-            raise ValueError("etcd: at least one host is needed")
-        self.urls = [_url(h) for h in hosts]
-        self._preferred = 0
-        self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False)
-
-    def current(self) -> tuple[int, str]:
-        with self._lock:
-            return self._preferred, self.urls[self._preferred]
-
-    def failed(self, index: int) -> None:
-        """Move on from a host that did not answer, so the next call starts elsewhere."""
-        with self._lock:
-            if self._preferred == index:
-                self._preferred = (index + 1) % len(self.urls)
-
-    def call(self, path: str, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
-        payload = json.dumps(body).encode()
-        start, _ = self.current()
-        n = len(self.urls)
-        # Two passes: a pooled keep-alive connection the server has dropped fails once without
-        # the request having been processed; the second pass reconnects.
-        order = [(start + i) % n for i in range(n)] * 2
-        last = "no time left to ask"
-        for index in order:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            url = self.urls[index] + path
-            try:
-                resp = self._pool.request(
-                    "POST",
-                    url,
-                    body=payload,
-                    headers={"Content-Type": "application/json"},
-                    timeout=urllib3.Timeout(total=remaining),
-                    retries=False,
-                    redirect=False,
-                )
-            except (HTTPError, OSError) as e:
-                last = f"{url}: {e}"
-                self.failed(index)
-                continue
-            try:
-                data = json.loads(resp.data.decode() or "{}")
-            except ValueError:
-                data = None
-            if not isinstance(data, dict):
-                last = f"{url}: HTTP {resp.status} with a body that is not a JSON object"
-                self.failed(index)
-                continue
-            err = data.get("error")
-            if resp.status == 200 and not err:
-                with self._lock:
-                    self._preferred = index
-                return data
-            # Unary errors come as {"error": msg, "code": n}; errors inside a stream (keepalive)
-            # as {"error": {"grpc_code": n, "message": msg}}.
-            if isinstance(err, dict):
-                code, message = _int(err.get("grpc_code")), str(err.get("message", ""))
-            else:
-                code, message = _int(data.get("code")), str(data.get("message") or err or "")
-            if code in _REQUEST_ERRORS:
-                raise EtcdRequestError(code, message)
-            last = f"{url}: HTTP {resp.status}: {message or 'error'}"
-            self.failed(index)
-        raise StoreUnavailable(f"etcd did not answer in time ({last})")
-
-    def close(self) -> None:
-        self._pool.clear()
 
 
 @dataclass(frozen=True)
@@ -190,34 +73,7 @@ class _Lease:
     ttl: int  # seconds asked for (to notice a changed ttl)
 
 
-def _put(key: bytes, value: str, lease: int = 0) -> dict[str, Any]:
-    req: dict[str, Any] = {"key": _b64(key), "value": _b64(value)}
-    if lease:
-        req["lease"] = str(lease)
-    return {"request_put": req}
-
-
-def _delete(key: bytes) -> dict[str, Any]:
-    return {"request_delete_range": {"key": _b64(key), "prev_kv": True}}
-
-
-def _absent(key: bytes) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-
-
-def _mod_is(key: bytes, revision: int) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
-
-
-def _value_is(key: bytes, value: str) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}
-
-
-def _lease_is(key: bytes, lease: int) -> dict[str, Any]:
-    return {"key": _b64(key), "target": "LEASE", "result": "EQUAL", "lease": str(lease)}
-
-
-class EtcdStore(Store):
+class EtcdStore(EtcdWatch, Store):
     """One cluster's keys in etcd (v3 API).
 
     Compare-and-swap tokens are the key's mod_revision as a string; `None` or `""` (what
@@ -239,21 +95,12 @@ class EtcdStore(Store):
         self.hosts = list(hosts)
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
         self._gw = _Gateway(self.hosts)
-        self._lock = threading.Lock()  # guards the lease fields
+        self._lock = threading.Lock()  # guards the lease fields (and starting the watch)
         self._leader_lease: _Lease | None = None
         self._member_lease: _Lease | None = None
         self._member_name: str | None = None
         self._init_lease: _Lease | None = None
-        # Change tracking shared with the watch thread (all under _cond).
-        self._cond = threading.Condition()
-        self._seen_rev = 0  # changes up to here are known to the caller
-        self._changes: list[int] = []  # revisions of relevant events seen by the watch
-        self._own: set[int] = set()  # revisions of writes this instance made
-        self._lost = False  # the watch may have missed events
-        self._stop = threading.Event()
-        self._watch: threading.Thread | None = None
-        self._watch_resp: urllib3.BaseHTTPResponse | None = None
-        self._watch_next: int | None = None  # revision the watch resumes from
+        self._init_watch()
 
     # -- keys and small helpers ----------------------------------------------------------------
     def _key(self, rel: str) -> bytes:
@@ -261,15 +108,6 @@ class EtcdStore(Store):
 
     def _call(self, path: str, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
         return self._gw.call(path, body, deadline)
-
-    def _note_own(self, resp: Mapping[str, Any], changed: bool) -> None:
-        if not changed:
-            return
-        rev = _int(resp.get("header", {}).get("revision"))
-        with self._cond:
-            self._own.add(rev)
-            if len(self._own) > 4096:  # nobody waits for changes; don't grow without bound
-                self._own = set(sorted(self._own)[-1024:])
 
     def _txn(
         self,
@@ -382,130 +220,6 @@ class EtcdStore(Store):
             history=history,
             leader_lsn=leader_lsn,
         )
-
-    # -- waiting for changes -------------------------------------------------------------------
-    def _pending(self) -> bool:
-        return self._lost or any(r > self._seen_rev and r not in self._own for r in self._changes)
-
-    def _prune(self) -> None:
-        self._changes = [r for r in self._changes if r > self._seen_rev]
-        self._own = {r for r in self._own if r > self._seen_rev}
-
-    def wait_for_change(self, timeout: float) -> bool:
-        self._ensure_watch()
-        with self._cond:
-            if not self._cond.wait_for(self._pending, timeout=max(0.0, timeout)):
-                return False
-            self._seen_rev = max([self._seen_rev, *self._changes])
-            self._lost = False
-            self._prune()
-            return True
-
-    def _ensure_watch(self) -> None:
-        with self._lock:
-            if self._watch is not None or self._stop.is_set():
-                return
-            with self._cond:
-                self._watch_next = self._seen_rev + 1 if self._seen_rev else None
-            self._watch = threading.Thread(
-                target=self._watch_loop, name=f"etcd-watch-{self.cluster}", daemon=True
-            )
-            self._watch.start()
-
-    def _watch_loop(self) -> None:
-        pool = urllib3.PoolManager(num_pools=max(4, len(self.hosts)), maxsize=1, retries=False)
-        backoff = 0.1
-        first = True
-        try:
-            while not self._stop.is_set():
-                index, url = self._gw.current()
-                try:
-                    self._watch_once(pool, url, mark_lost=not first)
-                    backoff = 0.1
-                except Exception as e:  # any failure: reconnect, maybe elsewhere
-                    if self._stop.is_set():
-                        break
-                    log.debug("etcd: watch on %s ended: %s", url, e)
-                    if not isinstance(e, ReadTimeoutError | _WatchReset):  # not the host's fault
-                        self._gw.failed(index)
-                    if self._stop.wait(backoff):
-                        break
-                    backoff = min(backoff * 2, _WATCH_BACKOFF_MAX)
-                first = False
-        finally:
-            pool.clear()
-
-    def _watch_once(self, pool: urllib3.PoolManager, url: str, mark_lost: bool) -> None:
-        create: dict[str, Any] = {"key": _b64(self._base), "range_end": _b64(_range_end(self._base))}
-        if self._watch_next is not None:
-            create["start_revision"] = str(self._watch_next)
-        resp = pool.request(
-            "POST",
-            url + "/v3/watch",
-            body=json.dumps({"create_request": create}).encode(),
-            headers={"Content-Type": "application/json"},
-            timeout=urllib3.Timeout(connect=_WATCH_CONNECT, read=_WATCH_IDLE),
-            retries=False,
-            redirect=False,
-            preload_content=False,
-        )
-        self._watch_resp = resp
-        try:
-            if self._stop.is_set():
-                return
-            if resp.status != 200:
-                raise StoreUnavailable(f"watch: HTTP {resp.status}")
-            buf = b""
-            for chunk in resp.stream(65536):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        self._on_watch_message(json.loads(line), mark_lost)
-            raise StoreUnavailable("watch stream closed by the server")
-        finally:
-            self._watch_resp = None
-            resp.release_conn()
-
-    def _on_watch_message(self, msg: Mapping[str, Any], mark_lost: bool) -> None:
-        if "error" in msg:
-            raise StoreUnavailable(f"watch: {msg['error']}")
-        res = msg.get("result", {})
-        if res.get("compact_revision") or res.get("canceled"):
-            # Our resume point was compacted away: start afresh and assume we missed something.
-            self._watch_next = None
-            with self._cond:
-                self._lost = True
-                self._cond.notify_all()
-            raise _WatchReset(f"watch canceled: {res.get('cancel_reason') or 'compacted'}")
-        if res.get("created"):
-            if self._watch_next is None:
-                self._watch_next = _int(res.get("header", {}).get("revision")) + 1
-                if mark_lost:  # a reconnect from "now": whatever happened meanwhile is unknown
-                    with self._cond:
-                        self._lost = True
-                        self._cond.notify_all()
-            return
-        events = res.get("events") or []
-        if not events:
-            return
-        relevant: list[int] = []
-        last = 0
-        base = self._base.decode()
-        for ev in events:
-            kv = ev.get("kv", {})
-            rev = _int(kv.get("mod_revision"))
-            last = max(last, rev)
-            rel = _unb64(kv.get("key")).removeprefix(base)
-            refresh = ev.get("type", "PUT") == "PUT" and _int(kv.get("version")) > 1
-            if rel.startswith("members/") and refresh:
-                continue
-            relevant.append(rev)
-        self._watch_next = last + 1
-        if relevant:
-            with self._cond:
-                self._changes.extend(relevant)
-                self._cond.notify_all()
 
     # -- bootstrap -----------------------------------------------------------------------------
     def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
@@ -695,16 +409,5 @@ class EtcdStore(Store):
     # -- shutting down -------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the watch and drop connections. Leases are left to run out (see the class doc)."""
-        self._stop.set()
-        resp = self._watch_resp
-        if resp is not None:
-            try:
-                resp.shutdown()  # unblocks the watch thread's read
-            except Exception:  # already closed is fine
-                pass
-        thread = self._watch
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=1.0)
-        with self._cond:
-            self._cond.notify_all()
+        self._stop_watch()
         self._gw.close()

@@ -8,23 +8,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
-from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import (
-    BadVersionError,
-    ConnectionClosedError,
-    ConnectionLoss,
-    KazooException,
-    NodeExistsError,
-    NoNodeError,
-    OperationTimeoutError,
-    SessionExpiredError,
-)
-from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
-from kazoo.retry import KazooRetry
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.protocol.states import ZnodeStat
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
@@ -51,156 +37,15 @@ from pgwarden.store.base import (
     load_member,
     load_sync,
 )
+from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background
+from pgwarden.store.zookeeper_watch import _WATCHED, ZooKeeperWatch
 
 log = logging.getLogger(__name__)
 
-# The reading session holds no ephemeral node, so its length only bounds how long its watches
-# survive a partition; the server clamps it to its min/max anyway.
-_MAIN_SESSION = 10.0
-# Keys whose change wakes wait_for_change. Not `optime` (the leader rewrites it every loop) nor
-# `history` (it only changes together with the leader key); `members` wakes on joins and leaves
-# only (a child watch), never on a member's refresh.
-_WATCHED = ("initialize", "init_lock", "config", "leader", "sync", "failover", "members")
 _KEYS = ("initialize", "init_lock", "config", "leader", "sync", "failover", "history", "optime")
-# An abandoned lease session that never reports its end is torn down after this many ttls.
-_ABANDON_CAP = 10.0
-
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    KazooTimeoutError,
-    ConnectionLoss,
-    ConnectionClosedError,
-    SessionExpiredError,
-    OperationTimeoutError,
-)
-_EXPECTED: tuple[type[BaseException], ...] = (NoNodeError, NodeExistsError, BadVersionError)
 
 
-def _retry() -> KazooRetry:
-    # Reconnect forever, quickly: each store call has its own deadline, so a call never waits
-    # on this schedule longer than it allows.
-    return KazooRetry(max_tries=-1, delay=0.05, backoff=2, max_delay=0.5)
-
-
-def _await(result: Any, deadline: float) -> Any:
-    """The result of a kazoo async call, or StoreUnavailable once `deadline` passes."""
-    remaining = deadline - time.monotonic()
-    try:
-        return result.get(timeout=max(remaining, 0.0))
-    except _UNAVAILABLE as e:
-        raise StoreUnavailable(f"zookeeper: {type(e).__name__}: {e}") from None
-    except _EXPECTED:
-        raise  # answers the callers turn into True/False
-    except KazooException as e:
-        raise StoreError(f"zookeeper: {type(e).__name__}: {e}") from e
-
-
-def _stop_in_background(client: KazooClient) -> None:
-    """Stop a client without holding up the caller (kazoo's stop joins its connection thread)."""
-
-    def stop() -> None:
-        try:
-            client.stop()
-            client.close()
-        except Exception as e:  # best effort: the process may be exiting, the server gone
-            log.debug("zookeeper: stopping a client: %s", e)
-
-    threading.Thread(target=stop, name="zk-stop", daemon=True).start()
-
-
-class _Lease:
-    """One ZooKeeper session that exists only to hold ephemeral nodes for one lease.
-
-    kazoo pings the server every third of the session timeout, so a session it keeps open never
-    expires: an agent whose HA loop is stuck would keep its leader key forever. Here the client
-    pings only while an answer is awaited (to notice a dead server); otherwise the server hears
-    from the session only through our own calls, so its ephemeral nodes vanish `timeout` after
-    the last call the server received (the store port's "ttl after the last renewal")."""
-
-    def __init__(self, hosts: str, seconds: float) -> None:
-        self.seconds = seconds
-        self.negotiated = 0.0  # the session timeout the server granted, in seconds
-        self.session: int | None = None  # the first session's id; a later one holds nothing
-        self.lost = False
-        self._done = threading.Event()
-        self._live = threading.Event()
-        self._started = False
-        self.client = KazooClient(hosts=hosts, timeout=seconds, connection_retry=_retry())
-        self._quieten()
-        self.client.add_listener(self._on_state)
-
-    def _quieten(self) -> None:
-        client = self.client
-        conn = client._connection
-        send_ping = conn._send_ping
-        connect = conn._connect
-
-        def _send_ping(connect_timeout: float) -> None:
-            if client._pending:
-                send_ping(connect_timeout)
-
-        def _connect(host: str, hostip: str, port: int) -> tuple[float, float]:
-            read_timeout, connect_timeout = connect(host, hostip, port)
-            # kazoo keeps only read_timeout = negotiated * 2/3 (milliseconds).
-            self.negotiated = round(read_timeout * 1.5) / 1000.0
-            return read_timeout, connect_timeout
-
-        conn._send_ping = _send_ping
-        conn._connect = _connect
-
-    def _on_state(self, state: str) -> None:
-        # Runs on kazoo's connection thread: record only, never call kazoo from here.
-        if state == KazooState.CONNECTED:
-            sid = self.client._session_id
-            if self.session is None:
-                self.session = sid
-            elif sid != self.session:
-                self.lost = True
-            self._live.set()
-            return
-        self._live.clear()
-        if state == KazooState.LOST and not self.lost:
-            self.lost = True
-            self._done.set()
-            if self._started:
-                _stop_in_background(self.client)
-
-    def connect(self, deadline: float) -> KazooClient:
-        if not self._started:
-            self._started = True
-            self.client.start_async()
-        if not self._live.wait(max(deadline - time.monotonic(), 0.0)):
-            raise StoreUnavailable("zookeeper: no connection within the deadline")
-        return self.client
-
-    def live(self) -> bool:
-        return self._live.is_set()
-
-    def owns(self, stat: ZnodeStat) -> bool:
-        return not self.lost and self.session is not None and stat.ephemeralOwner == self.session
-
-    def stop(self) -> None:
-        """End the session now: the server deletes its ephemeral nodes at once."""
-        self.lost = True
-        self._done.set()
-        if self._started:
-            _stop_in_background(self.client)
-
-    def abandon(self) -> None:
-        """Stop using the session but let it lapse by itself (nothing released early)."""
-        if not self._started or self.session is None or self.lost:
-            self.stop()
-            return
-
-        def reap() -> None:
-            self._done.wait(max(self.negotiated, self.seconds) * _ABANDON_CAP + 5.0)
-            if not self.lost and self._live.is_set() and self.client._session_id == self.session:
-                return  # still alive by the server's word: closing it now would release early
-            _stop_in_background(self.client)
-
-        threading.Thread(target=reap, name="zk-lapse", daemon=True).start()
-
-
-class ZooKeeperStore(Store):
+class ZooKeeperStore(ZooKeeperWatch, Store):
     """One cluster's keys in ZooKeeper (3.5 or later).
 
     Layout: `<prefix>/<cluster>/<key>` znodes, values as in every backend (JSON). The leader key,
@@ -232,135 +77,15 @@ class ZooKeeperStore(Store):
         self.cluster = cluster
         self.hosts = ",".join(hosts)
         self._base = f"/{prefix.strip('/')}/{cluster}" if prefix.strip("/") else f"/{cluster}"
-        self._lock = threading.Lock()  # guards the lease fields
-        self._cond = threading.Condition()  # guards the watch state below
-        self._seq = 0
-        self._applied: dict[str, int] = {}
-        self._latest: dict[str, int] = {}  # rel -> mzxid (pzxid for members), 0 = absent
-        self._known: dict[str, int] = {}  # the same, as the caller last saw it
-        self._lost = False
+        self._lock = threading.Lock()  # guards the lease fields (and starting the reading session)
         self._closed = False
-        self._main = KazooClient(hosts=self.hosts, timeout=_MAIN_SESSION, connection_retry=_retry())
-        self._main_live = threading.Event()
-        self._main.add_listener(self._on_main_state)
-        self._main_started = False
+        self._init_watch()
         self._leader: _Lease | None = None
         self._init: _Lease | None = None
         self._member: _Lease | None = None
         self._member_name: str | None = None
         self._member_created = False
         self._warned: set[str] = set()
-
-    def _path(self, rel: str) -> str:
-        return f"{self._base}/{rel}"
-
-    # -- the reading session and its watches ---------------------------------------------------
-    def _on_main_state(self, state: str) -> None:
-        # kazoo drops every watch when the connection drops, so re-arm on each (re)connect.
-        if state == KazooState.CONNECTED:
-            self._main_live.set()
-            for rel in _WATCHED:
-                self._arm(rel)
-            return
-        self._main_live.clear()
-        with self._cond:
-            self._lost = True
-            self._cond.notify_all()
-
-    def _start_main(self) -> None:
-        with self._lock:
-            if self._main_started or self._closed:
-                return
-            self._main_started = True
-        self._main.start_async()
-
-    def _client(self, deadline: float) -> KazooClient:
-        self._start_main()
-        if not self._main_live.wait(max(deadline - time.monotonic(), 0.0)):
-            raise StoreUnavailable("zookeeper: no connection within the deadline")
-        return self._main
-
-    def _issue(self, rel: str | None, call: Callable[[], Any], value: Callable[[Any], int]) -> Any:
-        """Send one request on the reading session. If `rel` is watched, its answer (turned into
-        an mzxid by `value`) updates `_latest`, in the order the requests were sent: one session's
-        answers come in that order, so the highest sequence number is the newest state."""
-        if rel not in _WATCHED:
-            return call()
-        with self._cond:
-            self._seq += 1
-            seq = self._seq
-            result = call()
-        result.rawlink(functools.partial(self._observed, rel, seq, value))
-        return result
-
-    def _observed(self, rel: str, seq: int, value: Callable[[Any], int], result: Any) -> None:
-        try:
-            v = value(result.get(block=False))
-        except NoNodeError:
-            v = 0
-        except Exception:  # a lost connection: the re-arm after reconnecting reads again
-            return
-        with self._cond:
-            if seq <= self._applied.get(rel, 0):
-                return
-            self._applied[rel] = seq
-            self._latest[rel] = v
-            self._known.setdefault(rel, v)  # the state a watch starts from counts as seen
-            self._cond.notify_all()
-
-    def _on_watch(self, event: WatchedEvent) -> None:
-        if event.type == EventType.NONE or not event.path:
-            return  # a connection event: _on_main_state re-arms
-        rel = event.path.removeprefix(self._base + "/")
-        if rel in _WATCHED:
-            self._arm(rel)
-
-    def _arm(self, rel: str) -> None:
-        path = self._path(rel)
-        try:
-            if rel == "members":
-                r = self._issue(
-                    rel,
-                    lambda: self._main.get_children_async(path, watch=self._on_watch, include_data=True),
-                    lambda v: int(v[1].pzxid),
-                )
-                r.rawlink(self._members_missing)
-            else:
-                self._issue(
-                    rel,
-                    lambda: self._main.exists_async(path, watch=self._on_watch),
-                    lambda v: int(v.mzxid) if v is not None else 0,
-                )
-        except Exception as e:  # the client is stopping
-            log.debug("zookeeper: arming a watch on %s: %s", path, e)
-
-    def _members_missing(self, result: Any) -> None:
-        # A child watch needs the node: until it exists, watch for its creation instead.
-        if isinstance(result.exception, NoNodeError):
-            path = self._path("members")
-            self._issue(
-                "members",
-                lambda: self._main.exists_async(path, watch=self._on_watch),
-                lambda v: int(v.pzxid) if v is not None else 0,
-            )
-
-    def _saw(self, rel: str, value: int) -> None:
-        """The caller knows `rel` is at `value` (it read or wrote it)."""
-        with self._cond:
-            self._known[rel] = value
-
-    def wait_for_change(self, timeout: float) -> bool:
-        self._start_main()
-
-        def pending() -> bool:
-            return self._lost or any(self._known.get(r, v) != v for r, v in self._latest.items())
-
-        with self._cond:
-            if not self._cond.wait_for(pending, timeout=max(0.0, timeout)):
-                return False
-            self._known.update(self._latest)
-            self._lost = False
-            return True
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self, timeout: float) -> ClusterView:
@@ -461,60 +186,6 @@ class ZooKeeperStore(Store):
         )
 
     # -- persistent keys -----------------------------------------------------------------------
-    def _create(self, rel: str, value: str, deadline: float) -> bool:
-        """Create-only; False if the node exists."""
-        zk = self._client(deadline)
-        path = self._path(rel)
-        r = self._issue(
-            rel,
-            lambda: zk.create_async(path, value.encode(), makepath=True, include_data=True),
-            lambda v: int(v[1].mzxid),
-        )
-        try:
-            _, stat = _await(r, deadline)
-        except NodeExistsError:
-            return False
-        self._saw(rel, int(stat.mzxid))
-        return True
-
-    def _set(self, rel: str, value: str, version: int, deadline: float) -> bool:
-        """Write if the node is at `version` (-1: any); False if it is not, or is gone."""
-        zk = self._client(deadline)
-        path = self._path(rel)
-        r = self._issue(rel, lambda: zk.set_async(path, value.encode(), version), lambda v: int(v.mzxid))
-        try:
-            stat = _await(r, deadline)
-        except (BadVersionError, NoNodeError):
-            return False
-        self._saw(rel, int(stat.mzxid))
-        return True
-
-    def _put(self, rel: str, value: str, deadline: float) -> None:
-        """Write whatever is there."""
-        for _ in range(3):  # set, else create; a concurrent create/delete costs a retry
-            if self._set(rel, value, -1, deadline) or self._create(rel, value, deadline):
-                return
-        raise StoreUnavailable(f"zookeeper: {self._path(rel)} kept changing under the write")
-
-    def _delete(self, rel: str, deadline: float, version: int = -1) -> bool:
-        zk = self._client(deadline)
-        path = self._path(rel)
-        r = self._issue(rel, lambda: zk.delete_async(path, version), lambda v: 0)
-        try:
-            _await(r, deadline)
-        except (NoNodeError, BadVersionError):
-            return False
-        self._saw(rel, 0)
-        return True
-
-    def _get(self, rel: str, deadline: float) -> tuple[str, ZnodeStat] | None:
-        zk = self._client(deadline)
-        try:
-            data, stat = _await(zk.get_async(self._path(rel)), deadline)
-        except NoNodeError:
-            return None
-        return data.decode("utf-8", errors="replace"), stat
-
     def _cas(self, rel: str, value: str, token: str | None, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         if not token:
