@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN
 from pgwarden.core.model import Lease
+from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN
 
 
 @dataclass

@@ -12,87 +12,27 @@ msgspec reports with the path of the offending mapping.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from msgspec import Meta, Struct, field
+from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.validate import validate
 
-
-class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """Base of every model: unknown keys refused, instances immutable."""
-
+# The cluster-wide settings, their base and the safety constants live in the core (which depends
+# on nothing above it); named here too for the modules that read the whole configuration.
+from pgwarden.core.settings import FENCE_BUDGET as FENCE_BUDGET
+from pgwarden.core.settings import LEASE_MARGIN as LEASE_MARGIN
+from pgwarden.core.settings import MIN_TTL as MIN_TTL
+from pgwarden.core.settings import ClusterSettings as ClusterSettings
+from pgwarden.core.settings import FailoverMode as FailoverMode
+from pgwarden.core.settings import NonNegative, ParamValue
+from pgwarden.core.settings import Strict as Strict
+from pgwarden.core.settings import SyncMode as SyncMode
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
-NonNegative = Annotated[int, Meta(ge=0)]
-ParamValue = str | int | float | bool
-
-
-class SyncMode(StrEnum):
-    OFF = "off"
-    ON = "on"
-    QUORUM = "quorum"
-
-
-class FailoverMode(StrEnum):
-    AUTOMATIC = "automatic"
-    MANUAL = "manual"
-
-
-# etcd refuses leases shorter than ~2 s with its default heartbeat; the fencer needs
-# LEASE_MARGIN seconds to stop PostgreSQL before the store lets anyone else lead.
-MIN_TTL = 2.0
-LEASE_MARGIN = 0.5
-# Time the agent keeps for itself to stop PostgreSQL before its own lease deadline.
-FENCE_BUDGET = 0.25
-
-
-class ClusterSettings(Strict, frozen=True, kw_only=True):
-    """Cluster-wide settings. Seeded into the store by the node that bootstraps the cluster;
-    afterwards the store's copy wins and `pgwarden ctl edit-config` changes it."""
-
-    ttl: float = 4.0  # leader lease length, seconds
-    loop_wait: float = 1.0  # seconds between HA loop runs
-    retry_timeout: float = 1.0  # deadline of one store or PostgreSQL call, seconds
-    maximum_lag_on_failover: NonNegative = 1048576  # bytes a candidate may lag
-    synchronous_mode: SyncMode = SyncMode.OFF
-    synchronous_node_count: Annotated[int, Meta(ge=1)] = 1
-    synchronous_mode_strict: bool = False
-    failover_mode: FailoverMode = FailoverMode.AUTOMATIC
-    paused: bool = False
-    use_pg_rewind: bool = True
-    parameters: dict[str, ParamValue] = field(default_factory=dict)
-
-    @property
-    def synchronous(self) -> bool:
-        """Some synchronous mode (on or quorum) is asked for: the one place that says so."""
-        return self.synchronous_mode != SyncMode.OFF
-
-    def __post_init__(self) -> None:
-        if self.ttl < MIN_TTL:
-            raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
-        if self.loop_wait < 0.1:
-            raise ValueError(f"loop_wait must be at least 0.1 s; got {self.loop_wait:g}")
-        if self.retry_timeout < 0.2:
-            raise ValueError(f"retry_timeout must be at least 0.2 s; got {self.retry_timeout:g}")
-        # The leader must be able to miss one renewal and still stop writes itself before the
-        # lease deadline (sent_at + ttl - LEASE_MARGIN), with FENCE_BUDGET to do it.
-        if 2 * self.loop_wait + LEASE_MARGIN + FENCE_BUDGET >= self.ttl:
-            raise ValueError(
-                f"timing: ttl must exceed 2 * loop_wait + {LEASE_MARGIN + FENCE_BUDGET:g} "
-                f"(ttl={self.ttl:g}, loop_wait={self.loop_wait:g}); raise ttl or lower loop_wait"
-            )
-        # A leader must be able to fail one renewal and still renew again before the lease ends.
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
-            raise ValueError(
-                f"timing: loop_wait + 2 * retry_timeout must not exceed ttl "
-                f"({self.loop_wait:g} + 2 * {self.retry_timeout:g} > {self.ttl:g}); "
-                f"raise ttl or lower loop_wait/retry_timeout"
-            )
 
 
 class Credentials(Strict, frozen=True, kw_only=True):

@@ -14,7 +14,6 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.config.schema import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
 from pgwarden.core import candidates, sync
 from pgwarden.core.actions import (
     AcquireLease,
@@ -53,6 +52,7 @@ from pgwarden.core.model import (
     SyncState,
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
+from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
 
 
 def decide(obs: Observation) -> Decision:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.settings import ClusterSettings
 
 
 class Role(StrEnum):

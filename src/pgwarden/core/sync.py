@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.core.model import NO_SYNC, ReplicationStat, SyncConfig, SyncState
+from pgwarden.core.settings import ClusterSettings, SyncMode
 
 WILDCARD = "*"
 
