@@ -38,3 +38,19 @@ def test_stream_clock_counts_only_streaming_on_the_leaders_timeline() -> None:
     c.saw(replica_pg("n1", streaming=False), None, 30.0)
     c.restart()
     assert c.not_streaming_for(40.0) == 0.0
+
+
+def test_unhealthy_clock_runs_only_while_a_running_server_fails_its_health_query() -> None:
+    from pgwarden.core.waits import UnhealthyClock
+
+    from .builders import primary_pg, stopped_pg
+
+    c = UnhealthyClock()
+    c.saw(primary_pg(healthy=False), 10.0)
+    c.saw(primary_pg(healthy=False), 12.0)
+    assert c.unhealthy_for(13.0) == 3.0
+    c.saw(primary_pg(), 14.0)
+    assert c.unhealthy_for(15.0) == 0.0
+    c.saw(primary_pg(healthy=False), 16.0)
+    c.saw(stopped_pg(), 17.0)  # a stopped server is not "unhealthy": other rules start it
+    assert c.unhealthy_for(18.0) == 0.0

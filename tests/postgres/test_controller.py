@@ -83,7 +83,7 @@ def test_primary_observed(pair: Pair) -> None:
     assert v.system_id and v.version == 18
     assert v.postmaster_pid == pair.p.postmaster_pid()
     assert v.upstream is None and v.sync == NO_SYNC
-    assert v.sync_applied_lsn is not None and v.unhealthy_for == 0.0
+    assert v.sync_applied_lsn is not None
 
 
 def test_replica_streams_rows(pair: Pair) -> None:
@@ -164,11 +164,10 @@ def test_frozen_postmaster_is_unhealthy_within_timeout(pair: Pair) -> None:
         assert elapsed < 1.0, elapsed
         assert v.running and not v.healthy and v.postmaster_pid == pid
         v2 = p.observe(0.3)
-        assert not v2.healthy and v2.unhealthy_for > 0
+        assert v2.running and not v2.healthy
     finally:
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: p.observe(2).healthy, 20, "healthy again after SIGCONT")
-    assert p.observe(2).unhealthy_for == 0.0
 
 
 def test_failover_rewind_and_demote(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from pgwarden.core.model import (
     Role,
     Tags,
 )
-from pgwarden.core.waits import StreamClock, WaitClocks
+from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
 from pgwarden.routing.router import router_for
@@ -82,6 +82,7 @@ class Agent:
                              self, cfg.name)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
+        self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._message = "starting"
@@ -274,8 +275,10 @@ class Agent:
         now = time.monotonic()
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
-        # The controller tracks unhealthy_for and sync_applied_lsn itself.
+        self._unhealthy.saw(pgv, now)
+        # The controller tracks sync_applied_lsn itself (it follows the server's live setting).
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
+                      unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
         self._last_pg = pgv
         return pgv

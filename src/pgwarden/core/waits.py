@@ -64,3 +64,21 @@ class StreamClock:
 
     def not_streaming_for(self, now: float) -> float:
         return 0.0 if self.since is None else now - self.since
+
+
+@dataclass
+class UnhealthyClock:
+    """Since when the postmaster has been alive but failing the health query (rule 9's
+    "healthy"; a leader unhealthy for longer than ttl fences itself and releases the lease)."""
+
+    since: float | None = None
+
+    def saw(self, pg: PgView, now: float) -> None:
+        if pg.running and not pg.healthy:
+            if self.since is None:
+                self.since = now
+        else:
+            self.since = None
+
+    def unhealthy_for(self, now: float) -> float:
+        return 0.0 if self.since is None else now - self.since

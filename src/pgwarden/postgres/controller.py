@@ -93,14 +93,11 @@ class PostgresController(DataDirectory):
 
     def _observe(self, timeout: float, started: float) -> PgView:
         data = self.data_state()
-        if data is not DataState.VALID:
-            self._unhealthy_since = None
         st = self._state
         upstream = st.upstream.member if st.role == "replica" and st.upstream else None
         base = PgView(data=data, upstream=upstream, sync=st.sync, version=self.major)
         pid = self.postmaster_pid() if data is DataState.VALID else None
         if pid is None:
-            self._unhealthy_since = None
             if data is not DataState.VALID:
                 return base
             left = timeout - (time.monotonic() - started)
@@ -116,14 +113,9 @@ class PostgresController(DataDirectory):
                            clean_shutdown=cd.clean_shutdown)
         health = self._probe(timeout - (time.monotonic() - started))
         if health is None:
-            now = time.monotonic()
-            if self._unhealthy_since is None:
-                self._unhealthy_since = now
             known = self._live.known(pid)
             return replace(base, running=True, healthy=False, postmaster_pid=pid,
-                           sync=st.sync if known is None else known,
-                           unhealthy_for=now - self._unhealthy_since)
-        self._unhealthy_since = None
+                           sync=st.sync if known is None else known)
         # What the server waits for, not what we last wrote: a reload may not have gone through.
         live = self._live.note(pid, health.sync_standby_names, health.in_recovery,
                                health.current_lsn)

@@ -100,7 +100,6 @@ class PostgresServer:
         # synchronous_standby_names as the server last answered it (the file can be ahead of
         # it after a reload that did not go through) and the LSN when it took effect.
         self._live = sync_names.LiveSyncTracker()
-        self._unhealthy_since: float | None = None
         self._pending_restart = False
         log.info("postgres %d binaries in %s, data in %s, OS user %s",
                  self.major, self.bin_dir, self.data_dir, self.os_user)
