@@ -1,0 +1,299 @@
+"""The REST API's HTTP/1.1 framing over raw sockets: keep-alive and pipelining, chunked bodies,
+requests that arrive in pieces, the body cap, malformed framing, Expect: 100-continue, HTTP/1.0,
+the access log, shutdown and IPv6. urllib3 (test_server.py) only ever sends well-formed requests;
+these are what a hostile or odd client sends."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import pytest
+
+from pgwarden.api.server import ApiServer
+from pgwarden.api.state import StateHolder
+from tests.support.ports import free_port
+from tests.support.wait import wait_for
+
+from .test_server import Env, make_env
+
+MAX_BODY = 1024 * 1024
+SWITCHOVER = b'{"leader": "node1", "candidate": "node2"}'
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = make_env()
+    yield e
+    e.server.stop()
+
+
+def connect(env: Env, timeout: float = 10.0) -> socket.socket:
+    port = int(env.server.url.rsplit(":", 1)[1])
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+            version: str = "HTTP/1.1") -> bytes:
+    lines = [f"{method} {path} {version}", "Host: test"]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+def chunked(*chunks: bytes, trailer: bytes = b"") -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n" + trailer + b"\r\n"
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def read_reply(f: BinaryIO, head: bool = False) -> Reply:
+    """One response off a connection (Content-Length framing, which is all the API sends)."""
+    status_line = f.readline()
+    assert status_line.startswith(b"HTTP/1.1 "), status_line
+    headers: dict[str, str] = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = b"" if head else f.read(int(headers["content-length"]))
+    return Reply(int(status_line.split()[1]), headers, body)
+
+
+def closed(sock: socket.socket, f: BinaryIO) -> bool:
+    """Whether the server closed the connection (after everything it sent has been read)."""
+    try:
+        return f.read(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+# -- keep-alive and pipelining ---------------------------------------------------------------------
+
+
+def test_pipelined_requests_are_answered_in_order(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health") + request("HEAD", "/status") + request("GET", "/status")
+                  + request("OPTIONS", "/replica") + request("GET", "/nope"))
+        first = read_reply(f)
+        assert first.status == 200 and first.json()["name"] == "node1"  # type: ignore[index]
+        head = read_reply(f, head=True)
+        full = read_reply(f)
+        assert head.status == full.status == 200
+        assert head.headers["content-length"] == full.headers["content-length"] == str(len(full.body))
+        assert read_reply(f).status == 503  # OPTIONS: status only, Content-Length: 0
+        assert read_reply(f).status == 404
+        # still open: one more request on the same connection
+        s.sendall(request("GET", "/primary"))
+        assert read_reply(f).status == 200
+
+
+def test_an_unread_body_is_skipped_so_the_next_request_is_in_sync(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/health", b"GET /nope HTTP/1.1\r\n\r\n")
+                  + request("PUT", "/status", headers={"Transfer-Encoding": "chunked"})
+                  + chunked(b"GET /nope ", b"HTTP/1.1\r\n\r\n")
+                  + request("GET", "/primary"))
+        wrong = read_reply(f)
+        assert wrong.status == 405 and wrong.headers["allow"] == "GET,HEAD,OPTIONS"
+        assert "method POST is not allowed on /health" in wrong.json()["error"]  # type: ignore[index]
+        assert read_reply(f).status == 405
+        assert read_reply(f).status == 200
+
+
+def test_http10_gets_its_answer_and_the_connection_closes(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(b"OPTIONS /primary HTTP/1.0\r\n\r\n")  # what HAProxy's `option httpchk` sends
+        r = read_reply(f)
+        assert r.status == 200 and r.body == b""
+        assert closed(s, f)
+
+
+def test_connection_close_is_honoured(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health", headers={"Connection": "close"}))
+        r = read_reply(f)
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert closed(s, f)
+
+
+# -- bodies ---------------------------------------------------------------------------------------
+
+
+def test_chunked_body(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/switchover", headers={"Transfer-Encoding": "chunked"})
+                  + chunked(SWITCHOVER[:10], SWITCHOVER[10:11], SWITCHOVER[11:],
+                            trailer=b"X-Trailer: ignored\r\n"))
+        r = read_reply(f)
+        assert r.status == 202, r.body
+        req = env.store.snapshot(1).failover
+        assert req is not None and req.candidate == "node2"
+        s.sendall(request("GET", "/health"))  # the connection is still in step
+        assert read_reply(f).status == 200
+
+
+def test_chunk_extensions_are_ignored(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        body = b"%x;name=value\r\n%s\r\n0\r\n\r\n" % (len(SWITCHOVER), SWITCHOVER)
+        s.sendall(request("POST", "/switchover", headers={"Transfer-Encoding": "chunked"}) + body)
+        assert read_reply(f).status == 202
+
+
+def test_a_request_split_into_many_small_sends(env: Env) -> None:
+    data = request("POST", "/switchover", SWITCHOVER, {"User-Agent": "dribble"})
+    with connect(env) as s, s.makefile("rb") as f:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(0, len(data), 3):
+            s.sendall(data[i:i + 3])
+        assert read_reply(f).status == 202
+    assert env.store.snapshot(1).failover is not None
+
+
+def test_a_body_at_the_cap_is_accepted(env: Env) -> None:
+    body = SWITCHOVER + b" " * (MAX_BODY - len(SWITCHOVER))
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/switchover", body))
+        assert read_reply(f).status == 202
+
+
+def test_an_announced_oversized_body_is_413_and_the_connection_closes(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/switchover", headers={"Content-Length": str(MAX_BODY + 1)}))
+        r = read_reply(f)  # answered without waiting for the body
+        assert r.status == 413 and "error" in r.json()  # type: ignore[operator]
+        assert r.headers["connection"] == "close"
+        assert closed(s, f)
+
+
+def test_an_oversized_chunked_body_is_413_and_the_connection_closes(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        def send() -> None:
+            try:
+                s.sendall(request("POST", "/switchover", headers={"Transfer-Encoding": "chunked"})
+                          + chunked(*[b"x" * 65536] * 17))
+            except OSError:
+                pass  # the server may stop reading once it has answered
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        r = read_reply(f)
+        sender.join(10)
+        assert r.status == 413
+        assert closed(s, f)
+
+
+def test_an_oversized_body_nobody_reads_closes_the_connection(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health", headers={"Content-Length": str(MAX_BODY + 1)}))
+        r = read_reply(f)
+        assert r.status == 200 and r.headers["connection"] == "close"
+        assert closed(s, f)
+
+
+def test_expect_100_continue(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/switchover", headers={"Content-Length": str(len(SWITCHOVER)),
+                                                           "Expect": "100-continue"}))
+        assert f.readline().startswith(b"HTTP/1.1 100 ")
+        while f.readline() not in (b"\r\n", b""):
+            pass
+        s.sendall(SWITCHOVER)
+        assert read_reply(f).status == 202
+
+
+# -- malformed framing ----------------------------------------------------------------------------
+
+
+MALFORMED = [
+    pytest.param(b"HELLO\r\n\r\n", 400, id="garbage-request-line"),
+    pytest.param(b"GET /health\r\n\r\n", 400, id="http-0.9"),
+    pytest.param(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="asterisk-target"),
+    pytest.param(b"GET example.com:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="authority-target"),
+    pytest.param(b"G(T /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="method-not-a-token"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, id="length-and-chunked"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
+                 id="length-not-a-number"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400,
+                 id="length-negative"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+                 400, id="conflicting-lengths"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+                 id="chunk-size-not-hex"),
+    pytest.param(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, id="request-line-too-long"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431,
+                 id="header-too-long"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(101))
+                 + b"\r\n", 431, id="too-many-headers"),
+]
+
+
+@pytest.mark.parametrize(("raw", "status"), MALFORMED)
+def test_malformed_requests_get_an_error_and_the_connection_closes(env: Env, raw: bytes, status: int) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(raw + request("GET", "/health"))  # a request behind it is never served
+        r = read_reply(f)
+        assert r.status == status
+        assert isinstance(r.json(), dict) and "error" in r.json()  # type: ignore[operator]
+        assert closed(s, f)
+    assert env.request("GET", "/health").status == 200
+
+
+# -- access log, shutdown, IPv6 -------------------------------------------------------------------
+
+
+def test_access_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pgwarden.api.access")
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/status?x=1", headers={"User-Agent": "probe/1", "Referer": "here"}))
+        r = read_reply(f)
+
+    def lines() -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if rec.name == "pgwarden.api.access"]
+
+    wait_for(lines, 5, "the access log line")  # written just after the answer is sent
+    assert len(lines()) == 1
+    assert lines()[0].startswith("127.0.0.1 [")
+    assert f'"GET /status?x=1 HTTP/1.1" 200 {len(r.body)} "here" "probe/1"' in lines()[0]
+
+
+def test_stop_ends_idle_keepalive_connections(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health"))
+        assert read_reply(f).status == 200
+        env.server.stop()
+        assert closed(s, f)
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+def test_ipv6_listener() -> None:
+    server = ApiServer("::1", free_port(), StateHolder(), None, None, "node1")
+    server.start()
+    try:
+        assert server.url.startswith("http://[::1]:")
+        port = int(server.url.rsplit(":", 1)[1])
+        with socket.create_connection(("::1", port), timeout=10) as s, s.makefile("rb") as f:
+            s.sendall(request("GET", "/health"))
+            assert read_reply(f).status == 503  # no state published yet, but served
+    finally:
+        server.stop()
