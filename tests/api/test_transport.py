@@ -9,11 +9,13 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import pytest
 
+from pgwarden.api import transport
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import StateHolder
 from tests.support.ports import free_port
@@ -220,7 +222,13 @@ MALFORMED = [
     pytest.param(b"GET /health\r\n\r\n", 400, id="http-0.9"),
     pytest.param(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="asterisk-target"),
     pytest.param(b"GET example.com:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="authority-target"),
+    pytest.param(b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="connect"),
     pytest.param(b"G(T /health HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="method-not-a-token"),
+    pytest.param(b"GET /h\x7fealth HTTP/1.1\r\nHost: x\r\n\r\n", 400, id="control-in-target"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400, id="header-no-colon"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n", 400, id="header-name-space"),
+    pytest.param(b"GET /health HTTP/1.1\r\n\r\n", 400, id="http11-without-host"),
+    pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400, id="two-hosts"),
     pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, id="length-and-chunked"),
     pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400,
@@ -231,6 +239,13 @@ MALFORMED = [
                  400, id="conflicting-lengths"),
     pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
                  id="chunk-size-not-hex"),
+    # the chunk's data must end with CRLF, not any two bytes (CVE-2025-43859, h11 < 0.16)
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"2\r\n{}XX0\r\n\r\n", 400, id="chunk-without-crlf"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+                 id="unsupported-transfer-coding"),
+    pytest.param(b"POST /switchover HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501, id="two-transfer-encodings"),
     pytest.param(b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, id="request-line-too-long"),
     pytest.param(b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n", 431,
                  id="header-too-long"),
@@ -250,6 +265,80 @@ def test_malformed_requests_get_an_error_and_the_connection_closes(env: Env, raw
     assert env.request("GET", "/health").status == 200
 
 
+def test_an_error_answer_to_head_has_no_body(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(b"HEAD * HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = read_reply(f, head=True)
+        assert r.status == 400 and int(r.headers["content-length"]) > 0
+        assert closed(s, f)  # nothing but the head was sent
+
+
+def test_an_upgrade_request_is_answered_as_plain_http(env: Env) -> None:
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health", headers={"Connection": "Upgrade", "Upgrade": "websocket"})
+                  + request("GET", "/primary"))
+        assert read_reply(f).status == 200
+        assert read_reply(f).status == 200
+
+
+# -- timeouts ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+    """The server with a 0.5 s deadline for a request's head and for its body."""
+    monkeypatch.setattr(transport, "_REQUEST_TIMEOUT", 0.5)
+    e = make_env()
+    yield e
+    e.server.stop()
+
+
+def test_a_half_request_then_silence_is_dropped_while_others_are_served(quick_env: Env) -> None:
+    with connect(quick_env) as s, s.makefile("rb") as f:
+        started = time.monotonic()
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nUser-Ag")
+        for _ in range(3):  # another client is served meanwhile
+            assert quick_env.request("GET", "/health").status == 200
+        assert closed(s, f)  # without an answer
+        assert 0.4 < time.monotonic() - started < 5
+
+
+def test_a_body_that_never_comes_is_dropped(quick_env: Env) -> None:
+    with connect(quick_env) as s, s.makefile("rb") as f:
+        s.sendall(request("POST", "/switchover", headers={"Content-Length": "100"}) + b'{"leader"')
+        assert closed(s, f)
+    assert quick_env.store.snapshot(1).failover is None
+
+
+def test_an_idle_keepalive_connection_is_closed(quick_env: Env) -> None:
+    with connect(quick_env) as s, s.makefile("rb") as f:
+        s.sendall(request("GET", "/health"))
+        assert read_reply(f).status == 200
+        started = time.monotonic()
+        assert closed(s, f)
+        assert time.monotonic() - started < 5
+
+
+def test_a_dribbling_client_cannot_hold_a_connection(quick_env: Env) -> None:
+    """A byte every 50 ms never trips a per-read timeout; the request's deadline still ends it."""
+    with connect(quick_env) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        s.settimeout(0.05)
+        while time.monotonic() - started < 5:
+            try:
+                s.sendall(b"a")
+                if s.recv(1) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:  # reset
+                break
+        else:
+            pytest.fail("the server still reads a request that started 5 s ago")
+        assert time.monotonic() - started < 3
+
+
 # -- access log, shutdown, IPv6 -------------------------------------------------------------------
 
 
@@ -266,6 +355,19 @@ def test_access_log_line(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     assert len(lines()) == 1
     assert lines()[0].startswith("127.0.0.1 [")
     assert f'"GET /status?x=1 HTTP/1.1" 200 {len(r.body)} "here" "probe/1"' in lines()[0]
+
+
+def test_access_log_line_for_an_unparsable_request(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pgwarden.api.access")
+    with connect(env) as s, s.makefile("rb") as f:
+        s.sendall(b"\x01HELLO \x1b[2J\r\nmore\r\n\r\n")
+        assert read_reply(f).status == 400
+
+    def lines() -> list[str]:
+        return [rec.getMessage() for rec in caplog.records if rec.name == "pgwarden.api.access"]
+
+    wait_for(lines, 5, "the access log line")
+    assert '"\\x01HELLO \\x1b[2J" 400 ' in lines()[0]  # control characters escaped
 
 
 def test_stop_ends_idle_keepalive_connections(env: Env) -> None:
