@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -14,6 +15,8 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from pgwarden.api import transport
 from pgwarden.api.server import ApiServer
@@ -337,6 +340,100 @@ def test_a_dribbling_client_cannot_hold_a_connection(quick_env: Env) -> None:
         else:
             pytest.fail("the server still reads a request that started 5 s ago")
         assert time.monotonic() - started < 3
+
+
+# -- structured fuzzing -----------------------------------------------------------------------------
+
+
+class Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(scope="module")
+def fuzz_env() -> Iterator[tuple[Env, Errors]]:
+    errors = Errors()
+    logging.getLogger("pgwarden.api").addHandler(errors)
+    e = make_env()
+    yield e, errors
+    e.server.stop()
+    logging.getLogger("pgwarden.api").removeHandler(errors)
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    """Requests made of plausible and broken parts: the framing choices a smuggler plays with."""
+    eol = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    method = draw(st.sampled_from([b"GET", b"HEAD", b"POST", b"PATCH", b"OPTIONS", b"CONNECT", b"get",
+                                   b"G T"]))
+    target = draw(st.sampled_from([b"/health", b"/status", b"/switchover", b"/config", b"*",
+                                   b"http://x/primary?lag=1MB", b"//", b"/%ff%2f", b"/a b", b""]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1x", b""]))
+    body = draw(st.sampled_from([b"", SWITCHOVER, b"{", b"x" * 300]))
+    headers = []
+    if draw(st.booleans()):
+        headers.append(b"Host: x")
+    framing = draw(st.sampled_from(["none", "length", "length", "chunked", "both", "bad-length",
+                                    "short-length", "gzip", "bad-chunk"]))
+    if framing in ("length", "both"):
+        headers.append(b"Content-Length: %d" % len(body))
+    if framing == "bad-length":
+        headers.append(draw(st.sampled_from([b"Content-Length: +3", b"Content-Length: 1,2",
+                                             b"Content-Length: 99999999999999999999999"])))
+    if framing == "short-length":
+        headers.append(b"Content-Length: %d" % (len(body) // 2))
+    if framing in ("chunked", "both", "bad-chunk"):
+        headers.append(draw(st.sampled_from([b"Transfer-Encoding: chunked", b"Transfer-Encoding: CHUNKED",
+                                             b"Transfer-Encoding:  chunked "])))
+    if framing == "gzip":
+        headers.append(b"Transfer-Encoding: gzip, chunked")
+    headers += draw(st.lists(st.sampled_from([b"Connection: close", b"Connection: keep-alive",
+                                              b"Expect: 100-continue", b"X: \x00", b" folded",
+                                              b"Upgrade: h2c", b"Content-Length: 0",
+                                              b"Transfer-Encoding: chunked"]),
+                             max_size=2))
+    payload = body
+    if framing in ("chunked", "both"):
+        payload = chunked(body[:5], body[5:]) if body else chunked()
+    elif framing == "bad-chunk":
+        payload = draw(st.sampled_from([b"5\r\nabcdeXX0\r\n\r\n", b"-1\r\n", b"5\r\nab",
+                                        b"ffffffffffffffffff\r\n", b"0\r\nTrailer: x\r\n"]))
+    line = b" ".join(p for p in (method, target, version) if p)
+    return eol.join([line, *headers]) + eol + eol + payload
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(msgs=st.lists(messages(), min_size=1, max_size=3), cuts=st.lists(st.integers(1, 400), max_size=4))
+def test_fuzz_framing(fuzz_env: tuple[Env, Errors], msgs: list[bytes], cuts: list[int]) -> None:
+    env, errors = fuzz_env
+    errors.records.clear()
+    data = b"".join(msgs)
+    with connect(env, timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for cut in sorted(cuts):  # in pieces, as a slow or sneaky client sends it
+                s.sendall(data[:cut])
+                data = data[cut:]
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server answered an error and closed
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except ConnectionResetError:
+            pass
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 "), reply[:200]
+    statuses = [int(m) for m in re.findall(rb"(?:^|\r\n)HTTP/1\.1 (\d{3}) ", reply)]
+    assert all(code < 500 or code in (501, 503) for code in statuses), (msgs, reply[:500])
+    event(" ".join(map(str, statuses)) or "no reply")
+    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert env.request("GET", "/health").status == 200
 
 
 # -- access log, shutdown, IPv6 -------------------------------------------------------------------
