@@ -3,9 +3,9 @@ requests, served on threads of its own so HTTP never blocks the HA loop.
 
 The API only reads the NodeState the agent publishes; operator requests go to the store (validated
 by core/requests.py) or, for local operations, to the agent's Commands. This module is the
-ApiServer: its lifecycle, routes and handlers; the HTTP/1.1 transport is in transport.py (see there
-for why it is the standard library's server), JSON documents in views.py, request bodies in
-bodies.py.
+ApiServer: its lifecycle, routes and handlers; the HTTP/1.1 transport is in transport.py (h11 for the
+framing under our own sockets and threads; see there for why), JSON documents in views.py, request
+bodies in bodies.py.
 """
 
 from __future__ import annotations
