@@ -290,6 +290,6 @@ def test_a_new_primary_waits_for_any_standby_only_in_strict_mode() -> None:
     from pgwarden.core.sync import after_promotion
 
     strict = ClusterSettings(synchronous_mode=SyncMode.ON, synchronous_mode_strict=True)
-    assert after_promotion(strict) == SyncConfig(1, frozenset({"*"}))
-    assert after_promotion(ClusterSettings(synchronous_mode=SyncMode.QUORUM)) == NO_SYNC
-    assert after_promotion(ClusterSettings(synchronous_mode_strict=True)) == NO_SYNC  # mode off
+    assert after_promotion(strict, None, "n1") == SyncConfig(1, frozenset({"*"}))
+    assert after_promotion(ClusterSettings(synchronous_mode=SyncMode.QUORUM), None, "n1") == NO_SYNC
+    assert after_promotion(ClusterSettings(synchronous_mode_strict=True), None, "n1") == NO_SYNC  # mode off

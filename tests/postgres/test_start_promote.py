@@ -187,6 +187,25 @@ def test_promote_without_strict_mode_waits_for_nobody(tmp_path: Path) -> None:
             teardown(b)
 
 
+def test_promote_enforces_the_setting_the_core_chose_from_the_first_commit(tmp_path: Path) -> None:
+    """The store promises every commit is on "c" (not running): the new primary must wait for it,
+    not acknowledge commits no member of the promise holds (fault suite, seed 765280336)."""
+    a = bootstrapped_primary(make_node_config(tmp_path, "a", free_port(), free_port()))
+    b: PostgresController | None = None
+    try:
+        b = _clone(tmp_path, "b", a)
+        b.start(role="replica", upstream=_up(a), wait_timeout=30)
+        a.stop("fast", 20)
+        b.promote(20, SyncConfig(1, frozenset({"c"})))
+        assert query(b._cfg, "SHOW synchronous_standby_names") == [('ANY 1 ("c")',)]
+        blocked, what = _commit_blocks(b, "waits_for_c")
+        assert blocked, what
+    finally:
+        teardown(a)
+        if b is not None:
+            teardown(b)
+
+
 def test_a_standby_data_directory_is_never_started_as_primary(tmp_path: Path) -> None:
     a = bootstrapped_primary(make_node_config(tmp_path, "a", free_port(), free_port()))
     b: PostgresController | None = None

@@ -136,8 +136,8 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
-            case A.Promote():
-                return self._promote(s, pgv)
+            case A.Promote(sync=sync_after):
+                return self._promote(s, pgv, sync_after)
             case A.Demote(upstream=upstream, reason=reason):
                 log.warning("demoting: %s", reason)
                 self.facts.activity = "demoting"
@@ -223,11 +223,12 @@ class Executor:
             case _:
                 assert_never(a)
 
-    def _promote(self, s: ClusterSettings, pgv: PgView) -> bool:
+    def _promote(self, s: ClusterSettings, pgv: PgView, sync_after: SyncConfig) -> bool:
         self._arm(pgv.postmaster_pid)
         self.facts.activity = "promoting"
         log.info("promoting PostgreSQL")
-        self.pg.promote(self._lease_budget(10.0))
+        self.pg.promote(self._lease_budget(10.0), sync_after)
+        self.facts.sync_applied = sync_after
         # Rule 4: still ours right after promotion? If not (or we cannot tell), stop writes at once.
         try:
             kept = self.renew(s)

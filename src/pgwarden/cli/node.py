@@ -32,6 +32,7 @@ from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, FailoverMode, NodeConfig
 from pgwarden.core.history import merge_history
 from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
+from pgwarden.core.sync import after_promotion
 from pgwarden.errors import CliError
 from pgwarden.store.base import Store, StoreUnavailable
 
@@ -349,7 +350,8 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
         raise Refused(f"{name} is on timeline {pgv.timeline} but the cluster reached timeline {newest}"
                       f"{f' (promoted {by})' if by else ''}, which may still take writes; promoting "
                       f"{name} would fork it: make it follow or rejoin instead")
-    node.pg.promote(PG_TIMEOUT)
+    # From its first commit, the new primary keeps the store's synchronous promise (rule 6).
+    node.pg.promote(PG_TIMEOUT, after_promotion(view.settings, view.sync, name))
     after = node.pg.observe(PG_TIMEOUT)
     if after.timeline is not None:
         _publish_history(node, view, after.timeline)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pgwarden.core.model import SyncConfig, SyncState
+from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,10 @@ class ReleaseLease:
 
 @dataclass(frozen=True)
 class Promote:
-    """Promote; the runner renews the lease right after and demotes at once if it is gone."""
+    """Promote; the runner renews the lease right after and demotes at once if it is gone.
+    `sync`: what the new primary waits for from its first commit (`sync.after_promotion`)."""
+
+    sync: SyncConfig = NO_SYNC
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,22 @@ class Desired:
     pg: SyncConfig  # what the primary should wait for once the promise is in the store
 
 
-def after_promotion(settings: ClusterSettings) -> SyncConfig:
-    """What a new primary waits for before its HA loop manages synchronous replication.
+def after_promotion(settings: ClusterSettings, stored: SyncState | None, me: str) -> SyncConfig:
+    """What a new primary waits for from its first commit, before its HA loop manages synchronous
+    replication (rules 6, 8).
 
-    Never the set it may have carried from an earlier term as primary: that can name the dead old
-    primary and block every commit. Strict mode waits for any standby (rule 8); otherwise nothing,
-    which is safe because the store's promise still names only members that hold every
-    acknowledged commit, and the leader's loop rebuilds the set in order (`next_step`).
+    The store's promise (k, V) must keep holding for the commits the new primary acknowledges:
+    as primary, `me` holds each of them itself, so it counts as one of the k when it is in V, and
+    the rest must come from V's other members. Waiting for nothing while the store promises that
+    another member has every commit (a leader promoting again after it demoted itself, say) would
+    let that member be promoted later without them. Never the set the server may carry from an
+    earlier term: that can name a dead member the promise no longer does. With nothing left to
+    wait for, strict mode waits for any standby (rule 8).
     """
+    if stored is not None and not stored.empty:
+        need = stored.quorum - (1 if me in stored.members else 0)
+        if need > 0:
+            return SyncConfig(need, frozenset(stored.members - {me}))
     if settings.synchronous and settings.synchronous_mode_strict:
         return SyncConfig(1, frozenset({WILDCARD}))
     return NO_SYNC

@@ -132,16 +132,18 @@ class PostgresController(DataDirectory):
     # ---- lifecycle -----------------------------------------------------------------------
 
 
-    def promote(self, timeout: float) -> None:
+    def promote(self, timeout: float, sync_after: SyncConfig | None = None) -> None:
         """Promote the running standby and wait until it accepts writes.
 
-        The new primary's synchronous setting (core.sync.after_promotion) is reloaded while it is
+        `sync_after` (the core's `sync.after_promotion`: what the store's promise needs; None:
+        the settings' default with no promise, for tools) is reloaded while the server is
         still a standby (the server accepts it in recovery and enforces it the moment recovery
         ends), so it holds from the first commit. standby.signal stays until pg_promote removes
         it: a crash before the promotion must bring the server back as a standby.
         """
         deadline = time.monotonic() + timeout
-        sync_after = core_sync.after_promotion(self._settings_provider())
+        if sync_after is None:
+            sync_after = core_sync.after_promotion(self._settings_provider(), None, self._cfg.name)
         try:
             with self._local(timeout) as conn:
                 standby = sql.query_live_sync(conn).in_recovery
