@@ -1,4 +1,4 @@
-"""Store backends the contract suite runs against, each on a real server.
+"""Store backends the contract suite runs against, each on a real server (or in memory).
 
 `BACKENDS[name](tmp_dir)` is a context manager: it starts a server under `tmp_dir` and yields
 `make_store(cluster) -> ClusterStore` (stores it made are closed on exit). `OPENERS[name](hosts,
@@ -15,6 +15,7 @@ from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT
 from pgwarden.store.etcd import EtcdKV
 from tests.support.etcd import EtcdServer
+from tests.support.memkv import MemKV, MemServer
 
 StoreFactory = Callable[[str], ClusterStore]
 Backend = Callable[[Path], AbstractContextManager[StoreFactory]]
@@ -99,3 +100,23 @@ def zookeeper_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
 BACKENDS["zookeeper"] = zookeeper_backend
 OPENERS["zookeeper"] = open_zookeeper
 
+
+# -- memory: the tests' own backend, one shared server per session ------------------------------
+
+
+def open_memory(hosts: list[str], cluster: str) -> ClusterStore:
+    """Nothing listens at `hosts`: a store whose every call fails as unreachable."""
+    kv = MemKV(cluster)
+    kv.down = True
+    return ClusterStore(kv)
+
+
+@contextmanager
+def memory_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
+    server = MemServer()
+    with _stores(lambda c: ClusterStore(MemKV(c, server))) as make:
+        yield make
+
+
+BACKENDS["memory"] = memory_backend
+OPENERS["memory"] = open_memory
