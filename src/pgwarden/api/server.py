@@ -29,7 +29,7 @@ from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
 from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
-from pgwarden.store.base import StoreConflict, StoreError, StoreUnavailable
+from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
 log = logging.getLogger(__name__)
@@ -180,8 +180,6 @@ class ApiServer:
             return json_response(400, {"error": str(e)})
         except RequestError as e:
             return json_response(400 if e.kind == "invalid" else 412, {"error": e.message})
-        except StoreConflict as e:
-            return json_response(409, {"error": f"the store changed concurrently, retry: {e}"})
         except StoreUnavailable as e:
             return json_response(503, {"error": f"the store is unreachable: {e}"})
         except StoreError as e:

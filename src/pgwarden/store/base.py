@@ -9,7 +9,8 @@ What every `KV` must guarantee:
   `StoreUnavailable`. The runner clips `timeout` to the time left on its lease (SAFETY rule 15).
 * `read` is one consistent read of every key of the cluster, each with its version: an opaque
   token that changes whenever the value is written, compared by `put` and `delete`.
-* A write that loses its compare-and-swap returns False.
+* A write that loses its compare-and-swap returns False; nothing raises on a lost race (there is
+  no conflict exception: every caller re-reads and re-decides, or answers 409 itself).
 * `acquire` is a compare-and-swap on "no such key": it succeeds for at most one caller while the
   key exists, and the key then expires `ttl` seconds after the last renewal the store processed,
   unless renewed or released. The lease belongs to this `KV` instance: another instance cannot
@@ -45,10 +46,6 @@ class StoreError(Exception):
 class StoreUnavailable(StoreError):
     """The store did not answer within the deadline, or refused the connection. Retry later;
     a leader that keeps seeing this must fence itself before its lease deadline."""
-
-
-class StoreConflict(StoreError):
-    """A compare-and-swap lost: someone else changed the key first. Re-read and re-decide."""
 
 
 class _Any(enum.Enum):
