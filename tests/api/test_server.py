@@ -371,8 +371,9 @@ class RacingStore(MemStore):
 
     def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
         current = self.snapshot(timeout)
-        super().set_settings(replace_model(current.settings, paused=True), current.settings_token,
-                             timeout)
+        if current.settings_token:  # once there are settings to overwrite
+            super().set_settings(replace_model(current.settings, paused=True), current.settings_token,
+                                 timeout)
         return super().set_settings(settings, token, timeout)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgwarden.config.schema import EtcdConfig, StoreConfig
-from pgwarden.store.base import Store
+from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
 from tests.cli.helpers import write_node_file
 from tests.support.etcd import EtcdServer
@@ -37,7 +37,7 @@ def node_file(tmp_path: Path, cluster: str, etcd: EtcdServer) -> Path:
 
 
 @pytest.fixture
-def store(cluster: str, etcd: EtcdServer) -> Iterator[Store]:
+def store(cluster: str, etcd: EtcdServer) -> Iterator[ClusterStore]:
     s = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
     yield s
     s.close()

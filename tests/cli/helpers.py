@@ -13,7 +13,7 @@ import yaml
 
 from pgwarden.cli.main import main
 from pgwarden.core.model import MemberInfo, Role, Tags
-from pgwarden.store.base import Store
+from pgwarden.store.cluster import ClusterStore
 
 MEMBER_TTL = 60.0
 TIMEOUT = 5.0
@@ -65,7 +65,7 @@ def member(
     )
 
 
-def publish_cluster(store: Store, members: list[MemberInfo], leader: str | None) -> None:
+def publish_cluster(store: ClusterStore, members: list[MemberInfo], leader: str | None) -> None:
     """What running agents would have written: member keys and the leader lease."""
     for m in members:
         store.publish_member(m, MEMBER_TTL, TIMEOUT)

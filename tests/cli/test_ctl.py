@@ -18,7 +18,7 @@ from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
 from pgwarden.core.decide import request_patience
 from pgwarden.core.model import HistoryEntry, MemberInfo, Role, Tags
-from pgwarden.store.base import Store
+from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
 from tests.cli.helpers import TIMEOUT, Result, member, publish_cluster, run_cli
 from tests.support.etcd import EtcdServer
@@ -34,7 +34,7 @@ def no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
 
 
-def three(store: Store, **overrides: MemberInfo) -> list[MemberInfo]:
+def three(store: ClusterStore, **overrides: MemberInfo) -> list[MemberInfo]:
     members = [
         member("node1", Role.PRIMARY, 5432, 20 * MB),
         member("node2", Role.REPLICA, 5433, 19 * MB, upstream="node1"),
@@ -45,7 +45,7 @@ def three(store: Store, **overrides: MemberInfo) -> list[MemberInfo]:
     return members
 
 
-def test_list_json(node_file: Path, store: Store) -> None:
+def test_list_json(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "list", "--format", "json")
     assert r.code == 0, r.err
@@ -56,7 +56,7 @@ def test_list_json(node_file: Path, store: Store) -> None:
     assert rows[2]["tags"]["nofailover"] is True
 
 
-def test_list_table(node_file: Path, store: Store) -> None:
+def test_list_table(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "list")
     assert r.code == 0, r.err
@@ -75,7 +75,7 @@ def test_show_config(node_file: Path) -> None:
     assert yaml.safe_load(r.out) == to_data(ClusterSettings())
 
 
-def test_edit_config_prints_diff_and_writes(node_file: Path, store: Store) -> None:
+def test_edit_config_prints_diff_and_writes(node_file: Path, store: ClusterStore) -> None:
     r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "ttl=10",
                 "--set", "parameters.work_mem=8MB", "--set", "synchronous_mode=on")
     assert r.code == 0, r.err
@@ -86,7 +86,7 @@ def test_edit_config_prints_diff_and_writes(node_file: Path, store: Store) -> No
     assert again.code == 0 and again.out.strip() == "no changes"
 
 
-def test_edit_config_bad_key_suggests(node_file: Path, store: Store) -> None:
+def test_edit_config_bad_key_suggests(node_file: Path, store: ClusterStore) -> None:
     r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "loop_wiat=2")
     assert r.code == 2
     assert r.err.startswith("pgwarden: error: unknown setting 'loop_wiat'; did you mean 'loop_wait'?")
@@ -104,7 +104,9 @@ def test_edit_config_needs_set(node_file: Path) -> None:
     assert r.code == 2 and "--set" in r.err
 
 
-def test_settings_cas_retries_after_a_concurrent_write(cluster: str, etcd: EtcdServer, store: Store) -> None:
+def test_settings_cas_retries_after_a_concurrent_write(
+    cluster: str, etcd: EtcdServer, store: ClusterStore
+) -> None:
     other = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
     calls = 0
 
@@ -123,7 +125,7 @@ def test_settings_cas_retries_after_a_concurrent_write(cluster: str, etcd: EtcdS
     assert calls == 2 and s.paused and s.loop_wait == 0.5  # the other write survived
 
 
-def test_pause_resume(node_file: Path, store: Store) -> None:
+def test_pause_resume(node_file: Path, store: ClusterStore) -> None:
     r = run_cli("ctl", "-c", str(node_file), "pause")
     assert r.code == 0 and "paused" in r.out
     assert store.snapshot(TIMEOUT).settings.paused
@@ -134,7 +136,7 @@ def test_pause_resume(node_file: Path, store: Store) -> None:
     assert not store.snapshot(TIMEOUT).settings.paused
 
 
-def test_history(node_file: Path, store: Store) -> None:
+def test_history(node_file: Path, store: ClusterStore) -> None:
     r = run_cli("ctl", "-c", str(node_file), "history")
     assert r.code == 0 and "no timeline history" in r.out
     store.set_history((HistoryEntry(1, 0x3000060, "switchover", 1.7e9, "node2"),), TIMEOUT)
@@ -146,7 +148,7 @@ def test_history(node_file: Path, store: Store) -> None:
                                   "at": 1.7e9, "new_leader": "node2"}]
 
 
-def test_topology(node_file: Path, store: Store) -> None:
+def test_topology(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "topology")
     assert r.code == 0, r.err
@@ -155,7 +157,7 @@ def test_topology(node_file: Path, store: Store) -> None:
     assert lines[0].index("node1") < lines[1].index("node2") < lines[2].index("node3")
 
 
-def test_dsn(node_file: Path, store: Store) -> None:
+def test_dsn(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "dsn")
     assert r.code == 0, r.err
@@ -168,7 +170,7 @@ def test_dsn(node_file: Path, store: Store) -> None:
 # -- switchover / failover ---------------------------------------------------------------------
 
 
-def test_switchover_unknown_candidate(node_file: Path, store: Store) -> None:
+def test_switchover_unknown_candidate(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node9", "--force")
     assert r.code == 1
@@ -176,19 +178,19 @@ def test_switchover_unknown_candidate(node_file: Path, store: Store) -> None:
     assert store.snapshot(TIMEOUT).failover is None
 
 
-def test_switchover_wrong_leader(node_file: Path, store: Store) -> None:
+def test_switchover_wrong_leader(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--leader", "node2", "--force")
     assert r.code == 1 and "node2 is not the leader; the leader is node1" in r.err
 
 
-def test_switchover_to_nofailover_member(node_file: Path, store: Store) -> None:
+def test_switchover_to_nofailover_member(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node3", "--force")
     assert r.code == 1 and "nofailover" in r.err
 
 
-def test_switchover_bad_schedule(node_file: Path, store: Store) -> None:
+def test_switchover_bad_schedule(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--scheduled", "tomorrow", "--force")
     assert r.code == 2 and "ISO 8601" in r.err
@@ -197,14 +199,14 @@ def test_switchover_bad_schedule(node_file: Path, store: Store) -> None:
     assert r.code == 1 and "in the past" in r.err
 
 
-def test_switchover_without_force_refuses_when_not_a_terminal(node_file: Path, store: Store) -> None:
+def test_switchover_without_force_refuses_when_not_a_terminal(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node2")
     assert r.code == 2 and "pass --force" in r.err
     assert store.snapshot(TIMEOUT).failover is None
 
 
-def test_switchover_scheduled_is_written_and_returns(node_file: Path, store: Store) -> None:
+def test_switchover_scheduled_is_written_and_returns(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node2",
                 "--scheduled", "2099-01-01T00:00:00+00:00", "--force")
@@ -215,7 +217,7 @@ def test_switchover_scheduled_is_written_and_returns(node_file: Path, store: Sto
     assert req.leader == "node1" and req.scheduled_at == 4070908800.0
 
 
-def test_switchover_times_out_when_nobody_acts(node_file: Path, store: Store) -> None:
+def test_switchover_times_out_when_nobody_acts(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "switchover", "--candidate", "node2", "--force",
                 "--timeout", "1")
@@ -226,7 +228,7 @@ def test_switchover_times_out_when_nobody_acts(node_file: Path, store: Store) ->
 
 
 def _ctl_while_agents_play(etcd: EtcdServer, cluster: str, node_file: Path,
-                           on_request: Callable[[Store], None], *args: str) -> Result:
+                           on_request: Callable[[ClusterStore], None], *args: str) -> Result:
     """Run `ctl` while a thread plays the agents: once a request appears in the store, it calls
     `on_request` with its own store connection."""
     agents = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint])), cluster)
@@ -250,13 +252,13 @@ def _ctl_while_agents_play(etcd: EtcdServer, cluster: str, node_file: Path,
 
 
 def test_switchover_completes_when_the_cluster_acts(
-    node_file: Path, store: Store, cluster: str, etcd: EtcdServer
+    node_file: Path, store: ClusterStore, cluster: str, etcd: EtcdServer
 ) -> None:
     """Play the agents: once the request appears, node1 releases the lease and node2 takes it
     and publishes itself as a running primary."""
     three(store)
 
-    def hand_over(agents: Store) -> None:
+    def hand_over(agents: ClusterStore) -> None:
         store.release_leader("node1", TIMEOUT)
         agents.clear_failover(TIMEOUT)
         assert agents.acquire_leader("node2", 60, TIMEOUT)
@@ -269,13 +271,13 @@ def test_switchover_completes_when_the_cluster_acts(
 
 
 def test_switchover_the_leader_drops_is_reported_as_such(
-    node_file: Path, store: Store, cluster: str, etcd: EtcdServer
+    node_file: Path, store: ClusterStore, cluster: str, etcd: EtcdServer
 ) -> None:
     """Play the leader that gives up on the request (its candidate could not take over): the
     request vanishes while node1 still leads. ctl says the switchover did not happen."""
     three(store)
 
-    def drop(agents: Store) -> None:
+    def drop(agents: ClusterStore) -> None:
         agents.clear_failover(TIMEOUT)
 
     r = _ctl_while_agents_play(etcd, cluster, node_file, drop, "switchover", "--candidate", "node2",
@@ -285,7 +287,7 @@ def test_switchover_the_leader_drops_is_reported_as_such(
     assert store.snapshot(TIMEOUT).leader is not None
 
 
-def test_failover_unknown_candidate(node_file: Path, store: Store) -> None:
+def test_failover_unknown_candidate(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "failover", "--candidate", "nodeX", "--force")
     assert r.code == 1 and "no member named nodeX" in r.err
@@ -331,7 +333,7 @@ def fake_api() -> Iterator[str]:
     t.join(5)
 
 
-def test_restart_and_reinit(node_file: Path, store: Store, fake_api: str) -> None:
+def test_restart_and_reinit(node_file: Path, store: ClusterStore, fake_api: str) -> None:
     three(store, node2=member("node2", Role.REPLICA, 5433, 19 * MB, api_url=fake_api))
     r = run_cli("ctl", "-c", str(node_file), "restart", "node2")
     assert r.code == 0, r.err
@@ -344,14 +346,14 @@ def test_restart_and_reinit(node_file: Path, store: Store, fake_api: str) -> Non
     assert FakeApi.calls == ["/restart", "/reinitialize"]
 
 
-def test_restart_unknown_node_lists_members(node_file: Path, store: Store) -> None:
+def test_restart_unknown_node_lists_members(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "restart", "node7")
     assert r.code == 1
     assert "no member named 'node7'" in r.err and "node1, node2, node3" in r.err
 
 
-def test_restart_unreachable_member(node_file: Path, store: Store) -> None:
+def test_restart_unreachable_member(node_file: Path, store: ClusterStore) -> None:
     from tests.support.ports import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pgwarden.store.base import Store
+from pgwarden.store.cluster import ClusterStore
 from tests.support.backends import BACKENDS, StoreFactory
 
 _counter = itertools.count()
@@ -36,9 +36,9 @@ def cluster(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def make_store(session_store_factory: StoreFactory) -> Iterator[StoreFactory]:
     """`make_store(cluster)`: a new store instance, closed when the test ends."""
-    made: list[Store] = []
+    made: list[ClusterStore] = []
 
-    def make(name: str) -> Store:
+    def make(name: str) -> ClusterStore:
         store = session_store_factory(name)
         made.append(store)
         return store

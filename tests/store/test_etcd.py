@@ -13,8 +13,10 @@ import pytest
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import EtcdConfig, StoreConfig, ZooKeeperConfig
 from pgwarden.core.model import FailoverRequest, MemberInfo
-from pgwarden.store.base import StoreUnavailable
-from pgwarden.store.etcd import EtcdStore
+from pgwarden.store.base import ANY, StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
+from pgwarden.store.etcd import EtcdKV
 from pgwarden.store.factory import open_store
 from tests.support.etcd import EtcdServer
 from tests.support.ports import free_port
@@ -33,15 +35,15 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 
 
 @pytest.fixture
-def stores() -> Iterator[list[EtcdStore]]:
-    made: list[EtcdStore] = []
+def stores() -> Iterator[list[ClusterStore]]:
+    made: list[ClusterStore] = []
     yield made
     for s in made:
         s.close()
 
 
-def open_(stores: list[EtcdStore], hosts: list[str], cluster: str = "c") -> EtcdStore:
-    s = EtcdStore(hosts, cluster)
+def open_(stores: list[ClusterStore], hosts: list[str], cluster: str = "c") -> ClusterStore:
+    s = ClusterStore(EtcdKV(hosts, cluster, LAYOUT))
     stores.append(s)
     return s
 
@@ -50,7 +52,7 @@ def member(name: str) -> MemberInfo:
     return MemberInfo(name=name, api_url="http://127.0.0.1:1", host="127.0.0.1", port=5432)
 
 
-def test_stalled_server_raises_within_the_timeout(etcd: EtcdServer, stores: list[EtcdStore]) -> None:
+def test_stalled_server_raises_within_the_timeout(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     s = open_(stores, [etcd.endpoint])
     assert s.acquire_leader("a", 4, T)
     etcd.pause()
@@ -65,7 +67,7 @@ def test_stalled_server_raises_within_the_timeout(etcd: EtcdServer, stores: list
     wait_for(lambda: s.snapshot(T).leader is not None, 10, "etcd to answer again after SIGCONT")
 
 
-def test_dead_first_host_is_skipped(etcd: EtcdServer, stores: list[EtcdStore]) -> None:
+def test_dead_first_host_is_skipped(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     dead = f"127.0.0.1:{free_port()}"
     s = open_(stores, [dead, etcd.endpoint])
     started = time.monotonic()
@@ -82,7 +84,7 @@ def test_dead_first_host_is_skipped(etcd: EtcdServer, stores: list[EtcdStore]) -
 
 
 def test_stalled_first_host_costs_one_call_then_the_next_host_answers(
-    tmp_path: Path, stores: list[EtcdStore]
+    tmp_path: Path, stores: list[ClusterStore]
 ) -> None:
     with EtcdServer(tmp_path, "one") as one, EtcdServer(tmp_path, "two") as two:
         # Two unrelated single-node etcds: enough to see which one the client talks to.
@@ -98,7 +100,7 @@ def test_stalled_first_host_costs_one_call_then_the_next_host_answers(
             one.resume()
 
 
-def test_restart_server_then_calls_and_watch_recover(etcd: EtcdServer, stores: list[EtcdStore]) -> None:
+def test_restart_server_then_calls_and_watch_recover(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
     a.publish_member(member("a"), 30, T)
     b.snapshot(T)
@@ -113,7 +115,7 @@ def test_restart_server_then_calls_and_watch_recover(etcd: EtcdServer, stores: l
     assert b.wait_for_change(10), "the watch did not come back after the restart"
 
 
-def test_own_writes_and_member_refreshes_do_not_wake(etcd: EtcdServer, stores: list[EtcdStore]) -> None:
+def test_own_writes_and_member_refreshes_do_not_wake(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
     b.publish_member(member("b"), 10, T)
     a.snapshot(T)
@@ -128,7 +130,7 @@ def test_own_writes_and_member_refreshes_do_not_wake(etcd: EtcdServer, stores: l
 
 
 def test_changing_ttl_moves_the_leader_to_a_lease_of_the_new_length(
-    etcd: EtcdServer, stores: list[EtcdStore]
+    etcd: EtcdServer, stores: list[ClusterStore]
 ) -> None:
     a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
     assert a.acquire_leader("a", 2, T)
@@ -144,7 +146,7 @@ def test_changing_ttl_moves_the_leader_to_a_lease_of_the_new_length(
     assert time.monotonic() - started > 3.5
 
 
-def test_close_does_not_release_the_leader(etcd: EtcdServer, stores: list[EtcdStore]) -> None:
+def test_close_does_not_release_the_leader(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
     assert a.acquire_leader("a", 3, T)
     a.snapshot(T)
@@ -156,13 +158,13 @@ def test_close_does_not_release_the_leader(etcd: EtcdServer, stores: list[EtcdSt
 
 
 def test_invalid_stored_settings_fall_back_to_defaults_but_keep_the_token(
-    etcd: EtcdServer, stores: list[EtcdStore]
+    etcd: EtcdServer, stores: list[ClusterStore]
 ) -> None:
     a = open_(stores, [etcd.endpoint])
-    a._put_plain("config", '{"ttl": 1, "nonsense": true}', time.monotonic() + T)
+    assert a.kv.put("config", '{"ttl": 1, "nonsense": true}', ANY, T)
     view = a.snapshot(T)
     assert view.settings.ttl == 4.0 and view.settings_token != ""
-    a._put_plain("members/bad", "not json", time.monotonic() + T)
+    assert a.kv.put("members/bad", "not json", ANY, T)
     a.publish_member(member("a"), 10, T)
     assert set(a.snapshot(T).members) == {"a"}
 
@@ -170,7 +172,7 @@ def test_invalid_stored_settings_fall_back_to_defaults_but_keep_the_token(
 def test_factory_opens_etcd(etcd: EtcdServer) -> None:
     store = open_store(StoreConfig(etcd=EtcdConfig(hosts=[etcd.endpoint], prefix="/other")), "c")
     try:
-        assert isinstance(store, EtcdStore) and store.cluster == "c"
+        assert isinstance(store.kv, EtcdKV) and store.cluster == "c"
         assert store.acquire_leader("a", 4, T)
     finally:
         store.close()

@@ -18,7 +18,9 @@ import yaml
 from pgwarden.config.schema import RaftConfig
 from pgwarden.core.model import FailoverRequest, HistoryEntry
 from pgwarden.store.base import StoreUnavailable
-from pgwarden.store.raft import RaftStore, acquire_node, open_client_store, release_node
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
+from pgwarden.store.raft import RaftKV, acquire_node, open_client, release_node
 from tests.support.ports import free_port
 from tests.support.raft import RaftGroup
 from tests.support.wait import wait_for
@@ -123,7 +125,7 @@ def test_restarted_member_catches_up_from_its_journal(group: RaftGroup) -> None:
 def test_client_reads_and_writes_without_a_vote(group: RaftGroup) -> None:
     a = group.store("c", member=0)
     assert a.acquire_leader("a", TTL, T)
-    client = open_client_store(group.configs[0], "c")  # as ctl beside member 0's agent would
+    client = ClusterStore(open_client(group.configs[0], "c", LAYOUT))  # as ctl beside member 0's agent would
     try:
         view = wait_for(lambda: client.snapshot(T), 15, "the client to reach the group")
         assert view.leader is not None and view.leader.name == "a"
@@ -164,11 +166,11 @@ def test_two_data_members_and_a_witness_survive_the_loss_of_one(tmp_path: Path) 
     witness = subprocess.Popen([sys.executable, "-m", "pgwarden", "witness", "-c", str(conf)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     nodes = [acquire_node(cfgs[0]), acquire_node(cfgs[1])]
-    store: RaftStore | None = None
+    store: ClusterStore | None = None
     try:
         health = f"http://127.0.0.1:{api_port}/health"
         wait_for(lambda: _get_health(health) == 200, 20, "the witness to join a group with a leader")
-        store = RaftStore(cfgs[0], "c")
+        store = ClusterStore(RaftKV(cfgs[0], "c", LAYOUT))
         assert store.acquire_leader("a", TTL, T)
         nodes[1].stop()  # one data member lost: member 0 and the witness are a majority
         wait_for(lambda: store is not None and store.renew_leader("a", TTL, 1.0), 15,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 from kazoo.client import KazooClient
@@ -13,9 +14,11 @@ from kazoo.client import KazooClient
 from pgwarden.config.schema import ClusterSettings, StoreConfig
 from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, MemberInfo
-from pgwarden.store.base import StoreError, StoreUnavailable, load_member
+from pgwarden.store.base import StoreError, StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT, load_member
 from pgwarden.store.factory import open_store
-from pgwarden.store.zookeeper import ZooKeeperStore
+from pgwarden.store.zookeeper import ZooKeeperKV
 from tests.support.wait import wait_for
 from tests.support.zookeeper import ZooKeeperServer, zookeeper_available
 
@@ -29,7 +32,7 @@ TTL = 2.0
 MAX_SESSION = 6.0  # this module's server grants sessions of at most this long
 _names = itertools.count()
 
-Factory = Callable[[str], ZooKeeperStore]
+Factory = Callable[[str], ClusterStore]
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +48,10 @@ def cluster() -> str:
 
 @pytest.fixture
 def make(server: ZooKeeperServer) -> Iterator[Factory]:
-    made: list[ZooKeeperStore] = []
+    made: list[ClusterStore] = []
 
-    def make_store(cluster: str) -> ZooKeeperStore:
-        store = ZooKeeperStore([server.endpoint], cluster)
+    def make_store(cluster: str) -> ClusterStore:
+        store = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT))
         made.append(store)
         return store
 
@@ -90,7 +93,7 @@ def test_znode_layout(make: Factory, raw: KazooClient, cluster: str) -> None:
 def test_factory_opens_zookeeper(server: ZooKeeperServer, cluster: str) -> None:
     store = open_store(validate(StoreConfig, {"zookeeper": {"hosts": [server.endpoint]}}), cluster)
     try:
-        assert isinstance(store, ZooKeeperStore)
+        assert isinstance(store.kv, ZooKeeperKV)
         assert store.snapshot(T).leader is None
     finally:
         store.close()
@@ -115,7 +118,7 @@ def test_ttl_change_moves_the_key_to_a_session_of_that_length(
     assert a.renew_leader("a", 4.0, T)
     _, after = raw.get(path)
     assert after.ephemeralOwner != before.ephemeralOwner
-    assert a._leader is not None and a._leader.negotiated == 4.0
+    assert cast(ZooKeeperKV, a.kv)._leases["leader"].negotiated == 4.0
     for _ in range(3):
         assert a.renew_leader("a", 4.0, T)
     view = b.snapshot(T)
@@ -200,7 +203,7 @@ def test_server_restart_keeps_sessions_and_watches(
 
 
 def test_server_path_prefix(server: ZooKeeperServer, raw: KazooClient, cluster: str) -> None:
-    store = ZooKeeperStore([server.endpoint], cluster, prefix="/other/place/")
+    store = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT, prefix="/other/place/"))
     try:
         assert store.set_initialized("7300000000000000001", T)
         data, _ = raw.get(f"/other/place/{cluster}/initialize")

@@ -1,8 +1,8 @@
-"""Store backends the contract suite runs against, each on a real server.
+"""Store backends the contract suite runs against, each on a real server (or in memory).
 
 `BACKENDS[name](tmp_dir)` is a context manager: it starts a server under `tmp_dir` and yields
-`make_store(cluster) -> Store` (stores it made are closed on exit). `OPENERS[name](hosts, cluster)`
-opens a store on explicit "host:port" addresses (unreachable or multi-host cases).
+`make_store(cluster) -> ClusterStore` (stores it made are closed on exit). `OPENERS[name](hosts,
+cluster)` opens a store on explicit "host:port" addresses (unreachable or multi-host cases).
 """
 
 from __future__ import annotations
@@ -11,20 +11,22 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from pgwarden.store.base import Store
-from pgwarden.store.etcd import EtcdStore
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
+from pgwarden.store.etcd import EtcdKV
 from tests.support.etcd import EtcdServer
+from tests.support.memkv import MemKV, MemServer
 
-StoreFactory = Callable[[str], Store]
+StoreFactory = Callable[[str], ClusterStore]
 Backend = Callable[[Path], AbstractContextManager[StoreFactory]]
-Opener = Callable[[list[str], str], Store]
+Opener = Callable[[list[str], str], ClusterStore]
 
 
 @contextmanager
-def _stores(open_one: Callable[[str], Store]) -> Iterator[StoreFactory]:
-    made: list[Store] = []
+def _stores(open_one: Callable[[str], ClusterStore]) -> Iterator[StoreFactory]:
+    made: list[ClusterStore] = []
 
-    def make_store(cluster: str) -> Store:
+    def make_store(cluster: str) -> ClusterStore:
         store = open_one(cluster)
         made.append(store)
         return store
@@ -36,8 +38,8 @@ def _stores(open_one: Callable[[str], Store]) -> Iterator[StoreFactory]:
             store.close()
 
 
-def open_etcd(hosts: list[str], cluster: str) -> Store:
-    return EtcdStore(hosts, cluster)
+def open_etcd(hosts: list[str], cluster: str) -> ClusterStore:
+    return ClusterStore(EtcdKV(hosts, cluster, LAYOUT))
 
 
 @contextmanager
@@ -53,17 +55,17 @@ OPENERS: dict[str, Opener] = {"etcd": open_etcd}
 # -- raft: the agents' own group, three members in this process --------------------------------
 
 
-def open_raft(hosts: list[str], cluster: str) -> Store:
+def open_raft(hosts: list[str], cluster: str) -> ClusterStore:
     """A raft member of its own whose partners are `hosts` (for the unreachable cases)."""
     import tempfile
 
     from pgwarden.config.schema import RaftConfig
-    from pgwarden.store.raft import RaftStore
+    from pgwarden.store.raft import RaftKV
     from tests.support.ports import free_port
 
     journal = Path(tempfile.mkdtemp(prefix="pgwarden-raft-"))
-    return RaftStore(RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts,
-                                data_dir=journal), cluster)
+    cfg = RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=hosts, data_dir=journal)
+    return ClusterStore(RaftKV(cfg, cluster, LAYOUT))
 
 
 @contextmanager
@@ -81,10 +83,10 @@ OPENERS["raft"] = open_raft
 # -- zookeeper: a standalone server (Debian's package) ------------------------------------------
 
 
-def open_zookeeper(hosts: list[str], cluster: str) -> Store:
-    from pgwarden.store.zookeeper import ZooKeeperStore
+def open_zookeeper(hosts: list[str], cluster: str) -> ClusterStore:
+    from pgwarden.store.zookeeper import ZooKeeperKV
 
-    return ZooKeeperStore(hosts, cluster)
+    return ClusterStore(ZooKeeperKV(hosts, cluster, LAYOUT))
 
 
 @contextmanager
@@ -97,3 +99,24 @@ def zookeeper_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
 
 BACKENDS["zookeeper"] = zookeeper_backend
 OPENERS["zookeeper"] = open_zookeeper
+
+
+# -- memory: the tests' own backend, one shared server per session ------------------------------
+
+
+def open_memory(hosts: list[str], cluster: str) -> ClusterStore:
+    """Nothing listens at `hosts`: a store whose every call fails as unreachable."""
+    kv = MemKV(cluster)
+    kv.down = True
+    return ClusterStore(kv)
+
+
+@contextmanager
+def memory_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
+    server = MemServer()
+    with _stores(lambda c: ClusterStore(MemKV(c, server))) as make:
+        yield make
+
+
+BACKENDS["memory"] = memory_backend
+OPENERS["memory"] = open_memory

@@ -8,14 +8,16 @@ from pathlib import Path
 from types import TracebackType
 
 from pgwarden.config.schema import RaftConfig
-from pgwarden.store.raft import RaftNode, RaftStore, acquire_node, release_node
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
+from pgwarden.store.raft import RaftKV, RaftNode, acquire_node, release_node
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
 
 class RaftGroup:
     """`with RaftGroup(tmp_dir) as g:` starts `size` members and waits for a raft leader.
-    `g.store(cluster)` opens a RaftStore on the members in turn (so consecutive stores talk to
+    `g.store(cluster)` opens a store (a RaftKV) on the members in turn (so consecutive stores talk to
     different members); `g.stop(i)` stops member i at once, as if its process died."""
 
     def __init__(self, tmp_dir: Path, size: int = 3) -> None:
@@ -25,7 +27,7 @@ class RaftGroup:
             for i, a in enumerate(addrs)
         ]
         self.nodes: list[RaftNode] = []
-        self._stores: list[RaftStore] = []
+        self._stores: list[ClusterStore] = []
         self._next = itertools.count()
 
     def __enter__(self) -> RaftGroup:
@@ -55,9 +57,9 @@ class RaftGroup:
 
         return wait_for(leader, timeout, "a raft leader") - 1
 
-    def store(self, cluster: str, member: int | None = None) -> RaftStore:
+    def store(self, cluster: str, member: int | None = None) -> ClusterStore:
         i = member if member is not None else next(self._next) % len(self.configs)
-        s = RaftStore(self.configs[i], cluster)
+        s = ClusterStore(RaftKV(self.configs[i], cluster, LAYOUT))
         self._stores.append(s)
         return s
 

@@ -22,7 +22,9 @@ from pgwarden.core.model import (
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from pgwarden.routing.router import PgBouncerRouter
-from pgwarden.store.base import Store, StoreError, dump_settings
+from pgwarden.store.base import StoreError
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import dump_settings
 
 log = logging.getLogger("pgwarden.agent")
 
@@ -68,7 +70,7 @@ class Executor:
         self,
         cfg: NodeConfig,
         pg: PostgresController,
-        store: Store,
+        store: ClusterStore,
         lease: LeaseKeeper,
         fencer: Fencer,
         facts: LocalFacts,

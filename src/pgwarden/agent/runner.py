@@ -41,7 +41,8 @@ from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
 from pgwarden.routing.router import router_for
-from pgwarden.store.base import Store, StoreError
+from pgwarden.store.base import StoreError
+from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
 
 log = logging.getLogger("pgwarden.agent")
@@ -66,7 +67,7 @@ class Agent:
         self.facts = LocalFacts()
         self.peers = PeerProbe()
         self.started_at = time.time()
-        self.store: Store = open_store(cfg.store, cfg.cluster)
+        self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
@@ -77,7 +78,7 @@ class Agent:
         self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
         # The API writes requests through a store client of its own: the agent's client ignores
         # changes it made itself, and a switchover request must wake the agent's loop.
-        self.api_store: Store = open_store(cfg.store, cfg.cluster)
+        self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name)
         self._view: ClusterView | None = None

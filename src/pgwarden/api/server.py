@@ -29,7 +29,8 @@ from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
 from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
-from pgwarden.store.base import Store, StoreConflict, StoreError, StoreUnavailable
+from pgwarden.store.base import StoreError, StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class ApiServer:
         host: str,
         port: int,
         holder: StateHolder,
-        store: Store | None,
+        store: ClusterStore | None,
         commands: Commands | None,
         node_name: str,
         *,
@@ -179,8 +180,6 @@ class ApiServer:
             return json_response(400, {"error": str(e)})
         except RequestError as e:
             return json_response(400 if e.kind == "invalid" else 412, {"error": e.message})
-        except StoreConflict as e:
-            return json_response(409, {"error": f"the store changed concurrently, retry: {e}"})
         except StoreUnavailable as e:
             return json_response(503, {"error": f"the store is unreachable: {e}"})
         except StoreError as e:
@@ -202,7 +201,7 @@ class ApiServer:
     def _cluster_name(self) -> str | None:
         return self._store.cluster if self._store is not None else None
 
-    def _need_store(self) -> Store:
+    def _need_store(self) -> ClusterStore:
         if self._store is None:
             raise HttpError(503, "this node has no store connection")
         return self._store

@@ -32,7 +32,8 @@ from pgwarden.cli.output import (
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
-from pgwarden.store.base import Store, StoreUnavailable
+from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
 
 # Deadline of one store call from the CLI: long enough for a loaded etcd, short enough that an
 # unreachable store is reported at once rather than after a TCP timeout.
@@ -46,10 +47,10 @@ class Ctx:
     """What every ctl command works with: the node file and (opened on demand) its store."""
 
     cfg: NodeConfig
-    _store: Store | None = None
+    _store: ClusterStore | None = None
 
     @property
-    def store(self) -> Store:
+    def store(self) -> ClusterStore:
         if self._store is None:
             # A client, not a member: in raft mode this host's agent already is one.
             from pgwarden.store.factory import open_tool_store
@@ -232,7 +233,7 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def update_settings(
-    store: Store, change: Callable[[ClusterSettings], ClusterSettings]
+    store: ClusterStore, change: Callable[[ClusterSettings], ClusterSettings]
 ) -> tuple[ClusterSettings, ClusterSettings]:
     """Apply `change` to the store's settings by compare-and-swap, re-reading and re-applying on
     a conflict (an agent or another operator wrote in between). Returns (before, after)."""
@@ -358,7 +359,7 @@ def _dropped(view: ClusterView, old_leader: str | None) -> bool:
 
 
 def wait_for_new_primary(
-    store: Store, request: FailoverRequest, old_leader: str | None, timeout: float
+    store: ClusterStore, request: FailoverRequest, old_leader: str | None, timeout: float
 ) -> int:
     started = time.monotonic()
     deadline = started + timeout

@@ -34,7 +34,8 @@ from pgwarden.core.history import merge_history
 from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
 from pgwarden.core.sync import after_promotion
 from pgwarden.errors import CliError
-from pgwarden.store.base import Store, StoreUnavailable
+from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
 
 if TYPE_CHECKING:  # imported when used: `pgwarden --help` must not need PostgreSQL
     from pgwarden.postgres.controller import PostgresController
@@ -94,12 +95,12 @@ def run(args: argparse.Namespace) -> int:
 @dataclass
 class Node:
     cfg: NodeConfig
-    _store: Store | None = None
+    _store: ClusterStore | None = None
     _pg: PostgresController | None = None
     _view: ClusterView | None = field(default=None, repr=False)
 
     @property
-    def store(self) -> Store:
+    def store(self) -> ClusterStore:
         if self._store is None:
             # A client: in raft mode, a member would be a second voter on the agent's address.
             from pgwarden.store.factory import open_tool_store

@@ -15,7 +15,8 @@ from pgwarden.core.model import ClusterView
 from pgwarden.errors import CliError
 from pgwarden.local import procs
 from pgwarden.local.layout import ProcRecord, State, load_state, require_state, save_state
-from pgwarden.store.base import Store, StoreUnavailable
+from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
 
 STORE_TIMEOUT = 2.0
 # Kinds of the processes that are the store itself (raft mode has none).
@@ -36,12 +37,12 @@ class ClusterHandle:
     def __init__(self, directory: Path | str, out: Out = _stderr) -> None:
         self.directory = Path(os.path.abspath(directory))
         self.out = out
-        self._store: Store | None = None
+        self._store: ClusterStore | None = None
         self._view: tuple[float, ClusterView | None] | None = None
         self.state: State | None = load_state(self.directory) if self.directory.is_dir() else None
 
     # -- store access ----------------------------------------------------------------------------
-    def store(self) -> Store | None:
+    def store(self) -> ClusterStore | None:
         """The cluster's store: etcd from the state file; ZooKeeper or raft as the node files say
         (raft through a non-voting client, as `ctl` does: never a second member)."""
         if self._store is None and self.state is not None:

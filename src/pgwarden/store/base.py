@@ -1,39 +1,42 @@
-"""The store port: the small set of atomic operations the HA loop needs from a coordination service.
+"""The store port: a key-value store with versions, leases and a watch, which every coordination
+service (etcd, ZooKeeper, the agents' own raft group, the tests' in-memory one) implements as `KV`.
+The cluster's documents (leader key, members, settings, ...) are written once above it, in
+`store.cluster.ClusterStore`.
 
-Every backend (etcd, ZooKeeper, ...) implements `Store`. What each method must guarantee:
+What every `KV` must guarantee:
 
 * Every call takes `timeout` (seconds) and either finishes within it or raises
   `StoreUnavailable`. The runner clips `timeout` to the time left on its lease (SAFETY rule 15).
-* `acquire_leader` is a compare-and-swap on "no leader key": it succeeds for at most one caller
-  while the key exists, and the key then expires `ttl` seconds after the last renewal the store
-  processed, unless renewed or released.
-* `renew_leader` returns True only if the store confirmed, during this call, that the key is still
-  ours and its expiry was pushed to at least (time the call was sent) + ttl. The runner's deadline
-  is computed from the *send* time, so a late answer never extends it (SAFETY rule 2).
-* Writes that carry a `token` are compare-and-swap on that version; `None` means create-only.
-* `snapshot` returns one consistent read (`ClusterView`) of everything under the cluster's key.
-* `wait_for_change` blocks until something under the cluster's key changes (or `timeout`), so
-  replicas react to a released or expired leader key at once instead of on their next poll.
-
-Key layout (relative to `<prefix>/<cluster>/`): `initialize`, `init_lock`, `config`, `leader`,
-`members/<name>`, `sync`, `failover`, `history`, `optime`. Values are JSON.
+* `read` is one consistent read of every key of the cluster, each with its version: an opaque
+  token that changes whenever the value is written, compared by `put` and `delete`.
+* A write that loses its compare-and-swap returns False; nothing raises on a lost race (there is
+  no conflict exception: every caller re-reads and re-decides, or answers 409 itself).
+* `acquire` is a compare-and-swap on "no such key": it succeeds for at most one caller while the
+  key exists, and the key then expires `ttl` seconds after the last renewal the store processed,
+  unless renewed or released. The lease belongs to this `KV` instance: another instance cannot
+  renew it, even with the same value.
+* `renew` returns True only if the store confirmed, during this call, that the key is still ours
+  and its expiry was pushed to at least (time the call was sent) + ttl. The runner's deadline is
+  computed from the *send* time, so a late answer never extends it (SAFETY rule 2).
+* `close` releases nothing: a stopped or crashed agent must never give up a lease implicitly;
+  its keys lapse `ttl` after its last renewal.
+* `wait_for_change` blocks until something under the cluster changes (or `timeout`), so replicas
+  react to a released or expired leader key at once instead of on their next poll. What counts:
+  a key created or deleted (expiry included), or a new value of a key outside the layout's
+  directories, written by *another* instance, since this instance's last `read` or
+  `wait_for_change`. This instance's own writes, renewals, and rewrites of an existing key in a
+  directory (members refreshing their key every loop) do not count. A backend may wake for more
+  (changes of `quiet` keys, a lost connection): the caller re-reads, so a spurious wake only
+  costs a loop; it must never miss a change that counts.
 """
 
 from __future__ import annotations
 
 import abc
-import json
-from typing import Any
-
-from pgwarden.config.load import to_data
-from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import (
-    ClusterView,
-    FailoverRequest,
-    HistoryEntry,
-    MemberInfo,
-    SyncState,
-)
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final, Literal
 
 
 class StoreError(Exception):
@@ -45,123 +48,89 @@ class StoreUnavailable(StoreError):
     a leader that keeps seeing this must fence itself before its lease deadline."""
 
 
-class StoreConflict(StoreError):
-    """A compare-and-swap lost: someone else changed the key first. Re-read and re-decide."""
+class _Any(enum.Enum):
+    ANY = "any"
 
 
-class Store(abc.ABC):
-    """One cluster's keys in one coordination service."""
+ANY: Final = _Any.ANY
+"""As a `version`: write or delete whatever is there (unconditional)."""
+
+AnyVersion = Literal[_Any.ANY]
+Version = str | None | AnyVersion
+"""What a write compares: a version token from `read` (compare-and-swap; a token this backend did
+not hand out never matches), None (create-only), or ANY (unconditional)."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    value: str
+    version: str  # opaque token, changed by every write of the value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The keys a cluster uses, as the backends may rely on: every key is one of `keys` or
+    `<dir>/<name>` for a `dir` in `dirs` (no deeper). ZooKeeper, which has no range read or
+    prefix watch, reads and watches exactly these; the others read a prefix and use the layout
+    only to tell a directory entry's refresh from news."""
+
+    keys: tuple[str, ...]
+    dirs: tuple[str, ...]
+    quiet: frozenset[str] = frozenset()  # keys whose changes need not wake a waiter
+
+    def in_dir(self, key: str) -> bool:
+        return any(key.startswith(d + "/") for d in self.dirs)
+
+
+def check_ttl_put(version: Version, ttl: float | None) -> None:
+    """A key with a ttl is written unconditionally (it is one member's own key)."""
+    if ttl is not None and version is not ANY:
+        raise ValueError("put with a ttl is unconditional: pass version=ANY")
+
+
+class KV(abc.ABC):
+    """One cluster's keys in one coordination service. Keys are relative to the cluster
+    (`leader`, `members/a`); values are text."""
 
     cluster: str
 
-    # -- reading -------------------------------------------------------------------------------
     @abc.abstractmethod
-    def snapshot(self, timeout: float) -> ClusterView: ...
+    def read(self, timeout: float) -> Mapping[str, Entry]:
+        """Every key of the cluster, in one consistent read."""
 
     @abc.abstractmethod
     def wait_for_change(self, timeout: float) -> bool:
-        """Block up to `timeout` for any change under the cluster key. True if one happened."""
-
-    # -- bootstrap -----------------------------------------------------------------------------
-    @abc.abstractmethod
-    def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
-        """Become the one member that bootstraps (expires after `ttl` unless initialised)."""
+        """Block up to `timeout` for a change that counts (see the module doc). True if one did."""
 
     @abc.abstractmethod
-    def set_initialized(self, system_id: str, timeout: float) -> bool:
-        """Record the cluster's system identifier (create-only)."""
+    def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
+        """Write `key` if `version` matches. With `ttl` (only with `version=ANY`): the key is held
+        by this instance's lease for it and lapses `ttl` after its last put (a member's key);
+        each put renews it. False only if the compare-and-swap lost."""
 
     @abc.abstractmethod
-    def release_init_lock(self, name: str, timeout: float) -> None: ...
-
-    # -- the leader lease ----------------------------------------------------------------------
-    @abc.abstractmethod
-    def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool: ...
+    def delete(self, key: str, version: str | AnyVersion, timeout: float) -> bool:
+        """Delete `key` if at `version` (or whatever is there: ANY), dropping this instance's
+        lease for it. True if a key was deleted."""
 
     @abc.abstractmethod
-    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool: ...
+    def acquire(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+        """Create `key` on a new lease of `ttl`, if it does not exist. `strict`: the key must
+        last `ttl` after its last renewal (SAFETY rule 2), so a backend that can only grant a
+        shorter lease raises StoreError; otherwise (the init lock) it takes what it can get and
+        warns."""
 
     @abc.abstractmethod
-    def release_leader(self, name: str, timeout: float) -> bool:
-        """Delete the leader key if (and only if) `name` holds it."""
-
-    # -- members -------------------------------------------------------------------------------
-    @abc.abstractmethod
-    def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None: ...
+    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+        """Confirm `key` is `value` on this instance's lease and push its expiry to at least
+        send time + `ttl` (see the module doc). A changed `ttl` moves the key to a lease of the
+        new length within this call. False if the key is gone or not ours."""
 
     @abc.abstractmethod
-    def delete_member(self, name: str, timeout: float) -> None: ...
-
-    # -- cluster-wide state (compare-and-swap) --------------------------------------------------
-    @abc.abstractmethod
-    def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool: ...
+    def release(self, key: str, value: str, timeout: float) -> bool:
+        """Delete `key` if (and only if) it is `value`, whoever's lease holds it (a restarted agent
+        may release what its previous run left), and drop this instance's lease for it."""
 
     @abc.abstractmethod
-    def set_sync(self, state: SyncState, token: str | None, timeout: float) -> bool: ...
-
-    @abc.abstractmethod
-    def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool: ...
-
-    @abc.abstractmethod
-    def clear_failover(self, timeout: float) -> None: ...
-
-    @abc.abstractmethod
-    def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None: ...
-
-    @abc.abstractmethod
-    def set_optime(self, lsn: int, timeout: float) -> None: ...
-
-    @abc.abstractmethod
-    def close(self) -> None: ...
-
-
-# -- JSON encodings shared by every backend, so all stores hold the same documents -------------
-
-
-def dump_settings(s: ClusterSettings) -> str:
-    return json.dumps(to_data(s), sort_keys=True)
-
-
-def dump_sync(s: SyncState) -> str:
-    return json.dumps({"leader": s.leader, "members": sorted(s.members), "quorum": s.quorum})
-
-
-def load_sync(raw: str, token: str) -> SyncState:
-    d = json.loads(raw)
-    return SyncState(d.get("leader"), frozenset(d.get("members") or ()), int(d.get("quorum", 0)), token)
-
-
-def dump_failover(r: FailoverRequest) -> str:
-    return json.dumps(
-        {"kind": r.kind, "leader": r.leader, "candidate": r.candidate, "scheduled_at": r.scheduled_at}
-    )
-
-
-def load_failover(raw: str, token: str) -> FailoverRequest:
-    d = json.loads(raw)
-    return FailoverRequest(d.get("kind", "failover"), d.get("leader"), d.get("candidate"),
-                           d.get("scheduled_at"), token)
-
-
-def dump_history(h: tuple[HistoryEntry, ...]) -> str:
-    return json.dumps(
-        [{"timeline": e.timeline, "switch_lsn": e.switch_lsn, "reason": e.reason, "at": e.at,
-          "new_leader": e.new_leader} for e in h]
-    )
-
-
-def load_history(raw: str) -> tuple[HistoryEntry, ...]:
-    out: list[HistoryEntry] = []
-    for d in json.loads(raw):
-        out.append(HistoryEntry(int(d["timeline"]), int(d["switch_lsn"]), str(d.get("reason", "")),
-                                d.get("at"), d.get("new_leader")))
-    return tuple(out)
-
-
-def dump_member(m: MemberInfo) -> str:
-    return json.dumps(m.to_dict(), sort_keys=True)
-
-
-def load_member(raw: str) -> MemberInfo:
-    d: dict[str, Any] = json.loads(raw)
-    return MemberInfo.from_dict(d)
+    def close(self) -> None:
+        """Stop watching and disconnect. Leases are left to run out (see the module doc)."""

@@ -8,7 +8,6 @@ clips each call's timeout to the lease it has left), which urllib3 gives us dire
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -17,30 +16,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings
-from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import (
-    ClusterView,
-    FailoverRequest,
-    HistoryEntry,
-    LeaderKey,
-    MemberInfo,
-    SyncState,
-)
 from pgwarden.store.base import (
-    Store,
+    ANY,
+    KV,
+    AnyVersion,
+    Entry,
+    Layout,
     StoreError,
     StoreUnavailable,
-    dump_failover,
-    dump_history,
-    dump_member,
-    dump_settings,
-    dump_sync,
-    load_failover,
-    load_history,
-    load_member,
-    load_sync,
+    Version,
+    check_ttl_put,
 )
 from pgwarden.store.etcd_gateway import (
     _NOT_FOUND,
@@ -73,33 +58,29 @@ class _Lease:
     ttl: int  # seconds asked for (to notice a changed ttl)
 
 
-class EtcdStore(EtcdWatch, Store):
-    """One cluster's keys in etcd (v3 API).
+class EtcdKV(EtcdWatch, KV):
+    """One cluster's keys in etcd (v3 API), under `<prefix>/<cluster>/`.
 
-    Compare-and-swap tokens are the key's mod_revision as a string; `None` or `""` (what
-    `snapshot` reports for absent settings) means create-only.
+    Versions are the key's mod_revision as a string.
 
-    Leases: the leader key, the init lock and this instance's member key each hang on a lease this
-    instance granted. `close()` revokes none of them: a stopped or crashed agent must never give
-    up leadership implicitly; the lease simply runs out.
+    Leases: every key this instance acquires or puts with a ttl (the leader key, the init lock,
+    its member key) hangs on a lease of its own that this instance granted; a changed ttl moves
+    the key to a new lease of that length. `close()` revokes none of them.
 
     `wait_for_change` counts a change as: any event under the cluster key, except writes made by
-    this instance (the caller knows about them, and counting them would spin the HA loop) and
-    refreshes of an existing member key (members republish every loop; joining and leaving
-    count). It pairs with `snapshot`: changes already visible in the last snapshot taken through
-    this instance do not count, and changes made since do, even if they happened before the call.
+    this instance and refreshes of an existing key in a layout directory. It pairs with `read`:
+    changes already visible in the last read taken through this instance do not count, and
+    changes made since do, even if they happened before the call.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
+        self._layout = layout
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
         self._gw = _Gateway(self.hosts)
-        self._lock = threading.Lock()  # guards the lease fields (and starting the watch)
-        self._leader_lease: _Lease | None = None
-        self._member_lease: _Lease | None = None
-        self._member_name: str | None = None
-        self._init_lease: _Lease | None = None
+        self._lock = threading.Lock()  # guards the lease table (and starting the watch)
+        self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
         self._init_watch()
 
     # -- keys and small helpers ----------------------------------------------------------------
@@ -126,14 +107,25 @@ class EtcdStore(EtcdWatch, Store):
         self._note_own(resp, changed)
         return ok, resp
 
+    def _compare(self, key: bytes, version: str | None) -> dict[str, Any] | None:
+        """The compare for `version` (None: create-only); None if the token is not ours."""
+        if version is None:
+            return _absent(key)
+        try:
+            return _mod_is(key, int(version))
+        except ValueError:
+            return None  # not a token this backend handed out: it cannot match
+
     def _put_plain(self, rel: str, value: str, deadline: float, lease: int = 0) -> None:
         req = _put(self._key(rel), value, lease)["request_put"]
         resp = self._call("/v3/kv/put", req, deadline)
         self._note_own(resp, True)
 
-    def _delete_plain(self, rel: str, deadline: float) -> None:
+    def _delete_plain(self, rel: str, deadline: float) -> bool:
         resp = self._call("/v3/kv/deleterange", {"key": _b64(self._key(rel))}, deadline)
-        self._note_own(resp, _int(resp.get("deleted")) > 0)
+        deleted = _int(resp.get("deleted")) > 0
+        self._note_own(resp, deleted)
+        return deleted
 
     def _grant(self, ttl: int, deadline: float) -> int:
         resp = self._call("/v3/lease/grant", {"TTL": str(ttl)}, deadline)
@@ -153,8 +145,29 @@ class EtcdStore(EtcdWatch, Store):
         except StoreError as e:
             log.debug("etcd: revoking lease %x: %s", lease.id, e)
 
+    # -- the lease table -----------------------------------------------------------------------
+    def _held(self, key: str) -> _Lease | None:
+        with self._lock:
+            return self._leases.get(key)
+
+    def _hold(self, key: str, lease: _Lease) -> _Lease | None:
+        """Record `lease` as the one `key` is on; the lease it replaces, if any."""
+        with self._lock:
+            old = self._leases.get(key)
+            self._leases[key] = lease
+            return old
+
+    def _forget(self, key: str, lease: _Lease | None = None) -> _Lease | None:
+        """Stop holding `key` (only if by `lease`, when given); the lease it was on."""
+        with self._lock:
+            held = self._leases.get(key)
+            if held is None or (lease is not None and held != lease):
+                return None
+            del self._leases[key]
+            return held
+
     # -- reading -------------------------------------------------------------------------------
-    def snapshot(self, timeout: float) -> ClusterView:
+    def read(self, timeout: float) -> dict[str, Entry]:
         deadline = time.monotonic() + timeout
         resp = self._call(
             "/v3/kv/range", {"key": _b64(self._base), "range_end": _b64(_range_end(self._base))}, deadline
@@ -163,187 +176,34 @@ class EtcdStore(EtcdWatch, Store):
         with self._cond:
             self._seen_rev = max(self._seen_rev, revision)
             self._prune()
-        return self._parse(resp.get("kvs", []))
-
-    def _parse(self, kvs: list[dict[str, Any]]) -> ClusterView:
-        initialized: str | None = None
-        init_holder: str | None = None
-        settings = ClusterSettings()
-        settings_token = ""
-        leader: LeaderKey | None = None
-        members: dict[str, MemberInfo] = {}
-        sync: SyncState | None = None
-        failover: FailoverRequest | None = None
-        history: tuple[HistoryEntry, ...] = ()
-        leader_lsn: int | None = None
         base = self._base.decode()
-        for kv in kvs:
-            rel = _unb64(kv.get("key")).removeprefix(base)
-            raw = _unb64(kv.get("value"))
-            token = str(_int(kv.get("mod_revision")))
-            try:
-                if rel == "initialize":
-                    initialized = raw
-                elif rel == "init_lock":
-                    init_holder = raw
-                elif rel == "config":
-                    settings_token = token
-                    try:
-                        settings = parse_settings(json.loads(raw), f"etcd key {base}config")
-                    except (ConfigError, ValueError) as e:
-                        # Keep the token so an operator's fix (a CAS write) still goes through.
-                        log.warning("etcd: stored cluster settings are invalid, using defaults: %s", e)
-                elif rel == "leader":
-                    leader = LeaderKey(raw, token)
-                elif rel.startswith("members/"):
-                    m = load_member(raw)
-                    members[m.name] = m
-                elif rel == "sync":
-                    sync = load_sync(raw, token)
-                elif rel == "failover":
-                    failover = load_failover(raw, token)
-                elif rel == "history":
-                    history = load_history(raw)
-                elif rel == "optime":
-                    leader_lsn = int(raw)
-            except (ValueError, KeyError, TypeError) as e:
-                log.warning("etcd: skipping unreadable key %s%s: %s", base, rel, e)
-        return ClusterView(
-            initialized=initialized,
-            init_holder=init_holder,
-            settings=settings,
-            settings_token=settings_token,
-            leader=leader,
-            members=members,
-            sync=sync,
-            failover=failover,
-            history=history,
-            leader_lsn=leader_lsn,
-        )
+        return {
+            _unb64(kv.get("key")).removeprefix(base): Entry(_unb64(kv.get("value")),
+                                                            str(_int(kv.get("mod_revision"))))
+            for kv in resp.get("kvs", [])
+        }
 
-    # -- bootstrap -----------------------------------------------------------------------------
-    def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
-        """Create-only, on a lease of `ttl`. Calling it again while holding the lock refreshes
-        that lease, so a long bootstrap can keep the lock."""
+    # -- writing -------------------------------------------------------------------------------
+    def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
+        check_ttl_put(version, ttl)
         deadline = time.monotonic() + timeout
-        key = self._key("init_lock")
-        held = self._init_lease
-        if held is not None and self._keepalive(held.id, deadline) > 0:
-            ok, _ = self._txn([_value_is(key, name), _lease_is(key, held.id)], [], deadline)
-            if ok:
-                return True
-        seconds = _lease_seconds(ttl)
-        lease = _Lease(self._grant(seconds, deadline), seconds)
-        ok, _ = self._txn([_absent(key)], [_put(key, name, lease.id)], deadline)
-        if not ok:
-            self._revoke_quietly(lease, deadline)
+        if ttl is not None:
+            self._put_leased(key, value, ttl, deadline)
+            return True
+        if version is ANY:
+            self._put_plain(key, value, deadline)
+            return True
+        k = self._key(key)
+        cmp = self._compare(k, version)
+        if cmp is None:
             return False
-        with self._lock:
-            old, self._init_lease = self._init_lease, lease
-        self._revoke_quietly(old, deadline)
-        return True
-
-    def set_initialized(self, system_id: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        key = self._key("initialize")
-        ok, _ = self._txn([_absent(key)], [_put(key, system_id)], deadline)
+        ok, _ = self._txn([cmp], [_put(k, value)], deadline)
         return ok
 
-    def release_init_lock(self, name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        key = self._key("init_lock")
-        self._txn([_value_is(key, name)], [_delete(key)], deadline)
-        with self._lock:
-            lease, self._init_lease = self._init_lease, None
-        self._revoke_quietly(lease, deadline)
-
-    # -- the leader lease ----------------------------------------------------------------------
-    def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        key = self._key("leader")
+    def _put_leased(self, key: str, value: str, ttl: float, deadline: float) -> None:
+        """Keepalive the key's lease (a fresh one if the ttl changed or it expired), then write."""
         seconds = _lease_seconds(ttl)
-        lease = _Lease(self._grant(seconds, deadline), seconds)
-        try:
-            ok, _ = self._txn([_absent(key)], [_put(key, name, lease.id)], deadline)
-        except StoreUnavailable:
-            # The write may have landed without us hearing. Keep the lease so a renew_leader can
-            # still confirm it; if it did not land, renewing fails its compare and says False.
-            with self._lock:
-                self._leader_lease = lease
-            raise
-        if not ok:
-            self._revoke_quietly(lease, deadline)
-            return False
-        with self._lock:
-            old, self._leader_lease = self._leader_lease, lease
-        if old is not None and old.id != lease.id:
-            self._revoke_quietly(old, deadline)
-        return True
-
-    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool:
-        """Keepalive the leader lease, then confirm the key is `name`'s on that lease.
-
-        If `ttl` changed since acquisition, the key moves to a new lease of the new length in
-        this call (a longer ttl on the old, shorter lease would break the runner's deadline)."""
-        deadline = time.monotonic() + timeout
-        key = self._key("leader")
-        lease = self._leader_lease
-        if lease is None:
-            return False
-        seconds = _lease_seconds(ttl)
-        if lease.ttl != seconds:
-            return self._move_leader(name, lease, seconds, deadline)
-        if self._keepalive(lease.id, deadline) <= 0:
-            self._forget_leader_lease(lease)
-            return False
-        ok, _ = self._txn([_value_is(key, name), _lease_is(key, lease.id)], [], deadline)
-        if not ok:
-            # The key is gone or not on our lease: the lease protects nothing now.
-            self._forget_leader_lease(lease)
-            self._revoke_quietly(lease, deadline)
-        return ok
-
-    def _move_leader(self, name: str, old: _Lease, seconds: int, deadline: float) -> bool:
-        key = self._key("leader")
-        new = _Lease(self._grant(seconds, deadline), seconds)
-        # Serialised with expiry in raft: if the compare sees the key on our lease, nobody else
-        # can have taken it in between.
-        ok, _ = self._txn([_value_is(key, name), _lease_is(key, old.id)], [_put(key, name, new.id)], deadline)
-        if not ok:
-            self._forget_leader_lease(old)
-            self._revoke_quietly(new, deadline)
-            self._revoke_quietly(old, deadline)
-            return False
-        with self._lock:
-            self._leader_lease = new
-        self._revoke_quietly(old, deadline)
-        return True
-
-    def _forget_leader_lease(self, lease: _Lease) -> None:
-        with self._lock:
-            if self._leader_lease == lease:
-                self._leader_lease = None
-
-    def release_leader(self, name: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        key = self._key("leader")
-        ok, resp = self._txn([_value_is(key, name)], [_delete(key)], deadline)
-        if not ok:
-            return False
-        prev = resp.get("responses", [{}])[0].get("response_delete_range", {}).get("prev_kvs") or [{}]
-        lease = self._leader_lease
-        if lease is not None and _int(prev[0].get("lease")) == lease.id:
-            self._forget_leader_lease(lease)
-            self._revoke_quietly(lease, deadline)
-        return True
-
-    # -- members -------------------------------------------------------------------------------
-    def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        seconds = _lease_seconds(ttl)
-        rel = f"members/{info.name}"
-        value = dump_member(info)
-        lease = self._member_lease
+        lease = self._held(key)
         retired: _Lease | None = None
         if lease is not None and lease.ttl != seconds:
             retired, lease = lease, None
@@ -352,59 +212,96 @@ class EtcdStore(EtcdWatch, Store):
         for attempt in range(2):
             if lease is None:
                 lease = _Lease(self._grant(seconds, deadline), seconds)
-                with self._lock:
-                    self._member_lease = lease
+                self._hold(key, lease)
             try:
-                self._put_plain(rel, value, deadline, lease.id)
+                self._put_plain(key, value, deadline, lease.id)
                 break
             except EtcdRequestError as e:
                 # The lease expired between keepalive and put: take a fresh one once.
                 if e.code != _NOT_FOUND or attempt:
                     raise
                 lease = None
-        self._member_name = info.name
         self._revoke_quietly(retired, deadline)
 
-    def delete_member(self, name: str, timeout: float) -> None:
+    def delete(self, key: str, version: str | AnyVersion, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        self._delete_plain(f"members/{name}", deadline)
-        if name == self._member_name:
-            with self._lock:
-                lease, self._member_lease = self._member_lease, None
-            self._revoke_quietly(lease, deadline)
-
-    # -- cluster-wide state --------------------------------------------------------------------
-    def _cas(self, rel: str, value: str, token: str | None, timeout: float) -> bool:
-        """Write if the key is still at `token` (its mod_revision); None or "" = create-only."""
-        deadline = time.monotonic() + timeout
-        key = self._key(rel)
-        if token:
-            try:
-                cmp = _mod_is(key, int(token))
-            except ValueError:
-                return False  # not a token this backend handed out: it cannot match
+        if version is ANY:
+            deleted = self._delete_plain(key, deadline)
         else:
-            cmp = _absent(key)
-        ok, _ = self._txn([cmp], [_put(key, value)], deadline)
+            k = self._key(key)
+            cmp = self._compare(k, version)
+            deleted = cmp is not None and self._txn([cmp], [_delete(k)], deadline)[0]
+        if deleted or version is ANY:
+            self._revoke_quietly(self._forget(key), deadline)
+        return deleted
+
+    # -- leases --------------------------------------------------------------------------------
+    def acquire(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+        """Create-only, on a new lease of `ttl` (etcd grants exactly that: `strict` holds)."""
+        deadline = time.monotonic() + timeout
+        k = self._key(key)
+        seconds = _lease_seconds(ttl)
+        lease = _Lease(self._grant(seconds, deadline), seconds)
+        try:
+            ok, _ = self._txn([_absent(k)], [_put(k, value, lease.id)], deadline)
+        except StoreUnavailable:
+            # The write may have landed without us hearing. Keep the lease so a renew can still
+            # confirm it; if it did not land, renewing fails its compare and says False.
+            self._hold(key, lease)
+            raise
+        if not ok:
+            self._revoke_quietly(lease, deadline)
+            return False
+        old = self._hold(key, lease)
+        if old is not None and old.id != lease.id:
+            self._revoke_quietly(old, deadline)
+        return True
+
+    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+        """Keepalive the key's lease, then confirm the key is `value` on that lease.
+
+        If `ttl` changed since acquisition, the key moves to a new lease of the new length in
+        this call (a longer ttl on the old, shorter lease would break the runner's deadline)."""
+        deadline = time.monotonic() + timeout
+        k = self._key(key)
+        lease = self._held(key)
+        if lease is None:
+            return False
+        seconds = _lease_seconds(ttl)
+        if lease.ttl != seconds:
+            return self._move(key, value, lease, seconds, deadline)
+        if self._keepalive(lease.id, deadline) <= 0:
+            self._forget(key, lease)
+            return False
+        ok, _ = self._txn([_value_is(k, value), _lease_is(k, lease.id)], [], deadline)
+        if not ok:
+            # The key is gone or not on our lease: the lease protects nothing now.
+            self._forget(key, lease)
+            self._revoke_quietly(lease, deadline)
         return ok
 
-    def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
-        return self._cas("config", dump_settings(settings), token, timeout)
+    def _move(self, key: str, value: str, old: _Lease, seconds: int, deadline: float) -> bool:
+        k = self._key(key)
+        new = _Lease(self._grant(seconds, deadline), seconds)
+        # Serialised with expiry in raft: if the compare sees the key on our lease, nobody else
+        # can have taken it in between.
+        ok, _ = self._txn([_value_is(k, value), _lease_is(k, old.id)], [_put(k, value, new.id)], deadline)
+        if not ok:
+            self._forget(key, old)
+            self._revoke_quietly(new, deadline)
+            self._revoke_quietly(old, deadline)
+            return False
+        self._hold(key, new)
+        self._revoke_quietly(old, deadline)
+        return True
 
-    def set_sync(self, state: SyncState, token: str | None, timeout: float) -> bool:
-        return self._cas("sync", dump_sync(state), token, timeout)
-
-    def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool:
-        return self._cas("failover", dump_failover(request), token, timeout)
-
-    def clear_failover(self, timeout: float) -> None:
-        self._delete_plain("failover", time.monotonic() + timeout)
-
-    def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None:
-        self._put_plain("history", dump_history(history), time.monotonic() + timeout)
-
-    def set_optime(self, lsn: int, timeout: float) -> None:
-        self._put_plain("optime", str(int(lsn)), time.monotonic() + timeout)
+    def release(self, key: str, value: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        k = self._key(key)
+        ok, _ = self._txn([_value_is(k, value)], [_delete(k)], deadline)
+        # Deleted, or not ours to delete: either way our lease for it protects nothing now.
+        self._revoke_quietly(self._forget(key), deadline)
+        return ok
 
     # -- shutting down -------------------------------------------------------------------------
     def close(self) -> None:

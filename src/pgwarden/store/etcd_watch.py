@@ -12,7 +12,7 @@ from typing import Any
 import urllib3
 from urllib3.exceptions import ReadTimeoutError
 
-from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.base import Layout, StoreUnavailable
 from pgwarden.store.etcd_gateway import _b64, _Gateway, _int, _range_end, _unb64
 
 # The name the etcd backend's log lines have always carried.
@@ -30,14 +30,15 @@ class _WatchReset(Exception):
 
 
 class EtcdWatch:
-    """The watch half of `EtcdStore` (its base class; see there for what counts as a change)."""
+    """The watch half of `EtcdKV` (its base class; see there for what counts as a change)."""
 
-    # Set by EtcdStore.__init__ before it calls _init_watch.
+    # Set by EtcdKV.__init__ before it calls _init_watch.
     cluster: str
     hosts: list[str]
+    _layout: Layout
     _base: bytes
     _gw: _Gateway
-    _lock: threading.Lock  # guards the lease fields, and starting the watch thread
+    _lock: threading.Lock  # guards the lease table, and starting the watch thread
 
     def _init_watch(self) -> None:
         # Change tracking shared with the watch thread (all under _cond).
@@ -175,7 +176,7 @@ class EtcdWatch:
             last = max(last, rev)
             rel = _unb64(kv.get("key")).removeprefix(base)
             refresh = ev.get("type", "PUT") == "PUT" and _int(kv.get("version")) > 1
-            if rel.startswith("members/") and refresh:
+            if refresh and self._layout.in_dir(rel):
                 continue
             relevant.append(rev)
         self._watch_next = last + 1

@@ -1,4 +1,5 @@
-"""Open the store backend a node's configuration names (etcd, ZooKeeper or the agents' own raft group)."""
+"""Open the store a node's configuration names: a `ClusterStore` over the backend's `KV` (etcd,
+ZooKeeper or the agents' own raft group)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import cast
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import StoreConfig
-from pgwarden.store.base import Store
+from pgwarden.store.base import KV
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
 
 
-def open_store(cfg: StoreConfig, cluster: str) -> Store:
-    """A `Store` for `cluster` in the configured backend. Raises ConfigError if it cannot be used."""
+def open_store(cfg: StoreConfig, cluster: str) -> ClusterStore:
+    """The store of `cluster` in the configured backend. Raises ConfigError if it cannot be used."""
+    return ClusterStore(open_kv(cfg, cluster))
+
+
+def open_kv(cfg: StoreConfig, cluster: str) -> KV:
+    """The configured backend's keys of `cluster` (see `open_store`)."""
     if cfg.etcd is not None:
-        from pgwarden.store.etcd import EtcdStore
+        from pgwarden.store.etcd import EtcdKV
 
-        return EtcdStore(list(cfg.etcd.hosts), cluster, cfg.etcd.prefix)
+        return EtcdKV(list(cfg.etcd.hosts), cluster, LAYOUT, cfg.etcd.prefix)
     if cfg.zookeeper is not None:
         # Imported lazily: the ZooKeeper backend needs kazoo, an optional extra.
         try:
@@ -29,11 +37,11 @@ def open_store(cfg: StoreConfig, cluster: str) -> Store:
             raise ConfigError(
                 f"store.zookeeper: the ZooKeeper backend is not available in this installation ({e})"
             ) from None
-        cls = module.ZooKeeperStore
-        return cast(Store, cls(list(cfg.zookeeper.hosts), cluster, cfg.zookeeper.prefix))
+        cls = module.ZooKeeperKV
+        return cast(KV, cls(list(cfg.zookeeper.hosts), cluster, LAYOUT, cfg.zookeeper.prefix))
     if cfg.raft is not None:
         # Lazily: pysyncobj is only needed by the raft mode.
-        from pgwarden.store.raft import RaftStore
+        from pgwarden.store.raft import RaftKV
 
         if cfg.raft.data_dir is None:
             # Raft's term and vote must survive a restart: a member restarted mid-election with
@@ -44,16 +52,16 @@ def open_store(cfg: StoreConfig, cluster: str) -> Store:
                 "survive a restart, or a restarted member can vote twice); set it to a directory "
                 "on this host"
             )
-        return RaftStore(cfg.raft, cluster)
+        return RaftKV(cfg.raft, cluster, LAYOUT)
     raise ConfigError("store: choose exactly one store backend: etcd, zookeeper or raft")
 
 
-def open_tool_store(cfg: StoreConfig, cluster: str) -> Store:
-    """A `Store` for tools that run beside an agent (`ctl`, `node`, `local status`): the same as
+def open_tool_store(cfg: StoreConfig, cluster: str) -> ClusterStore:
+    """The store for tools that run beside an agent (`ctl`, `node`, `local status`): the same as
     `open_store`, except in raft mode, where opening a member would start a second voter on the
     agent's own address; there it is a non-voting client of the group."""
     if cfg.raft is not None:
-        from pgwarden.store.raft import open_client_store
+        from pgwarden.store.raft import open_client
 
-        return open_client_store(cfg.raft, cluster)
+        return ClusterStore(open_client(cfg.raft, cluster, LAYOUT))
     return open_store(cfg, cluster)

@@ -8,9 +8,9 @@ with a journal for term, vote and log on disk; it has no notion of TTLs, which w
 (see `raft_kv` for the expiry rules and why they keep SAFETY rule 2).
 
 Where it falls short, and what this module does about it:
-* No read index or lease reads: a member's local state may be behind. `snapshot` therefore
+* No read index or lease reads: a member's local state may be behind. `read` therefore
   commits a no-op through the log first (a read barrier) and reads after it is applied, so a
-  snapshot is linearizable and a member cut off from the majority cannot present a stale view.
+  read is linearizable and a member cut off from the majority cannot present a stale view.
 * Its transport unpickles what peers send: the raft port must only be reachable by the group
   (bind it to a private network); pysyncobj's `password` option is not wired up yet.
 * It has no pre-vote: a member rejoining after a partition forces one election.
@@ -19,49 +19,35 @@ Where it falls short, and what this module does about it:
 * Commands carry no deadline: one sent just before a partition can in principle be applied
   late. Every write is a compare-and-swap whose outcome the caller re-reads, as with etcd.
 
-One raft node runs per process (the agent opens two Store instances, one for the HA loop and one
-for the REST API): `acquire_node` keeps a registry keyed by the node's own address, and each
-`RaftStore` is a thin client of it.
+One raft node runs per process (the agent opens two stores, one for the HA loop and one for the
+REST API): `acquire_node` keeps a registry keyed by the node's own address, and each `RaftKV` is
+a thin client of it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf  # type: ignore[import-untyped]
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings
-from pgwarden.config.schema import ClusterSettings, RaftConfig
-from pgwarden.core.model import (
-    ClusterView,
-    FailoverRequest,
-    HistoryEntry,
-    LeaderKey,
-    MemberInfo,
-    SyncState,
-)
+from pgwarden.config.schema import RaftConfig
 from pgwarden.store.base import (
-    Store,
+    ANY,
+    KV,
+    AnyVersion,
+    Entry,
+    Layout,
     StoreUnavailable,
-    dump_failover,
-    dump_history,
-    dump_member,
-    dump_settings,
-    dump_sync,
-    load_failover,
-    load_history,
-    load_member,
-    load_sync,
+    Version,
+    check_ttl_put,
 )
-from pgwarden.store.raft_kv import Change, Entry, ReplicatedKV, Result, command
+from pgwarden.store.raft_kv import Change, ReplicatedKV, Result, command
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +74,7 @@ _FAIL_NAMES = {v: k.lower() for k, v in vars(FAIL_REASON).items() if isinstance(
 
 class RaftNode:
     """One member of the raft group: pysyncobj's node plus the replicated map. Shared by every
-    RaftStore of the process (see `acquire_node`).
+    RaftKV of the process (see `acquire_node`).
 
     A `voter=False` node is a client (pysyncobj's read-only node): it dials every member, gets
     the log and forwards commands to the leader, but has no address, no vote and no journal, and
@@ -145,7 +131,7 @@ class RaftNode:
         for cluster, key, touched in self.kv.due(time.monotonic()):
             self.kv.execute(command("expire", cluster, key, rid=uuid.uuid4().hex, arg=touched))
 
-    # -- used by RaftStore ---------------------------------------------------------------------
+    # -- used by RaftKV ------------------------------------------------------------------------
     def submit(self, cmd: dict[str, Any], deadline: float) -> Result:
         """Apply `cmd` through the log and return its result once committed and applied here.
         Retries (with the same request id, so it takes effect at most once) until `deadline`;
@@ -259,21 +245,22 @@ def release_node(node: RaftNode) -> None:
         node.stop()
 
 
-class RaftStore(Store):
+class RaftKV(KV):
     """One cluster's keys in the raft group, through this process's raft node.
 
-    Compare-and-swap tokens are the key's revision as a string (`""`/`None` = create-only).
-    Leases (leader key, init lock, member key) are owned by this instance: another instance
-    cannot renew them even under the same name, as with etcd's lease ids. `close()` releases
-    nothing; leases run out by themselves.
+    Versions are the key's revision as a string. Leases (keys acquired, or put with a ttl) are
+    owned by this instance: another instance cannot renew them even with the same value, as with
+    etcd's lease ids; a renewal carries the ttl, so a changed ttl applies from that renewal.
+    `close()` releases nothing; leases run out by themselves.
 
     `wait_for_change` counts every change under the cluster except this instance's own writes,
-    renewals, and refreshes of an existing member key, and pairs with `snapshot` as in etcd:
-    changes already visible in this instance's last snapshot do not count.
+    renewals, and refreshes of an existing key in a layout directory, and pairs with `read` as
+    in etcd: changes already visible in this instance's last read do not count.
     """
 
-    def __init__(self, cfg: RaftConfig, cluster: str, voter: bool = True) -> None:
+    def __init__(self, cfg: RaftConfig, cluster: str, layout: Layout, voter: bool = True) -> None:
         self.cluster = cluster
+        self._layout = layout
         self._id = uuid.uuid4().hex  # lease owner token and origin of this instance's writes
         self._node = acquire_node(cfg, voter)
         self._cond = threading.Condition()
@@ -292,19 +279,19 @@ class RaftStore(Store):
         # Runs on the raft tick thread: cheap, never blocks.
         if ch.cluster != self.cluster or ch.origin == self._id or ch.op == "renew":
             return
-        if ch.op == "put" and not ch.created and ch.key.startswith("members/"):
+        if ch.op == "put" and not ch.created and self._layout.in_dir(ch.key):
             return  # a member refreshing its key every loop is not news
         with self._cond:
             self._latest_change = max(self._latest_change, ch.revision)
             self._cond.notify_all()
 
     # -- reading -------------------------------------------------------------------------------
-    def snapshot(self, timeout: float) -> ClusterView:
+    def read(self, timeout: float) -> dict[str, Entry]:
         self._node.barrier(time.monotonic() + timeout)
-        entries, revision = self._node.kv.read(self.cluster)
+        records, revision = self._node.kv.read(self.cluster)
         with self._cond:
             self._seen_rev = max(self._seen_rev, revision)
-        return _view(entries, self.cluster)
+        return {key: Entry(r.value, str(r.version)) for key, r in records.items()}
 
     def wait_for_change(self, timeout: float) -> bool:
         with self._cond:
@@ -314,68 +301,43 @@ class RaftStore(Store):
             self._seen_rev = max(self._seen_rev, self._latest_change)
             return True
 
-    # -- bootstrap -----------------------------------------------------------------------------
-    def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
-        """Create-only; calling again while holding the lock renews it (a long bootstrap)."""
-        deadline = time.monotonic() + timeout
-        if self._do("renew", "init_lock", timeout, value=name, owner=self._id, ttl=ttl, cond="held"):
-            return True
-        left = deadline - time.monotonic()
-        return self._do("put", "init_lock", left, value=name, owner=self._id, ttl=ttl, cond="absent")
+    # -- writing -------------------------------------------------------------------------------
+    def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
+        check_ttl_put(version, ttl)
+        if ttl is not None:
+            return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl)
+        if version is ANY:
+            return self._do("put", key, timeout, value=value)
+        if version is None:
+            return self._do("put", key, timeout, value=value, cond="absent")
+        try:
+            v = int(version)
+        except ValueError:
+            return False  # not a token this backend handed out: it cannot match
+        return self._do("put", key, timeout, value=value, cond="version", arg=v)
 
-    def set_initialized(self, system_id: str, timeout: float) -> bool:
-        return self._do("put", "initialize", timeout, value=system_id, cond="absent")
+    def delete(self, key: str, version: str | AnyVersion, timeout: float) -> bool:
+        if version is ANY:
+            return self._do("delete", key, timeout)
+        try:
+            v = int(version)
+        except ValueError:
+            return False
+        return self._do("delete", key, timeout, cond="version", arg=v)
 
-    def release_init_lock(self, name: str, timeout: float) -> None:
-        self._do("delete", "init_lock", timeout, cond="value", arg=name)
+    # -- leases --------------------------------------------------------------------------------
+    def acquire(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+        """Create-only, owned by this instance (the group keeps any ttl: `strict` holds)."""
+        return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl, cond="absent")
 
-    # -- the leader lease ----------------------------------------------------------------------
-    def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool:
-        return self._do("put", "leader", timeout, value=name, owner=self._id, ttl=ttl, cond="absent")
-
-    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool:
+    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
         # True only once the renewal is committed: every member then counts the ttl from a
         # moment after our caller's send time (see raft_kv), and a member cut off from the
         # majority cannot get here at all, so it fences.
-        return self._do("renew", "leader", timeout, value=name, owner=self._id, ttl=ttl, cond="held")
+        return self._do("renew", key, timeout, value=value, owner=self._id, ttl=ttl, cond="held")
 
-    def release_leader(self, name: str, timeout: float) -> bool:
-        return self._do("delete", "leader", timeout, cond="value", arg=name)
-
-    # -- members -------------------------------------------------------------------------------
-    def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
-        self._do("put", f"members/{info.name}", timeout, value=dump_member(info), owner=self._id, ttl=ttl)
-
-    def delete_member(self, name: str, timeout: float) -> None:
-        self._do("delete", f"members/{name}", timeout)
-
-    # -- cluster-wide state --------------------------------------------------------------------
-    def _cas(self, key: str, value: str, token: str | None, timeout: float) -> bool:
-        if not token:
-            return self._do("put", key, timeout, value=value, cond="absent")
-        try:
-            version = int(token)
-        except ValueError:
-            return False  # not a token this backend handed out: it cannot match
-        return self._do("put", key, timeout, value=value, cond="version", arg=version)
-
-    def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
-        return self._cas("config", dump_settings(settings), token, timeout)
-
-    def set_sync(self, state: SyncState, token: str | None, timeout: float) -> bool:
-        return self._cas("sync", dump_sync(state), token, timeout)
-
-    def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool:
-        return self._cas("failover", dump_failover(request), token, timeout)
-
-    def clear_failover(self, timeout: float) -> None:
-        self._do("delete", "failover", timeout)
-
-    def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None:
-        self._do("put", "history", timeout, value=dump_history(history))
-
-    def set_optime(self, lsn: int, timeout: float) -> None:
-        self._do("put", "optime", timeout, value=str(int(lsn)))
+    def release(self, key: str, value: str, timeout: float) -> bool:
+        return self._do("delete", key, timeout, cond="value", arg=value)
 
     # -- shutting down -------------------------------------------------------------------------
     def close(self) -> None:
@@ -390,54 +352,7 @@ class RaftStore(Store):
         release_node(self._node)
 
 
-def open_client_store(cfg: RaftConfig, cluster: str) -> RaftStore:
-    """A store that reaches the group `cfg` belongs to without becoming a member (for `ctl` and
-    other tools running beside an agent that already is one)."""
-    return RaftStore(cfg, cluster, voter=False)
-
-
-def _view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
-    initialized: str | None = None
-    init_holder: str | None = None
-    settings = ClusterSettings()
-    settings_token = ""
-    leader: LeaderKey | None = None
-    members: dict[str, MemberInfo] = {}
-    sync: SyncState | None = None
-    failover: FailoverRequest | None = None
-    history: tuple[HistoryEntry, ...] = ()
-    leader_lsn: int | None = None
-    for key, e in entries.items():
-        raw, token = e.value, str(e.version)
-        try:
-            if key == "initialize":
-                initialized = raw
-            elif key == "init_lock":
-                init_holder = raw
-            elif key == "config":
-                settings_token = token
-                try:
-                    settings = parse_settings(json.loads(raw), f"raft key {cluster}/config")
-                except (ConfigError, ValueError) as err:
-                    # Keep the token so an operator's fix (a CAS write) still goes through.
-                    log.warning("raft: stored cluster settings are invalid, using defaults: %s", err)
-            elif key == "leader":
-                leader = LeaderKey(raw, token)
-            elif key.startswith("members/"):
-                m = load_member(raw)
-                members[m.name] = m
-            elif key == "sync":
-                sync = load_sync(raw, token)
-            elif key == "failover":
-                failover = load_failover(raw, token)
-            elif key == "history":
-                history = load_history(raw)
-            elif key == "optime":
-                leader_lsn = int(raw)
-        except (ValueError, KeyError, TypeError) as err:
-            log.warning("raft: skipping unreadable key %s/%s: %s", cluster, key, err)
-    return ClusterView(
-        initialized=initialized, init_holder=init_holder, settings=settings,
-        settings_token=settings_token, leader=leader, members=members, sync=sync,
-        failover=failover, history=history, leader_lsn=leader_lsn,
-    )
+def open_client(cfg: RaftConfig, cluster: str, layout: Layout) -> RaftKV:
+    """Keys of the group `cfg` belongs to, reached without becoming a member (for `ctl` and other
+    tools running beside an agent that already is one)."""
+    return RaftKV(cfg, cluster, layout, voter=False)

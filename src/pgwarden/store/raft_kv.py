@@ -43,18 +43,18 @@ class Entry:
     value: str
     version: int  # revision of the last value write: the compare-and-swap token
     touched: int  # revision of the last write or renewal: what an expire must still see
-    owner: str = ""  # lease owner (one token per Store instance); "" for keys without a lease
+    owner: str = ""  # lease owner (one token per RaftKV instance); "" for keys without a lease
     ttl: float | None = None
 
 
 @dataclass(frozen=True)
 class Change:
-    """A command that took effect, as listeners (waiting Store instances) see it."""
+    """A command that took effect, as listeners (waiting RaftKV instances) see it."""
 
     cluster: str
     key: str
     revision: int
-    origin: str  # the Store instance that asked for it ("" for expiry)
+    origin: str  # the RaftKV instance that asked for it ("" for expiry)
     op: str  # put | renew | delete | expire
     created: bool  # a put that created the key (as opposed to overwriting it)
 

@@ -14,7 +14,7 @@ from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import EventType, WatchedEvent, ZnodeStat
 
-from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.base import Layout, StoreUnavailable
 from pgwarden.store.zookeeper_session import _await, _retry
 
 # The name the ZooKeeper backend's log lines have always carried.
@@ -23,27 +23,30 @@ log = logging.getLogger("pgwarden.store.zookeeper")
 # The reading session holds no ephemeral node, so its length only bounds how long its watches
 # survive a partition; the server clamps it to its min/max anyway.
 _MAIN_SESSION = 10.0
-# Keys whose change wakes wait_for_change. Not `optime` (the leader rewrites it every loop) nor
-# `history` (it only changes together with the leader key); `members` wakes on joins and leaves
-# only (a child watch), never on a member's refresh.
-_WATCHED = ("initialize", "init_lock", "config", "leader", "sync", "failover", "members")
 
 
 class ZooKeeperWatch:
-    """The reading session of `ZooKeeperStore` (its base class): one ordinary session through which
-    persistent keys are read, written and watched (see the store's class doc)."""
+    """The reading session of `ZooKeeperKV` (its base class): one ordinary session through which
+    persistent keys are read, written and watched (see the store's class doc).
 
-    # Set by ZooKeeperStore.__init__ before it calls _init_watch.
+    What is watched (`_watched`): the layout's keys, except the quiet ones (the leader rewrites
+    `optime` every loop), each by an exists watch; and its directories, each by a child watch,
+    which wakes on joins and leaves only, never on a member's refresh."""
+
+    # Set by ZooKeeperKV.__init__ before it calls _init_watch.
     hosts: str
     _base: str
+    _layout: Layout
     _lock: threading.Lock  # guards the lease fields, and starting the reading session
     _closed: bool
 
     def _init_watch(self) -> None:
+        layout = self._layout
+        self._watched = tuple(k for k in layout.keys if k not in layout.quiet) + layout.dirs
         self._cond = threading.Condition()  # guards the watch state below
         self._seq = 0
         self._applied: dict[str, int] = {}
-        self._latest: dict[str, int] = {}  # rel -> mzxid (pzxid for members), 0 = absent
+        self._latest: dict[str, int] = {}  # rel -> mzxid (pzxid for a directory), 0 = absent
         self._known: dict[str, int] = {}  # the same, as the caller last saw it
         self._lost = False
         self._main = KazooClient(hosts=self.hosts, timeout=_MAIN_SESSION, connection_retry=_retry())
@@ -59,7 +62,7 @@ class ZooKeeperWatch:
         # kazoo drops every watch when the connection drops, so re-arm on each (re)connect.
         if state == KazooState.CONNECTED:
             self._main_live.set()
-            for rel in _WATCHED:
+            for rel in self._watched:
                 self._arm(rel)
             return
         self._main_live.clear()
@@ -84,7 +87,7 @@ class ZooKeeperWatch:
         """Send one request on the reading session. If `rel` is watched, its answer (turned into
         an mzxid by `value`) updates `_latest`, in the order the requests were sent: one session's
         answers come in that order, so the highest sequence number is the newest state."""
-        if rel not in _WATCHED:
+        if rel not in self._watched:
             return call()
         with self._cond:
             self._seq += 1
@@ -112,19 +115,19 @@ class ZooKeeperWatch:
         if event.type == EventType.NONE or not event.path:
             return  # a connection event: _on_main_state re-arms
         rel = event.path.removeprefix(self._base + "/")
-        if rel in _WATCHED:
+        if rel in self._watched:
             self._arm(rel)
 
     def _arm(self, rel: str) -> None:
         path = self._path(rel)
         try:
-            if rel == "members":
+            if rel in self._layout.dirs:
                 r = self._issue(
                     rel,
                     lambda: self._main.get_children_async(path, watch=self._on_watch, include_data=True),
                     lambda v: int(v[1].pzxid),
                 )
-                r.rawlink(self._members_missing)
+                r.rawlink(functools.partial(self._dir_missing, rel))
             else:
                 self._issue(
                     rel,
@@ -134,18 +137,20 @@ class ZooKeeperWatch:
         except Exception as e:  # the client is stopping
             log.debug("zookeeper: arming a watch on %s: %s", path, e)
 
-    def _members_missing(self, result: Any) -> None:
+    def _dir_missing(self, rel: str, result: Any) -> None:
         # A child watch needs the node: until it exists, watch for its creation instead.
         if isinstance(result.exception, NoNodeError):
-            path = self._path("members")
+            path = self._path(rel)
             self._issue(
-                "members",
+                rel,
                 lambda: self._main.exists_async(path, watch=self._on_watch),
                 lambda v: int(v.pzxid) if v is not None else 0,
             )
 
     def _saw(self, rel: str, value: int) -> None:
         """The caller knows `rel` is at `value` (it read or wrote it)."""
+        if rel not in self._watched:
+            return
         with self._cond:
             self._known[rel] = value
 

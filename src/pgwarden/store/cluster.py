@@ -1,0 +1,116 @@
+"""The store as the agent, the REST API and the tools use it: the cluster's documents (leader lease,
+init lock, members, settings, synchronous promise, requests, history) written once, above any
+backend's `KV` (see `store.base` for the port's guarantees, `store.documents` for the layout).
+
+Compare-and-swap writes (`set_settings`, `set_sync`, `set_failover`) take the token their
+document had in the last `snapshot`; `None` or `""` (what `snapshot` reports for absent settings)
+means create-only. A lost compare-and-swap returns False; no call raises on a lost race.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, MemberInfo, SyncState
+from pgwarden.store.base import ANY, KV
+from pgwarden.store.documents import (
+    CONFIG,
+    FAILOVER,
+    HISTORY,
+    INIT_LOCK,
+    INITIALIZE,
+    LEADER,
+    OPTIME,
+    SYNC,
+    dump_failover,
+    dump_history,
+    dump_member,
+    dump_settings,
+    dump_sync,
+    member_key,
+    parse_view,
+)
+
+
+class ClusterStore:
+    """One cluster's documents in one backend."""
+
+    def __init__(self, kv: KV) -> None:
+        self.kv = kv
+        self.cluster = kv.cluster
+
+    # -- reading -------------------------------------------------------------------------------
+    def snapshot(self, timeout: float) -> ClusterView:
+        """One consistent read of everything under the cluster's key."""
+        return parse_view(self.kv.read(timeout), self.cluster)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """Block up to `timeout` for a change since the last snapshot that is news to this
+        instance (see `KV.wait_for_change`). True if one happened."""
+        return self.kv.wait_for_change(timeout)
+
+    # -- bootstrap -----------------------------------------------------------------------------
+    def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
+        """Become the one member that bootstraps: create-only, on a lease of `ttl`. Calling it
+        again while holding the lock renews it, so a long bootstrap can keep the lock. A backend
+        that grants only shorter leases still takes it (and warns): the lock only spares a
+        wasted second bootstrap; `set_initialized` being create-only decides which one counts."""
+        deadline = time.monotonic() + timeout
+        if self.kv.renew(INIT_LOCK, name, ttl, timeout, strict=False):
+            return True
+        left = max(0.0, deadline - time.monotonic())
+        return self.kv.acquire(INIT_LOCK, name, ttl, left, strict=False)
+
+    def set_initialized(self, system_id: str, timeout: float) -> bool:
+        """Record the cluster's system identifier (create-only)."""
+        return self.kv.put(INITIALIZE, system_id, None, timeout)
+
+    def release_init_lock(self, name: str, timeout: float) -> None:
+        self.kv.release(INIT_LOCK, name, timeout)
+
+    # -- the leader lease ----------------------------------------------------------------------
+    def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool:
+        return self.kv.acquire(LEADER, name, ttl, timeout)
+
+    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool:
+        """True only if the store confirmed during this call that the key is still ours, until at
+        least send time + `ttl` (SAFETY rule 2)."""
+        return self.kv.renew(LEADER, name, ttl, timeout)
+
+    def release_leader(self, name: str, timeout: float) -> bool:
+        """Delete the leader key if (and only if) `name` holds it."""
+        return self.kv.release(LEADER, name, timeout)
+
+    # -- members -------------------------------------------------------------------------------
+    def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
+        """Write our member key; it lapses `ttl` after the last publish."""
+        self.kv.put(member_key(info.name), dump_member(info), ANY, timeout, ttl=ttl)
+
+    def delete_member(self, name: str, timeout: float) -> None:
+        self.kv.delete(member_key(name), ANY, timeout)
+
+    # -- cluster-wide state (compare-and-swap) --------------------------------------------------
+    def set_settings(self, settings: ClusterSettings, token: str | None, timeout: float) -> bool:
+        return self.kv.put(CONFIG, dump_settings(settings), token or None, timeout)
+
+    def set_sync(self, state: SyncState, token: str | None, timeout: float) -> bool:
+        return self.kv.put(SYNC, dump_sync(state), token or None, timeout)
+
+    def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool:
+        return self.kv.put(FAILOVER, dump_failover(request), token or None, timeout)
+
+    def clear_failover(self, timeout: float) -> None:
+        self.kv.delete(FAILOVER, ANY, timeout)
+
+    def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None:
+        self.kv.put(HISTORY, dump_history(history), ANY, timeout)
+
+    def set_optime(self, lsn: int, timeout: float) -> None:
+        self.kv.put(OPTIME, str(int(lsn)), ANY, timeout)
+
+    # -- shutting down -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Disconnect; leases are left to run out (a stopped agent never gives up leadership
+        implicitly)."""
+        self.kv.close()
