@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import urllib3
 
+from pgwarden.api.auth import basic_header
 from pgwarden.config.load import parse_node_config
 from pgwarden.local import zookeeper
 from pgwarden.local.layout import NodePlan, new_password, node_config, seed_settings, write_node_config
@@ -82,6 +83,8 @@ class FaultCluster:
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.frozen: set[str] = set()
         self.su_password = new_password()
+        # The agents listen beyond loopback (their namespaces' addresses): their REST API needs these.
+        self.api_user, self.api_password = "pgwarden", new_password()
         self.settings = seed_settings(sync, ())
         self.ttl = self.settings.ttl
         self._t0 = time.monotonic()
@@ -130,6 +133,7 @@ class FaultCluster:
                               self.settings, self.su_password, repl_pw, store=self._store_section(n))
             doc["postgresql"]["listen_address"] = self.addr(n)
             doc["restapi"]["listen_address"] = self.addr(n)
+            doc["restapi"]["authentication"] = {"username": self.api_user, "password": self.api_password}
             parse_node_config(doc, f"{n} config")  # the agent's own validation
             write_node_config(self.config_path(n), doc)
         self.start_store()
@@ -290,7 +294,8 @@ class FaultCluster:
         http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))
         try:
             r = http.request("POST", f"http://{self.addr(node)}:{API_PORT}/restart", body=b"{}",
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json",
+                                      "Authorization": basic_header(self.api_user, self.api_password)})
         except (urllib3.exceptions.HTTPError, OSError) as e:
             return None, str(e)
         text = r.data.decode("utf-8", "replace").strip()

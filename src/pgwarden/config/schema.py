@@ -78,6 +78,16 @@ class RestApiConfig(Strict, frozen=True, kw_only=True):
     listen_address: str = "127.0.0.1"
     port: Port = 8008
     connect_address: str | None = None
+    # HTTP Basic credentials for every request that changes something (and GET /config, /cluster);
+    # health checks, /status, /position and /history stay open (see api/auth.py). `ctl` sends them.
+    authentication: Credentials | None = None
+    # The explicit opt-out: an agent listening beyond loopback without authentication refuses to
+    # start unless this is true (see config/exposure.py).
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.authentication is not None and ":" in self.authentication.username:
+            raise ValueError("authentication.username must not contain ':' (HTTP Basic cannot carry it)")
 
     def url(self) -> str:
         addr = self.connect_address or f"{self.listen_address}:{self.port}"
