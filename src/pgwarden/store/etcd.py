@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings
+from pgwarden.config.load import parse_stored_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,
@@ -189,7 +189,7 @@ class EtcdStore(EtcdWatch, Store):
                 elif rel == "config":
                     settings_token = token
                     try:
-                        settings = parse_settings(json.loads(raw), f"etcd key {base}config")
+                        settings = parse_stored_settings(json.loads(raw), f"etcd key {base}config")
                     except (ConfigError, ValueError) as e:
                         # Keep the token so an operator's fix (a CAS write) still goes through.
                         log.warning("etcd: stored cluster settings are invalid, using defaults: %s", e)

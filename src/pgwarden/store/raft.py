@@ -38,7 +38,7 @@ from typing import Any
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf  # type: ignore[import-untyped]
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings
+from pgwarden.config.load import parse_stored_settings
 from pgwarden.config.schema import ClusterSettings, RaftConfig
 from pgwarden.core.model import (
     ClusterView,
@@ -417,7 +417,7 @@ def _view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
             elif key == "config":
                 settings_token = token
                 try:
-                    settings = parse_settings(json.loads(raw), f"raft key {cluster}/config")
+                    settings = parse_stored_settings(json.loads(raw), f"raft key {cluster}/config")
                 except (ConfigError, ValueError) as err:
                     # Keep the token so an operator's fix (a CAS write) still goes through.
                     log.warning("raft: stored cluster settings are invalid, using defaults: %s", err)

@@ -13,7 +13,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings
+from pgwarden.config.load import parse_stored_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,
@@ -147,7 +147,7 @@ class ZooKeeperStore(ZooKeeperWatch, Store):
                 if rel == "config":
                     settings_token = token
                     try:
-                        settings = parse_settings(json.loads(raw), f"zookeeper node {self._path(rel)}")
+                        settings = parse_stored_settings(json.loads(raw), f"zookeeper node {self._path(rel)}")
                     except (ConfigError, ValueError) as e:
                         # Keep the token so an operator's fix (a CAS write) still goes through.
                         log.warning("zookeeper: stored cluster settings are invalid, using defaults: %s", e)
