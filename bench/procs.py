@@ -50,10 +50,12 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 2.0) -> Any:
+def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 2.0,
+              headers: dict[str, str] | None = None) -> Any:
     """One JSON request; non-2xx answers with a JSON body are returned too (Patroni answers 503 + JSON)."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()

@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from bench.drivers.base import ClusterError, SyncMode, Timing
 from bench.procs import alive, descendants, http_json, kill_pids, wait_for
+from pgwarden.api.auth import basic_header
 
 BASE = Path("/var/lib/pgwarden-bench")
 
@@ -26,16 +29,25 @@ PRESETS = {
 }
 
 
-def sync_promised(api_urls: Iterable[str], mode: SyncMode, standbys: Collection[str]) -> bool:
-    """The store's synchronous promise (GET /cluster's `sync`: leader, members, quorum), as the
-    first member that answers tells it, is in place for `mode`: `on`, it names a synchronous
-    standby; `quorum`, it names every one of `standbys` as a voter with a quorum of at least 1 (the
-    steady state of quorum mode, so each run's kill meets the same promise). Always true when off."""
+def api_headers(node_file: Path) -> dict[str, str]:
+    """The Authorization header for a member's protected endpoints (GET /cluster), from
+    `restapi.authentication` in a node file; none when it has none."""
+    auth = (yaml.safe_load(node_file.read_text()).get("restapi") or {}).get("authentication")
+    return {"Authorization": basic_header(auth["username"], auth["password"])} if auth else {}
+
+
+def sync_promised(api_urls: Iterable[str], mode: SyncMode, standbys: Collection[str],
+                  headers: dict[str, str] | None = None) -> bool:
+    """The store's synchronous promise (GET /cluster's `sync`: leader, members, quorum; `headers`
+    carry the REST API credentials it needs), as the first member that answers tells it, is in
+    place for `mode`: `on`, it names a synchronous standby; `quorum`, it names every one of
+    `standbys` as a voter with a quorum of at least 1 (the steady state of quorum mode, so each
+    run's kill meets the same promise). Always true when off."""
     if mode == "off":
         return True
     for url in api_urls:
         try:
-            cluster = http_json(f"{url.rstrip('/')}/cluster", timeout=1.0)
+            cluster = http_json(f"{url.rstrip('/')}/cluster", timeout=1.0, headers=headers)
         except Exception:  # a member being restarted: ask the next one
             continue
         sync = cluster.get("sync") if isinstance(cluster, dict) else None
@@ -128,8 +140,10 @@ class PgwardenDriver:
                      and m.get("streaming")]
         # A crash before the store names a synchronous standby (or quorum) leaves no safe candidate
         # (SAFETY.md rule 7): wait for it.
+        assert self.dir is not None
         sync_ok = sync_promised((str(m["api_url"]) for m in members), self.sync,
-                                [str(m["name"]) for m in streaming])
+                                [str(m["name"]) for m in streaming],
+                                api_headers(self.dir / self._members[0] / "pgwarden.yaml"))
         return len(primaries) == 1 and len(streaming) == len(self._members) - 1 and sync_ok
 
     def wait_healthy(self, timeout: float) -> None:

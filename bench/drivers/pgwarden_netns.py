@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from bench.drivers.base import ClusterError, SyncMode, Timing
 from bench.drivers.pgwarden import PRESETS, sync_promised
 from bench.procs import http_json, wait_for
+from pgwarden.api.auth import basic_header
 from pgwarden.local.layout import seed_settings
 from tests.faults.checker import convergence_problems
 from tests.faults.harness import API_PORT, PG_PORT, FaultCluster
@@ -68,7 +69,8 @@ class PgwardenNetnsDriver:
             return False
         leader = cl.primary() if self.sync == "quorum" else None
         standbys = [n for n in cl.names if n != leader]
-        return sync_promised((f"http://{cl.addr(n)}:{API_PORT}" for n in cl.names), self.sync, standbys)
+        return sync_promised((f"http://{cl.addr(n)}:{API_PORT}" for n in cl.names), self.sync, standbys,
+                             {"Authorization": basic_header(cl.api_user, cl.api_password)})
 
     def wait_healthy(self, timeout: float) -> None:
         wait_for(self._healthy, timeout, "pgwarden (netns): one primary and all replicas streaming",

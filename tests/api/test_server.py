@@ -1,6 +1,6 @@
-"""The REST API over real loopback HTTP: health codes and bodies, status and cluster documents,
-operator requests through an in-memory store, error mapping, and random input that must never
-produce a 500 or take the server down."""
+"""The REST API over real loopback HTTP (with credentials, tests/api/env.py): health codes and
+bodies, status and cluster documents, operator requests through an in-memory store, error mapping,
+and random input that must never produce a 500 or take the server down."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,93 +20,17 @@ from hypothesis import strategies as st
 
 from pgwarden.api.health import HEALTH_PATHS, health_status
 from pgwarden.api.server import ApiServer, ApiServerError
-from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.api.state import StateHolder
 from pgwarden.config.load import replace as replace_model
 from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import HistoryEntry, MemberInfo, PeerReading, Role
+from pgwarden.core.model import MemberInfo, Role
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
+from .env import AUTH, Env, FakeCommands, make_env, seeded_store
 from .factory import CAUGHT_UP, LAGGING, LEADER_LSN, PRIMARY
 from .memstore import MemStore
-
-
-class FakeCommands:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-        self.refuse: str | None = None
-
-    def request_restart(self) -> str:
-        if self.refuse:
-            raise CommandRefused(self.refuse)
-        self.calls.append("restart")
-        return "restart requested"
-
-    def request_reinitialize(self, force: bool) -> str:
-        if self.refuse:
-            raise CommandRefused(self.refuse)
-        self.calls.append(f"reinitialize force={force}")
-        return "reinitialize requested"
-
-    def read_position(self, timeout: float) -> PeerReading:
-        self.calls.append("position")
-        return PeerReading("node2", reachable=True, role=Role.REPLICA, running=True, timeline=3,
-                           received_lsn=LEADER_LSN + 5, replayed_lsn=LEADER_LSN, lsn=LEADER_LSN + 5)
-
-
-@dataclass
-class Env:
-    server: ApiServer
-    holder: StateHolder
-    store: MemStore
-    commands: FakeCommands
-    http: urllib3.PoolManager
-
-    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                ) -> urllib3.BaseHTTPResponse:
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        return self.http.request(method, self.server.url + path, body=data,
-                                 headers={"Content-Type": "application/json"} if data else None)
-
-    def json(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-             ) -> tuple[int, Any]:
-        r = self.request(method, path, body, raw)
-        return r.status, json.loads(r.data) if r.data else None
-
-    def publish(self, me: MemberInfo, holds_lease: bool | None = None) -> NodeState:
-        view = self.store.snapshot(1.0)
-        lease = holds_lease if holds_lease is not None else (view.leader is not None
-                                                             and view.leader.name == me.name)
-        st = NodeState(member=me, cluster=view, store_ok=True, holds_lease=lease,
-                       last_loop_at=time.monotonic(), started_at=time.time())
-        self.holder.set(st)
-        return st
-
-
-def seeded_store() -> MemStore:
-    store = MemStore("demo")
-    for m in (PRIMARY, CAUGHT_UP, LAGGING):
-        store.publish_member(m, 30, 1)
-    assert store.acquire_leader("node1", 3600, 1)
-    store.set_optime(LEADER_LSN, 1)
-    assert store.set_settings(ClusterSettings(), None, 1)
-    store.set_history((HistoryEntry(1, 0x2000000, "no recovery target specified", 1.7e9, "node1"),), 1)
-    return store
-
-
-def make_env(store: MemStore | None = None, commands: FakeCommands | None = None,
-             with_commands: bool = True) -> Env:
-    store = store or seeded_store()
-    commands = commands or FakeCommands()
-    holder = StateHolder()
-    server = ApiServer("127.0.0.1", free_port(), holder, store, commands if with_commands else None, "node1",
-                       store_timeout=2.0)
-    server.start()
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
-    env = Env(server, holder, store, commands, http)
-    env.publish(PRIMARY)
-    return env
 
 
 @pytest.fixture
@@ -524,10 +448,11 @@ bodies = st.one_of(
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(method=st.sampled_from(METHODS), path=paths, body=bodies)
-def test_fuzz_requests_never_500(fuzz_env: Env, method: str, path: str, body: bytes | None) -> None:
+@given(method=st.sampled_from(METHODS), path=paths, body=bodies, creds=st.booleans())
+def test_fuzz_requests_never_500(fuzz_env: Env, method: str, path: str, body: bytes | None, creds: bool,
+                                 ) -> None:
     # Writes would change what later examples see; the store accepts them, which is fine.
-    r = fuzz_env.http.request(method, fuzz_env.server.url + path, body=body)
+    r = fuzz_env.http.request(method, fuzz_env.server.url + path, body=body, headers=AUTH if creds else None)
     assert r.status < 500 or r.status == 503, (method, path, body, r.status, r.data[:200])
     if r.data and method != "HEAD":
         assert isinstance(json.loads(r.data), dict | list)

@@ -134,3 +134,16 @@ def test_help_still_lists_every_command() -> None:
         text = build_parser(first).format_help()
         for command in ("agent", "ctl", "local", "witness", "node", "haproxy-config"):
             assert command in text, (first, command)
+
+
+def test_agent_refuses_an_unprotected_api_beyond_loopback(tmp_path: Path) -> None:
+    """Before anything starts: one line naming the file, the address and both ways out."""
+    path = write_node_file(tmp_path / "n.yaml", "c1", "127.0.0.1:2379",
+                           restapi={"listen_address": "0.0.0.0", "port": 8008})
+    res = subprocess.run([sys.executable, "-m", "pgwarden", "agent", "-c", str(path)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 2 and res.stdout == ""
+    line = one_error_line(res.stderr)
+    assert f"{path}: the REST API would listen on 0.0.0.0 (not loopback) without authentication" in line
+    assert "restapi.authentication" in line and "restapi.insecure: true" in line
+    assert not (tmp_path / "data").exists()  # nothing was started or created

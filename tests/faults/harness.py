@@ -25,9 +25,17 @@ from typing import Any
 import psycopg
 import urllib3
 
+from pgwarden.api.auth import basic_header
 from pgwarden.config.load import parse_node_config
 from pgwarden.local import zookeeper
-from pgwarden.local.layout import NodePlan, new_password, node_config, seed_settings, write_node_config
+from pgwarden.local.layout import (
+    API_USER,
+    NodePlan,
+    new_password,
+    node_config,
+    seed_settings,
+    write_node_config,
+)
 from pgwarden.store.etcd_binary import find_etcd_binary
 from tests.faults.checker import convergence_problems
 from tests.faults.workload import dsn as workload_dsn
@@ -82,6 +90,8 @@ class FaultCluster:
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.frozen: set[str] = set()
         self.su_password = new_password()
+        # The agents listen beyond loopback (their namespaces' addresses): their REST API needs these.
+        self.api_user, self.api_password = API_USER, new_password()
         self.settings = seed_settings(sync, ())
         self.ttl = self.settings.ttl
         self._t0 = time.monotonic()
@@ -126,8 +136,8 @@ class FaultCluster:
         self.net.add_root_client("client", 250)
         repl_pw = new_password()
         for n in self.names:
-            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), [],
-                              self.settings, self.su_password, repl_pw, store=self._store_section(n))
+            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), [], self.settings,
+                              self.su_password, repl_pw, self.api_password, store=self._store_section(n))
             doc["postgresql"]["listen_address"] = self.addr(n)
             doc["restapi"]["listen_address"] = self.addr(n)
             parse_node_config(doc, f"{n} config")  # the agent's own validation
@@ -290,7 +300,8 @@ class FaultCluster:
         http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=2.0, read=timeout))
         try:
             r = http.request("POST", f"http://{self.addr(node)}:{API_PORT}/restart", body=b"{}",
-                             headers={"Content-Type": "application/json"})
+                             headers={"Content-Type": "application/json",
+                                      "Authorization": basic_header(self.api_user, self.api_password)})
         except (urllib3.exceptions.HTTPError, OSError) as e:
             return None, str(e)
         text = r.data.decode("utf-8", "replace").strip()

@@ -108,6 +108,10 @@ def test_switchover_to_an_unknown_member_is_a_clear_error(cluster: Cluster) -> N
     assert code in (400, 412) and "nosuchnode" in body["error"]
     code, body = cluster.http("POST", leader, "/switchover", b"{not json")
     assert code == 400 and "error" in body
+    # `local up` protects the API: without the node file's credentials nothing is even validated.
+    code, body = cluster.http("POST", leader, "/switchover", {"candidate": "nosuchnode"}, auth=False)
+    assert code == 401 and "credentials" in body["error"]
+    assert cluster.http("GET", leader, "/health", auth=False)[0] == 200
 
 
 def test_pause_prevents_failover_until_resumed(cluster: Cluster) -> None:

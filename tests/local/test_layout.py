@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pgwarden.config.errors import ConfigError
+from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
 from pgwarden.errors import CliError
 from pgwarden.local.layout import (
@@ -53,7 +54,7 @@ def test_seed_settings() -> None:
 def test_node_config_round_trips_through_the_loader(tmp_path: Path) -> None:
     settings = seed_settings("on", ["ttl=6", "loop_wait=1.5"])
     plan = NodePlan("node2", 6002, 7002)
-    doc = node_config(tmp_path, "demo", plan, ["127.0.0.1:2379"], settings, "su", "re")
+    doc = node_config(tmp_path, "demo", plan, ["127.0.0.1:2379"], settings, "su", "re", "api-pw")
     path = tmp_path / "node2" / "pgwarden.yaml"
     write_node_config(path, doc)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds passwords
@@ -64,6 +65,11 @@ def test_node_config_round_trips_through_the_loader(tmp_path: Path) -> None:
     assert cfg.log.file == tmp_path / "node2" / "agent.log"
     assert (cfg.postgresql.listen_address, cfg.postgresql.port, cfg.restapi.port) == ("127.0.0.1", 6002, 7002)
     assert cfg.postgresql.superuser.secret() == "su" and cfg.postgresql.replication.secret() == "re"
+    # The REST API is protected even on loopback: `local up` writes credentials into the 0600 file.
+    auth = cfg.restapi.authentication
+    assert auth is not None and cfg.restapi.insecure is False
+    assert (auth.username, auth.secret()) == ("pgwarden", "api-pw")
+    assert api_credentials(cfg, str(path)) == ("pgwarden", "api-pw")
     assert cfg.store.etcd is not None and cfg.store.etcd.hosts == ["127.0.0.1:2379"]
     assert cfg.timing == {"ttl": 6.0, "loop_wait": 1.5, "retry_timeout": 1.0}
     assert cfg.settings == {"synchronous_mode": "on"}

@@ -11,11 +11,15 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from stat import S_IMODE
 from typing import Any
 
 import psycopg
 import pytest
+import urllib3
+import yaml
 
+from pgwarden.api.auth import basic_header
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -64,6 +68,25 @@ def processes_under(d: Path) -> list[str]:
     return found
 
 
+def check_api_protected(d: Path) -> None:
+    """Every node file holds the cluster's REST API credentials, readable by its owner only; the
+    agents require them for what changes or reveals settings, and not for health checks."""
+    files = [d / n / "pgwarden.yaml" for n in ("node1", "node2", "node3")]
+    assert {S_IMODE(f.stat().st_mode) for f in files} == {0o600}
+    docs = [yaml.safe_load(f.read_text())["restapi"] for f in files]
+    creds = {(r["authentication"]["username"], r["authentication"]["password"]) for r in docs}
+    assert len(creds) == 1 and len(next(iter(creds))[1]) >= 16  # one generated password for all
+    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
+    user, password = creds.pop()
+    auth = {"Authorization": basic_header(user, password)}
+    for r in docs:
+        url = f"http://{r['listen_address']}:{r['port']}"
+        assert http.request("GET", url + "/health").status == 200
+        assert http.request("POST", url + "/restart", body=b"{}").status == 401
+        assert http.request("GET", url + "/config").status == 401
+        assert http.request("GET", url + "/config", headers=auth).status == 200
+
+
 @pytest.fixture
 def cluster_dir() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="pgwarden-local-", dir="/tmp"))
@@ -88,6 +111,7 @@ def test_local_cluster_end_to_end(cluster_dir: Path) -> None:
     assert (d / "etcd.log").is_file() and (d / "state.json").is_file()
 
     assert roles(d) == [("primary", "running"), ("replica", "running"), ("replica", "running")]
+    check_api_protected(d)
 
     again = pgwarden("local", "up", "--nodes", "3", "--dir", str(d))
     assert again.returncode == 1 and "already holds a running cluster" in again.stderr

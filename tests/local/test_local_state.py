@@ -131,7 +131,7 @@ def add_fake_agents(d: Path, names: list[str], running: set[str]) -> dict[str, i
     for i, name in enumerate(names):
         plan = NodePlan(name, 15432 + i, 18008 + i)
         pg_ports[name] = plan.pg_port
-        doc = node_config(d, state.cluster, plan, state.etcd_hosts(), settings, "pw:1", "r")
+        doc = node_config(d, state.cluster, plan, state.etcd_hosts(), settings, "pw:1", "r", "a")
         config = d / name / "pgwarden.yaml"
         write_node_config(config, doc)
         argv = [sys.executable, "-c", SLEEP, "agent", "-c", str(config)]

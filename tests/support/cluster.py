@@ -19,6 +19,7 @@ import psycopg
 import urllib3
 import yaml
 
+from pgwarden.api.auth import basic_header
 from tests.support.wait import wait_for
 
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=2.0))
@@ -93,9 +94,16 @@ class Cluster:
         r = self.config(node)["restapi"]
         return f"http://{r['listen_address']}:{r['port']}"
 
-    def http(self, method: str, node: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def api_auth(self, node: str) -> dict[str, str]:
+        """The Authorization header from the node file's restapi.authentication (as ctl sends it)."""
+        auth = self.config(node)["restapi"].get("authentication")
+        return {"Authorization": basic_header(auth["username"], auth["password"])} if auth else {}
+
+    def http(self, method: str, node: str, path: str, body: Any = None, auth: bool = True) -> tuple[int, Any]:
+        """A request to the node's REST API, with its credentials unless not `auth`."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        r = _http.request(method, self.api(node) + path, body=data)
+        headers = self.api_auth(node) if auth else None
+        r = _http.request(method, self.api(node) + path, body=data, headers=headers)
         try:
             parsed = json.loads(r.data) if r.data else None
         except ValueError:

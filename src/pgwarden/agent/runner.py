@@ -18,9 +18,11 @@ from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFa
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
+from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.errors import ConfigError
+from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
@@ -56,7 +58,7 @@ def run_dir_for(cfg: NodeConfig) -> Path:
 
 
 class Agent:
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, api_auth: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.seed = cfg.initial_settings()
         self._settings: ClusterSettings = self.seed
@@ -80,7 +82,8 @@ class Agent:
         # changes it made itself, and a switchover request must wake the agent's loop.
         self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
-                             self, cfg.name)
+                             self, cfg.name,
+                             auth=BasicAuth(*api_auth) if api_auth is not None else None)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -379,10 +382,11 @@ def run_agent(config_path: str) -> int:
     """`pgwarden agent -c FILE`: run one node in the foreground until SIGTERM/SIGINT."""
     try:
         cfg = load_node_config(config_path)
+        api_auth = api_credentials(cfg, config_path)
     except ConfigError as e:
         raise SystemExit(f"pgwarden: error: {e}") from None
     setup_logging(cfg)
-    agent = Agent(cfg)
+    agent = Agent(cfg, api_auth)
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

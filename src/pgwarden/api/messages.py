@@ -27,12 +27,14 @@ class Disconnect(Exception):
 @dataclass(frozen=True)
 class Request:
     """What a route handler sees: the method, the percent-decoded path, the query (first value of
-    each key) and the body, read on demand (HttpError 413 past the cap, 400 if malformed)."""
+    each key), the body, read on demand (HttpError 413 past the cap, 400 if malformed), and the
+    header fields (lower-case names; a repeated field's values joined by ", ")."""
 
     method: str
     path: str
     query: Mapping[str, str]
     read: Callable[[], bytes]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

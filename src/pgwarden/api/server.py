@@ -2,10 +2,11 @@
 requests, served on threads of its own so HTTP never blocks the HA loop.
 
 The API only reads the NodeState the agent publishes; operator requests go to the store (validated
-by core/requests.py) or, for local operations, to the agent's Commands. This module is the
-ApiServer: its lifecycle, routes and handlers; the HTTP/1.1 transport is in transport.py (h11 for the
-framing under our own sockets and threads; see there for why), JSON documents in views.py, request
-bodies in bodies.py.
+by core/requests.py) or, for local operations, to the agent's Commands. With credentials
+configured, every request but the health checks and the few reads peers and load balancers need
+is refused with a 401 (auth.py says which). This module is the ApiServer: its lifecycle, routes
+and handlers; the HTTP/1.1 transport is in transport.py (h11 for the framing under our own sockets
+and threads; see there for why), JSON documents in views.py, request bodies in bodies.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from pgwarden.api.auth import BasicAuth
 from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
@@ -58,6 +60,7 @@ class ApiServer:
         node_name: str,
         *,
         store_timeout: float = 3.0,
+        auth: BasicAuth | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -66,6 +69,7 @@ class ApiServer:
         self._commands = commands
         self._node_name = node_name
         self._store_timeout = store_timeout
+        self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
         self._thread: threading.Thread | None = None
         self._servers: list[Listener] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -173,6 +177,8 @@ class ApiServer:
                 allowed = ",".join(sorted(methods))
                 error = f"method {request.method} is not allowed on {request.path} (allowed: {allowed})"
                 return json_response(405, {"error": error}, {"Allow": allowed})
+            if self._auth is not None and (refused := self._auth.refusal(request)) is not None:
+                return refused
             return route(request)
         except HttpError as e:
             return json_response(e.status, {"error": e.message})

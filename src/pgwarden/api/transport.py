@@ -104,6 +104,16 @@ def _query(raw: str) -> dict[str, str]:
     return query
 
 
+def _fields(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """h11's header list (names already lower-case) as a mapping; a repeated field's values joined
+    by ", " as HTTP allows, so a second Authorization cannot slip past the first."""
+    fields: dict[str, str] = {}
+    for name, value in headers:
+        key, text = name.decode("ascii"), value.decode("latin-1")
+        fields[key] = f"{fields[key]}, {text}" if key in fields else text
+    return fields
+
+
 def _http_date(when: float) -> str:
     t = time.gmtime(when)
     return (f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
@@ -191,7 +201,7 @@ class Handler(socketserver.BaseRequestHandler):
             return False
         raw_path, raw_query = split
         response = self._dispatch(Request(method, _decode_path(raw_path), _query(raw_query),
-                                          self._read_body))
+                                          self._read_body, _fields(self._headers)))
         unread = self._conn.their_state is h11.SEND_BODY and not self._close
         if unread and self._length != 0 and (
                 (self._length or 0) > _MAX_BODY or self._conn.they_are_waiting_for_100_continue):

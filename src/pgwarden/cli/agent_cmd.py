@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
 
 
@@ -14,8 +15,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Validate before importing the agent, so a typo is reported the same way as by `ctl`.
-    load_node_config(args.config)
+    # Validate before importing the agent, so a typo (or an unprotected REST API beyond loopback)
+    # is reported the same way as by `ctl`.
+    api_credentials(load_node_config(args.config), args.config)
     from pgwarden.agent.runner import run_agent
 
     return int(run_agent(args.config))

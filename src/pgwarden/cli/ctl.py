@@ -1,23 +1,21 @@
 """`pgwarden ctl -c FILE <command>`: operator commands against a running cluster, through the
 store (list, switchover, failover, pause, resume, history, configuration) or a member's REST API
-(restart, reinit).
+(restart, reinit: member_api.py, with the node file's REST API credentials).
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-import urllib3
 import yaml
 
+from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.cli.output import (
     CliError,
     UsageError,
@@ -44,9 +42,11 @@ SETTINGS_RETRIES = 10
 
 @dataclass
 class Ctx:
-    """What every ctl command works with: the node file and (opened on demand) its store."""
+    """What every ctl command works with: the node file (its path, for messages) and (opened on
+    demand) its store."""
 
     cfg: NodeConfig
+    path: str = ""
     _store: ClusterStore | None = None
 
     @property
@@ -150,7 +150,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_node_config(args.config)
-    ctx = Ctx(cfg)
+    ctx = Ctx(cfg, args.config)
     func: Callable[[argparse.Namespace, Ctx], int] = args.ctl_func
     try:
         return func(args, ctx)
@@ -434,46 +434,17 @@ def cmd_failover(args: argparse.Namespace, ctx: Ctx) -> int:
 # -- a member's REST API ---------------------------------------------------------------------------
 
 
-def member_api_url(view: ClusterView, node: str, cluster: str) -> str:
-    m = view.members.get(node)
-    if m is None:
-        known = ", ".join(sorted(view.members)) or "none published"
-        raise CliError(f"no member named '{node}' in cluster {cluster} (members: {known})")
-    if not m.api_url:
-        raise CliError(f"member {node} publishes no REST API address")
-    return m.api_url.rstrip("/")
-
-
-def post_action(url: str, node: str, timeout: float = 120.0) -> dict[str, Any]:
-    """POST to a member; a non-2xx answer becomes a CliError carrying the member's message."""
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=3.0, read=timeout))
-    try:
-        resp = http.request("POST", url, body=b"{}", headers={"Content-Type": "application/json"})
-    except urllib3.exceptions.HTTPError as e:
-        raise CliError(f"cannot reach {node}'s REST API at {url}: {e}") from None
-    text = resp.data.decode("utf-8", "replace").strip()
-    try:
-        body = json.loads(text) if text else {}
-    except ValueError:
-        body = {"message": text}
-    if not isinstance(body, dict):
-        body = {"message": text}
-    if resp.status >= 300:
-        msg = body.get("message") or body.get("error") or text or f"HTTP {resp.status}"
-        raise CliError(f"{node}: {msg} (HTTP {resp.status})")
-    return body
-
-
 def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/restart"
-    body = post_action(url, args.node)
+    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path)
     print(f"{args.node}: {body.get('message') or 'restarted'}")
     return 0
 
 
 def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
+    headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
     confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node)
+    body = post_action(url, args.node, headers, ctx.path)
     print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

@@ -7,6 +7,7 @@ mean"), so the operator can fix it without reading our source.
 from __future__ import annotations
 
 import difflib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,8 +18,10 @@ import yaml
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.config.validate import validate
+from pgwarden.core.settings import NODE_FILE_KEY, node_only
 
 T = TypeVar("T", bound=msgspec.Struct)
+log = logging.getLogger(__name__)
 
 
 def field_names(model: type[msgspec.Struct]) -> tuple[str, ...]:
@@ -66,6 +69,24 @@ def parse_settings(data: Any, source: str = "cluster settings") -> ClusterSettin
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping")
     return validate(ClusterSettings, data, source)
+
+
+_warned: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def parse_stored_settings(data: Any, source: str) -> ClusterSettings:
+    """The settings document read from the store. Parameters only a node's file may set (written
+    before they were refused, or straight into the store) are dropped with a warning, once: they
+    never take effect from the store, and the rest of the document (synchronous_mode, timing) still
+    does, rather than every setting falling back to its default."""
+    params = data.get("parameters") if isinstance(data, dict) else None
+    if isinstance(params, dict) and (dropped := tuple(sorted(str(k) for k in params if node_only(str(k))))):
+        if (source, dropped) not in _warned:
+            _warned.add((source, dropped))
+            log.warning("%s: ignoring %s: parameters that run commands or load code are taken only from "
+                        "a node's own file (%s)", source, ", ".join(dropped), NODE_FILE_KEY)
+        data = {**data, "parameters": {k: v for k, v in params.items() if str(k) not in dropped}}
+    return parse_settings(data, source)
 
 
 def apply_setting(settings: ClusterSettings, assignment: str) -> ClusterSettings:

@@ -27,7 +27,7 @@ from pgwarden.core.settings import LEASE_MARGIN as LEASE_MARGIN
 from pgwarden.core.settings import MIN_TTL as MIN_TTL
 from pgwarden.core.settings import ClusterSettings as ClusterSettings
 from pgwarden.core.settings import FailoverMode as FailoverMode
-from pgwarden.core.settings import NonNegative, ParamValue
+from pgwarden.core.settings import NonNegative, ParamValue, check_parameters, node_only
 from pgwarden.core.settings import Strict as Strict
 from pgwarden.core.settings import SyncMode as SyncMode
 
@@ -67,6 +67,10 @@ class PostgresConfig(Strict, frozen=True, kw_only=True):
         default_factory=lambda: Credentials(username="replicator", password="replicator"))
     pg_hba: list[str] = field(default_factory=list)  # extra pg_hba.conf lines
 
+    def __post_init__(self) -> None:
+        # The one place commands and code may be set (see NODE_ONLY_PARAMETERS); names still checked.
+        check_parameters(self.parameters, cluster=False)
+
     def connect_host_port(self) -> tuple[str, int]:
         if self.connect_address:
             host, _, port = self.connect_address.rpartition(":")
@@ -78,6 +82,16 @@ class RestApiConfig(Strict, frozen=True, kw_only=True):
     listen_address: str = "127.0.0.1"
     port: Port = 8008
     connect_address: str | None = None
+    # HTTP Basic credentials for every request that changes something (and GET /config, /cluster);
+    # health checks, /status, /position and /history stay open (see api/auth.py). `ctl` sends them.
+    authentication: Credentials | None = None
+    # The explicit opt-out: an agent listening beyond loopback without authentication refuses to
+    # start unless this is true (see config/exposure.py).
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.authentication is not None and ":" in self.authentication.username:
+            raise ValueError("authentication.username must not contain ':' (HTTP Basic cannot carry it)")
 
     def url(self) -> str:
         addr = self.connect_address or f"{self.listen_address}:{self.port}"
@@ -182,8 +196,11 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
         if bad:
             raise ValueError(f"timing: unknown key(s) {sorted(bad)}; valid: ttl, loop_wait, retry_timeout")
         merged: dict[str, Any] = {**self.settings, **self.timing}
-        if self.postgresql.parameters:
-            merged["parameters"] = {**self.postgresql.parameters, **merged.get("parameters", {})}
+        # The node's own parameters seed the cluster's, except those only a node's file may set:
+        # they stay this node's (postgres/conf.py applies them), never reaching the store.
+        seed = {k: v for k, v in self.postgresql.parameters.items() if not node_only(k)}
+        if seed:
+            merged["parameters"] = {**seed, **merged.get("parameters", {})}
         try:
             return validate(ClusterSettings, merged, "settings")
         except ConfigError as e:  # msgspec reports a ValueError from here with its path

@@ -7,6 +7,8 @@ Unknown keys are refused; rules across fields live in `__post_init__`.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated
 
@@ -30,6 +32,42 @@ class SyncMode(StrEnum):
 class FailoverMode(StrEnum):
     AUTOMATIC = "automatic"
     MANUAL = "manual"
+
+
+# PostgreSQL parameters that run commands or load code: whoever can set them runs anything as the
+# PostgreSQL OS user. The cluster settings (the store's document, which PATCH /config and
+# `ctl edit-config` write) cannot hold them; only a node's own file (postgresql.parameters) can.
+# Any other `*_command` too; `include*` are postgresql.conf directives that would read another file.
+NODE_ONLY_PARAMETERS = frozenset({
+    "archive_command", "restore_command", "archive_cleanup_command", "recovery_end_command",
+    "ssl_passphrase_command", "archive_library", "shared_preload_libraries", "local_preload_libraries",
+    "session_preload_libraries", "dynamic_library_path", "jit_provider", "extension_control_path",
+    "include", "include_dir", "include_if_exists",
+})
+NODE_FILE_KEY = "postgresql.parameters"
+# What postgresql.conf's lexer reads as a name (ID or ID.ID); anything else would change its syntax.
+_PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+
+
+def node_only(name: str) -> bool:
+    """Whether only a node's own file may set this parameter (names are case-insensitive)."""
+    lower = name.lower()
+    return lower in NODE_ONLY_PARAMETERS or lower.endswith("_command")
+
+
+def check_parameters(params: Mapping[str, ParamValue], *, cluster: bool) -> None:
+    """ValueError for a name postgresql.conf would not read as one, a string value with a line
+    break or NUL (it would end the line early), and, in the `cluster` settings, a node_only one."""
+    for name, value in params.items():
+        if not _PARAM_NAME.fullmatch(name):
+            raise ValueError(f"parameters: {name!r} is not a PostgreSQL parameter name")
+        if isinstance(value, str) and any(c in value for c in "\n\r\0"):
+            raise ValueError(f"parameters.{name}: a value cannot contain a line break or NUL")
+        if cluster and node_only(name):
+            raise ValueError(
+                f"parameters.{name} runs a command or loads code, so the cluster settings cannot set "
+                f"it (whoever can change them could run anything as the PostgreSQL user); set it in "
+                f"each node's own file under {NODE_FILE_KEY}")
 
 
 # etcd refuses leases shorter than ~2 s with its default heartbeat; the fencer needs
@@ -62,6 +100,7 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
         return self.synchronous_mode != SyncMode.OFF
 
     def __post_init__(self) -> None:
+        check_parameters(self.parameters, cluster=True)
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
         if self.loop_wait < 0.1:

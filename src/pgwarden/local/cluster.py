@@ -202,10 +202,11 @@ class LocalCluster(ClusterHandle):
         ports = free_ports(store_ports + 2 * opts.nodes)
         components, store_docs, witness_raft = self._store_components(opts, etcd_bin, ports, names)
         etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
-        su_pw, repl_pw = new_password(), new_password()
+        # Even on loopback: other local users can reach it. Written with mode 0600, like the rest.
+        su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
-            doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw,
+            doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
                               store=store_doc)
             for extra in extras:
                 extra.amend_node_config(doc)

@@ -30,6 +30,7 @@ STATE_FILE = "state.json"
 STATE_VERSION = 1
 TIMING_KEYS = ("ttl", "loop_wait", "retry_timeout")
 SUGGESTED_DIR = "/var/lib/pgwarden/local"
+API_USER = "pgwarden"  # the REST API user `local up` writes into every node file
 
 
 def cluster_name(directory: Path) -> str:
@@ -162,10 +163,13 @@ def node_config(
     settings: ClusterSettings,
     superuser_password: str,
     replication_password: str,
+    api_password: str,
     store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The YAML document for one node (validated by the same loader the agent uses). `store` is
-    the node file's `store` section; by default etcd on `etcd_hosts`."""
+    the node file's `store` section; by default etcd on `etcd_hosts`. `api_password` protects the
+    node's REST API (restapi.authentication, user API_USER): one for the whole cluster, so that
+    `ctl` with any node's file can reach every member."""
     ndir = directory / node.name
     seed = to_data(settings)
     defaults = to_data(ClusterSettings())
@@ -181,7 +185,8 @@ def node_config(
             "superuser": {"username": "postgres", "password": superuser_password},
             "replication": {"username": "replicator", "password": replication_password},
         },
-        "restapi": {"listen_address": LOOPBACK, "port": node.api_port},
+        "restapi": {"listen_address": LOOPBACK, "port": node.api_port,
+                    "authentication": {"username": API_USER, "password": api_password}},
         "store": store if store is not None else {"etcd": {"hosts": list(etcd_hosts)}},
         "log": {"file": str(ndir / "agent.log")},
         "timing": timing,

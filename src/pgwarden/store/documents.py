@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import parse_settings, to_data
+from pgwarden.config.load import parse_stored_settings, to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import (
     ClusterView,
@@ -125,7 +125,7 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
             elif key == CONFIG:
                 settings_token = token
                 try:
-                    settings = parse_settings(json.loads(raw), f"store key {cluster}/{CONFIG}")
+                    settings = parse_stored_settings(json.loads(raw), f"store key {cluster}/{CONFIG}")
                 except (ConfigError, ValueError) as err:
                     log.warning("store: stored cluster settings are invalid, using defaults: %s", err)
             elif key == LEADER:
