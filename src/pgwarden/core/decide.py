@@ -19,7 +19,6 @@ from pgwarden.core.actions import (
     AcquireLease,
     Action,
     AdoptExistingData,
-    ApplySync,
     Bootstrap,
     ClearFailover,
     Clone,
@@ -38,9 +37,9 @@ from pgwarden.core.actions import (
     StopPostgres,
     TakeInitLock,
     Upstream,
-    WriteSyncState,
 )
 from pgwarden.core.commands import local_command
+from pgwarden.core.leader_sync import leader_sync_actions
 from pgwarden.core.model import (
     ClusterView,
     DataState,
@@ -49,7 +48,6 @@ from pgwarden.core.model import (
     Observation,
     PgView,
     Role,
-    SyncState,
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
 from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
@@ -234,7 +232,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     if pg.timeline is not None and pg.timeline > 1 and \
             (not view.history or max(e.timeline for e in view.history) < pg.timeline - 1):
         actions.append(PublishHistory(pg.timeline))
-    step_actions, waiting = _sync_actions(obs, view)
+    step_actions, waiting = leader_sync_actions(obs, view)
     actions.extend(step_actions)
     if waiting:
         message += f"; {waiting}"
@@ -249,36 +247,6 @@ def _dedup(actions: list[Action]) -> list[Action]:
         if a not in out:
             out.append(a)
     return out
-
-
-def _eligible_sync(obs: Observation, view: ClusterView) -> tuple[set[str], dict[str, int]]:
-    lsn = obs.pg.lsn or 0
-    eligible: set[str] = set()
-    lag: dict[str, int] = {}
-    for st in obs.pg.replication:
-        m = view.members.get(st.name)
-        if m is None or m.tags.nosync or st.state != "streaming":
-            continue
-        eligible.add(st.name)
-        lag[st.name] = max(0, lsn - (st.flush_lsn or 0))
-    return eligible, lag
-
-
-def _sync_actions(obs: Observation, view: ClusterView) -> tuple[list[Action], str]:
-    stored = view.sync
-    promise = sync.Promise(stored.quorum, stored.members) if stored and not stored.empty else sync.NO_PROMISE
-    if not view.settings.synchronous and promise.empty and obs.pg.sync.empty:
-        return [], ""
-    eligible, lag = _eligible_sync(obs, view)
-    want = sync.desired_sync(view.settings, eligible, promise, lag)
-    step = sync.next_step(obs.pg.sync, promise, want, obs.pg.replication, obs.pg.sync_applied_lsn)
-    out: list[Action] = []
-    if step.store is not None:
-        token = stored.token if stored else None
-        out.append(WriteSyncState(SyncState(obs.me.name, step.store.members, step.store.quorum), token))
-    if step.pg is not None:
-        out.append(ApplySync(step.pg))
-    return out, step.waiting
 
 
 def _switchover(obs: Observation, view: ClusterView) -> Decision | None:
