@@ -228,7 +228,7 @@ class Agent:
         peers: dict[str, PeerReading] = {}
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
-            peers = self.peers.read(others, min(0.5, s.retry_timeout))
+            peers = self.peers.read(others, min(1.0, s.retry_timeout))
         mono = time.monotonic()
         if view is not None:
             self._waits.saw(view, mono)

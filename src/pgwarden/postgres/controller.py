@@ -269,7 +269,15 @@ class PostgresController(DataDirectory):
     def fresh_health(self, timeout: float) -> sql.Health:
         """The health query now, on a connection of its own: a peer deciding a promotion needs
         our position as it is, not as our last loop saw it (rule 7)."""
-        with sql.connect(self._local_params(), timeout) as conn:
-            return sql.query_health(conn)
+        params = self._local_params()
+        with sql.connect(params, timeout) as conn:
+            health = sql.query_health(conn)
+        if health.in_recovery and health.receiver_status != "streaming":
+            # With no WAL receiver the query reports pg_control's timeline, which lags until a
+            # restartpoint: a peer would take us for a node on an old timeline (no candidate).
+            tl = sql.replay_timeline(params, timeout)
+            if tl is not None:
+                health = replace(health, timeline=tl)
+        return health
 
 
