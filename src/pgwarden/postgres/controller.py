@@ -46,17 +46,10 @@ class PostgresController(DataDirectory):
         """Health query in a worker thread bounded by `budget` (libpq's connect timeout cannot
         go below 2 s, and a frozen server never answers). At most one probe is in flight."""
         box: dict[str, Any] = {}
-        params = self._local_params()
 
         def work() -> None:
             try:
-                with sql.connect(params, max(budget, 0.5)) as conn:
-                    health = sql.query_health(conn)
-                if health.in_recovery and health.receiver_status != "streaming":
-                    tl = sql.replay_timeline(params, max(budget, 0.5))
-                    if tl is not None:
-                        health = replace(health, timeline=tl)
-                box["health"] = health
+                box["health"] = self.fresh_health(max(budget, 0.5))
             except Exception as e:  # reported as unhealthy
                 box["error"] = e
 
