@@ -90,6 +90,7 @@ class Agent:
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._message = "starting"
+        self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
@@ -130,7 +131,6 @@ class Agent:
             self.router.start()
         log.info("agent %s of cluster %s started (pid %d); REST API on %s", self.cfg.name,
                  self.cfg.cluster, os.getpid(), self.api.url)
-        self._adopt_lease()
         try:
             while not self.stop_event.is_set():
                 started = time.monotonic()
@@ -142,16 +142,6 @@ class Agent:
         finally:
             self.shutdown()
         return 0
-
-    def _adopt_lease(self) -> None:
-        """After a restart, a leader key naming us can be renewed at once (rule 5)."""
-        try:
-            view = self.store.snapshot(self._settings.retry_timeout)
-        except StoreError:
-            return
-        mine = view.leader is not None and view.leader.name == self.cfg.name
-        if mine and self.exec.renew(view.settings):
-            log.info("re-adopted our leader key after restart")
 
     def _wait(self, started: float) -> None:
         s = self._settings
@@ -238,7 +228,9 @@ class Agent:
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
+            first_look=view is not None and not self._seen_store,
         )
+        self._seen_store = self._seen_store or view is not None
         decision = decide(obs)
         if decision.message != self._message:
             log.info("%s", decision.message)
