@@ -10,6 +10,7 @@ from typing import cast
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
 from pgwarden.config.schema import ClusterSettings, StoreConfig
 from pgwarden.config.validate import validate
@@ -211,3 +212,31 @@ def test_server_path_prefix(server: ZooKeeperServer, raw: KazooClient, cluster: 
     finally:
         store.close()
 
+
+
+def test_digest_authentication_keeps_other_clients_out(server: ZooKeeperServer, raw: KazooClient,
+                                                       cluster: str) -> None:
+    """store.zookeeper.authentication: every node the agent creates (its parents too) carries an
+    ACL for its user alone; a client without the password can neither read nor write them."""
+    creds = ("pgwarden", "zk-digest-password")
+    a = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT, "/secured", credentials=creds))
+    b = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT, "/secured", credentials=creds))
+    try:
+        assert a.acquire_leader("a", TTL, T)
+        view = b.snapshot(T)
+        assert view.leader is not None and view.leader.name == "a"
+        with pytest.raises(NoAuthError):
+            raw.get(f"/secured/{cluster}/leader")
+        with pytest.raises(NoAuthError):
+            raw.create(f"/secured/{cluster}/intruder", b"x")
+        wrong = KazooClient(hosts=server.endpoint, auth_data=[("digest", "pgwarden:guess")])
+        wrong.start(timeout=10)
+        try:
+            with pytest.raises(NoAuthError):
+                wrong.get(f"/secured/{cluster}/leader")
+        finally:
+            wrong.stop()
+            wrong.close()
+    finally:
+        a.close()
+        b.close()

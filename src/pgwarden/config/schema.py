@@ -104,11 +104,16 @@ Hosts = Annotated[list[str], Meta(min_length=1)]
 class EtcdConfig(Strict, frozen=True, kw_only=True):
     hosts: Hosts
     prefix: str = "/pgwarden"
+    # etcd's own users (`etcdctl auth enable`): the agent authenticates and sends the token.
+    authentication: Credentials | None = None
 
 
 class ZooKeeperConfig(Strict, frozen=True, kw_only=True):
     hosts: Hosts
     prefix: str = "/pgwarden"
+    # Digest authentication: the agent's sessions authenticate as this user and every node they
+    # create carries an ACL for it alone.
+    authentication: Credentials | None = None
 
 
 def _check_addr(addr: str) -> str:
@@ -124,6 +129,9 @@ class RaftConfig(Strict, frozen=True, kw_only=True):
     self_addr: str  # host:port this member's raft node listens on and others dial
     partner_addrs: Hosts  # host:port of every other member
     data_dir: Path | None = None  # raft journal dir (term, vote and log survive restarts)
+    # A secret every member shares: pysyncobj encrypts and authenticates the raft traffic with
+    # it (needs the `cryptography` package). Without it, anyone reaching the port joins in.
+    password_file: Path | None = None
 
     def __post_init__(self) -> None:
         for a in (self.self_addr, *self.partner_addrs):

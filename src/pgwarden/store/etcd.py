@@ -73,12 +73,13 @@ class EtcdKV(EtcdWatch, KV):
     changes made since do, even if they happened before the call.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
+                 credentials: tuple[str, str] | None = None) -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
         self._layout = layout
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
-        self._gw = _Gateway(self.hosts)
+        self._gw = _Gateway(self.hosts, credentials)
         self._lock = threading.Lock()  # guards the lease table (and starting the watch)
         self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
         self._init_watch()

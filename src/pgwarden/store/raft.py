@@ -11,8 +11,10 @@ Where it falls short, and what this module does about it:
 * No read index or lease reads: a member's local state may be behind. `read` therefore
   commits a no-op through the log first (a read barrier) and reads after it is applied, so a
   read is linearizable and a member cut off from the majority cannot present a stale view.
-* Its transport unpickles what peers send: the raft port must only be reachable by the group
-  (bind it to a private network); pysyncobj's `password` option is not wired up yet.
+* Its transport unpickles what peers send. With `store.raft.password_file` every message is
+  encrypted and authenticated with the shared secret (pysyncobj's `password`: Fernet, from the
+  `cryptography` package), so only holders of the secret are heard; without one, the raft port
+  must only be reachable by the group (a private network). `pgwarden local up` sets one.
 * It has no pre-vote: a member rejoining after a partition forces one election.
 * Its tick thread stops when the thread that created the node ends, so nodes are created from
   the process's main thread (the agent and the witness do).
@@ -98,6 +100,8 @@ class RaftNode:
             # Raft's vote must survive a restart, or a member restarted mid-election may vote
             # twice in one term. Fine for tests and throwaway clusters, not for production.
             log.warning("raft: no data_dir for %s; term, vote and log are kept in memory only", cfg.self_addr)
+        if cfg.password_file is not None:
+            extra["password"] = _read_secret(cfg.password_file)
         conf = SyncObjConf(
             **_TIMING,
             **extra,
@@ -356,3 +360,13 @@ def open_client(cfg: RaftConfig, cluster: str, layout: Layout) -> RaftKV:
     """Keys of the group `cfg` belongs to, reached without becoming a member (for `ctl` and other
     tools running beside an agent that already is one)."""
     return RaftKV(cfg, cluster, layout, voter=False)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"store.raft.password_file: cannot read {path}: {e.strerror}") from None
+    if not secret:
+        raise ConfigError(f"store.raft.password_file: {path} is empty; put the group's shared secret in it")
+    return secret

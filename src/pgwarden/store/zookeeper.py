@@ -22,7 +22,7 @@ from pgwarden.store.base import (
     Version,
     check_ttl_put,
 )
-from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background
+from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background, client_auth
 from pgwarden.store.zookeeper_watch import ZooKeeperWatch
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     half-seen, and its watch then wakes the next wait for a fresh read.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
+                 credentials: tuple[str, str] | None = None) -> None:
         if not hosts:
             raise ValueError("zookeeper: at least one host is needed")
         self.cluster = cluster
@@ -73,6 +74,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         self._base = f"/{prefix.strip('/')}/{cluster}" if prefix.strip("/") else f"/{cluster}"
         self._lock = threading.Lock()  # guards the lease table (and starting the reading session)
         self._closed = False
+        self._auth = client_auth(credentials)
         self._init_watch()
         self._leases: dict[str, _Lease] = {}  # key -> the session holding it
         self._created: set[str] = set()  # keys put with a ttl that their current session created
@@ -159,7 +161,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     def _new_lease(self, seconds: float) -> _Lease:
         if self._closed:
             raise StoreError("zookeeper: the store is closed")
-        return _Lease(self.hosts, seconds)
+        return _Lease(self.hosts, seconds, self._auth)
 
     def _put_ephemeral(self, key: str, value: str, ttl: float, deadline: float) -> None:
         """Write `key` as an ephemeral node of its own session of `ttl`; each write renews it."""
