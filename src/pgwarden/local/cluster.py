@@ -42,6 +42,7 @@ from pgwarden.local.layout import (
     node_names,
     seed_settings,
 )
+from pgwarden.local.store_secrets import ensure_store_secrets, raft_password_file, store_authentication
 from pgwarden.local.witness import WitnessComponent, witness_config
 from pgwarden.local.zookeeper import ZooKeeperComponent, zookeeper_available
 
@@ -169,24 +170,30 @@ class LocalCluster(ClusterHandle):
 
     def _store_components(
         self, opts: Options, etcd_bin: Path | None, ports: list[int], names: Sequence[str]
-    ) -> tuple[list[Component], list[dict[str, Any] | None], dict[str, Any] | None]:
-        """The store's own processes, each node's `store` section (None: etcd, by hosts), and the
-        witness' raft section (raft with --witness only). Takes its ports from `ports`."""
+    ) -> tuple[list[Component], list[dict[str, Any]], dict[str, Any] | None]:
+        """The store's own processes, each node's `store` section, and the witness' raft section
+        (raft with --witness only). Takes its ports from `ports`."""
         store = opts.store or "etcd"
+        # Secure by default: etcd runs with auth on, ZooKeeper nodes carry the user's ACL and the
+        # raft traffic is encrypted, each with a secret file of this cluster's own.
+        ensure_store_secrets(self.directory)
+        auth = store_authentication(self.directory)
         if store == "etcd":
             assert etcd_bin is not None
             etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
-            return [etcd], [None] * len(names), None
+            doc = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"], "authentication": auth}}
+            return [etcd], [doc] * len(names), None
         if store == "zookeeper":
             zk = ZooKeeperComponent(ports.pop(0))
-            doc = {"zookeeper": {"hosts": [f"{LOOPBACK}:{zk.client_port}"]}}
+            doc = {"zookeeper": {"hosts": [f"{LOOPBACK}:{zk.client_port}"], "authentication": auth}}
             return [zk], [doc] * len(names), None
         members = [*names, *([WITNESS] if opts.witness else [])]
         addrs = {m: f"{LOOPBACK}:{ports.pop(0)}" for m in members}
 
         def raft(m: str) -> dict[str, Any]:
             return {"self_addr": addrs[m], "partner_addrs": [a for o, a in addrs.items() if o != m],
-                    "data_dir": str(self.directory / m / "raft")}
+                    "data_dir": str(self.directory / m / "raft"),
+                    "password_file": raft_password_file(self.directory)}
 
         witness = raft(WITNESS) if opts.witness else None
         return [], [{"raft": raft(n)} for n in names], witness

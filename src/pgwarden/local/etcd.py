@@ -7,9 +7,13 @@ from pathlib import Path
 
 import urllib3
 
+from pgwarden.errors import CliError
 from pgwarden.local.component import STAGE_STORE, Component
 from pgwarden.local.handle import ClusterHandle
 from pgwarden.local.layout import LOOPBACK, ProcRecord
+from pgwarden.local.store_secrets import PREFIX, STORE_USER, read_secret
+from pgwarden.store.base import StoreError
+from pgwarden.store.etcd_auth import enable_auth
 
 
 class EtcdComponent(Component):
@@ -38,7 +42,18 @@ class EtcdComponent(Component):
         )
 
     def is_ready(self, cluster: ClusterHandle, record: ProcRecord) -> bool:
-        return etcd_healthy(record.ports["client"])
+        if not etcd_healthy(record.ports["client"]):
+            return False
+        # Auth on before any agent starts (idempotent: a restarted cluster's etcd has it on).
+        root = read_secret(cluster.directory, "etcd-root.password")
+        user = read_secret(cluster.directory, "store.password")
+        if root is None or user is None:  # a cluster made before pgwarden enabled etcd auth
+            return True
+        try:
+            enable_auth([f"{LOOPBACK}:{record.ports['client']}"], root, STORE_USER, user, PREFIX, 10.0)
+        except StoreError as e:
+            raise CliError(f"etcd: {e} (see {record.log})") from None
+        return True
 
 
 def etcd_healthy(client_port: int) -> bool:
