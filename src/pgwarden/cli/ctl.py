@@ -143,6 +143,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("dsn", help="a libpq multi-host connection string")
     p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
+    p.add_argument("--with-password", action="store_true",
+                   help="put the superuser's password in the string (left out by default: ctl output "
+                        "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
 
     ctl.set_defaults(func=run)
@@ -225,7 +228,7 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)
-    print(libpq_dsn(hosts, user, password, replicas=args.replicas))
+    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas))
     return 0
 
 
