@@ -25,7 +25,8 @@ What every `KV` must guarantee:
   backend can tell); the key is never absent in between, so no other instance can acquire it
   meanwhile, and the previous holder's renewals fail from then on. The deadline guarantee is the
   same as for a plain renewal. False, changing nothing, if the key is gone or holds another
-  value. Only the agent's first look after a restart asks for it (see `agent.executor`).
+  value. The agent asks for it only while it holds no lease of its own and its previous run on
+  this node did (see `agent.executor`).
 * `close` releases nothing: a stopped or crashed agent must never give up a lease implicitly;
   its keys lapse `ttl` after its last renewal.
 * `wait_for_change` blocks until something under the cluster changes (or `timeout`), so replicas

@@ -47,7 +47,9 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     lease's ttl (see `_Lease`); everything else is persistent and read, written and watched
     through one ordinary session.
 
-    Versions are the znode's data version as a string.
+    Versions are the znode's data version as a string. The cluster znode's own data version is
+    the lease epoch: every create of a leased key sets it in the same transaction, so that an
+    adopting renewal can tell a key's incarnations apart (see `_adopt`).
 
     Session timeouts: the server clamps them to [minSessionTimeout, maxSessionTimeout]. A longer
     one than asked only slows failover; a shorter one for a strict lease (the leader's) would let
