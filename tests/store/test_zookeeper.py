@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from kazoo.client import KazooClient
@@ -15,11 +15,12 @@ from kazoo.exceptions import NoAuthError
 from pgwarden.config.schema import ClusterSettings, StoreConfig
 from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, MemberInfo
-from pgwarden.store.base import StoreError, StoreUnavailable
+from pgwarden.store.base import ANY, StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT, load_member
 from pgwarden.store.factory import open_store
 from pgwarden.store.zookeeper import ZooKeeperKV
+from pgwarden.store.zookeeper_session import _Lease
 from tests.support.wait import wait_for
 from tests.support.zookeeper import ZooKeeperServer, zookeeper_available
 
@@ -240,3 +241,54 @@ def test_digest_authentication_keeps_other_clients_out(server: ZooKeeperServer, 
     finally:
         a.close()
         b.close()
+
+
+class _RacedKV(ZooKeeperKV):
+    """Runs `race` once, between an adopting renewal's reads and its transaction: the moment the
+    lease epoch exists for (see `ZooKeeperKV._adopt`)."""
+
+    race: Callable[[], None] | None = None
+
+    def _new_lease(self, seconds: float) -> _Lease:
+        lease = super()._new_lease(seconds)
+        client = lease.client
+        transaction = client.transaction
+
+        def raced() -> Any:
+            race, self.race = self.race, None
+            if race is not None:
+                race()
+            return transaction()
+
+        client.transaction = raced  # type: ignore[method-assign]
+        return lease
+
+
+def test_adopting_cannot_take_a_key_recreated_meanwhile_at_the_same_version(
+    make: Factory, server: ZooKeeperServer, raw: KazooClient, cluster: str
+) -> None:
+    """The old node expires and another member creates the key (at version 0, as the old one was)
+    after the adopter read it: a version check alone would delete the newcomer's node."""
+    old, other = make(cluster), make(cluster)
+    new = _RacedKV([server.endpoint], cluster, LAYOUT)
+    try:
+        assert old.acquire_leader("a", TTL, T)
+        path = f"/pgwarden/{cluster}/leader"
+        assert raw.get(path)[1].version == 0
+
+        def expire_and_take() -> None:
+            raw.delete(path)  # as the old session's expiry would
+            assert other.acquire_leader("c", TTL, T)
+            assert raw.get(path)[1].version == 0
+
+        new.race = expire_and_take
+        assert not new.renew("leader", "a", TTL, T, adopt=True)
+        assert new.race is None, "the race never ran"
+        assert other.renew_leader("c", TTL, T)
+        assert raw.get(path)[0] == b"c"
+        # Without the race, the same adoption goes through.
+        assert other.release_leader("c", T) and old.kv.put("leader", "a", ANY, T)
+        assert new.renew("leader", "a", TTL, T, adopt=True)
+        assert raw.get(path)[0] == b"a"
+    finally:
+        new.close()

@@ -18,6 +18,7 @@ from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFa
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
+from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
@@ -377,6 +378,10 @@ def run_agent(config_path: str) -> int:
         api_auth = api_credentials(cfg, config_path)
     except ConfigError as e:
         raise SystemExit(f"pgwarden: error: {e}") from None
+    try:
+        lock = hold_run_dir(run_dir_for(cfg))  # held until this process ends
+    except (AlreadyRunning, OSError) as e:
+        raise SystemExit(f"pgwarden: error: {e}") from None
     setup_logging(cfg)
     agent = Agent(cfg, api_auth)
 
@@ -386,4 +391,7 @@ def run_agent(config_path: str) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return agent.run()
+    try:
+        return agent.run()
+    finally:
+        lock.close()

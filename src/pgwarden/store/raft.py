@@ -254,7 +254,8 @@ class RaftKV(KV):
 
     Versions are the key's revision as a string. Leases (keys acquired, or put with a ttl) are
     owned by this instance: another instance cannot renew them even with the same value, as with
-    etcd's lease ids; a renewal carries the ttl, so a changed ttl applies from that renewal.
+    etcd's lease ids, unless it adopts them (`renew(adopt=True)`: a put conditioned on the
+    value); a renewal carries the ttl, so a changed ttl applies from that renewal.
     `close()` releases nothing; leases run out by themselves.
 
     `wait_for_change` counts every change under the cluster except this instance's own writes,
@@ -334,10 +335,18 @@ class RaftKV(KV):
         """Create-only, owned by this instance (the group keeps any ttl: `strict` holds)."""
         return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl, cond="absent")
 
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         # True only once the renewal is committed: every member then counts the ttl from a
         # moment after our caller's send time (see raft_kv), and a member cut off from the
         # majority cannot get here at all, so it fences.
+        if adopt:
+            # One command, applied in log order: if the key is still `value` (whoever owns it),
+            # it becomes ours, touched now; an expiry or someone else's acquire ordered before
+            # it makes the condition fail. The key is never absent in between.
+            return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl,
+                            cond="value", arg=value)
         return self._do("renew", key, timeout, value=value, owner=self._id, ttl=ttl, cond="held")
 
     def release(self, key: str, value: str, timeout: float) -> bool:
