@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, NewConnectionError
 
 from pgwarden.store.base import StoreError, StoreUnavailable
 
@@ -134,11 +134,14 @@ class _Gateway:
         # the request having been processed; the second pass reconnects.
         order = [(start + i) % n for i in range(n)] * 2
         last = "no time left to ask"
+        refused: set[str] = set()
+        attempted: set[str] = set()
         for index in order:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             url = self.urls[index] + path
+            attempted.add(self.urls[index])
             try:
                 resp = self._pool.request(
                     "POST",
@@ -151,6 +154,8 @@ class _Gateway:
                 )
             except (HTTPError, OSError) as e:
                 last = f"{url}: {e}"
+                if isinstance(e, NewConnectionError) and "refused" in str(e).lower():
+                    refused.add(self.urls[index])
                 self.failed(index)
                 continue
             try:
@@ -176,6 +181,8 @@ class _Gateway:
                 raise EtcdRequestError(code, message)
             last = f"{url}: HTTP {resp.status}: {message or 'error'}"
             self.failed(index)
+        if refused and refused == attempted:
+            raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
 
     def close(self) -> None:
