@@ -268,9 +268,7 @@ class PostgresServer:
                 with self._local(max(left, 0.5)) as conn:
                     if sql.current_generation(conn) == want:
                         self._note_live(pid, conn)
-                        row = conn.execute(
-                            "SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings"
-                        ).fetchone()
+                        row = conn.execute(sql.PENDING_RESTART).fetchone()
                         return bool(row and row[0])
             except psycopg.Error as e:
                 log.debug("waiting for reload: %s", e)
