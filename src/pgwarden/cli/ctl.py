@@ -436,7 +436,8 @@ def cmd_failover(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/restart"
-    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path)
+    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path,
+                       tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'restarted'}")
     return 0
 
@@ -445,6 +446,6 @@ def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
     headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
     confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node, headers, ctx.path)
+    body = post_action(url, args.node, headers, ctx.path, tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

@@ -14,6 +14,7 @@ from pgwarden.local import procs
 from pgwarden.local.handle import ClusterHandle, node_file
 from pgwarden.local.layout import LOOPBACK
 from pgwarden.report import libpq_dsn, member_row, stopped_row
+from pgwarden.tls.http import api_pool
 
 
 def member_rows(cluster: ClusterHandle) -> list[dict[str, Any]]:
@@ -84,7 +85,7 @@ def dsn(cluster: ClusterHandle, replicas: bool = False) -> str:
 
 
 def _fetch_status(cfg: NodeConfig) -> MemberInfo | None:
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(1.0))
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(1.0))
     try:
         resp = http.request("GET", cfg.restapi.url() + "/status")
         if resp.status != 200:
