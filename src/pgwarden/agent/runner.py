@@ -105,7 +105,8 @@ class Agent:
         return self._settings
 
     def reload_tls(self) -> None:
-        """SIGHUP: load rotated certificates now (they are also noticed by their files' change)."""
+        """SIGHUP: load the API's rotated certificates now (they are also noticed by their files'
+        change; PostgreSQL's are checked every loop)."""
         log.info("SIGHUP: checking TLS files")
         for source in (self.api_tls, self.client_tls):
             if source is not None:
@@ -152,6 +153,8 @@ class Agent:
                     self.loop_once()
                 except Exception:
                     log.exception("HA loop failed; retrying next loop")
+                if self.cfg.postgresql.tls is not None:  # rotated certificates: copy and reload
+                    self.pg.refresh_tls(self._settings.retry_timeout)
                 self._wait(started)
         finally:
             self.shutdown()

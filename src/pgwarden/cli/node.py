@@ -215,11 +215,12 @@ def _writable(cfg: NodeConfig, host: str, port: int) -> bool:
     """Whether PostgreSQL at host:port answers as a primary (with this node's superuser, which
     `pgwarden` clusters share)."""
     from pgwarden.postgres import sql
+    from pgwarden.postgres.tls import tool_options
 
     su = cfg.postgresql.superuser
     try:
         params = sql.ConnParams(host=host, port=port, user=su.username, password=su.secret(),
-                                application_name="pgwarden-node")
+                                application_name="pgwarden-node", ssl=tool_options(cfg.postgresql.tls))
         with sql.connect(params, HTTP_TIMEOUT) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and not row[0]
@@ -247,11 +248,13 @@ def _ensure_slot(node: Node, upstream: MemberInfo) -> None:
     a slot that does not exist and never stream. Once it streams the slot is active, and the
     upstream's agent drops only inactive slots."""
     from pgwarden.postgres import conf, sql
+    from pgwarden.postgres.tls import tool_options
 
     slot = conf.slot_name(node.cfg.name)
     su = node.cfg.postgresql.superuser
     params = sql.ConnParams(host=upstream.host, port=upstream.port, user=su.username,
-                            password=su.secret(), application_name="pgwarden-node")
+                            password=su.secret(), application_name="pgwarden-node",
+                            ssl=tool_options(node.cfg.postgresql.tls))
     try:
         with sql.connect(params, STORE_TIMEOUT) as conn:
             row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
