@@ -19,17 +19,15 @@ import urllib3
 
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.api.server import ApiServer
-from pgwarden.api.state import StateHolder
 from pgwarden.core.model import Role
 from pgwarden.tls.certs import make_cert
 from pgwarden.tls.contexts import ContextSource, TlsPaths, client_context, server_context
 from pgwarden.tls.http import api_pool
-from tests.support.ports import free_port
 from tests.support.tls import LOOPBACK_HOSTS, Pki, make_pki
 from tests.support.wait import wait_for
 
-from .env import Env, FakeCommands, seeded_store
-from .factory import CAUGHT_UP, PRIMARY
+from .factory import CAUGHT_UP
+from .https import start_https
 
 
 @pytest.fixture
@@ -37,14 +35,7 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path)
 
 
-def start(paths: TlsPaths, interval: float = 1.0) -> ApiServer:
-    """An HTTPS ApiServer on loopback (node1, the primary), its context following `paths`."""
-    holder, store, commands = StateHolder(), seeded_store(), FakeCommands()
-    server = ApiServer("127.0.0.1", free_port(), holder, store, commands, "node1",
-                       store_timeout=2.0, tls=ContextSource(paths, server_context, interval))
-    server.start()
-    Env(server, holder, store, commands, urllib3.PoolManager()).publish(PRIMARY)
-    return server
+start = start_https
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from pgwarden.cli.output import (
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
+from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
@@ -225,7 +226,8 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)
-    print(libpq_dsn(hosts, user, password, replicas=args.replicas))
+    print(libpq_dsn(hosts, user, password, replicas=args.replicas,
+                    ssl=ssl_options(ctx.cfg.postgresql.tls)))
     return 0
 
 

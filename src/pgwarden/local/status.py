@@ -13,7 +13,7 @@ from pgwarden.errors import CliError
 from pgwarden.local import procs
 from pgwarden.local.handle import ClusterHandle, node_file
 from pgwarden.local.layout import LOOPBACK
-from pgwarden.report import libpq_dsn, member_row, stopped_row
+from pgwarden.report import libpq_dsn, member_row, ssl_options, stopped_row
 from pgwarden.tls.http import api_pool
 
 
@@ -81,7 +81,7 @@ def dsn(cluster: ClusterHandle, replicas: bool = False) -> str:
         password = su.secret()
     except ValueError as e:
         raise CliError(str(e)) from None
-    return libpq_dsn(hosts, su.username, password, replicas=replicas)
+    return libpq_dsn(hosts, su.username, password, replicas=replicas, ssl=ssl_options(cfg.postgresql.tls))
 
 
 def _fetch_status(cfg: NodeConfig) -> MemberInfo | None:
