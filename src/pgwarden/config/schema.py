@@ -18,7 +18,7 @@ from typing import Annotated, Any
 from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.tls import ApiTls, TlsFiles
+from pgwarden.config.tls import ApiTls, ClientTls, TlsFiles
 from pgwarden.config.validate import validate
 
 # The cluster-wide settings, their base and the safety constants live in the core (which depends
@@ -115,6 +115,7 @@ Hosts = Annotated[list[str], Meta(min_length=1)]
 class EtcdConfig(Strict, frozen=True, kw_only=True):
     hosts: Hosts
     prefix: str = "/pgwarden"
+    tls: ClientTls | None = None  # https: the CA of etcd's certificate, and a client certificate
 
 
 class ZooKeeperConfig(Strict, frozen=True, kw_only=True):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pgwarden.core.settings import Strict
 from pgwarden.tls.contexts import TlsPaths
-from pgwarden.tls.files import TlsFileError, check_files
+from pgwarden.tls.files import TlsFileError, check_ca, check_files
 
 
 class VerifyClient(enum.Enum):
@@ -51,4 +51,27 @@ class ApiTls(TlsFiles, frozen=True, kw_only=True):
     def client_paths(self) -> TlsPaths:
         """Calling other members' APIs: trust cafile, present our own certificate (the same CA
         signs every member's, so verify_client: required works between them and for ctl)."""
+        return TlsPaths(self.certfile, self.keyfile, self.cafile)
+
+
+class ClientTls(Strict, frozen=True, kw_only=True):
+    """A client's side (store.etcd.tls): the CA that signs the servers' certificates (None: the
+    system's CAs) and, for servers that require one, our certificate and key."""
+
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("give certfile and keyfile together (or neither)")
+        try:
+            if self.certfile is not None and self.keyfile is not None:
+                check_files(self.certfile, self.keyfile, self.cafile)
+            elif self.cafile is not None:
+                check_ca(self.cafile)
+        except TlsFileError as e:
+            raise ValueError(str(e)) from None
+
+    def paths(self) -> TlsPaths:
         return TlsPaths(self.certfile, self.keyfile, self.cafile)

@@ -43,6 +43,7 @@ from pgwarden.store.etcd_gateway import (
     _value_is,
 )
 from pgwarden.store.etcd_watch import EtcdWatch
+from pgwarden.tls.contexts import TlsPaths, client_context
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,14 @@ class EtcdKV(EtcdWatch, KV):
     changes made since do, even if they happened before the call.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
+                 tls: TlsPaths | None = None) -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
         self._layout = layout
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
-        self._gw = _Gateway(self.hosts)
+        # store.etcd.tls: https, the server verified (host names too), our certificate presented
+        self._gw = _Gateway(self.hosts, None if tls is None else client_context(tls))
         self._lock = threading.Lock()  # guards the lease table (and starting the watch)
         self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
         self._init_watch()

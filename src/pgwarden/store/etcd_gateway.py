@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -49,8 +50,8 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-def _url(host: str) -> str:
-    return host.rstrip("/") if "://" in host else f"http://{host}"
+def _url(host: str, https: bool = False) -> str:
+    return host.rstrip("/") if "://" in host else f"{'https' if https else 'http'}://{host}"
 
 
 def _int(value: Any) -> int:
@@ -61,13 +62,16 @@ def _int(value: Any) -> int:
 class _Gateway:
     """POSTs JSON to one of several etcd hosts, all within one deadline per call."""
 
-    def __init__(self, hosts: list[str]) -> None:
+    def __init__(self, hosts: list[str], ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: https to hosts given without a scheme, verified with this context."""
         if not hosts:
             raise ValueError("etcd: at least one host is needed")
-        self.urls = [_url(h) for h in hosts]
+        self.urls = [_url(h, ssl_context is not None) for h in hosts]
         self._preferred = 0
         self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False)
+        self.ssl_context = ssl_context
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False,
+                                         ssl_context=ssl_context)
 
     def current(self) -> tuple[int, str]:
         with self._lock:

@@ -56,6 +56,10 @@ def check_files(certfile: Path, keyfile: Path, cafile: Path | None) -> None:
         load_ca(ctx, cafile)
 
 
+def check_ca(cafile: Path) -> None:
+    load_ca(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cafile)
+
+
 def signature(*paths: Path | None) -> tuple[tuple[int, int, int, int], ...]:
     """What changes when any of the files is replaced or rewritten: (inode, size, mtime, ctime)."""
     out = []
