@@ -58,6 +58,20 @@ def test_health_over_https_and_nothing_over_plain_http(cluster: Cluster) -> None
     assert sorted(m["api_url"] for m in members) == sorted(cluster.api(n) for n in cluster.names)
 
 
+def test_the_store_is_etcd_on_https_with_client_certificates(cluster: Cluster) -> None:
+    port = int(cluster.state()["procs"]["etcd"]["ports"]["client"])
+    plain = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=3))
+    with pytest.raises(urllib3.exceptions.ProtocolError):
+        plain.request("GET", f"http://127.0.0.1:{port}/health")
+    anonymous = api_pool(TlsPaths(None, None, cluster.ca()), retries=False, timeout=urllib3.Timeout(total=3))
+    with pytest.raises((urllib3.exceptions.SSLError, urllib3.exceptions.ProtocolError)):
+        anonymous.request("GET", f"https://127.0.0.1:{port}/v3/kv/range", body=b'{"key": "AA=="}')
+    for n in cluster.names:
+        assert cluster.config(n)["store"]["etcd"]["tls"]["certfile"].endswith(f"{n}.crt")
+    members = json.loads(cluster.ctl("list", "--format", "json").stdout)  # ctl reads the store on https
+    assert sorted(m["name"] for m in members) == cluster.names
+
+
 def test_a_client_trusting_another_ca_is_refused_by_the_api_and_postgres(cluster: Cluster,
                                                                            tmp_path: Path) -> None:
     primary = cluster.wait_primary()

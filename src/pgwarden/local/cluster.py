@@ -178,7 +178,7 @@ class LocalCluster(ClusterHandle):
         store = opts.store or "etcd"
         if store == "etcd":
             assert etcd_bin is not None
-            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
+            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0), tls=opts.tls)
             return [etcd], [None] * len(names), None
         if store == "zookeeper":
             zk = ZooKeeperComponent(ports.pop(0))

@@ -200,6 +200,8 @@ def node_config(
         # load balancers' health checks need none; the API still requires its password.
         doc["restapi"]["tls"] = {**tls, "verify_client": "optional"}
         doc["postgresql"]["tls"] = dict(tls)
+        if store is None:  # the local etcd: https, this node's certificate as the client's
+            doc["store"]["etcd"]["tls"] = dict(tls)
     try:
         parse_node_config(doc, f"{node.name} config")
     except ConfigError as e:
