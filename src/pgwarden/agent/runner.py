@@ -47,6 +47,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
 
@@ -68,7 +69,12 @@ class Agent:
         self.holder = StateHolder()
         self.lease = LeaseKeeper()
         self.facts = LocalFacts()
-        self.peers = PeerProbe()
+        # HTTPS (restapi.tls): the API's context and the client one for peers, both following
+        # the files (rotation; SIGHUP checks at once).
+        tls = cfg.restapi.tls
+        self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
+        self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
+        self.peers = PeerProbe(self.client_tls)
         self.started_at = time.time()
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
@@ -84,7 +90,8 @@ class Agent:
         self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
-                             auth=BasicAuth(*api_auth) if api_auth is not None else None)
+                             auth=BasicAuth(*api_auth) if api_auth is not None else None,
+                             tls=self.api_tls)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -98,6 +105,14 @@ class Agent:
 
     def settings(self) -> ClusterSettings:
         return self._settings
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the API's rotated certificates now (they are also noticed by their files'
+        change; PostgreSQL's are checked every loop)."""
+        log.info("SIGHUP: checking TLS files")
+        for source in (self.api_tls, self.client_tls):
+            if source is not None:
+                source.reload()
 
     # -- Commands for the REST API (called from the API thread: only queue work) ---------------
     def request_restart(self) -> str:
@@ -139,6 +154,8 @@ class Agent:
                     self.loop_once()
                 except Exception:
                     log.exception("HA loop failed; retrying next loop")
+                if self.cfg.postgresql.tls is not None:  # rotated certificates: copy and reload
+                    self.pg.refresh_tls(self._settings.retry_timeout)
                 self._wait(started)
         finally:
             self.shutdown()
@@ -389,8 +406,13 @@ def run_agent(config_path: str) -> int:
         log.info("signal %d: stopping", signum)
         agent.stop()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        # Off the signal handler: reloading takes locks the interrupted code may hold.
+        threading.Thread(target=agent.reload_tls, name="pgwarden-sighup", daemon=True).start()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     try:
         return agent.run()
     finally:

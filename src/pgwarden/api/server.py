@@ -39,6 +39,7 @@ from pgwarden.core.requests import (
 )
 from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
+from pgwarden.tls.contexts import ContextSource
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class ApiServer:
         *,
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
+        tls: ContextSource | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -76,6 +78,7 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
+        self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
         self._thread: threading.Thread | None = None
         self._servers: list[Listener] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -88,7 +91,8 @@ class ApiServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port or self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self._bound_port or self.port}"
 
     def start(self) -> None:
         if self._thread is not None:
@@ -132,7 +136,8 @@ class ApiServer:
                 key = (family, *sockaddr[:2])
                 if key not in seen:
                     seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch))
+                    servers.append(Listener(family, tuple(sockaddr), self.dispatch,
+                                            None if self.tls is None else self.tls.get))
         except BaseException:
             for server in servers:
                 server.server_close()

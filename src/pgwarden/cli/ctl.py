@@ -30,6 +30,7 @@ from pgwarden.cli.output import (
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
+from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
@@ -228,7 +229,8 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)
-    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas))
+    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas,
+                    ssl=ssl_options(ctx.cfg.postgresql.tls)))
     return 0
 
 
@@ -439,7 +441,8 @@ def cmd_failover(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/restart"
-    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path)
+    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path,
+                       tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'restarted'}")
     return 0
 
@@ -448,6 +451,6 @@ def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
     headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
     confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node, headers, ctx.path)
+    body = post_action(url, args.node, headers, ctx.path, tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

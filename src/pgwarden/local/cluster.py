@@ -29,6 +29,7 @@ from pgwarden.local.etcd import EtcdComponent
 from pgwarden.local.handle import WITNESS, ClusterHandle
 from pgwarden.local.layout import (
     LOOPBACK,
+    TLS_DIR,
     NodePlan,
     ProcRecord,
     State,
@@ -36,6 +37,7 @@ from pgwarden.local.layout import (
     cluster_name,
     default_os_user,
     free_ports,
+    make_certificates,
     make_dir,
     new_password,
     node_config,
@@ -60,6 +62,7 @@ class Options:
     # None: etcd for a new cluster, whatever the directory's cluster uses for a stopped one.
     store: str | None = None
     witness: bool = False
+    tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
 
 
 class LocalCluster(ClusterHandle):
@@ -180,7 +183,7 @@ class LocalCluster(ClusterHandle):
         auth = store_authentication(self.directory)
         if store == "etcd":
             assert etcd_bin is not None
-            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
+            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0), tls=opts.tls)
             doc = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"], "authentication": auth}}
             return [etcd], [doc] * len(names), None
         if store == "zookeeper":
@@ -211,10 +214,11 @@ class LocalCluster(ClusterHandle):
         etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
         # Even on loopback: other local users can reach it. Written with mode 0600, like the rest.
         su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
+        certs = make_certificates(self.directory, names) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
-                              store=store_doc)
+                              store=store_doc, tls=certs.get(node))
             for extra in extras:
                 extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))
@@ -227,7 +231,8 @@ class LocalCluster(ClusterHandle):
         self.state = State(directory=str(self.directory), cluster=name)
         self._save()
         self.out(f"creating cluster {name} with {opts.nodes} node(s) in {self.directory}, store: "
-                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}")
+                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}"
+                 f"{'; TLS with the CA in ' + str(self.directory / TLS_DIR / 'ca.crt') if certs else ''}")
         for stage in sorted({c.stage for c in components}):
             started: list[tuple[Component | None, ProcRecord]] = []
             for comp in (c for c in components if c.stage == stage):

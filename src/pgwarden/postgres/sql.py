@@ -25,6 +25,7 @@ class ConnParams:
     dbname: str = "postgres"
     application_name: str = "pgwarden"
     passfile: str | None = None
+    ssl: tuple[tuple[str, str], ...] = ()  # libpq options: sslmode, sslrootcert (postgres/tls.py)
 
 
 def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
@@ -48,6 +49,7 @@ def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
         kwargs["password"] = params.password
     if params.passfile is not None:
         kwargs["passfile"] = params.passfile
+    kwargs.update(params.ssl)
     return psycopg.connect(**kwargs)
 
 
@@ -66,6 +68,7 @@ def replay_timeline(params: ConnParams, timeout: float) -> int | None:
         kwargs["password"] = params.password
     if params.passfile is not None:
         kwargs["passfile"] = params.passfile
+    kwargs.update(params.ssl)
     with psycopg.connect(**kwargs) as conn:
         # A walsender speaks only the simple query protocol: go through libpq directly.
         res = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")

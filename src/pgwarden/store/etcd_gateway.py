@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -50,8 +51,8 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-def _url(host: str) -> str:
-    return host.rstrip("/") if "://" in host else f"http://{host}"
+def _url(host: str, https: bool = False) -> str:
+    return host.rstrip("/") if "://" in host else f"{'https' if https else 'http'}://{host}"
 
 
 def _int(value: Any) -> int:
@@ -68,15 +69,20 @@ class _Gateway:
 
     With `credentials` (user, password) it authenticates first and sends the token etcd gives
     back in the `Authorization` header (the gateway's name for gRPC's `token` metadata); an
-    expired or revoked token is replaced once per call. The password stays in this object."""
+    expired or revoked token is replaced once per call. The password stays in this object.
 
-    def __init__(self, hosts: list[str], credentials: tuple[str, str] | None = None) -> None:
+    `ssl_context`: https to hosts given without a scheme, verified with this context."""
+
+    def __init__(self, hosts: list[str], credentials: tuple[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if not hosts:
             raise ValueError("etcd: at least one host is needed")
-        self.urls = [_url(h) for h in hosts]
+        self.urls = [_url(h, ssl_context is not None) for h in hosts]
         self._preferred = 0
         self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False)
+        self.ssl_context = ssl_context
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False,
+                                         ssl_context=ssl_context)
         self._credentials = credentials
         self._token: str | None = None
 
