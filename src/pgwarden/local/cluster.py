@@ -184,7 +184,13 @@ class LocalCluster(ClusterHandle):
         if store == "etcd":
             assert etcd_bin is not None
             etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0), tls=opts.tls)
-            doc = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"], "authentication": auth}}
+            # With --tls etcd requires a client certificate from the cluster's CA, which is the
+            # authentication: etcd's gateway refuses a request carrying both a certificate and a
+            # user's token ("CommonName of client sending a request against gateway will be
+            # ignored"), so users are enabled only without TLS.
+            doc: dict[str, dict[str, Any]] = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"]}}
+            if not opts.tls:
+                doc["etcd"]["authentication"] = auth
             return [etcd], [doc] * len(names), None
         if store == "zookeeper":
             zk = ZooKeeperComponent(ports.pop(0))

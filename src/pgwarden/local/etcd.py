@@ -59,12 +59,13 @@ class EtcdComponent(Component):
         # Auth on before any agent starts (idempotent: a restarted cluster's etcd has it on).
         root = read_secret(cluster.directory, "etcd-root.password")
         user = read_secret(cluster.directory, "store.password")
-        if root is None or user is None:  # a cluster made before pgwarden enabled etcd auth
-            return True
         tls = _client_tls(record.argv)
-        host = f"{'https://' if tls else ''}{LOOPBACK}:{record.ports['client']}"
+        # Before pgwarden enabled etcd auth; or on TLS, where client certificates authenticate
+        # (etcd's gateway refuses a certificate and a user's token together).
+        if root is None or user is None or tls is not None:
+            return True
         try:
-            enable_auth([host], root, STORE_USER, user, PREFIX, 10.0, tls)
+            enable_auth([f"{LOOPBACK}:{record.ports['client']}"], root, STORE_USER, user, PREFIX, 10.0)
         except StoreError as e:
             raise CliError(f"etcd: {e} (see {record.log})") from None
         return True
