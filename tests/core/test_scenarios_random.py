@@ -1,6 +1,7 @@
 """Random fault schedules in the simulated world (`tests/core/sim`): crashes, freezes, store and
-network cuts and switchover requests at random moments, with the world's invariants checked after
-every effect; once the faults heal, the cluster settles on one primary that leads in the store."""
+network cuts, replicas falling behind and switchover requests at random moments, with the world's
+invariants checked after every effect; once the faults heal, the cluster settles on one primary
+that leads in the store."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pgwarden.core.model import FailoverRequest
 from pgwarden.core.settings import ClusterSettings
 from tests.core.sim.world import DT, World
 
-FAULTS = st.sampled_from(["crash", "freeze", "store_cut", "peer_cut", "switchover"])
+FAULTS = st.sampled_from(["crash", "freeze", "store_cut", "peer_cut", "slow", "switchover"])
 Event = tuple[float, str, str, float]
 
 
@@ -44,6 +45,8 @@ def play(w: World, events: list[Event], until: float) -> None:
                 node.store_cut_until = w.t + length
             elif fault == "peer_cut":
                 node.peers_cut_until = w.t + length
+            elif fault == "slow":
+                node.slow_until = w.t + length
             elif fault == "switchover":
                 leader = w.leader_key()
                 if leader is not None and leader != name:

@@ -30,6 +30,7 @@ from pgwarden.core.model import (
     PgView,
     ReplicationStat,
     Role,
+    SyncState,
     Tags,
 )
 from pgwarden.core.settings import ClusterSettings
@@ -37,7 +38,7 @@ from pgwarden.core.sync import WILDCARD
 from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
-from pgwarden.store.documents import LEADER
+from pgwarden.store.documents import LEADER, SYNC, load_sync
 from tests.core.sim.postgres import SimFencer, SimPostgres
 from tests.support.memkv import MemKV, MemServer
 
@@ -86,6 +87,7 @@ class Node:
     loop_hung: bool = False  # its HA loop blocks while its REST API still answers peers
     store_cut_until: float = 0.0
     peers_cut_until: float = 0.0
+    slow_until: float = 0.0  # a replica connected to its upstream that receives nothing (lag grows)
 
 
 class World:
@@ -165,6 +167,11 @@ class World:
         return self.ctl().snapshot(1.0).failover
 
     # -- the store as it is ------------------------------------------------------------------
+    def stored_sync(self) -> SyncState | None:
+        with self.server.cond:
+            r = self.server.keys(CLUSTER).get(SYNC)
+        return load_sync(r.value, str(r.version)) if r is not None else None
+
     def leader_key(self) -> str | None:
         with self.server.cond:
             self.server.expire(self.t)
@@ -306,23 +313,36 @@ class World:
 
     def replicate(self) -> None:
         for node in self.nodes.values():  # streaming replicas catch up with their upstream
-            if self.streaming(node):
+            if self.streaming(node) and self.t >= node.slow_until:
                 up = self.nodes[node.pg.upstream or ""].pg
                 node.pg.timeline, node.pg.lsn, node.pg.lineage = up.timeline, up.lsn, list(up.lineage)
 
     def write(self) -> None:
         """Clients commit on every writable primary, one commit a tick; a commit is acknowledged
-        once the standbys its synchronous setting waits for have flushed it (rule 6)."""
+        once the standbys its synchronous setting waits for have flushed it (rule 6).
+
+        The commits the cluster promises to keep (`acked`), in a synchronous mode: those
+        acknowledged under a synchronous setting, and those a primary acknowledged while the store
+        holds a synchronous promise (every acknowledged commit is on k of V, whatever the primary
+        waits for), or an empty set naming it as the leader (non-strict fallback: the core then
+        lets only that leader promote). Commits acknowledged before the first leader's first
+        synchronous step (no record in the store yet) were never promised."""
         for node in self.nodes.values():
             pg = node.pg
             if pg.role != "primary":
                 continue
             acked = self.ack_lsn(node)
             newer = acked is not None and (self.acked is None or (pg.timeline, acked) > self.acked[:2])
-            if newer and acked is not None and self.s.synchronous:
+            if newer and acked is not None and self.s.synchronous and self.promised(node):
                 self.acked = (pg.timeline, acked, node.name)
             pg.lsn += 1
             self.check()
+
+    def promised(self, node: Node) -> bool:
+        if not node.pg.sync.empty:
+            return True
+        stored = self.stored_sync()
+        return stored is not None and (not stored.empty or stored.leader == node.name)
 
     def ack_lsn(self, node: Node) -> int | None:
         """The newest of this primary's commits acknowledged to its client (None: none yet)."""
