@@ -126,3 +126,25 @@ def test_agent_crash_cannot_readopt_its_key_and_a_failover_follows() -> None:
     assert len(w.promotions) == 1 and len(w.primaries()) == 1, w.log
     new = w.primaries()[0]
     assert all(w.streaming(n) for n in w.nodes.values() if n.name != new)
+
+
+@pytest.mark.parametrize("fencer", [True, False], ids=["fencer", "no-fencer"])
+def test_a_promotion_that_outlasts_the_lease_demotes_at_once(fencer: bool) -> None:
+    """Rule 4: n2 takes the lease and promotes, but pg_promote runs past the lease (the key lapses
+    in the store meanwhile). The renewal right after promotion fails, so the executor demotes at
+    once, with or without the fencer having stopped the server at the deadline already."""
+    w = World()
+    w.run(5)
+    w.nodes["n3"].tags = Tags(nofailover=True)
+    n2 = w.nodes["n2"]
+    n2.pg.promote_takes = w.s.ttl + 1
+    n2.fencer.works = fencer
+    w.crash("n1", 60)
+    while not w.promotions:
+        w.tick()
+    assert n2.pg.role != "primary" and not n2.agent.lease.valid(w.t)
+    assert any("n2 started as replica" in line for line in w.log[-3:]), w.log[-5:]
+    assert ("fencer stopped n2" in "\n".join(w.log[-5:])) == fencer
+    n2.pg.promote_takes = 0.0
+    w.run(15)
+    assert w.primaries() == ["n2"], w.log[-10:]

@@ -24,6 +24,7 @@ class SimPostgres:
     # The world: the server named `host` (clone and rewind sources), and the invariant check.
     peer: Callable[[str], SimPostgres]
     on_change: Callable[[str], None]
+    elapse: Callable[[float], None]  # time passing while a call runs (the world's clock)
     role: str = "replica"  # "primary" | "replica" | "stopped"
     timeline: int = 1
     lsn: int = 0
@@ -35,6 +36,7 @@ class SimPostgres:
     sync_applied_lsn: int | None = None
     unhealthy: bool = False  # its health query fails (peers still read it)
     slots: frozenset[str] = frozenset()
+    promote_takes: float = 0.0  # seconds pg_promote runs after the server left recovery
 
     def __post_init__(self) -> None:
         self.pid = next(_pids)
@@ -86,6 +88,8 @@ class SimPostgres:
         self.role, self.upstream, self.was_primary = "primary", None, False
         self.sync_applied_lsn = self.lsn
         self.on_change(f"{self.name} promoted to timeline {self.timeline}")
+        if self.promote_takes:
+            self.elapse(self.promote_takes)
 
     def reconfigure(self, upstream: UpstreamTuple | None, sync: SyncConfig,
                     settings: ClusterSettings, timeout: float = 5.0) -> bool:

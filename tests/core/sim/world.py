@@ -103,7 +103,7 @@ class World:
         self.acked: tuple[int, int, str] | None = None
         self.nodes: dict[str, Node] = {}
         for i, n in enumerate(names):
-            pg, fencer = SimPostgres(n, self._pg, self._changed), SimFencer()
+            pg, fencer = SimPostgres(n, self._pg, self._changed, self.elapse), SimFencer()
             self.nodes[n] = Node(n, (i * DT) % self.s.loop_wait, pg, fencer, self._agent(n, pg, fencer),
                                  (tags or {}).get(n, Tags()))
         setup = self.nodes[names[0]].agent.store
@@ -294,10 +294,7 @@ class World:
     # -- time --------------------------------------------------------------------------------
     def tick(self) -> None:
         self.clock.t = round(self.t + DT, 6)
-        for node in self.nodes.values():  # the fencer: separate from the agent, knows the deadline
-            if node.fencer.due(self.t) and node.pg.running:
-                node.pg.stop("immediate", 0.0)
-                self.log.append(f"{self.t:.2f} fencer stopped {node.name}")
+        self.fence()
         self.check()
         for node in self.nodes.values():
             if self.t < node.frozen_until:
@@ -310,6 +307,18 @@ class World:
             self.loop(node)
         self.replicate()
         self.write()
+
+    def fence(self) -> None:
+        for node in self.nodes.values():  # the fencer: separate from the agent, knows the deadline
+            if node.fencer.due(self.t) and node.pg.running:
+                node.pg.stop("immediate", 0.0)
+                self.log.append(f"{self.t:.2f} fencer stopped {node.name}")
+
+    def elapse(self, seconds: float) -> None:
+        """Time passes inside one agent's call (a slow pg_promote): leases expire and fencers
+        act meanwhile; other agents' loops wait for the next tick."""
+        self.clock.t = round(self.t + seconds, 6)
+        self.fence()
 
     def replicate(self) -> None:
         for node in self.nodes.values():  # streaming replicas catch up with their upstream
