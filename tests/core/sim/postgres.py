@@ -113,11 +113,13 @@ class SimPostgres:
 
     def clone(self, source_host: str, source_port: int, timeout: float) -> None:
         self._copy_from(source_host)
+        self.on_change(f"{self.name} cloned from {source_host}")
 
     def rewind(self, source_host: str, source_port: int, timeout: float) -> bool:
         if self.running:
             raise PostgresError("pg_rewind needs a stopped server")
         self._copy_from(source_host)
+        self.on_change(f"{self.name} rewound from {source_host}")
         return True
 
     def _copy_from(self, host: str) -> None:

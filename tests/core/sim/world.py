@@ -84,6 +84,7 @@ class Node:
     tags: Tags = field(default_factory=Tags)
     frozen_until: float = 0.0  # agent stopped (SIGSTOP), or the machine down
     restart_agent: bool = False  # at the end of the freeze, a new agent process (after a crash)
+    message: str = ""  # its last decision's message, logged when it changes (as the runner does)
     loop_hung: bool = False  # its HA loop blocks while its REST API still answers peers
     store_cut_until: float = 0.0
     peers_cut_until: float = 0.0
@@ -155,6 +156,7 @@ class World:
         node.agent.kv.close()
         node.agent = self._agent(node.name, node.pg, node.fencer)
         node.restart_agent = False
+        node.message = ""
 
     def request(self, req: FailoverRequest) -> None:
         """An operator's request, written as `ctl` writes it (create-only)."""
@@ -279,6 +281,9 @@ class World:
             request_pending_for=a.waits.request_pending_for(self.t), restart_pending=a.facts.restart_pending,
         )
         decision = decide(obs)
+        if decision.message != node.message:
+            node.message = decision.message
+            self.log.append(f"{self.t:.2f} {node.name}: {decision.message}")
         for action in decision.actions:
             # One action at a time through the real executor, so the invariants are checked
             # between them; it stops at the first failure, as `Executor.run` does.
