@@ -1,6 +1,7 @@
 """An in-memory backend of the store port for tests: real compare-and-swap on revisions, leases
 owned by the instance that took them and expiring on the monotonic clock (or the one passed as
-`clock`: the scenario tests' simulated time), the watch rules of
+`clock`: the scenario tests' simulated time, which never call `wait_for_change`: it blocks in
+real time until the clock passes its deadline), the watch rules of
 `store.base`, and a switch (`down`) that makes every call fail as unreachable. Instances that
 share a `MemServer` see each other's keys, as instances of a real backend share a server."""
 
