@@ -331,8 +331,9 @@ def _describe_request(r: FailoverRequest) -> str:
 
 
 def submit_request(ctx: Ctx, view: ClusterView, request: FailoverRequest, force: bool, timeout: float) -> int:
+    pending = view.failover
     confirm(f"{request.kind.capitalize()} {_describe_request(request)}?", force, request.kind)
-    token = view.failover.token if view.failover is not None else None
+    token = pending.token if pending is not None else None
     if not ctx.store.set_failover(request, token, STORE_TIMEOUT):
         raise CliError("another switchover or failover request was written meanwhile; "
                        "check `pgwarden ctl list` and try again")
@@ -363,6 +364,22 @@ def _dropped(view: ClusterView, old_leader: str | None) -> bool:
     return view.failover is None and view.leader is not None and view.leader.name == old_leader
 
 
+def _same_request(a: FailoverRequest, b: FailoverRequest) -> bool:
+    return (a.kind, a.leader, a.candidate, a.scheduled_at) == (b.kind, b.leader, b.candidate, b.scheduled_at)
+
+
+def _superseded(view: ClusterView, request: FailoverRequest, old_leader: str | None) -> str | None:
+    """Why our request lost to another one, if it did: a different request now sits in the
+    store, or the leadership moved to someone other than our candidate with no request left."""
+    if view.failover is not None and not _same_request(view.failover, request):
+        return f"another request replaced it ({view.failover.kind} {_describe_request(view.failover)})"
+    leader = view.leader.name if view.leader is not None else None
+    if (view.failover is None and request.candidate is not None and leader is not None
+            and leader not in (old_leader, request.candidate)):
+        return f"{leader} leads now, not {request.candidate} (the request was given up or replaced)"
+    return None
+
+
 def wait_for_new_primary(
     store: ClusterStore, request: FailoverRequest, old_leader: str | None, timeout: float
 ) -> int:
@@ -386,6 +403,10 @@ def wait_for_new_primary(
             leader = view.leader.name if view.leader else None
             if _dropped(view, old_leader):
                 break  # no use waiting out the timeout
+            other = _superseded(view, request, old_leader)
+            if other is not None:
+                raise CliError(f"{request.kind} did not happen as asked: {other}; "
+                               f"check `pgwarden ctl list`")
             state = None
             if leader is not None and leader in view.members:
                 m = view.members[leader]
