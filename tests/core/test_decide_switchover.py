@@ -229,3 +229,23 @@ def test_a_stalled_switchover_gives_the_lease_back_to_the_old_leader(cluster: Cl
         assert d3.actions == ()
     else:
         assert d3.actions == (AcquireLease(), Promote(), ClearFailover())
+
+
+def test_each_promotion_says_why_for_the_timeline_history() -> None:
+    """Promote.why becomes the history's reason (`ctl history`): a switchover, an operator's
+    failover, an automatic failover."""
+    ms = [member("n1"), member("n2"), member("n3")]
+    near = ps_all = peers(peer("n1", 1000), peer("n3", 1000))  # n2 is behind for the requests
+    cases = {
+        "switchover from n1": switchover("n1", "n2"),
+        "failover by an operator": switchover(None, "n2", kind="failover"),
+    }
+    for why, req in cases.items():
+        d = decide(obs("n2", replica_pg(None, lsn=900, received_lsn=900, replayed_lsn=900),
+                       view(None, ms, failover=req), ps=near))
+        promote = next(a for a in d.actions if isinstance(a, Promote))
+        assert promote.why == why
+    d = decide(obs("n2", replica_pg(None, lsn=2000, received_lsn=2000, replayed_lsn=2000), view(None, ms),
+                   ps=ps_all))
+    promote = next(a for a in d.actions if isinstance(a, Promote))
+    assert promote.why.startswith("automatic failover")

@@ -62,6 +62,7 @@ class LocalFacts:
     restart_pending: bool = False
     activity: str = ""
     history_published: int = 0
+    promoted_because: str = ""  # the last Promote's reason, for the timeline history
 
 
 class Executor:
@@ -147,7 +148,8 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
-            case A.Promote(sync=sync_after):
+            case A.Promote(sync=sync_after, why=why):
+                self.facts.promoted_because = why
                 return self._promote(s, pgv, sync_after)
             case A.Demote(upstream=upstream, reason=reason):
                 log.warning("demoting: %s", reason)
@@ -325,7 +327,7 @@ class Executor:
 
     def _publish_history(self, timeline: int, view: ClusterView | None) -> bool:
         entries = merge_history(self.pg.read_timeline_history(timeline), view.history if view else (),
-                                self.name, timeline, self.wall())
+                                self.name, timeline, self.wall(), self.facts.promoted_because)
         self.store.set_history(entries, self._timeout())
         return True
 

@@ -58,12 +58,14 @@ def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
 
 
 def history_table(history: Iterable[HistoryEntry]) -> Table:
+    # Narrow columns first and the reason last, wrapped: fits an 80-column terminal.
     table = Table(title="Timeline history")
-    for col in ("TL", "LSN", "Reason", "Time", "New leader"):
-        table.add_column(col)
+    for col in ("TL", "LSN", "Time", "New leader"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("Reason", overflow="fold")
     for e in history:
-        when = "" if e.at is None else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(e.at))
-        table.add_row(str(e.timeline), int_to_lsn(e.switch_lsn) or "", e.reason, when, e.new_leader or "")
+        when = "" if e.at is None else time.strftime("%m-%d %H:%M:%S", time.localtime(e.at))
+        table.add_row(str(e.timeline), int_to_lsn(e.switch_lsn) or "", when, e.new_leader or "", e.reason)
     return table
 
 

@@ -223,7 +223,8 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         # still ours (renewed first; the runner checks the deadline again just before starting).
         return Decision((*renew, StartPostgres("primary")), "leader; restarting PostgreSQL in place")
     if pg.in_recovery:
-        return Decision((*renew, Promote(sync.after_promotion(settings, view.sync, obs.me.name))),
+        return Decision((*renew, Promote(sync.after_promotion(settings, view.sync, obs.me.name),
+                                         "the leader's standby promoted (after a restart or retry)")),
                         "holding the lease: promoting")
     if not pg.healthy:
         if pg.unhealthy_for > settings.ttl and not settings.paused:
@@ -472,8 +473,15 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         top = candidates.best([me, *others])
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
+    req = view.failover
+    if note:
+        why = "a stalled switchover: the old leader took its lease back"
+    elif explicit and req is not None:
+        why = f"switchover from {req.leader}" if req.kind == "switchover" else "failover by an operator"
+    else:
+        why = "automatic failover: the leader's lease ran out"
     steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
-                                                                          obs.me.name)))
+                                                                          obs.me.name), why))
     message = note or "no leader; taking the lease and promoting"
     if view.failover is not None and view.failover.candidate != obs.me.name:
         # We act on our own after a request that did not come true: drop it, or the new leader
