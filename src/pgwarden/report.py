@@ -13,7 +13,8 @@ from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
 from pgwarden.errors import CliError
 
 # Keys of one member in `ctl list --format json` and `local status --format json`.
-MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "tags")
+MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "sync",
+               "tags")
 
 
 def leader_lsn(view: ClusterView) -> int | None:
@@ -41,6 +42,16 @@ def member_lag(view: ClusterView, m: MemberInfo) -> int | None:
     return max(0, top - m.lsn)
 
 
+def member_sync(view: ClusterView, m: MemberInfo) -> str | None:
+    """"sync" or "quorum" for a member of the store's synchronous set (the replicas that hold
+    every acknowledged commit, or a quorum of them), None otherwise."""
+    if view.sync is None or not view.settings.synchronous or m.name not in view.sync.members:
+        return None
+    if view.leader is not None and view.leader.name == m.name:
+        return None
+    return "quorum" if view.settings.synchronous_mode.value == "quorum" else "sync"
+
+
 def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
     return {
         "name": m.name,
@@ -52,6 +63,7 @@ def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
         "timeline": m.timeline,
         "lag": member_lag(view, m),
         "streaming": m.streaming,
+        "sync": member_sync(view, m),
         "tags": m.tags.to_dict(),
     }
 
@@ -75,6 +87,7 @@ def stopped_row(name: str, host: str, port: int, api_url: str, tags: Tags | None
         "timeline": None,
         "lag": None,
         "streaming": False,
+        "sync": None,
         "tags": (tags or Tags()).to_dict(),
     }
 

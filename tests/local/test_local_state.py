@@ -167,7 +167,7 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
         ("node1", "primary", "running", 0), ("node2", "replica", "running", 1000),
         ("node3", "unknown", "stopped", None)]
     assert set(rows[2]) == {"name", "role", "state", "host", "port", "api_url", "timeline", "lag",
-                            "streaming", "tags"}
+                            "streaming", "sync", "tags"}
     assert rows[2]["port"] == ports["node3"] and rows[2]["api_url"] == "http://127.0.0.1:18010"
 
     r = run_cli("local", "status", "--dir", str(cluster_dir))

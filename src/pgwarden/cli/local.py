@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_members(cluster: LocalCluster) -> None:
     state = cluster.current_state()
-    console().print(members_table(cluster.member_rows(), f"Cluster: {state.cluster} ({cluster.directory})"))
+    view = cluster.view(1.0)  # member_rows has just read it
+    paused = " (paused)" if view is not None and view.settings.paused else ""
+    console().print(members_table(cluster.member_rows(),
+                                  f"Cluster: {state.cluster}{paused} ({cluster.directory})"))
 
 
 def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:

@@ -34,9 +34,10 @@ def format_tags(tags: Mapping[str, Any]) -> str:
 
 
 def format_lag_mb(lag: int | None) -> str:
+    """One format for every row: "0.0", "1.5", "?" when unknown."""
     if lag is None:
         return "?"
-    return f"{lag / (1024 * 1024):.1f}" if lag else "0"
+    return f"{lag / (1024 * 1024):.1f}"
 
 
 def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
@@ -47,7 +48,9 @@ def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
         table.add_row(
             str(r["name"]),
             f"{r['host']}:{r['port']}",
-            str(r["role"]),
+            # patronictl says "Sync Standby"/"Quorum Standby": which replicas hold every
+            # acknowledged commit (the store's synchronous set).
+            f"{r['role']} ({r['sync']})" if r.get("sync") else str(r["role"]),
             # Like patronictl: a running replica whose WAL receiver streams shows "streaming".
             "streaming" if r["state"] == "running" and r.get("streaming") else str(r["state"]),
             "" if r["timeline"] is None else str(r["timeline"]),
