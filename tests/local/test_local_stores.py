@@ -49,7 +49,7 @@ def test_raft_sections_name_every_other_voter_and_the_witness(open_dir: Path) ->
         assert sorted(raft["partner_addrs"]) == sorted(a for n, a in addrs.items() if n != name)
         assert raft["data_dir"] == str(cl.directory / name / "raft")
         node_doc = node_config(cl.directory, "r", NodePlan(name, 1, 2), [], seed_settings(None, ()),
-                               "pw", "rp", "api", store=doc)
+                               "pw-secret", "rp-secret", "api", store=doc)
         cfg = parse_node_config(node_doc, name)
         assert cfg.store.raft is not None and cfg.store.etcd is None
     wdoc = witness_config(cl.directory, "r", witness, 20009)

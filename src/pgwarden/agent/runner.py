@@ -83,7 +83,8 @@ class Agent:
         self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
-                             auth=BasicAuth(*api_auth) if api_auth is not None else None)
+                             auth=BasicAuth(*api_auth) if api_auth is not None else None,
+                             max_connections=cfg.restapi.max_connections)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()

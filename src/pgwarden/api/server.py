@@ -22,6 +22,7 @@ from typing import Any
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
+from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS, ConnectionSlots
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
 from pgwarden.api.transport import Listener
@@ -37,6 +38,7 @@ from pgwarden.store.cluster import ClusterStore
 log = logging.getLogger(__name__)
 
 _STOP_TIMEOUT = 10.0
+_FULL_POLL = 0.1  # while every connection slot is taken: how often to shed and check for stop()
 
 
 class ApiServerError(RuntimeError):
@@ -61,6 +63,7 @@ class ApiServer:
         *,
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self.host = host
         self.port = port
@@ -70,6 +73,8 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
+        self._slots = ConnectionSlots(max_connections)
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._servers: list[Listener] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -95,6 +100,7 @@ class ApiServer:
         self._servers = servers
         self._bound_port = servers[0].server_port
         self._wake = socket.socketpair()
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._accept_loop, args=(servers, self._wake[0]),
                                         name="pgwarden-api", daemon=True)
         self._thread.start()
@@ -104,6 +110,7 @@ class ApiServer:
         if thread is None or wake is None:
             return
         self._thread, self._wake, self._servers = None, None, []
+        self._stopping.set()
         try:
             wake[1].send(b"x")
         except OSError:
@@ -126,20 +133,33 @@ class ApiServer:
                 key = (family, *sockaddr[:2])
                 if key not in seen:
                     seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch))
+                    servers.append(Listener(family, tuple(sockaddr), self.dispatch, self._slots))
         except BaseException:
             for server in servers:
                 server.server_close()
             raise
         return servers
 
-    @staticmethod
-    def _accept_loop(servers: list[Listener], wake: socket.socket) -> None:
+    @property
+    def connections(self) -> int:
+        """Connections open now (each has a thread)."""
+        return len(self._slots)
+
+    def _accept_loop(self, servers: list[Listener], wake: socket.socket) -> None:
+        """Accept while a connection slot is free; when none is, new connections wait in the
+        listen backlog and connections idling before a request head are shed (see limits.py)."""
         with selectors.DefaultSelector() as sel:
             for server in servers:
                 sel.register(server.socket, selectors.EVENT_READ, server)
             sel.register(wake, selectors.EVENT_READ, None)
             while True:
+                while not self._slots.wait_free(0):
+                    if self._stopping.is_set():
+                        return
+                    if shed := self._slots.shed(time.monotonic()):
+                        log.debug("REST API: %d connections at the limit; shed %d waiting for a request",
+                                  self._slots.limit, shed)
+                    self._slots.wait_free(_FULL_POLL)
                 for key, _ in sel.select():
                     if key.data is None:
                         return

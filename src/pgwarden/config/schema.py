@@ -52,6 +52,38 @@ class Credentials(Strict, frozen=True, kw_only=True):
             return self.password_file.read_text().strip()
         except OSError as e:
             raise ValueError(f"cannot read password_file {self.password_file}: {e.strerror}") from e
+        except UnicodeDecodeError:
+            raise ValueError(f"password_file {self.password_file} is not UTF-8 text") from None
+
+
+# The weakest PostgreSQL password we accept. Every member's superuser and replication passwords
+# open a network-reachable server (replication connections come from other hosts), so the rule is
+# the one most password policies start with: at least 8 characters, and not the user's own name
+# (PostgreSQL's `postgres`/`postgres` was the old default). Anything richer (dictionaries, classes
+# of characters) guesses at strength; `pgwarden local up` writes 16 random characters.
+MIN_PASSWORD = 8
+
+
+def password_problem(username: str, password: str) -> str | None:
+    """Why `password` is too weak for `username`; None when it is acceptable."""
+    if not password:
+        return "the password is empty"
+    if password == username:
+        return "the password is the username"
+    if len(password) < MIN_PASSWORD:
+        return f"the password is shorter than {MIN_PASSWORD} characters"
+    return None
+
+
+class PgCredentials(Credentials, frozen=True, kw_only=True):
+    """A PostgreSQL role pgwarden connects as: required, and with a password that is not weak
+    (a password_file is checked when the node file is loaded, see load.py)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.password is not None and (problem := password_problem(self.username, self.password)):
+            raise ValueError(f"{problem}; set a password of at least {MIN_PASSWORD} characters that is "
+                             f"not the username (or password_file)")
 
 
 class PostgresConfig(Strict, frozen=True, kw_only=True):
@@ -61,10 +93,9 @@ class PostgresConfig(Strict, frozen=True, kw_only=True):
     bin_dir: Path | None = None
     os_user: str = "postgres"
     parameters: dict[str, ParamValue] = field(default_factory=dict)
-    superuser: Credentials = field(
-        default_factory=lambda: Credentials(username="postgres", password="postgres"))
-    replication: Credentials = field(
-        default_factory=lambda: Credentials(username="replicator", password="replicator"))
+    # No defaults: a well-known password on a network-reachable server is no password.
+    superuser: PgCredentials
+    replication: PgCredentials
     pg_hba: list[str] = field(default_factory=list)  # extra pg_hba.conf lines
 
     def __post_init__(self) -> None:
@@ -88,6 +119,8 @@ class RestApiConfig(Strict, frozen=True, kw_only=True):
     # The explicit opt-out: an agent listening beyond loopback without authentication refuses to
     # start unless this is true (see config/exposure.py).
     insecure: bool = False
+    # Connections served at once, each on a thread; more wait in the listen backlog (api/limits.py).
+    max_connections: Annotated[int, Meta(ge=4, le=4096)] = 64
 
     def __post_init__(self) -> None:
         if self.authentication is not None and ":" in self.authentication.username:
@@ -178,7 +211,7 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
     name: Name
     data_dir: Path
     store: StoreConfig
-    postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    postgresql: PostgresConfig
     restapi: RestApiConfig = field(default_factory=RestApiConfig)
     tags: Tags = field(default_factory=Tags)
     log: LogConfig = field(default_factory=LogConfig)

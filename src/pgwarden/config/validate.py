@@ -55,6 +55,16 @@ _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
 
+# What to write for a required key that is missing, where the key's name alone does not say.
+_ROLE = ("username and password (or password_file) of the PostgreSQL role pgwarden {what}; "
+         "the password needs 8 characters or more, not the username")
+REQUIRED_HINTS = {
+    "postgresql": "(with superuser and replication credentials)",
+    "postgresql.superuser": _ROLE.format(what="connects as to manage the server"),
+    "postgresql.replication": _ROLE.format(what="replicas stream as"),
+}
+
+
 def describe_error(err: msgspec.ValidationError, source: str) -> str:
     """msgspec's "what - at `$.a.b`" as "source: 'a.b': what"."""
     m = _AT.match(str(err))
@@ -62,7 +72,8 @@ def describe_error(err: msgspec.ValidationError, source: str) -> str:
     dotted = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
     if miss := _MISSING.match(msg):
         key = ".".join(p for p in (dotted, miss.group("name")) if p)
-        return f"{source}: missing required key '{key}'"
+        hint = f"; set {key}: {REQUIRED_HINTS[key]}" if key in REQUIRED_HINTS else ""
+        return f"{source}: missing required key '{key}'{hint}"
     return f"{source}: '{dotted}': {msg}" if dotted else f"{source}: {msg}"
 
 
