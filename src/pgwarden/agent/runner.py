@@ -17,7 +17,7 @@ from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
-from pgwarden.agent.position import fresh_position
+from pgwarden.agent.position import SharedReading, fresh_position
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
@@ -85,6 +85,8 @@ class Agent:
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
                              max_connections=cfg.restapi.max_connections)
+        # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
+        self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -118,7 +120,7 @@ class Agent:
         return "reinitialize scheduled"
 
     def read_position(self, timeout: float) -> PeerReading:
-        return fresh_position(self.pg, self.cfg.name, timeout)
+        return self._position.read(timeout)
 
     def store_wakeup(self) -> None:
         self._wake.set()
