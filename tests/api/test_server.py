@@ -248,9 +248,9 @@ def test_failover(env: Env) -> None:
 
 
 def test_patch_config(env: Env) -> None:
-    status, body = env.json("PATCH", "/config", {"ttl": 10, "parameters": {"work_mem": "8MB", "x": 1}})
-    assert status == 200 and body["ttl"] == 10.0 and body["parameters"] == {"work_mem": "8MB", "x": 1}
-    status, body = env.json("PATCH", "/config", {"parameters": {"x": None}, "maximum_lag_on_failover": 5})
+    status, body = env.json("PATCH", "/config", {"ttl": 10, "parameters": {"work_mem": "8MB", "my.x": 1}})
+    assert status == 200 and body["ttl"] == 10.0 and body["parameters"] == {"work_mem": "8MB", "my.x": 1}
+    status, body = env.json("PATCH", "/config", {"parameters": {"my.x": None}, "maximum_lag_on_failover": 5})
     assert status == 200 and body["parameters"] == {"work_mem": "8MB"}
     assert body["ttl"] == 10.0 and body["maximum_lag_on_failover"] == 5
     # Patroni's shape works too; null restores a setting's default.

@@ -84,7 +84,8 @@ class Agent:
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
-                             max_connections=cfg.restapi.max_connections)
+                             max_connections=cfg.restapi.max_connections,
+                             setting_specs=self.pg.setting_specs)
         # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
         self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None

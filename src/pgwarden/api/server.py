@@ -16,7 +16,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pgwarden.api.auth import BasicAuth
@@ -31,6 +31,7 @@ from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
+from pgwarden.core.parameters import SettingSpec, changed_parameters, parameter_errors
 from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
 from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
@@ -64,6 +65,7 @@ class ApiServer:
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        setting_specs: Callable[[float], Sequence[SettingSpec]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -73,6 +75,8 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
+        # Our PostgreSQL's pg_settings, to check parameter values before they are stored.
+        self._setting_specs = setting_specs
         self._slots = ConnectionSlots(max_connections)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -281,7 +285,26 @@ class ApiServer:
 
     # -- settings -------------------------------------------------------------------------------
 
+    def _check_parameters(self, view: ClusterView, new: ClusterSettings) -> None:
+        """Refuse (400) parameter values our PostgreSQL would refuse, before every node restarts
+        with them (see core/parameters.py); only values added or changed are checked."""
+        changed = changed_parameters(view.settings.parameters, new.parameters)
+        if not changed:
+            return
+        if self._setting_specs is None:
+            raise HttpError(503, "this node has no PostgreSQL to check parameter values against; "
+                                 "send the request to a member's agent")
+        try:
+            specs = self._setting_specs(self._store_timeout)
+        except Exception as e:
+            log.info("REST API: cannot read pg_settings to check parameters: %s", e)
+            raise HttpError(503, "cannot check parameter values: this node's PostgreSQL does not "
+                                 "answer; send the request to a member whose PostgreSQL runs") from None
+        if errors := parameter_errors(specs, changed):
+            raise HttpError(400, "; ".join(errors))
+
     def _write_settings(self, view: ClusterView, new: ClusterSettings) -> Response:
+        self._check_parameters(view, new)
         store = self._need_store()
         if not store.set_settings(new, view.settings_token or None, self._store_timeout):
             raise HttpError(409, "the settings changed while this request ran; read them again and retry")
