@@ -5,7 +5,7 @@ restarted with it looping on `pg_ctl start`.
 Pure: the rows are read elsewhere (postgres/sql.py `setting_specs`); this module only says, for a
 proposed `{name: value}`, what PostgreSQL would refuse and why. The rules follow PostgreSQL's own
 parsing (guc.c: parse_bool, parse_int, parse_real, convert_to_base_unit): booleans by any unique
-prefix of true/false/yes/no/on/off or 1/0; numbers in decimal (integers also in hex and octal)
+prefix of true/false/yes/no/on/off or 1/0; numbers in decimal or hex (integers also octal)
 with an optional unit of the parameter's kind, converted to its base unit and rounded; enums
 case-insensitively, including the hidden boolean spellings PostgreSQL accepts for enums that have
 `on` and `off`; the range inclusive. A name the server does not know is refused unless it is a
@@ -83,9 +83,7 @@ def _number(spec: SettingSpec, value: ParamValue) -> float | str:
     num_text, unit = m.group("num"), m.group("unit")
     is_hex = num_text.lstrip("+-").lower().startswith("0x")
     if is_hex or (spec.vartype == "integer" and re.fullmatch(r"[+-]?0[0-7]+", num_text)):
-        if spec.vartype != "integer":
-            return f"expected {_units_hint(spec)}"
-        num = float(int(num_text, 16 if is_hex else 8))
+        num = float(int(num_text, 16 if is_hex else 8))  # strtol and strtod both read hex
     else:
         num = float(num_text)
     if not unit:
