@@ -86,3 +86,28 @@ def test_a_renewal_that_raises_after_promotion_demotes(primary: PostgresControll
         assert v.in_recovery is True, "promoted without a confirmed lease and left writable"
     finally:
         teardown(r)
+
+
+def test_a_parameter_postgresql_refuses_shows_its_fatal_line_in_the_log_and_the_facts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A node-file parameter PostgreSQL rejects: the start fails with PostgreSQL's own reason,
+    logged by the agent and kept for /status (it used to be a bare "did not start")."""
+    port = free_port()
+    good = bootstrapped_primary(make_node_config(tmp_path, "n", port, free_port()))
+    good.stop("fast", 30)
+    bad = controller(make_node_config(tmp_path, "n", port, free_port(),
+                                      parameters={"max_connections": "lots"}))
+    try:
+        lease = LeaseKeeper()
+        lease.renewed(time.monotonic(), SETTINGS.ttl)
+        ex = _executor(bad, MemStore(), lease, tmp_path / "run")
+        with caplog.at_level("WARNING", logger="pgwarden"):
+            assert ex.run((StartPostgres("primary"),), None, bad.observe(2)) is False
+        cause = 'invalid value for parameter "max_connections": "lots"'
+        assert cause in ex.facts.start_error and "FATAL: configuration file" in ex.facts.start_error
+        assert "\n" not in ex.facts.start_error
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any(cause in m and "FATAL" in m for m in logged), logged
+        assert bad.postmaster_pid() is None
+    finally:
+        teardown(bad)

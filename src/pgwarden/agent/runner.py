@@ -280,6 +280,8 @@ class Agent:
 
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
+        if pgv.running:
+            self.facts.start_error = ""  # it started after all: the last failure is history
         now = time.monotonic()
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
@@ -366,6 +368,7 @@ class Agent:
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
+            start_error=self.facts.start_error,
         ))
 
 
