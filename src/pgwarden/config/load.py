@@ -17,7 +17,7 @@ import yaml
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import ClusterSettings, Credentials, NodeConfig, PgCredentials, password_problem
-from pgwarden.config.validate import validate
+from pgwarden.config.validate import shown, validate
 from pgwarden.core.settings import NODE_FILE_KEY, node_only
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -52,6 +52,16 @@ def parse_node_config(data: Any, source: str = "config") -> NodeConfig:
     return validate(NodeConfig, data, source)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's several-line error as one line: where, and what."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(p for p in (e.context, e.problem) if p) or "cannot parse"
+        return where + shown(what)
+    return shown(" ".join(str(e).split()))
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     p = Path(path)
     try:
@@ -61,7 +71,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(e)}") from None
     cfg = parse_node_config(data, str(p))
     check_password_files(cfg, str(p))
     return cfg

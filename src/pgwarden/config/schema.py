@@ -12,13 +12,14 @@ msgspec reports with the path of the offending mapping.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.validate import validate
+from pgwarden.config.validate import shown, unknown_keys, validate
 
 # The cluster-wide settings, their base and the safety constants live in the core (which depends
 # on nothing above it); named here too for the modules that read the whole configuration.
@@ -227,7 +228,10 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
     def initial_settings(self) -> ClusterSettings:
         bad = set(self.timing) - {"ttl", "loop_wait", "retry_timeout"}
         if bad:
-            raise ValueError(f"timing: unknown key(s) {sorted(bad)}; valid: ttl, loop_wait, retry_timeout")
+            raise ValueError(f"'timing': unknown key(s) {sorted(map(shown, bad))}; "
+                             f"valid: ttl, loop_wait, retry_timeout")
+        if unknown := unknown_keys(ClusterSettings, self.settings, ("settings",)):
+            raise ValueError("; ".join(unknown))  # one line, each key with its path
         merged: dict[str, Any] = {**self.settings, **self.timing}
         # The node's own parameters seed the cluster's, except those only a node's file may set:
         # they stay this node's (postgres/conf.py applies them), never reaching the store.
@@ -236,5 +240,15 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
             merged["parameters"] = {**seed, **merged.get("parameters", {})}
         try:
             return validate(ClusterSettings, merged, "settings")
-        except ConfigError as e:  # msgspec reports a ValueError from here with its path
-            raise ValueError(str(e).removeprefix("settings: ")) from None
+        except ConfigError as e:  # msgspec reports a ValueError from here, at the top level
+            raise ValueError(self._settings_origin(str(e).removeprefix("settings: "))) from None
+
+    def _settings_origin(self, msg: str) -> str:
+        """A problem of the merged settings, named by the node file key it came from."""
+        if m := re.match(r"'([^']*)': (.*)", msg, re.S):
+            head = m.group(1).split(".")[0]
+            origin = "timing" if head in self.timing else (
+                "postgresql" if head == "parameters" and "parameters" not in self.settings else "settings")
+            return f"'{origin}.{m.group(1)}': {m.group(2)}"
+        origin = "timing" if any(re.search(rf"\b{k}\b", msg) for k in self.timing) else "settings"
+        return f"'{origin}': {msg}"
