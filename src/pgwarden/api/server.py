@@ -164,13 +164,15 @@ class ApiServer:
                         log.debug("REST API: %d connections at the limit; shed %d waiting for a request",
                                   self._slots.limit, shed)
                     self._slots.wait_free(_FULL_POLL)
-                for key, _ in sel.select():
-                    if key.data is None:
-                        return
-                    try:
-                        key.data.accept()
-                    except Exception:
-                        log.exception("REST API: cannot accept a connection")
+                ready = sel.select()
+                if not ready:
+                    continue
+                if any(key.data is None for key, _ in ready):
+                    return
+                try:  # one connection per free slot: the loop checks for a slot again first
+                    ready[0][0].data.accept()
+                except Exception:
+                    log.exception("REST API: cannot accept a connection")
 
     def _add_routes(self) -> None:
         r = self._routes
