@@ -95,14 +95,31 @@ class Tricklers:
         self._thread.start()
 
     def _run(self) -> None:
-        live = list(self.socks)
-        while live and not self._stop.wait(self.every):
-            for s in list(live):
-                try:
-                    s.sendall(b"a")
-                except OSError:
-                    live.remove(s)
-                    self.dropped += 1
+        """A byte to each live socket every `every` seconds; a socket the server closed (EOF or
+        reset, seen as soon as it happens) counts as dropped."""
+        live = set(self.socks)
+        with selectors.DefaultSelector() as sel:
+            for s in live:
+                sel.register(s, selectors.EVENT_READ, s)
+            next_send = time.monotonic() + self.every
+            while live and not self._stop.is_set():
+                for key, _ in sel.select(timeout=max(0.0, min(next_send - time.monotonic(), 0.1))):
+                    s = key.data
+                    try:
+                        gone = s.recv(1) == b""
+                    except OSError:
+                        gone = True
+                    if gone:
+                        sel.unregister(s)
+                        live.discard(s)
+                        self.dropped += 1
+                if time.monotonic() >= next_send:
+                    next_send += self.every
+                    for s in list(live):
+                        try:
+                            s.sendall(b"a")
+                        except OSError:
+                            pass  # seen as gone by the read side
 
     def close(self) -> None:
         self._stop.set()
@@ -201,3 +218,16 @@ def test_a_request_in_progress_is_never_shed() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_with_the_defaults_a_byte_every_4_s_is_dropped_10_s_after_the_request_began(capped: Env) -> None:
+    """The issue's case with the shipped deadlines: each byte arrives well within any per-read
+    timeout, and the head's 10 s deadline still ends the connection."""
+    port = int(capped.server.url.rsplit(":", 1)[1])
+    started = time.monotonic()
+    tricklers = Tricklers(port, 1, every=4.0)
+    try:
+        wait_for(lambda: tricklers.dropped == 1, 20, "the trickler dropped")
+        assert 9.5 < time.monotonic() - started < 14
+    finally:
+        tricklers.close()

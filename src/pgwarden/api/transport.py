@@ -257,9 +257,10 @@ class Handler(socketserver.BaseRequestHandler):
             event = self._conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            if head and not self._got_bytes:
-                deadline = min(deadline, self._waiting_from + self._idle_timeout)
-            remaining = deadline - time.monotonic()
+            until = deadline
+            if head and not self._got_bytes:  # nothing of this request yet: the idle deadline
+                until = min(deadline, self._waiting_from + self._idle_timeout)
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the client took too long to send its request")
             self.request.settimeout(remaining)
