@@ -133,12 +133,13 @@ def test_health_checks_are_all_answered_while_tricklers_fill_the_api(capped: Env
     tricklers = Tricklers(port, 30, every=0.3)  # far more than the 8 slots
     try:
         wait_for(lambda: capped.server.connections == 8, 10, "the API full of tricklers")
-        peak = [0]
+        peak = [0, 0]  # connections, threads
         watching = threading.Event()
 
         def watch() -> None:
             while not watching.is_set():
-                peak[0] = max(peak[0], api_threads(), capped.server.connections)
+                peak[0] = max(peak[0], capped.server.connections)
+                peak[1] = max(peak[1], api_threads())
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -148,7 +149,8 @@ def test_health_checks_are_all_answered_while_tricklers_fill_the_api(capped: Env
         watching.set()
         watcher.join()
         assert statuses == [200] * 300, sorted(set(statuses))
-        assert peak[0] <= 8  # never more threads than the cap
+        assert peak[0] <= 8  # never more connections than the cap ...
+        assert peak[1] <= 8 + 2  # ... nor threads (one may still be exiting as its successor starts)
         assert time.monotonic() - started < 20
     finally:
         tricklers.close()
@@ -210,6 +212,8 @@ def test_a_request_in_progress_is_never_shed() -> None:
         busy = slots.take(a)
         busy.busy()
         waiting = slots.take(b)
+        assert slots.shed(time.monotonic() + 5) == 0  # its thread has not run yet: not shed
+        waiting.waiting()
         assert not slots.wait_free(0)
         assert slots.shed(time.monotonic() + 0.5) == 0  # nobody has waited long enough
         assert slots.shed(time.monotonic() + 5) == 1  # only the one waiting for a request

@@ -32,7 +32,9 @@ class Slot:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.waiting_since: float | None = time.monotonic()
+        # None until its thread first waits for a request: a connection accepted but whose thread
+        # has not run yet (a loaded machine) has not made anyone wait and is not shed.
+        self.waiting_since: float | None = None
 
     def waiting(self) -> None:
         self.waiting_since = time.monotonic()

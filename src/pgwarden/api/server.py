@@ -12,9 +12,6 @@ and threads; see there for why), JSON documents in views.py, request bodies in b
 from __future__ import annotations
 
 import logging
-import selectors
-import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,10 +19,10 @@ from typing import Any
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
-from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS, ConnectionSlots
+from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
+from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
-from pgwarden.api.transport import Listener
 from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, status_json
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
@@ -38,8 +35,6 @@ from pgwarden.store.cluster import ClusterStore
 
 log = logging.getLogger(__name__)
 
-_STOP_TIMEOUT = 10.0
-_FULL_POLL = 0.1  # while every connection slot is taken: how often to shed and check for stop()
 
 
 class ApiServerError(RuntimeError):
@@ -77,12 +72,7 @@ class ApiServer:
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
         # Our PostgreSQL's pg_settings, to check parameter values before they are stored.
         self._setting_specs = setting_specs
-        self._slots = ConnectionSlots(max_connections)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._servers: list[Listener] = []
-        self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._bound_port: int | None = None
+        self._service = HttpService(host, port, self.dispatch, max_connections=max_connections)
         self._routes: dict[str, dict[str, Route]] = {}
         self._add_routes()
 
@@ -90,89 +80,21 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port or self.port}"
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise ApiServerError("REST API already started")
-        try:
-            servers = self._listen()
-        except OSError as e:
-            reason = e.strerror or str(e)
-            raise ApiServerError(f"REST API cannot listen on {self.host}:{self.port}: {reason}") from e
-        self._servers = servers
-        self._bound_port = servers[0].server_port
-        self._wake = socket.socketpair()
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._accept_loop, args=(servers, self._wake[0]),
-                                        name="pgwarden-api", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        thread, wake, servers = self._thread, self._wake, self._servers
-        if thread is None or wake is None:
-            return
-        self._thread, self._wake, self._servers = None, None, []
-        self._stopping.set()
-        try:
-            wake[1].send(b"x")
-        except OSError:
-            pass
-        thread.join(_STOP_TIMEOUT)
-        for server in servers:
-            server.server_close()
-            server.end_connections()
-        for s in wake:
-            s.close()
-
-    def _listen(self) -> list[Listener]:
-        """A socket per address the host resolves to (an empty host: all of them, IPv4 and IPv6)."""
-        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        servers: list[Listener] = []
-        seen: set[tuple[Any, ...]] = set()
-        try:
-            for family, _, _, _, sockaddr in infos:
-                key = (family, *sockaddr[:2])
-                if key not in seen:
-                    seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch, self._slots))
-        except BaseException:
-            for server in servers:
-                server.server_close()
-            raise
-        return servers
+        return self._service.url
 
     @property
     def connections(self) -> int:
         """Connections open now (each has a thread)."""
-        return len(self._slots)
+        return self._service.connections
 
-    def _accept_loop(self, servers: list[Listener], wake: socket.socket) -> None:
-        """Accept while a connection slot is free; when none is, new connections wait in the
-        listen backlog and connections idling before a request head are shed (see limits.py)."""
-        with selectors.DefaultSelector() as sel:
-            for server in servers:
-                sel.register(server.socket, selectors.EVENT_READ, server)
-            sel.register(wake, selectors.EVENT_READ, None)
-            while True:
-                while not self._slots.wait_free(0):
-                    if self._stopping.is_set():
-                        return
-                    if shed := self._slots.shed(time.monotonic()):
-                        log.debug("REST API: %d connections at the limit; shed %d waiting for a request",
-                                  self._slots.limit, shed)
-                    self._slots.wait_free(_FULL_POLL)
-                ready = sel.select()
-                if not ready:
-                    continue
-                if any(key.data is None for key, _ in ready):
-                    return
-                try:  # one connection per free slot: the loop checks for a slot again first
-                    ready[0][0].data.accept()
-                except Exception:
-                    log.exception("REST API: cannot accept a connection")
+    def start(self) -> None:
+        try:
+            self._service.start()
+        except ServiceError as e:
+            raise ApiServerError(f"REST API {e}") from e
+
+    def stop(self) -> None:
+        self._service.stop()
 
     def _add_routes(self) -> None:
         r = self._routes
