@@ -32,9 +32,13 @@ def _addresses(cfg: NodeConfig, view: ClusterView) -> list[tuple[str, int]]:
 def fetch_specs(cfg: NodeConfig, addresses: Iterable[tuple[str, int]]) -> list[SettingSpec]:
     """pg_settings from the first of `addresses` that answers; CliError naming them all if none."""
     su = cfg.postgresql.superuser
+    try:
+        password = su.secret()
+    except ValueError as e:
+        raise CliError(f"postgresql.superuser: {e}") from None
     tried: list[str] = []
     for host, port in addresses:
-        params = sql.ConnParams(host=host, port=port, user=su.username, password=su.secret(),
+        params = sql.ConnParams(host=host, port=port, user=su.username, password=password,
                                 application_name="pgwarden-ctl")
         try:
             with sql.connect(params, CONNECT_TIMEOUT) as conn:
