@@ -17,7 +17,7 @@ connection is plenty, and blocking store calls can run in the request's own thre
 `store_timeout`.
 
 What this module still does itself:
-- sockets and threads: one accept thread in ApiServer (no polling: it sleeps until a connection or
+- sockets and threads: one accept thread in HttpService (service.py; it sleeps until a connection or
   stop()), a daemon thread per connection (pgwarden-api-N) that reads bytes and feeds them to h11;
 - limits: at most `restapi.max_connections` connections (limits.py: the rest wait in the
   listen backlog, and when full, connections waiting for a request head are shed), a 64 KiB
@@ -375,7 +375,7 @@ class Handler(socketserver.BaseRequestHandler):
 
 
 class Listener(socketserver.TCPServer):
-    """One listening socket. Connections are accepted by ApiServer's accept thread (which watches
+    """One listening socket. Connections are accepted by HttpService's accept thread (which watches
     every socket and a wake-up pipe, so it sleeps until there is work) and served on daemon threads
     named pgwarden-api-N."""
 
