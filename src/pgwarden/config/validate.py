@@ -104,11 +104,13 @@ def convert(model: type[T], data: Any) -> T:
 
 
 def validate(model: type[T], data: Any, source: str = "config") -> T:
-    """`data` as a `model`, or ConfigError naming every unknown key, or else the first problem."""
+    """`data` as a `model`, or a one-line ConfigError naming every unknown key, or else the first
+    problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys")
     if unknown := unknown_keys(model, data):
-        raise ConfigError("\n".join(f"{source}: {u}" for u in unknown))
+        # All of them (typos come in groups), on one line: "source: unknown key 'a' ...; unknown key 'b' ..."
+        raise ConfigError(f"{source}: " + "; ".join(unknown))
     try:
         return convert(model, data)
     except msgspec.ValidationError as e:
