@@ -31,8 +31,8 @@ def env() -> Iterator[Env]:
     ("PATCH", {"parameters": {"shared_buffers": "1kB"}},
      "parameters.shared_buffers: '1kB' is refused: 0 is outside the range 16 .. 1073741823 "
      "(in units of 8kB)"),
-    ("PATCH", {"parameters": {"wal_level": "archive"}},
-     "parameters.wal_level: 'archive' is refused: expected one of minimal, replica, logical"),
+    ("PATCH", {"parameters": {"wal_level": "physical"}},
+     "parameters.wal_level: 'physical' is refused: expected one of minimal, replica, logical"),
     ("PATCH", {"parameters": {"hot_standby": "perhaps"}}, "parameters.hot_standby: 'perhaps' is refused"),
     ("PATCH", {"parameters": {"max_conections": 10}}, "PostgreSQL has no parameter 'max_conections'"),
     ("PUT", {"parameters": {"work_mem": "8MB", "max_connections": "lots"}}, "parameters.max_connections"),

@@ -57,7 +57,7 @@ def test_a_stored_node_only_parameter_never_takes_effect(cluster: str, etcd: Etc
      "parameters.max_connections: 'lots' is refused: expected a number without a unit"),
     ("parameters.max_connections=0",
      "parameters.max_connections: '0' is refused: 0 is outside the range 1 .. "),
-    ("parameters.wal_level=archive", "expected one of minimal, replica, logical"),
+    ("parameters.wal_level=physical", "expected one of minimal, replica, logical"),
     ("parameters.work_mem=8 parsecs", "unknown unit 'parsecs'"),
     ("parameters.no_such_thing=1", "PostgreSQL has no parameter 'no_such_thing'"),
 ])

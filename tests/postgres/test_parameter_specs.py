@@ -23,10 +23,13 @@ pytestmark = [
 VALUES = ["0", "1", "-1", "100", "1.5", "0x10", "010", "1e3", "lots", "", " 7 ", "on", "OFF", "of", "o",
           "t", "yes", "2", "8MB", "8 MB", "8mb", "64kB", "1GB", "1TB", "100B", "10s", "10 min", "1h", "1d",
           "500us", "1.5s", "10ms", "3 parsecs", "local", "remote_apply", "notice", "NOTICE", "warning",
-          "nan", "inf", "99999999999999999999"]
+          "nan", "inf", "99999999999999999999", "debug", "info", "debug1", "log", "fatal", "panic"]
 PARAMETERS = ["work_mem", "statement_timeout", "lock_timeout", "random_page_cost", "enable_seqscan",
               "synchronous_commit", "client_min_messages", "vacuum_cost_delay", "temp_file_limit",
-              "extra_float_digits", "jit_above_cost", "idle_session_timeout", "cursor_tuple_fraction"]
+              "extra_float_digits", "jit_above_cost", "idle_session_timeout", "cursor_tuple_fraction",
+              "log_min_messages", "log_min_error_statement", "icu_validation_level", "bytea_output",
+              "default_transaction_isolation", "session_replication_role", "backslash_quote",
+              "constraint_exclusion", "xmloption", "track_functions"]
 
 
 @pytest.fixture(scope="module")
