@@ -122,3 +122,11 @@ def test_a_good_password_file_loads_and_the_api_one_is_checked_too(tmp_path: Pat
     path = write(tmp_path, {"superuser": SUPER, "replication": REPL},
                  restapi={"authentication": {"username": "admin", "password_file": str(empty)}})
     assert "restapi.authentication: password_file" in load_refusal(path)
+
+
+def test_a_store_password_file_is_checked_at_load_too(tmp_path: Path) -> None:
+    missing = tmp_path / "etcd-pw"
+    path = write(tmp_path, {"superuser": SUPER, "replication": REPL},
+                 store={"etcd": {"hosts": ["127.0.0.1:2379"],
+                                 "authentication": {"username": "pgwarden", "password_file": str(missing)}}})
+    assert load_refusal(path).startswith(f"{path}: store.etcd.authentication: cannot read password_file")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.ports import Clock, FencerPort, PostgresPort, RouterPort
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
 from pgwarden.core.history import merge_history
@@ -19,10 +20,8 @@ from pgwarden.core.model import (
     PgView,
     SyncConfig,
 )
-from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres.controller import PostgresController, PostgresError
+from pgwarden.postgres.controller import PostgresError
 from pgwarden.postgres.server import StartError
-from pgwarden.routing.router import PgBouncerRouter
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import dump_settings
@@ -72,15 +71,21 @@ class Executor:
     def __init__(
         self,
         cfg: NodeConfig,
-        pg: PostgresController,
+        pg: PostgresPort,
         store: ClusterStore,
         lease: LeaseKeeper,
-        fencer: Fencer,
+        fencer: FencerPort,
         facts: LocalFacts,
         settings: Callable[[], ClusterSettings],
         seed: ClusterSettings,
-        router: PgBouncerRouter | None = None,
+        router: RouterPort | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
     ) -> None:
+        # `clock` is read for every deadline (the lease's is on it), `wall` only for history
+        # entries; the scenario tests pass a simulated pair.
+        self.clock = clock
+        self.wall = wall
         self.router = router
         self.cfg = cfg
         self.pg = pg
@@ -95,7 +100,7 @@ class Executor:
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
         s = self.settings()
-        return self.lease.call_timeout(time.monotonic(), s.retry_timeout)
+        return self.lease.call_timeout(self.clock(), s.retry_timeout)
 
     def _lease_budget(self, cap: float, floor: float = 1.0) -> float:
         """Time left before the lease deadline, less what stopping PostgreSQL needs (rule 15).
@@ -103,7 +108,7 @@ class Executor:
         fencer stops the postmaster anyway."""
         if not self.lease.held:
             return cap
-        return max(floor, min(cap, self.lease.deadline - time.monotonic() - 0.5))
+        return max(floor, min(cap, self.lease.deadline - self.clock() - 0.5))
 
     def _arm(self, pm_pid: int | None) -> None:
         self.fencer.arm(self.lease.deadline, pm_pid)
@@ -127,9 +132,13 @@ class Executor:
         s = self.settings()
         match a:
             case A.RenewLease():
-                return self.renew(s)
+                # Not holding the lease, the key names us (the core asks only then), and our
+                # previous run left the fencer armed: it held the lease on this host, with a
+                # primary to fence. Take the key over from that run's lease (SAFETY rule 5; see
+                # docs/architecture.md, "Taking the leader key back after a restart").
+                return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
             case A.AcquireLease():
-                sent = time.monotonic()
+                sent = self.clock()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
                     log.info("lost the race for the leader lease")
                     return False
@@ -220,9 +229,9 @@ class Executor:
                 return self._publish_history(timeline, view)
             case A.HoldClients(until=until):
                 if self.router is not None:
-                    left = max(0.0, until - time.monotonic())
+                    left = max(0.0, until - self.clock())
                     # A pause that fails only costs clients an error: the switchover goes on.
-                    self.router.hand_over(min(self.router.cfg.pause_timeout, left))
+                    self.router.hand_over(min(self.router.pause_timeout, left))
                 return True
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
@@ -261,7 +270,7 @@ class Executor:
         (not just `held`, which a long stop can leave stale), with the fencer armed for that
         deadline before the postmaster exists; it finds the postmaster through postmaster.pid
         even before we learn its pid."""
-        now = time.monotonic()
+        now = self.clock()
         if not self.lease.valid(now):
             log.warning("not starting as primary: the lease is no longer valid")
             return False
@@ -276,7 +285,7 @@ class Executor:
     def _ensure_slots(self, names: frozenset[str], pgv: PgView) -> None:
         # A member's key vanishes while it is being cloned or restarted; keep its slot for
         # SLOT_RETENTION so it finds its WAL when it comes back.
-        now = time.monotonic()
+        now = self.clock()
         for n in names:
             self.facts.slot_seen[n] = now
         keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
@@ -286,10 +295,12 @@ class Executor:
             self.facts.slots = key
             self.facts.slots_checked = now
 
-    def renew(self, s: ClusterSettings) -> bool:
-        sent = time.monotonic()
-        ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout))
+    def renew(self, s: ClusterSettings, adopt: bool = False) -> bool:
+        sent = self.clock()
+        ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout), adopt)
         if ok:
+            if adopt:
+                log.info("took the leader key back from this agent's previous run")
             self.lease.renewed(sent, s.ttl)
             if self.fencer.armed:
                 self._arm(self.pg.postmaster_pid())
@@ -319,7 +330,7 @@ class Executor:
 
     def _publish_history(self, timeline: int, view: ClusterView | None) -> bool:
         entries = merge_history(self.pg.read_timeline_history(timeline), view.history if view else (),
-                                self.name, timeline, time.time())
+                                self.name, timeline, self.wall())
         self.store.set_history(entries, self._timeout())
         return True
 

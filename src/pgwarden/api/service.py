@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS, ConnectionSlots
@@ -32,10 +34,12 @@ class HttpService:
     """Serves `dispatch` on host:port, on threads of its own. `start()` returns once listening."""
 
     def __init__(self, host: str, port: int, dispatch: Route, *,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS) -> None:
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
         self.host = host
         self.port = port
         self.dispatch = dispatch
+        self.tls = tls  # None: plain HTTP; else HTTPS with the context it returns for each connection
         self._slots = ConnectionSlots(max_connections)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -46,7 +50,8 @@ class HttpService:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port or self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self._bound_port or self.port}"
 
     def start(self) -> None:
         if self._thread is not None:
@@ -94,7 +99,7 @@ class HttpService:
                 key = (family, *sockaddr[:2])
                 if key not in seen:
                     seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch, self._slots))
+                    servers.append(Listener(family, tuple(sockaddr), self.dispatch, self.tls, self._slots))
         except BaseException:
             for server in servers:
                 server.server_close()

@@ -84,6 +84,10 @@ def _credentials(cfg: NodeConfig) -> list[tuple[str, Credentials]]:
         found.append(("restapi.authentication", cfg.restapi.authentication))
     if cfg.pgbouncer is not None:
         found.append(("pgbouncer.admin", cfg.pgbouncer.admin))
+    for name in ("etcd", "zookeeper"):
+        backend = getattr(cfg.store, name)
+        if backend is not None and backend.authentication is not None:
+            found.append((f"store.{name}.authentication", backend.authentication))
     return found
 
 
