@@ -8,17 +8,22 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import urllib3
 
 from pgwarden.api import transport
 from pgwarden.api.limits import ConnectionSlots
 from pgwarden.api.server import ApiServer
+from pgwarden.tls.http import api_pool
 from tests.support.ports import free_port
+from tests.support.tls import make_pki
 from tests.support.wait import wait_for
 
 from .env import Env, make_env
 from .factory import PRIMARY
+from .https import start_https
 from .raw import closed, connect, read_reply, request
 
 CHECK = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -235,3 +240,22 @@ def test_with_the_defaults_a_byte_every_4_s_is_dropped_10_s_after_the_request_be
         assert 9.5 < time.monotonic() - started < 14
     finally:
         tricklers.close()
+
+
+def test_over_https_clients_stalling_their_handshake_give_way_at_the_cap(tmp_path: Path) -> None:
+    """A TLS handshake counts as waiting for a request: silent clients filling an HTTPS API's
+    slots are shed, and a health check (handshake and all) is answered."""
+    pki = make_pki(tmp_path)
+    server = start_https(pki.server(), max_connections=4)
+    port = int(server.url.rsplit(":", 1)[1])
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        wait_for(lambda: server.connections == 4, 10, "every slot taken by a silent client")
+        http = api_pool(pki.client(), retries=False, timeout=urllib3.Timeout(total=8))
+        started = time.monotonic()
+        assert http.request("GET", server.url + "/health").status == 200
+        assert time.monotonic() - started < 4
+    finally:
+        for s in silent:
+            s.close()
+        server.stop()
