@@ -14,10 +14,11 @@ from .env import Env, FakeCommands, seeded_store
 from .factory import PRIMARY
 
 
-def start_https(paths: TlsPaths, interval: float = 1.0) -> ApiServer:
+def start_https(paths: TlsPaths, interval: float = 1.0, max_connections: int = 64) -> ApiServer:
     holder, store, commands = StateHolder(), seeded_store(), FakeCommands()
     server = ApiServer("127.0.0.1", free_port(), holder, store, commands, "node1",
-                       store_timeout=2.0, tls=ContextSource(paths, server_context, interval))
+                       store_timeout=2.0, tls=ContextSource(paths, server_context, interval),
+                       max_connections=max_connections)
     server.start()
     Env(server, holder, store, commands, urllib3.PoolManager()).publish(PRIMARY)
     return server

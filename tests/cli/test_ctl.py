@@ -76,7 +76,8 @@ def test_show_config(node_file: Path) -> None:
     assert yaml.safe_load(r.out) == to_data(ClusterSettings())
 
 
-def test_edit_config_prints_diff_and_writes(node_file: Path, store: ClusterStore) -> None:
+def test_edit_config_prints_diff_and_writes(pg_node_file: Path, store: ClusterStore) -> None:
+    node_file = pg_node_file
     r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "ttl=10",
                 "--set", "parameters.work_mem=8MB", "--set", "synchronous_mode=on")
     assert r.code == 0, r.err

@@ -13,7 +13,10 @@ from pgwarden.config.load import parse_node_config
 from pgwarden.config.tls import VerifyClient
 from tests.support.tls import Pki, make_pki
 
-BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}
+CREDS = {"superuser": {"username": "postgres", "password": "super-s3cret"},
+         "replication": {"username": "replicator", "password": "repl-s3cret"}}
+BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}},
+        "postgresql": CREDS}
 
 
 @pytest.fixture
@@ -74,7 +77,7 @@ def test_verify_client_needs_a_ca_and_a_known_word(pki: Pki) -> None:
 
 
 def test_postgresql_tls_is_checked_the_same_way(pki: Pki) -> None:
-    doc = {**BASE, "postgresql": {"tls": {"certfile": str(pki.node.certfile),
+    doc = {**BASE, "postgresql": {**CREDS, "tls": {"certfile": str(pki.node.certfile),
                                           "keyfile": str(pki.other_ca.keyfile)}}}
     msg = refusal(doc)
     assert "postgresql.tls" in msg and "is not the private key of certfile" in msg

@@ -166,7 +166,7 @@ class Cluster:
 
     def conninfo(self, node: str) -> str:
         c = self.config(node)["postgresql"]
-        su = c.get("superuser", {"username": "postgres", "password": "postgres"})
+        su = c["superuser"]
         ssl = f" sslmode=verify-full sslrootcert={c['tls']['cafile']}" if c.get("tls") else ""
         return (f"host={c.get('listen_address', '127.0.0.1')} port={c['port']} user={su['username']} "
                 f"password={su['password']} dbname=postgres connect_timeout=2{ssl}")

@@ -21,6 +21,7 @@ from pgwarden.core.model import (
     SyncConfig,
 )
 from pgwarden.postgres.controller import PostgresError
+from pgwarden.postgres.server import StartError
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import dump_settings
@@ -52,6 +53,8 @@ class LocalFacts:
 
     rewind_failed: bool = False
     start_failures: int = 0
+    # Why the last start of PostgreSQL failed (its FATAL line), until one succeeds; for /status.
+    start_error: str = ""
     sync_applied: SyncConfig = NO_SYNC
     # The slot set last made sure of, for which postmaster, and when: a rewind, a re-clone or a
     # restart can take slots away while the wanted set stays the same.
@@ -118,6 +121,8 @@ class Executor:
                 ok = self._one(action, view, pgv)
             except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
+                if isinstance(e, StartError):
+                    self.facts.start_error = str(e)
                 ok = False
             if not ok:
                 return False

@@ -17,7 +17,7 @@ from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
-from pgwarden.agent.position import fresh_position
+from pgwarden.agent.position import SharedReading, fresh_position
 from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
@@ -91,7 +91,10 @@ class Agent:
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
-                             tls=self.api_tls)
+                             tls=self.api_tls, max_connections=cfg.restapi.max_connections,
+                             setting_specs=self.pg.setting_specs)
+        # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
+        self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -134,7 +137,7 @@ class Agent:
         return "reinitialize scheduled"
 
     def read_position(self, timeout: float) -> PeerReading:
-        return fresh_position(self.pg, self.cfg.name, timeout)
+        return self._position.read(timeout)
 
     def store_wakeup(self) -> None:
         self._wake.set()
@@ -286,6 +289,8 @@ class Agent:
 
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
+        if pgv.running:
+            self.facts.start_error = ""  # it started after all: the last failure is history
         now = time.monotonic()
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
@@ -372,6 +377,7 @@ class Agent:
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
+            start_error=self.facts.start_error,
         ))
 
 

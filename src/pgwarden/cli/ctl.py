@@ -27,6 +27,7 @@ from pgwarden.cli.output import (
     print_json,
     topology_tree,
 )
+from pgwarden.cli.param_check import ParameterCheck
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
@@ -274,9 +275,12 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_edit_config(args: argparse.Namespace, ctx: Ctx) -> int:
     assignments: list[str] = args.assignments
+    check = ParameterCheck(ctx.cfg, ctx.snapshot)  # values a PostgreSQL would refuse are not stored
 
     def change(s: ClusterSettings) -> ClusterSettings:
-        return apply_settings(s, assignments)
+        new = apply_settings(s, assignments)
+        check(s, new)
+        return new
 
     before, after = update_settings(ctx.store, change)
     if before == after:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from pgwarden.config.errors import ConfigError
@@ -249,7 +250,7 @@ def new_password() -> str:
 
 
 def default_os_user() -> str:
-    return PostgresConfig().os_user
+    return next(str(f.default) for f in msgspec.structs.fields(PostgresConfig) if f.name == "os_user")
 
 
 # -- the state file ------------------------------------------------------------------------------

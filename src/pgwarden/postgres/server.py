@@ -29,6 +29,7 @@ from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.model import DataState, SyncConfig
 from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
 from pgwarden.postgres import tls as pgtls
+from pgwarden.postgres.startlog import startup_failure
 from pgwarden.procinfo import pid_alive as _pid_alive
 
 log = logging.getLogger("pgwarden.postgres")
@@ -43,6 +44,10 @@ _MAX_SOCKET_PATH = 100
 
 class PostgresError(Exception):
     """A PostgreSQL operation failed; the message says which and why (log tail included)."""
+
+
+class StartError(PostgresError):
+    """pg_ctl start failed; the message carries PostgreSQL's own reason (its FATAL line)."""
 
 
 def _children(pid: int) -> list[int]:
@@ -344,7 +349,10 @@ class PostgresServer:
             log.warning("postmaster running but not ready after %gs (still recovering?)", wait_timeout)
             return
         out = "" if res is None else (res.stdout + res.stderr).strip()
-        raise PostgresError(f"PostgreSQL did not start: {out}\n{_tail(self.log_file)}")
+        tail = _tail(self.log_file)
+        log.debug("pg_ctl start failed: %s\n%s", out, tail)
+        why = startup_failure(tail) or " ".join(out.split()) or "pg_ctl start timed out"
+        raise StartError(f"PostgreSQL did not start: {why} (see {self.log_file})")
 
     def stop(self, mode: StopMode, timeout: float) -> None:
         """Stop in `mode`; past its share of `timeout` escalate to immediate, then SIGKILL the

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from pgwarden.core.model import ReplicationStat, lsn_to_int
+from pgwarden.core.parameters import SettingSpec
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,12 @@ def current_generation(conn: psycopg.Connection[Any]) -> str | None:
     """The `pgwarden.generation` marker of the configuration this session runs with."""
     row = conn.execute("SELECT current_setting('pgwarden.generation', true)").fetchone()
     return None if row is None else row[0]
+
+
+def setting_specs(conn: psycopg.Connection[Any]) -> list[SettingSpec]:
+    """The server's catalogue of parameters (pg_settings), for checking values before storing them."""
+    rows = conn.execute(
+        "SELECT name, vartype, unit, min_val, max_val, coalesce(enumvals, '{}'::text[]) FROM pg_settings"
+    ).fetchall()
+    return [SettingSpec(name, vartype, unit, low, high, tuple(enum))
+            for name, vartype, unit, low, high, enum in rows]

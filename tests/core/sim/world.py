@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pgwarden.agent.executor import Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
-from pgwarden.config.schema import EtcdConfig, NodeConfig, StoreConfig
+from pgwarden.config.schema import EtcdConfig, NodeConfig, PgCredentials, PostgresConfig, StoreConfig
 from pgwarden.core.actions import AcquireLease, Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
 from pgwarden.core.model import (
@@ -46,6 +46,11 @@ DT = 0.25
 SYSID = "7300000000000000001"
 CLUSTER = "sim"
 EPOCH = 1_700_000_000.0
+
+
+# The simulated nodes never connect: credentials only because a node file must name them.
+SIM_POSTGRES = PostgresConfig(superuser=PgCredentials(username="postgres", password="sim-super-pw"),
+                              replication=PgCredentials(username="replicator", password="sim-repl-pw"))
 
 
 class SimClock:
@@ -130,7 +135,8 @@ class World:
         store = ClusterStore(kv, clock=self.clock)
         lease, facts = LeaseKeeper(), LocalFacts()
         cfg = NodeConfig(cluster=CLUSTER, name=name, data_dir=Path("/nonexistent") / name,
-                         store=StoreConfig(etcd=EtcdConfig(hosts=["127.0.0.1:2379"])))
+                         store=StoreConfig(etcd=EtcdConfig(hosts=["127.0.0.1:2379"])),
+                         postgresql=SIM_POSTGRES)
         ex = Executor(cfg, pg, store, lease, fencer, facts, lambda: self.s, self.s,
                       clock=self.clock, wall=self.clock.wall)
         return Agent(kv, store, lease, facts, ex)
