@@ -40,7 +40,8 @@ SLOT_RETENTION = 600.0
 SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we know of changed
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
-BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState)
+BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
+               A.ExtendLease, A.WriteFailsafeMembers)
 
 
 class ActionFailed(Exception):
@@ -63,6 +64,9 @@ class LocalFacts:
     restart_pending: bool = False
     activity: str = ""
     history_published: int = 0
+    # Failsafe sets written since the last read that may have landed: (token written against,
+    # value). The runner drops an entry once a read shows the token moved (rule 17).
+    failsafe_pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
 
 class Executor:
@@ -123,10 +127,15 @@ class Executor:
         match a:
             case A.RenewLease():
                 return self.renew(s)
-            case A.AcquireLease():
+            case A.AcquireLease(not_after=not_after):
                 sent = time.monotonic()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
                     log.info("lost the race for the leader lease")
+                    return False
+                if not_after is not None and time.monotonic() > not_after:
+                    # Rule 17: the failsafe votes may have run out; nothing was promoted yet.
+                    log.warning("took the leader lease too late for the failsafe votes: releasing it")
+                    self.store.release_leader(self.name, self._timeout())
                     return False
                 self.lease.renewed(sent, s.ttl)
                 log.info("acquired the leader lease")
@@ -138,6 +147,19 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
+            case A.ExtendLease(deadline=deadline):
+                self.lease.extend(deadline)
+                if self.fencer.armed:
+                    self._arm(self.pg.postmaster_pid())
+                return True
+            case A.WriteFailsafeMembers(members=members, token=token):
+                entry = (token, members)
+                self.facts.failsafe_pending.append(entry)  # in doubt until a read shows the outcome
+                if not self.store.set_failsafe_members(members, token, self._timeout()):
+                    self.facts.failsafe_pending.remove(entry)  # a lost compare-and-swap never lands
+                    return False
+                log.info("failsafe members -> %s", ", ".join(sorted(members)) or "none")
+                return True
             case A.Promote(sync=sync_after):
                 return self._promote(s, pgv, sync_after)
             case A.Demote(upstream=upstream, reason=reason):

@@ -14,7 +14,9 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.core import candidates, sync
+from dataclasses import replace
+
+from pgwarden.core import candidates, failsafe, sync
 from pgwarden.core.actions import (
     AcquireLease,
     Action,
@@ -25,6 +27,7 @@ from pgwarden.core.actions import (
     Decision,
     Demote,
     EnsureSlots,
+    ExtendLease,
     Follow,
     HoldClients,
     Promote,
@@ -37,6 +40,7 @@ from pgwarden.core.actions import (
     StopPostgres,
     TakeInitLock,
     Upstream,
+    WriteFailsafeMembers,
 )
 from pgwarden.core.commands import local_command
 from pgwarden.core.leader_sync import leader_sync_actions
@@ -122,6 +126,12 @@ def _is_primary(obs: Observation) -> bool:
 def _store_unreachable(obs: Observation) -> Decision:
     if not _is_primary(obs):
         return Decision((), "store unreachable; replica keeps streaming")
+    # Rule 17: a majority confirmed; the deadline moves only if that still leaves time to stop.
+    extended = failsafe.extended_deadline(obs)
+    if extended is not None and extended > obs.lease.deadline and \
+            not lease_running_out(replace(obs, lease=replace(obs.lease, deadline=extended)), obs.settings):
+        return Decision((ExtendLease(extended),), f"store unreachable; failsafe: a majority confirms "
+                        f"us, leading for {extended - obs.now:.1f}s more")
     if obs.lease.held and not lease_running_out(obs, obs.settings):
         left = obs.lease.deadline - obs.now
         return Decision((), f"store unreachable; still leading for {left:.1f}s unless a renewal succeeds")
@@ -194,6 +204,9 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         if _is_primary(obs):
             return Decision((Demote(None, "leader key not renewable"),),
                             "our leader key could not be renewed: demoting first")
+        if view.failsafe_members:
+            # Rule 17: re-adopting would take the lease without the failsafe votes: let it expire.
+            return Decision((), "our stale leader key must expire first (failsafe on)")
         return Decision((RenewLease(),), "re-adopting our leader key")
     if _is_primary(obs) and _leader_must_demote(obs, settings):
         return Decision((Demote(None, "could not renew the lease in time"),),
@@ -238,6 +251,9 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         message += f"; {waiting}"
     slots = frozenset(n for n in view.members if n != obs.me.name)
     actions.append(EnsureSlots(slots))
+    members = failsafe.next_members(view, obs.me.name)
+    if members is not None:
+        actions.append(WriteFailsafeMembers(members, view.failsafe_token))
     return Decision(tuple(_dedup(actions)), message)
 
 
@@ -449,6 +465,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
     ok, why = sync.may_promote_stored(obs.me.name, view.sync, _synchronous(view), my_lsn, voters)
     if not ok:
         return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
+    if (bound := failsafe.candidate_refusal(obs, view)) is not None:
+        return Decision((), f"no leader; may not take the lease: {bound}")
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
     stalled = _stalled(obs, view.settings)
@@ -460,8 +478,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         top = candidates.best([me, *others])
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
-    steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
-                                                                          obs.me.name)))
+    after = sync.after_promotion(view.settings, view.sync, obs.me.name)
+    steps: tuple[Action, ...] = (AcquireLease(failsafe.acquire_not_after(obs, view)), Promote(after))
     message = note or "no leader; taking the lease and promoting"
     if view.failover is not None and view.failover.candidate != obs.me.name:
         # We act on our own after a request that did not come true: drop it, or the new leader
