@@ -1,0 +1,148 @@
+"""The majority failsafe (`failsafe: on`, SAFETY rule 17) on a real 3-node cluster: real etcd,
+PostgreSQL and agents in network namespaces (tests/faults/harness.py), writers committing all the
+time. The store is killed (SIGKILL, restarted later on the same data):
+
+(a) for 60 s: no write pause at all, and the same primary after;
+(b) and the primary cut off from both replicas: writes stop within ttl, nobody else promotes;
+(c) and one replica crashed: a majority is left, writes continue;
+(d) then back: normal leases resume, no failover.
+
+The tests share one cluster and run in order; each leaves it converged for the next."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+
+import pytest
+
+from pgwarden.local.layout import seed_settings
+from tests.faults.checker import Ack, concurrent_writers
+from tests.faults.harness import FaultCluster
+from tests.faults.workload import Workload
+from tests.support.netns import Network, unavailable_reason
+from tests.support.wait import wait_for
+
+pytestmark = pytest.mark.integration
+
+OUTAGE = 60.0
+# Longest gap between two acknowledged commits that still counts as "no pause": a commit every
+# few milliseconds normally, a loaded 2-CPU machine can stall a writer for a moment.
+NO_PAUSE = 1.5
+
+
+@pytest.fixture(scope="module")
+def cl() -> Iterator[FaultCluster]:
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"needs network namespaces: {reason}")
+    with Network() as net:
+        c = FaultCluster(net)
+        c.settings = seed_settings(None, ("failsafe=on",))
+        try:
+            c.start()
+            yield c
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def work(cl: FaultCluster) -> Iterator[Workload]:
+    w = Workload(cl.dsn(), writers=2, max_seconds=600)
+    w.prepare()
+    w.start()
+    try:
+        wait_for(lambda: w.last_ack_after(time.monotonic() - 0.5), 20, "writes flowing")
+        yield w
+    finally:
+        w.stop()
+        assert not concurrent_writers(w.acks), "two servers acknowledged commits at the same time"
+
+
+def recover(cl: FaultCluster) -> None:
+    cl.heal()
+    if not cl.store_running():
+        cl.start_store()
+    for n in cl.names:
+        if not cl.agent_alive(n):
+            cl.start_agent(n)
+    problems = cl.wait_converged(120)
+    assert not problems, problems
+
+
+def gaps(acks: list[Ack], start: float, end: float) -> float:
+    """The longest stretch in [start, end] without an acknowledged commit."""
+    times = [start, *(a.at for a in acks if start <= a.at <= end), end]
+    return max(b - a for a, b in pairwise(times))
+
+
+def timeline(cl: FaultCluster, node: str) -> int | None:
+    st = cl.status(node)
+    return st.get("timeline") if st else None
+
+
+def test_a_store_outage_under_writers_pauses_no_write_and_the_store_back_changes_nothing(
+        cl: FaultCluster, work: Workload) -> None:
+    primary = cl.wait_primary(30)
+    assert primary is not None
+    tl = timeline(cl, primary)
+    cl.kill_store()
+    down = time.monotonic()
+    try:
+        while time.monotonic() < down + OUTAGE:
+            time.sleep(1.0)
+            assert cl.primary() == primary, f"{primary} stopped leading {time.monotonic() - down:.0f}s in"
+        longest = gaps(work.acks, down, time.monotonic())
+        assert longest <= NO_PAUSE, f"writes paused for {longest:.1f}s while the store was down"
+    finally:
+        cl.start_store()
+    back = time.monotonic()
+    # (d) normal leases resume: the same primary, on the same timeline, no failover; writes go on.
+    time.sleep(3 * cl.ttl)
+    assert cl.primary() == primary and timeline(cl, primary) == tl
+    assert not cl.wait_converged(30)
+    longest = gaps(work.acks, back, time.monotonic())
+    assert longest <= NO_PAUSE, f"writes paused for {longest:.1f}s after the store came back"
+
+
+def test_a_primary_cut_off_from_both_replicas_stops_within_ttl_and_nobody_promotes(
+        cl: FaultCluster, work: Workload) -> None:
+    primary = cl.wait_primary(30)
+    assert primary is not None
+    replicas = [n for n in cl.names if n != primary]
+    cl.kill_store()
+    try:
+        time.sleep(cl.ttl)  # the failsafe carries the primary past its lease
+        assert cl.primary() == primary
+        cl.cut_from_peers(primary)
+        cut = time.monotonic()
+        time.sleep(cl.ttl + 1.0)
+        late = [a for a in work.acks if a.at > cut + cl.ttl]
+        assert not late, f"{len(late)} commits acknowledged more than ttl after the cut"
+        # Nobody else promotes while the store is down (nobody could take the lease anyway) ...
+        time.sleep(2 * cl.ttl)
+        for n in replicas:
+            st = cl.status(n)
+            assert st is not None and st["role"] == "replica", (n, st)
+    finally:
+        recover(cl)
+    assert cl.wait_primary(60) is not None
+
+
+def test_a_store_outage_with_one_replica_lost_keeps_a_majority_writing(
+        cl: FaultCluster, work: Workload) -> None:
+    primary = cl.wait_primary(30)
+    assert primary is not None
+    lost = next(n for n in cl.names if n != primary)
+    cl.kill_store()
+    cl.crash(lost)
+    down = time.monotonic()
+    try:
+        time.sleep(5 * cl.ttl)
+        assert cl.primary() == primary
+        longest = gaps(work.acks, down, time.monotonic())
+        assert longest <= NO_PAUSE, f"writes paused for {longest:.1f}s with a majority left"
+    finally:
+        recover(cl)
+    assert cl.primary() == primary
