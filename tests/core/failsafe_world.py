@@ -145,11 +145,12 @@ class World:
                       streaming=not node.primary)
 
     def member_state(self, m: Node, reachable: bool) -> failsafe.MemberState:
+        named = self.store.key(self.t) if reachable else None
         v = m.last_view
         leader = v.leader.name if v is not None and v.leader is not None else None
         lm = v.members.get(leader) if v is not None and leader is not None else None
         return failsafe.MemberState(
-            name=m.name, failsafe_on=True, store_reachable=reachable, leader=leader,
+            name=m.name, failsafe_on=True, store_reachable=reachable, store_leader=named, leader=leader,
             leader_timeline=lm.timeline if lm is not None else None, primary=m.primary or m.held,
             ttl=SETTINGS.ttl, bound_until=m.bound_until, voted_until=m.voted_until)
 

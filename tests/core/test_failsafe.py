@@ -85,7 +85,8 @@ def test_the_leader_fills_the_failsafe_set_then_grows_it_one_member_at_a_time() 
 
 
 def member_state(**kw: object) -> failsafe.MemberState:
-    base: dict[str, object] = dict(name="n2", failsafe_on=True, store_reachable=False, leader="n1",
+    base: dict[str, object] = dict(name="n2", failsafe_on=True, store_reachable=False, store_leader=None,
+                                   leader="n1",
                                    leader_timeline=3, primary=False, ttl=4.0, bound_until=0.0,
                                    voted_until=0.0)
     base.update(kw)
@@ -97,11 +98,17 @@ def test_a_member_confirms_only_a_leader_it_follows_while_it_cannot_reach_the_st
     assert until == 100.0 + 4.0 + LEASE_MARGIN
     refusals = [
         (member_state(failsafe_on=False), "n1", 3), (member_state(store_reachable=True), "n1", 3),
+        (member_state(store_reachable=True, store_leader="n3"), "n1", 3),
         (member_state(), "n3", 3), (member_state(), "n1", 2), (member_state(), "n1", None),
         (member_state(primary=True), "n1", 3), (member_state(voted_until=100.5), "n1", 3),
     ]
     for st_, leader, tl in refusals:
         assert failsafe.confirm(st_, leader, tl, 4.0, 100.0)[0] is None, (st_, leader, tl)
+
+
+def test_a_member_the_store_came_back_to_first_confirms_the_leader_it_still_names() -> None:
+    until, _ = failsafe.confirm(member_state(store_reachable=True, store_leader="n1"), "n1", 3, 4.0, 100.0)
+    assert until == 100.0 + 4.0 + LEASE_MARGIN
 
 
 def test_a_confirmation_binds_for_the_longer_ttl() -> None:

@@ -42,6 +42,9 @@ def cl() -> Iterator[FaultCluster]:
         c.settings = seed_settings(None, ("failsafe=on",))
         try:
             c.start()
+            # The leader fills the store's failsafe set, then reads it back: only then does it count.
+            wait_for(lambda: all((c.status(n) or {}).get("failsafe_members") == c.names for n in c.names),
+                     30, "the failsafe set in every member's view")
             yield c
         finally:
             c.close()

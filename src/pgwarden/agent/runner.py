@@ -133,18 +133,20 @@ class Agent:
         primary = self.lease.held or (pgv is not None and pgv.running and pgv.in_recovery is False)
         return failsafe.MemberState(
             name=self.cfg.name, failsafe_on=s.failsafe_on, store_reachable=store_reachable,
-            leader=leader, leader_timeline=lm.timeline if lm is not None else None, primary=primary,
-            ttl=s.ttl, bound_until=self.failsafe.bound_until, voted_until=self.failsafe.voted_until)
+            store_leader=None, leader=leader, leader_timeline=lm.timeline if lm is not None else None,
+            primary=primary, ttl=s.ttl, bound_until=self.failsafe.bound_until,
+            voted_until=self.failsafe.voted_until)
 
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
         """A leader asks whether we too cannot reach the store and still follow it."""
         try:  # our own reading now, within the leader's answer window
-            self.api_store.snapshot(failsafe.CONFIRM_WINDOW / 2)
-            reachable = True
+            fresh = self.api_store.snapshot(failsafe.CONFIRM_WINDOW / 2)
+            reachable, named = True, fresh.leader.name if fresh.leader is not None else None
         except StoreError:
-            reachable = False
+            reachable, named = False, None
         ok, why = self.failsafe.confirm(
-            lambda bound, voted: replace(self._member_state(reachable), bound_until=bound, voted_until=voted),
+            lambda bound, voted: replace(self._member_state(reachable), store_leader=named, bound_until=bound,
+                                         voted_until=voted),
             leader, timeline, ttl)
         log.log(logging.DEBUG if ok else logging.INFO, "failsafe confirmation for %s: %s", leader, why)
         return ok, why

@@ -4,7 +4,8 @@ lease for itself, no vote for anyone — until its confirmation has run out.
 
 Three kinds of promise, each on the giver's own monotonic clock:
 
-* a **confirmation** (member -> leader L, the store unreachable to both): the member follows L and
+* a **confirmation** (member -> leader L, the store unreachable to L, and to the member too or
+  still naming L there): the member follows L and
   will not vote or take the lease until `received_at + ttl + LEASE_MARGIN`; L, which sent the
   request at `sent_at`, may write until `sent_at + ttl - LEASE_MARGIN` if a majority of every set
   in `failsafe_sets` confirmed within `CONFIRM_WINDOW` of sending, and only if it sent the requests
@@ -117,6 +118,7 @@ class MemberState:
     name: str
     failsafe_on: bool
     store_reachable: bool
+    store_leader: str | None  # the leader a store read just taken names (unreachable: None)
     leader: str | None  # in its last snapshot
     leader_timeline: int | None  # the leader's published timeline in that snapshot
     primary: bool  # its PostgreSQL runs as a primary, or it holds the lease
@@ -130,8 +132,10 @@ def confirm(st: MemberState, leader: str, timeline: int | None, requested_ttl: f
     """(bound until, reason): None when the member refuses to confirm `leader`."""
     if not st.failsafe_on:
         return None, "failsafe is off here"
-    if st.store_reachable:
-        return None, "the store answers here"
+    if st.store_reachable and st.store_leader != leader:
+        # The store answers and no longer names it: nothing left to bridge. (When it does name
+        # it, the store came back to us first: confirming keeps a healthy leader from demoting.)
+        return None, f"the store answers here and names {st.store_leader or 'no leader'}"
     if st.leader != leader:
         return None, f"this member follows {st.leader or 'no leader'}"
     if timeline is None or st.leader_timeline != timeline:
