@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from itertools import pairwise
 
+import psycopg
 import pytest
 
 from pgwarden.local.layout import seed_settings
 from tests.faults.checker import Ack, concurrent_writers
 from tests.faults.harness import FaultCluster
-from tests.faults.workload import Workload
+from tests.faults.workload import TABLE, Workload
 from tests.support.netns import Network, unavailable_reason
 from tests.support.wait import wait_for
 
@@ -54,6 +55,8 @@ def cl() -> Iterator[FaultCluster]:
 def work(cl: FaultCluster) -> Iterator[Workload]:
     w = Workload(cl.dsn(), writers=2, max_seconds=600)
     w.prepare()
+    with psycopg.connect(cl.dsn(), autocommit=True) as c:
+        c.execute(f"TRUNCATE {TABLE}")  # each test's writers number their rows from the start again
     w.start()
     try:
         wait_for(lambda: w.last_ack_after(time.monotonic() - 0.5), 20, "writes flowing")
