@@ -7,10 +7,13 @@ time. The store is killed (SIGKILL, restarted later on the same data):
 (c) and one replica crashed: a majority is left, writes continue;
 (d) then back: normal leases resume, no failover.
 
-The tests share one cluster and run in order; each leaves it converged for the next."""
+The tests share one cluster and run in order; each leaves it converged for the next. A last one
+runs `pgwarden local up --set failsafe=on` on loopback and SIGSTOPs its etcd instead."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -22,8 +25,10 @@ from pgwarden.local.layout import seed_settings
 from tests.faults.checker import Ack, concurrent_writers
 from tests.faults.harness import FaultCluster
 from tests.faults.workload import TABLE, Workload
+from tests.support.cluster import Cluster
 from tests.support.netns import Network, unavailable_reason
 from tests.support.wait import wait_for
+from tests.support.writer import Writer
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +157,35 @@ def test_a_store_outage_with_one_replica_lost_keeps_a_majority_writing(
     finally:
         recover(cl)
     assert cl.primary() == primary
+
+
+def test_local_up_with_failsafe_on_writes_through_a_sigstopped_etcd() -> None:
+    """The way a benchmark drives it: `pgwarden local up --set failsafe=on`, SIGSTOP the etcd it
+    started (its pid is in state.json), SIGCONT later. Connections to the store hang rather than
+    being refused: every store call runs into its deadline."""
+    with Cluster("failsafe", sets=("failsafe=on",)) as lc:
+        primary = lc.wait_primary()
+        lc.wait_replicas([n for n in lc.names if n != primary])
+        wait_for(lambda: all((lc.status(n) or {}).get("failsafe_members") == lc.names for n in lc.names),
+                 30, "the failsafe set in every member's view")
+        w = Writer(lc.dsn(), table="failsafe_acks")
+        w.prepare()
+        w.start(max_seconds=120)
+        try:
+            wait_for(lambda: len(w.acks) > 20, 20, "writes flowing")
+            etcd = lc.etcd_pid()
+            os.kill(etcd, signal.SIGSTOP)
+            stopped = time.monotonic()
+            try:
+                time.sleep(20.0)
+                assert lc.primaries() == [primary]
+            finally:
+                os.kill(etcd, signal.SIGCONT)
+            time.sleep(2 * 4.0)
+            assert lc.primaries() == [primary]
+        finally:
+            w.stop()
+        during = [a.at for a in w.acks if a.at >= stopped]
+        longest = max(b - a for a, b in pairwise([stopped, *during]))
+        assert longest <= NO_PAUSE, f"writes paused for {longest:.1f}s around the store outage"
+        assert {a.timeline for a in w.acks} == {w.acks[0].timeline}, "a new timeline: a failover happened"
