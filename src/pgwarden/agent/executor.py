@@ -92,6 +92,7 @@ class Executor:
         self.settings = settings
         self.seed = seed
         self.name = cfg.name
+        self.store_failed = False  # the last run() ended on a store error
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -111,10 +112,15 @@ class Executor:
 
     def run(self, actions: tuple[A.Action, ...], view: ClusterView | None, pgv: PgView) -> bool:
         """Execute in order; False as soon as one fails (the rest assumed it succeeded)."""
+        self.store_failed = False
         for action in actions:
             try:
                 ok = self._one(action, view, pgv)
-            except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
+            except StoreError as e:
+                self.store_failed = True  # the runner spares the lease the rest of this loop's calls
+                log.warning("%s failed: %s", type(action).__name__, e)
+                ok = False
+            except (PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
                 ok = False
             if not ok:

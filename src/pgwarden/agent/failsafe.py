@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import urllib3
@@ -65,6 +65,12 @@ class FailsafeClient:
             self._headers["Authorization"] = auth_header
         self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="failsafe")
+        self._rounds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="failsafe-round")
+
+    def submit_confirmations(self, members: Iterable[MemberInfo], leader: str, timeline: int | None,
+                             ttl: float) -> Future[FailsafeRound]:
+        """`confirmations` on a thread of its own (its result within CONFIRM_WINDOW and a little)."""
+        return self._rounds.submit(self.confirmations, list(members), leader, timeline, ttl)
 
     def confirmations(self, members: Iterable[MemberInfo], leader: str, timeline: int | None,
                       ttl: float) -> FailsafeRound:
@@ -114,5 +120,6 @@ class FailsafeClient:
         return d.get(field) is True, answered_at
 
     def close(self) -> None:
+        self._rounds.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.clear()

@@ -9,6 +9,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -99,6 +100,7 @@ class Agent:
         # Rule 17: the promises we gave (written by the API thread) and the client asking others.
         self.failsafe = FailsafeLedger()
         self.failsafe_client = FailsafeClient(basic_header(*api_auth) if api_auth is not None else None)
+        self._store_trouble = False  # a store call failed last loop
 
     def settings(self) -> ClusterSettings:
         return self._settings
@@ -262,6 +264,9 @@ class Agent:
             log.error("cannot start the fencer: %s", e)
         now = time.monotonic()
         pgv = self._observe_pg(s)
+        # A store that hung last loop may have used up most of the lease: ask for confirmations
+        # while the store read runs, not after it failed too (rule 17).
+        early = self._confirmation_round(pgv, s) if self._store_trouble else None
         view = self._snapshot(now)
         if view is not None:
             self._adopt_settings(view)
@@ -272,7 +277,7 @@ class Agent:
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
             peers = self.peers.read(others, min(1.0, s.retry_timeout))
-        fs_round, fs_votes = self._failsafe_asks(view, pgv, s)
+        fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early)
         mono = time.monotonic()
         if view is not None:
             self._waits.saw(view, mono)
@@ -285,6 +290,7 @@ class Agent:
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
         )
+        trouble = view is None
         decision = decide(obs)
         if decision.message != self._message:
             log.info("%s", decision.message)
@@ -298,6 +304,7 @@ class Agent:
                     # slot only for members whose key it sees, and we need ours to stream.
                     self._publish_member(pgv, view)
             self.exec.run(decision.actions, view, pgv)
+            trouble = trouble or self.exec.store_failed
             if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
                 # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
                 # than a stop, rewind and start on every loop while the cause persists.
@@ -309,8 +316,9 @@ class Agent:
             self.router.follow((self.me.host, self.me.port) if leading else None)
         self.facts.activity = ""
         store_ok = view is not None
-        if view is not None:
+        if view is not None and not trouble:  # after a store call timed out, spare the lease
             store_ok = self._publish_member(pgv, view)
+        self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
 
     def _failsafe_sets(self) -> tuple[frozenset[str], ...]:
@@ -323,16 +331,25 @@ class Agent:
         pending[:] = [p for p in pending if p[0] == view.failsafe_token]
         return (view.failsafe_members, *(m for _, m in self.facts.failsafe_pending))
 
-    def _failsafe_asks(self, view: ClusterView | None, pgv: PgView,
-                       s: ClusterSettings) -> tuple[FailsafeRound | None, frozenset[str] | None]:
-        """Rule 17's exchanges for this loop: as a leader cut off from the store, a confirmation
-        round; as a leaderless candidate under a failsafe set, votes."""
+    def _confirmation_round(self, pgv: PgView, s: ClusterSettings) -> Future[FailsafeRound] | None:
+        """As a leader with failsafe on and a valid lease: ask the failsafe members to confirm us."""
         last = self._view
-        if view is None and s.failsafe_on and last is not None and self.lease.valid(time.monotonic()) \
-                and pgv.running and pgv.in_recovery is False:
-            names = frozenset().union(*self._failsafe_sets()) - {self.cfg.name}
-            others = [m for n, m in last.members.items() if n in names]
-            return self.failsafe_client.confirmations(others, self.cfg.name, pgv.timeline, s.ttl), None
+        if not s.failsafe_on or last is None or not self.lease.valid(time.monotonic()) or \
+                not (pgv.running and pgv.in_recovery is False):
+            return None
+        names = frozenset().union(*self._failsafe_sets()) - {self.cfg.name}
+        others = [m for n, m in last.members.items() if n in names]
+        return self.failsafe_client.submit_confirmations(others, self.cfg.name, pgv.timeline, s.ttl)
+
+    def _failsafe_asks(
+            self, view: ClusterView | None, pgv: PgView, s: ClusterSettings,
+            early: Future[FailsafeRound] | None) -> tuple[FailsafeRound | None, frozenset[str] | None]:
+        """Rule 17's exchanges for this loop: as a leader cut off from the store, a confirmation
+        round (`early`, if one was started before the store read); as a leaderless candidate under
+        a failsafe set, votes."""
+        if view is None:
+            asked = early if early is not None else self._confirmation_round(pgv, s)
+            return (asked.result() if asked is not None else None), None
         # Only a node that could promote asks: each vote keeps its giver from confirming a leader.
         could = pgv.running and pgv.healthy and pgv.in_recovery is True and not s.paused
         if could and view is not None and view.leader is None and view.failsafe_members and \
