@@ -49,7 +49,7 @@ class Node:
     frozen_until: float = 0.0
     last_view: ClusterView | None = None
     bound_until: float = 0.0  # local
-    voted_until: float = 0.0  # local
+    votes: dict[str, float] = field(default_factory=dict)  # candidate -> until (local)
     pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
     def clock(self, t: float) -> float:
@@ -152,7 +152,7 @@ class World:
         return failsafe.MemberState(
             name=m.name, failsafe_on=True, store_reachable=reachable, store_leader=named, leader=leader,
             leader_timeline=lm.timeline if lm is not None else None, primary=m.primary or m.held,
-            ttl=SETTINGS.ttl, bound_until=m.bound_until, voted_until=m.voted_until)
+            ttl=SETTINGS.ttl, bound_until=m.bound_until, votes=dict(m.votes))
 
     def _confirm_round(self, node: Node, local: float) -> FailsafeRound:
         sets = self._sets(node)
@@ -177,8 +177,8 @@ class World:
         if not view.failsafe_members or node.primary or node.clock(self.t) < node.bound_until:
             return None
         got = {node.name}
-        node.voted_until = max(node.voted_until, failsafe.binding_until(node.clock(self.t), SETTINGS.ttl,
-                                                                         SETTINGS.ttl))
+        mine = failsafe.binding_until(node.clock(self.t), SETTINGS.ttl, SETTINGS.ttl)
+        node.votes[node.name] = max(node.votes.get(node.name, 0.0), mine)
         for name in view.failsafe_members - {node.name}:
             m = self.nodes[name]
             if not self.linked(node.name, name) or self.t < m.frozen_until:
@@ -186,7 +186,7 @@ class World:
             at = self.t + self.rng.uniform(0, self.max_delay)
             until, _ = failsafe.vote(self.member_state(m, True), node.name, SETTINGS.ttl, m.clock(at))
             if until is not None:
-                m.voted_until = max(m.voted_until, until)
+                m.votes[node.name] = max(m.votes.get(node.name, 0.0), until)
                 got.add(name)
         return frozenset(got)
 

@@ -23,7 +23,8 @@ log = logging.getLogger("pgwarden.failsafe")
 
 class FailsafeLedger:
     """The promises this member has given, on its own monotonic clock. A confirmation binds it
-    (no lease, no vote) until `bound_until`; a vote forbids confirming until `voted_until`. Both
+    (no lease, no vote) until `bound_until`; a vote for X forbids confirming any leader but X until
+    `votes[X]`. Both
     checks and the update happen under one lock, so a confirmation and a vote arriving together
     cannot both be given against each other's promise."""
 
@@ -31,13 +32,13 @@ class FailsafeLedger:
         self._lock = threading.Lock()
         self.bound_until = 0.0
         self.bound_to: str | None = None
-        self.voted_until = 0.0
+        self.votes: dict[str, float] = {}
 
-    def confirm(self, state: Callable[[float, float], failsafe.MemberState], leader: str,
+    def confirm(self, state: Callable[[float, dict[str, float]], failsafe.MemberState], leader: str,
                 timeline: int | None, ttl: float) -> tuple[bool, str]:
         with self._lock:
             now = time.monotonic()
-            st = state(self.bound_until, self.voted_until)
+            st = state(self.bound_until, dict(self.votes))
             until, why = failsafe.confirm(st, leader, timeline, ttl, now)
             if until is None:
                 return False, why
@@ -45,14 +46,15 @@ class FailsafeLedger:
                 self.bound_until, self.bound_to = until, leader
             return True, why
 
-    def vote(self, state: Callable[[float, float], failsafe.MemberState], candidate: str,
+    def vote(self, state: Callable[[float, dict[str, float]], failsafe.MemberState], candidate: str,
              ttl: float) -> tuple[bool, str]:
         with self._lock:
             now = time.monotonic()
-            until, why = failsafe.vote(state(self.bound_until, self.voted_until), candidate, ttl, now)
+            until, why = failsafe.vote(state(self.bound_until, dict(self.votes)), candidate, ttl, now)
             if until is None:
                 return False, why
-            self.voted_until = max(self.voted_until, until)
+            self.votes = {c: u for c, u in self.votes.items() if u > now}  # forget spent votes
+            self.votes[candidate] = max(self.votes.get(candidate, 0.0), until)
             return True, why
 
 

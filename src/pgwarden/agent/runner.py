@@ -136,8 +136,7 @@ class Agent:
         return failsafe.MemberState(
             name=self.cfg.name, failsafe_on=s.failsafe_on, store_reachable=store_reachable,
             store_leader=None, leader=leader, leader_timeline=lm.timeline if lm is not None else None,
-            primary=primary, ttl=s.ttl, bound_until=self.failsafe.bound_until,
-            voted_until=self.failsafe.voted_until)
+            primary=primary, ttl=s.ttl, bound_until=self.failsafe.bound_until)
 
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
         """A leader asks whether we too cannot reach the store and still follow it."""
@@ -147,8 +146,8 @@ class Agent:
         except StoreError:
             reachable, named = False, None
         ok, why = self.failsafe.confirm(
-            lambda bound, voted: replace(self._member_state(reachable), store_leader=named, bound_until=bound,
-                                         voted_until=voted),
+            lambda bound, votes: replace(self._member_state(reachable), store_leader=named, bound_until=bound,
+                                         votes=votes),
             leader, timeline, ttl)
         log.log(logging.DEBUG if ok else logging.INFO, "failsafe confirmation for %s: %s", leader, why)
         return ok, why
@@ -156,7 +155,7 @@ class Agent:
     def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
         """A leaderless candidate asks us to promise not to confirm any leader for a while."""
         ok, why = self.failsafe.vote(
-            lambda bound, voted: replace(self._member_state(False), bound_until=bound, voted_until=voted),
+            lambda bound, votes: replace(self._member_state(False), bound_until=bound, votes=votes),
             candidate, ttl)
         log.info("failsafe vote for %s: %s", candidate, why)
         return ok, why

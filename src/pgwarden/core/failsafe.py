@@ -12,7 +12,7 @@ Three kinds of promise, each on the giver's own monotonic clock:
   while its permission (lease or earlier failsafe) still held: a lapsed permission never comes back
   without the store;
 * a **vote** (member -> leaderless candidate X, while the stored failsafe set is non-empty): the
-  member will not confirm any leader until `received_at + ttl + LEASE_MARGIN`. X takes the lease
+  member will not confirm any leader but X until `received_at + ttl + LEASE_MARGIN`. X takes the lease
   only with votes from a majority of that set (itself included) and only within
   `ttl - LEASE_MARGIN` of reading the store. Votes do not exclude one another: two candidates are
   told apart by the store's compare-and-swap, as ever;
@@ -24,8 +24,8 @@ Three kinds of promise, each on the giver's own monotonic clock:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from pgwarden.core.model import ClusterView, Observation
 from pgwarden.core.settings import LEASE_MARGIN
@@ -124,7 +124,7 @@ class MemberState:
     primary: bool  # its PostgreSQL runs as a primary, or it holds the lease
     ttl: float
     bound_until: float  # its confirmation in force (0: none)
-    voted_until: float  # its votes in force (0: none)
+    votes: Mapping[str, float] = field(default_factory=dict)  # candidate -> until when its vote holds
 
 
 def confirm(st: MemberState, leader: str, timeline: int | None, requested_ttl: float,
@@ -142,8 +142,10 @@ def confirm(st: MemberState, leader: str, timeline: int | None, requested_ttl: f
         return None, f"{leader} was on timeline {st.leader_timeline} here, not {timeline}"
     if st.primary:
         return None, "this member runs as a primary"
-    if now < st.voted_until:
-        return None, f"this member voted for a candidate ({st.voted_until - now:.1f}s left)"
+    # A vote for the leader itself (it was the candidate we helped) does not stand in the way.
+    other = max((until for who, until in st.votes.items() if who != leader), default=0.0)
+    if now < other:
+        return None, f"this member voted for another candidate ({other - now:.1f}s left)"
     return binding_until(now, st.ttl, requested_ttl), f"confirmed {leader}"
 
 
