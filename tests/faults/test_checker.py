@@ -143,3 +143,11 @@ def test_the_new_kinds_draw_their_own_holds_and_replay() -> None:
     assert {s.kind for s in only} == {"restart-primary"} and all(0.5 <= s.hold <= 8.0 for s in only)
     with pytest.raises(ValueError):
         draw(1, 10, 4.0, ("no-such-kind",))
+
+
+def test_the_failsafe_kinds_are_drawn_only_for_failsafe_runs_and_never_on_raft() -> None:
+    fs = ("store-outage", "store-outage-cut-primary")
+    assert not set(fs) & set(kinds_for("etcd")) and not set(fs) & set(kinds_for("raft", failsafe=True))
+    assert set(fs) <= set(kinds_for("etcd", failsafe=True))
+    steps = draw(2, 900, 4.0, fs)
+    assert {s.kind for s in steps} == set(fs) and all(4.0 <= s.hold <= 60.0 for s in steps)

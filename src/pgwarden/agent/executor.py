@@ -40,7 +40,8 @@ SLOT_RETENTION = 600.0
 SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we know of changed
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
-BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState)
+BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
+               A.ExtendLease, A.WriteFailsafeMembers)
 
 
 class ActionFailed(Exception):
@@ -66,6 +67,9 @@ class LocalFacts:
     activity: str = ""
     history_published: int = 0
     promoted_because: str = ""  # the last Promote's reason, for the timeline history
+    # Failsafe sets written since the last read that may have landed: (token written against,
+    # value). The runner drops an entry once a read shows the token moved (rule 17).
+    failsafe_pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
 
 class Executor:
@@ -97,6 +101,7 @@ class Executor:
         self.settings = settings
         self.seed = seed
         self.name = cfg.name
+        self.store_failed = False  # the last run() ended on a store error
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -116,10 +121,15 @@ class Executor:
 
     def run(self, actions: tuple[A.Action, ...], view: ClusterView | None, pgv: PgView) -> bool:
         """Execute in order; False as soon as one fails (the rest assumed it succeeded)."""
+        self.store_failed = False
         for action in actions:
             try:
                 ok = self._one(action, view, pgv)
-            except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
+            except StoreError as e:
+                self.store_failed = True  # the runner spares the lease the rest of this loop's calls
+                log.warning("%s failed: %s", type(action).__name__, e)
+                ok = False
+            except (PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
                 if isinstance(e, StartError):
                     self.facts.start_error = str(e)
@@ -138,10 +148,15 @@ class Executor:
                 # primary to fence. Take the key over from that run's lease (SAFETY rule 5; see
                 # docs/architecture.md, "Taking the leader key back after a restart").
                 return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
-            case A.AcquireLease():
+            case A.AcquireLease(not_after=not_after):
                 sent = self.clock()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
                     log.info("lost the race for the leader lease")
+                    return False
+                if not_after is not None and time.monotonic() > not_after:
+                    # Rule 17: the failsafe votes may have run out; nothing was promoted yet.
+                    log.warning("took the leader lease too late for the failsafe votes: releasing it")
+                    self.store.release_leader(self.name, self._timeout())
                     return False
                 self.lease.renewed(sent, s.ttl)
                 log.info("acquired the leader lease")
@@ -153,6 +168,19 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
+            case A.ExtendLease(deadline=deadline):
+                self.lease.extend(deadline)
+                if self.fencer.armed:
+                    self._arm(self.pg.postmaster_pid())
+                return True
+            case A.WriteFailsafeMembers(members=members, token=token):
+                entry = (token, members)
+                self.facts.failsafe_pending.append(entry)  # in doubt until a read shows the outcome
+                if not self.store.set_failsafe_members(members, token, self._timeout()):
+                    self.facts.failsafe_pending.remove(entry)  # a lost compare-and-swap never lands
+                    return False
+                log.info("failsafe members -> %s", ", ".join(sorted(members)) or "none")
+                return True
             case A.Promote(sync=sync_after, why=why):
                 self.facts.promoted_because = why
                 return self._promote(s, pgv, sync_after)

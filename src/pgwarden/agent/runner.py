@@ -9,28 +9,32 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
 from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
+from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import SharedReading, fresh_position
 from pgwarden.agent.single import AlreadyRunning, hold_run_dir
-from pgwarden.api.auth import BasicAuth
+from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
+from pgwarden.core import failsafe
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
 from pgwarden.core.model import (
     ClusterView,
     DataState,
+    FailsafeRound,
     LocalCommand,
     Me,
     MemberInfo,
@@ -105,6 +109,10 @@ class Agent:
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
+        # Rule 17: the promises we gave (written by the API thread) and the client asking others.
+        self.failsafe = FailsafeLedger()
+        self.failsafe_client = FailsafeClient(basic_header(*api_auth) if api_auth is not None else None)
+        self._store_trouble = False  # a store call failed last loop
 
     def settings(self) -> ClusterSettings:
         return self._settings
@@ -138,6 +146,39 @@ class Agent:
 
     def read_position(self, timeout: float) -> PeerReading:
         return self._position.read(timeout)
+
+    # -- the failsafe (rule 17): requests from other members, on the API thread ---------------
+    def _member_state(self, store_reachable: bool) -> failsafe.MemberState:
+        view, pgv, s = self._view, self._last_pg, self._settings
+        leader = view.leader.name if view is not None and view.leader is not None else None
+        lm = view.members.get(leader) if view is not None and leader is not None else None
+        primary = self.lease.held or (pgv is not None and pgv.running and pgv.in_recovery is False)
+        return failsafe.MemberState(
+            name=self.cfg.name, failsafe_on=s.failsafe_on, store_reachable=store_reachable,
+            store_leader=None, leader=leader, leader_timeline=lm.timeline if lm is not None else None,
+            primary=primary, ttl=s.ttl, bound_until=self.failsafe.bound_until)
+
+    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
+        """A leader asks whether we too cannot reach the store and still follow it."""
+        try:  # our own reading now, within the leader's answer window
+            fresh = self.api_store.snapshot(failsafe.CONFIRM_WINDOW / 2)
+            reachable, named = True, fresh.leader.name if fresh.leader is not None else None
+        except StoreError:
+            reachable, named = False, None
+        ok, why = self.failsafe.confirm(
+            lambda bound, votes: replace(self._member_state(reachable), store_leader=named, bound_until=bound,
+                                         votes=votes),
+            leader, timeline, ttl)
+        log.log(logging.DEBUG if ok else logging.INFO, "failsafe confirmation for %s: %s", leader, why)
+        return ok, why
+
+    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+        """A leaderless candidate asks us to promise not to confirm any leader for a while."""
+        ok, why = self.failsafe.vote(
+            lambda bound, votes: replace(self._member_state(False), bound_until=bound, votes=votes),
+            candidate, ttl)
+        log.info("failsafe vote for %s: %s", candidate, why)
+        return ok, why
 
     def store_wakeup(self) -> None:
         self._wake.set()
@@ -218,6 +259,7 @@ class Agent:
         if self.router is not None:
             self.router.stop()
         self.peers.close()
+        self.failsafe_client.close()
         self.api_store.close()
         self.store.close()
 
@@ -230,6 +272,9 @@ class Agent:
             log.error("cannot start the fencer: %s", e)
         now = time.monotonic()
         pgv = self._observe_pg(s)
+        # A store that hung last loop may have used up most of the lease: ask for confirmations
+        # while the store read runs, not after it failed too (rule 17).
+        early = self._confirmation_round(pgv, s) if self._store_trouble else None
         view = self._snapshot(now)
         if view is not None:
             self._adopt_settings(view)
@@ -240,6 +285,7 @@ class Agent:
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
             peers = self.peers.read(others, min(1.0, s.retry_timeout))
+        fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early)
         mono = time.monotonic()
         if view is not None:
             self._waits.saw(view, mono)
@@ -250,8 +296,11 @@ class Agent:
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
             first_look=view is not None and not self._seen_store,
+            failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
+            failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
         )
         self._seen_store = self._seen_store or view is not None
+        trouble = view is None
         decision = decide(obs)
         if decision.message != self._message:
             log.info("%s", decision.message)
@@ -265,6 +314,7 @@ class Agent:
                     # slot only for members whose key it sees, and we need ours to stream.
                     self._publish_member(pgv, view)
             self.exec.run(decision.actions, view, pgv)
+            trouble = trouble or self.exec.store_failed
             if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
                 # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
                 # than a stop, rewind and start on every loop while the cause persists.
@@ -276,9 +326,51 @@ class Agent:
             self.router.follow((self.me.host, self.me.port) if leading else None)
         self.facts.activity = ""
         store_ok = view is not None
-        if view is not None:
+        if view is not None and not trouble:  # after a store call timed out, spare the lease
             store_ok = self._publish_member(pgv, view)
+        self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
+
+    def _failsafe_sets(self) -> tuple[frozenset[str], ...]:
+        """The failsafe set we last read and any we wrote since that may have landed (rule 17)."""
+        view = self._view
+        if view is None:
+            return ()
+        # A write against a token the store has since moved past can never land: forget it.
+        pending = self.facts.failsafe_pending
+        pending[:] = [p for p in pending if p[0] == view.failsafe_token]
+        return (view.failsafe_members, *(m for _, m in self.facts.failsafe_pending))
+
+    def _confirmation_round(self, pgv: PgView, s: ClusterSettings) -> Future[FailsafeRound] | None:
+        """As a leader with failsafe on and a valid lease: ask the failsafe members to confirm us."""
+        last = self._view
+        if not s.failsafe_on or last is None or not self.lease.valid(time.monotonic()) or \
+                not (pgv.running and pgv.in_recovery is False):
+            return None
+        names = frozenset().union(*self._failsafe_sets()) - {self.cfg.name}
+        others = [m for n, m in last.members.items() if n in names]
+        return self.failsafe_client.submit_confirmations(others, self.cfg.name, pgv.timeline, s.ttl)
+
+    def _failsafe_asks(
+            self, view: ClusterView | None, pgv: PgView, s: ClusterSettings,
+            early: Future[FailsafeRound] | None) -> tuple[FailsafeRound | None, frozenset[str] | None]:
+        """Rule 17's exchanges for this loop: as a leader cut off from the store, a confirmation
+        round (`early`, if one was started before the store read); as a leaderless candidate under
+        a failsafe set, votes."""
+        if view is None:
+            asked = early if early is not None else self._confirmation_round(pgv, s)
+            return (asked.result() if asked is not None else None), None
+        # Only a node that could promote asks: each vote keeps its giver from confirming a leader.
+        could = pgv.running and pgv.healthy and pgv.in_recovery is True and not s.paused
+        if could and view is not None and view.leader is None and view.failsafe_members and \
+                time.monotonic() >= self.failsafe.bound_until:
+            ok, _ = self.failsafe_vote(self.cfg.name, s.ttl)  # our own promise first
+            if not ok:
+                return None, frozenset()
+            others = [m for n, m in view.members.items() if n in view.failsafe_members and n != self.cfg.name]
+            votes = self.failsafe_client.votes(others, self.cfg.name, s.ttl, min(1.0, s.retry_timeout))
+            return None, votes | {self.cfg.name}
+        return None, None
 
     def _leader_timeline(self) -> int | None:
         view = self._view

@@ -61,3 +61,13 @@ class Commands(Protocol):
         """Our PostgreSQL's WAL position read now (not the last loop's), for a peer's promotion
         decision; `running=False` when PostgreSQL does not answer."""
         ...
+
+    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
+        """Rule 17: confirm `leader` (we too cannot reach the store and follow it on `timeline`),
+        binding ourselves for `ttl` and a margin; (False, why) when we do not."""
+        ...
+
+    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+        """Rule 17: promise a leaderless candidate not to confirm any leader for `ttl` and a
+        margin; (False, why) while a confirmation of ours is in force."""
+        ...

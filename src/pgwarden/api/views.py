@@ -64,6 +64,8 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "start_error": st.start_error or None,
         "started_at": iso_time(st.started_at),
         "cluster_unlocked": view is None or view.leader is None,
+        # Rule 17: the members whose majority the failsafe counts, as the last store read showed.
+        "failsafe_members": sorted(view.failsafe_members) if view is not None else [],
         # Patroni's names for the same facts.
         "server_version": m.pg_version,
         "xlog": xlog,

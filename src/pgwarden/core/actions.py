@@ -40,7 +40,10 @@ class Clone:
 
 @dataclass(frozen=True)
 class AcquireLease:
-    pass
+    """Take the leader key (compare-and-swap on "no leader"). `not_after` (monotonic): a failsafe
+    candidate's lease taken later than this is released again at once (rule 17)."""
+
+    not_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,22 @@ class RenewLease:
 @dataclass(frozen=True)
 class ReleaseLease:
     pass
+
+
+@dataclass(frozen=True)
+class ExtendLease:
+    """The store is unreachable and a majority confirmed us (rule 17): move the lease deadline, and
+    the fencer's, to `deadline` (monotonic). Never moves it back."""
+
+    deadline: float
+
+
+@dataclass(frozen=True)
+class WriteFailsafeMembers:
+    """Set the store's failsafe members (compare-and-swap on `token`; "" = create-only)."""
+
+    members: frozenset[str]
+    token: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +180,8 @@ Action = (
     | AcquireLease
     | RenewLease
     | ReleaseLease
+    | ExtendLease
+    | WriteFailsafeMembers
     | Promote
     | Demote
     | StartPostgres

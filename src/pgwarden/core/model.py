@@ -205,6 +205,10 @@ class ClusterView:
     failover: FailoverRequest | None
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None  # last LSN the leader published ("optime")
+    # The members whose majority the failsafe counts (SAFETY rule 17; only the leader writes it,
+    # one member at a time: core/failsafe.py), and its compare-and-swap token.
+    failsafe_members: frozenset[str] = frozenset()
+    failsafe_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -294,6 +298,16 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class FailsafeRound:
+    """One round of failsafe confirmations this leader asked for while the store was unreachable:
+    `sent_at` (monotonic) is when the requests went out, before any answer; `confirmed` are the
+    members that confirmed, each answering within the round's deadline."""
+
+    sent_at: float
+    confirmed: frozenset[str]
+
+
+@dataclass(frozen=True)
 class Me:
     name: str
     tags: Tags
@@ -334,4 +348,19 @@ class Observation:
     # No loop of this agent has seen the store yet: a leader key naming us is one a previous run
     # of this agent held, which we may take back at once instead of demoting first (rule 5).
     first_look: bool = False
+    # -- the majority failsafe (SAFETY rule 17, core/failsafe.py) --
+    # Monotonic time until which a failsafe confirmation this node gave a leader binds it: no
+    # lease for us, no vote for anyone (0: none in force).
+    failsafe_bound_until: float = 0.0
+    # The leader's confirmation round of this loop (store unreachable), None when none was asked.
+    failsafe_round: FailsafeRound | None = None
+    # The sets the leader must have a majority of: the failsafe members it last read, plus any
+    # value it wrote since whose outcome it has not read back.
+    failsafe_sets: tuple[frozenset[str], ...] = ()
+    # A leaderless candidate's votes this loop: members that promised not to confirm a leader
+    # for a while (None: not asked).
+    failsafe_votes: frozenset[str] | None = None
+    # When this loop's store read was sent (monotonic; None: use `now`): a failsafe candidate
+    # must hold the lease within ttl of it.
+    snapshot_at: float | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
 
@@ -92,12 +92,20 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     failover_mode: FailoverMode = FailoverMode.AUTOMATIC
     paused: bool = False
     use_pg_rewind: bool = True
+    # Keep writing through a store outage while a majority of members confirm (core/failsafe.py).
+    # `on`/`off` or true/false; YAML reads an unquoted on/off as a boolean already.
+    failsafe: bool | Literal["on", "off"] = False
     parameters: dict[str, ParamValue] = field(default_factory=dict)
 
     @property
     def synchronous(self) -> bool:
         """Some synchronous mode (on or quorum) is asked for: the one place that says so."""
         return self.synchronous_mode != SyncMode.OFF
+
+    @property
+    def failsafe_on(self) -> bool:
+        """The majority failsafe is asked for (`failsafe: on` or `true`)."""
+        return self.failsafe is True or self.failsafe == "on"
 
     def __post_init__(self) -> None:
         check_parameters(self.parameters, cluster=True)
