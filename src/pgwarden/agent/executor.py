@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import LogicalWorker
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
 from pgwarden.core.history import merge_history
@@ -40,7 +41,8 @@ SLOT_RETENTION = 600.0
 SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we know of changed
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
-BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState)
+BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
+               A.ApplyLogical)
 
 
 class ActionFailed(Exception):
@@ -88,6 +90,7 @@ class Executor:
         self.settings = settings
         self.seed = seed
         self.name = cfg.name
+        self.logical = LogicalWorker(pg.apply_logical)
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -221,6 +224,9 @@ class Executor:
                 return True
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
+                return True
+            case A.ApplyLogical(change=change):
+                self.logical.submit(change)  # off the loop; the next observation shows it done
                 return True
             case _:
                 assert_never(a)

@@ -16,6 +16,7 @@ from types import FrameType
 from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import read_bounded
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
 from pgwarden.api.auth import BasicAuth
@@ -27,6 +28,7 @@ from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
+from pgwarden.core.logical import MARK
 from pgwarden.core.model import (
     ClusterView,
     DataState,
@@ -89,6 +91,7 @@ class Agent:
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
+        self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
@@ -284,6 +287,13 @@ class Agent:
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
+        declared = bool(s.publications or s.subscriptions)
+        if pgv.healthy and pgv.in_recovery is False and (declared or self._logical_seen):
+            objs = read_bounded(self.pg.logical_objects, s.retry_timeout)
+            if objs is not None:
+                self._logical_seen = any(c and c.startswith(MARK) for c in
+                                         (*objs.publications.values(), *objs.subscriptions.values()))
+                pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
 

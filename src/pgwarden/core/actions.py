@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pgwarden.core.logical import LogicalChange
 from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 
 
@@ -149,6 +150,14 @@ class ClearFailover:
     pass
 
 
+@dataclass(frozen=True)
+class ApplyLogical:
+    """Bring a publication or subscription to its declaration. Runs off the HA loop (it may
+    wait on another cluster), so it never holds up a lease renewal (rule 15)."""
+
+    change: LogicalChange
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -171,6 +180,7 @@ Action = (
     | EnsureSlots
     | PublishHistory
     | ClearFailover
+    | ApplyLogical
 )
 
 

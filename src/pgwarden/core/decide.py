@@ -14,11 +14,12 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
-from pgwarden.core import candidates, sync
+from pgwarden.core import candidates, logical, sync
 from pgwarden.core.actions import (
     AcquireLease,
     Action,
     AdoptExistingData,
+    ApplyLogical,
     Bootstrap,
     ClearFailover,
     Clone,
@@ -238,6 +239,11 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         message += f"; {waiting}"
     slots = frozenset(n for n in view.members if n != obs.me.name)
     actions.append(EnsureSlots(slots))
+    if pg.logical is not None:
+        changes, conflicts = logical.reconcile(settings.publications, settings.subscriptions, pg.logical)
+        actions.extend(ApplyLogical(c) for c in changes)
+        if conflicts:
+            message += "; " + "; ".join(conflicts)
     return Decision(tuple(_dedup(actions)), message)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pgwarden.core.logical import LogicalObjects
 from pgwarden.core.settings import ClusterSettings
 
 
@@ -268,6 +269,8 @@ class PgView:
     not_streaming_for: float = 0.0
     # Starts as a replica that failed in a row (e.g. "not a child of this server's history").
     start_failures: int = 0
+    # A healthy primary's publications and subscriptions (None: not read this loop).
+    logical: LogicalObjects | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Annotated
 
 from msgspec import Meta, Struct, field
 
+from pgwarden.core.logical import PublicationSpec, SubscriptionSpec, check_unique
+
 
 class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Base of every model: unknown keys refused, instances immutable."""
@@ -93,6 +95,9 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     paused: bool = False
     use_pg_rewind: bool = True
     parameters: dict[str, ParamValue] = field(default_factory=dict)
+    # Declared logical replication, which the leader reconciles (core/logical.py).
+    publications: tuple[PublicationSpec, ...] = ()
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
 
     @property
     def synchronous(self) -> bool:
@@ -101,6 +106,7 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_parameters(self.parameters, cluster=True)
+        check_unique(self.publications, self.subscriptions)
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
         if self.loop_wait < 0.1:

@@ -20,8 +20,9 @@ import psycopg
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core import sync as core_sync
+from pgwarden.core.logical import LogicalChange, LogicalObjects
 from pgwarden.core.model import DataState, PgView, SyncConfig
-from pgwarden.postgres import conf, controldata, sql
+from pgwarden.postgres import conf, controldata, logical, sql
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
     PostgresError,
@@ -255,6 +256,19 @@ class PostgresController(DataDirectory):
                 except psycopg.Error as e:  # it may have become active meanwhile
                     log.warning("cannot drop slot %s: %s", name, e)
 
+
+    def logical_objects(self, timeout: float) -> LogicalObjects:
+        """The publications and subscriptions this server holds, with their marks."""
+        with self._local(timeout) as conn:
+            return logical.read_objects(conn)
+
+    def apply_logical(self, change: LogicalChange, timeout: float) -> None:
+        """Carry out one change of the declared logical replication (off the HA loop)."""
+        try:
+            with self._local(timeout) as conn:
+                logical.apply_change(conn, change, timeout)
+        except (psycopg.Error, ValueError) as e:
+            raise PostgresError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)

@@ -1,0 +1,67 @@
+"""Carries out the core's logical-replication changes on a thread of their own, one at a time:
+creating a subscription waits on another cluster (its slot needs a consistent snapshot there),
+which must never hold up the HA loop's lease renewals (rule 15). The loop submits the same
+change each time until the next observation shows it done; a busy worker ignores submissions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from pgwarden.core.logical import LogicalChange, LogicalObjects
+from pgwarden.postgres.controller import PostgresError
+
+log = logging.getLogger("pgwarden.agent")
+
+CHANGE_TIMEOUT = 60.0  # one statement's deadline; the initial copy itself runs in the background
+
+
+class LogicalWorker:
+    def __init__(self, apply: Callable[[LogicalChange, float], None]) -> None:
+        self._apply = apply
+        self._lock = threading.Lock()
+        self._busy: LogicalChange | None = None
+        self.last_error: str | None = None  # shown in /status until a change succeeds
+
+    def submit(self, change: LogicalChange) -> bool:
+        """Start `change` unless one is in flight. True if started."""
+        with self._lock:
+            if self._busy is not None:
+                return False
+            self._busy = change
+        threading.Thread(target=self._run, args=(change,), name="pgwarden-logical", daemon=True).start()
+        return True
+
+    def _run(self, change: LogicalChange) -> None:
+        what = f"{type(change).__name__} {getattr(change, 'name', None) or change.spec.name}"  # type: ignore[union-attr]
+        try:
+            log.info("logical replication: %s", what)
+            self._apply(change, CHANGE_TIMEOUT)
+            self.last_error = None
+        except (PostgresError, OSError) as e:
+            self.last_error = f"{what}: {e}"
+            log.warning("logical replication: %s failed: %s", what, e)
+        except Exception as e:  # a bug must not kill the agent; report it
+            self.last_error = f"{what}: {e}"
+            log.exception("logical replication: %s failed", what)
+        finally:
+            with self._lock:
+                self._busy = None
+
+
+def read_bounded(read: Callable[[float], LogicalObjects], timeout: float) -> LogicalObjects | None:
+    """`read` in a worker thread, given up after `timeout` (libpq's connect timeout cannot go
+    below 2 s, and the loop's calls must stay within the lease margin, rule 15). None: no answer."""
+    box: dict[str, LogicalObjects] = {}
+
+    def work() -> None:
+        try:
+            box["objs"] = read(max(timeout, 0.5))
+        except Exception as e:  # reported as "not read this loop"
+            log.warning("cannot read publications and subscriptions: %s", e)
+
+    t = threading.Thread(target=work, name="pgwarden-logical-read", daemon=True)
+    t.start()
+    t.join(timeout)
+    return box.get("objs")
