@@ -145,6 +145,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
     p.set_defaults(ctl_func=cmd_dsn)
 
+    from pgwarden.cli import logical  # it builds on this module
+
+    logical.register(cmds)
     ctl.set_defaults(func=run)
 
 

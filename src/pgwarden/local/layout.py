@@ -165,6 +165,7 @@ def node_config(
     replication_password: str,
     api_password: str,
     store: dict[str, Any] | None = None,
+    bin_dir: Path | None = None,
 ) -> dict[str, Any]:
     """The YAML document for one node (validated by the same loader the agent uses). `store` is
     the node file's `store` section; by default etcd on `etcd_hosts`. `api_password` protects the
@@ -193,6 +194,8 @@ def node_config(
     }
     if rest:
         doc["settings"] = rest
+    if bin_dir is not None:
+        doc["postgresql"]["bin_dir"] = str(bin_dir.resolve())
     try:
         parse_node_config(doc, f"{node.name} config")
     except ConfigError as e:
