@@ -42,7 +42,7 @@ SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we kno
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
-               A.ApplyLogical)
+               A.ApplyLogical, A.AdvanceLogicalSlots, A.DropLogicalSlots)
 
 
 class ActionFailed(Exception):
@@ -65,6 +65,8 @@ class LocalFacts:
     restart_pending: bool = False
     activity: str = ""
     history_published: int = 0
+    # Logical slots this agent copied onto this standby: name -> timeline (core/slot_copies.py).
+    slot_copies: dict[str, int] = field(default_factory=dict)
 
 
 class Executor:
@@ -227,6 +229,20 @@ class Executor:
                 return True
             case A.ApplyLogical(change=change):
                 self.logical.submit(change)  # off the loop; the next observation shows it done
+                return True
+            case A.CopyLogicalSlots(names=names, source=src):
+                copied = self.pg.copy_logical_slots(names, src.host, src.port, s.retry_timeout * 3)
+                for name in copied:
+                    self.facts.slot_copies[name] = pgv.timeline or 0
+                return bool(copied)  # nothing copied: no restart
+            case A.AdvanceLogicalSlots(targets=targets):
+                self.logical.run_later("advance slot copies",
+                                       lambda t: self.pg.advance_logical_slots(targets, t), quiet=True)
+                return True
+            case A.DropLogicalSlots(names=names):
+                self.pg.drop_logical_slots(names, s.retry_timeout * 3)
+                for name in names:
+                    self.facts.slot_copies.pop(name, None)
                 return True
             case _:
                 assert_never(a)

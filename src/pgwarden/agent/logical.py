@@ -21,23 +21,29 @@ class LogicalWorker:
     def __init__(self, apply: Callable[[LogicalChange, float], None]) -> None:
         self._apply = apply
         self._lock = threading.Lock()
-        self._busy: LogicalChange | None = None
+        self._busy: str | None = None
         self.last_error: str | None = None  # shown in /status until a change succeeds
 
     def submit(self, change: LogicalChange) -> bool:
         """Start `change` unless one is in flight. True if started."""
+        name = getattr(change, "name", None) or change.spec.name  # type: ignore[union-attr]
+        return self.run_later(f"{type(change).__name__} {name}", lambda t: self._apply(change, t))
+
+    def run_later(self, what: str, work: Callable[[float], None], quiet: bool = False) -> bool:
+        """Run `work(timeout)` on the worker's thread unless something is in flight; `quiet`:
+        log it only when it fails (work repeated every loop)."""
         with self._lock:
             if self._busy is not None:
                 return False
-            self._busy = change
-        threading.Thread(target=self._run, args=(change,), name="pgwarden-logical", daemon=True).start()
+            self._busy = what
+        threading.Thread(target=self._run, args=(what, work, quiet), name="pgwarden-logical",
+                         daemon=True).start()
         return True
 
-    def _run(self, change: LogicalChange) -> None:
-        what = f"{type(change).__name__} {getattr(change, 'name', None) or change.spec.name}"  # type: ignore[union-attr]
+    def _run(self, what: str, work: Callable[[float], None], quiet: bool) -> None:
         try:
-            log.info("logical replication: %s", what)
-            self._apply(change, CHANGE_TIMEOUT)
+            log.log(logging.DEBUG if quiet else logging.INFO, "logical replication: %s", what)
+            work(CHANGE_TIMEOUT)
             self.last_error = None
         except (PostgresError, OSError) as e:
             self.last_error = f"{what}: {e}"

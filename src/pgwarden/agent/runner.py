@@ -91,6 +91,7 @@ class Agent:
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
+        self._slots: tuple[tuple[str, int], ...] = ()
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._lock = threading.Lock()
@@ -277,6 +278,11 @@ class Agent:
         m = view.members.get(view.leader.name)
         return m.timeline if m is not None else None
 
+    def _leader_has_slots(self) -> bool:
+        view = self._view
+        m = view.members.get(view.leader.name) if view is not None and view.leader is not None else None
+        return m is not None and bool(m.logical_slots)
+
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
         now = time.monotonic()
@@ -287,12 +293,14 @@ class Agent:
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
-        declared = bool(s.publications or s.subscriptions)
-        if pgv.healthy and pgv.in_recovery is False and (declared or self._logical_seen):
+        pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
+        if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
+            # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
+            # copies of the primary's slots (core/slot_copies.py).
             objs = read_bounded(self.pg.logical_objects, s.retry_timeout)
             if objs is not None:
-                self._logical_seen = any(c and c.startswith(MARK) for c in
-                                         (*objs.publications.values(), *objs.subscriptions.values()))
+                marks = (*objs.publications.values(), *objs.subscriptions.values())
+                self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
                 pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
@@ -350,7 +358,17 @@ class Agent:
             streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
+            logical_slots=self._slots_seen(pgv),
         )
+
+    def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
+        """Our logical slots as last read (kept through a loop that did not read them)."""
+        if not pgv.running:
+            self._slots = ()
+        elif pgv.logical is not None:
+            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in pgv.logical.slots.items()
+                                       if s.confirmed_flush is not None and not s.lost))
+        return self._slots
 
     def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
         s = self._settings

@@ -158,6 +158,25 @@ class ApplyLogical:
     change: LogicalChange
 
 
+@dataclass(frozen=True)
+class CopyLogicalSlots:
+    """A standby (15, 16): write `source`'s state files of these logical slots into our
+    pg_replslot, each only if our replay position is past that slot's (see core/slot_copies.py)."""
+
+    names: frozenset[str]
+    source: Upstream
+
+
+@dataclass(frozen=True)
+class AdvanceLogicalSlots:
+    targets: tuple[tuple[str, int], ...]  # slot, LSN (never past our replay position)
+
+
+@dataclass(frozen=True)
+class DropLogicalSlots:
+    names: frozenset[str]
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -181,6 +200,9 @@ Action = (
     | PublishHistory
     | ClearFailover
     | ApplyLogical
+    | CopyLogicalSlots
+    | AdvanceLogicalSlots
+    | DropLogicalSlots
 )
 
 

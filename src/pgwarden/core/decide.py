@@ -52,6 +52,7 @@ from pgwarden.core.model import (
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
 from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
+from pgwarden.core.slot_copies import follower_slot_actions
 
 
 def decide(obs: Observation) -> Decision:
@@ -353,7 +354,9 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     # Members cascading from us stream through a slot we keep (the leader keeps the others').
     cascading = frozenset(n for n, m in view.members.items()
                           if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
-    return Decision((EnsureSlots(cascading),) if cascading else (), f"replica of {upstream.name}, {state}")
+    slot_steps, note = follower_slot_actions(obs, leader, _member_upstream(leader))
+    return Decision(((EnsureSlots(cascading),) if cascading else ()) + tuple(slot_steps),
+                    f"replica of {upstream.name}, {state}" + (f"; {note}" if note else ""))
 
 
 def _forked_while_running(pg: PgView, leader_tl: int | None, view: ClusterView) -> bool:

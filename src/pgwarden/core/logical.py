@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 
 from msgspec import Struct, field, to_builtins
 
@@ -113,11 +114,21 @@ def check_unique(pubs: tuple[PublicationSpec, ...], subs: tuple[SubscriptionSpec
 
 
 @dataclass(frozen=True)
+class SlotInfo:
+    """One logical slot on a server (not temporary, not a table-copy slot)."""
+
+    confirmed_flush: int | None
+    lost: bool = False  # its WAL is gone (wal_status lost): unusable
+
+
+@dataclass(frozen=True)
 class LogicalObjects:
-    """What the primary holds: each publication's and subscription's comment (None: no comment)."""
+    """What a server holds: each publication's and subscription's comment (None: no comment),
+    and its logical slots."""
 
     publications: Mapping[str, str | None]
     subscriptions: Mapping[str, str | None]
+    slots: Mapping[str, SlotInfo] = dc_field(default_factory=dict)
 
 
 @dataclass(frozen=True)

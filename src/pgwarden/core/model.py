@@ -97,6 +97,9 @@ class MemberInfo:
     version: str = ""
     pg_version: int | None = None
     pending_restart: bool = False
+    # Logical slots this member holds (name, confirmed LSN): the primary's are what candidates
+    # copy (core/slot_copies.py); a candidate's show whether it has them.
+    logical_slots: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -119,6 +122,7 @@ class MemberInfo:
             "version": self.version,
             "pg_version": self.pg_version,
             "pending_restart": self.pending_restart,
+            "logical_slots": dict(self.logical_slots),
         }
 
     @classmethod
@@ -148,6 +152,7 @@ class MemberInfo:
             version=str(d.get("version", "")),
             pg_version=opt_int("pg_version"),
             pending_restart=bool(d.get("pending_restart", False)),
+            logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
         )
 
 
@@ -269,8 +274,10 @@ class PgView:
     not_streaming_for: float = 0.0
     # Starts as a replica that failed in a row (e.g. "not a child of this server's history").
     start_failures: int = 0
-    # A healthy primary's publications and subscriptions (None: not read this loop).
+    # Publications, subscriptions and logical slots (None: not read this loop).
     logical: LogicalObjects | None = None
+    # Logical slots this agent copied onto this standby, and on which timeline (slot_copies.py).
+    slot_copies: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

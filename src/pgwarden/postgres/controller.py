@@ -21,8 +21,8 @@ import psycopg
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core import sync as core_sync
 from pgwarden.core.logical import LogicalChange, LogicalObjects
-from pgwarden.core.model import DataState, PgView, SyncConfig
-from pgwarden.postgres import conf, controldata, logical, sql
+from pgwarden.core.model import DataState, PgView, SyncConfig, int_to_lsn
+from pgwarden.postgres import conf, controldata, logical, slot_copies, sql
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
     PostgresError,
@@ -269,6 +269,39 @@ class PostgresController(DataDirectory):
                 logical.apply_change(conn, change, timeout)
         except (psycopg.Error, ValueError) as e:
             raise PostgresError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
+
+    def copy_logical_slots(self, names: frozenset[str], host: str, port: int, timeout: float) -> list[str]:
+        """Write the primary's state files of `names` into our pg_replslot, each only if our
+        replay position is already past the slot's (core/slot_copies.py). Returns those written."""
+        pg = self._cfg.postgresql
+        params = sql.ConnParams(host=host, port=port, user=pg.superuser.username,
+                                password=pg.superuser.secret())
+        done: list[str] = []
+        with sql.connect(params, timeout) as primary, self._local(timeout) as local:
+            for name in sorted(names):
+                got = slot_copies.fetch_state(primary, name)
+                if got is None:
+                    continue
+                state, position = got
+                replayed = slot_copies.replay_lsn(local)
+                if replayed < position:
+                    log.info("logical slot %s: not copied yet, our replay is behind it", name)
+                    continue
+                slot_copies.write_state(self.data_dir, name, state, self.uid, self.gid)
+                log.info("copied logical slot %s from %s:%d", name, host, port)
+                done.append(name)
+        return done
+
+    def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None:
+        with self._local(timeout) as conn:
+            for name, lsn in targets:
+                slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
+
+    def drop_logical_slots(self, names: frozenset[str], timeout: float) -> None:
+        with self._local(timeout) as conn:
+            for name in sorted(names):
+                log.info("dropping logical slot copy %s", name)
+                slot_copies.drop(conn, name)
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql as Q
 
 from pgwarden.core import logical as L
+from pgwarden.postgres import slot_copies
 
 log = logging.getLogger("pgwarden.postgres")
 
@@ -31,7 +32,8 @@ def read_objects(conn: psycopg.Connection[Any]) -> L.LogicalObjects:
     subs = conn.execute(
         "SELECT subname, obj_description(oid, 'pg_subscription') FROM pg_subscription "
         "WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()
-    return L.LogicalObjects({str(r[0]): r[1] for r in pubs}, {str(r[0]): r[1] for r in subs})
+    return L.LogicalObjects({str(r[0]): r[1] for r in pubs}, {str(r[0]): r[1] for r in subs},
+                            slot_copies.read_slots(conn))
 
 
 def publication_sql(spec: L.PublicationSpec) -> Q.Composed:

@@ -1,0 +1,97 @@
+"""Logical slots that survive a failover on PostgreSQL 15 and 16 (SAFETY rule 19): every failover
+candidate keeps a copy of each of the primary's logical slots, never ahead of its own WAL.
+
+The copy starts as the primary's slot state file, written into the standby's pg_replslot and
+loaded by a restart (a standby cannot create a logical slot before 16, nor one that continues the
+primary's); from then on the standby advances it with pg_replication_slot_advance, to no further
+than both the primary's slot and its own replay position. Why "never ahead of its own WAL": after
+a promotion, a slot whose confirmed position lies past the point where the new timeline began
+would skip the new primary's first changes in that range, silently. So a copy is trusted only
+while that cannot be: made by this agent, on this timeline or on an earlier one it does not
+reach past the end of (the store's timeline history). Anything else is dropped and copied anew.
+On 17 and later PostgreSQL's own slot synchronisation does this (`failover = true`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pgwarden.core.actions import (
+    Action,
+    AdvanceLogicalSlots,
+    CopyLogicalSlots,
+    DropLogicalSlots,
+    StopPostgres,
+    Upstream,
+)
+from pgwarden.core.logical import SlotInfo
+from pgwarden.core.model import HistoryEntry, MemberInfo, Observation
+
+FIRST_NATIVE = 17  # slots with failover = true and sync_replication_slots
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    copy: frozenset[str]
+    advance: tuple[tuple[str, int], ...]
+    drop: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.copy or self.advance or self.drop)
+
+
+def trusted(name: str, slot: SlotInfo, copies: Mapping[str, int], timeline: int | None,
+            history: tuple[HistoryEntry, ...]) -> bool:
+    """A local copy we made on timeline `copies[name]` that does not reach past the end of any
+    timeline between that one and ours."""
+    made_on = copies.get(name)
+    if made_on is None or timeline is None or made_on > timeline or slot.lost:
+        return False
+    for e in history:
+        if made_on <= e.timeline < timeline and (slot.confirmed_flush or 0) > e.switch_lsn:
+            return False
+    return True
+
+
+def plan(leader: Mapping[str, int], local: Mapping[str, SlotInfo], copies: Mapping[str, int],
+         timeline: int | None, history: tuple[HistoryEntry, ...], replayed: int | None) -> SlotPlan:
+    drop = frozenset(n for n, s in local.items()
+                     if n not in leader or not trusted(n, s, copies, timeline, history)
+                     or (s.confirmed_flush or 0) > (replayed or 0))
+    advance: list[tuple[str, int]] = []
+    for n, s in sorted(local.items()):
+        if n in drop:
+            continue
+        target = min(leader[n], replayed or 0)
+        if target > (s.confirmed_flush or 0):
+            advance.append((n, target))
+    copy = frozenset(n for n in leader if n not in local)
+    return SlotPlan(copy, tuple(advance), drop)
+
+
+def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream) -> tuple[list[Action], str]:
+    """A streaming candidate on 15/16 keeps copies of the leader's logical slots: drop the
+    untrusted, advance the rest, copy the missing (the copy needs a restart to load)."""
+    pg = obs.pg
+    if (pg.logical is None or obs.me.tags.nofailover or pg.version is None or pg.version >= FIRST_NATIVE
+            or not pg.streaming or not pg.healthy):
+        return [], ""
+    if not leader.logical_slots and not pg.logical.slots:
+        return [], ""
+    history = obs.store.history if obs.store is not None else ()
+    p = plan(dict(leader.logical_slots), pg.logical.slots, pg.slot_copies, pg.timeline, history,
+             pg.replayed_lsn)
+    out: list[Action] = []
+    if p.drop:
+        out.append(DropLogicalSlots(p.drop))
+    if p.advance:
+        out.append(AdvanceLogicalSlots(p.advance))
+    if p.copy:
+        # Copied only if our replay is past each slot's position (checked as it is read), then
+        # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
+        out += [CopyLogicalSlots(p.copy, source),
+                StopPostgres("fast", "loading copied logical slots", restart=True)]
+        return out, f"copying logical slots {', '.join(sorted(p.copy))} from {source.name}"
+    return out, ""
