@@ -42,7 +42,7 @@ SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we kno
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
-               A.ApplyLogical, A.AdvanceLogicalSlots, A.DropLogicalSlots)
+               A.ApplyLogical, A.AdvanceLogicalSlots, A.DropLogicalSlots, A.SetStandbySlots)
 
 
 class ActionFailed(Exception):
@@ -67,6 +67,7 @@ class LocalFacts:
     history_published: int = 0
     # Logical slots this agent copied onto this standby: name -> timeline (core/slot_copies.py).
     slot_copies: dict[str, int] = field(default_factory=dict)
+    standby_slots: tuple[int | None, frozenset[str]] | None = None  # applied for which postmaster
 
 
 class Executor:
@@ -238,6 +239,12 @@ class Executor:
             case A.AdvanceLogicalSlots(targets=targets):
                 self.logical.run_later("advance slot copies",
                                        lambda t: self.pg.advance_logical_slots(targets, t), quiet=True)
+                return True
+            case A.SetStandbySlots(members=members):
+                key = (pgv.postmaster_pid, members)
+                if self.facts.standby_slots != key:
+                    self.pg.set_standby_slots(members, s.retry_timeout * 3)
+                    self.facts.standby_slots = key
                 return True
             case A.DropLogicalSlots(names=names):
                 self.pg.drop_logical_slots(names, s.retry_timeout * 3)

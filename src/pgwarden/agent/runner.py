@@ -92,6 +92,7 @@ class Agent:
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
         self._slots: tuple[tuple[str, int], ...] = ()
+        self._native: tuple[str, ...] = ()
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._lock = threading.Lock()
@@ -358,16 +359,18 @@ class Agent:
             streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
-            logical_slots=self._slots_seen(pgv),
+            logical_slots=self._slots_seen(pgv), native_slots=self._native,
         )
 
     def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
         """Our logical slots as last read (kept through a loop that did not read them)."""
         if not pgv.running:
-            self._slots = ()
+            self._slots, self._native = (), ()
         elif pgv.logical is not None:
-            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in pgv.logical.slots.items()
+            slots = pgv.logical.slots
+            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in slots.items()
                                        if s.confirmed_flush is not None and not s.lost))
+            self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
         return self._slots
 
     def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:

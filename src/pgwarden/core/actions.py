@@ -177,6 +177,14 @@ class DropLogicalSlots:
     names: frozenset[str]
 
 
+@dataclass(frozen=True)
+class SetStandbySlots:
+    """17+ primary: synchronized_standby_slots names these members' physical slots, so no
+    failover slot sends a change before they have it (reloaded only when it changes)."""
+
+    members: frozenset[str]
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -203,6 +211,7 @@ Action = (
     | CopyLogicalSlots
     | AdvanceLogicalSlots
     | DropLogicalSlots
+    | SetStandbySlots
 )
 
 

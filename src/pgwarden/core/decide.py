@@ -52,7 +52,7 @@ from pgwarden.core.model import (
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
 from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
-from pgwarden.core.slot_copies import follower_slot_actions
+from pgwarden.core.slot_copies import follower_slot_actions, leader_slot_actions
 
 
 def decide(obs: Observation) -> Decision:
@@ -240,6 +240,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         message += f"; {waiting}"
     slots = frozenset(n for n in view.members if n != obs.me.name)
     actions.append(EnsureSlots(slots))
+    actions.extend(leader_slot_actions(obs, view))
     if pg.logical is not None:
         changes, conflicts = logical.reconcile(settings.publications, settings.subscriptions, pg.logical)
         actions.extend(ApplyLogical(c) for c in changes)

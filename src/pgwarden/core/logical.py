@@ -119,6 +119,8 @@ class SlotInfo:
 
     confirmed_flush: int | None
     lost: bool = False  # its WAL is gone (wal_status lost): unusable
+    failover: bool = False  # 17+: kept on standbys by PostgreSQL's slot-sync worker
+    synced: bool = False  # 17+: a standby's copy made by that worker
 
 
 @dataclass(frozen=True)

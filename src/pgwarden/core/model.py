@@ -100,6 +100,7 @@ class MemberInfo:
     # Logical slots this member holds (name, confirmed LSN): the primary's are what candidates
     # copy (core/slot_copies.py); a candidate's show whether it has them.
     logical_slots: tuple[tuple[str, int], ...] = ()
+    native_slots: tuple[str, ...] = ()  # those PostgreSQL (17+) keeps on standbys itself (failover)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +124,7 @@ class MemberInfo:
             "pg_version": self.pg_version,
             "pending_restart": self.pending_restart,
             "logical_slots": dict(self.logical_slots),
+            "native_slots": list(self.native_slots),
         }
 
     @classmethod
@@ -153,6 +155,7 @@ class MemberInfo:
             pg_version=opt_int("pg_version"),
             pending_restart=bool(d.get("pending_restart", False)),
             logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
+            native_slots=tuple(sorted(str(n) for n in d.get("native_slots") or ())),
         )
 
 

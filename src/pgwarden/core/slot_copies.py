@@ -22,11 +22,12 @@ from pgwarden.core.actions import (
     AdvanceLogicalSlots,
     CopyLogicalSlots,
     DropLogicalSlots,
+    SetStandbySlots,
     StopPostgres,
     Upstream,
 )
 from pgwarden.core.logical import SlotInfo
-from pgwarden.core.model import HistoryEntry, MemberInfo, Observation
+from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Observation
 
 FIRST_NATIVE = 17  # slots with failover = true and sync_replication_slots
 
@@ -72,18 +73,31 @@ def plan(leader: Mapping[str, int], local: Mapping[str, SlotInfo], copies: Mappi
 
 
 def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream) -> tuple[list[Action], str]:
-    """A streaming candidate on 15/16 keeps copies of the leader's logical slots: drop the
-    untrusted, advance the rest, copy the missing (the copy needs a restart to load)."""
+    """A streaming candidate keeps copies of the leader's logical slots: drop the untrusted,
+    advance the rest, copy the missing (the copy needs a restart to load). On 17 and later the
+    slot-sync worker keeps the failover slots, and the copies are only of the others (made by a
+    subscriber older than 17, which cannot ask for failover)."""
     pg = obs.pg
-    if (pg.logical is None or obs.me.tags.nofailover or pg.version is None or pg.version >= FIRST_NATIVE
-            or not pg.streaming or not pg.healthy):
+    if pg.logical is None or not pg.healthy or pg.version is None:
         return [], ""
-    if not leader.logical_slots and not pg.logical.slots:
-        return [], ""
-    history = obs.store.history if obs.store is not None else ()
-    p = plan(dict(leader.logical_slots), pg.logical.slots, pg.slot_copies, pg.timeline, history,
-             pg.replayed_lsn)
+    local = dict(pg.logical.slots)
+    wanted = dict(leader.logical_slots)
     out: list[Action] = []
+    notes: list[str] = []
+    if pg.version >= FIRST_NATIVE:
+        # A failover slot this standby did not get from the slot-sync worker (a demoted
+        # primary's own) makes that worker stop with "same name slot already exists": drop it
+        # (patroni#3493, cloudnative-pg#9969); the worker then syncs the primary's.
+        stale = frozenset(n for n, s in local.items() if s.failover and not s.synced)
+        if stale:
+            out.append(DropLogicalSlots(stale))
+            notes.append(f"dropping stale failover slots {', '.join(sorted(stale))}")
+        local = {n: s for n, s in local.items() if not s.failover}
+        wanted = {n: lsn for n, lsn in wanted.items() if n not in leader.native_slots}
+    if obs.me.tags.nofailover or not pg.streaming or (not wanted and not local):
+        return out, "; ".join(notes)
+    history = obs.store.history if obs.store is not None else ()
+    p = plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn)
     if p.drop:
         out.append(DropLogicalSlots(p.drop))
     if p.advance:
@@ -93,5 +107,21 @@ def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream
         # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
         out += [CopyLogicalSlots(p.copy, source),
                 StopPostgres("fast", "loading copied logical slots", restart=True)]
-        return out, f"copying logical slots {', '.join(sorted(p.copy))} from {source.name}"
-    return out, ""
+        notes.append(f"copying logical slots {', '.join(sorted(p.copy))} from {source.name}")
+    return out, "; ".join(notes)
+
+
+def leader_slot_actions(obs: Observation, view: ClusterView) -> list[Action]:
+    """17+ primary: the failover candidates streaming from us now, whose physical slots
+    synchronized_standby_slots names (recomputed every loop, so on every membership change).
+    A failover slot then sends a change only once each of them has flushed it, so none of
+    them, once promoted, lacks a change a subscriber holds (rule 19). A candidate that stops
+    streaming leaves the list at once: a subscriber waits for no one who cannot answer."""
+    pg = obs.pg
+    if pg.version is None or pg.version < FIRST_NATIVE or pg.logical is None:
+        return []
+    if not any(s.failover for s in pg.logical.slots.values()):
+        return [SetStandbySlots(frozenset())]
+    names = frozenset(r.name for r in pg.replication if r.state == "streaming"
+                      and (m := view.members.get(r.name)) is not None and not m.tags.nofailover)
+    return [SetStandbySlots(names)]

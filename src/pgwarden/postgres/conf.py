@@ -143,6 +143,8 @@ def primary_conninfo(
         ("host", upstream.host),
         ("port", str(upstream.port)),
         ("user", user),
+        # Ignored by physical replication; PostgreSQL 17's slot-sync worker needs a database.
+        ("dbname", "postgres"),
     ]
     if passfile is not None:
         parts.append(("passfile", str(passfile)))
@@ -176,6 +178,7 @@ def render_postgresql_conf(
     passfile: Path | None,
     socket_dir: Path | None,
     cluster_name: str | None = None,
+    major: int | None = None,
 ) -> str:
     params: dict[str, ParamValue] = dict(DEFAULTS)
     if cluster_name:
@@ -200,6 +203,11 @@ def render_postgresql_conf(
                 state.upstream, user=replication_user, application_name=member, passfile=passfile
             )
             params["primary_slot_name"] = slot_name(member)
+            if (major or 0) >= 17 and params.get("wal_level") == "logical":
+                # A cluster that can publish keeps its failover slots on every standby
+                # (PostgreSQL's slot-sync worker needs the feedback and a dbname to connect with).
+                params["sync_replication_slots"] = "on"
+                params["hot_standby_feedback"] = "on"
         else:
             # Explicitly empty, so a reload drops a stale upstream instead of keeping it.
             params["primary_conninfo"] = ""

@@ -297,6 +297,18 @@ class PostgresController(DataDirectory):
             for name, lsn in targets:
                 slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
 
+    def set_standby_slots(self, members: frozenset[str], timeout: float) -> None:
+        """synchronized_standby_slots = these members' physical slots (17+), by ALTER SYSTEM
+        (postgresql.auto.conf) and a reload, only when the server runs another value."""
+        value = ",".join(sorted(conf.slot_name(m) for m in members))
+        with self._local(timeout) as conn:
+            row = conn.execute("SELECT current_setting('synchronized_standby_slots', true)").fetchone()
+            if row is not None and (row[0] or "") == value:
+                return
+            log.info("synchronized_standby_slots -> %r", value)
+            conn.execute(f"ALTER SYSTEM SET synchronized_standby_slots = {conf.quote_value(value)}")
+            conn.execute("SELECT pg_reload_conf()")
+
     def drop_logical_slots(self, names: frozenset[str], timeout: float) -> None:
         with self._local(timeout) as conn:
             for name in sorted(names):

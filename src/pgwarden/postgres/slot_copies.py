@@ -15,14 +15,16 @@ from pgwarden.core.model import lsn_to_int
 
 # Logical slots worth keeping: not temporary, not a subscription's table-copy slot.
 SLOTS_SQL = (
-    "SELECT slot_name, confirmed_flush_lsn::text, wal_status FROM pg_replication_slots "
+    "SELECT slot_name, confirmed_flush_lsn::text, wal_status, {flags} FROM pg_replication_slots "
     "WHERE slot_type = 'logical' AND NOT temporary AND slot_name !~ '^pg_[0-9]+_sync_'"
 )
 
 
 def read_slots(conn: psycopg.Connection[Any]) -> dict[str, SlotInfo]:
-    rows = conn.execute(SLOTS_SQL).fetchall()
-    return {str(n): SlotInfo(lsn_to_int(c), lost=w == "lost") for n, c, w in rows}
+    flags = "failover, synced" if conn.info.server_version >= 170000 else "false, false"
+    rows = conn.execute(SLOTS_SQL.format(flags=flags)).fetchall()
+    return {str(n): SlotInfo(lsn_to_int(c), lost=w == "lost", failover=bool(f), synced=bool(y))
+            for n, c, w, f, y in rows}
 
 
 def fetch_state(primary: psycopg.Connection[Any], name: str) -> tuple[bytes, int] | None:
