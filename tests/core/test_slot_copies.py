@@ -103,3 +103,24 @@ def test_on_17_the_primary_waits_for_the_streaming_candidates_only() -> None:
     assert SetStandbySlots(frozenset()) in d.actions
     d = decide(leader_obs(primary_pg(version=16, logical=objs(s1=SlotInfo(10))), st))
     assert not any(isinstance(a, SetStandbySlots) for a in d.actions)
+
+
+def test_slot_copies_break_ties_only_never_outranking_wal_or_priority() -> None:
+    from pgwarden.core.candidates import Candidate, best
+
+    assert best([Candidate("a", 1, 100, 1, 0), Candidate("b", 1, 100, 1, 1)]).name == "b"  # type: ignore[union-attr]
+    assert best([Candidate("a", 1, 101, 1, 0), Candidate("b", 1, 100, 1, 1)]).name == "a"  # type: ignore[union-attr]
+    assert best([Candidate("a", 2, 100, 1, 0), Candidate("b", 1, 200, 1, 1)]).name == "a"  # type: ignore[union-attr]
+
+
+def test_a_leaderless_replica_waits_for_an_equal_peer_that_holds_the_slot_copies() -> None:
+    from tests.core.builders import peer, peers
+
+    ms = [member("n2"), member("n3", logical_slots=(("s1", 900),))]
+    d = decide(obs("n2", replica_pg(lsn=1000, received_lsn=1000, replayed_lsn=1000), view(None, ms),
+                   ps=peers(peer("n3", 1000))))
+    assert not any(type(a).__name__ == "AcquireLease" for a in d.actions), d
+    ms = [member("n2"), member("n3", logical_slots=(("s1", 900),))]
+    d = decide(obs("n2", replica_pg(lsn=1001, received_lsn=1001, replayed_lsn=1001), view(None, ms),
+                   ps=peers(peer("n3", 1000))))
+    assert any(type(a).__name__ == "AcquireLease" for a in d.actions), d

@@ -93,7 +93,8 @@ def test_selective_from_15_to_18(src: Cluster, dst: Cluster) -> None:
     sql(src, "CREATE TABLE orders (id int PRIMARY KEY, region text, amount int);"
              "CREATE TABLE customers (id int PRIMARY KEY, name text, secret text);"
              "CREATE TABLE private (id int PRIMARY KEY);"
-             "INSERT INTO orders SELECT g, CASE WHEN mod(g, 2) = 0 THEN 'eu' ELSE 'us' END, g FROM generate_series(1, 20) g;"
+             "INSERT INTO orders SELECT g, CASE WHEN mod(g, 2) = 0 THEN 'eu' ELSE 'us' END, g "
+             "FROM generate_series(1, 20) g;"
              "INSERT INTO customers VALUES (1, 'ann', 'x'), (2, 'bob', 'y'); INSERT INTO private VALUES (1)")
     src.ctl("logical", "publish", "orders", "--tables", "public.orders,public.customers",
             "--where", "public.orders=region = 'eu'", "--columns", "public.customers=id,name")
@@ -139,7 +140,8 @@ def settled_equal(src: Cluster, dst: Cluster, src_node: str) -> None:
                              f"doubled {len(b) - len(set(b))}") from None
 
 
-def test_source_failover_under_a_writer_keeps_exactly_the_new_primarys_rows(src: Cluster, dst: Cluster) -> None:
+def test_source_failover_under_a_writer_keeps_exactly_the_new_primarys_rows(
+        src: Cluster, dst: Cluster) -> None:
     w = Writer(src.dsn())
     w.prepare()
     src.ctl("logical", "publish", "acked", "--tables", "public.acked")
@@ -152,8 +154,9 @@ def test_source_failover_under_a_writer_keeps_exactly_the_new_primarys_rows(src:
     old = src.wait_primary()
     src.kill_node(old)
     new = src.wait_primary(timeout=60, exclude=(old,))
-    wait_for(lambda: len(w.acks) > 0 and w.acks[-1].server.endswith(str(src.config(new)["postgresql"]["port"])),
-             30, "the writer on the new primary")
+    port = str(src.config(new)["postgresql"]["port"])
+    wait_for(lambda: len(w.acks) > 0 and w.acks[-1].server.endswith(port), 30,
+             "the writer on the new primary")
     arrived = len(rows(dst, dst.wait_primary()))
     wait_for(lambda: len(rows(dst, dst.wait_primary())) > arrived + 100, 60,
              "changes from the new source primary arriving")
@@ -163,7 +166,8 @@ def test_source_failover_under_a_writer_keeps_exactly_the_new_primarys_rows(src:
     src.wait_replicas([old])
 
 
-def test_subscriber_failover_carries_on_from_the_origin_without_copying_again(src: Cluster, dst: Cluster) -> None:
+def test_subscriber_failover_carries_on_from_the_origin_without_copying_again(
+        src: Cluster, dst: Cluster) -> None:
     w = Writer(src.dsn(), writer_id=2)
     w.start()
     old = dst.wait_primary()
@@ -177,5 +181,6 @@ def test_subscriber_failover_carries_on_from_the_origin_without_copying_again(sr
     settled_equal(src, dst, src.wait_primary())
     # Copying again would have failed on the primary key; the tables stayed "ready" throughout.
     assert dst.sql(new, "SELECT DISTINCT srsubstate FROM pg_subscription_rel") == [("r",)]
-    assert dst.sql(new, "SELECT count(*) FROM pg_replication_origin_status WHERE remote_lsn > '0/0'")[0][0] >= 1
+    origins = "SELECT count(*) FROM pg_replication_origin_status WHERE remote_lsn > '0/0'"
+    assert dst.sql(new, origins)[0][0] >= 1
     dst.start_node(old)
