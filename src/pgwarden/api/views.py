@@ -11,6 +11,7 @@ from pgwarden.api.state import NodeState
 from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, MemberInfo, Role, int_to_lsn
+from pgwarden.core.slot_copies import missing_copies
 
 
 def iso_time(t: float | None) -> str | None:
@@ -61,6 +62,9 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "api_url": m.api_url,
         "store_ok": st.store_ok,
         "message": st.message,
+        "logical_slots": {n: int_to_lsn(lsn) for n, lsn in m.logical_slots},
+        # Failover candidates without a copy of a logical slot of the leader (rule 19).
+        "logical_slot_copies_missing": missing_copies(view) if view is not None else {},
         "started_at": iso_time(st.started_at),
         "cluster_unlocked": view is None or view.leader is None,
         # Patroni's names for the same facts.

@@ -125,3 +125,20 @@ def leader_slot_actions(obs: Observation, view: ClusterView) -> list[Action]:
     names = frozenset(r.name for r in pg.replication if r.state == "streaming"
                       and (m := view.members.get(r.name)) is not None and not m.tags.nofailover)
     return [SetStandbySlots(names)]
+
+
+def missing_copies(view: ClusterView) -> dict[str, list[str]]:
+    """Failover candidates lacking a copy of one of the leader's logical slots, as the members'
+    keys show them: what `/status` and `ctl logical status` report."""
+    leader = view.members.get(view.leader.name) if view.leader is not None else None
+    if leader is None or not leader.logical_slots:
+        return {}
+    wanted = {n for n, _ in leader.logical_slots}
+    out: dict[str, list[str]] = {}
+    for name, m in sorted(view.members.items()):
+        if name == leader.name or m.tags.nofailover:
+            continue
+        lacking = sorted(wanted - {n for n, _ in m.logical_slots})
+        if lacking:
+            out[name] = lacking
+    return out
