@@ -80,8 +80,10 @@ def slot_copies(dsn: str, slot: str | None, timeout: float) -> list[dict[str, An
                 rec = c.execute("SELECT pg_is_in_recovery()").fetchone()
                 row["role"] = "standby" if rec and rec[0] else "primary"
                 if slot:
+                    # A 17+ slot being synchronised stays temporary (and is dropped at promotion)
+                    # until the standby can hold it safely: not a copy yet.
                     r = c.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
-                                  "WHERE slot_name = %s", (slot,)).fetchone()
+                                  "WHERE slot_name = %s AND NOT temporary", (slot,)).fetchone()
                     row["has_slot"] = r is not None
                     row["confirmed_flush_lsn"] = r[0] if r else None
         except psycopg.Error as e:
