@@ -2,7 +2,7 @@
 subscription's slot on its standbys through PostgreSQL's own slot synchronisation, managed by the
 agents (sync_replication_slots and hot_standby_feedback on standbys, synchronized_standby_slots
 on the primary). After the source primary is SIGKILLed under a writer, the subscriber holds
-exactly the rows the new source primary holds."""
+exactly the rows the new source primary holds (synchronous_mode on)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ SYNCED = "SELECT synced FROM pg_replication_slots WHERE slot_name = 'acked_sub' 
 
 @pytest.fixture(scope="module")
 def src() -> Iterator[Cluster]:
-    with Cluster("fsrc", nodes=3, sets=LOGICAL) as c:
+    # Synchronous mode here, asynchronous in test_logical.py: both keep exactly the rows.
+    with Cluster("fsrc", nodes=3, sync="on", sets=LOGICAL) as c:
         c.wait_primary()
         yield c
 
@@ -61,8 +62,8 @@ def test_source_failover_on_18_with_failover_slots(src: Cluster, dst: Cluster) -
              "changes from the new source primary arriving")
     w.stop()
     settled_equal(src, dst, new)
-    # The old primary comes back as a standby: its own failover slot (synced = false) would stop
-    # the slot-sync worker; the agent drops it and the worker syncs the new primary's.
+    # The old primary comes back as a standby and ends up with a synced copy of the new primary's
+    # slot (had it kept its own failover slot, synced = false, the agent would drop it).
     src.start_node(primary)
     src.wait_replicas([primary])
     wait_for(lambda: src.sql(primary, SYNCED) == [(True,)], 90,

@@ -11,6 +11,7 @@ from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import LogicalWorker
+from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
 from pgwarden.core.history import merge_history
@@ -94,6 +95,7 @@ class Executor:
         self.seed = seed
         self.name = cfg.name
         self.logical = LogicalWorker(pg.apply_logical)
+        self.slot_ledger: SlotLedger | None = None  # set by the runner
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -235,6 +237,7 @@ class Executor:
                 copied = self.pg.copy_logical_slots(names, src.host, src.port, s.retry_timeout * 3)
                 for name in copied:
                     self.facts.slot_copies[name] = pgv.timeline or 0
+                self._record_copies(pgv)
                 return bool(copied)  # nothing copied: no restart
             case A.AdvanceLogicalSlots(targets=targets):
                 self.logical.run_later("advance slot copies",
@@ -250,6 +253,7 @@ class Executor:
                 self.pg.drop_logical_slots(names, s.retry_timeout * 3)
                 for name in names:
                     self.facts.slot_copies.pop(name, None)
+                self._record_copies(pgv)
                 return True
             case _:
                 assert_never(a)
@@ -260,6 +264,9 @@ class Executor:
         log.info("promoting PostgreSQL")
         self.pg.promote(self._lease_budget(10.0), sync_after)
         self.facts.sync_applied = sync_after
+        # Our copies are the real slots now; if we are ever a standby again they are not copies.
+        self.facts.slot_copies.clear()
+        self._record_copies(pgv)
         # Rule 4: still ours right after promotion? If not (or we cannot tell), stop writes at once.
         try:
             kept = self.renew(s)
@@ -271,6 +278,10 @@ class Executor:
             self._demote(None)
             return False
         return True
+
+    def _record_copies(self, pgv: PgView) -> None:
+        if self.slot_ledger is not None:
+            self.slot_ledger.save(pgv.system_id, self.facts.slot_copies)
 
     def _demote(self, upstream: tuple[str, str, int] | None) -> None:
         """Stop writes within the lease (escalating to immediate, then SIGKILL), disarm the fencer

@@ -19,6 +19,7 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import read_bounded
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
+from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
@@ -78,6 +79,8 @@ class Agent:
         self.router = router_for(cfg.pgbouncer)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
                              self.settings, self.seed, self.router)
+        self.exec.slot_ledger = SlotLedger(run_dir_for(cfg) / "slot_copies.json")
+        self._ledger_sysid, self.facts.slot_copies = self.exec.slot_ledger.load()
         host, port = cfg.postgresql.connect_host_port()
         self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
         # The API writes requests through a store client of its own: the agent's client ignores
@@ -294,6 +297,10 @@ class Agent:
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
+        if pgv.system_id is not None and self._ledger_sysid != pgv.system_id:
+            if self._ledger_sysid is not None:  # another cluster's data: its copies are not ours
+                self.facts.slot_copies.clear()
+            self._ledger_sysid = pgv.system_id
         pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
         if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
