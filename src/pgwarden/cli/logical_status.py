@@ -127,8 +127,9 @@ def subscription_rows(conn: psycopg.Connection[Any], timeout: float) -> list[dic
             state = "disabled"
         elif pid is None:
             state = "error"
-            error = (f"the apply worker is not running (apply errors {apply_err or 0}, sync errors "
-                     f"{sync_err or 0}); PostgreSQL's message is in this primary's server log")
+            error = last_error(conn, name) or (
+                f"the apply worker is not running (apply errors {apply_err or 0}, sync errors "
+                f"{sync_err or 0}); see the subscriber primary's server log")
         elif any(t["state"] != "ready" for t in tables):
             state = "copying"
         elif (lag_bytes or 0) > LAGGING_BYTES or (lag_seconds or 0) > LAGGING_SECONDS:
@@ -143,6 +144,35 @@ def subscription_rows(conn: psycopg.Connection[Any], timeout: float) -> list[dic
             "candidates": copies, "error": error,
         })
     return out
+
+
+LOG_TAIL = 65536
+
+
+def last_error(conn: psycopg.Connection[Any], name: str) -> str | None:
+    """PostgreSQL's last error for subscription `name`, from the tail of the server log pgwarden
+    keeps beside the data directory (`<data_dir>.log`); None when it cannot be read."""
+    try:
+        row = conn.execute(
+            "WITH f AS (SELECT current_setting('data_directory') || '.log' AS path) "
+            "SELECT pg_read_file(path, greatest(0, (pg_stat_file(path)).size - %s), %s) FROM f",
+            (LOG_TAIL, LOG_TAIL)).fetchone()
+    except psycopg.Error:
+        return None
+    return error_for(str(row[0]) if row and row[0] else "", name)
+
+
+def error_for(log_text: str, name: str) -> str | None:
+    """The last ERROR line that follows a line naming subscription `name` (its apply worker)."""
+    ours, found = False, None
+    for line in log_text.splitlines():
+        if f'subscription "{name}"' in line:
+            ours = True
+        elif "subscription \"" in line:
+            ours = False
+        if ours and "ERROR:" in line:
+            found = line.split("ERROR:", 1)[1].strip()
+    return found
 
 
 def publication_rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
