@@ -124,3 +124,21 @@ def test_a_leaderless_replica_waits_for_an_equal_peer_that_holds_the_slot_copies
     d = decide(obs("n2", replica_pg(lsn=1001, received_lsn=1001, replayed_lsn=1001), view(None, ms),
                    ps=peers(peer("n3", 1000))))
     assert any(type(a).__name__ == "AcquireLease" for a in d.actions), d
+
+
+def test_copies_are_kept_while_the_leader_is_not_running_as_primary() -> None:
+    pg = replica_pg(version=15, logical=objs(s1=SlotInfo(1000)), slot_copies={"s1": 1}, replayed_lsn=5000)
+    st = view("n1", [member("n1", Role.PRIMARY, running=False), member("n2"), member("n3")])
+    d = decide(obs("n2", pg, st))
+    assert not any(isinstance(a, DropLogicalSlots) for a in d.actions)
+
+
+def test_no_restart_for_a_copy_while_paused() -> None:
+    from pgwarden.core.settings import ClusterSettings
+
+    o = _replica(15, NONE)
+    assert o.store is not None
+    o = replace(o, store=replace(o.store, settings=ClusterSettings(paused=True)))
+    d = decide(o)
+    assert not any(isinstance(a, (CopyLogicalSlots, StopPostgres)) for a in d.actions)
+    assert "paused" in d.message

@@ -27,7 +27,7 @@ from pgwarden.core.actions import (
     Upstream,
 )
 from pgwarden.core.logical import SlotInfo
-from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Observation
+from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Observation, Role
 
 FIRST_NATIVE = 17  # slots with failover = true and sync_replication_slots
 
@@ -96,13 +96,19 @@ def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream
         wanted = {n: lsn for n, lsn in wanted.items() if n not in leader.native_slots}
     if obs.me.tags.nofailover or not pg.streaming or (not wanted and not local):
         return out, "; ".join(notes)
+    if not (leader.running and leader.role == Role.PRIMARY):
+        # Its published slots are not current while it restarts: dropping our copies for that
+        # would lose the slot exactly when a failover may come.
+        return out, "; ".join(notes)
     history = obs.store.history if obs.store is not None else ()
     p = plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn)
     if p.drop:
         out.append(DropLogicalSlots(p.drop))
     if p.advance:
         out.append(AdvanceLogicalSlots(p.advance))
-    if p.copy:
+    if p.copy and obs.store is not None and obs.store.settings.paused:
+        notes.append(f"paused: not restarting to load copies of {', '.join(sorted(p.copy))}")
+    elif p.copy:
         # Copied only if our replay is past each slot's position (checked as it is read), then
         # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
         out += [CopyLogicalSlots(p.copy, source),
