@@ -4,10 +4,11 @@ uses them without importing the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from pgwarden.config.tls import TlsFiles
 from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
 from pgwarden.errors import CliError
 
@@ -84,10 +85,11 @@ def libpq_dsn(
     password: str,
     replicas: bool = False,
     dbname: str = "postgres",
+    ssl: Mapping[str, str] | None = None,
 ) -> str:
     """A multi-host URI: libpq tries the hosts in order and keeps the first that matches
     `target_session_attrs`, so it reaches the primary (or, with `replicas`, a standby when one
-    is up) wherever it runs now."""
+    is up) wherever it runs now. `ssl`: sslmode and sslrootcert (see `ssl_options`)."""
     if not hosts:
         raise CliError("no members known to build a connection string from")
     auth = quote(user, safe="")
@@ -96,4 +98,15 @@ def libpq_dsn(
     where = ",".join(f"{h}:{p}" for h, p in hosts)
     attrs = "prefer-standby" if replicas else "read-write"
     db = quote(dbname, safe="")
-    return f"postgresql://{auth}@{where}/{db}?target_session_attrs={attrs}&connect_timeout=2"
+    extra = "".join(f"&{k}={quote(v, safe='/')}" for k, v in (ssl or {}).items())
+    return f"postgresql://{auth}@{where}/{db}?target_session_attrs={attrs}&connect_timeout=2{extra}"
+
+
+def ssl_options(tls: TlsFiles | None) -> dict[str, str]:
+    """What a client of a cluster with postgresql.tls adds: verify-full against the node file's
+    CA (require without one), nothing without TLS."""
+    if tls is None:
+        return {}
+    if tls.cafile is None:
+        return {"sslmode": "require"}
+    return {"sslmode": "verify-full", "sslrootcert": str(tls.cafile.absolute())}

@@ -12,11 +12,12 @@ import pytest
 from pgwarden.agent.executor import Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.actions import Promote, StartPostgres
+from pgwarden.core.actions import Promote, RenewLease, StartPostgres
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
 from tests.api.memstore import MemStore
+from tests.support.memkv import MemKV
 from tests.support.pg import bootstrapped_primary, controller, make_node_config, teardown
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
@@ -86,3 +87,26 @@ def test_a_renewal_that_raises_after_promotion_demotes(primary: PostgresControll
         assert v.in_recovery is True, "promoted without a confirmed lease and left writable"
     finally:
         teardown(r)
+
+
+def test_the_leader_key_is_adopted_only_from_this_node_s_previous_run(
+    primary: PostgresController, tmp_path: Path
+) -> None:
+    """Rule 5's "take the lease at once": a renewal while the keeper holds no lease adopts the key
+    from the lease it sits on, but only if the fence state says this node's previous run held the
+    lease (armed); an agent elsewhere that merely has the same name must not take it."""
+    store = MemStore()
+    previous = MemKV(store.cluster, store.mem._server)  # the dead run's store client
+    assert previous.acquire("leader", "p", SETTINGS.ttl, 2)
+    lease = LeaseKeeper()
+    ex = _executor(primary, store, lease, tmp_path)
+    pgv = primary.observe(2)
+    assert not ex.fencer.armed
+    assert ex.run((RenewLease(),), None, pgv) is False
+    assert not lease.held and previous.renew("leader", "p", SETTINGS.ttl, 2)  # untouched
+    ex.fencer.arm(time.monotonic() + SETTINGS.ttl, pgv.postmaster_pid)  # as the previous run left it
+    sent = time.monotonic()
+    assert ex.run((RenewLease(),), None, pgv) is True
+    assert lease.held and sent < lease.deadline <= time.monotonic() + SETTINGS.ttl
+    assert not previous.renew("leader", "p", SETTINGS.ttl, 2)  # it is ours now
+    assert ex.run((RenewLease(),), None, pgv) is True  # and renews as any lease of ours

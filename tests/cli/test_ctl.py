@@ -161,8 +161,10 @@ def test_dsn(node_file: Path, store: ClusterStore) -> None:
     three(store)
     r = run_cli("ctl", "-c", str(node_file), "dsn")
     assert r.code == 0, r.err
-    assert r.out.strip() == ("postgresql://postgres:s3cr%40t%2Fpw@127.0.0.1:5432,127.0.0.1:5433,"
+    assert r.out.strip() == ("postgresql://postgres@127.0.0.1:5432,127.0.0.1:5433,"
                              "127.0.0.1:5434/postgres?target_session_attrs=read-write&connect_timeout=2")
+    r = run_cli("ctl", "-c", str(node_file), "dsn", "--with-password")  # asked for explicitly
+    assert "postgresql://postgres:s3cr%40t%2Fpw@127.0.0.1:5432," in r.out
     r = run_cli("ctl", "-c", str(node_file), "dsn", "--replicas")
     assert "target_session_attrs=prefer-standby" in r.out
 

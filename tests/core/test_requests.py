@@ -3,6 +3,8 @@ message an operator gets for each refusal."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from pgwarden.config.schema import ClusterSettings, SyncMode
@@ -15,7 +17,13 @@ from pgwarden.core.model import (
     SyncState,
     Tags,
 )
-from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
+from pgwarden.core.requests import (
+    RequestError,
+    failover_is_switchover,
+    validate_failover,
+    validate_restart,
+    validate_switchover,
+)
 
 NOW = 1_800_000_000.0
 
@@ -159,3 +167,37 @@ def test_failover_in_sync_mode_with_empty_set_is_left_to_the_core() -> None:
 def test_request_error_is_a_value_error() -> None:
     # Callers that only know ValueError (argument parsing in the CLI) still catch it.
     assert issubclass(RequestError, ValueError)
+
+
+# -- failover carried out as a switchover; restart conditions ------------------------------------
+
+
+def test_failover_naming_the_leader_is_a_switchover() -> None:
+    assert failover_is_switchover("a", None, scheduled=True) is True
+    assert failover_is_switchover(None, "b", scheduled=False) is False
+
+
+@pytest.mark.parametrize(("candidate", "scheduled", "says"), [
+    (None, False, "needs a candidate"),
+    ("b", True, "can't be scheduled"),
+])
+def test_failover_without_leader_must_be_immediate_and_named(
+        candidate: str | None, scheduled: bool, says: str) -> None:
+    with pytest.raises(RequestError, match=says) as e:
+        failover_is_switchover(None, candidate, scheduled)
+    assert e.value.kind == "invalid"
+
+
+def test_restart_conditions() -> None:
+    primary = _m("a", Role.PRIMARY)
+    validate_restart(primary, "master", False)  # Patroni's old name for the primary
+    validate_restart(primary, None, False)
+    with pytest.raises(RequestError, match="this node is primary, not replica") as e:
+        validate_restart(primary, "replica", False)
+    assert e.value.kind == "precondition"
+    with pytest.raises(RequestError, match="must be primary") as e:
+        validate_restart(primary, "leader", False)
+    assert e.value.kind == "invalid"
+    with pytest.raises(RequestError, match="no restart is pending"):
+        validate_restart(primary, None, True)
+    validate_restart(replace(primary, pending_restart=True), None, True)

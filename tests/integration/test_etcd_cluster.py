@@ -8,11 +8,16 @@ import signal
 import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 
+from pgwarden.store.base import StoreError
+from pgwarden.store.cluster import ClusterStore
+from pgwarden.store.documents import LAYOUT
+from pgwarden.store.etcd import EtcdKV
 from tests.support.cluster import Cluster, is_writable
 from tests.support.wait import wait_for
 from tests.support.writer import Writer
@@ -36,6 +41,25 @@ def test_bootstrap_gives_one_primary_and_streaming_replicas(cluster: Cluster) ->
     # The leader keeps a physical slot per member.
     slots = {r[0] for r in cluster.sql(primary, "SELECT slot_name FROM pg_replication_slots")}
     assert set(replicas) <= slots
+
+
+def test_the_local_store_is_authenticated_and_its_secrets_stay_in_files(cluster: Cluster) -> None:
+    """Secure by default: `local up` runs etcd with auth on; node files name the store's
+    password file (0600) instead of carrying it; etcd refuses a client without credentials."""
+    cluster.wait_primary()
+    doc = cluster.config("node1")
+    auth = doc["store"]["etcd"]["authentication"]
+    assert "password" not in auth
+    secret = Path(auth["password_file"])
+    assert secret.stat().st_mode & 0o077 == 0
+    assert secret.read_text().strip() not in yaml.safe_dump(doc)
+    hosts = doc["store"]["etcd"]["hosts"]
+    plain = ClusterStore(EtcdKV(hosts, doc["cluster"], LAYOUT))
+    try:
+        with pytest.raises(StoreError, match="authentication enabled"):
+            plain.snapshot(2.0)
+    finally:
+        plain.close()
 
 
 def test_rows_written_on_the_primary_reach_every_replica(cluster: Cluster) -> None:

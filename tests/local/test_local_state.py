@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from pgwarden.config.schema import EtcdConfig, StoreConfig
 from pgwarden.core.model import Role
 from pgwarden.errors import CliError
 from pgwarden.local import procs
@@ -151,7 +150,7 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
     ports = add_fake_agents(cluster_dir, ["node1", "node2", "node3"], running={"node1", "node2"})
     state = load_state(cluster_dir)
     assert state is not None
-    store = open_store(StoreConfig(etcd=EtcdConfig(hosts=state.etcd_hosts())), state.cluster)
+    store = open_store(c._store_config(), state.cluster)  # type: ignore[arg-type]  # etcd has auth on
     try:
         # node3's key is still there (its TTL has not run out) but its agent is gone: stopped.
         publish_cluster(store, [

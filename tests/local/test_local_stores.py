@@ -48,6 +48,9 @@ def test_raft_sections_name_every_other_voter_and_the_witness(open_dir: Path) ->
         assert raft["self_addr"] == addrs[name]
         assert sorted(raft["partner_addrs"]) == sorted(a for n, a in addrs.items() if n != name)
         assert raft["data_dir"] == str(cl.directory / name / "raft")
+        # One shared secret for the group, in a 0600 file (the traffic is encrypted with it).
+        secret = Path(raft["password_file"])
+        assert secret == Path(witness["password_file"]) and secret.stat().st_mode & 0o077 == 0
         node_doc = node_config(cl.directory, "r", NodePlan(name, 1, 2), [], seed_settings(None, ()),
                                "pw", "rp", "api", store=doc)
         cfg = parse_node_config(node_doc, name)

@@ -13,10 +13,11 @@ import pytest
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import EtcdConfig, StoreConfig, ZooKeeperConfig
 from pgwarden.core.model import FailoverRequest, MemberInfo
-from pgwarden.store.base import ANY, StoreUnavailable
+from pgwarden.store.base import ANY, StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT
 from pgwarden.store.etcd import EtcdKV
+from pgwarden.store.etcd_auth import enable_auth
 from pgwarden.store.factory import open_store
 from tests.support.etcd import EtcdServer
 from tests.support.ports import free_port
@@ -183,3 +184,30 @@ def test_factory_reports_a_missing_zookeeper_backend(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "pgwarden.store.zookeeper", None)
     with pytest.raises(ConfigError, match="zookeeper"):
         open_store(StoreConfig(zookeeper=ZooKeeperConfig(hosts=["127.0.0.1:2181"])), "c")
+
+
+def test_authentication(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
+    """store.etcd.authentication against an etcd with auth on (as `local up` runs it): the user
+    works through a token, an expired or revoked token is replaced, and a missing or wrong
+    password is one clear error naming the setting."""
+    enable_auth([etcd.endpoint], "root-password-1", "pgw", "user-password-1", "/pgwarden", 10.0)
+    enable_auth([etcd.endpoint], "root-password-1", "pgw", "user-password-1", "/pgwarden", 10.0)  # idempotent
+    user = ClusterStore(EtcdKV([etcd.endpoint], "c", LAYOUT, credentials=("pgw", "user-password-1")))
+    stores.append(user)
+    assert user.acquire_leader("a", 4.0, T)
+    gw = user.kv._gw  # type: ignore[attr-defined]
+    gw._token = "bogus.token"  # as after etcd restarted and forgot its simple tokens
+    assert user.renew_leader("a", 4.0, T)
+    assert user.snapshot(T).leader is not None
+    with pytest.raises(StoreError, match=r"authentication enabled.*store\.etcd\.authentication"):
+        open_(stores, [etcd.endpoint]).snapshot(T)
+    wrong = ClusterStore(EtcdKV([etcd.endpoint], "c", LAYOUT, credentials=("pgw", "guess")))
+    stores.append(wrong)
+    with pytest.raises(StoreError, match=r"refused the credentials of user .pgw.*store\.etcd\.auth"):
+        wrong.snapshot(T)
+    # The user's role reaches only pgwarden's prefix.
+    outside = ClusterStore(EtcdKV([etcd.endpoint], "c", LAYOUT, prefix="/other",
+                                  credentials=("pgw", "user-password-1")))
+    stores.append(outside)
+    with pytest.raises(StoreError, match="permission denied"):
+        outside.snapshot(T)

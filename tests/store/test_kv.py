@@ -3,10 +3,14 @@ unconditional writes, deletes, and whose a lease is. The documents above it: tes
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from pgwarden.store.base import ANY
 from tests.support.backends import StoreFactory
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,3 +74,78 @@ def test_a_lease_is_its_instance_s(make_store: StoreFactory, cluster: str) -> No
     assert "leader" not in a.read(T)
     assert not a.renew("leader", "a", TTL, T)
     assert not a.release("leader", "a", T)
+
+
+# -- adopting a key a previous run left (renew(adopt=True), SAFETY rule 5) ------------------------
+
+
+def test_a_new_instance_adopts_a_key_holding_its_value(make_store: StoreFactory, cluster: str) -> None:
+    old, new, reader = make_store(cluster).kv, make_store(cluster).kv, make_store(cluster).kv
+    assert old.acquire("leader", "a", TTL, T)
+    assert not new.renew("leader", "a", TTL, T)  # without adopt: still not ours
+    assert not new.renew("leader", "b", TTL, T, adopt=True)  # another value: never
+    assert old.renew("leader", "a", TTL, T)  # ...and the refusal changed nothing
+    assert new.renew("leader", "a", TTL, T, adopt=True)
+    assert not old.renew("leader", "a", TTL, T)  # the previous holder has lost it
+    assert reader.read(T)["leader"].value == "a"
+    # Now on the new instance's own lease: plain renewals (and adopting again) keep it, well past
+    # the ttl of the old lease, which nothing renews any more.
+    end = time.monotonic() + TTL + 1.5
+    while time.monotonic() < end:
+        assert new.renew("leader", "a", TTL, T)
+        reader.wait_for_change(0.4)  # paces the loop
+    assert new.renew("leader", "a", TTL, T, adopt=True)
+    assert reader.read(T)["leader"].value == "a"
+    # And it is a lease of `ttl`: unrenewed, the key lapses.
+    wait_for(lambda: "leader" not in reader.read(T), TTL + 4, "the adopted key to lapse")
+    assert not new.renew("leader", "a", TTL, T, adopt=True)  # gone: nothing to adopt
+
+
+def test_adopting_never_creates_a_key(make_store: StoreFactory, cluster: str) -> None:
+    a, b = make_store(cluster).kv, make_store(cluster).kv
+    assert not b.renew("leader", "a", TTL, T, adopt=True)
+    assert "leader" not in a.read(T)
+    assert a.acquire("leader", "a", TTL, T)
+    assert a.release("leader", "a", T)
+    assert not b.renew("leader", "a", TTL, T, adopt=True)
+    assert "leader" not in a.read(T)
+    assert b.acquire("leader", "b", TTL, T)  # and it did not get in the way of acquiring
+
+
+def test_adopting_refuses_a_key_taken_since_by_another(make_store: StoreFactory, cluster: str) -> None:
+    """The previous run's key expired (here: released) and another member took the key: the
+    adopting renewal compares the value in the same atomic step, so it cannot take it back."""
+    old, other, new = make_store(cluster).kv, make_store(cluster).kv, make_store(cluster).kv
+    assert old.acquire("leader", "a", TTL, T)
+    assert old.release("leader", "a", T)
+    assert other.acquire("leader", "c", TTL, T)
+    assert not new.renew("leader", "a", TTL, T, adopt=True)
+    assert other.renew("leader", "c", TTL, T)
+    assert new.read(T)["leader"].value == "c"
+
+
+def test_the_key_never_disappears_while_adopted(make_store: StoreFactory, cluster: str) -> None:
+    """Two instances take the key from each other again and again while a third reads all along:
+    every read shows it (a delete and a create, even back to back, would show a gap)."""
+    a, b, reader = make_store(cluster).kv, make_store(cluster).kv, make_store(cluster).kv
+    assert a.acquire("leader", "a", TTL, T)
+    stop = threading.Event()
+    seen: list[str | None] = []
+
+    def read_all_along() -> None:
+        while not stop.is_set():
+            entry = reader.read(T).get("leader")
+            seen.append(entry.value if entry is not None else None)
+
+    t = threading.Thread(target=read_all_along, daemon=True)
+    t.start()
+    try:
+        for i in range(10):
+            taker, loser = (b, a) if i % 2 == 0 else (a, b)
+            assert taker.renew("leader", "a", TTL, T, adopt=True)
+            assert not loser.renew("leader", "a", TTL, T)
+    finally:
+        stop.set()
+        t.join(10)
+    assert seen, "the reader never read"
+    assert set(seen) == {"a"}, f"the key was missing from {seen.count(None)} of {len(seen)} reads"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import RaftConfig
 from pgwarden.core.model import FailoverRequest, HistoryEntry
 from pgwarden.store.base import StoreUnavailable
@@ -200,3 +201,36 @@ def test_an_agent_or_witness_without_data_dir_is_refused() -> None:
     cfg = StoreConfig(raft=RaftConfig(self_addr="127.0.0.1:1", partner_addrs=["127.0.0.1:2"]))
     with pytest.raises(ConfigError, match=r"store\.raft\.data_dir: required"):
         open_store(cfg, "c")
+
+
+def test_a_client_without_the_group_secret_is_not_heard(group: RaftGroup, tmp_path: Path) -> None:
+    """store.raft.password_file: the group's traffic is encrypted and authenticated, so a node
+    with another secret (or none) reads nothing and writes nothing."""
+    a = group.store("c", member=0)
+    assert a.acquire_leader("a", TTL, T)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-the-group-secret\n")
+    for secret in (wrong, None):
+        cfg = RaftConfig(self_addr=group.configs[0].self_addr, partner_addrs=group.configs[0].partner_addrs,
+                         password_file=secret)
+        outsider = ClusterStore(open_client(cfg, "c", LAYOUT))
+        try:
+            with pytest.raises(StoreUnavailable):
+                outsider.snapshot(3.0)
+        finally:
+            outsider.close()
+    # The members themselves still work together (the leader key has lapsed meanwhile: ttl 2 s).
+    b = group.store("c", member=1)
+    assert b.set_failover(FailoverRequest("switchover", "a", None, None), None, T)
+    got = group.store("c", member=2).snapshot(T).failover
+    assert got is not None and got.kind == "switchover"
+
+
+def test_an_unreadable_or_empty_secret_is_one_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.password"
+    empty.write_text("\n")
+    for path, says in ((tmp_path / "missing", "cannot read"), (empty, "is empty")):
+        cfg = RaftConfig(self_addr=f"127.0.0.1:{free_port()}", partner_addrs=[f"127.0.0.1:{free_port()}"],
+                         data_dir=tmp_path / "d", password_file=path)
+        with pytest.raises(ConfigError, match=rf"store\.raft\.password_file: .*{says}"):
+            RaftKV(cfg, "c", LAYOUT)

@@ -6,19 +6,21 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 
 from pgwarden.config.schema import ClusterSettings, StoreConfig
 from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, MemberInfo
-from pgwarden.store.base import StoreError, StoreUnavailable
+from pgwarden.store.base import ANY, StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT, load_member
 from pgwarden.store.factory import open_store
 from pgwarden.store.zookeeper import ZooKeeperKV
+from pgwarden.store.zookeeper_session import _Lease
 from tests.support.wait import wait_for
 from tests.support.zookeeper import ZooKeeperServer, zookeeper_available
 
@@ -211,3 +213,82 @@ def test_server_path_prefix(server: ZooKeeperServer, raw: KazooClient, cluster: 
     finally:
         store.close()
 
+
+
+def test_digest_authentication_keeps_other_clients_out(server: ZooKeeperServer, raw: KazooClient,
+                                                       cluster: str) -> None:
+    """store.zookeeper.authentication: every node the agent creates (its parents too) carries an
+    ACL for its user alone; a client without the password can neither read nor write them."""
+    creds = ("pgwarden", "zk-digest-password")
+    a = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT, "/secured", credentials=creds))
+    b = ClusterStore(ZooKeeperKV([server.endpoint], cluster, LAYOUT, "/secured", credentials=creds))
+    try:
+        assert a.acquire_leader("a", TTL, T)
+        view = b.snapshot(T)
+        assert view.leader is not None and view.leader.name == "a"
+        with pytest.raises(NoAuthError):
+            raw.get(f"/secured/{cluster}/leader")
+        with pytest.raises(NoAuthError):
+            raw.create(f"/secured/{cluster}/intruder", b"x")
+        wrong = KazooClient(hosts=server.endpoint, auth_data=[("digest", "pgwarden:guess")])
+        wrong.start(timeout=10)
+        try:
+            with pytest.raises(NoAuthError):
+                wrong.get(f"/secured/{cluster}/leader")
+        finally:
+            wrong.stop()
+            wrong.close()
+    finally:
+        a.close()
+        b.close()
+
+
+class _RacedKV(ZooKeeperKV):
+    """Runs `race` once, between an adopting renewal's reads and its transaction: the moment the
+    lease epoch exists for (see `ZooKeeperKV._adopt`)."""
+
+    race: Callable[[], None] | None = None
+
+    def _new_lease(self, seconds: float) -> _Lease:
+        lease = super()._new_lease(seconds)
+        client = lease.client
+        transaction = client.transaction
+
+        def raced() -> Any:
+            race, self.race = self.race, None
+            if race is not None:
+                race()
+            return transaction()
+
+        client.transaction = raced  # type: ignore[method-assign]
+        return lease
+
+
+def test_adopting_cannot_take_a_key_recreated_meanwhile_at_the_same_version(
+    make: Factory, server: ZooKeeperServer, raw: KazooClient, cluster: str
+) -> None:
+    """The old node expires and another member creates the key (at version 0, as the old one was)
+    after the adopter read it: a version check alone would delete the newcomer's node."""
+    old, other = make(cluster), make(cluster)
+    new = _RacedKV([server.endpoint], cluster, LAYOUT)
+    try:
+        assert old.acquire_leader("a", TTL, T)
+        path = f"/pgwarden/{cluster}/leader"
+        assert raw.get(path)[1].version == 0
+
+        def expire_and_take() -> None:
+            raw.delete(path)  # as the old session's expiry would
+            assert other.acquire_leader("c", TTL, T)
+            assert raw.get(path)[1].version == 0
+
+        new.race = expire_and_take
+        assert not new.renew("leader", "a", TTL, T, adopt=True)
+        assert new.race is None, "the race never ran"
+        assert other.renew_leader("c", TTL, T)
+        assert raw.get(path)[0] == b"c"
+        # Without the race, the same adoption goes through.
+        assert other.release_leader("c", T) and old.kv.put("leader", "a", ANY, T)
+        assert new.renew("leader", "a", TTL, T, adopt=True)
+        assert raw.get(path)[0] == b"a"
+    finally:
+        new.close()

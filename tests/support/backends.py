@@ -14,6 +14,7 @@ from pathlib import Path
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT
 from pgwarden.store.etcd import EtcdKV
+from pgwarden.store.etcd_auth import enable_auth
 from tests.support.etcd import EtcdServer
 from tests.support.memkv import MemKV, MemServer
 
@@ -42,10 +43,21 @@ def open_etcd(hosts: list[str], cluster: str) -> ClusterStore:
     return ClusterStore(EtcdKV(hosts, cluster, LAYOUT))
 
 
+ETCD_USER = ("pgwarden", "contract-suite-password")
+
+
 @contextmanager
 def etcd_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
-    with EtcdServer(tmp_dir) as server, _stores(lambda c: open_etcd([server.endpoint], c)) as make:
-        yield make
+    """etcd with authentication on, as `pgwarden local up` runs it: the whole contract (watch,
+    leases, transactions) must hold through a prefix-scoped user's token."""
+    with EtcdServer(tmp_dir) as server:
+        enable_auth([server.endpoint], "contract-suite-root", *ETCD_USER, "/pgwarden", 10.0)
+
+        def open_one(cluster: str) -> ClusterStore:
+            return ClusterStore(EtcdKV([server.endpoint], cluster, LAYOUT, credentials=ETCD_USER))
+
+        with _stores(open_one) as make:
+            yield make
 
 
 BACKENDS: dict[str, Backend] = {"etcd": etcd_backend}
@@ -83,17 +95,23 @@ OPENERS["raft"] = open_raft
 # -- zookeeper: a standalone server (Debian's package) ------------------------------------------
 
 
-def open_zookeeper(hosts: list[str], cluster: str) -> ClusterStore:
+ZOOKEEPER_USER = ("pgwarden", "contract-suite-password")
+
+
+def open_zookeeper(hosts: list[str], cluster: str,
+                   credentials: tuple[str, str] | None = None) -> ClusterStore:
     from pgwarden.store.zookeeper import ZooKeeperKV
 
-    return ClusterStore(ZooKeeperKV(hosts, cluster, LAYOUT))
+    return ClusterStore(ZooKeeperKV(hosts, cluster, LAYOUT, credentials=credentials))
 
 
 @contextmanager
 def zookeeper_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
+    """Every session authenticates (digest) and every node carries that user's ACL."""
     from tests.support.zookeeper import ZooKeeperServer
 
-    with ZooKeeperServer(tmp_dir) as server, _stores(lambda c: open_zookeeper([server.endpoint], c)) as make:
+    with ZooKeeperServer(tmp_dir) as server, \
+            _stores(lambda c: open_zookeeper([server.endpoint], c, ZOOKEEPER_USER)) as make:
         yield make
 
 

@@ -174,12 +174,19 @@ class MemKV(KV):
             self._write(key, value, self._id, ttl)
             return True
 
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         with self._server.cond:
             keys = self._keys()
             current = keys.get(key)
-            if current is None or current.owner != self._id or current.value != value:
+            if current is None or current.value != value:
                 return False
+            if current.owner != self._id:
+                if not adopt:
+                    return False
+                self._write(key, value, self._id, ttl)  # onto our lease, under the same lock
+                return True
             keys[key] = replace(current, expires=time.monotonic() + ttl)  # not a change
             return True
 

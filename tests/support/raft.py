@@ -22,8 +22,13 @@ class RaftGroup:
 
     def __init__(self, tmp_dir: Path, size: int = 3) -> None:
         addrs = [f"127.0.0.1:{free_port()}" for _ in range(size)]
+        # The group's traffic encrypted with a shared secret, as `pgwarden local up` runs it.
+        secret = tmp_dir / "raft.password"
+        secret.write_text("raft-group-secret\n")
+        secret.chmod(0o600)
         self.configs = [
-            RaftConfig(self_addr=a, partner_addrs=[b for b in addrs if b != a], data_dir=tmp_dir / f"raft{i}")
+            RaftConfig(self_addr=a, partner_addrs=[b for b in addrs if b != a], data_dir=tmp_dir / f"raft{i}",
+                       password_file=secret)
             for i, a in enumerate(addrs)
         ]
         self.nodes: list[RaftNode] = []

@@ -130,7 +130,11 @@ class Executor:
         s = self.settings()
         match a:
             case A.RenewLease():
-                return self.renew(s)
+                # Not holding the lease, the key names us (the core asks only then), and our
+                # previous run left the fencer armed: it held the lease on this host, with a
+                # primary to fence. Take the key over from that run's lease (SAFETY rule 5; see
+                # docs/architecture.md, "Taking the leader key back after a restart").
+                return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
             case A.AcquireLease():
                 sent = time.monotonic()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
@@ -321,10 +325,12 @@ class Executor:
             self.facts.slots = key
             self.facts.slots_checked = now
 
-    def renew(self, s: ClusterSettings) -> bool:
+    def renew(self, s: ClusterSettings, adopt: bool = False) -> bool:
         sent = time.monotonic()
-        ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout))
+        ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout), adopt)
         if ok:
+            if adopt:
+                log.info("took the leader key back from this agent's previous run")
             self.lease.renewed(sent, s.ttl)
             if self.fencer.armed:
                 self._arm(self.pg.postmaster_pid())

@@ -19,6 +19,7 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import read_bounded
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
+from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
@@ -49,6 +50,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
 
@@ -70,7 +72,12 @@ class Agent:
         self.holder = StateHolder()
         self.lease = LeaseKeeper()
         self.facts = LocalFacts()
-        self.peers = PeerProbe()
+        # HTTPS (restapi.tls): the API's context and the client one for peers, both following
+        # the files (rotation; SIGHUP checks at once).
+        tls = cfg.restapi.tls
+        self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
+        self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
+        self.peers = PeerProbe(self.client_tls)
         self.started_at = time.time()
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
@@ -88,7 +95,8 @@ class Agent:
         self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
-                             auth=BasicAuth(*api_auth) if api_auth is not None else None)
+                             auth=BasicAuth(*api_auth) if api_auth is not None else None,
+                             tls=self.api_tls)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -98,12 +106,21 @@ class Agent:
         self._native: tuple[str, ...] = ()
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
+        self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
 
     def settings(self) -> ClusterSettings:
         return self._settings
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the API's rotated certificates now (they are also noticed by their files'
+        change; PostgreSQL's are checked every loop)."""
+        log.info("SIGHUP: checking TLS files")
+        for source in (self.api_tls, self.client_tls):
+            if source is not None:
+                source.reload()
 
     # -- Commands for the REST API (called from the API thread: only queue work) ---------------
     def request_restart(self) -> str:
@@ -138,7 +155,6 @@ class Agent:
             self.router.start()
         log.info("agent %s of cluster %s started (pid %d); REST API on %s", self.cfg.name,
                  self.cfg.cluster, os.getpid(), self.api.url)
-        self._adopt_lease()
         try:
             while not self.stop_event.is_set():
                 started = time.monotonic()
@@ -146,20 +162,12 @@ class Agent:
                     self.loop_once()
                 except Exception:
                     log.exception("HA loop failed; retrying next loop")
+                if self.cfg.postgresql.tls is not None:  # rotated certificates: copy and reload
+                    self.pg.refresh_tls(self._settings.retry_timeout)
                 self._wait(started)
         finally:
             self.shutdown()
         return 0
-
-    def _adopt_lease(self) -> None:
-        """After a restart, a leader key naming us can be renewed at once (rule 5)."""
-        try:
-            view = self.store.snapshot(self._settings.retry_timeout)
-        except StoreError:
-            return
-        mine = view.leader is not None and view.leader.name == self.cfg.name
-        if mine and self.exec.renew(view.settings):
-            log.info("re-adopted our leader key after restart")
 
     def _wait(self, started: float) -> None:
         s = self._settings
@@ -246,7 +254,9 @@ class Agent:
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
+            first_look=view is not None and not self._seen_store,
         )
+        self._seen_store = self._seen_store or view is not None
         decision = decide(obs)
         if decision.message != self._message:
             log.info("%s", decision.message)
@@ -423,6 +433,10 @@ def run_agent(config_path: str) -> int:
         api_auth = api_credentials(cfg, config_path)
     except ConfigError as e:
         raise SystemExit(f"pgwarden: error: {e}") from None
+    try:
+        lock = hold_run_dir(run_dir_for(cfg))  # held until this process ends
+    except (AlreadyRunning, OSError) as e:
+        raise SystemExit(f"pgwarden: error: {e}") from None
     setup_logging(cfg)
     agent = Agent(cfg, api_auth)
 
@@ -430,6 +444,14 @@ def run_agent(config_path: str) -> int:
         log.info("signal %d: stopping", signum)
         agent.stop()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        # Off the signal handler: reloading takes locks the interrupted code may hold.
+        threading.Thread(target=agent.reload_tls, name="pgwarden-sighup", daemon=True).start()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    return agent.run()
+    signal.signal(signal.SIGHUP, _reload)
+    try:
+        return agent.run()
+    finally:
+        lock.close()

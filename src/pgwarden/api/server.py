@@ -29,10 +29,17 @@ from pgwarden.api.views import cluster_json, history_json, iso_time, settings_js
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import ClusterView, FailoverRequest, Role
-from pgwarden.core.requests import RequestError, validate_failover, validate_switchover
+from pgwarden.core.model import ClusterView, FailoverRequest
+from pgwarden.core.requests import (
+    RequestError,
+    failover_is_switchover,
+    validate_failover,
+    validate_restart,
+    validate_switchover,
+)
 from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
+from pgwarden.tls.contexts import ContextSource
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,7 @@ class ApiServer:
         *,
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
+        tls: ContextSource | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -70,6 +78,7 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
+        self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
         self._thread: threading.Thread | None = None
         self._servers: list[Listener] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -82,7 +91,8 @@ class ApiServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port or self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{host}:{self._bound_port or self.port}"
 
     def start(self) -> None:
         if self._thread is not None:
@@ -126,7 +136,8 @@ class ApiServer:
                 key = (family, *sockaddr[:2])
                 if key not in seen:
                     seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch))
+                    servers.append(Listener(family, tuple(sockaddr), self.dispatch,
+                                            None if self.tls is None else self.tls.get))
         except BaseException:
             for server in servers:
                 server.server_close()
@@ -316,14 +327,10 @@ class ApiServer:
         body = parse_body(request.read())
         check_fields(body, {"leader": STR_OR_NULL, "candidate": STR_OR_NULL, "member": STR_OR_NULL,
                             "scheduled_at": (str, int, float, NULL)}, "failover")
-        if body.get("leader"):
-            # Patroni: a failover naming the leader is carried out as a switchover.
+        candidate: str = body.get("candidate") or body.get("member") or ""
+        if failover_is_switchover(body.get("leader"), candidate,
+                                  body.get("scheduled_at") not in (None, "")):
             return self._do_switchover(body)
-        if body.get("scheduled_at") not in (None, ""):
-            raise HttpError(400, "a failover can't be scheduled; use a switchover")
-        candidate = body.get("candidate") or body.get("member")
-        if not candidate:
-            raise HttpError(400, "a failover needs a candidate")
         view = self._snapshot()
         return self._submit(view, validate_failover(view, candidate, time.time()))
 
@@ -348,16 +355,7 @@ class ApiServer:
             raise HttpError(400, "scheduled restarts are not supported; restart now or later by hand")
         check_fields(body, {"role": (str,), "restart_pending": (bool,)}, "restart")
         commands = self._need_commands()
-        st = self._state()
-        role = body.get("role")
-        if role is not None:
-            want = Role.PRIMARY.value if role == "master" else role
-            if want not in (Role.PRIMARY.value, Role.REPLICA.value, Role.STANDBY_LEADER.value):
-                raise HttpError(400, "role must be primary, standby_leader or replica")
-            if st.member.role.value != want:
-                raise HttpError(412, f"not restarted: this node is {st.member.role.value}, not {want}")
-        if body.get("restart_pending") and not st.member.pending_restart:
-            raise HttpError(412, "not restarted: no restart is pending on this node")
+        validate_restart(self._state().member, body.get("role"), bool(body.get("restart_pending")))
         try:
             msg = commands.request_restart()
         except CommandRefused as e:

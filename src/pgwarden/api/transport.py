@@ -29,6 +29,10 @@ What this module still does itself:
   protocol error h11 raises is answered with its status hint (400 unless it says otherwise) and the
   connection closed, after a short lingering read so the client gets the answer rather than a reset;
 - the access log on "pgwarden.api.access", debug lines on "pgwarden.api.server";
+- TLS (restapi.tls): each accepted socket is wrapped in its connection thread, the handshake
+  bounded by the request deadline, so a silent or plain-HTTP client never blocks the accept loop;
+  the context comes from a callable (a tls.contexts.ContextSource) asked once per connection, so
+  rotated certificates apply to new connections while open ones keep theirs;
 - shutdown: end_connections() ends idle keep-alive connections at once, a request in progress still
   gets its answer; IPv6 sockets are IPv6-only (an IPv4 address gets its own socket).
 """
@@ -40,10 +44,12 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -367,9 +373,11 @@ class Listener(socketserver.TCPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], dispatch: Route) -> None:
+    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], dispatch: Route,
+                 tls: Callable[[], ssl.SSLContext] | None = None) -> None:
         self.address_family = family
         self.dispatch = dispatch
+        self.tls = tls
         self.request_timeout = _REQUEST_TIMEOUT
         self._serial = itertools.count(1)
         self._conns: set[socket.socket] = set()
@@ -408,11 +416,30 @@ class Listener(socketserver.TCPServer):
 
     def _process(self, request: socket.socket, client_address: Any) -> None:
         try:
+            if self.tls is not None:
+                request = self._handshake(request)
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
             self._forget(request)
+
+    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+        """The TLS server side of an accepted socket, handshake done within the request deadline
+        (an ssl.SSLError or timeout ends the connection; wrapping detaches `raw`, so the wrapped
+        socket replaces it among the open connections)."""
+        assert self.tls is not None
+        with self._conns_lock:
+            self._conns.discard(raw)
+            conn = self.tls().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            self._conns.add(conn)
+        try:
+            conn.settimeout(self.request_timeout)
+            conn.do_handshake()
+        except BaseException:
+            self._forget(conn)
+            raise
+        return conn
 
     def _forget(self, request: socket.socket) -> None:
         with self._conns_lock:

@@ -30,6 +30,7 @@ from pgwarden.cli.output import (
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
+from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
@@ -143,6 +144,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("dsn", help="a libpq multi-host connection string")
     p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
+    p.add_argument("--with-password", action="store_true",
+                   help="put the superuser's password in the string (left out by default: ctl output "
+                        "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
 
     from pgwarden.cli import logical  # it builds on this module
@@ -228,7 +232,8 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)
-    print(libpq_dsn(hosts, user, password, replicas=args.replicas))
+    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas,
+                    ssl=ssl_options(ctx.cfg.postgresql.tls)))
     return 0
 
 
@@ -439,7 +444,8 @@ def cmd_failover(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/restart"
-    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path)
+    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path,
+                       tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'restarted'}")
     return 0
 
@@ -448,6 +454,6 @@ def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
     headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
     confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node, headers, ctx.path)
+    body = post_action(url, args.node, headers, ctx.path, tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,13 +29,15 @@ import urllib3
 
 from pgwarden.cli.ctl import store_hosts, store_what
 from pgwarden.config.load import load_node_config
-from pgwarden.config.schema import ClusterSettings, FailoverMode, NodeConfig
+from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.history import merge_history
+from pgwarden.core.manual import Writable, before_start, fork_refusal
 from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
 from pgwarden.core.sync import after_promotion
 from pgwarden.errors import CliError
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
+from pgwarden.tls.http import api_pool
 
 if TYPE_CHECKING:  # imported when used: `pgwarden --help` must not need PostgreSQL
     from pgwarden.postgres.controller import PostgresController
@@ -165,7 +167,7 @@ def agent_running(cfg: NodeConfig) -> int | None:
     """The PID of this node's agent if it runs: its REST API answers /status with a live
     agent_pid, or (an agent frozen or too busy to answer) the PID it wrote for its fencer is alive
     and still a pgwarden process."""
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
     try:
         resp = http.request("GET", cfg.restapi.url() + "/status")
         body = json.loads(resp.data) if resp.status == 200 else None
@@ -197,8 +199,8 @@ def _pgwarden_alive(pid: int) -> bool:
     return any(b"pgwarden" in a for a in args) and b"agent" in args
 
 
-def _http_status(url: str) -> tuple[int, Any] | None:
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
+def _http_status(cfg: NodeConfig, url: str) -> tuple[int, Any] | None:
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
     try:
         resp = http.request("GET", url)
     except urllib3.exceptions.HTTPError:
@@ -214,11 +216,12 @@ def _writable(cfg: NodeConfig, host: str, port: int) -> bool:
     """Whether PostgreSQL at host:port answers as a primary (with this node's superuser, which
     `pgwarden` clusters share)."""
     from pgwarden.postgres import sql
+    from pgwarden.postgres.tls import tool_options
 
     su = cfg.postgresql.superuser
     try:
         params = sql.ConnParams(host=host, port=port, user=su.username, password=su.secret(),
-                                application_name="pgwarden-node")
+                                application_name="pgwarden-node", ssl=tool_options(cfg.postgresql.tls))
         with sql.connect(params, HTTP_TIMEOUT) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and not row[0]
@@ -246,11 +249,13 @@ def _ensure_slot(node: Node, upstream: MemberInfo) -> None:
     a slot that does not exist and never stream. Once it streams the slot is active, and the
     upstream's agent drops only inactive slots."""
     from pgwarden.postgres import conf, sql
+    from pgwarden.postgres.tls import tool_options
 
     slot = conf.slot_name(node.cfg.name)
     su = node.cfg.postgresql.superuser
     params = sql.ConnParams(host=upstream.host, port=upstream.port, user=su.username,
-                            password=su.secret(), application_name="pgwarden-node")
+                            password=su.secret(), application_name="pgwarden-node",
+                            ssl=tool_options(node.cfg.postgresql.tls))
     try:
         with sql.connect(params, STORE_TIMEOUT) as conn:
             row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
@@ -301,35 +306,10 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
     node.refuse_if_agent_runs()
     name = node.cfg.name
     view = node.view()
-    if view.leader is not None and view.leader.name != name:
-        raise Refused(f"{view.leader.name} holds the leader lease, so its PostgreSQL may still take "
-                      f"writes; promoting {name} would make two primaries (use `pgwarden ctl "
-                      f"failover --candidate {name}`, or wait until the lease is gone)")
-    # With no lease held, running agents elect a leader of their own: this node, promoted
-    # without a lease and without its agent, would then be a second primary nobody fences.
-    live = sorted(m for m in view.members if m != name)
-    automatic = not view.settings.paused and view.settings.failover_mode != FailoverMode.MANUAL
-    if live and automatic:
-        raise Refused(f"the agents of {', '.join(live)} are running and would elect their own leader "
-                      f"beside {name}; pause the cluster first (`pgwarden ctl pause`), or start "
-                      f"{name}'s agent and use `pgwarden ctl failover --candidate {name}`")
-    for other in sorted(view.members.values(), key=lambda m: m.name):
-        if other.name == name:
-            continue
-        answer = _http_status(other.api_url.rstrip("/") + "/primary") if other.api_url else None
-        if (answer is not None and answer[0] == 200) or _writable(node.cfg, other.host, other.port):
-            raise Refused(f"{other.name} ({other.host}:{other.port}) is still a writable primary; "
-                          f"promoting {name} would make two")
     pgv = node.pg.observe(PG_TIMEOUT)
-    if pgv.data is not DataState.VALID:
-        raise Refused(f"{name} has no valid data directory to promote ({node.pg.data_dir}); "
-                      f"use `pgwarden node clone`")
-    # The member we last streamed from may have no member key now (its agent stopped) and
-    # still serve writes.
-    up = _configured_upstream(node)
-    if up is not None and _writable(node.cfg, up[1], up[2]):
-        raise Refused(f"{up[0]} ({up[1]}:{up[2]}), which {name} streams from, is still a writable "
-                      f"primary; promoting {name} would make two")
+    refusal = before_start(view, name, _writable_servers(node, view), pgv.data, str(node.pg.data_dir))
+    if refusal is not None:
+        raise Refused(refusal)
     if node.local_primary_is_writable(pgv):
         print(f"{name}: already a writable primary")
         return 0
@@ -340,17 +320,11 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
         node.pg.start(role="replica", upstream=None, wait_timeout=PG_TIMEOUT)
         started_here = True
         pgv = node.pg.observe(PG_TIMEOUT)
-    # Member keys vanish with their agents, so a primary promoted by hand elsewhere may be
-    # invisible here; the history it published is not. A node behind the newest timeline the
-    # cluster reached would fork it, whoever serves that timeline now (rules 9, 11).
-    newest = max((e.timeline + 1 for e in view.history), default=None)
-    if newest is not None and (pgv.timeline is None or pgv.timeline < newest):
+    refusal = fork_refusal(view, name, pgv.timeline)
+    if refusal is not None:
         if started_here:
             node.pg.stop("fast", PG_TIMEOUT)
-        by = next((e.new_leader for e in view.history if e.timeline + 1 == newest), None)
-        raise Refused(f"{name} is on timeline {pgv.timeline} but the cluster reached timeline {newest}"
-                      f"{f' (promoted {by})' if by else ''}, which may still take writes; promoting "
-                      f"{name} would fork it: make it follow or rejoin instead")
+        raise Refused(refusal)
     # From its first commit, the new primary keeps the store's synchronous promise (rule 6).
     node.pg.promote(PG_TIMEOUT, after_promotion(view.settings, view.sync, name))
     after = node.pg.observe(PG_TIMEOUT)
@@ -359,6 +333,20 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
     print(f"{name}: promoted; writable primary on timeline {after.timeline} "
           f"(its agent takes the leader lease when it starts, or demotes it if another member holds it)")
     return 0
+
+
+def _writable_servers(node: Node, view: ClusterView) -> Iterator[Writable]:
+    """The servers that answer as writable primaries, looked at lazily (the core stops at the
+    first): every other member, then the upstream this node last streamed from."""
+    for other in sorted(view.members.values(), key=lambda m: m.name):
+        if other.name == node.cfg.name:
+            continue
+        answer = _http_status(node.cfg, other.api_url.rstrip("/") + "/primary") if other.api_url else None
+        if (answer is not None and answer[0] == 200) or _writable(node.cfg, other.host, other.port):
+            yield Writable(other.name, other.host, other.port)
+    up = _configured_upstream(node)
+    if up is not None and _writable(node.cfg, up[1], up[2]):
+        yield Writable(up[0], up[1], up[2], upstream=True)
 
 
 def _publish_history(node: Node, view: ClusterView, timeline: int) -> None:
@@ -398,7 +386,7 @@ def cmd_follow(args: argparse.Namespace, node: Node) -> int:
     if up is None:
         known = ", ".join(sorted(view.members)) or "none published"
         raise Refused(f"no member named '{target}' in cluster {node.cfg.cluster} (members: {known})")
-    answer = _http_status(up.api_url.rstrip("/") + "/status") if up.api_url else None
+    answer = _http_status(node.cfg, up.api_url.rstrip("/") + "/status") if up.api_url else None
     if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
         raise Refused(f"cannot read {target}'s timeline from its REST API ({up.api_url}/status); "
                       f"following it blind could cross a timeline fork")

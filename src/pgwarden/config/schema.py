@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
+from pgwarden.config.tls import ApiTls, ClientTls, TlsFiles
 from pgwarden.config.validate import validate
 
 # The cluster-wide settings, their base and the safety constants live in the core (which depends
@@ -30,6 +31,7 @@ from pgwarden.core.settings import FailoverMode as FailoverMode
 from pgwarden.core.settings import NonNegative, ParamValue, check_parameters, node_only
 from pgwarden.core.settings import Strict as Strict
 from pgwarden.core.settings import SyncMode as SyncMode
+from pgwarden.tls.contexts import TlsPaths
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -66,6 +68,9 @@ class PostgresConfig(Strict, frozen=True, kw_only=True):
     replication: Credentials = field(
         default_factory=lambda: Credentials(username="replicator", password="replicator"))
     pg_hba: list[str] = field(default_factory=list)  # extra pg_hba.conf lines
+    # ssl = on with these files, hostssl in pg_hba.conf, and with cafile, replication, pg_rewind
+    # and pg_basebackup connect with sslmode=verify-full (see docs/operations.md, TLS).
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         # The one place commands and code may be set (see NODE_ONLY_PARAMETERS); names still checked.
@@ -88,14 +93,20 @@ class RestApiConfig(Strict, frozen=True, kw_only=True):
     # The explicit opt-out: an agent listening beyond loopback without authentication refuses to
     # start unless this is true (see config/exposure.py).
     insecure: bool = False
+    # HTTPS (see config/tls.py); the node's calls to other members' APIs use it as a client too.
+    tls: ApiTls | None = None
 
     def __post_init__(self) -> None:
         if self.authentication is not None and ":" in self.authentication.username:
             raise ValueError("authentication.username must not contain ':' (HTTP Basic cannot carry it)")
 
+    def client_tls(self) -> TlsPaths | None:
+        """How this node's tools and agent call members' APIs over https (None: no restapi.tls)."""
+        return None if self.tls is None else self.tls.client_paths()
+
     def url(self) -> str:
         addr = self.connect_address or f"{self.listen_address}:{self.port}"
-        return f"http://{addr}"
+        return f"{'https' if self.tls else 'http'}://{addr}"
 
 
 Hosts = Annotated[list[str], Meta(min_length=1)]
@@ -104,11 +115,17 @@ Hosts = Annotated[list[str], Meta(min_length=1)]
 class EtcdConfig(Strict, frozen=True, kw_only=True):
     hosts: Hosts
     prefix: str = "/pgwarden"
+    # etcd's own users (`etcdctl auth enable`): the agent authenticates and sends the token.
+    authentication: Credentials | None = None
+    tls: ClientTls | None = None  # https: the CA of etcd's certificate, and a client certificate
 
 
 class ZooKeeperConfig(Strict, frozen=True, kw_only=True):
     hosts: Hosts
     prefix: str = "/pgwarden"
+    # Digest authentication: the agent's sessions authenticate as this user and every node they
+    # create carries an ACL for it alone.
+    authentication: Credentials | None = None
 
 
 def _check_addr(addr: str) -> str:
@@ -124,6 +141,9 @@ class RaftConfig(Strict, frozen=True, kw_only=True):
     self_addr: str  # host:port this member's raft node listens on and others dial
     partner_addrs: Hosts  # host:port of every other member
     data_dir: Path | None = None  # raft journal dir (term, vote and log survive restarts)
+    # A secret every member shares: pysyncobj encrypts and authenticates the raft traffic with
+    # it (needs the `cryptography` package). Without it, anyone reaching the port joins in.
+    password_file: Path | None = None
 
     def __post_init__(self) -> None:
         for a in (self.self_addr, *self.partner_addrs):

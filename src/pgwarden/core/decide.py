@@ -14,6 +14,8 @@ order, stopping at the first that fails. Ordering rules the actions below keep:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pgwarden.core import candidates, logical, sync
 from pgwarden.core.actions import (
     AcquireLease,
@@ -45,6 +47,7 @@ from pgwarden.core.model import (
     ClusterView,
     DataState,
     FailoverRequest,
+    Lease,
     MemberInfo,
     Observation,
     PgView,
@@ -191,8 +194,17 @@ def _held_back(obs: Observation, settings: ClusterSettings) -> bool:
 def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     pg, settings = obs.pg, view.settings
     if not obs.lease.held:
-        # The key names us but we could not renew it (the runner tries once at start-up).
-        # Rule 5: a primary without the lease stops writes first.
+        # The key names us: left by this agent's previous run (rule 5: take it back at once if
+        # we can), or one we could not renew. A primary without the lease stops writes first,
+        # except on that first look, when renewing is taking the lease at once.
+        if obs.first_look:
+            # Decide as the leader we were, behind a renewal: the actions stop at the first that
+            # fails, so nothing after it runs unless the renewal succeeded (and set the deadline
+            # the executor checks again before starting a primary).
+            assumed = Lease(held=True, deadline=obs.now + settings.ttl - LEASE_MARGIN)
+            d = _as_leader(replace(obs, lease=assumed, first_look=False), view)
+            rest = tuple(a for a in d.actions if a != RenewLease())
+            return Decision((RenewLease(), *rest), f"re-adopting our leader key after a restart; {d.message}")
         if _is_primary(obs):
             return Decision((Demote(None, "leader key not renewable"),),
                             "our leader key could not be renewed: demoting first")

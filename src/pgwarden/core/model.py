@@ -344,4 +344,7 @@ class Observation:
     # PostgreSQL was stopped for a requested restart and has not run since: start it again
     # even while paused (the operator asked for a restart, not a stop).
     restart_pending: bool = False
+    # No loop of this agent has seen the store yet: a leader key naming us is one a previous run
+    # of this agent held, which we may take back at once instead of demoting first (rule 5).
+    first_look: bool = False
 

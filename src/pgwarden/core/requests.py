@@ -129,3 +129,34 @@ def validate_failover(view: ClusterView, candidate: str, now_wall: float) -> Fai
             f"synchronous standbys: {', '.join(sorted(sync_set))})"
         )
     return FailoverRequest(kind="failover", leader=None, candidate=candidate, scheduled_at=None)
+
+
+def failover_is_switchover(leader: str | None, candidate: str | None, scheduled: bool) -> bool:
+    """How a failover request is carried out. Patroni's rule, which scripts in the wild rely on:
+    a failover that names the current leader is a switchover (and may then be scheduled). One
+    that does not must be immediate and name its candidate."""
+    if leader:
+        return True
+    if scheduled:
+        raise RequestError("a failover can't be scheduled; use a switchover", "invalid")
+    if not candidate:
+        raise RequestError("a failover needs a candidate", "invalid")
+    return False
+
+
+RESTART_ROLES = {"primary": Role.PRIMARY, "master": Role.PRIMARY, "replica": Role.REPLICA,
+                 "standby_leader": Role.STANDBY_LEADER}
+
+
+def validate_restart(member: MemberInfo, role: str | None, only_if_pending: bool) -> None:
+    """The conditions a restart request may carry (Patroni's `role` and `restart_pending`): refuse
+    when this node does not meet them. Whether and how the restart happens is the HA core's
+    (core/commands.py)."""
+    if role is not None:
+        want = RESTART_ROLES.get(role)
+        if want is None:
+            raise RequestError("role must be primary, standby_leader or replica", "invalid")
+        if member.role != want:
+            raise RequestError(f"not restarted: this node is {member.role.value}, not {want.value}")
+    if only_if_pending and not member.pending_restart:
+        raise RequestError("not restarted: no restart is pending on this node")

@@ -29,6 +29,7 @@ from pgwarden.local.etcd import EtcdComponent
 from pgwarden.local.handle import WITNESS, ClusterHandle
 from pgwarden.local.layout import (
     LOOPBACK,
+    TLS_DIR,
     NodePlan,
     ProcRecord,
     State,
@@ -36,12 +37,14 @@ from pgwarden.local.layout import (
     cluster_name,
     default_os_user,
     free_ports,
+    make_certificates,
     make_dir,
     new_password,
     node_config,
     node_names,
     seed_settings,
 )
+from pgwarden.local.store_secrets import ensure_store_secrets, raft_password_file, store_authentication
 from pgwarden.local.witness import WitnessComponent, witness_config
 from pgwarden.local.zookeeper import ZooKeeperComponent, zookeeper_available
 
@@ -60,6 +63,7 @@ class Options:
     store: str | None = None
     witness: bool = False
     bin_dir: Path | None = None  # PostgreSQL binaries for every node (None: found as usual)
+    tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
 
 
 class LocalCluster(ClusterHandle):
@@ -177,24 +181,30 @@ class LocalCluster(ClusterHandle):
 
     def _store_components(
         self, opts: Options, etcd_bin: Path | None, ports: list[int], names: Sequence[str]
-    ) -> tuple[list[Component], list[dict[str, Any] | None], dict[str, Any] | None]:
-        """The store's own processes, each node's `store` section (None: etcd, by hosts), and the
-        witness' raft section (raft with --witness only). Takes its ports from `ports`."""
+    ) -> tuple[list[Component], list[dict[str, Any]], dict[str, Any] | None]:
+        """The store's own processes, each node's `store` section, and the witness' raft section
+        (raft with --witness only). Takes its ports from `ports`."""
         store = opts.store or "etcd"
+        # Secure by default: etcd runs with auth on, ZooKeeper nodes carry the user's ACL and the
+        # raft traffic is encrypted, each with a secret file of this cluster's own.
+        ensure_store_secrets(self.directory)
+        auth = store_authentication(self.directory)
         if store == "etcd":
             assert etcd_bin is not None
-            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
-            return [etcd], [None] * len(names), None
+            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0), tls=opts.tls)
+            doc = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"], "authentication": auth}}
+            return [etcd], [doc] * len(names), None
         if store == "zookeeper":
             zk = ZooKeeperComponent(ports.pop(0))
-            doc = {"zookeeper": {"hosts": [f"{LOOPBACK}:{zk.client_port}"]}}
+            doc = {"zookeeper": {"hosts": [f"{LOOPBACK}:{zk.client_port}"], "authentication": auth}}
             return [zk], [doc] * len(names), None
         members = [*names, *([WITNESS] if opts.witness else [])]
         addrs = {m: f"{LOOPBACK}:{ports.pop(0)}" for m in members}
 
         def raft(m: str) -> dict[str, Any]:
             return {"self_addr": addrs[m], "partner_addrs": [a for o, a in addrs.items() if o != m],
-                    "data_dir": str(self.directory / m / "raft")}
+                    "data_dir": str(self.directory / m / "raft"),
+                    "password_file": raft_password_file(self.directory)}
 
         witness = raft(WITNESS) if opts.witness else None
         return [], [{"raft": raft(n)} for n in names], witness
@@ -212,10 +222,11 @@ class LocalCluster(ClusterHandle):
         etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
         # Even on loopback: other local users can reach it. Written with mode 0600, like the rest.
         su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
+        certs = make_certificates(self.directory, names) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
-                              store=store_doc, bin_dir=opts.bin_dir)
+                              store=store_doc, tls=certs.get(node), bin_dir=opts.bin_dir)
             for extra in extras:
                 extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))
@@ -228,7 +239,8 @@ class LocalCluster(ClusterHandle):
         self.state = State(directory=str(self.directory), cluster=name)
         self._save()
         self.out(f"creating cluster {name} with {opts.nodes} node(s) in {self.directory}, store: "
-                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}")
+                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}"
+                 f"{'; TLS with the CA in ' + str(self.directory / TLS_DIR / 'ca.crt') if certs else ''}")
         for stage in sorted({c.stage for c in components}):
             started: list[tuple[Component | None, ProcRecord]] = []
             for comp in (c for c in components if c.stage == stage):

@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pgwarden.config.load import load_node_config
-from pgwarden.config.schema import EtcdConfig, NodeConfig, StoreConfig
+from pgwarden.config.schema import Credentials, EtcdConfig, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView
 from pgwarden.errors import CliError
 from pgwarden.local import procs
 from pgwarden.local.layout import ProcRecord, State, load_state, require_state, save_state
+from pgwarden.local.store_secrets import store_authentication
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
@@ -60,7 +61,14 @@ class ClusterHandle:
     def _store_config(self) -> StoreConfig | None:
         state = self.current_state()
         if state.etcd_hosts():
-            return StoreConfig(etcd=EtcdConfig(hosts=state.etcd_hosts()))
+            for rec in state.agents():  # an etcd on https: with a node's CA and certificate
+                cfg = node_file(rec)
+                if cfg is not None and cfg.store.etcd is not None and cfg.store.etcd.tls is not None:
+                    return cfg.store
+            auth = store_authentication(self.directory)
+            creds = None if auth is None else Credentials(username=auth["username"],
+                                                          password_file=Path(auth["password_file"]))
+            return StoreConfig(etcd=EtcdConfig(hosts=state.etcd_hosts(), authentication=creds))
         for rec in state.agents():
             cfg = node_file(rec)
             if cfg is not None:

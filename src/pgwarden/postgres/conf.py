@@ -138,6 +138,7 @@ def primary_conninfo(
     application_name: str,
     passfile: Path | None = None,
     password: str | None = None,
+    ssl: Mapping[str, str] | None = None,
 ) -> str:
     parts: list[tuple[str, str]] = [
         ("host", upstream.host),
@@ -157,6 +158,7 @@ def primary_conninfo(
         ("keepalives_idle", "2"),
         ("keepalives_interval", "1"),
         ("keepalives_count", "3"),
+        *(ssl or {}).items(),  # sslmode=verify-full sslrootcert=... (postgres/tls.py)
     ]
     return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts)
 
@@ -179,12 +181,17 @@ def render_postgresql_conf(
     socket_dir: Path | None,
     cluster_name: str | None = None,
     major: int | None = None,
+    ssl_parameters: Mapping[str, ParamValue] | None = None,
+    upstream_ssl: Mapping[str, str] | None = None,
 ) -> str:
+    """`ssl_parameters` (postgresql.tls: ssl = on and the files) win over the user's; `upstream_ssl`
+    are the libpq options of the connection to the upstream."""
     params: dict[str, ParamValue] = dict(DEFAULTS)
     if cluster_name:
         params["cluster_name"] = cluster_name
     for src in (node_parameters, cluster_parameters):
         params.update({k: v for k, v in src.items() if k not in CONTROLLED})
+    params.update(ssl_parameters or {})
     params.update({
         "listen_addresses": listen_address,
         "port": port,
@@ -200,7 +207,8 @@ def render_postgresql_conf(
         params["recovery_target_timeline"] = "latest"
         if state.upstream is not None:
             params["primary_conninfo"] = primary_conninfo(
-                state.upstream, user=replication_user, application_name=member, passfile=passfile
+                state.upstream, user=replication_user, application_name=member, passfile=passfile,
+                ssl=upstream_ssl,
             )
             params["primary_slot_name"] = slot_name(member)
             if (major or 0) >= 17 and params.get("wal_level") == "logical":
@@ -222,9 +230,11 @@ def render_postgresql_conf(
     return "\n".join(lines) + "\n"
 
 
-def render_pg_hba(*, superuser: str, extra: Iterable[str] = ()) -> str:
+def render_pg_hba(*, superuser: str, extra: Iterable[str] = (), ssl: bool = False) -> str:
     """Local connections as the superuser use peer auth through our ident map (the agent and
-    the OS user); everything else, local or TCP, needs a scram password."""
+    the OS user); everything else, local or TCP, needs a scram password, and with `ssl` (TLS on)
+    TCP connections must also be encrypted (hostssl: an unencrypted one matches no line)."""
+    host = "hostssl" if ssl else "host"
     lines = [
         "# Written by pgwarden; add lines through postgresql.pg_hba in the node's config.",
         f"local   all             {superuser:<15} peer map={ident_map_name}",
@@ -234,8 +244,8 @@ def render_pg_hba(*, superuser: str, extra: Iterable[str] = ()) -> str:
         "local   replication     all             scram-sha-256",
     ]
     for net in ("127.0.0.1/32", "::1/128", "0.0.0.0/0", "::/0"):
-        lines.append(f"host    all             all             {net:<23} scram-sha-256")
-        lines.append(f"host    replication     all             {net:<23} scram-sha-256")
+        lines.append(f"{host:<7} all             all             {net:<23} scram-sha-256")
+        lines.append(f"{host:<7} replication     all             {net:<23} scram-sha-256")
     return "\n".join(lines) + "\n"
 
 

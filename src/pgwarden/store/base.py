@@ -14,10 +14,19 @@ What every `KV` must guarantee:
 * `acquire` is a compare-and-swap on "no such key": it succeeds for at most one caller while the
   key exists, and the key then expires `ttl` seconds after the last renewal the store processed,
   unless renewed or released. The lease belongs to this `KV` instance: another instance cannot
-  renew it, even with the same value.
+  renew it, even with the same value, except by adopting it (below).
 * `renew` returns True only if the store confirmed, during this call, that the key is still ours
   and its expiry was pushed to at least (time the call was sent) + ttl. The runner's deadline is
   computed from the *send* time, so a late answer never extends it (SAFETY rule 2).
+* `renew(..., adopt=True)` also takes over a key that holds exactly `value` on a lease this
+  instance does not know (left by a previous run of the same agent: SAFETY rule 5's "take the
+  lease at once"). It moves the key onto a new lease of this instance in one atomic step,
+  conditioned on the key still being that same `value` (the same incarnation of it, where the
+  backend can tell); the key is never absent in between, so no other instance can acquire it
+  meanwhile, and the previous holder's renewals fail from then on. The deadline guarantee is the
+  same as for a plain renewal. False, changing nothing, if the key is gone or holds another
+  value. The agent asks for it only while it holds no lease of its own and its previous run on
+  this node did (see `agent.executor`).
 * `close` releases nothing: a stopped or crashed agent must never give up a lease implicitly;
   its keys lapse `ttl` after its last renewal.
 * `wait_for_change` blocks until something under the cluster changes (or `timeout`), so replicas
@@ -121,10 +130,13 @@ class KV(abc.ABC):
         warns."""
 
     @abc.abstractmethod
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         """Confirm `key` is `value` on this instance's lease and push its expiry to at least
         send time + `ttl` (see the module doc). A changed `ttl` moves the key to a lease of the
-        new length within this call. False if the key is gone or not ours."""
+        new length within this call. False if the key is gone or not ours. `adopt`: a key that
+        is `value` on a lease this instance does not hold becomes ours (see the module doc)."""
 
     @abc.abstractmethod
     def release(self, key: str, value: str, timeout: float) -> bool:

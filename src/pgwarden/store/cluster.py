@@ -73,10 +73,11 @@ class ClusterStore:
     def acquire_leader(self, name: str, ttl: float, timeout: float) -> bool:
         return self.kv.acquire(LEADER, name, ttl, timeout)
 
-    def renew_leader(self, name: str, ttl: float, timeout: float) -> bool:
+    def renew_leader(self, name: str, ttl: float, timeout: float, adopt: bool = False) -> bool:
         """True only if the store confirmed during this call that the key is still ours, until at
-        least send time + `ttl` (SAFETY rule 2)."""
-        return self.kv.renew(LEADER, name, ttl, timeout)
+        least send time + `ttl` (SAFETY rule 2). `adopt`: a key naming us that a previous run of
+        this agent holds becomes ours, atomically (`KV.renew`; SAFETY rule 5)."""
+        return self.kv.renew(LEADER, name, ttl, timeout, adopt=adopt)
 
     def release_leader(self, name: str, timeout: float) -> bool:
         """Delete the leader key if (and only if) `name` holds it."""

@@ -43,6 +43,7 @@ from pgwarden.store.etcd_gateway import (
     _value_is,
 )
 from pgwarden.store.etcd_watch import EtcdWatch
+from pgwarden.tls.contexts import TlsPaths, client_context
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +74,14 @@ class EtcdKV(EtcdWatch, KV):
     changes made since do, even if they happened before the call.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
+                 credentials: tuple[str, str] | None = None, tls: TlsPaths | None = None) -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
         self._layout = layout
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
-        self._gw = _Gateway(self.hosts)
+        # store.etcd.tls: https, the server verified (host names too), our certificate presented
+        self._gw = _Gateway(self.hosts, credentials, None if tls is None else client_context(tls))
         self._lock = threading.Lock()  # guards the lease table (and starting the watch)
         self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
         self._init_watch()
@@ -257,17 +260,22 @@ class EtcdKV(EtcdWatch, KV):
             self._revoke_quietly(old, deadline)
         return True
 
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         """Keepalive the key's lease, then confirm the key is `value` on that lease.
 
         If `ttl` changed since acquisition, the key moves to a new lease of the new length in
-        this call (a longer ttl on the old, shorter lease would break the runner's deadline)."""
+        this call (a longer ttl on the old, shorter lease would break the runner's deadline).
+        `adopt`: see `_adopt`."""
         deadline = time.monotonic() + timeout
         k = self._key(key)
         lease = self._held(key)
+        seconds = _lease_seconds(ttl)
+        if adopt:
+            return self._adopt(key, value, lease, seconds, deadline)
         if lease is None:
             return False
-        seconds = _lease_seconds(ttl)
         if lease.ttl != seconds:
             return self._move(key, value, lease, seconds, deadline)
         if self._keepalive(lease.id, deadline) <= 0:
@@ -293,6 +301,30 @@ class EtcdKV(EtcdWatch, KV):
             return False
         self._hold(key, new)
         self._revoke_quietly(old, deadline)
+        return True
+
+    def _adopt(self, key: str, value: str, held: _Lease | None, seconds: int, deadline: float) -> bool:
+        """Put the key, if it is `value` on whatever lease (a previous run's, or ours), onto a new
+        lease of ours: one txn, so the key is never absent and a concurrent expiry followed by
+        someone else's acquire makes the compare fail. The lease is granted during this call,
+        so the key lasts at least until send time + ttl. The previous run's lease is left to run
+        out: it holds nothing now (every leased key has a lease of its own)."""
+        k = self._key(key)
+        new = _Lease(self._grant(seconds, deadline), seconds)
+        try:
+            ok, _ = self._txn([_value_is(k, value)], [_put(k, value, new.id)], deadline)
+        except StoreUnavailable:
+            if held is None:
+                self._hold(key, new)  # as in acquire: a renew can still confirm it if it landed
+            raise
+        if not ok:
+            self._revoke_quietly(new, deadline)
+            if held is not None:  # the key is gone or another's: our lease protects nothing
+                self._revoke_quietly(self._forget(key, held), deadline)
+            return False
+        old = self._hold(key, new)
+        if old is not None and old.id != new.id:
+            self._revoke_quietly(old, deadline)
         return True
 
     def release(self, key: str, value: str, timeout: float) -> bool:

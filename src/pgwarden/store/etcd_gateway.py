@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, NewConnectionError
 
 from pgwarden.store.base import StoreError, StoreUnavailable
 
@@ -27,6 +28,7 @@ class EtcdRequestError(StoreError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(f"etcd error {code}: {message}")
         self.code = code
+        self.message = message
 
 
 def _b64(data: str | bytes) -> str:
@@ -49,8 +51,8 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-def _url(host: str) -> str:
-    return host.rstrip("/") if "://" in host else f"http://{host}"
+def _url(host: str, https: bool = False) -> str:
+    return host.rstrip("/") if "://" in host else f"{'https' if https else 'http'}://{host}"
 
 
 def _int(value: Any) -> int:
@@ -58,16 +60,51 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
-class _Gateway:
-    """POSTs JSON to one of several etcd hosts, all within one deadline per call."""
+_UNAUTHENTICATED = 16
+_INVALID_ARGUMENT = 3
 
-    def __init__(self, hosts: list[str]) -> None:
+
+class _Gateway:
+    """POSTs JSON to one of several etcd hosts, all within one deadline per call.
+
+    With `credentials` (user, password) it authenticates first and sends the token etcd gives
+    back in the `Authorization` header (the gateway's name for gRPC's `token` metadata); an
+    expired or revoked token is replaced once per call. The password stays in this object.
+
+    `ssl_context`: https to hosts given without a scheme, verified with this context."""
+
+    def __init__(self, hosts: list[str], credentials: tuple[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if not hosts:
             raise ValueError("etcd: at least one host is needed")
-        self.urls = [_url(h) for h in hosts]
+        self.urls = [_url(h, ssl_context is not None) for h in hosts]
         self._preferred = 0
         self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False)
+        self.ssl_context = ssl_context
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False,
+                                         ssl_context=ssl_context)
+        self._credentials = credentials
+        self._token: str | None = None
+
+    def headers(self, deadline: float) -> dict[str, str]:
+        """Request headers, authenticating first if this gateway has credentials and no token."""
+        headers = {"Content-Type": "application/json"}
+        if self._credentials is None:
+            return headers
+        token = self._token
+        if token is None:
+            user, password = self._credentials
+            try:
+                answer = self._post("/v3/auth/authenticate", {"name": user, "password": password},
+                                    deadline, headers)
+            except EtcdRequestError as e:
+                raise EtcdRequestError(e.code, f"etcd refused the credentials of user {user!r} "
+                                       f"({e.message}); check store.etcd.authentication") from None
+            token = str(answer.get("token") or "")
+            if not token:
+                raise StoreError("etcd answered the authentication without a token: is auth enabled?")
+            self._token = token
+        return {**headers, "Authorization": token}
 
     def current(self) -> tuple[int, str]:
         with self._lock:
@@ -79,7 +116,23 @@ class _Gateway:
             if self._preferred == index:
                 self._preferred = (index + 1) % len(self.urls)
 
+    def forget_token(self) -> None:
+        self._token = None
+
     def call(self, path: str, body: Mapping[str, Any], deadline: float) -> dict[str, Any]:
+        try:
+            return self._post(path, body, deadline, self.headers(deadline))
+        except EtcdRequestError as e:
+            if e.code == _UNAUTHENTICATED and self._credentials is not None:
+                self._token = None  # expired (etcd's simple tokens time out) or revoked: once more
+                return self._post(path, body, deadline, self.headers(deadline))
+            if e.code == _INVALID_ARGUMENT and "user name is empty" in e.message:
+                raise EtcdRequestError(e.code, "etcd has authentication enabled: give a user and "
+                                       "password in store.etcd.authentication") from None
+            raise
+
+    def _post(self, path: str, body: Mapping[str, Any], deadline: float,
+              headers: Mapping[str, str]) -> dict[str, Any]:
         payload = json.dumps(body).encode()
         start, _ = self.current()
         n = len(self.urls)
@@ -87,23 +140,28 @@ class _Gateway:
         # the request having been processed; the second pass reconnects.
         order = [(start + i) % n for i in range(n)] * 2
         last = "no time left to ask"
+        refused: set[str] = set()
+        attempted: set[str] = set()
         for index in order:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             url = self.urls[index] + path
+            attempted.add(self.urls[index])
             try:
                 resp = self._pool.request(
                     "POST",
                     url,
                     body=payload,
-                    headers={"Content-Type": "application/json"},
+                    headers=dict(headers),
                     timeout=urllib3.Timeout(total=remaining),
                     retries=False,
                     redirect=False,
                 )
             except (HTTPError, OSError) as e:
                 last = f"{url}: {e}"
+                if isinstance(e, NewConnectionError) and "refused" in str(e).lower():
+                    refused.add(self.urls[index])
                 self.failed(index)
                 continue
             try:
@@ -129,6 +187,8 @@ class _Gateway:
                 raise EtcdRequestError(code, message)
             last = f"{url}: HTTP {resp.status}: {message or 'error'}"
             self.failed(index)
+        if refused and refused == attempted:
+            raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
 
     def close(self) -> None:

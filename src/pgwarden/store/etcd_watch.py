@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,7 @@ import urllib3
 from urllib3.exceptions import ReadTimeoutError
 
 from pgwarden.store.base import Layout, StoreUnavailable
-from pgwarden.store.etcd_gateway import _b64, _Gateway, _int, _range_end, _unb64
+from pgwarden.store.etcd_gateway import _UNAUTHENTICATED, _b64, _Gateway, _int, _range_end, _unb64
 
 # The name the etcd backend's log lines have always carried.
 log = logging.getLogger("pgwarden.store.etcd")
@@ -91,7 +92,8 @@ class EtcdWatch:
             self._watch.start()
 
     def _watch_loop(self) -> None:
-        pool = urllib3.PoolManager(num_pools=max(4, len(self.hosts)), maxsize=1, retries=False)
+        pool = urllib3.PoolManager(num_pools=max(4, len(self.hosts)), maxsize=1, retries=False,
+                                   ssl_context=self._gw.ssl_context)
         backoff = 0.1
         first = True
         try:
@@ -121,7 +123,7 @@ class EtcdWatch:
             "POST",
             url + "/v3/watch",
             body=json.dumps({"create_request": create}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers=self._gw.headers(time.monotonic() + _WATCH_CONNECT),
             timeout=urllib3.Timeout(connect=_WATCH_CONNECT, read=_WATCH_IDLE),
             retries=False,
             redirect=False,
@@ -147,7 +149,10 @@ class EtcdWatch:
 
     def _on_watch_message(self, msg: Mapping[str, Any], mark_lost: bool) -> None:
         if "error" in msg:
-            raise StoreUnavailable(f"watch: {msg['error']}")
+            err = msg["error"]
+            if isinstance(err, Mapping) and _int(err.get("grpc_code")) == _UNAUTHENTICATED:
+                self._gw.forget_token()  # expired: the reconnect authenticates again
+            raise StoreUnavailable(f"watch: {err}")
         res = msg.get("result", {})
         if res.get("compact_revision") or res.get("canceled"):
             # Our resume point was compacted away: start afresh and assume we missed something.

@@ -7,7 +7,7 @@ import importlib
 from typing import cast
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.schema import StoreConfig
+from pgwarden.config.schema import Credentials, StoreConfig
 from pgwarden.store.base import KV
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT
@@ -18,12 +18,24 @@ def open_store(cfg: StoreConfig, cluster: str) -> ClusterStore:
     return ClusterStore(open_kv(cfg, cluster))
 
 
+def _credentials(creds: Credentials | None, where: str) -> tuple[str, str] | None:
+    if creds is None:
+        return None
+    try:
+        return creds.username, creds.secret()
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def open_kv(cfg: StoreConfig, cluster: str) -> KV:
     """The configured backend's keys of `cluster` (see `open_store`)."""
     if cfg.etcd is not None:
         from pgwarden.store.etcd import EtcdKV
 
-        return EtcdKV(list(cfg.etcd.hosts), cluster, LAYOUT, cfg.etcd.prefix)
+        tls = cfg.etcd.tls
+        return EtcdKV(list(cfg.etcd.hosts), cluster, LAYOUT, cfg.etcd.prefix,
+                      _credentials(cfg.etcd.authentication, "store.etcd.authentication"),
+                      None if tls is None else tls.paths())
     if cfg.zookeeper is not None:
         # Imported lazily: the ZooKeeper backend needs kazoo, an optional extra.
         try:
@@ -38,7 +50,8 @@ def open_kv(cfg: StoreConfig, cluster: str) -> KV:
                 f"store.zookeeper: the ZooKeeper backend is not available in this installation ({e})"
             ) from None
         cls = module.ZooKeeperKV
-        return cast(KV, cls(list(cfg.zookeeper.hosts), cluster, LAYOUT, cfg.zookeeper.prefix))
+        creds = _credentials(cfg.zookeeper.authentication, "store.zookeeper.authentication")
+        return cast(KV, cls(list(cfg.zookeeper.hosts), cluster, LAYOUT, cfg.zookeeper.prefix, creds))
     if cfg.raft is not None:
         # Lazily: pysyncobj is only needed by the raft mode.
         from pgwarden.store.raft import RaftKV

@@ -11,8 +11,10 @@ Where it falls short, and what this module does about it:
 * No read index or lease reads: a member's local state may be behind. `read` therefore
   commits a no-op through the log first (a read barrier) and reads after it is applied, so a
   read is linearizable and a member cut off from the majority cannot present a stale view.
-* Its transport unpickles what peers send: the raft port must only be reachable by the group
-  (bind it to a private network); pysyncobj's `password` option is not wired up yet.
+* Its transport unpickles what peers send. With `store.raft.password_file` every message is
+  encrypted and authenticated with the shared secret (pysyncobj's `password`: Fernet, from the
+  `cryptography` package), so only holders of the secret are heard; without one, the raft port
+  must only be reachable by the group (a private network). `pgwarden local up` sets one.
 * It has no pre-vote: a member rejoining after a partition forces one election.
 * Its tick thread stops when the thread that created the node ends, so nodes are created from
   the process's main thread (the agent and the witness do).
@@ -98,6 +100,8 @@ class RaftNode:
             # Raft's vote must survive a restart, or a member restarted mid-election may vote
             # twice in one term. Fine for tests and throwaway clusters, not for production.
             log.warning("raft: no data_dir for %s; term, vote and log are kept in memory only", cfg.self_addr)
+        if cfg.password_file is not None:
+            extra["password"] = _read_secret(cfg.password_file)
         conf = SyncObjConf(
             **_TIMING,
             **extra,
@@ -250,7 +254,8 @@ class RaftKV(KV):
 
     Versions are the key's revision as a string. Leases (keys acquired, or put with a ttl) are
     owned by this instance: another instance cannot renew them even with the same value, as with
-    etcd's lease ids; a renewal carries the ttl, so a changed ttl applies from that renewal.
+    etcd's lease ids, unless it adopts them (`renew(adopt=True)`: a put conditioned on the
+    value); a renewal carries the ttl, so a changed ttl applies from that renewal.
     `close()` releases nothing; leases run out by themselves.
 
     `wait_for_change` counts every change under the cluster except this instance's own writes,
@@ -330,10 +335,18 @@ class RaftKV(KV):
         """Create-only, owned by this instance (the group keeps any ttl: `strict` holds)."""
         return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl, cond="absent")
 
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         # True only once the renewal is committed: every member then counts the ttl from a
         # moment after our caller's send time (see raft_kv), and a member cut off from the
         # majority cannot get here at all, so it fences.
+        if adopt:
+            # One command, applied in log order: if the key is still `value` (whoever owns it),
+            # it becomes ours, touched now; an expiry or someone else's acquire ordered before
+            # it makes the condition fail. The key is never absent in between.
+            return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl,
+                            cond="value", arg=value)
         return self._do("renew", key, timeout, value=value, owner=self._id, ttl=ttl, cond="held")
 
     def release(self, key: str, value: str, timeout: float) -> bool:
@@ -356,3 +369,13 @@ def open_client(cfg: RaftConfig, cluster: str, layout: Layout) -> RaftKV:
     """Keys of the group `cfg` belongs to, reached without becoming a member (for `ctl` and other
     tools running beside an agent that already is one)."""
     return RaftKV(cfg, cluster, layout, voter=False)
+
+
+def _read_secret(path: Path) -> str:
+    try:
+        secret = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"store.raft.password_file: cannot read {path}: {e.strerror}") from None
+    if not secret:
+        raise ConfigError(f"store.raft.password_file: {path} is empty; put the group's shared secret in it")
+    return secret

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import posixpath
 import threading
 import time
 
@@ -22,7 +23,7 @@ from pgwarden.store.base import (
     Version,
     check_ttl_put,
 )
-from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background
+from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background, client_auth
 from pgwarden.store.zookeeper_watch import ZooKeeperWatch
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     lease's ttl (see `_Lease`); everything else is persistent and read, written and watched
     through one ordinary session.
 
-    Versions are the znode's data version as a string.
+    Versions are the znode's data version as a string. The cluster znode's own data version is
+    the lease epoch: every create of a leased key sets it in the same transaction, so that an
+    adopting renewal can tell a key's incarnations apart (see `_adopt`).
 
     Session timeouts: the server clamps them to [minSessionTimeout, maxSessionTimeout]. A longer
     one than asked only slows failover; a shorter one for a strict lease (the leader's) would let
@@ -64,7 +67,8 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     half-seen, and its watch then wakes the next wait for a fresh read.
     """
 
-    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden") -> None:
+    def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
+                 credentials: tuple[str, str] | None = None) -> None:
         if not hosts:
             raise ValueError("zookeeper: at least one host is needed")
         self.cluster = cluster
@@ -73,6 +77,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         self._base = f"/{prefix.strip('/')}/{cluster}" if prefix.strip("/") else f"/{cluster}"
         self._lock = threading.Lock()  # guards the lease table (and starting the reading session)
         self._closed = False
+        self._auth = client_auth(credentials)
         self._init_watch()
         self._leases: dict[str, _Lease] = {}  # key -> the session holding it
         self._created: set[str] = set()  # keys put with a ttl that their current session created
@@ -159,7 +164,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     def _new_lease(self, seconds: float) -> _Lease:
         if self._closed:
             raise StoreError("zookeeper: the store is closed")
-        return _Lease(self.hosts, seconds)
+        return _Lease(self.hosts, seconds, self._auth)
 
     def _put_ephemeral(self, key: str, value: str, ttl: float, deadline: float) -> None:
         """Write `key` as an ephemeral node of its own session of `ttl`; each write renews it."""
@@ -197,16 +202,25 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
                 pass
         raise StoreUnavailable(f"zookeeper: {path} kept changing under the write")
 
-    def _create_ephemeral(self, lease: _Lease, rel: str, value: str, deadline: float) -> ZnodeStat | None:
-        """Create `rel` held by `lease`'s session; None if it exists."""
+    def _create_leased(self, lease: _Lease, rel: str, value: str, deadline: float) -> bool:
+        """Create `rel` held by `lease`'s session, bumping the cluster node's data version in the
+        same transaction (the lease epoch `_adopt` checks); False if `rel` exists."""
         zk = lease.connect(deadline)
-        r = zk.create_async(self._path(rel), value.encode(), ephemeral=True, makepath=True, include_data=True)
-        try:
-            _, stat = _await(r, deadline)
-        except NodeExistsError:
-            return None
-        self._saw(rel, int(stat.mzxid))
-        return stat
+        path = self._path(rel)
+        for _ in range(2):
+            txn = zk.transaction()
+            txn.create(path, value.encode(), ephemeral=True)
+            txn.set_data(self._base, b"", -1)
+            results = _await(txn.commit_async(), deadline)
+            if not isinstance(results[0], Exception):
+                self._saw(rel, int(results[1].mzxid))  # one transaction: one zxid for both
+                return True
+            if isinstance(results[0], NodeExistsError):
+                return False
+            if not isinstance(results[0], NoNodeError):
+                raise StoreError(f"zookeeper: creating {path}: {results[0]!r}")
+            _await(zk.ensure_path_async(posixpath.dirname(path)), deadline)  # a new cluster
+        raise StoreUnavailable(f"zookeeper: {posixpath.dirname(path)} kept vanishing under the create")
 
     def _confirm(self, lease: _Lease, rel: str, value: str, deadline: float) -> ZnodeStat | None:
         """Read `rel` through `lease`'s own session: the answer proves the server heard from that
@@ -268,22 +282,26 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         self._check_length(key, lease, ttl, strict)
         # If this times out the node may exist anyway: the lease stays, so renew can still
         # confirm it (or say False if it never landed).
-        return self._create_ephemeral(lease, key, value, deadline) is not None
+        return self._create_leased(lease, key, value, deadline)
 
-    def renew(self, key: str, value: str, ttl: float, timeout: float, strict: bool = True) -> bool:
+    def renew(
+        self, key: str, value: str, ttl: float, timeout: float, strict: bool = True, adopt: bool = False
+    ) -> bool:
         """Confirm through the key's session that it is still `value` and this session's: the
         server heard from the session after the call was sent, so the key lives at least until
         send time + the session timeout (>= ttl, checked when the session started).
 
         In an ensemble, a follower passes that contact on to the ZooKeeper leader at its next
-        tick: keep the runner's margin above tickTime."""
+        tick: keep the runner's margin above tickTime. `adopt`: see `_adopt`."""
         deadline = time.monotonic() + timeout
         with self._lock:
             lease = self._leases.get(key)
         if lease is None or lease.lost:
-            return False
+            return adopt and self._adopt(key, value, None, ttl, strict, deadline)
         stat = self._confirm(lease, key, value, deadline)
         if stat is None:
+            if adopt:
+                return self._adopt(key, value, lease, ttl, strict, deadline)
             self._drop(key, lease)
             return False
         if lease.seconds != ttl:
@@ -313,6 +331,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
             txn.check(path, bumped.version)
             txn.delete(path, bumped.version)
             txn.create(path, value.encode(), ephemeral=True)
+            txn.set_data(self._base, b"", -1)  # a new incarnation: a new epoch (see `_adopt`)
             results = _await(txn.commit_async(), deadline)
         except BaseException:
             new.stop()
@@ -324,6 +343,55 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         with self._lock:
             self._leases[key] = new
         old.stop()  # it holds nothing now
+        return True
+
+    def _adopt(
+        self, key: str, value: str, held: _Lease | None, ttl: float, strict: bool, deadline: float
+    ) -> bool:
+        """Take over the key, if it is `value` on a session we do not hold (a previous run's),
+        with a session of our own: one transaction deletes the node at the version we read and
+        creates ours, so the key is never absent.
+
+        The node's version alone cannot tell its incarnations apart (every one is created at
+        version 0): between our read and the transaction, the old node could expire and another
+        member's create land at that same version. So every create of a leased key (acquire,
+        ttl move, adoption) bumps the cluster node's data version in its own transaction: the
+        lease epoch. We read the epoch first, then the key, on one session (answered in order),
+        and the transaction sets the epoch at the version we read: any create since fails it.
+        The new session answered during this call, so the key lasts until send time + ttl."""
+        new = self._new_lease(ttl)
+        path = self._path(key)
+        try:
+            zk = new.connect(deadline)
+            self._check_length(key, new, ttl, strict)
+            zk.sync_async(path)  # answers arrive in order: the reads below wait for it
+            epoch_r, node_r = zk.get_async(self._base), zk.get_async(path)
+            try:
+                _, epoch = _await(epoch_r, deadline)
+                data, stat = _await(node_r, deadline)
+            except NoNodeError:
+                data, stat = None, None
+            results: list[object] = []
+            if data is not None and data.decode("utf-8", errors="replace") == value:
+                txn = zk.transaction()
+                txn.delete(path, stat.version)
+                txn.create(path, value.encode(), ephemeral=True)
+                txn.set_data(self._base, b"", epoch.version)
+                results = _await(txn.commit_async(), deadline)
+        except BaseException:
+            new.stop()
+            raise
+        if not results or any(isinstance(r, Exception) for r in results):
+            new.stop()
+            if held is not None:
+                self._drop(key, held)
+            return False
+        self._saw(key, int(results[-1].mzxid))  # type: ignore[attr-defined]
+        with self._lock:
+            self._leases[key] = new
+        if held is not None:
+            held.stop()  # it holds nothing now
+        log.info("zookeeper: adopted the %s key left by session %#x", key, stat.ephemeralOwner)
         return True
 
     def _drop(self, key: str, lease: _Lease) -> None:

@@ -22,6 +22,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import ZnodeStat
 from kazoo.retry import KazooRetry
+from kazoo.security import make_digest_acl
 
 from pgwarden.store.base import StoreError, StoreUnavailable
 
@@ -39,6 +40,16 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OperationTimeoutError,
 )
 _EXPECTED: tuple[type[BaseException], ...] = (NoNodeError, NodeExistsError, BadVersionError)
+
+
+def client_auth(credentials: tuple[str, str] | None) -> dict[str, Any]:
+    """KazooClient arguments for digest authentication: the session authenticates as the user,
+    and every node it creates (parents included) is readable and writable by that user only."""
+    if credentials is None:
+        return {}
+    user, password = credentials
+    return {"auth_data": [("digest", f"{user}:{password}")],
+            "default_acl": [make_digest_acl(user, password, all=True)]}
 
 
 def _retry() -> KazooRetry:
@@ -82,7 +93,7 @@ class _Lease:
     from the session only through our own calls, so its ephemeral nodes vanish `timeout` after
     the last call the server received (the store port's "ttl after the last renewal")."""
 
-    def __init__(self, hosts: str, seconds: float) -> None:
+    def __init__(self, hosts: str, seconds: float, auth: dict[str, Any] | None = None) -> None:
         self.seconds = seconds
         self.negotiated = 0.0  # the session timeout the server granted, in seconds
         self.session: int | None = None  # the first session's id; a later one holds nothing
@@ -90,7 +101,7 @@ class _Lease:
         self._done = threading.Event()
         self._live = threading.Event()
         self._started = False
-        self.client = KazooClient(hosts=hosts, timeout=seconds, connection_retry=_retry())
+        self.client = KazooClient(hosts=hosts, timeout=seconds, connection_retry=_retry(), **(auth or {}))
         self._quieten()
         self.client.add_listener(self._on_state)
 
@@ -108,6 +119,10 @@ class _Lease:
             read_timeout, connect_timeout = connect(host, hostip, port)
             # kazoo keeps only read_timeout = negotiated * 2/3 (milliseconds).
             self.negotiated = round(read_timeout * 1.5) / 1000.0
+            # Live only now: kazoo reports CONNECTED before it has sent the auth packets and
+            # returned here, and a caller must not see the session before its length is known.
+            if not self.lost and self.client._session_id == self.session:
+                self._live.set()
             return read_timeout, connect_timeout
 
         conn._send_ping = _send_ping
@@ -121,8 +136,7 @@ class _Lease:
                 self.session = sid
             elif sid != self.session:
                 self.lost = True
-            self._live.set()
-            return
+            return  # `_connect` sets `_live` once the handshake (auth included) is done
         self._live.clear()
         if state == KazooState.LOST and not self.lost:
             self.lost = True

@@ -39,6 +39,7 @@ class ZooKeeperWatch:
     _layout: Layout
     _lock: threading.Lock  # guards the lease fields, and starting the reading session
     _closed: bool
+    _auth: dict[str, Any]  # KazooClient arguments for digest authentication (or none)
 
     def _init_watch(self) -> None:
         layout = self._layout
@@ -49,7 +50,8 @@ class ZooKeeperWatch:
         self._latest: dict[str, int] = {}  # rel -> mzxid (pzxid for a directory), 0 = absent
         self._known: dict[str, int] = {}  # the same, as the caller last saw it
         self._lost = False
-        self._main = KazooClient(hosts=self.hosts, timeout=_MAIN_SESSION, connection_retry=_retry())
+        self._main = KazooClient(hosts=self.hosts, timeout=_MAIN_SESSION, connection_retry=_retry(),
+                                 **self._auth)
         self._main_live = threading.Event()
         self._main.add_listener(self._on_main_state)
         self._main_started = False
