@@ -112,6 +112,25 @@ def test_selective_from_15_to_18(src: Cluster, dst: Cluster) -> None:
              ["slot_on_candidates"], 60, "the slot on every source standby")
 
 
+def test_all_tables_picks_up_a_later_table_after_refresh(src: Cluster) -> None:
+    src.ctl("logical", "publish", "everything", "--all-tables")
+    with Cluster("lall", nodes=1, sets=LOGICAL) as every:
+        every.wait_primary()
+        every.ctl("logical", "subscribe", "every", "--source", src.dsn(), "--publications", "everything",
+                  "--copy-schema")
+        everything = sql(src, "SELECT * FROM orders ORDER BY id")
+        wait_for(lambda: sql(every, "SELECT * FROM orders ORDER BY id") == everything, 60, "all the orders")
+        sql(src, "CREATE TABLE later (id int PRIMARY KEY); INSERT INTO later VALUES (1), (2)")
+        refused(every, "refresh", "every", needle="add --copy-schema")
+        every.ctl("logical", "refresh", "every", "--copy-schema")
+        sql(src, "INSERT INTO later VALUES (3)")
+        wait_for(lambda: sql(every, "SELECT id FROM later ORDER BY id") == [(1,), (2,), (3,)], 60,
+                 "the later table")
+        every.ctl("logical", "drop", "every")
+    src.ctl("logical", "drop", "everything")
+    assert sql(src, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'every'") == [(0,)]
+
+
 def test_reverse_from_18_to_15(src: Cluster, dst: Cluster) -> None:
     sql(dst, "CREATE TABLE back18 (id int PRIMARY KEY, v text); INSERT INTO back18 VALUES (1, 'a')")
     dst.ctl("logical", "publish", "back", "--tables", "public.back18")

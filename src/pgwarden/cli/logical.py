@@ -57,6 +57,11 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(ctl_func=cmd_status)
 
+    p = sub.add_parser("refresh", help="a subscription picks up tables added to its publications")
+    p.add_argument("name")
+    p.add_argument("--copy-schema", action="store_true", help="create the new tables here first")
+    p.set_defaults(ctl_func=cmd_refresh)
+
     p = sub.add_parser("drop", help="drop a publication or a subscription (and its slot on the source)")
     p.add_argument("name")
     p.set_defaults(ctl_func=cmd_drop)
@@ -235,6 +240,35 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Ctx) -> int:
         raise take_back(ctx, spec.name, not_applied("subscription", spec.name))
     print(f"subscription {spec.name} created: {', '.join(spec.publications)} from {redact(spec.source)}"
           + ("" if spec.copy_data else " (no initial copy)"))
+    return 0
+
+
+# -- refresh -----------------------------------------------------------------------------------
+
+
+def cmd_refresh(args: argparse.Namespace, ctx: Ctx) -> int:
+    """ALTER SUBSCRIPTION ... REFRESH PUBLICATION: tables added to the source's publications
+    (a table created later in an --all-tables one, say) are copied and then streamed."""
+    spec = next((x for x in ctx.snapshot().settings.subscriptions if x.name == args.name), None)
+    if spec is None:
+        raise CliError(f"no subscription named {args.name} is declared in cluster {ctx.cfg.cluster}; "
+                       f"`logical status` lists them")
+    with primary_conn(ctx) as conn:
+        made: list[str] = []
+        if args.copy_schema:
+            try:
+                with pglogical.source_connect(spec.source, PG_TIMEOUT) as src:
+                    tables = pglogical.published_tables(src, spec.publications)
+            except (psycopg.Error, ValueError) as e:
+                raise CliError(f"cannot read the source {redact(spec.source)}: {first_line(e)}") from None
+            made = pglogical.create_tables(conn, tables)
+        try:
+            conn.execute(Q.SQL("ALTER SUBSCRIPTION {} REFRESH PUBLICATION WITH (copy_data = {})").format(
+                Q.Identifier(spec.name), Q.SQL("true" if spec.copy_data else "false")))
+        except psycopg.Error as e:
+            hint = "" if args.copy_schema else " (new tables missing here? add --copy-schema)"
+            raise CliError(f"subscription {spec.name}: {first_line(e)}{hint}") from None
+    print(f"subscription {spec.name} refreshed" + (f"; created {', '.join(made)}" if made else ""))
     return 0
 
 
