@@ -110,6 +110,14 @@ def test_selective_from_15_to_18(src: Cluster, dst: Cluster) -> None:
     # Every source standby gets a copy of the slot (PostgreSQL 15: copied by the agents).
     wait_for(lambda: next(s for s in status(dst)["subscriptions"] if s["name"] == "orders_eu")
              ["slot_on_candidates"], 60, "the slot on every source standby")
+    # ... and every member's /status says so (the members' keys catch up within a loop or two).
+    primary = src.wait_primary()
+
+    def reported() -> bool:
+        sts = [src.status(n) for n in src.names]
+        return all(st is not None and st["logical_slot_copies_missing"] == {} for st in sts) and \
+            "orders_eu" in (src.status(primary) or {}).get("logical_slots", {})
+    wait_for(reported, 30, "/status: no candidate lacks a copy")
 
 
 def test_all_tables_picks_up_a_later_table_after_refresh(src: Cluster) -> None:

@@ -56,18 +56,29 @@ class LogicalWorker:
                 self._busy = None
 
 
-def read_bounded(read: Callable[[float], LogicalObjects], timeout: float) -> LogicalObjects | None:
-    """`read` in a worker thread, given up after `timeout` (libpq's connect timeout cannot go
-    below 2 s, and the loop's calls must stay within the lease margin, rule 15). None: no answer."""
-    box: dict[str, LogicalObjects] = {}
+class BoundedReader:
+    """Reads the server's publications, subscriptions and slots in a worker thread, given up
+    after `timeout` (libpq's connect timeout cannot go below 2 s, and the loop's calls must stay
+    within the lease margin, rule 15); at most one read in flight, so a stalled server does not
+    pile up threads."""
 
-    def work() -> None:
-        try:
-            box["objs"] = read(max(timeout, 0.5))
-        except Exception as e:  # reported as "not read this loop"
-            log.warning("cannot read publications and subscriptions: %s", e)
+    def __init__(self, read: Callable[[float], LogicalObjects]) -> None:
+        self._read = read
+        self._thread: threading.Thread | None = None
 
-    t = threading.Thread(target=work, name="pgwarden-logical-read", daemon=True)
-    t.start()
-    t.join(timeout)
-    return box.get("objs")
+    def read(self, timeout: float) -> LogicalObjects | None:
+        """None: no answer in time, or the previous read still waits for one."""
+        if self._thread is not None and self._thread.is_alive():
+            return None
+        box: dict[str, LogicalObjects] = {}
+
+        def work() -> None:
+            try:
+                box["objs"] = self._read(max(timeout, 0.5))
+            except Exception as e:  # reported as "not read this loop"
+                log.warning("cannot read publications and subscriptions: %s", e)
+
+        self._thread = threading.Thread(target=work, name="pgwarden-logical-read", daemon=True)
+        self._thread.start()
+        self._thread.join(timeout)
+        return box.get("objs")

@@ -16,7 +16,7 @@ from types import FrameType
 from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
-from pgwarden.agent.logical import read_bounded
+from pgwarden.agent.logical import BoundedReader
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
 from pgwarden.agent.single import AlreadyRunning, hold_run_dir
@@ -104,6 +104,7 @@ class Agent:
         self._last_pg: PgView | None = None
         self._slots: tuple[tuple[str, int], ...] = ()
         self._native: tuple[str, ...] = ()
+        self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._seen_store = False  # no loop has read the store yet (Observation.first_look)
@@ -315,7 +316,7 @@ class Agent:
         if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
             # copies of the primary's slots (core/slot_copies.py).
-            objs = read_bounded(self.pg.logical_objects, s.retry_timeout)
+            objs = self._logical_reader.read(s.retry_timeout)
             if objs is not None:
                 marks = (*objs.publications.values(), *objs.subscriptions.values())
                 self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
@@ -410,6 +411,7 @@ class Agent:
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
+            logical_error=self.exec.logical.last_error,
         ))
 
 

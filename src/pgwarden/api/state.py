@@ -23,6 +23,7 @@ class NodeState:
     started_at: float  # epoch seconds the agent started
     pg_sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied on this node (primary)
     message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
+    logical_error: str | None = None  # the last declared publication/subscription change that failed
 
 
 class StateHolder:

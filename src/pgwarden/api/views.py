@@ -63,6 +63,7 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "store_ok": st.store_ok,
         "message": st.message,
         "logical_slots": {n: int_to_lsn(lsn) for n, lsn in m.logical_slots},
+        "logical_error": st.logical_error,
         # Failover candidates without a copy of a logical slot of the leader (rule 19).
         "logical_slot_copies_missing": missing_copies(view) if view is not None else {},
         "started_at": iso_time(st.started_at),
