@@ -295,7 +295,14 @@ class PostgresController(DataDirectory):
     def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None:
         with self._local(timeout) as conn:
             for name, lsn in targets:
-                slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
+                try:
+                    slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
+                except psycopg.errors.UndefinedFile as e:  # also SQLSTATE 58P01: WAL gone
+                    # The copy needs WAL this standby no longer has: it could not decode after a
+                    # promotion either. Drop it; the next loop copies the primary's again.
+                    log.warning("logical slot copy %s is unusable (%s): dropping it", name,
+                                str(e).strip().splitlines()[0])
+                    slot_copies.drop(conn, name)
 
     def set_standby_slots(self, members: frozenset[str], timeout: float) -> None:
         """synchronized_standby_slots = these members' physical slots (17+), by ALTER SYSTEM
