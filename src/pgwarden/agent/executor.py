@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import LogicalWorker
 from pgwarden.agent.ports import Clock, FencerPort, PostgresPort, RouterPort
+from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
 from pgwarden.core.history import merge_history
@@ -41,7 +43,8 @@ SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we kno
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
-               A.ExtendLease, A.WriteFailsafeMembers)
+               A.ExtendLease, A.WriteFailsafeMembers, A.ApplyLogical, A.AdvanceLogicalSlots,
+               A.DropLogicalSlots, A.SetStandbySlots)
 
 
 class ActionFailed(Exception):
@@ -70,6 +73,9 @@ class LocalFacts:
     # Failsafe sets written since the last read that may have landed: (token written against,
     # value). The runner drops an entry once a read shows the token moved (rule 17).
     failsafe_pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    # Logical slots this agent copied onto this standby: name -> timeline (core/slot_copies.py).
+    slot_copies: dict[str, int] = field(default_factory=dict)
+    standby_slots: tuple[int | None, frozenset[str]] | None = None  # applied for which postmaster
 
 
 class Executor:
@@ -102,6 +108,8 @@ class Executor:
         self.seed = seed
         self.name = cfg.name
         self.store_failed = False  # the last run() ended on a store error
+        self.logical = LogicalWorker(pg.apply_logical)
+        self.slot_ledger: SlotLedger | None = None  # set by the runner
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -266,6 +274,31 @@ class Executor:
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
                 return True
+            case A.ApplyLogical(change=change):
+                self.logical.submit(change)  # off the loop; the next observation shows it done
+                return True
+            case A.CopyLogicalSlots(names=names, source=src):
+                copied = self.pg.copy_logical_slots(names, src.host, src.port, s.retry_timeout * 3)
+                for name in copied:
+                    self.facts.slot_copies[name] = pgv.timeline or 0
+                self._record_copies(pgv)
+                return bool(copied)  # nothing copied: no restart
+            case A.AdvanceLogicalSlots(targets=targets):
+                self.logical.run_later("advance slot copies",
+                                       lambda t: self.pg.advance_logical_slots(targets, t), quiet=True)
+                return True
+            case A.SetStandbySlots(members=members):
+                key = (pgv.postmaster_pid, members)
+                if self.facts.standby_slots != key:
+                    self.pg.set_standby_slots(members, s.retry_timeout * 3)
+                    self.facts.standby_slots = key
+                return True
+            case A.DropLogicalSlots(names=names):
+                self.pg.drop_logical_slots(names, s.retry_timeout * 3)
+                for name in names:
+                    self.facts.slot_copies.pop(name, None)
+                self._record_copies(pgv)
+                return True
             case _:
                 assert_never(a)
 
@@ -275,6 +308,9 @@ class Executor:
         log.info("promoting PostgreSQL")
         self.pg.promote(self._lease_budget(10.0), sync_after)
         self.facts.sync_applied = sync_after
+        # Our copies are the real slots now; if we are ever a standby again they are not copies.
+        self.facts.slot_copies.clear()
+        self._record_copies(pgv)
         # Rule 4: still ours right after promotion? If not (or we cannot tell), stop writes at once.
         try:
             kept = self.renew(s)
@@ -286,6 +322,10 @@ class Executor:
             self._demote(None)
             return False
         return True
+
+    def _record_copies(self, pgv: PgView) -> None:
+        if self.slot_ledger is not None:
+            self.slot_ledger.save(pgv.system_id, self.facts.slot_copies)
 
     def _demote(self, upstream: tuple[str, str, int] | None) -> None:
         """Stop writes within the lease (escalating to immediate, then SIGKILL), disarm the fencer

@@ -6,35 +6,30 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
+from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import BoundedReader
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import SharedReading, fresh_position
-from pgwarden.agent.single import AlreadyRunning, hold_run_dir
+from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
-from pgwarden.config.errors import ConfigError
-from pgwarden.config.exposure import api_credentials
-from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
-from pgwarden.core import failsafe
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
+from pgwarden.core.logical import MARK
 from pgwarden.core.model import (
     ClusterView,
     DataState,
-    FailsafeRound,
     LocalCommand,
     Me,
     MemberInfo,
@@ -63,7 +58,7 @@ def run_dir_for(cfg: NodeConfig) -> Path:
     return Path(str(cfg.data_dir) + ".pgwarden")
 
 
-class Agent:
+class Agent(FailsafeMember):
     def __init__(self, cfg: NodeConfig, api_auth: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.seed = cfg.initial_settings()
@@ -87,6 +82,8 @@ class Agent:
         self.router = router_for(cfg.pgbouncer)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
                              self.settings, self.seed, self.router)
+        self.exec.slot_ledger = SlotLedger(run_dir_for(cfg) / "slot_copies.json")
+        self._ledger_sysid, self.facts.slot_copies = self.exec.slot_ledger.load()
         host, port = cfg.postgresql.connect_host_port()
         self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
         # The API writes requests through a store client of its own: the agent's client ignores
@@ -104,6 +101,10 @@ class Agent:
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
+        self._slots: tuple[tuple[str, int], ...] = ()
+        self._native: tuple[str, ...] = ()
+        self._logical_reader = BoundedReader(self.pg.logical_objects)
+        self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
@@ -146,39 +147,6 @@ class Agent:
 
     def read_position(self, timeout: float) -> PeerReading:
         return self._position.read(timeout)
-
-    # -- the failsafe (rule 17): requests from other members, on the API thread ---------------
-    def _member_state(self, store_reachable: bool) -> failsafe.MemberState:
-        view, pgv, s = self._view, self._last_pg, self._settings
-        leader = view.leader.name if view is not None and view.leader is not None else None
-        lm = view.members.get(leader) if view is not None and leader is not None else None
-        primary = self.lease.held or (pgv is not None and pgv.running and pgv.in_recovery is False)
-        return failsafe.MemberState(
-            name=self.cfg.name, failsafe_on=s.failsafe_on, store_reachable=store_reachable,
-            store_leader=None, leader=leader, leader_timeline=lm.timeline if lm is not None else None,
-            primary=primary, ttl=s.ttl, bound_until=self.failsafe.bound_until)
-
-    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
-        """A leader asks whether we too cannot reach the store and still follow it."""
-        try:  # our own reading now, within the leader's answer window
-            fresh = self.api_store.snapshot(failsafe.CONFIRM_WINDOW / 2)
-            reachable, named = True, fresh.leader.name if fresh.leader is not None else None
-        except StoreError:
-            reachable, named = False, None
-        ok, why = self.failsafe.confirm(
-            lambda bound, votes: replace(self._member_state(reachable), store_leader=named, bound_until=bound,
-                                         votes=votes),
-            leader, timeline, ttl)
-        log.log(logging.DEBUG if ok else logging.INFO, "failsafe confirmation for %s: %s", leader, why)
-        return ok, why
-
-    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
-        """A leaderless candidate asks us to promise not to confirm any leader for a while."""
-        ok, why = self.failsafe.vote(
-            lambda bound, votes: replace(self._member_state(False), bound_until=bound, votes=votes),
-            candidate, ttl)
-        log.info("failsafe vote for %s: %s", candidate, why)
-        return ok, why
 
     def store_wakeup(self) -> None:
         self._wake.set()
@@ -331,53 +299,17 @@ class Agent:
         self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
 
-    def _failsafe_sets(self) -> tuple[frozenset[str], ...]:
-        """The failsafe set we last read and any we wrote since that may have landed (rule 17)."""
-        view = self._view
-        if view is None:
-            return ()
-        # A write against a token the store has since moved past can never land: forget it.
-        pending = self.facts.failsafe_pending
-        pending[:] = [p for p in pending if p[0] == view.failsafe_token]
-        return (view.failsafe_members, *(m for _, m in self.facts.failsafe_pending))
-
-    def _confirmation_round(self, pgv: PgView, s: ClusterSettings) -> Future[FailsafeRound] | None:
-        """As a leader with failsafe on and a valid lease: ask the failsafe members to confirm us."""
-        last = self._view
-        if not s.failsafe_on or last is None or not self.lease.valid(time.monotonic()) or \
-                not (pgv.running and pgv.in_recovery is False):
-            return None
-        names = frozenset().union(*self._failsafe_sets()) - {self.cfg.name}
-        others = [m for n, m in last.members.items() if n in names]
-        return self.failsafe_client.submit_confirmations(others, self.cfg.name, pgv.timeline, s.ttl)
-
-    def _failsafe_asks(
-            self, view: ClusterView | None, pgv: PgView, s: ClusterSettings,
-            early: Future[FailsafeRound] | None) -> tuple[FailsafeRound | None, frozenset[str] | None]:
-        """Rule 17's exchanges for this loop: as a leader cut off from the store, a confirmation
-        round (`early`, if one was started before the store read); as a leaderless candidate under
-        a failsafe set, votes."""
-        if view is None:
-            asked = early if early is not None else self._confirmation_round(pgv, s)
-            return (asked.result() if asked is not None else None), None
-        # Only a node that could promote asks: each vote keeps its giver from confirming a leader.
-        could = pgv.running and pgv.healthy and pgv.in_recovery is True and not s.paused
-        if could and view is not None and view.leader is None and view.failsafe_members and \
-                time.monotonic() >= self.failsafe.bound_until:
-            ok, _ = self.failsafe_vote(self.cfg.name, s.ttl)  # our own promise first
-            if not ok:
-                return None, frozenset()
-            others = [m for n, m in view.members.items() if n in view.failsafe_members and n != self.cfg.name]
-            votes = self.failsafe_client.votes(others, self.cfg.name, s.ttl, min(1.0, s.retry_timeout))
-            return None, votes | {self.cfg.name}
-        return None, None
-
     def _leader_timeline(self) -> int | None:
         view = self._view
         if view is None or view.leader is None or view.leader.name == self.cfg.name:
             return None
         m = view.members.get(view.leader.name)
         return m.timeline if m is not None else None
+
+    def _leader_has_slots(self) -> bool:
+        view = self._view
+        m = view.members.get(view.leader.name) if view is not None and view.leader is not None else None
+        return m is not None and bool(m.logical_slots)
 
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
@@ -391,6 +323,19 @@ class Agent:
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
+        if pgv.system_id is not None and self._ledger_sysid != pgv.system_id:
+            if self._ledger_sysid is not None:  # another cluster's data: its copies are not ours
+                self.facts.slot_copies.clear()
+            self._ledger_sysid = pgv.system_id
+        pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
+        if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
+            # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
+            # copies of the primary's slots (core/slot_copies.py).
+            objs = self._logical_reader.read(s.retry_timeout)
+            if objs is not None:
+                marks = (*objs.publications.values(), *objs.subscriptions.values())
+                self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
+                pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
 
@@ -447,7 +392,19 @@ class Agent:
             streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
+            logical_slots=self._slots_seen(pgv), native_slots=self._native,
         )
+
+    def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
+        """Our logical slots as last read (kept through a loop that did not read them)."""
+        if not pgv.running:
+            self._slots, self._native = (), ()
+        elif pgv.logical is not None:
+            slots = pgv.logical.slots
+            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in slots.items()
+                                       if s.confirmed_flush is not None and not s.lost))
+            self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
+        return self._slots
 
     def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
         s = self._settings
@@ -470,48 +427,5 @@ class Agent:
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,
+            logical_error=self.exec.logical.last_error,
         ))
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if cfg.log.file is not None:
-        handlers = [logging.FileHandler(cfg.log.file)]
-    logging.basicConfig(
-        level=cfg.log.level.upper(), handlers=handlers, force=True,
-        format=f"%(asctime)s %(levelname)s {cfg.name} %(name)s: %(message)s",
-    )
-    if cfg.log.level.upper() != "DEBUG":
-        # Health checks from HAProxy and peers arrive every second: log requests only when debugging.
-        logging.getLogger("pgwarden.api.access").setLevel(logging.WARNING)
-
-
-def run_agent(config_path: str) -> int:
-    """`pgwarden agent -c FILE`: run one node in the foreground until SIGTERM/SIGINT."""
-    try:
-        cfg = load_node_config(config_path)
-        api_auth = api_credentials(cfg, config_path)
-    except ConfigError as e:
-        raise SystemExit(f"pgwarden: error: {e}") from None
-    try:
-        lock = hold_run_dir(run_dir_for(cfg))  # held until this process ends
-    except (AlreadyRunning, OSError) as e:
-        raise SystemExit(f"pgwarden: error: {e}") from None
-    setup_logging(cfg)
-    agent = Agent(cfg, api_auth)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        agent.stop()
-
-    def _reload(signum: int, frame: FrameType | None) -> None:
-        # Off the signal handler: reloading takes locks the interrupted code may hold.
-        threading.Thread(target=agent.reload_tls, name="pgwarden-sighup", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, _reload)
-    try:
-        return agent.run()
-    finally:
-        lock.close()

@@ -24,6 +24,7 @@ class NodeState:
     pg_sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied on this node (primary)
     message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
     start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
+    logical_error: str | None = None  # the last declared publication/subscription change that failed
 
 
 class StateHolder:

@@ -56,6 +56,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="coordination: one etcd (default), one ZooKeeper, or raft among the agents")
     p.add_argument("--witness", action="store_true",
                    help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
+    p.add_argument("--bin-dir", type=Path, metavar="PATH",
+                   help="PostgreSQL binaries to run (e.g. /usr/lib/postgresql/15/bin); "
+                        "default: the embedded ones")
     p.add_argument("--tls", action="store_true",
                    help="make a local CA and node certificates: REST API on https, PostgreSQL and "
                         "replication over TLS (verify-full)")
@@ -115,7 +118,8 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
     for ext in _extensions():
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
-                   timeout=args.timeout, store=args.store, witness=args.witness, tls=args.tls)
+                   timeout=args.timeout, store=args.store, witness=args.witness, tls=args.tls,
+                   bin_dir=args.bin_dir)
     cluster.up(opts, extras)
     _print_members(cluster)
     for line in cluster.components_summary():

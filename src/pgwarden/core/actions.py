@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgwarden.core.logical import LogicalChange
 from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 
 
@@ -172,6 +173,41 @@ class ClearFailover:
     pass
 
 
+@dataclass(frozen=True)
+class ApplyLogical:
+    """Bring a publication or subscription to its declaration. Runs off the HA loop (it may
+    wait on another cluster), so it never holds up a lease renewal (rule 15)."""
+
+    change: LogicalChange
+
+
+@dataclass(frozen=True)
+class CopyLogicalSlots:
+    """A standby (15, 16): write `source`'s state files of these logical slots into our
+    pg_replslot, each only if our replay position is past that slot's (see core/slot_copies.py)."""
+
+    names: frozenset[str]
+    source: Upstream
+
+
+@dataclass(frozen=True)
+class AdvanceLogicalSlots:
+    targets: tuple[tuple[str, int], ...]  # slot, LSN (never past our replay position)
+
+
+@dataclass(frozen=True)
+class DropLogicalSlots:
+    names: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SetStandbySlots:
+    """17+ primary: synchronized_standby_slots names these members' physical slots, so no
+    failover slot sends a change before they have it (reloaded only when it changes)."""
+
+    members: frozenset[str]
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -196,6 +232,11 @@ Action = (
     | EnsureSlots
     | PublishHistory
     | ClearFailover
+    | ApplyLogical
+    | CopyLogicalSlots
+    | AdvanceLogicalSlots
+    | DropLogicalSlots
+    | SetStandbySlots
 )
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgwarden.core import candidates, failsafe, sync
+from pgwarden.core import candidates, failsafe, logical, sync
 from pgwarden.core.actions import (
     Action,
     AdoptExistingData,
+    ApplyLogical,
     Bootstrap,
     ClearFailover,
     Clone,
@@ -62,6 +63,7 @@ from pgwarden.core.model import (
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
 from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings
+from pgwarden.core.slot_copies import follower_slot_actions, leader_slot_actions
 
 
 def decide(obs: Observation) -> Decision:
@@ -263,6 +265,12 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     members = failsafe.next_members(view, obs.me.name)
     if members is not None:
         actions.append(WriteFailsafeMembers(members, view.failsafe_token))
+    actions.extend(leader_slot_actions(obs, view))
+    if pg.logical is not None:
+        changes, conflicts = logical.reconcile(settings.publications, settings.subscriptions, pg.logical)
+        actions.extend(ApplyLogical(c) for c in changes)
+        if conflicts:
+            message += "; " + "; ".join(conflicts)
     return Decision(tuple(_dedup(actions)), message)
 
 
@@ -372,7 +380,9 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     # Members cascading from us stream through a slot we keep (the leader keeps the others').
     cascading = frozenset(n for n, m in view.members.items()
                           if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
-    return Decision((EnsureSlots(cascading),) if cascading else (), f"replica of {upstream.name}, {state}")
+    slot_steps, note = follower_slot_actions(obs, leader, _member_upstream(leader))
+    return Decision(((EnsureSlots(cascading),) if cascading else ()) + tuple(slot_steps),
+                    f"replica of {upstream.name}, {state}" + (f"; {note}" if note else ""))
 
 
 def _forked_while_running(pg: PgView, leader_tl: int | None, view: ClusterView) -> bool:

@@ -118,7 +118,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
     if (bound := failsafe.candidate_refusal(obs, view)) is not None:
         return Decision((), f"no leader; may not take the lease: {bound}")
     assert my_lsn is not None
-    me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
+    me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline,
+                              candidates.slot_count(view, obs.me.name))
     stalled = _stalled(obs, view.settings)
     if not explicit and not stalled:
         # Rule 10 compares with peers that could win: one barred by the synchronous set would

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pgwarden.core.logical import LogicalObjects
 from pgwarden.core.settings import ClusterSettings
 
 
@@ -96,6 +97,10 @@ class MemberInfo:
     version: str = ""
     pg_version: int | None = None
     pending_restart: bool = False
+    # Logical slots this member holds (name, confirmed LSN): the primary's are what candidates
+    # copy (core/slot_copies.py); a candidate's show whether it has them.
+    logical_slots: tuple[tuple[str, int], ...] = ()
+    native_slots: tuple[str, ...] = ()  # those PostgreSQL (17+) keeps on standbys itself (failover)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +123,8 @@ class MemberInfo:
             "version": self.version,
             "pg_version": self.pg_version,
             "pending_restart": self.pending_restart,
+            "logical_slots": dict(self.logical_slots),
+            "native_slots": list(self.native_slots),
         }
 
     @classmethod
@@ -147,6 +154,8 @@ class MemberInfo:
             version=str(d.get("version", "")),
             pg_version=opt_int("pg_version"),
             pending_restart=bool(d.get("pending_restart", False)),
+            logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
+            native_slots=tuple(sorted(str(n) for n in d.get("native_slots") or ())),
         )
 
 
@@ -272,6 +281,10 @@ class PgView:
     not_streaming_for: float = 0.0
     # Starts as a replica that failed in a row (e.g. "not a child of this server's history").
     start_failures: int = 0
+    # Publications, subscriptions and logical slots (None: not read this loop).
+    logical: LogicalObjects | None = None
+    # Logical slots this agent copied onto this standby, and on which timeline (slot_copies.py).
+    slot_copies: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
 
+from pgwarden.core.logical import PublicationSpec, SubscriptionSpec, check_unique
+
 
 class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     """Base of every model: unknown keys refused, instances immutable."""
@@ -96,6 +98,9 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     # `on`/`off` or true/false; YAML reads an unquoted on/off as a boolean already.
     failsafe: bool | Literal["on", "off"] = False
     parameters: dict[str, ParamValue] = field(default_factory=dict)
+    # Declared logical replication, which the leader reconciles (core/logical.py).
+    publications: tuple[PublicationSpec, ...] = ()
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
 
     @property
     def synchronous(self) -> bool:
@@ -109,6 +114,7 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_parameters(self.parameters, cluster=True)
+        check_unique(self.publications, self.subscriptions)
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
         if self.loop_wait < 0.1:

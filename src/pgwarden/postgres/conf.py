@@ -144,6 +144,8 @@ def primary_conninfo(
         ("host", upstream.host),
         ("port", str(upstream.port)),
         ("user", user),
+        # Ignored by physical replication; PostgreSQL 17's slot-sync worker needs a database.
+        ("dbname", "postgres"),
     ]
     if passfile is not None:
         parts.append(("passfile", str(passfile)))
@@ -178,6 +180,7 @@ def render_postgresql_conf(
     passfile: Path | None,
     socket_dir: Path | None,
     cluster_name: str | None = None,
+    major: int | None = None,
     ssl_parameters: Mapping[str, ParamValue] | None = None,
     upstream_ssl: Mapping[str, str] | None = None,
 ) -> str:
@@ -208,6 +211,11 @@ def render_postgresql_conf(
                 ssl=upstream_ssl,
             )
             params["primary_slot_name"] = slot_name(member)
+            if (major or 0) >= 17 and params.get("wal_level") == "logical":
+                # A cluster that can publish keeps its failover slots on every standby
+                # (PostgreSQL's slot-sync worker needs the feedback and a dbname to connect with).
+                params["sync_replication_slots"] = "on"
+                params["hot_standby_feedback"] = "on"
         else:
             # Explicitly empty, so a reload drops a stale upstream instead of keeping it.
             params["primary_conninfo"] = ""
