@@ -22,6 +22,7 @@ from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.api.telemetry import Facts, Telemetry
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
@@ -47,6 +48,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.store.timed import TimedKV
 from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
@@ -76,7 +78,9 @@ class Agent:
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
         self.peers = PeerProbe(self.client_tls)
         self.started_at = time.time()
+        self.telemetry = Telemetry(cfg.name)  # /metrics, /decisions (api/telemetry.py)
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
+        self.store.kv = TimedKV(self.store.kv, self.telemetry.store_call)
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
@@ -91,7 +95,7 @@ class Agent:
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
-                             tls=self.api_tls)
+                             tls=self.api_tls, telemetry=self.telemetry)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -221,6 +225,7 @@ class Agent:
     # -- one loop ------------------------------------------------------------------------------
     def loop_once(self) -> None:
         s = self._settings
+        loop_started = time.monotonic()
         try:
             self.fencer.ensure_running()  # rule 13 holds only while a fencer watches
         except OSError as e:
@@ -276,6 +281,8 @@ class Agent:
         if view is not None:
             store_ok = self._publish_member(pgv, view)
         self._publish(pgv, view, store_ok)
+        self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
+            self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
     def _leader_timeline(self) -> int | None:
         view = self._view

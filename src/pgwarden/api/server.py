@@ -23,7 +23,9 @@ from pgwarden.api.auth import BasicAuth
 from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
+from pgwarden.api.observe_routes import add_observability_routes
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
+from pgwarden.api.telemetry import Telemetry
 from pgwarden.api.transport import Listener
 from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, status_json
 from pgwarden.config.errors import ConfigError
@@ -69,6 +71,7 @@ class ApiServer:
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
         tls: ContextSource | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -79,6 +82,7 @@ class ApiServer:
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
         self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
+        self._telemetry = telemetry  # the agent's records for /metrics and /decisions
         self._thread: threading.Thread | None = None
         self._servers: list[Listener] = []
         self._wake: tuple[socket.socket, socket.socket] | None = None
@@ -175,6 +179,7 @@ class ApiServer:
         r["/failover"] = {"POST": self._failover}
         r["/restart"] = {"POST": self._restart}
         r["/reinitialize"] = {"POST": self._reinitialize}
+        add_observability_routes(r, self._holder, self._telemetry, self._node_name, self._cluster_name)
 
     def dispatch(self, request: Request) -> Response:
         """Route one request. Every failure becomes a JSON {"error": ...}; nothing a client sends
