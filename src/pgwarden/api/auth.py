@@ -91,4 +91,8 @@ class BasicAuth:
             error = "wrong credentials (HTTP Basic, restapi.authentication)"
         else:
             error = f"{request.method} {request.path} needs credentials (HTTP Basic, restapi.authentication)"
+        if request.headers.get("x-requested-with"):
+            # A script asking (the dashboard): no challenge, or the browser would open its own
+            # login dialog over the page, which asks for the credentials itself.
+            return json_response(401, {"error": error})
         return json_response(401, {"error": error}, {"WWW-Authenticate": f'Basic realm="{REALM}"'})

@@ -12,9 +12,12 @@ from importlib.resources import files
 
 from pgwarden.api.messages import HttpError, Request, Response, Route, json_response
 from pgwarden.api.state import StateHolder
-from pgwarden.api.telemetry import Telemetry, record_json
+from pgwarden.api.telemetry import Telemetry, facts_json, record_json
 
 MAX_DECISIONS = 1000
+# The page loads nothing from elsewhere: its script and style are inline, its data same-origin.
+_CSP = ("default-src 'self'; img-src 'self' data:; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "frame-ancestors 'none'")
 
 
 def add_observability_routes(routes: dict[str, dict[str, Route]], holder: StateHolder,
@@ -33,14 +36,12 @@ def add_observability_routes(routes: dict[str, dict[str, Route]], holder: StateH
         since = _number(request.query.get("since"), "since", float)
         full = request.query.get("full", "") in ("1", "true", "yes")
         records = telemetry.decisions(int(last) if last is not None else None, since)
-        return json_response(200, {"node": node, "scope": scope(),
+        return json_response(200, {"node": node, "scope": scope(), "facts": facts_json(telemetry),
                                    "decisions": [record_json(r, full) for r in records]})
 
     def dashboard(request: Request) -> Response:
         return Response(200, _page(), {"Content-Type": "text/html; charset=utf-8",
-                                       "Cache-Control": "no-store",
-                                       "Content-Security-Policy": "default-src 'self'; "
-                                       "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
+                                       "Cache-Control": "no-store", "Content-Security-Policy": _CSP})
 
     routes["/metrics"] = {"GET": metrics}
     routes["/decisions"] = {"GET": decisions}

@@ -9,6 +9,7 @@ does I/O; the JSON for an observation is built when someone asks, not on the loo
 from __future__ import annotations
 
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -228,3 +229,16 @@ def record_json(r: DecisionRecord, full: bool) -> dict[str, Any]:
 def decode_observation(data: Any) -> Observation:
     """An observation back from record_json's "observation" (raises msgspec.ValidationError)."""
     return msgspec.convert(data, Observation)
+
+
+def facts_json(t: Telemetry) -> dict[str, Any]:
+    """The lease and fencer countdowns (seconds from now), the store's last answer, lag in seconds."""
+    f = t.snapshot().facts
+    now = time.monotonic()
+    return {
+        "lease_left": round(f.lease_deadline - now, 3) if f.lease_deadline else None,
+        "fencer_armed": f.fencer_armed,
+        "fencer_left": round(f.fencer_deadline - now, 3) if f.fencer_armed else None,
+        "store_last_seen": f.store_last_seen,
+        "lag_seconds": {k: round(v, 3) for k, v in sorted(f.lag_seconds.items())},
+    }
