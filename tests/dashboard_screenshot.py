@@ -43,8 +43,16 @@ def main() -> int:
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#history tbody tr"), 20, "the history")
             wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#decisions .decision")) > 1, 20,
                      "decisions")
-            height = driver.execute_script("return document.documentElement.scrollHeight")
-            driver.set_window_size(args.width, max(args.height, int(height) + 20))
+            # Some writes while the page polls, so the lag charts have a line to draw.
+            with psycopg.connect(cl.dsn(), autocommit=True) as c:
+                for _ in range(6):
+                    c.execute("INSERT INTO demo SELECT repeat('y', 500) FROM generate_series(1, 20000)")
+            wait_for(lambda: driver.execute_script(
+                "return Object.values(lagSeries).every(s => s.length >= 8)"), 60, "a few minutes' chart")
+            height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": args.width, "height": max(args.height, height), "deviceScaleFactor": 1,
+                "mobile": False})
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(args.out)
     print(f"wrote {args.out}")

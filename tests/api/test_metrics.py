@@ -3,7 +3,10 @@ prometheus_client's own text parser."""
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import replace
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,6 +31,9 @@ def scrape(state: NodeState | None, telemetry: Telemetry | None = None, node: st
 
 
 def get(samples: Samples, metric: str, **labels: str) -> float:
+    """A sample; pgwarden_* metrics carry the cluster's name (here "demo") as `cluster`."""
+    if metric.startswith("pgwarden_"):
+        labels = {"cluster": "demo", **labels}
     return samples[(metric, frozenset(labels.items()))]
 
 
@@ -133,3 +139,17 @@ def test_patroni_version_digits() -> None:
     assert patroni_version("4.0.0") == "040000"
     assert patroni_version("0.1.0") == "000100"
     assert patroni_version("1.2") == "010200"
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_agent_serves() -> None:
+    doc = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in doc["templating"]["list"] if v["type"] == "query"]
+    wanted = {name for e in exprs for name in re.findall(r"pgwarden_[a-z_]+", e)}
+    t = Telemetry("node1")
+    t.store_call("read", 0.001, False)
+    o = _obs()
+    t.loop_done(o, Decision((RenewLease(),), "x"), 0.01, o.pg, Facts())
+    served = {name for name, _ in scrape(state(), t)}
+    assert wanted and wanted <= served, wanted - served
+    assert all('cluster=~"$cluster"' in e for e in exprs if "pgwarden_" in e and "label_values" not in e)

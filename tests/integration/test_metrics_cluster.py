@@ -4,9 +4,11 @@ failover on the new primary, and its decision log says why it promoted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,6 +21,7 @@ from tests.support.wait import wait_for
 pytestmark = pytest.mark.integration
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+_scope: list[str] = []  # the cluster's name, set by the fixture
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +43,10 @@ def scrape(cluster: Cluster, node: str) -> Samples:
 
 
 def value(samples: Samples, metric: str, **labels: str) -> float | None:
+    """A sample (pgwarden_* metrics carry the cluster's name as `cluster`), None if absent."""
+    if metric.startswith("pgwarden_"):
+        labels = {"cluster": _scope[0], **labels}
     return samples.get((metric, frozenset(labels.items())))
-
-
-_scope: list[str] = []
 
 
 def patroni(samples: Samples, metric: str, node: str) -> float | None:
@@ -144,3 +147,27 @@ def test_a_crash_failover_flips_the_roles_and_counts_one_failover(cluster: Clust
         return patroni(r, "patroni_replica", old) == 1 and patroni(r, "patroni_primary", old) == 0
 
     wait_for(rejoined, 120, f"{old} back as a replica on its /metrics")
+
+
+def test_ctl_explain_tells_the_failover_and_replay_tries_other_settings(cluster: Cluster,
+                                                                         tmp_path: Path) -> None:
+    """Runs after the failover above: the merged timeline holds the promotion and why."""
+    primary = cluster.wait_primary()
+    text = cluster.ctl("explain", "--last", "300").stdout
+    promotion = [line for line in text.splitlines() if f" {primary}: " in line and "Promote" in line]
+    assert promotion, text
+    assert "[rule 4" in promotion[-1]
+    assert "saw: " in text
+    only = cluster.ctl("explain", "--member", primary, "--last", "300").stdout
+    assert all(f" {primary}: " in line for line in only.splitlines() if not line.startswith("    "))
+    recorded = tmp_path / "decisions.json"
+    recorded.write_text(cluster.ctl("explain", "--format", "json", "--last", "300").stdout)
+    body = json.loads(recorded.read_text())
+    assert {d["node"] for d in body["decisions"]} == set(cluster.names)
+    same = cluster.ctl("replay", str(recorded)).stdout
+    assert same.strip().endswith(f"0 of {len(body['decisions'])} decisions differ with the recorded settings")
+    paused = cluster.ctl("replay", str(recorded), "--set", "paused=true", "--format", "json").stdout
+    diffs = json.loads(paused)["differences"]
+    assert any(d["node"] == primary and any(a["kind"] == "Promote" for a in d["recorded"]["actions"])
+               and not any(a["kind"] == "Promote" for a in d["replayed"]["actions"]) for d in diffs), diffs
+    assert "since" in cluster.ctl("explain", "--since", "yesterday", check=False).stderr

@@ -60,11 +60,11 @@ class NodeCollector(Collector):
     # -- pgwarden_* -------------------------------------------------------------------------------
 
     def _pgwarden(self) -> Iterator[Metric]:
-        node = ["node"]
-        me = [self._node]
+        node = ["cluster", "node"]
+        me = [self._scope, self._node]
         info = GaugeMetricFamily("pgwarden_info", "The agent's version (always 1).",
-                                 labels=["node", "version"])
-        info.add_metric([self._node, __version__], 1)
+                                 labels=["cluster", "node", "version"])
+        info.add_metric([self._scope, self._node, __version__], 1)
         yield info
         st = self._state
         agent_up = GaugeMetricFamily("pgwarden_agent_ready", "1 once the agent has published its state.",
@@ -77,12 +77,12 @@ class NodeCollector(Collector):
             yield from self._telemetry_metrics(st)
 
     def _node_state(self, st: NodeState) -> Iterator[Metric]:
-        node, me = ["node"], [self._node]
+        node, me = ["cluster", "node"], [self._scope, self._node]
         m, view = st.member, st.cluster
         role = GaugeMetricFamily("pgwarden_role", "1 for this node's current role (primary, replica, "
-                                 "standby_leader, unknown).", labels=["node", "role"])
+                                 "standby_leader, unknown).", labels=["cluster", "node", "role"])
         for r in Role:
-            role.add_metric([self._node, r.value], 1 if m.role == r else 0)
+            role.add_metric([self._scope, self._node, r.value], 1 if m.role == r else 0)
         yield role
         yield _gauge("pgwarden_timeline", "PostgreSQL timeline (0 when unknown).", node, me, m.timeline or 0)
         yield _gauge("pgwarden_postgres_up", "1 if PostgreSQL runs and answers.", node, me, int(m.running))
@@ -103,25 +103,25 @@ class NodeCollector(Collector):
                      len(view.sync.members) if view.sync is not None else 0)
         lag = GaugeMetricFamily("pgwarden_replication_lag_bytes", "Bytes each member is behind the "
                                 "leader's published position, as this node's store snapshot shows.",
-                                labels=["node", "member"])
+                                labels=["cluster", "node", "member"])
         leader = view.leader.name if view.leader is not None else None
         for name, mem in sorted(view.members.items()):
             value = 0 if name == leader else member_lag(mem, view)
             if value is not None:
-                lag.add_metric([self._node, name], value)
+                lag.add_metric([self._scope, self._node, name], value)
         yield lag
 
     def _telemetry_metrics(self, st: NodeState | None) -> Iterator[Metric]:
         assert self._telemetry is not None
         t = self._telemetry.snapshot()
-        node, me = ["node"], [self._node]
+        node, me = ["cluster", "node"], [self._scope, self._node]
         f = t.facts
         now = time.monotonic()
         lag_s = GaugeMetricFamily("pgwarden_replication_lag_seconds", "Seconds each member has been "
                                   "behind the leader's published position (0 when level).",
-                                  labels=["node", "member"])
+                                  labels=["cluster", "node", "member"])
         for name, secs in sorted(f.lag_seconds.items()):
-            lag_s.add_metric([self._node, name], round(secs, 3))
+            lag_s.add_metric([self._scope, self._node, name], round(secs, 3))
         yield lag_s
         held = st is not None and st.holds_lease and f.lease_deadline > 0
         yield _gauge("pgwarden_lease_seconds_left", "Seconds to this node's lease deadline (leader only; "
@@ -140,24 +140,24 @@ class NodeCollector(Collector):
         yield loop
         calls = HistogramMetricFamily("pgwarden_store_request_duration_seconds", "Store requests by "
                                       "operation (read, put, delete, acquire, renew, release).",
-                                      labels=["node", "operation"])
+                                      labels=["cluster", "node", "operation"])
         for op, (b, s) in sorted(t.store_calls.items()):
-            calls.add_metric([self._node, op], b, s)
+            calls.add_metric([self._scope, self._node, op], b, s)
         yield calls
         errors = CounterMetricFamily("pgwarden_store_request_errors", "Store requests that failed, by "
-                                     "operation.", labels=["node", "operation"])
+                                     "operation.", labels=["cluster", "node", "operation"])
         for op in sorted(t.store_calls):
-            errors.add_metric([self._node, op], t.store_errors.get(op, 0))
+            errors.add_metric([self._scope, self._node, op], t.store_errors.get(op, 0))
         yield errors
         rules = CounterMetricFamily("pgwarden_decisions", "Loops by the rule that chose the decision.",
-                                    labels=["node", "rule"])
+                                    labels=["cluster", "node", "rule"])
         for rule, n in sorted(t.rules.items()):
-            rules.add_metric([self._node, rule], n)
+            rules.add_metric([self._scope, self._node, rule], n)
         yield rules
         actions = CounterMetricFamily("pgwarden_actions", "Actions the core asked for, by kind.",
-                                      labels=["node", "action"])
+                                      labels=["cluster", "node", "action"])
         for kind, n in sorted(t.actions.items()):
-            actions.add_metric([self._node, kind], n)
+            actions.add_metric([self._scope, self._node, kind], n)
         yield actions
         for kind, doc in (("failover", "without a switchover request"), ("switchover", "by a switchover")):
             c = CounterMetricFamily(f"pgwarden_{kind}s", f"Promotions of this node {doc} (sum over "

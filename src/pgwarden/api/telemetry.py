@@ -180,7 +180,7 @@ class TelemetrySnapshot:
 
 
 def action_json(a: Action) -> dict[str, Any]:
-    body = msgspec.to_builtins(a)
+    body = msgspec.to_builtins(a, order="deterministic")
     return {"kind": type(a).__name__, **(body if isinstance(body, dict) else {})}
 
 
@@ -222,7 +222,7 @@ def record_json(r: DecisionRecord, full: bool) -> dict[str, Any]:
         "summary": summary_json(r.observation),
     }
     if full:
-        out["observation"] = msgspec.to_builtins(r.observation)
+        out["observation"] = msgspec.to_builtins(r.observation, order="deterministic")
     return out
 
 
