@@ -30,7 +30,8 @@ def recorded(*observations: Observation) -> list[dict[str, Any]]:
     for o in observations:
         t.loop_done(o, decide(o), 0.01, o.pg, Facts())
     records = [record_json(r, full=True) for r in t.decisions()]
-    return json.loads(json.dumps(records))  # as written to a file and read back
+    back: list[dict[str, Any]] = json.loads(json.dumps(records))  # as written to a file, read back
+    return back
 
 
 def test_an_observation_survives_the_json_round_trip() -> None:
