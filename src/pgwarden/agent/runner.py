@@ -23,6 +23,7 @@ from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.api.telemetry import Facts, Telemetry
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
@@ -46,6 +47,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.store.timed import TimedKV
 from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
@@ -75,7 +77,9 @@ class Agent(FailsafeMember):
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
         self.peers = PeerProbe(self.client_tls)
         self.started_at = time.time()
+        self.telemetry = Telemetry(cfg.name)  # /metrics, /decisions (api/telemetry.py)
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
+        self.store.kv = TimedKV(self.store.kv, self.telemetry.store_call)
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
@@ -93,7 +97,7 @@ class Agent(FailsafeMember):
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
                              tls=self.api_tls, max_connections=cfg.restapi.max_connections,
-                             setting_specs=self.pg.setting_specs)
+                             setting_specs=self.pg.setting_specs, telemetry=self.telemetry)
         # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
         self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
@@ -234,6 +238,7 @@ class Agent(FailsafeMember):
     # -- one loop ------------------------------------------------------------------------------
     def loop_once(self) -> None:
         s = self._settings
+        loop_started = time.monotonic()
         try:
             self.fencer.ensure_running()  # rule 13 holds only while a fencer watches
         except OSError as e:
@@ -298,6 +303,8 @@ class Agent(FailsafeMember):
             store_ok = self._publish_member(pgv, view)
         self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
+        self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
+            self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
     def _leader_timeline(self) -> int | None:
         view = self._view

@@ -21,8 +21,10 @@ from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings,
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
 from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
+from pgwarden.api.observe_routes import add_observability_routes
 from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
+from pgwarden.api.telemetry import Telemetry
 from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, status_json
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
@@ -69,6 +71,7 @@ class ApiServer:
         tls: ContextSource | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         setting_specs: Callable[[float], Sequence[SettingSpec]] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -83,6 +86,7 @@ class ApiServer:
         self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
         self._service = HttpService(host, port, self.dispatch, max_connections=max_connections,
                                     tls=None if tls is None else tls.get)
+        self._telemetry = telemetry  # the agent's records for /metrics and /decisions
         self._routes: dict[str, dict[str, Route]] = {}
         self._add_routes()
 
@@ -124,6 +128,7 @@ class ApiServer:
         r["/reinitialize"] = {"POST": self._reinitialize}
         r["/failsafe"] = {"POST": self._failsafe_confirm}
         r["/failsafe/vote"] = {"POST": self._failsafe_vote}
+        add_observability_routes(r, self._holder, self._telemetry, self._node_name, self._cluster_name)
 
     def dispatch(self, request: Request) -> Response:
         """Route one request. Every failure becomes a JSON {"error": ...}; nothing a client sends

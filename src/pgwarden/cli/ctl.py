@@ -15,6 +15,7 @@ from datetime import datetime
 
 import yaml
 
+from pgwarden.cli import explain
 from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.cli.output import (
     CliError,
@@ -149,6 +150,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="put the superuser's password in the string (left out by default: ctl output "
                         "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
+    explain.register(cmds)  # explain, replay
 
     from pgwarden.cli import logical  # it builds on this module
 
