@@ -268,6 +268,7 @@ class Agent(FailsafeMember):
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
+            slots_wanted_at=dict(self.facts.slot_seen),
             first_look=view is not None and not self._seen_store,
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
