@@ -29,7 +29,7 @@ from pgwarden.core.rules import rule_for
 from pgwarden.tls.http import api_pool
 
 if TYPE_CHECKING:
-    from pgwarden.cli.ctl import Ctx
+    from pgwarden.cli.ctl_context import Ctx
 
 FETCH_TIMEOUT = 5.0
 
