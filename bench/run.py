@@ -52,7 +52,7 @@ NETNS_DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
 BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
 ALL_SCENARIOS = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover",
-                 "bootstrap", "footprint", "false-failover"]
+                 "bootstrap", "footprint", "false-failover", "store-outage"]
 WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
 AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
 
@@ -133,6 +133,41 @@ def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, 
                 f"lost {r.lost}, old primary acks after the new one's first: {r.overlap}")
         driver.heal()
     driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+    return row
+
+
+def scenario_store_outage(tool: str, driver: ClusterDriver, timing: Timing, runs: int, seconds: float) -> Row:
+    """The store (etcd) frozen by SIGSTOP for `seconds` under a steady writer, with each tool's
+    failsafe on: the longest write gap from the freeze to `seconds` after the thaw. Patroni's
+    failsafe_mode keeps the leader while every member answers it; pgwarden's, while a majority
+    confirms (rule 17)."""
+    row = Row("store-outage", tool, timing, "s", lost=0, failed=0)
+    for i in range(runs):
+        driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+        dsn = driver.dsn()
+        prepare(dsn)
+        workload = Workload(dsn)
+        workload.start()
+        etcd = driver.store_pid()
+        try:
+            wait_for(lambda w=workload: w.ack_count() >= WARMUP_ACKS, 30, "writes before the outage")
+            frozen_at = time.monotonic()
+            os.kill(etcd, signal.SIGSTOP)
+            try:
+                threading.Event().wait(seconds)
+            finally:
+                os.kill(etcd, signal.SIGCONT)
+            thawed_at = time.monotonic()
+            threading.Event().wait(max(10.0, 2 * timing.ttl))  # leases resume: still no gap?
+        finally:
+            history = workload.stop()
+        gap = history.longest_gap(frozen_at, time.monotonic())
+        row.values.append(gap)
+        row.failed = (row.failed or 0) + history.failed_transactions(frozen_at, time.monotonic())
+        lost = count_lost(dsn, history.acked_ids())
+        row.lost = (row.lost or 0) + lost
+        say(f"{tool} store-outage ({timing.label}) run {i + 1}: etcd frozen {thawed_at - frozen_at:.0f}s, "
+            f"longest write gap {gap:.2f}s, failed {row.failed}, lost {lost}")
     return row
 
 
@@ -229,7 +264,7 @@ LIVE: list[ClusterDriver] = []
 
 def run_tool(
     rows: list[Row], tool: str, preset: Timing, scenarios: list[str], runs: int, footprint_s: float,
-    false_failover_s: float = 600.0,
+    false_failover_s: float = 600.0, store_outage_s: float = 60.0,
 ) -> None:
     """Append rows as scenarios finish, so an interrupted run still prints what it measured."""
     if "bootstrap" in scenarios:
@@ -239,6 +274,7 @@ def run_tool(
         (DRIVERS, "off", ["footprint", "false-failover", "switchover", "crash"]),
         (DRIVERS, "on", ["crash-sync"]),
         (DRIVERS, "quorum", ["crash-quorum"]),
+        (DRIVERS, "off", ["store-outage"]),  # its own cluster, failsafe on
         (NETNS_DRIVERS, "off", ["partition"]),
         (NETNS_DRIVERS, "on", ["partition-sync"]),
     ]
@@ -254,6 +290,8 @@ def run_tool(
             continue
         where = " in network namespaces" if drivers is NETNS_DRIVERS else ""
         driver = drivers[tool]()
+        if todo == ["store-outage"]:
+            driver.enable_failsafe()
         LIVE.append(driver)
         try:
             say(f"{tool} ({preset.label}): starting a 3-node cluster{where} (synchronous_mode {sync})")
@@ -270,6 +308,8 @@ def run_tool(
                     rows += scenario_footprint(tool, driver, preset, runs, footprint_s)
                 elif name == "false-failover":
                     rows.append(scenario_false_failover(tool, driver, preset, false_failover_s))
+                elif name == "store-outage":
+                    rows.append(scenario_store_outage(tool, driver, preset, runs, store_outage_s))
                 else:
                     rows.append(scenario_fault(tool, driver, preset, runs, name))
         finally:
@@ -290,6 +330,8 @@ def main() -> int:
     ap.add_argument("--footprint-seconds", type=float, default=60.0)
     ap.add_argument("--false-failover-seconds", type=float, default=600.0,
                     help="pgbench load per tool and timing for the false-failover row (half with a CPU hog)")
+    ap.add_argument("--store-outage-seconds", type=float, default=60.0,
+                    help="how long etcd is frozen in the store-outage row (both tools' failsafe on)")
     ap.add_argument("--backend-scenarios", default="crash,switchover",
                     help="scenarios for the pgwarden-zookeeper and pgwarden-raft tools (the agent is the "
                          "same; the backend changes how a lease expires and is taken)")
@@ -323,7 +365,7 @@ def main() -> int:
             for preset in ps.values():
                 say(f"[bold]{tool}, timing {preset.label}: {preset.describe()}")
                 run_tool(rows, tool, preset, todo, args.runs, args.footprint_seconds,
-                         args.false_failover_seconds)
+                         args.false_failover_seconds, args.store_outage_seconds)
     except KeyboardInterrupt:
         say("[red]interrupted: stopping what was started")
     finally:
