@@ -40,6 +40,7 @@ from pgwarden.core.model import (
     Role,
     Tags,
 )
+from pgwarden.core.shutdown import after_stop
 from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController
@@ -209,18 +210,10 @@ class Agent(FailsafeMember):
             stopped = self.pg.postmaster_pid() is None
         except Exception:
             log.exception("stopping PostgreSQL failed")
-        if self.lease.held and not stopped:
-            # Releasing now would let a replica promote while our server may still take writes:
-            # keep the key; it expires after ttl, by which time the fencer has stopped the server.
-            log.error("PostgreSQL did not stop: keeping the leader key until it expires (the fencer "
-                      "stops the server at the lease deadline)")
-        elif self.lease.held:
-            try:
-                self.store.release_leader(self.cfg.name, self._settings.retry_timeout)
-                log.info("released the leader lease")
-            except StoreError as e:
-                log.warning("could not release the leader lease: %s", e)
-            self.lease.lost()
+        decision = after_stop(self.lease.held, stopped)
+        (log.error if self.lease.held and not stopped else log.info)("%s", decision.message)
+        if not self.exec.run(decision.actions, self._view, self._last_pg or self.pg.observe(1.0)):
+            self.lease.lost()  # the release failed: the key lapses after ttl; we lead no longer
         if stopped:
             self.fencer.disarm()
         try:
