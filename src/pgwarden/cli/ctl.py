@@ -24,6 +24,7 @@ from pgwarden.cli.ctl_context import (
     superuser_credentials,
     update_settings,
 )
+from pgwarden.cli.logical_status import redact
 from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.cli.output import (
     CliError,
@@ -159,7 +160,12 @@ def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def settings_yaml(settings: ClusterSettings) -> str:
-    return yaml.safe_dump(to_data(settings), sort_keys=True, default_flow_style=False)
+    """The settings as shown (show-config, edit-config's diff): a subscription's source password
+    is masked, since ctl output never shows a secret."""
+    data = to_data(settings)
+    for sub in data.get("subscriptions") or []:
+        sub["source"] = redact(sub["source"])
+    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
 
 
 def cmd_show_config(args: argparse.Namespace, ctx: Ctx) -> int:
