@@ -102,6 +102,7 @@ class Agent(FailsafeMember):
         # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
         self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
+        self._view_at: float | None = None  # when _view was read (monotonic)
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
@@ -347,7 +348,7 @@ class Agent(FailsafeMember):
         except StoreError as e:
             log.warning("store unreachable: %s", e)
             return None
-        self._view = view
+        self._view, self._view_at = view, time.monotonic()
         return view
 
     def _adopt_settings(self, view: ClusterView) -> None:
@@ -425,6 +426,7 @@ class Agent(FailsafeMember):
     def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool) -> None:
         self.holder.set(NodeState(
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
+            cluster_at=self._view_at,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,

@@ -216,7 +216,12 @@ class ApiServer:
         st = self._state()
         if st.cluster is None:
             raise HttpError(503, "no store snapshot yet")
-        return json_response(200, cluster_json(st.cluster, self._cluster_name()))
+        doc = cluster_json(st.cluster, self._cluster_name())
+        # During a store outage this is the last snapshot: say so, and how old it is.
+        doc["store_reachable"] = st.store_ok
+        if st.cluster_at is not None:
+            doc["snapshot_age"] = round(max(0.0, time.monotonic() - st.cluster_at), 1)
+        return json_response(200, doc)
 
     def _history(self, request: Request) -> Response:
         return json_response(200, history_json(self._view()))
