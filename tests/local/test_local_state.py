@@ -213,10 +213,10 @@ def test_status_tells_a_frozen_store_from_a_running_one(cluster_dir: Path) -> No
         return next(s for s in components_summary(c) if s.startswith("etcd:"))
 
     assert line().startswith(f"etcd: running (pid {etcd.pid});")
-    os.kill(etcd.pid, signal.SIGSTOP)
+    os.kill(pid, signal.SIGSTOP)
     try:
         wait_for(lambda: stopped(pid), 10, "etcd stopped by SIGSTOP")  # the signal is asynchronous
         assert "frozen" in line() and "SIGCONT" in line()
     finally:
-        os.kill(etcd.pid, signal.SIGCONT)
+        os.kill(pid, signal.SIGCONT)
     wait_for(lambda: line().startswith(f"etcd: running (pid {etcd.pid});"), 10, "etcd answering again")
