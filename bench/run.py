@@ -52,7 +52,8 @@ NETNS_DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
 BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
 ALL_SCENARIOS = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover",
-                 "bootstrap", "footprint", "false-failover", "store-outage"]
+                 "bootstrap", "footprint", "false-failover", "store-outage",
+             "store-outage-replica-down"]
 WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
 AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
 
@@ -136,15 +137,19 @@ def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, 
     return row
 
 
-def scenario_store_outage(tool: str, driver: ClusterDriver, timing: Timing, runs: int, seconds: float) -> Row:
+def scenario_store_outage(tool: str, driver: ClusterDriver, timing: Timing, runs: int, seconds: float,
+                          name: str = "store-outage") -> Row:
     """The store (etcd) frozen by SIGSTOP for `seconds` under a steady writer, with each tool's
     failsafe on: the longest write gap from the freeze to `seconds` after the thaw. Patroni's
     failsafe_mode keeps the leader while every member answers it; pgwarden's, while a majority
     confirms (rule 17)."""
-    row = Row("store-outage", tool, timing, "s", lost=0, failed=0)
+    row = Row(name, tool, timing, "s", lost=0, failed=0)
     for i in range(runs):
         driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
         dsn = driver.dsn()
+        if name == "store-outage-replica-down":
+            # A majority is left (patroni#2625: Patroni's failsafe needs every member to answer).
+            say(f"{tool}: killed replica {driver.kill_replica()} before the outage")
         prepare(dsn)
         workload = Workload(dsn)
         workload.start()
@@ -166,7 +171,8 @@ def scenario_store_outage(tool: str, driver: ClusterDriver, timing: Timing, runs
         row.failed = (row.failed or 0) + history.failed_transactions(frozen_at, time.monotonic())
         lost = count_lost(dsn, history.acked_ids())
         row.lost = (row.lost or 0) + lost
-        say(f"{tool} store-outage ({timing.label}) run {i + 1}: etcd frozen {thawed_at - frozen_at:.0f}s, "
+        driver.heal()
+        say(f"{tool} {name} ({timing.label}) run {i + 1}: etcd frozen {thawed_at - frozen_at:.0f}s, "
             f"longest write gap {gap:.2f}s, failed {row.failed}, lost {lost}")
     return row
 
@@ -274,7 +280,7 @@ def run_tool(
         (DRIVERS, "off", ["footprint", "false-failover", "switchover", "crash"]),
         (DRIVERS, "on", ["crash-sync"]),
         (DRIVERS, "quorum", ["crash-quorum"]),
-        (DRIVERS, "off", ["store-outage"]),  # its own cluster, failsafe on
+        (DRIVERS, "off", ["store-outage", "store-outage-replica-down"]),  # its own cluster, failsafe on
         (NETNS_DRIVERS, "off", ["partition"]),
         (NETNS_DRIVERS, "on", ["partition-sync"]),
     ]
@@ -290,7 +296,7 @@ def run_tool(
             continue
         where = " in network namespaces" if drivers is NETNS_DRIVERS else ""
         driver = drivers[tool]()
-        if todo == ["store-outage"]:
+        if set(todo) <= {"store-outage", "store-outage-replica-down"}:
             driver.enable_failsafe()
         LIVE.append(driver)
         try:
@@ -308,8 +314,8 @@ def run_tool(
                     rows += scenario_footprint(tool, driver, preset, runs, footprint_s)
                 elif name == "false-failover":
                     rows.append(scenario_false_failover(tool, driver, preset, false_failover_s))
-                elif name == "store-outage":
-                    rows.append(scenario_store_outage(tool, driver, preset, runs, store_outage_s))
+                elif name.startswith("store-outage"):
+                    rows.append(scenario_store_outage(tool, driver, preset, runs, store_outage_s, name))
                 else:
                     rows.append(scenario_fault(tool, driver, preset, runs, name))
         finally:
@@ -372,7 +378,8 @@ def main() -> int:
         for driver in list(LIVE):
             driver.down()
     order = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover", "bootstrap",
-             "footprint-rss", "footprint-cpu", "false-failover", "store-outage"]
+             "footprint-rss", "footprint-cpu", "false-failover", "store-outage",
+             "store-outage-replica-down"]
     rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool != "patroni", r.tool))
     print_table(rows)
     if args.write and rows:

@@ -45,6 +45,9 @@ class ClusterDriver(Protocol):
     def kill_primary(self) -> None:
         """SIGKILL the primary's agent and postmaster (and the postmaster's children) together."""
 
+    def kill_replica(self) -> str:
+        """SIGKILL one replica's agent and postmaster together; returns its name (`heal` restarts it)."""
+
     def partition_primary(self) -> None:
         """Cut the primary off from the store and the other nodes; the client still reaches it.
         Only drivers on a private network (ip netns) can; the others raise ClusterError."""

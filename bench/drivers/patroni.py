@@ -438,6 +438,18 @@ class PatroniDriver:
         node.proc.wait(10)
         node.killed = True
 
+    def kill_replica(self) -> str:
+        """SIGKILL one replica's Patroni and postmaster together; returns its name."""
+        leader = self.primary()
+        node = next(n for n in self.nodes if n.name != leader and not n.killed)
+        assert node.proc is not None
+        pm = postmaster_pid(str(node.data_dir))
+        roots = [node.proc.pid] + ([pm] if pm else [])
+        kill_pids(roots + descendants(roots))
+        node.proc.wait(10)
+        node.killed = True
+        return node.name
+
     def switchover(self, candidate: str | None = None) -> None:
         leader = self.primary()
         node = self._node(leader)

@@ -214,6 +214,18 @@ class PgwardenDriver:
         wait_for(lambda: not any(alive(p) for p in roots), 10, "killed pgwarden processes to exit")
         self._killed.append(str(member["name"]))
 
+    def kill_replica(self) -> str:
+        """SIGKILL one replica's agent and postmaster together; returns its name."""
+        member = next((m for m in self._status() if m.get("role") == "replica"), None)
+        if member is None:
+            raise ClusterError("pgwarden reports no replica to kill")
+        status = self._member_status(member)
+        roots = [int(status["agent_pid"]), int(status["postmaster_pid"])]
+        kill_pids(roots + descendants(roots))
+        wait_for(lambda: not any(alive(p) for p in roots), 10, "killed pgwarden processes to exit")
+        self._killed.append(str(member["name"]))
+        return str(member["name"])
+
     def partition_primary(self) -> None:
         raise ClusterError("loopback cannot be partitioned: bench/drivers/pgwarden_netns.py can")
 
