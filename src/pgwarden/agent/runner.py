@@ -19,6 +19,7 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
 from pgwarden.agent.single import AlreadyRunning, hold_run_dir
+from pgwarden.agent.sites import SiteProbe
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
@@ -38,11 +39,13 @@ from pgwarden.core.model import (
     PeerReading,
     PgView,
     Role,
+    SiteReading,
     Tags,
 )
+from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres.controller import PostgresController
+from pgwarden.postgres.controller import PostgresController, UpstreamTuple
 from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
@@ -69,6 +72,7 @@ class Agent:
         self.lease = LeaseKeeper()
         self.facts = LocalFacts()
         self.peers = PeerProbe()
+        self.sites = SiteProbe()  # the other sites (rule 18), probed in the background
         self.started_at = time.time()
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)
@@ -198,6 +202,7 @@ class Agent:
         if self.router is not None:
             self.router.stop()
         self.peers.close()
+        self.sites.close()
         self.api_store.close()
         self.store.close()
 
@@ -229,7 +234,7 @@ class Agent:
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
-            first_look=view is not None and not self._seen_store,
+            first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
         )
         self._seen_store = self._seen_store or view is not None
         decision = decide(obs)
@@ -259,6 +264,15 @@ class Agent:
         if view is not None:
             store_ok = self._publish_member(pgv, view)
         self._publish(pgv, view, store_ok)
+
+    def _site_readings(self, view: ClusterView | None, s: ClusterSettings) -> tuple[SiteReading, ...]:
+        """The other sites, as the background probe last read them. Every member probes (a
+        replica may have to promote, a primary may not hold the lease); readings older than a
+        few loops count as none."""
+        if view is None:
+            return ()
+        self.sites.want(view.site.peers, s.loop_wait)
+        return self.sites.latest(max_age=3 * s.loop_wait + 1.0)
 
     def _leader_timeline(self) -> int | None:
         view = self._view
@@ -298,11 +312,14 @@ class Agent:
         self._settings_token = view.settings_token
         if changed:
             log.info("cluster settings changed; applying")
-            up = None
+            up: UpstreamTuple | None = None
             prev = self._last_pg.upstream if self._last_pg is not None else None
             m = view.members.get(prev) if prev else None
+            src = source_upstream(view.settings)
             if m is not None:
                 up = (m.name, m.host, m.port)
+            elif src is not None and self.lease.held:  # a standby leader keeps its stream
+                up = (src.name, src.host, src.port, src.dsn, src.slot)
             try:
                 self.pg.reconfigure(up, self.facts.sync_applied, view.settings)
             except Exception as e:
@@ -311,6 +328,9 @@ class Agent:
     def _member_info(self, pgv: PgView) -> MemberInfo:
         if pgv.running and pgv.in_recovery is False:
             role = Role.PRIMARY
+        elif pgv.running and pgv.in_recovery and self.lease.held and \
+                self._settings.standby_cluster is not None:
+            role = Role.STANDBY_LEADER
         elif pgv.running and pgv.in_recovery:
             role = Role.REPLICA
         else:

@@ -14,6 +14,9 @@ class Upstream:
     name: str
     host: str
     port: int
+    # A standby site's source (core/standby.py): a libpq DSN instead of one member's address.
+    dsn: str = ""
+    slot: str | None = None  # primary_slot_name for a DSN upstream
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,11 @@ class TakeInitLock:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """initdb, start as primary, record the system id (and seed the cluster settings)."""
+    """initdb, start as primary, record the system id (and seed the cluster settings). With
+    `source` (a standby site's first member): a base backup of the source site instead, started
+    as a standby of it."""
+
+    source: Upstream | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,22 @@ class ClearFailover:
     pass
 
 
+@dataclass(frozen=True)
+class JoinSite:
+    """Make this cluster a standby site of another (SAFETY rule 18): the site document's epoch
+    becomes `epoch`, then the settings get standby_cluster {source: `source`}."""
+
+    source: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class RecordEpoch:
+    """A standby site learns its source site's higher epoch, so its own promotion goes past it."""
+
+    epoch: int
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -171,6 +194,8 @@ Action = (
     | EnsureSlots
     | PublishHistory
     | ClearFailover
+    | JoinSite
+    | RecordEpoch
 )
 
 

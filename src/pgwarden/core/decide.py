@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgwarden.core import candidates, sync
+from pgwarden.core import candidates, standby, sync
 from pgwarden.core.actions import (
     AcquireLease,
     Action,
@@ -78,6 +78,9 @@ def decide(obs: Observation) -> Decision:
         )
     if pg.data != DataState.VALID:
         return _needs_data(obs, view)
+    guarded = standby.site_guard(obs, view)  # rule 18
+    if guarded is not None:
+        return guarded
     if view.leader is not None and view.leader.name == obs.me.name:
         return _as_leader(obs, view)
     if view.leader is not None:
@@ -145,6 +148,9 @@ def _uninitialized(obs: Observation, view: ClusterView) -> Decision:
     if pg.data == DataState.VALID and pg.system_id:
         return Decision((*take, AdoptExistingData(pg.system_id)),
                         f"initialising the cluster from existing data {pg.system_id}")
+    source = standby.bootstrap_source(obs.settings)
+    if source is not None:
+        return Decision((*take, Bootstrap(source)), "bootstrapping a standby site from its source")
     return Decision((*take, Bootstrap()), "bootstrapping a new cluster")
 
 
@@ -210,6 +216,8 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     if _is_primary(obs) and _leader_must_demote(obs, settings):
         return Decision((Demote(None, "could not renew the lease in time"),),
                         "lease running out: demoting")
+    if settings.standby_cluster is not None:
+        return standby.as_standby_leader(obs, view, _held_back(obs, settings))
     renew: tuple[Action, ...] = (RenewLease(),)
     if not pg.running:
         if _held_back(obs, settings):
@@ -248,7 +256,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     actions.extend(step_actions)
     if waiting:
         message += f"; {waiting}"
-    slots = frozenset(n for n in view.members if n != obs.me.name)
+    slots = frozenset(n for n in view.members if n != obs.me.name) | frozenset(settings.permanent_slots)
     actions.append(EnsureSlots(slots))
     return Decision(tuple(_dedup(actions)), message)
 
@@ -474,6 +482,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
     steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
                                                                           obs.me.name)))
+    steps = standby.without_promotion(view.settings, steps)
     message = note or "no leader; taking the lease and promoting"
     if view.failover is not None and view.failover.candidate != obs.me.name:
         # We act on our own after a request that did not come true: drop it, or the new leader

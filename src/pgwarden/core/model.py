@@ -192,6 +192,28 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class SiteState:
+    """The site document (SAFETY rule 18, core/standby.py): this cluster's site epoch, raised by
+    every promotion of a standby site, and the REST API URLs of the other sites' members."""
+
+    epoch: int = 0
+    peers: tuple[str, ...] = ()
+    token: str = ""
+    cluster: str = ""  # this cluster's name (ties between equal epochs are broken by name)
+
+
+@dataclass(frozen=True)
+class SiteReading:
+    """Another site as its agents answered GET /site this loop (none reachable: reachable False)."""
+
+    cluster: str
+    reachable: bool
+    epoch: int = 0
+    writable: bool = False  # some member there runs PostgreSQL as a primary
+    dsn: str = ""  # host=...,... port=...,... of its members, no credentials
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """One read of everything the store holds for the cluster, taken once per loop."""
 
@@ -205,6 +227,7 @@ class ClusterView:
     failover: FailoverRequest | None
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None  # last LSN the leader published ("optime")
+    site: SiteState = SiteState()
 
 
 @dataclass(frozen=True)
@@ -334,4 +357,6 @@ class Observation:
     # No loop of this agent has seen the store yet: a leader key naming us is one a previous run
     # of this agent held, which we may take back at once instead of demoting first (rule 5).
     first_look: bool = False
+    # The other sites named in the site document, read this loop (core/standby.py).
+    sites: tuple[SiteReading, ...] = ()
 

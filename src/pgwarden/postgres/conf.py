@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from psycopg.conninfo import conninfo_to_dict
+
 from pgwarden.core.model import NO_SYNC, SyncConfig
 
 ParamValue = str | int | float | bool
@@ -50,6 +52,8 @@ class Upstream:
     member: str
     host: str
     port: int
+    dsn: str = ""  # a standby site's source: a libpq DSN instead of host and port
+    slot: str | None = None  # with a DSN: primary_slot_name (None: no slot)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class ConfState:
         d: dict[str, Any] = {
             "role": self.role,
             "upstream": None if self.upstream is None else
-            {"member": self.upstream.member, "host": self.upstream.host, "port": self.upstream.port},
+            {"member": self.upstream.member, "host": self.upstream.host, "port": self.upstream.port,
+             "dsn": self.upstream.dsn, "slot": self.upstream.slot},
             "sync": {"quorum": self.sync.quorum, "members": sorted(self.sync.members)},
             "generation": self.generation,
         }
@@ -78,7 +83,8 @@ class ConfState:
         s = d.get("sync") or {}
         return cls(
             role=str(d.get("role", "replica")),
-            upstream=None if not up else Upstream(str(up["member"]), str(up["host"]), int(up["port"])),
+            upstream=None if not up else Upstream(str(up["member"]), str(up["host"]), int(up["port"]),
+                                                  str(up.get("dsn") or ""), up.get("slot")),
             sync=SyncConfig(int(s.get("quorum", 0)), frozenset(s.get("members", ()))),
             generation=str(d.get("generation", "")),
         )
@@ -139,11 +145,21 @@ def primary_conninfo(
     passfile: Path | None = None,
     password: str | None = None,
 ) -> str:
-    parts: list[tuple[str, str]] = [
-        ("host", upstream.host),
-        ("port", str(upstream.port)),
-        ("user", user),
-    ]
+    parts: list[tuple[str, str]]
+    if upstream.dsn:
+        # A standby site's source: its keys as given (hosts, ports, target_session_attrs, user),
+        # ours for what the DSN leaves out; application_name, passfile and keepalives are ours.
+        given = conninfo_to_dict(upstream.dsn)
+        given.setdefault("user", user)
+        ours = {"password", "passfile", "application_name", "connect_timeout", "keepalives",
+                "keepalives_idle", "keepalives_interval", "keepalives_count"}
+        parts = [(k, str(v)) for k, v in given.items() if k not in ours and v is not None]
+    else:
+        parts = [
+            ("host", upstream.host),
+            ("port", str(upstream.port)),
+            ("user", user),
+        ]
     if passfile is not None:
         parts.append(("passfile", str(passfile)))
     elif password is not None:
@@ -199,7 +215,8 @@ def render_postgresql_conf(
             params["primary_conninfo"] = primary_conninfo(
                 state.upstream, user=replication_user, application_name=member, passfile=passfile
             )
-            params["primary_slot_name"] = slot_name(member)
+            up = state.upstream
+            params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
         else:
             # Explicitly empty, so a reload drops a stale upstream instead of keeping it.
             params["primary_conninfo"] = ""

@@ -63,34 +63,40 @@ class DataDirectory(PostgresServer):
             conn.execute(pgsql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
                 pgsql.SQL(verb), pgsql.Identifier(rep.username), pgsql.Literal(rep.secret())))
 
-    def clone(self, source_host: str, source_port: int, timeout: float) -> None:
-        """Replace the data directory with a base backup of source; leave it configured as a
-        replica (without upstream until start() names one)."""
+    def clone(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> None:
+        """Replace the data directory with a base backup of source (or of the server `dsn`
+        reaches: a standby site's source); leave it configured as a replica (without upstream
+        until start() names one)."""
         if self.postmaster_pid() is not None:
             raise PostgresError("cannot clone while PostgreSQL is running")
         self.wipe()
         self._ensure_layout()
         osuser.prepare_dir(self.data_dir, self.uid, self.gid)
         rep = self._cfg.postgresql.replication
-        argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), "-h", source_host,
-                "-p", str(source_port), "-U", rep.username, "-X", "stream",
-                "--checkpoint=fast", "--no-password"]
+        what = dsn or f"{source_host}:{source_port}"
+        where = ["-d", dsn] if dsn else ["-h", source_host, "-p", str(source_port)]
+        argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), *where, "-U", rep.username,
+                "-X", "stream", "--checkpoint=fast", "--no-password"]
         env = {"PGPASSFILE": str(self.passfile), "PGCONNECT_TIMEOUT": "5",
                "PGAPPNAME": f"pgwarden-clone-{self._cfg.name}"}
         try:
             res = self._run(argv, timeout, env=env)
         except subprocess.TimeoutExpired as e:
             self.wipe()
-            raise PostgresError(f"pg_basebackup from {source_host}:{source_port} timed out "
+            raise PostgresError(f"pg_basebackup from {what} timed out "
                                 f"after {timeout:g}s") from e
         if res.returncode != 0:
             self.wipe()
-            raise PostgresError(f"pg_basebackup from {source_host}:{source_port} failed "
+            raise PostgresError(f"pg_basebackup from {what} failed "
                                 f"({res.returncode}): {res.stderr.strip()}")
         for leftover in ("postmaster.pid", "postmaster.opts"):
             (self.data_dir / leftover).unlink(missing_ok=True)
         self._write_config(conf.ConfState("replica", None, self._state.sync, ""))
-        log.info("cloned %s from %s:%d", self.data_dir, source_host, source_port)
+        log.info("cloned %s from %s", self.data_dir, what)
+
+    def system_id(self, timeout: float = 30.0) -> str:
+        """The (stopped or running) data directory's system identifier, from pg_control."""
+        return controldata.read_controldata(self.bin_dir, self.data_dir, self.os_user, timeout).system_id
 
     def rewind(self, source_host: str, source_port: int, timeout: float) -> bool:
         """pg_rewind this (stopped) data directory onto source's timeline; True on success.
