@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cluster (120)")
     p.add_argument("--store", choices=STORES, default=None,
                    help="coordination: one etcd (default), one ZooKeeper, or raft among the agents")
+    p.add_argument("--standby-of", type=Path, metavar="DIR", default=None,
+                   help="make this a standby site of the local cluster in DIR (docs/multi-site.md)")
     p.add_argument("--witness", action="store_true",
                    help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
     for ext in _extensions():
@@ -109,11 +111,16 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
     for ext in _extensions():
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
-                   timeout=args.timeout, store=args.store, witness=args.witness)
+                   timeout=args.timeout, store=args.store, witness=args.witness,
+                   standby_of=args.standby_of)
     cluster.up(opts, extras)
     _print_members(cluster)
     for line in cluster.components_summary():
         print(line)
+    if args.standby_of is not None:
+        print("Standby site: read-only until `pgwarden ctl promote-cluster`; connection string:")
+        print(cluster.dsn(replicas=True))
+        return 0
     print("Read-write connection string (reaches the primary wherever it runs):")
     print(cluster.dsn())
     return 0

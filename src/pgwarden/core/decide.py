@@ -483,7 +483,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
     steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
                                                                           obs.me.name)))
     steps = standby.without_promotion(view.settings, steps)
-    message = note or "no leader; taking the lease and promoting"
+    message = note or f"no leader; taking the lease{standby.promoting(view.settings)}"
     if view.failover is not None and view.failover.candidate != obs.me.name:
         # We act on our own after a request that did not come true: drop it, or the new leader
         # would try to carry it out again.

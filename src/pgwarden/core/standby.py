@@ -126,6 +126,11 @@ def without_promotion(settings: ClusterSettings, steps: tuple[Action, ...]) -> t
     return tuple(a for a in steps if not isinstance(a, Promote))
 
 
+def promoting(settings: ClusterSettings) -> str:
+    return " (standby site: to stream from the source, not to promote)" if settings.standby_cluster \
+        else " and promoting"
+
+
 def bootstrap_source(settings: ClusterSettings) -> Upstream | None:
     """Where a standby site's first member takes its base backup (None: initdb)."""
     return source_upstream(settings)

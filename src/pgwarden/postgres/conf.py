@@ -212,8 +212,11 @@ def render_postgresql_conf(
     if state.role == "replica":
         params["recovery_target_timeline"] = "latest"
         if state.upstream is not None:
+            # Streaming from another site: a name no member of that site has, so its primary
+            # never counts us as one of its own synchronous standbys.
+            app = f"{cluster_name or 'site'}.{member}" if state.upstream.dsn else member
             params["primary_conninfo"] = primary_conninfo(
-                state.upstream, user=replication_user, application_name=member, passfile=passfile
+                state.upstream, user=replication_user, application_name=app, passfile=passfile
             )
             up = state.upstream
             params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
