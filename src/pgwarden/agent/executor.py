@@ -185,7 +185,7 @@ class Executor:
                 log.info("pg_rewind from %s", src.name)
                 if pgv.running:
                     self.pg.stop("fast", STOP_TIMEOUT)
-                if not self.pg.rewind(src.host, src.port, CLONE_TIMEOUT):
+                if not self.pg.rewind(src.host, src.port, CLONE_TIMEOUT, dsn=src.dsn):
                     self.facts.rewind_failed = True
                     return False
                 self.facts.start_failures = 0

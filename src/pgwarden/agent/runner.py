@@ -276,6 +276,12 @@ class Agent:
 
     def _leader_timeline(self) -> int | None:
         view = self._view
+        if view is not None and view.leader is not None and view.leader.name == self.cfg.name and \
+                view.settings.standby_cluster is not None:
+            # A standby leader's upstream is the writable site it streams from (core/standby.py).
+            tls = [r.timeline for r in self.sites.latest(3 * view.settings.loop_wait + 1.0)
+                   if r.writable and r.timeline is not None]
+            return max(tls) if tls else None
         if view is None or view.leader is None or view.leader.name == self.cfg.name:
             return None
         m = view.members.get(view.leader.name)

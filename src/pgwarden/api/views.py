@@ -149,4 +149,5 @@ def site_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "standby_of": sc.source if sc is not None else None,
         "dsn": site_dsn(view) if view is not None else "",
         "replayed_lsn": m.replayed_lsn,
+        "timeline": m.timeline,
     }

@@ -148,6 +148,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
 
+    from pgwarden.cli import sites  # promote-cluster, demote-cluster, site-switchover
+
+    sites.register(cmds)
     ctl.set_defaults(func=run)
 
 

@@ -211,6 +211,7 @@ class SiteReading:
     epoch: int = 0
     writable: bool = False  # some member there runs PostgreSQL as a primary
     dsn: str = ""  # host=...,... port=...,... of its members, no credentials
+    timeline: int | None = None  # its primary's timeline (writable sites)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pgwarden.core.actions import (
     RecordEpoch,
     ReleaseLease,
     RenewLease,
+    Rewind,
     StartPostgres,
     StopPostgres,
     Upstream,
@@ -113,9 +114,20 @@ def as_standby_leader(obs: Observation, view: ClusterView, held_back: bool) -> D
         return Decision(tuple(steps), f"standby leader; PostgreSQL not answering for {pg.unhealthy_for:.1f}s")
     if pg.upstream != src.name:
         return Decision((*steps, Follow(src)), "standby leader; pointing the stream at the source site")
+    if pg.not_streaming_for > stuck_after(settings):
+        # A site that wrote past the point where the source site's primary was promoted (a forced
+        # promotion, rule 18) cannot stream: pg_rewind judges, and says so cheaply when nothing forked.
+        rewind = (StopPostgres("fast", "not streaming"), Rewind(src), StartPostgres("replica", src))
+        return Decision((*steps, *rewind), f"standby leader not streaming for {pg.not_streaming_for:.0f}s: "
+                                           f"pg_rewind from the source site checks for a fork")
     slots = frozenset(n for n in view.members if n != obs.me.name)
     state = "streaming" if pg.streaming else "not streaming yet"
     return Decision((*steps, EnsureSlots(slots)), f"standby leader, {state} from the source site")
+
+
+def stuck_after(settings: ClusterSettings) -> float:
+    """How long a standby leader may fail to stream before pg_rewind checks for a fork."""
+    return max(15.0, 3 * settings.ttl)
 
 
 def without_promotion(settings: ClusterSettings, steps: tuple[Action, ...]) -> tuple[Action, ...]:

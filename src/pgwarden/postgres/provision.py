@@ -10,6 +10,7 @@ import time
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwarden.core.model import DataState, lsn_to_int
 from pgwarden.postgres import conf, controldata, osuser, sql
@@ -98,9 +99,10 @@ class DataDirectory(PostgresServer):
         """The (stopped or running) data directory's system identifier, from pg_control."""
         return controldata.read_controldata(self.bin_dir, self.data_dir, self.os_user, timeout).system_id
 
-    def rewind(self, source_host: str, source_port: int, timeout: float) -> bool:
-        """pg_rewind this (stopped) data directory onto source's timeline; True on success.
-        Afterwards start(role="replica", ...) it."""
+    def rewind(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> bool:
+        """pg_rewind this (stopped) data directory onto source's timeline (or that of the server
+        `dsn` reaches: a standby site's source); True on success. Afterwards start(role="replica",
+        ...) it."""
         deadline = time.monotonic() + timeout
         if self.postmaster_pid() is not None:
             self.stop("fast", timeout / 3)
@@ -110,15 +112,24 @@ class DataDirectory(PostgresServer):
                              password=pg.superuser.secret())
         # A freshly promoted source keeps the old timeline in pg_control until its first
         # checkpoint, and pg_rewind would then see nothing to rewind.
+        what = dsn or f"{source_host}:{source_port}"
+        conninfo = ""
+        if dsn:
+            given = conninfo_to_dict(dsn)
+            given.update(user=pg.superuser.username, connect_timeout="5", passfile=str(self.passfile))
+            given.setdefault("dbname", "postgres")
+            conninfo = make_conninfo(**{k: str(v) for k, v in given.items() if v is not None})
         try:
-            with sql.connect(src, min(5.0, timeout / 3)) as conn:
+            opened = psycopg.connect(conninfo, autocommit=True, password=pg.superuser.secret()) if dsn else \
+                sql.connect(src, min(5.0, timeout / 3))
+            with opened as conn:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
                 if row is not None and not row[0]:
-                    log.info("CHECKPOINT on rewind source %s:%d", source_host, source_port)
+                    log.info("CHECKPOINT on rewind source %s", what)
                     conn.execute("CHECKPOINT")
         except psycopg.Error as e:
-            log.warning("cannot checkpoint rewind source %s:%d: %s", source_host, source_port, e)
-        source_server = " ".join([
+            log.warning("cannot checkpoint rewind source %s: %s", what, e)
+        source_server = conninfo or " ".join([
             f"host={source_host}", f"port={source_port}", f"user={pg.superuser.username}",
             "dbname=postgres", "connect_timeout=5", f"passfile={self.passfile}",
         ])
