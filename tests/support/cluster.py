@@ -44,13 +44,14 @@ def reachable_tmpdir(prefix: str) -> Path:
 
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
-                 store: str = "etcd", witness: bool = False):
+                 store: str = "etcd", witness: bool = False, standby_of: Path | None = None):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
         self.sets = sets
         self.store = store  # etcd | zookeeper | raft (`local up --store`)
         self.witness = witness
+        self.standby_of = standby_of  # `local up --standby-of`: a standby site of that directory
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -64,6 +65,8 @@ class Cluster:
             args += ["--store", self.store]
         if self.witness:
             args.append("--witness")
+        if self.standby_of is not None:
+            args += ["--standby-of", str(self.standby_of)]
         pgwarden(*args)
 
     def down(self) -> None:
