@@ -5,10 +5,12 @@ ttl (SAFETY rule 18; docs/multi-site.md). The tests run in order on one pair of 
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import psycopg
 import pytest
@@ -89,7 +91,7 @@ def test_standby_site_streams_from_the_primary_site(sites: Sites) -> None:
     a.sql(ap, "CREATE TABLE IF NOT EXISTS t (x int)")
     a.sql(ap, "INSERT INTO t VALUES (1)")
     for n in b.names:
-        wait_for(lambda n=n: arrives(b, n, "t", 1), 30, f"the row on {n} of the standby site")
+        wait_for(partial(arrives, b, n, "t", 1), 30, f"the row on {n} of the standby site")
     # The standby leader streams under a site-qualified name: never one of A's members' names.
     names = {r[0] for r in a.sql(ap, "SELECT application_name FROM pg_stat_replication")}
     assert any(x.endswith(f".{bl}") for x in names), names
@@ -106,7 +108,6 @@ def test_bad_input_is_one_line_and_changes_nothing(sites: Sites) -> None:
         assert not (target / "c").exists() or not any((target / "c").iterdir())
     finally:
         for d in (empty, target):
-            import shutil
             shutil.rmtree(d, ignore_errors=True)
     before_b = b.ctl("show-config").stdout
     r = a.ctl("site-switchover", "--to", a.config_path("node1"), check=False)
