@@ -7,7 +7,16 @@ from dataclasses import replace
 import pytest
 
 from pgwarden.config.load import parse_settings
-from pgwarden.core.actions import Bootstrap, Demote, Follow, JoinSite, Promote, RecordEpoch, StartPostgres
+from pgwarden.core.actions import (
+    Bootstrap,
+    Demote,
+    EnsureSlots,
+    Follow,
+    JoinSite,
+    Promote,
+    RecordEpoch,
+    StartPostgres,
+)
 from pgwarden.core.decide import decide
 from pgwarden.core.model import ClusterView, Role, SiteReading, SiteState
 from pgwarden.core.settings import ClusterSettings, StandbyCluster
@@ -118,3 +127,9 @@ def test_restore_command_is_refused_in_the_settings_with_where_it_belongs() -> N
         parse_settings({"standby_cluster": {"source": SOURCE, "restore_command": "cp %f %p"}})
     with pytest.raises(Exception, match="password"):
         parse_settings({"standby_cluster": {"source": SOURCE + " password=x"}})
+
+
+def test_the_leader_keeps_permanent_slots_for_a_standby_site() -> None:
+    v = view("n1", cluster=ClusterSettings(permanent_slots=["site_b"]))
+    slots = [a for a in decide(leader_obs(primary_pg(), v)).actions if isinstance(a, EnsureSlots)]
+    assert slots and "site_b" in slots[0].names

@@ -117,7 +117,8 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
     _print_members(cluster)
     for line in cluster.components_summary():
         print(line)
-    if args.standby_of is not None:
+    view = cluster.view(0)
+    if args.standby_of is not None or (view is not None and view.settings.standby_cluster is not None):
         print("Standby site: read-only until `pgwarden ctl promote-cluster`; connection string:")
         print(cluster.dsn(replicas=True))
         return 0

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwarden.core.model import NO_SYNC, SyncConfig
 
@@ -175,6 +175,16 @@ def primary_conninfo(
     return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts)
 
 
+def harden_dsn(dsn: str, major: int | None) -> str:
+    """A standby site's source DSN as libpq gets it: `require_auth=scram-sha-256` unless the DSN
+    says otherwise (libpq >= 16), so a server the settings point at cannot ask for the password
+    in clear text and keep it (the settings are writable through PATCH /config)."""
+    d = conninfo_to_dict(dsn)
+    if major is None or major < 16 or "require_auth" in d:
+        return dsn
+    return make_conninfo(dsn, require_auth="scram-sha-256")
+
+
 def ignored_parameters(*sources: Mapping[str, ParamValue]) -> set[str]:
     return {k for src in sources for k in src if k in CONTROLLED}
 
@@ -192,6 +202,7 @@ def render_postgresql_conf(
     passfile: Path | None,
     socket_dir: Path | None,
     cluster_name: str | None = None,
+    major: int | None = None,
 ) -> str:
     params: dict[str, ParamValue] = dict(DEFAULTS)
     if cluster_name:
@@ -214,11 +225,13 @@ def render_postgresql_conf(
         if state.upstream is not None:
             # Streaming from another site: a name no member of that site has, so its primary
             # never counts us as one of its own synchronous standbys.
-            app = f"{cluster_name or 'site'}.{member}" if state.upstream.dsn else member
-            params["primary_conninfo"] = primary_conninfo(
-                state.upstream, user=replication_user, application_name=app, passfile=passfile
-            )
             up = state.upstream
+            app = f"{cluster_name or 'site'}.{member}" if up.dsn else member
+            if up.dsn:
+                up = replace(up, dsn=harden_dsn(up.dsn, major))
+            params["primary_conninfo"] = primary_conninfo(
+                up, user=replication_user, application_name=app, passfile=passfile
+            )
             params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
         else:
             # Explicitly empty, so a reload drops a stale upstream instead of keeping it.

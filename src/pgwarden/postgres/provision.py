@@ -75,7 +75,8 @@ class DataDirectory(PostgresServer):
         osuser.prepare_dir(self.data_dir, self.uid, self.gid)
         rep = self._cfg.postgresql.replication
         what = dsn or f"{source_host}:{source_port}"
-        where = ["-d", dsn] if dsn else ["-h", source_host, "-p", str(source_port)]
+        where = ["-d", conf.harden_dsn(dsn, self.major)] if dsn else \
+            ["-h", source_host, "-p", str(source_port)]
         argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), *where, "-U", rep.username,
                 "-X", "stream", "--checkpoint=fast", "--no-password"]
         env = {"PGPASSFILE": str(self.passfile), "PGCONNECT_TIMEOUT": "5",
@@ -115,7 +116,7 @@ class DataDirectory(PostgresServer):
         what = dsn or f"{source_host}:{source_port}"
         conninfo = ""
         if dsn:
-            given = conninfo_to_dict(dsn)
+            given = conninfo_to_dict(conf.harden_dsn(dsn, self.major))
             given.update(user=pg.superuser.username, connect_timeout="5", passfile=str(self.passfile))
             given.setdefault("dbname", "postgres")
             conninfo = make_conninfo(**{k: str(v) for k, v in given.items() if v is not None})

@@ -208,7 +208,7 @@ class PostgresServer:
             member=self._cfg.name, node_parameters=pg.parameters,
             cluster_parameters=settings.parameters, state=state,
             replication_user=pg.replication.username, passfile=self.passfile,
-            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster,
+            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster, major=self.major,
         )
 
     def _config_unchanged(self, state: conf.ConfState, settings: ClusterSettings | None) -> bool:
