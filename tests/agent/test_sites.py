@@ -15,6 +15,9 @@ def test_answers_combine_per_cluster() -> None:
     ])
     assert got == (SiteReading("B", True, 2, True, "host=b1,b2", 4),
                    SiteReading("C", True, 0, False, "", None))
+    demoted = combine([{"cluster": "A", "standby_of": "host=b1"}, {"cluster": "A", "standby_of": "host=b1"}])
+    assert demoted[0].standby
+    assert not combine([{"cluster": "A", "standby_of": "host=b1"}, {"cluster": "A"}])[0].standby
 
 
 def test_a_site_nobody_answers_for_is_not_reported() -> None:

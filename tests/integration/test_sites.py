@@ -173,6 +173,32 @@ def arrives_id(cl: Cluster, node: str, value: int) -> bool:
         return False
 
 
+def site_source(cl: Cluster) -> str:
+    pgs = [cl.config(n)["postgresql"] for n in cl.names]
+    return (f"host={','.join(p['listen_address'] for p in pgs)} port={','.join(str(p['port']) for p in pgs)} "
+            f"user=replicator dbname=postgres target_session_attrs=read-write")
+
+
+def test_demote_cluster_then_promote_cluster_by_hand_loses_nothing(sites: Sites) -> None:
+    a, b = sites.a, sites.b
+    ap = a.wait_primary()
+    a.sql(ap, "INSERT INTO t VALUES (10)")
+    r = a.ctl("demote-cluster", "--source", site_source(b))
+    assert "is a standby site of" in r.stdout, r.stdout
+    leader_of(a, "standby_leader")
+    assert not a.primaries()
+    r = b.ctl("promote-cluster")  # no --force: A was demoted, B first replays all A wrote
+    assert "is the primary site" in r.stdout, r.stdout
+    bp = b.wait_primary()
+    assert arrives(b, bp, "t", 10)
+    b.sql(bp, "INSERT INTO t VALUES (11)")
+    al = leader_of(a, "standby_leader")
+    wait_for(lambda: arrives(a, al, "t", 11), 60, "a row written on B arriving at A")
+    b.ctl("site-switchover", "--to", a.config_path("node1"))  # back, for the next test
+    a.wait_primary()
+    leader_of(b, "standby_leader")
+
+
 @dataclass
 class Prober:
     """Writes straight to every server of a site, recording when each write was acknowledged."""

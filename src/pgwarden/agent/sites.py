@@ -27,13 +27,15 @@ def combine(answers: list[dict[str, Any]]) -> tuple[SiteReading, ...]:
         name = str(a.get("cluster", ""))
         writable = bool(a.get("writable"))
         tl = a.get("timeline") if writable and isinstance(a.get("timeline"), int) else None
-        r = SiteReading(name, True, int(a.get("epoch", 0)), writable, str(a.get("dsn", "")), tl)
+        r = SiteReading(name, True, int(a.get("epoch", 0)), writable, str(a.get("dsn", "")), tl,
+                        bool(a.get("standby_of")))
         prev = by.get(name)
         if prev is None:
             by[name] = r
             continue
         by[name] = SiteReading(name, True, max(prev.epoch, r.epoch), prev.writable or r.writable,
-                               r.dsn if r.writable or not prev.dsn else prev.dsn, r.timeline or prev.timeline)
+                               r.dsn if r.writable or not prev.dsn else prev.dsn, r.timeline or prev.timeline,
+                               prev.standby and r.standby)
     return tuple(by[k] for k in sorted(by))
 
 

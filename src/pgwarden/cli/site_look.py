@@ -51,17 +51,31 @@ class Remote:
 
 
 def look_at(dsn: str, cfg: NodeConfig) -> Remote:
-    """Writable when some host in `dsn` accepts read-write sessions."""
+    """Writable when some host in `dsn` accepts read-write sessions; otherwise the newest
+    position any of its hosts has (every host asked: a demoted site's old primary holds the last
+    WAL, its replicas may not yet)."""
     try:
         with psycopg.connect(superuser_dsn(dsn, cfg, "read-write"), autocommit=True) as c:
             return _read(c, True)
     except psycopg.Error:
         pass
-    try:
-        with psycopg.connect(superuser_dsn(dsn, cfg, "any"), autocommit=True) as c:
-            return _read(c, False)
-    except psycopg.Error as e:
-        return Remote(False, error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    d: dict[str, Any] = dict(conninfo_to_dict(superuser_dsn(dsn, cfg, "any")))
+    hosts = str(d.get("host") or "").split(",")
+    ports = str(d.get("port") or "5432").split(",")
+    ports = ports * len(hosts) if len(ports) == 1 else ports
+    best: Remote | None = None
+    error = "no host in the DSN"
+    for host, port in zip(hosts, ports, strict=False):
+        try:
+            one = make_conninfo("", **{**d, "host": host, "port": port})
+            with psycopg.connect(one, autocommit=True) as c:
+                r = _read(c, False)
+        except psycopg.Error as e:
+            error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            continue
+        if best is None or (r.lsn or 0) > (best.lsn or 0):
+            best = r
+    return best if best is not None else Remote(False, error=error)
 
 
 def _read(c: psycopg.Connection[Any], writable: bool) -> Remote:

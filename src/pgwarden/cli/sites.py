@@ -130,11 +130,21 @@ def cmd_promote_cluster(args: argparse.Namespace, ctx: Ctx) -> int:
         if not source.reachable:
             raise CliError(f"refusing to promote {name}: cannot reach its source site ({source.error}) to "
                            f"see that it no longer writes; if that site is lost, promote with --force")
+        if not sites or not all(r.standby for r in sites):
+            # Rule 18: "only after the other site's primary has been demoted". A site with no
+            # primary right now may be failing over inside itself and promote again.
+            raise CliError(f"refusing to promote {name}: its source site has no writable primary now but "
+                           f"was not demoted (a failover in progress?); demote it with demote-cluster "
+                           f"first, or use --force if it is lost")
     else:
         when = replay.last_commit.isoformat(timespec="seconds") if replay.last_commit else "the clone"
         print(f"forced promotion: whatever the source site committed after {when} "
               f"(past {int_to_lsn(replay.replayed)}) is lost to {name}; when the source site comes back, its "
               f"primary sees the new site epoch and demotes itself to a standby site of {name}")
+    if not args.force and source.lsn is not None:
+        # Everything the demoted site wrote, its shutdown checkpoint included: it then follows
+        # us without pg_rewind.
+        _wait_replayed(ctx, source.lsn, CATCH_UP_TIMEOUT)
     epoch, leader = _promote(ctx, view, [r.epoch for r in sites], args.timeout)
     print(f"cluster {name} is the primary site (site epoch {epoch}); {leader} accepts writes")
     return 0

@@ -212,6 +212,7 @@ class SiteReading:
     writable: bool = False  # some member there runs PostgreSQL as a primary
     dsn: str = ""  # host=...,... port=...,... of its members, no credentials
     timeline: int | None = None  # its primary's timeline (writable sites)
+    standby: bool = False  # every member that answered says its site is a standby site
 
 
 @dataclass(frozen=True)
