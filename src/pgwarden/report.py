@@ -4,15 +4,17 @@ uses them without importing the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from pgwarden.config.tls import TlsFiles
 from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
 from pgwarden.errors import CliError
 
 # Keys of one member in `ctl list --format json` and `local status --format json`.
-MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "tags")
+MEMBER_KEYS = ("name", "role", "state", "host", "port", "api_url", "timeline", "lag", "streaming", "sync",
+               "tags")
 
 
 def leader_lsn(view: ClusterView) -> int | None:
@@ -40,6 +42,16 @@ def member_lag(view: ClusterView, m: MemberInfo) -> int | None:
     return max(0, top - m.lsn)
 
 
+def member_sync(view: ClusterView, m: MemberInfo) -> str | None:
+    """"sync" or "quorum" for a member of the store's synchronous set (the replicas that hold
+    every acknowledged commit, or a quorum of them), None otherwise."""
+    if view.sync is None or not view.settings.synchronous or m.name not in view.sync.members:
+        return None
+    if view.leader is not None and view.leader.name == m.name:
+        return None
+    return "quorum" if view.settings.synchronous_mode.value == "quorum" else "sync"
+
+
 def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
     return {
         "name": m.name,
@@ -51,6 +63,7 @@ def member_row(view: ClusterView, m: MemberInfo) -> dict[str, Any]:
         "timeline": m.timeline,
         "lag": member_lag(view, m),
         "streaming": m.streaming,
+        "sync": member_sync(view, m),
         "tags": m.tags.to_dict(),
     }
 
@@ -74,6 +87,7 @@ def stopped_row(name: str, host: str, port: int, api_url: str, tags: Tags | None
         "timeline": None,
         "lag": None,
         "streaming": False,
+        "sync": None,
         "tags": (tags or Tags()).to_dict(),
     }
 
@@ -84,10 +98,11 @@ def libpq_dsn(
     password: str,
     replicas: bool = False,
     dbname: str = "postgres",
+    ssl: Mapping[str, str] | None = None,
 ) -> str:
     """A multi-host URI: libpq tries the hosts in order and keeps the first that matches
     `target_session_attrs`, so it reaches the primary (or, with `replicas`, a standby when one
-    is up) wherever it runs now."""
+    is up) wherever it runs now. `ssl`: sslmode and sslrootcert (see `ssl_options`)."""
     if not hosts:
         raise CliError("no members known to build a connection string from")
     auth = quote(user, safe="")
@@ -96,4 +111,15 @@ def libpq_dsn(
     where = ",".join(f"{h}:{p}" for h, p in hosts)
     attrs = "prefer-standby" if replicas else "read-write"
     db = quote(dbname, safe="")
-    return f"postgresql://{auth}@{where}/{db}?target_session_attrs={attrs}&connect_timeout=2"
+    extra = "".join(f"&{k}={quote(v, safe='/')}" for k, v in (ssl or {}).items())
+    return f"postgresql://{auth}@{where}/{db}?target_session_attrs={attrs}&connect_timeout=2{extra}"
+
+
+def ssl_options(tls: TlsFiles | None) -> dict[str, str]:
+    """What a client of a cluster with postgresql.tls adds: verify-full against the node file's
+    CA (require without one), nothing without TLS."""
+    if tls is None:
+        return {}
+    if tls.cafile is None:
+        return {"sslmode": "require"}
+    return {"sslmode": "verify-full", "sslrootcert": str(tls.cafile.absolute())}

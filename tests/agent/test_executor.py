@@ -110,3 +110,28 @@ def test_the_leader_key_is_adopted_only_from_this_node_s_previous_run(
     assert lease.held and sent < lease.deadline <= time.monotonic() + SETTINGS.ttl
     assert not previous.renew("leader", "p", SETTINGS.ttl, 2)  # it is ours now
     assert ex.run((RenewLease(),), None, pgv) is True  # and renews as any lease of ours
+
+
+def test_a_parameter_postgresql_refuses_shows_its_fatal_line_in_the_log_and_the_facts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A node-file parameter PostgreSQL rejects: the start fails with PostgreSQL's own reason,
+    logged by the agent and kept for /status (it used to be a bare "did not start")."""
+    port = free_port()
+    good = bootstrapped_primary(make_node_config(tmp_path, "n", port, free_port()))
+    good.stop("fast", 30)
+    bad = controller(make_node_config(tmp_path, "n", port, free_port(),
+                                      parameters={"max_connections": "lots"}))
+    try:
+        lease = LeaseKeeper()
+        lease.renewed(time.monotonic(), SETTINGS.ttl)
+        ex = _executor(bad, MemStore(), lease, tmp_path / "run")
+        with caplog.at_level("WARNING", logger="pgwarden"):
+            assert ex.run((StartPostgres("primary"),), None, bad.observe(2)) is False
+        cause = 'invalid value for parameter "max_connections": "lots"'
+        assert cause in ex.facts.start_error and "FATAL: configuration file" in ex.facts.start_error
+        assert "\n" not in ex.facts.start_error
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any(cause in m and "FATAL" in m for m in logged), logged
+        assert bad.postmaster_pid() is None
+    finally:
+        teardown(bad)

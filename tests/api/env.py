@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -16,6 +17,7 @@ from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import HistoryEntry, MemberInfo, PeerReading, Role
+from pgwarden.core.parameters import SettingSpec
 from tests.support.ports import free_port
 
 from .factory import CAUGHT_UP, LAGGING, LEADER_LSN, PRIMARY
@@ -24,6 +26,16 @@ from .memstore import MemStore
 USER, PASSWORD = "admin", "s3cr:t p\u00e4ss"  # a colon, a space and non-ASCII travel intact
 SERVER_AUTH = BasicAuth(USER, PASSWORD)
 AUTH: Mapping[str, str] = {"Authorization": basic_header(USER, PASSWORD)}
+
+
+# pg_settings as PostgreSQL 18 reports it (name, vartype, unit, min_val, max_val, enumvals),
+# recorded from a real server: what the agent's PostgreSQL would give the API to check values with.
+PG_SETTINGS = [SettingSpec(n, t, u, lo, hi, tuple(e)) for n, t, u, lo, hi, e in
+               json.loads((Path(__file__).parent / "pg_settings.json").read_text())]
+
+
+def recorded_specs(timeout: float) -> list[SettingSpec]:
+    return PG_SETTINGS
 
 
 class FakeCommands:
@@ -97,7 +109,7 @@ def make_env(store: MemStore | None = None, commands: FakeCommands | None = None
     commands = commands or FakeCommands()
     holder = StateHolder()
     server = ApiServer("127.0.0.1", free_port(), holder, store, commands if with_commands else None, "node1",
-                       store_timeout=2.0, auth=auth)
+                       store_timeout=2.0, auth=auth, setting_specs=recorded_specs)
     server.start()
     http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=10))
     env = Env(server, holder, store, commands, http)

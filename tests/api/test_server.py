@@ -4,6 +4,7 @@ and random input that must never produce a 500 or take the server down."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -118,6 +119,14 @@ def test_status(env: Env) -> None:
     body = env.json("GET", "/status")[1]
     assert body["role"] == "replica" and body["lag"] == 64 * 1024 * 1024
     assert body["upstream"] == "node1"
+    assert body["start_error"] is None
+
+
+def test_status_shows_why_postgresql_did_not_start(env: Env) -> None:
+    why = ('PostgreSQL did not start: invalid value for parameter "max_connections": "lots"; '
+           'FATAL: configuration file "/d/postgresql.conf" contains errors (see /d.log)')
+    env.holder.set(dataclasses.replace(env.publish(LAGGING), start_error=why))
+    assert env.json("GET", "/status")[1]["start_error"] == why
 
 
 def test_cluster(env: Env) -> None:
@@ -248,9 +257,9 @@ def test_failover(env: Env) -> None:
 
 
 def test_patch_config(env: Env) -> None:
-    status, body = env.json("PATCH", "/config", {"ttl": 10, "parameters": {"work_mem": "8MB", "x": 1}})
-    assert status == 200 and body["ttl"] == 10.0 and body["parameters"] == {"work_mem": "8MB", "x": 1}
-    status, body = env.json("PATCH", "/config", {"parameters": {"x": None}, "maximum_lag_on_failover": 5})
+    status, body = env.json("PATCH", "/config", {"ttl": 10, "parameters": {"work_mem": "8MB", "my.x": 1}})
+    assert status == 200 and body["ttl"] == 10.0 and body["parameters"] == {"work_mem": "8MB", "my.x": 1}
+    status, body = env.json("PATCH", "/config", {"parameters": {"my.x": None}, "maximum_lag_on_failover": 5})
     assert status == 200 and body["parameters"] == {"work_mem": "8MB"}
     assert body["ttl"] == 10.0 and body["maximum_lag_on_failover"] == 5
     # Patroni's shape works too; null restores a setting's default.

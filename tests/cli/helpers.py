@@ -38,7 +38,8 @@ def write_node_file(path: Path, cluster: str, etcd_endpoint: str, **extra: Any) 
         "cluster": cluster,
         "name": "node1",
         "data_dir": str(path.parent / "data"),
-        "postgresql": {"port": 5432, "superuser": {"username": "postgres", "password": "s3cr@t/pw"}},
+        "postgresql": {"port": 5432, "superuser": {"username": "postgres", "password": "s3cr@t/pw"},
+                       "replication": {"username": "replicator", "password": "repl-s3cret"}},
         "store": {"etcd": {"hosts": [etcd_endpoint]}},
     }
     doc.update(extra)

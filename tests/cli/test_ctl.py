@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +18,7 @@ from pgwarden.cli.ctl import SWITCHOVER_TIMEOUT, update_settings
 from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
 from pgwarden.core.decide import request_patience
-from pgwarden.core.model import HistoryEntry, MemberInfo, Role, Tags
+from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, Tags
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
 from tests.cli.helpers import TIMEOUT, Result, member, publish_cluster, run_cli
@@ -75,7 +76,8 @@ def test_show_config(node_file: Path) -> None:
     assert yaml.safe_load(r.out) == to_data(ClusterSettings())
 
 
-def test_edit_config_prints_diff_and_writes(node_file: Path, store: ClusterStore) -> None:
+def test_edit_config_prints_diff_and_writes(pg_node_file: Path, store: ClusterStore) -> None:
+    node_file = pg_node_file
     r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "ttl=10",
                 "--set", "parameters.work_mem=8MB", "--set", "synchronous_mode=on")
     assert r.code == 0, r.err
@@ -287,6 +289,26 @@ def test_switchover_the_leader_drops_is_reported_as_such(
     assert r.code == 1
     assert "did not happen" in r.err and "node1 dropped the request" in r.err, r.err
     assert store.snapshot(TIMEOUT).leader is not None
+
+
+def test_a_request_replaced_meanwhile_says_so_at_once(
+    node_file: Path, store: ClusterStore, cluster: str, etcd: EtcdServer
+) -> None:
+    """Two operators at once: the other's request overwrote ours. ctl says so instead of waiting
+    out its timeout and calling it a timeout."""
+    three(store)
+
+    def overwrite(agents: ClusterStore) -> None:
+        mine = agents.snapshot(TIMEOUT).failover
+        assert mine is not None
+        assert agents.set_failover(FailoverRequest("failover", None, "node2", None), mine.token, TIMEOUT)
+
+    started = time.monotonic()
+    r = _ctl_while_agents_play(etcd, cluster, node_file, overwrite, "switchover", "--force",
+                               "--timeout", "30")
+    assert r.code == 1
+    assert "another request replaced it (failover to node2)" in r.err, r.err
+    assert time.monotonic() - started < 15
 
 
 def test_failover_unknown_candidate(node_file: Path, store: ClusterStore) -> None:

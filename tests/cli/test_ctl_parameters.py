@@ -50,3 +50,41 @@ def test_a_stored_node_only_parameter_never_takes_effect(cluster: str, etcd: Etc
     assert r.status == 200, r.data
     s = store.snapshot(TIMEOUT).settings
     assert (s.synchronous_mode, s.ttl, s.parameters) == (SyncMode.ON, 6.0, {"work_mem": "8MB"})
+
+
+@pytest.mark.parametrize(("assignment", "line"), [
+    ("parameters.max_connections=lots",
+     "parameters.max_connections: 'lots' is refused: expected a number without a unit"),
+    ("parameters.max_connections=0",
+     "parameters.max_connections: '0' is refused: 0 is outside the range 1 .. "),
+    ("parameters.wal_level=physical", "expected one of minimal, replica, logical"),
+    ("parameters.work_mem=8 parsecs", "unknown unit 'parsecs'"),
+    ("parameters.no_such_thing=1", "PostgreSQL has no parameter 'no_such_thing'"),
+])
+def test_edit_config_refuses_values_postgresql_would_refuse(pg_node_file: Path, store: Store,
+                                                            assignment: str, line: str) -> None:
+    """Checked against a running member's pg_settings; nothing is written."""
+    assert store.set_settings(ClusterSettings(ttl=6), None, TIMEOUT)
+    token = store.snapshot(TIMEOUT).settings_token
+    r = run_cli("ctl", "-c", str(pg_node_file), "edit-config", "--set", "ttl=8", "--set", assignment)
+    assert (r.code, r.out) == (2, ""), r.err
+    (only,) = r.err.strip().splitlines()
+    assert only.startswith("pgwarden: error: ") and line in only
+    view = store.snapshot(TIMEOUT)
+    assert view.settings_token == token and view.settings == ClusterSettings(ttl=6)
+
+
+def test_edit_config_takes_good_values_and_needs_no_server_to_remove_one(
+        pg_node_file: Path, node_file: Path, store: Store) -> None:
+    r = run_cli("ctl", "-c", str(pg_node_file), "edit-config", "--set", "parameters.max_connections=200",
+                "--set", "parameters.shared_buffers=256MB", "--set", "parameters.hot_standby=on")
+    assert r.code == 0, r.err
+    assert store.snapshot(TIMEOUT).settings.parameters == {
+        "max_connections": "200", "shared_buffers": "256MB", "hot_standby": "on"}
+    # node_file's PostgreSQL (port 5432) does not run: removing a value needs no check ...
+    r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "parameters.hot_standby=")
+    assert r.code == 0, r.err
+    # ... while adding one cannot be checked, and says so.
+    r = run_cli("ctl", "-c", str(node_file), "edit-config", "--set", "parameters.work_mem=8MB")
+    assert r.code == 1 and "no member's PostgreSQL answered (127.0.0.1:5432" in r.err
+    assert "work_mem" not in store.snapshot(TIMEOUT).settings.parameters

@@ -3,6 +3,7 @@ user mistake, never a traceback."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +26,25 @@ def test_version() -> None:
     r = run_cli("version")
     assert r.code == 0
     assert r.out.startswith("pgwarden ")
+
+
+def test_version_flag() -> None:
+    r = subprocess.run([sys.executable, "-m", "pgwarden", "--version"], capture_output=True, text=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0 and r.stdout.startswith("pgwarden ")
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`pgwarden ... | head -1`: the reader has gone when we write; no error, no traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pgwarden", "version"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141
+    assert proc.stderr == ""
 
 
 def test_unknown_subcommand() -> None:
@@ -83,6 +103,7 @@ def test_unreachable_store_is_one_line_and_quick(tmp_path: Path) -> None:
     assert r.code == 1
     line = one_error_line(r.err)
     assert f"cannot reach the store at {endpoint}" in line and "is etcd running?" in line
+    assert "refused the connection" in line  # said as it is, not "did not answer in time"
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:

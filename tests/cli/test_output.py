@@ -11,11 +11,12 @@ from pgwarden.cli.output import (
     format_tags,
     libpq_dsn,
     member_rows,
+    members_table,
     stopped_row,
     topology_tree,
 )
-from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import ClusterView, LeaderKey, MemberInfo, Role, Tags
+from pgwarden.config.schema import ClusterSettings, SyncMode
+from pgwarden.core.model import ClusterView, LeaderKey, MemberInfo, Role, SyncState, Tags
 from tests.cli.helpers import member
 
 MB = 1024 * 1024
@@ -99,3 +100,22 @@ def test_dsn_multi_host_quoted() -> None:
     assert dsn == ("postgresql://post%20gres:p%40ss%2Fw%3Ard@h1:1,h2:2/postgres"
                    "?target_session_attrs=read-write&connect_timeout=2")
     assert "target_session_attrs=prefer-standby" in libpq_dsn([("h", 1)], "u", "p", replicas=True)
+
+
+def test_the_synchronous_replicas_are_marked_and_lag_has_one_format() -> None:
+    def m(name: str, role: Role, lsn: int) -> MemberInfo:
+        return MemberInfo(name=name, api_url="", host="h", port=1, role=role, state="running",
+                          running=True, lsn=lsn)
+
+    for mode, word in ((SyncMode.ON, "sync"), (SyncMode.QUORUM, "quorum")):
+        view = ClusterView(
+            initialized="1", init_holder=None, settings=ClusterSettings(synchronous_mode=mode),
+            settings_token="1", leader=LeaderKey("a", "t"),
+            members={"a": m("a", Role.PRIMARY, 3 << 20), "b": m("b", Role.REPLICA, 3 << 20),
+                     "c": m("c", Role.REPLICA, 1 << 20)},
+            sync=SyncState("a", frozenset({"b"}), 1, "s"), failover=None)
+        rows = member_rows(view)
+        assert [r["sync"] for r in rows] == [None, word, None]
+        text = render(members_table(rows))
+        assert f"replica ({word})" in text
+        assert " 0.0 " in text and " 2.0 " in text  # the same number format for every lag

@@ -12,7 +12,10 @@ from pgwarden.config.errors import ConfigError
 from pgwarden.config.exposure import api_credentials, is_loopback
 from pgwarden.config.load import parse_node_config
 
-BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}
+CREDS = {"superuser": {"username": "postgres", "password": "super-s3cret"},
+         "replication": {"username": "replicator", "password": "repl-s3cret"}}
+BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}},
+        "postgresql": CREDS}
 
 
 def creds(restapi: dict[str, Any]) -> tuple[str, str] | None:

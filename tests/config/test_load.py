@@ -11,7 +11,10 @@ from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import apply_setting, load_node_config, parse_node_config, parse_stored_settings
 from pgwarden.config.schema import ClusterSettings, SyncMode
 
-BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}}}
+CREDS = {"superuser": {"username": "postgres", "password": "super-s3cret"},
+         "replication": {"username": "replicator", "password": "repl-s3cret"}}
+BASE = {"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "store": {"etcd": {"hosts": ["127.0.0.1:2379"]}},
+        "postgresql": CREDS}
 
 
 def test_minimal_config_gets_safe_defaults() -> None:
@@ -24,7 +27,7 @@ def test_minimal_config_gets_safe_defaults() -> None:
 
 def test_nested_typo_names_path_and_suggests() -> None:
     with pytest.raises(ConfigError) as e:
-        parse_node_config({**BASE, "postgresql": {"prot": 5433}})
+        parse_node_config({**BASE, "postgresql": {**CREDS, "prot": 5433}})
     msg = str(e.value)
     assert "postgresql.prot" in msg and "did you mean 'port'" in msg
 
@@ -82,23 +85,26 @@ def test_ttl_must_leave_room_to_fence_after_one_missed_renewal() -> None:
 
 def test_every_unknown_key_is_reported_at_once() -> None:
     with pytest.raises(ConfigError) as e:
-        parse_node_config({**BASE, "tagz": {}, "postgresql": {"prot": 1, "superuser": {"usrname": "x"}}})
-    lines = str(e.value).splitlines()
-    assert len(lines) == 3
-    assert any("'tagz'" in ln and "did you mean 'tags'" in ln for ln in lines)
-    assert any("'postgresql.prot'" in ln and "did you mean 'port'" in ln for ln in lines)
-    assert any("postgresql.superuser.usrname" in ln and "did you mean 'username'" in ln for ln in lines)
+        parse_node_config({**BASE, "tagz": {},
+                           "postgresql": {**CREDS, "prot": 1, "superuser": {"usrname": "x"}}})
+    (line,) = str(e.value).splitlines()  # one line, every key in it
+    problems = line.removeprefix("config: ").split("; unknown key ")
+    assert len(problems) == 3
+    assert any("'tagz'" in p and "did you mean 'tags'" in p for p in problems)
+    assert any("'postgresql.prot'" in p and "did you mean 'port'" in p for p in problems)
+    assert any("postgresql.superuser.usrname" in p and "did you mean 'username'" in p for p in problems)
 
 
 def test_wrong_types_and_bounds_name_the_path() -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"postgresql": {"port": "abc"}}, "'postgresql.port': Expected `int`"),
-        ({"postgresql": {"port": 70000}}, "'postgresql.port': Expected `int` <= 65535"),
+        ({"postgresql": {**CREDS, "port": "abc"}}, "'postgresql.port': Expected `int`"),
+        ({"postgresql": {**CREDS, "port": 70000}}, "'postgresql.port': Expected `int` <= 65535"),
         ({"name": "bad name"}, "'name': Expected `str` matching regex"),
         ({"store": {"etcd": {}}}, "missing required key 'store.etcd.hosts'"),
         ({"store": {"raft": {"self_addr": "a:1", "partner_addrs": ["a:1"]}}},
          "'store.raft': partner_addrs must not contain self_addr"),
-        ({"postgresql": {"superuser": {"username": "x"}}}, "'postgresql.superuser': give either password"),
+        ({"postgresql": {"replication": CREDS["replication"], "superuser": {"username": "x"}}},
+         "'postgresql.superuser': give either password"),
         ({"tags": {"failover_priority": -1}}, "'tags.failover_priority': Expected `int` >= 0"),
     ]
     for patch, expected in cases:
@@ -110,7 +116,7 @@ def test_wrong_types_and_bounds_name_the_path() -> None:
 def test_yaml_friendly_conversion_and_round_trip() -> None:
     from pgwarden.config.load import replace, to_data
 
-    cfg = parse_node_config({**BASE, "postgresql": {"port": "5433", "bin_dir": "/opt/pg/bin"}})
+    cfg = parse_node_config({**BASE, "postgresql": {**CREDS, "port": "5433", "bin_dir": "/opt/pg/bin"}})
     assert cfg.postgresql.port == 5433 and cfg.postgresql.bin_dir == Path("/opt/pg/bin")
     data = to_data(cfg)
     assert data["postgresql"]["bin_dir"] == "/opt/pg/bin" and data["data_dir"] == "/tmp/x"
@@ -135,7 +141,7 @@ def test_set_refuses_parameters_only_a_node_file_may_set(key: str) -> None:
 def test_node_file_may_set_them_and_they_stay_its_own() -> None:
     params = {"archive_command": "cp %p /arch/%f", "shared_preload_libraries": "pg_stat_statements",
               "work_mem": "8MB"}
-    cfg = parse_node_config({**BASE, "postgresql": {"parameters": params}})
+    cfg = parse_node_config({**BASE, "postgresql": {**CREDS, "parameters": params}})
     assert cfg.postgresql.parameters == params
     assert cfg.initial_settings().parameters == {"work_mem": "8MB"}  # the store's seed: none of them
 
@@ -146,7 +152,7 @@ def test_node_file_settings_cannot_seed_them() -> None:
     assert "parameters.archive_command runs a command or loads code" in str(e.value)
     assert "under postgresql.parameters" in str(e.value)
     with pytest.raises(ConfigError, match="not a PostgreSQL parameter name"):
-        parse_node_config({**BASE, "postgresql": {"parameters": {"a = 1\nb": "x"}}})
+        parse_node_config({**BASE, "postgresql": {**CREDS, "parameters": {"a = 1\nb": "x"}}})
 
 
 def test_a_stored_document_keeps_all_but_them(caplog: pytest.LogCaptureFixture) -> None:

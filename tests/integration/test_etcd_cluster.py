@@ -3,6 +3,7 @@ replication, crash failover and rejoin, switchover/failover commands, pause, and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -121,6 +122,15 @@ def test_switchover_and_failover_commands(cluster: Cluster) -> None:
     cluster.ctl("failover", "--candidate", candidate, "--force")
     assert cluster.wait_primary(timeout=30) == candidate
     cluster.wait_replicas([n for n in cluster.names if n != candidate])
+
+    # The history says why each timeline ended (not PostgreSQL's "no recovery target specified").
+    def reasons() -> dict[str, str] | None:
+        rows = json.loads(cluster.ctl("history", "--format", "json").stdout)
+        got = {r["new_leader"]: r["reason"] for r in rows if r["new_leader"] in (target, candidate)}
+        return got if len(got) == 2 else None
+
+    got = wait_for(reasons, 30, "both promotions in the history")
+    assert got[target] == f"switchover from {leader}" and got[candidate] == "failover by an operator", got
 
 
 def test_switchover_to_an_unknown_member_is_a_clear_error(cluster: Cluster) -> None:

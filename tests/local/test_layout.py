@@ -54,7 +54,8 @@ def test_seed_settings() -> None:
 def test_node_config_round_trips_through_the_loader(tmp_path: Path) -> None:
     settings = seed_settings("on", ["ttl=6", "loop_wait=1.5"])
     plan = NodePlan("node2", 6002, 7002)
-    doc = node_config(tmp_path, "demo", plan, ["127.0.0.1:2379"], settings, "su", "re", "api-pw")
+    doc = node_config(tmp_path, "demo", plan, ["127.0.0.1:2379"], settings, "su-secret", "re-secret",
+                      "api-pw")
     path = tmp_path / "node2" / "pgwarden.yaml"
     write_node_config(path, doc)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # it holds passwords
@@ -64,7 +65,8 @@ def test_node_config_round_trips_through_the_loader(tmp_path: Path) -> None:
     assert cfg.data_dir == tmp_path / "node2" / "data"
     assert cfg.log.file == tmp_path / "node2" / "agent.log"
     assert (cfg.postgresql.listen_address, cfg.postgresql.port, cfg.restapi.port) == ("127.0.0.1", 6002, 7002)
-    assert cfg.postgresql.superuser.secret() == "su" and cfg.postgresql.replication.secret() == "re"
+    assert cfg.postgresql.superuser.secret() == "su-secret"
+    assert cfg.postgresql.replication.secret() == "re-secret"
     # The REST API is protected even on loopback: `local up` writes credentials into the 0600 file.
     auth = cfg.restapi.authentication
     assert auth is not None and cfg.restapi.insecure is False

@@ -85,6 +85,17 @@ def check_api_protected(d: Path) -> None:
         assert http.request("POST", url + "/restart", body=b"{}").status == 401
         assert http.request("GET", url + "/config").status == 401
         assert http.request("GET", url + "/config", headers=auth).status == 200
+    # A parameter value PostgreSQL would refuse is refused by the agent, which asks its server.
+    r = http.request("PATCH", url + "/config", headers=auth, json={"parameters": {"max_connections": "lots"}})
+    assert r.status == 400, r.data
+    assert "parameters.max_connections: 'lots' is refused" in json.loads(r.data)["error"]
+    r = http.request("PATCH", url + "/config", headers=auth, json={"parameters": {"work_mem": "16MB"}})
+    assert r.status == 200 and json.loads(r.data)["parameters"]["work_mem"] == "16MB", r.data
+    # Every member's PostgreSQL roles have passwords of their own, none of them the old defaults.
+    pg = [yaml.safe_load(f.read_text())["postgresql"] for f in files]
+    for role in ("superuser", "replication"):
+        passwords = {p[role]["password"] for p in pg}
+        assert len(passwords) == 1 and len(next(iter(passwords))) >= 16
 
 
 @pytest.fixture

@@ -130,7 +130,8 @@ def add_fake_agents(d: Path, names: list[str], running: set[str]) -> dict[str, i
     for i, name in enumerate(names):
         plan = NodePlan(name, 15432 + i, 18008 + i)
         pg_ports[name] = plan.pg_port
-        doc = node_config(d, state.cluster, plan, state.etcd_hosts(), settings, "pw:1", "r", "a")
+        doc = node_config(d, state.cluster, plan, state.etcd_hosts(), settings, "pw:1-secret",
+                          "r-secret", "a")
         config = d / name / "pgwarden.yaml"
         write_node_config(config, doc)
         argv = [sys.executable, "-c", SLEEP, "agent", "-c", str(config)]
@@ -167,7 +168,7 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
         ("node1", "primary", "running", 0), ("node2", "replica", "running", 1000),
         ("node3", "unknown", "stopped", None)]
     assert set(rows[2]) == {"name", "role", "state", "host", "port", "api_url", "timeline", "lag",
-                            "streaming", "tags"}
+                            "streaming", "sync", "tags"}
     assert rows[2]["port"] == ports["node3"] and rows[2]["api_url"] == "http://127.0.0.1:18010"
 
     r = run_cli("local", "status", "--dir", str(cluster_dir))
@@ -177,7 +178,7 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
     assert r.code == 0
     last = r.out.strip().splitlines()[-1]
     hosts = ",".join(f"127.0.0.1:{ports[n]}" for n in ("node1", "node2", "node3"))
-    assert last == f"postgresql://postgres:pw%3A1@{hosts}/postgres?target_session_attrs=read-write&connect_timeout=2"
+    assert last == f"postgresql://postgres:pw%3A1-secret@{hosts}/postgres?target_session_attrs=read-write&connect_timeout=2"
     r = run_cli("local", "dsn", "--dir", str(cluster_dir), "--replicas")
     assert r.out.strip().splitlines()[-1].endswith("target_session_attrs=prefer-standby&connect_timeout=2")
 

@@ -52,7 +52,7 @@ def test_raft_sections_name_every_other_voter_and_the_witness(open_dir: Path) ->
         secret = Path(raft["password_file"])
         assert secret == Path(witness["password_file"]) and secret.stat().st_mode & 0o077 == 0
         node_doc = node_config(cl.directory, "r", NodePlan(name, 1, 2), [], seed_settings(None, ()),
-                               "pw", "rp", "api", store=doc)
+                               "pw-secret", "rp-secret", "api", store=doc)
         cfg = parse_node_config(node_doc, name)
         assert cfg.store.raft is not None and cfg.store.etcd is None
     wdoc = witness_config(cl.directory, "r", witness, 20009)

@@ -181,6 +181,8 @@ def test_promote_without_strict_mode_waits_for_nobody(tmp_path: Path) -> None:
         assert query(b._cfg, "SHOW synchronous_standby_names") == [("",)]
         blocked, what = _commit_blocks(b, "not_blocked")
         assert not blocked, what
+        # The recovery settings the promoted config dropped need no restart on a primary.
+        assert b.observe(5).pending_restart is False
     finally:
         teardown(a)
         if b is not None:

@@ -20,6 +20,8 @@ import urllib3
 import yaml
 
 from pgwarden.api.auth import basic_header
+from pgwarden.tls.contexts import TlsPaths
+from pgwarden.tls.http import api_pool
 from tests.support.wait import wait_for
 
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=2.0))
@@ -44,13 +46,16 @@ def reachable_tmpdir(prefix: str) -> Path:
 
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
-                 store: str = "etcd", witness: bool = False, standby_of: Path | None = None):
+                 store: str = "etcd", witness: bool = False, tls: bool = False,
+                 standby_of: Path | None = None):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
         self.sets = sets
         self.store = store  # etcd | zookeeper | raft (`local up --store`)
         self.witness = witness
+        self.tls = tls  # `local up --tls`: https API (checked against the CA), verify-full SQL
+        self._tls_http: urllib3.PoolManager | None = None
         self.standby_of = standby_of  # `local up --standby-of`: a standby site of that directory
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
 
@@ -65,6 +70,8 @@ class Cluster:
             args += ["--store", self.store]
         if self.witness:
             args.append("--witness")
+        if self.tls:
+            args.append("--tls")
         if self.standby_of is not None:
             args += ["--standby-of", str(self.standby_of)]
         pgwarden(*args)
@@ -95,7 +102,7 @@ class Cluster:
 
     def api(self, node: str) -> str:
         r = self.config(node)["restapi"]
-        return f"http://{r['listen_address']}:{r['port']}"
+        return f"{'https' if r.get('tls') else 'http'}://{r['listen_address']}:{r['port']}"
 
     def api_auth(self, node: str) -> dict[str, str]:
         """The Authorization header from the node file's restapi.authentication (as ctl sends it)."""
@@ -106,12 +113,23 @@ class Cluster:
         """A request to the node's REST API, with its credentials unless not `auth`."""
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         headers = self.api_auth(node) if auth else None
-        r = _http.request(method, self.api(node) + path, body=data, headers=headers)
+        r = self._pool().request(method, self.api(node) + path, body=data, headers=headers)
         try:
             parsed = json.loads(r.data) if r.data else None
         except ValueError:
             parsed = r.data.decode(errors="replace")
         return r.status, parsed
+
+    def ca(self) -> Path:
+        return self.dir / "tls" / "ca.crt"
+
+    def _pool(self) -> urllib3.PoolManager:
+        if not self.tls:
+            return _http
+        if self._tls_http is None:  # the CA, host names verified; no client certificate
+            self._tls_http = api_pool(TlsPaths(None, None, self.ca()), retries=False,
+                                      timeout=urllib3.Timeout(total=2.0))
+        return self._tls_http
 
     def status(self, node: str) -> dict[str, Any] | None:
         try:
@@ -152,9 +170,10 @@ class Cluster:
 
     def conninfo(self, node: str) -> str:
         c = self.config(node)["postgresql"]
-        su = c.get("superuser", {"username": "postgres", "password": "postgres"})
+        su = c["superuser"]
+        ssl = f" sslmode=verify-full sslrootcert={c['tls']['cafile']}" if c.get("tls") else ""
         return (f"host={c.get('listen_address', '127.0.0.1')} port={c['port']} user={su['username']} "
-                f"password={su['password']} dbname=postgres connect_timeout=2")
+                f"password={su['password']} dbname=postgres connect_timeout=2{ssl}")
 
     def dsn(self) -> str:
         out = pgwarden("local", "dsn", "--dir", str(self.dir)).stdout.strip().splitlines()

@@ -1,5 +1,7 @@
 """An in-memory backend of the store port for tests: real compare-and-swap on revisions, leases
-owned by the instance that took them and expiring on the monotonic clock, the watch rules of
+owned by the instance that took them and expiring on the monotonic clock (or the one passed as
+`clock`: the scenario tests' simulated time, which never call `wait_for_change`: it blocks in
+real time until the clock passes its deadline), the watch rules of
 `store.base`, and a switch (`down`) that makes every call fail as unreachable. Instances that
 share a `MemServer` see each other's keys, as instances of a real backend share a server."""
 
@@ -8,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from pgwarden.store.base import (
@@ -83,8 +86,10 @@ class MemServer:
 class MemKV(KV):
     _ids = itertools.count(1)
 
-    def __init__(self, cluster: str, server: MemServer | None = None, layout: Layout = LAYOUT) -> None:
+    def __init__(self, cluster: str, server: MemServer | None = None, layout: Layout = LAYOUT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cluster = cluster
+        self.clock = clock
         self.down = False
         self._server = server if server is not None else MemServer()
         self._layout = layout
@@ -96,14 +101,14 @@ class MemKV(KV):
         """This cluster's keys, once expired leases are gone (call with the server's lock held)."""
         if self.down:
             raise StoreUnavailable("the in-memory store is down")
-        self._server.expire(time.monotonic())
+        self._server.expire(self.clock())
         return self._server.keys(self.cluster)
 
     def _write(self, key: str, value: str, owner: int = 0, ttl: float | None = None) -> None:
         keys = self._keys()
         counts = key not in keys or not self._layout.in_dir(key)
         rev = self._server.record(self.cluster, self._id, counts)
-        expires = time.monotonic() + ttl if ttl is not None else None
+        expires = self.clock() + ttl if ttl is not None else None
         keys[key] = _Record(value, rev, owner, expires)
 
     def _remove(self, key: str) -> None:
@@ -125,13 +130,13 @@ class MemKV(KV):
         )
 
     def wait_for_change(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         s = self._server
         with s.cond:
             while True:
                 if self.down:
                     raise StoreUnavailable("the in-memory store is down")
-                now = time.monotonic()
+                now = self.clock()
                 nearest = s.expire(now)
                 if self._closed:
                     return False
@@ -187,7 +192,7 @@ class MemKV(KV):
                     return False
                 self._write(key, value, self._id, ttl)  # onto our lease, under the same lock
                 return True
-            keys[key] = replace(current, expires=time.monotonic() + ttl)  # not a change
+            keys[key] = replace(current, expires=self.clock() + ttl)  # not a change
             return True
 
     def release(self, key: str, value: str, timeout: float) -> bool:

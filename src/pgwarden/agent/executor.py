@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.ports import Clock, FencerPort, PostgresPort, RouterPort
 from pgwarden.config.load import replace as replace_settings
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
@@ -20,9 +21,8 @@ from pgwarden.core.model import (
     PgView,
     SyncConfig,
 )
-from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres.controller import PostgresController, PostgresError, UpstreamTuple
-from pgwarden.routing.router import PgBouncerRouter
+from pgwarden.postgres.controller import PostgresError, UpstreamTuple
+from pgwarden.postgres.server import StartError
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import dump_settings
@@ -55,6 +55,8 @@ class LocalFacts:
 
     rewind_failed: bool = False
     start_failures: int = 0
+    # Why the last start of PostgreSQL failed (its FATAL line), until one succeeds; for /status.
+    start_error: str = ""
     sync_applied: SyncConfig = NO_SYNC
     # The slot set last made sure of, for which postmaster, and when: a rewind, a re-clone or a
     # restart can take slots away while the wanted set stays the same.
@@ -65,21 +67,28 @@ class LocalFacts:
     restart_pending: bool = False
     activity: str = ""
     history_published: int = 0
+    promoted_because: str = ""  # the last Promote's reason, for the timeline history
 
 
 class Executor:
     def __init__(
         self,
         cfg: NodeConfig,
-        pg: PostgresController,
+        pg: PostgresPort,
         store: ClusterStore,
         lease: LeaseKeeper,
-        fencer: Fencer,
+        fencer: FencerPort,
         facts: LocalFacts,
         settings: Callable[[], ClusterSettings],
         seed: ClusterSettings,
-        router: PgBouncerRouter | None = None,
+        router: RouterPort | None = None,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
     ) -> None:
+        # `clock` is read for every deadline (the lease's is on it), `wall` only for history
+        # entries; the scenario tests pass a simulated pair.
+        self.clock = clock
+        self.wall = wall
         self.router = router
         self.cfg = cfg
         self.pg = pg
@@ -94,7 +103,7 @@ class Executor:
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
         s = self.settings()
-        return self.lease.call_timeout(time.monotonic(), s.retry_timeout)
+        return self.lease.call_timeout(self.clock(), s.retry_timeout)
 
     def _lease_budget(self, cap: float, floor: float = 1.0) -> float:
         """Time left before the lease deadline, less what stopping PostgreSQL needs (rule 15).
@@ -102,7 +111,7 @@ class Executor:
         fencer stops the postmaster anyway."""
         if not self.lease.held:
             return cap
-        return max(floor, min(cap, self.lease.deadline - time.monotonic() - 0.5))
+        return max(floor, min(cap, self.lease.deadline - self.clock() - 0.5))
 
     def _arm(self, pm_pid: int | None) -> None:
         self.fencer.arm(self.lease.deadline, pm_pid)
@@ -114,6 +123,8 @@ class Executor:
                 ok = self._one(action, view, pgv)
             except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
+                if isinstance(e, StartError):
+                    self.facts.start_error = str(e)
                 ok = False
             if not ok:
                 return False
@@ -130,7 +141,7 @@ class Executor:
                 # docs/architecture.md, "Taking the leader key back after a restart").
                 return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
             case A.AcquireLease():
-                sent = time.monotonic()
+                sent = self.clock()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
                     log.info("lost the race for the leader lease")
                     return False
@@ -144,7 +155,8 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
-            case A.Promote(sync=sync_after):
+            case A.Promote(sync=sync_after, why=why):
+                self.facts.promoted_because = why
                 return self._promote(s, pgv, sync_after)
             case A.Demote(upstream=upstream, reason=reason):
                 log.warning("demoting: %s", reason)
@@ -226,9 +238,9 @@ class Executor:
                 return self._publish_history(timeline, view)
             case A.HoldClients(until=until):
                 if self.router is not None:
-                    left = max(0.0, until - time.monotonic())
+                    left = max(0.0, until - self.clock())
                     # A pause that fails only costs clients an error: the switchover goes on.
-                    self.router.hand_over(min(self.router.cfg.pause_timeout, left))
+                    self.router.hand_over(min(self.router.pause_timeout, left))
                 return True
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
@@ -273,7 +285,7 @@ class Executor:
         (not just `held`, which a long stop can leave stale), with the fencer armed for that
         deadline before the postmaster exists; it finds the postmaster through postmaster.pid
         even before we learn its pid."""
-        now = time.monotonic()
+        now = self.clock()
         if not self.lease.valid(now):
             log.warning("not starting as primary: the lease is no longer valid")
             return False
@@ -288,7 +300,7 @@ class Executor:
     def _ensure_slots(self, names: frozenset[str], pgv: PgView) -> None:
         # A member's key vanishes while it is being cloned or restarted; keep its slot for
         # SLOT_RETENTION so it finds its WAL when it comes back.
-        now = time.monotonic()
+        now = self.clock()
         for n in names:
             self.facts.slot_seen[n] = now
         keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
@@ -299,7 +311,7 @@ class Executor:
             self.facts.slots_checked = now
 
     def renew(self, s: ClusterSettings, adopt: bool = False) -> bool:
-        sent = time.monotonic()
+        sent = self.clock()
         ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout), adopt)
         if ok:
             if adopt:
@@ -345,7 +357,7 @@ class Executor:
 
     def _publish_history(self, timeline: int, view: ClusterView | None) -> bool:
         entries = merge_history(self.pg.read_timeline_history(timeline), view.history if view else (),
-                                self.name, timeline, time.time())
+                                self.name, timeline, self.wall(), self.facts.promoted_because)
         self.store.set_history(entries, self._timeout())
         return True
 

@@ -6,22 +6,36 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
 
 from pgwarden.core.model import MemberInfo, PeerReading, Role
+from pgwarden.tls.contexts import ContextSource
 
 log = logging.getLogger("pgwarden.peers")
 
 
 class PeerProbe:
-    def __init__(self) -> None:
-        self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
+    """`tls`: the client context for https peers (our CA and certificate, restapi.tls), followed
+    as the files rotate; None: plain http, or https against the system's CAs."""
+
+    def __init__(self, tls: ContextSource | None = None) -> None:
+        self._tls = tls
+        self._ctx: ssl.SSLContext | None = None if tls is None else tls.get()
+        self._http = self._new_pool()
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer")
 
+    def _new_pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(num_pools=16, maxsize=2, retries=False, ssl_context=self._ctx)
+
     def read(self, members: Iterable[MemberInfo], timeout: float) -> dict[str, PeerReading]:
+        if self._tls is not None and (ctx := self._tls.get()) is not self._ctx:
+            self._ctx = ctx  # rotated certificates: new connections with the new context
+            old, self._http = self._http, self._new_pool()
+            old.clear()
         members = [m for m in members if m.api_url]
         futures = {m.name: self._pool.submit(self._one, m, timeout) for m in members}
         return {name: f.result() for name, f in futures.items()}

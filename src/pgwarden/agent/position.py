@@ -11,6 +11,9 @@ acknowledged, and acknowledged before the old primary's deadline), so the compar
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 
 from pgwarden.core.model import PeerReading, Role
 from pgwarden.postgres.controller import PostgresController
@@ -30,3 +33,49 @@ def fresh_position(pg: PostgresController, name: str, timeout: float) -> PeerRea
         running=True, timeline=h.timeline, received_lsn=h.received_lsn,
         replayed_lsn=h.replayed_lsn, lsn=h.lsn,
     )
+
+
+class SharedReading:
+    """GET /position is open (peers read it without credentials) and each reading opens a
+    PostgreSQL connection, so concurrent callers share readings: at most one runs at a time, and a
+    caller is answered with the first reading that *started after it asked*, never an older one
+    (a cached reading taken before the lease ran out could miss commits acknowledged under it).
+    A caller that arrives while a reading runs waits for it to end and then for the next one,
+    which it shares with everyone else who arrived meanwhile; so N concurrent callers cost at most
+    two readings' time and two connections in a row, never N connections at once.
+    """
+
+    def __init__(self, read: Callable[[float], PeerReading], name: str) -> None:
+        self._read = read
+        self._name = name
+        self._cond = threading.Condition()
+        self._started = 0  # readings started so far; a reading is known by its number
+        self._running = False
+        self._last: tuple[int, PeerReading] | None = None  # the last finished reading and its number
+
+    def read(self, timeout: float) -> PeerReading:
+        """A reading started after this call began; `running=False` if none finishes in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            asked_after = self._started  # only readings numbered above this one will do
+            while True:
+                if self._last is not None and self._last[0] > asked_after:
+                    return self._last[1]
+                if not self._running:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return PeerReading(self._name, reachable=True, running=False)
+                self._cond.wait(remaining)
+            self._running = True
+            self._started += 1
+            number = self._started
+        reading = PeerReading(self._name, reachable=True, running=False)
+        try:
+            reading = self._read(max(deadline - time.monotonic(), 0.05))
+        finally:
+            with self._cond:
+                self._running = False
+                self._last = (number, reading)
+                self._cond.notify_all()
+        return reading

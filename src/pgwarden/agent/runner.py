@@ -17,7 +17,7 @@ from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.peers import PeerProbe
-from pgwarden.agent.position import fresh_position
+from pgwarden.agent.position import SharedReading, fresh_position
 from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.agent.sites import SiteProbe
 from pgwarden.api.auth import BasicAuth
@@ -50,6 +50,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
 
@@ -71,7 +72,12 @@ class Agent:
         self.holder = StateHolder()
         self.lease = LeaseKeeper()
         self.facts = LocalFacts()
-        self.peers = PeerProbe()
+        # HTTPS (restapi.tls): the API's context and the client one for peers, both following
+        # the files (rotation; SIGHUP checks at once).
+        tls = cfg.restapi.tls
+        self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
+        self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
+        self.peers = PeerProbe(self.client_tls)
         self.sites = SiteProbe()  # the other sites (rule 18), probed in the background
         self.started_at = time.time()
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
@@ -88,7 +94,11 @@ class Agent:
         self.api_store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.api = ApiServer(cfg.restapi.listen_address, cfg.restapi.port, self.holder, self.api_store,
                              self, cfg.name,
-                             auth=BasicAuth(*api_auth) if api_auth is not None else None)
+                             auth=BasicAuth(*api_auth) if api_auth is not None else None,
+                             tls=self.api_tls, max_connections=cfg.restapi.max_connections,
+                             setting_specs=self.pg.setting_specs)
+        # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
+        self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
@@ -102,6 +112,14 @@ class Agent:
 
     def settings(self) -> ClusterSettings:
         return self._settings
+
+    def reload_tls(self) -> None:
+        """SIGHUP: load the API's rotated certificates now (they are also noticed by their files'
+        change; PostgreSQL's are checked every loop)."""
+        log.info("SIGHUP: checking TLS files")
+        for source in (self.api_tls, self.client_tls):
+            if source is not None:
+                source.reload()
 
     # -- Commands for the REST API (called from the API thread: only queue work) ---------------
     def request_restart(self) -> str:
@@ -123,7 +141,7 @@ class Agent:
         return "reinitialize scheduled"
 
     def read_position(self, timeout: float) -> PeerReading:
-        return fresh_position(self.pg, self.cfg.name, timeout)
+        return self._position.read(timeout)
 
     def store_wakeup(self) -> None:
         self._wake.set()
@@ -143,6 +161,8 @@ class Agent:
                     self.loop_once()
                 except Exception:
                     log.exception("HA loop failed; retrying next loop")
+                if self.cfg.postgresql.tls is not None:  # rotated certificates: copy and reload
+                    self.pg.refresh_tls(self._settings.retry_timeout)
                 self._wait(started)
         finally:
             self.shutdown()
@@ -289,6 +309,8 @@ class Agent:
 
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
+        if pgv.running:
+            self.facts.start_error = ""  # it started after all: the last failure is history
         now = time.monotonic()
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
@@ -381,6 +403,7 @@ class Agent:
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
+            start_error=self.facts.start_error,
         ))
 
 
@@ -415,8 +438,13 @@ def run_agent(config_path: str) -> int:
         log.info("signal %d: stopping", signum)
         agent.stop()
 
+    def _reload(signum: int, frame: FrameType | None) -> None:
+        # Off the signal handler: reloading takes locks the interrupted code may hold.
+        threading.Thread(target=agent.reload_tls, name="pgwarden-sighup", daemon=True).start()
+
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGHUP, _reload)
     try:
         return agent.run()
     finally:

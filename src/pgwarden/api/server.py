@@ -12,24 +12,23 @@ and threads; see there for why), JSON documents in views.py, request bodies in b
 from __future__ import annotations
 
 import logging
-import selectors
-import socket
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pgwarden.api.auth import BasicAuth
 from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
+from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
+from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
-from pgwarden.api.transport import Listener
 from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, site_json, status_json
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest
+from pgwarden.core.parameters import SettingSpec, changed_parameters, parameter_errors
 from pgwarden.core.requests import (
     RequestError,
     failover_is_switchover,
@@ -39,10 +38,10 @@ from pgwarden.core.requests import (
 )
 from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
+from pgwarden.tls.contexts import ContextSource
 
 log = logging.getLogger(__name__)
 
-_STOP_TIMEOUT = 10.0
 
 
 class ApiServerError(RuntimeError):
@@ -67,6 +66,9 @@ class ApiServer:
         *,
         store_timeout: float = 3.0,
         auth: BasicAuth | None = None,
+        tls: ContextSource | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        setting_specs: Callable[[float], Sequence[SettingSpec]] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -76,10 +78,11 @@ class ApiServer:
         self._node_name = node_name
         self._store_timeout = store_timeout
         self._auth = auth  # None: no credentials required (loopback, or restapi.insecure)
-        self._thread: threading.Thread | None = None
-        self._servers: list[Listener] = []
-        self._wake: tuple[socket.socket, socket.socket] | None = None
-        self._bound_port: int | None = None
+        # Our PostgreSQL's pg_settings, to check parameter values before they are stored.
+        self._setting_specs = setting_specs
+        self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
+        self._service = HttpService(host, port, self.dispatch, max_connections=max_connections,
+                                    tls=None if tls is None else tls.get)
         self._routes: dict[str, dict[str, Route]] = {}
         self._add_routes()
 
@@ -87,72 +90,21 @@ class ApiServer:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self._bound_port or self.port}"
+        return self._service.url
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (each has a thread)."""
+        return self._service.connections
 
     def start(self) -> None:
-        if self._thread is not None:
-            raise ApiServerError("REST API already started")
         try:
-            servers = self._listen()
-        except OSError as e:
-            reason = e.strerror or str(e)
-            raise ApiServerError(f"REST API cannot listen on {self.host}:{self.port}: {reason}") from e
-        self._servers = servers
-        self._bound_port = servers[0].server_port
-        self._wake = socket.socketpair()
-        self._thread = threading.Thread(target=self._accept_loop, args=(servers, self._wake[0]),
-                                        name="pgwarden-api", daemon=True)
-        self._thread.start()
+            self._service.start()
+        except ServiceError as e:
+            raise ApiServerError(f"REST API {e}") from e
 
     def stop(self) -> None:
-        thread, wake, servers = self._thread, self._wake, self._servers
-        if thread is None or wake is None:
-            return
-        self._thread, self._wake, self._servers = None, None, []
-        try:
-            wake[1].send(b"x")
-        except OSError:
-            pass
-        thread.join(_STOP_TIMEOUT)
-        for server in servers:
-            server.server_close()
-            server.end_connections()
-        for s in wake:
-            s.close()
-
-    def _listen(self) -> list[Listener]:
-        """A socket per address the host resolves to (an empty host: all of them, IPv4 and IPv6)."""
-        infos = socket.getaddrinfo(self.host or None, self.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
-        servers: list[Listener] = []
-        seen: set[tuple[Any, ...]] = set()
-        try:
-            for family, _, _, _, sockaddr in infos:
-                key = (family, *sockaddr[:2])
-                if key not in seen:
-                    seen.add(key)
-                    servers.append(Listener(family, tuple(sockaddr), self.dispatch))
-        except BaseException:
-            for server in servers:
-                server.server_close()
-            raise
-        return servers
-
-    @staticmethod
-    def _accept_loop(servers: list[Listener], wake: socket.socket) -> None:
-        with selectors.DefaultSelector() as sel:
-            for server in servers:
-                sel.register(server.socket, selectors.EVENT_READ, server)
-            sel.register(wake, selectors.EVENT_READ, None)
-            while True:
-                for key, _ in sel.select():
-                    if key.data is None:
-                        return
-                    try:
-                        key.data.accept()
-                    except Exception:
-                        log.exception("REST API: cannot accept a connection")
+        self._service.stop()
 
     def _add_routes(self) -> None:
         r = self._routes
@@ -271,7 +223,26 @@ class ApiServer:
 
     # -- settings -------------------------------------------------------------------------------
 
+    def _check_parameters(self, view: ClusterView, new: ClusterSettings) -> None:
+        """Refuse (400) parameter values our PostgreSQL would refuse, before every node restarts
+        with them (see core/parameters.py); only values added or changed are checked."""
+        changed = changed_parameters(view.settings.parameters, new.parameters)
+        if not changed:
+            return
+        if self._setting_specs is None:
+            raise HttpError(503, "this node has no PostgreSQL to check parameter values against; "
+                                 "send the request to a member's agent")
+        try:
+            specs = self._setting_specs(self._store_timeout)
+        except Exception as e:
+            log.info("REST API: cannot read pg_settings to check parameters: %s", e)
+            raise HttpError(503, "cannot check parameter values: this node's PostgreSQL does not "
+                                 "answer; send the request to a member whose PostgreSQL runs") from None
+        if errors := parameter_errors(specs, changed):
+            raise HttpError(400, "; ".join(errors))
+
     def _write_settings(self, view: ClusterView, new: ClusterSettings) -> Response:
+        self._check_parameters(view, new)
         store = self._need_store()
         if not store.set_settings(new, view.settings_token or None, self._store_timeout):
             raise HttpError(409, "the settings changed while this request ran; read them again and retry")

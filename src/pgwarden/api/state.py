@@ -23,6 +23,7 @@ class NodeState:
     started_at: float  # epoch seconds the agent started
     pg_sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied on this node (primary)
     message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
+    start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
 
 
 class StateHolder:

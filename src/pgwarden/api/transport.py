@@ -17,11 +17,14 @@ connection is plenty, and blocking store calls can run in the request's own thre
 `store_timeout`.
 
 What this module still does itself:
-- sockets and threads: one accept thread in ApiServer (no polling: it sleeps until a connection or
+- sockets and threads: one accept thread in HttpService (service.py; it sleeps until a connection or
   stop()), a daemon thread per connection (pgwarden-api-N) that reads bytes and feeds them to h11;
-- limits: a 64 KiB request head (414 for a request line that long, 431 for headers) and at most 100
+- limits: at most `restapi.max_connections` connections (limits.py: the rest wait in the
+  listen backlog, and when full, connections waiting for a request head are shed), a 64 KiB
+  request head (414 for a request line that long, 431 for headers) and at most 100
   header fields, a 1 MiB body cap (413, then the connection is closed), a deadline for each request's
-  head (which also ends idle keep-alive connections) and another for its body, so a client that is
+  head (10 s from the start of the wait; and 5 s to send its first byte, which ends idle keep-alive
+  connections) and another for its body, so a client that is
   silent or dribbles a byte at a time cannot hold a thread, and a send timeout;
 - what h11 leaves to a server: refusing Content-Length together with Transfer-Encoding (a smuggling
   attempt), request targets other than origin or absolute form, percent-decoding, the query;
@@ -29,6 +32,10 @@ What this module still does itself:
   protocol error h11 raises is answered with its status hint (400 unless it says otherwise) and the
   connection closed, after a short lingering read so the client gets the answer rather than a reset;
 - the access log on "pgwarden.api.access", debug lines on "pgwarden.api.server";
+- TLS (restapi.tls): each accepted socket is wrapped in its connection thread, the handshake
+  bounded by the request deadline, so a silent or plain-HTTP client never blocks the accept loop;
+  the context comes from a callable (a tls.contexts.ContextSource) asked once per connection, so
+  rotated certificates apply to new connections while open ones keep theirs;
 - shutdown: end_connections() ends idle keep-alive connections at once, a request in progress still
   gets its answer; IPv6 sockets are IPv6-only (an IPv4 address gets its own socket).
 """
@@ -40,16 +47,19 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 import h11
 
 from pgwarden import __version__
+from pgwarden.api.limits import ConnectionSlots, Slot
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
 
 # The name the API's log lines have always carried (the agent's log format shows it).
@@ -60,6 +70,7 @@ _MAX_BODY = 1024 * 1024
 _MAX_HEAD = 65536  # request line and headers together
 _MAX_HEADERS = 100
 _REQUEST_TIMEOUT = 10.0  # for a request's head (including waiting for it), again for its body, and sends
+_IDLE_TIMEOUT = 5.0  # for the first byte of a request: an idle keep-alive connection ends then
 _LINGER = 1.0  # reading (and dropping) what a client still sends after an error answer
 _RECV_SIZE = 65536
 _LOG_HEAD = 1024  # bytes of an unparsable request kept for its access log line
@@ -145,10 +156,14 @@ class Handler(socketserver.BaseRequestHandler):
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEAD)
         self._timeout = self.server.request_timeout
+        self._idle_timeout = min(self.server.idle_timeout, self._timeout)
+        self._slot = self.server.slot_of(self.request)
         self._new_cycle()
 
     def _new_cycle(self) -> None:
         self._started = time.time()
+        self._waiting_from = time.monotonic()
+        self._slot.waiting()
         self._requestline = ""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_only = False  # a HEAD request: answered without a body
@@ -163,6 +178,7 @@ class Handler(socketserver.BaseRequestHandler):
         self._head_budget = _MAX_HEAD + 1 - len(pending)
         # What arrives before the request is parsed, for the access log if it cannot be.
         self._raw = bytearray(pending[:_LOG_HEAD])
+        self._got_bytes = bool(pending)
 
     def handle(self) -> None:
         try:
@@ -186,6 +202,7 @@ class Handler(socketserver.BaseRequestHandler):
             return False
         if not isinstance(event, h11.Request):
             return False  # the client closed the connection between requests
+        self._slot.busy()
         method = event.method.decode("ascii")  # h11 checked: a token
         target = event.target.decode("ascii")  # h11 checked: visible ASCII only
         self._requestline = f"{method} {target} HTTP/{event.http_version.decode('ascii')}"
@@ -246,7 +263,10 @@ class Handler(socketserver.BaseRequestHandler):
             event = self._conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            remaining = deadline - time.monotonic()
+            until = deadline
+            if head and not self._got_bytes:  # nothing of this request yet: the idle deadline
+                until = min(deadline, self._waiting_from + self._idle_timeout)
+            remaining = until - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the client took too long to send its request")
             self.request.settimeout(remaining)
@@ -255,6 +275,7 @@ class Handler(socketserver.BaseRequestHandler):
             else:
                 data = self.request.recv(max(1, min(_RECV_SIZE, self._head_budget)))
                 self._head_budget -= len(data)
+                self._got_bytes = True
                 if len(self._raw) < _LOG_HEAD:
                     self._raw += data[:_LOG_HEAD - len(self._raw)]
             self._conn.receive_data(data)  # b"": the client closed its side
@@ -360,19 +381,25 @@ class Handler(socketserver.BaseRequestHandler):
 
 
 class Listener(socketserver.TCPServer):
-    """One listening socket. Connections are accepted by ApiServer's accept thread (which watches
+    """One listening socket. Connections are accepted by HttpService's accept thread (which watches
     every socket and a wake-up pipe, so it sleeps until there is work) and served on daemon threads
     named pgwarden-api-N."""
 
     allow_reuse_address = True
-    request_queue_size = 64
+    # Connections past max_connections wait here (the kernel caps it at net.core.somaxconn).
+    request_queue_size = 1024
 
-    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], dispatch: Route) -> None:
+    def __init__(self, family: socket.AddressFamily, address: tuple[Any, ...], dispatch: Route,
+                 tls: Callable[[], ssl.SSLContext] | None = None,
+                 slots: ConnectionSlots | None = None) -> None:
         self.address_family = family
         self.dispatch = dispatch
+        self.tls = tls
         self.request_timeout = _REQUEST_TIMEOUT
+        self.idle_timeout = _IDLE_TIMEOUT
+        self.slots = slots if slots is not None else ConnectionSlots()
         self._serial = itertools.count(1)
-        self._conns: set[socket.socket] = set()
+        self._conns: dict[socket.socket, Slot] = {}
         self._conns_lock = threading.Lock()
         super().__init__(address, Handler)
         self.socket.setblocking(False)
@@ -397,7 +424,7 @@ class Listener(socketserver.TCPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
-            self._conns.add(request)
+            self._conns[request] = self.slots.take(request)
         thread = threading.Thread(target=self._process, args=(request, client_address),
                                   name=f"pgwarden-api-{next(self._serial)}", daemon=True)
         try:
@@ -408,16 +435,44 @@ class Listener(socketserver.TCPServer):
 
     def _process(self, request: socket.socket, client_address: Any) -> None:
         try:
+            if self.tls is not None:
+                request = self._handshake(request)
             self.finish_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
         finally:
             self._forget(request)
 
+    def slot_of(self, request: socket.socket) -> Slot:
+        with self._conns_lock:
+            return self._conns[request]
+
+    def _handshake(self, raw: socket.socket) -> ssl.SSLSocket:
+        """The TLS server side of an accepted socket, handshake done within the request deadline
+        (an ssl.SSLError or timeout ends the connection; wrapping detaches `raw`, so the wrapped
+        socket replaces it among the open connections, and in its slot). A handshake counts as
+        waiting for a request: a full API sheds a client that dribbles one (limits.py)."""
+        assert self.tls is not None
+        with self._conns_lock:
+            slot = self._conns.pop(raw)
+            conn = self.tls().wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            slot.sock = conn
+            self._conns[conn] = slot
+        slot.waiting()
+        try:
+            conn.settimeout(self.request_timeout)
+            conn.do_handshake()
+        except BaseException:
+            self._forget(conn)
+            raise
+        return conn
+
     def _forget(self, request: socket.socket) -> None:
         with self._conns_lock:
-            self._conns.discard(request)
+            slot = self._conns.pop(request, None)
         self.shutdown_request(request)
+        if slot is not None:
+            self.slots.release(slot)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], OSError):

@@ -61,6 +61,7 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "api_url": m.api_url,
         "store_ok": st.store_ok,
         "message": st.message,
+        "start_error": st.start_error or None,
         "started_at": iso_time(st.started_at),
         "cluster_unlocked": view is None or view.leader is None,
         # Patroni's names for the same facts.

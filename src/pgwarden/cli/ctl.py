@@ -27,9 +27,11 @@ from pgwarden.cli.output import (
     print_json,
     topology_tree,
 )
+from pgwarden.cli.param_check import ParameterCheck
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
+from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 
@@ -231,7 +233,8 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)
-    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas))
+    print(libpq_dsn(hosts, user, password if args.with_password else "", replicas=args.replicas,
+                    ssl=ssl_options(ctx.cfg.postgresql.tls)))
     return 0
 
 
@@ -275,9 +278,12 @@ def cmd_resume(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_edit_config(args: argparse.Namespace, ctx: Ctx) -> int:
     assignments: list[str] = args.assignments
+    check = ParameterCheck(ctx.cfg, ctx.snapshot)  # values a PostgreSQL would refuse are not stored
 
     def change(s: ClusterSettings) -> ClusterSettings:
-        return apply_settings(s, assignments)
+        new = apply_settings(s, assignments)
+        check(s, new)
+        return new
 
     before, after = update_settings(ctx.store, change)
     if before == after:
@@ -332,8 +338,9 @@ def _describe_request(r: FailoverRequest) -> str:
 
 
 def submit_request(ctx: Ctx, view: ClusterView, request: FailoverRequest, force: bool, timeout: float) -> int:
+    pending = view.failover
     confirm(f"{request.kind.capitalize()} {_describe_request(request)}?", force, request.kind)
-    token = view.failover.token if view.failover is not None else None
+    token = pending.token if pending is not None else None
     if not ctx.store.set_failover(request, token, STORE_TIMEOUT):
         raise CliError("another switchover or failover request was written meanwhile; "
                        "check `pgwarden ctl list` and try again")
@@ -364,6 +371,22 @@ def _dropped(view: ClusterView, old_leader: str | None) -> bool:
     return view.failover is None and view.leader is not None and view.leader.name == old_leader
 
 
+def _same_request(a: FailoverRequest, b: FailoverRequest) -> bool:
+    return (a.kind, a.leader, a.candidate, a.scheduled_at) == (b.kind, b.leader, b.candidate, b.scheduled_at)
+
+
+def _superseded(view: ClusterView, request: FailoverRequest, old_leader: str | None) -> str | None:
+    """Why our request lost to another one, if it did: a different request now sits in the
+    store, or the leadership moved to someone other than our candidate with no request left."""
+    if view.failover is not None and not _same_request(view.failover, request):
+        return f"another request replaced it ({view.failover.kind} {_describe_request(view.failover)})"
+    leader = view.leader.name if view.leader is not None else None
+    if (view.failover is None and request.candidate is not None and leader is not None
+            and leader not in (old_leader, request.candidate)):
+        return f"{leader} leads now, not {request.candidate} (the request was given up or replaced)"
+    return None
+
+
 def wait_for_new_primary(
     store: ClusterStore, request: FailoverRequest, old_leader: str | None, timeout: float
 ) -> int:
@@ -387,6 +410,10 @@ def wait_for_new_primary(
             leader = view.leader.name if view.leader else None
             if _dropped(view, old_leader):
                 break  # no use waiting out the timeout
+            other = _superseded(view, request, old_leader)
+            if other is not None:
+                raise CliError(f"{request.kind} did not happen as asked: {other}; "
+                               f"check `pgwarden ctl list`")
             state = None
             if leader is not None and leader in view.members:
                 m = view.members[leader]
@@ -442,7 +469,8 @@ def cmd_failover(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/restart"
-    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path)
+    body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path,
+                       tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'restarted'}")
     return 0
 
@@ -451,6 +479,6 @@ def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
     url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
     headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
     confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node, headers, ctx.path)
+    body = post_action(url, args.node, headers, ctx.path, tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=run)
 
 
-def listeners_from_args(args: argparse.Namespace) -> Listeners:
+def listeners_from_args(args: argparse.Namespace, ca_file: str | None = None) -> Listeners:
     for flag, port in (("--primary-port", args.primary_port), ("--replica-port", args.replica_port),
                        ("--stats-port", args.stats_port)):
         if not 0 <= port <= 65535 or (flag == "--primary-port" and port == 0):
@@ -47,12 +47,15 @@ def listeners_from_args(args: argparse.Namespace) -> Listeners:
     return Listeners(
         bind=args.bind, primary_port=args.primary_port, replica_port=args.replica_port or None,
         stats_port=args.stats_port or None, max_lag=args.max_lag, balance=args.balance,
+        check_ca_file=ca_file,
     )
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_node_config(args.config)
-    lst = listeners_from_args(args)
+    tls = cfg.restapi.tls  # https checks verify the members against the node file's CA
+    ca = None if tls is None or tls.cafile is None else str(tls.cafile.absolute())
+    lst = listeners_from_args(args, ca)
     from pgwarden.store.factory import open_store
 
     store = open_store(cfg.store, cfg.cluster)

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="make this a standby site of the local cluster in DIR (docs/multi-site.md)")
     p.add_argument("--witness", action="store_true",
                    help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
+    p.add_argument("--tls", action="store_true",
+                   help="make a local CA and node certificates: REST API on https, PostgreSQL and "
+                        "replication over TLS (verify-full)")
     for ext in _extensions():
         ext.add_up_arguments(p)
     p.set_defaults(local_func=cmd_up)
@@ -101,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_members(cluster: LocalCluster) -> None:
     state = cluster.current_state()
-    console().print(members_table(cluster.member_rows(), f"Cluster: {state.cluster} ({cluster.directory})"))
+    view = cluster.view(1.0)  # member_rows has just read it
+    paused = " (paused)" if view is not None and view.settings.paused else ""
+    console().print(members_table(cluster.member_rows(),
+                                  f"Cluster: {state.cluster}{paused} ({cluster.directory})"))
 
 
 def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
@@ -111,7 +117,7 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
     for ext in _extensions():
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
-                   timeout=args.timeout, store=args.store, witness=args.witness,
+                   timeout=args.timeout, store=args.store, witness=args.witness, tls=args.tls,
                    standby_of=args.standby_of)
     cluster.up(opts, extras)
     _print_members(cluster)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn, Protocol, cast
@@ -58,6 +59,7 @@ def build_parser(command: str | None = None) -> Parser:
     """The whole parser, or with `command` (a known subcommand name) only that subcommand's."""
     modules = (COMMAND_OWNERS[command],) if command in COMMAND_OWNERS else COMMAND_MODULES
     parser = Parser(prog="pgwarden", description="High availability for PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"pgwarden {__version__}")
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
         parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(words[0] if words else None)
         args = parser.parse_args(words)
         func = cast(Handler, args.func)
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # a closed pipe shows here, where it is handled, not at exit
+        return code
     except CliError as e:
         return _fail(str(e), e.code)
     except ConfigError as e:
@@ -104,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot reach the store: {e}; is etcd running?", 1)
     except StoreError as e:
         return _fail(f"store: {e}", 1)
+    except BrokenPipeError:
+        # The reader went away (`pgwarden local status | head -3`): stop quietly, as command-line
+        # tools do, and keep Python from complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except OSError as e:
         where = f" ({e.filename})" if e.filename else ""
         return _fail(f"{e.strerror or e}{where}", 1)

@@ -14,6 +14,8 @@ from pgwarden.api.auth import basic_header
 from pgwarden.cli.output import CliError
 from pgwarden.config.schema import NodeConfig
 from pgwarden.core.model import ClusterView
+from pgwarden.tls.contexts import TlsPaths
+from pgwarden.tls.http import api_pool
 
 
 def member_api_url(view: ClusterView, node: str, cluster: str) -> str:
@@ -46,10 +48,11 @@ def _unauthorized(node: str, url: str, config_path: str | Path, sent: bool) -> C
 
 
 def post_action(url: str, node: str, headers: dict[str, str], config_path: str | Path,
-                timeout: float = 120.0) -> dict[str, Any]:
-    """POST to a member with `headers` (api_headers); a non-2xx answer becomes a CliError carrying
+                timeout: float = 120.0, tls: TlsPaths | None = None) -> dict[str, Any]:
+    """POST to a member with `headers` (api_headers) and, for https, `tls` (the node file's
+    restapi.tls: its CA and client certificate); a non-2xx answer becomes a CliError carrying
     the member's message, a 401 one saying which file and key to fix."""
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=3.0, read=timeout))
+    http = api_pool(tls, retries=False, timeout=urllib3.Timeout(connect=3.0, read=timeout))
     try:
         resp = http.request("POST", url, body=b"{}", headers={"Content-Type": "application/json", **headers})
     except urllib3.exceptions.HTTPError as e:

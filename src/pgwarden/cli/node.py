@@ -37,6 +37,7 @@ from pgwarden.core.sync import after_promotion
 from pgwarden.errors import CliError
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
+from pgwarden.tls.http import api_pool
 
 if TYPE_CHECKING:  # imported when used: `pgwarden --help` must not need PostgreSQL
     from pgwarden.postgres.controller import PostgresController
@@ -166,7 +167,7 @@ def agent_running(cfg: NodeConfig) -> int | None:
     """The PID of this node's agent if it runs: its REST API answers /status with a live
     agent_pid, or (an agent frozen or too busy to answer) the PID it wrote for its fencer is alive
     and still a pgwarden process."""
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
     try:
         resp = http.request("GET", cfg.restapi.url() + "/status")
         body = json.loads(resp.data) if resp.status == 200 else None
@@ -198,8 +199,8 @@ def _pgwarden_alive(pid: int) -> bool:
     return any(b"pgwarden" in a for a in args) and b"agent" in args
 
 
-def _http_status(url: str) -> tuple[int, Any] | None:
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
+def _http_status(cfg: NodeConfig, url: str) -> tuple[int, Any] | None:
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(HTTP_TIMEOUT))
     try:
         resp = http.request("GET", url)
     except urllib3.exceptions.HTTPError:
@@ -215,11 +216,12 @@ def _writable(cfg: NodeConfig, host: str, port: int) -> bool:
     """Whether PostgreSQL at host:port answers as a primary (with this node's superuser, which
     `pgwarden` clusters share)."""
     from pgwarden.postgres import sql
+    from pgwarden.postgres.tls import tool_options
 
     su = cfg.postgresql.superuser
     try:
         params = sql.ConnParams(host=host, port=port, user=su.username, password=su.secret(),
-                                application_name="pgwarden-node")
+                                application_name="pgwarden-node", ssl=tool_options(cfg.postgresql.tls))
         with sql.connect(params, HTTP_TIMEOUT) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             return row is not None and not row[0]
@@ -247,11 +249,13 @@ def _ensure_slot(node: Node, upstream: MemberInfo) -> None:
     a slot that does not exist and never stream. Once it streams the slot is active, and the
     upstream's agent drops only inactive slots."""
     from pgwarden.postgres import conf, sql
+    from pgwarden.postgres.tls import tool_options
 
     slot = conf.slot_name(node.cfg.name)
     su = node.cfg.postgresql.superuser
     params = sql.ConnParams(host=upstream.host, port=upstream.port, user=su.username,
-                            password=su.secret(), application_name="pgwarden-node")
+                            password=su.secret(), application_name="pgwarden-node",
+                            ssl=tool_options(node.cfg.postgresql.tls))
     try:
         with sql.connect(params, STORE_TIMEOUT) as conn:
             row = conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
@@ -337,7 +341,7 @@ def _writable_servers(node: Node, view: ClusterView) -> Iterator[Writable]:
     for other in sorted(view.members.values(), key=lambda m: m.name):
         if other.name == node.cfg.name:
             continue
-        answer = _http_status(other.api_url.rstrip("/") + "/primary") if other.api_url else None
+        answer = _http_status(node.cfg, other.api_url.rstrip("/") + "/primary") if other.api_url else None
         if (answer is not None and answer[0] == 200) or _writable(node.cfg, other.host, other.port):
             yield Writable(other.name, other.host, other.port)
     up = _configured_upstream(node)
@@ -382,7 +386,7 @@ def cmd_follow(args: argparse.Namespace, node: Node) -> int:
     if up is None:
         known = ", ".join(sorted(view.members)) or "none published"
         raise Refused(f"no member named '{target}' in cluster {node.cfg.cluster} (members: {known})")
-    answer = _http_status(up.api_url.rstrip("/") + "/status") if up.api_url else None
+    answer = _http_status(node.cfg, up.api_url.rstrip("/") + "/status") if up.api_url else None
     if answer is None or answer[0] != 200 or not isinstance(answer[1], dict):
         raise Refused(f"cannot read {target}'s timeline from its REST API ({up.api_url}/status); "
                       f"following it blind could cross a timeline fork")

@@ -34,9 +34,10 @@ def format_tags(tags: Mapping[str, Any]) -> str:
 
 
 def format_lag_mb(lag: int | None) -> str:
+    """One format for every row: "0.0", "1.5", "?" when unknown."""
     if lag is None:
         return "?"
-    return f"{lag / (1024 * 1024):.1f}" if lag else "0"
+    return f"{lag / (1024 * 1024):.1f}"
 
 
 def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> Table:
@@ -47,7 +48,9 @@ def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
         table.add_row(
             str(r["name"]),
             f"{r['host']}:{r['port']}",
-            str(r["role"]),
+            # patronictl says "Sync Standby"/"Quorum Standby": which replicas hold every
+            # acknowledged commit (the store's synchronous set).
+            f"{r['role']} ({r['sync']})" if r.get("sync") else str(r["role"]),
             # Like patronictl: a running replica whose WAL receiver streams shows "streaming".
             "streaming" if r["state"] == "running" and r.get("streaming") else str(r["state"]),
             "" if r["timeline"] is None else str(r["timeline"]),
@@ -58,12 +61,14 @@ def members_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -
 
 
 def history_table(history: Iterable[HistoryEntry]) -> Table:
+    # Narrow columns first and the reason last, wrapped: fits an 80-column terminal.
     table = Table(title="Timeline history")
-    for col in ("TL", "LSN", "Reason", "Time", "New leader"):
-        table.add_column(col)
+    for col in ("TL", "LSN", "Time", "New leader"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("Reason", overflow="fold")
     for e in history:
-        when = "" if e.at is None else time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(e.at))
-        table.add_row(str(e.timeline), int_to_lsn(e.switch_lsn) or "", e.reason, when, e.new_leader or "")
+        when = "" if e.at is None else time.strftime("%m-%d %H:%M:%S", time.localtime(e.at))
+        table.add_row(str(e.timeline), int_to_lsn(e.switch_lsn) or "", when, e.new_leader or "", e.reason)
     return table
 
 

@@ -4,15 +4,16 @@ nodes and a witness keep a majority when any one of the three is lost (store: ra
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
+from pgwarden.api.messages import Request, Response, json_response
+from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.config.witness import WitnessApiConfig, load_witness_config
+from pgwarden.errors import CliError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # Created on the main thread: pysyncobj's tick thread lives as long as its creator.
     node = acquire_node(cfg.store.raft)
-    server: ThreadingHTTPServer | None = None
+    server: HttpService | None = None
     try:
         if cfg.restapi is not None:
             server = _serve_health(cfg.restapi, node.status)
@@ -59,30 +60,31 @@ def run(args: argparse.Namespace) -> int:
             pass
     finally:
         if server is not None:
-            server.shutdown()
-            server.server_close()
+            server.stop()
         release_node(node)
     return 0
 
 
-def _serve_health(api: WitnessApiConfig, status: Any) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?")[0] not in ("/health", "/"):
-                code, body = 404, {"error": "not found"}
-            else:
-                code, body = health(status())
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+def _serve_health(api: WitnessApiConfig, status: Any) -> HttpService:
+    """GET/HEAD /health (and /) on the REST API's transport, with its connection cap and deadlines."""
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("health: " + format, *args)
+    def dispatch(request: Request) -> Response:
+        if request.path not in ("/health", "/"):
+            return json_response(404, {"error": f"no such endpoint: {request.path}"})
+        if request.method not in ("GET", "HEAD"):
+            return json_response(405, {"error": f"method {request.method} is not allowed on {request.path}"},
+                                 {"Allow": "GET,HEAD"})
+        try:
+            code, body = health(status())
+        except Exception as e:  # the raft node is shutting down: not healthy, and no traceback
+            log.debug("witness health: %s", e)
+            code, body = 503, {"role": "witness", "error": "raft status unavailable"}
+        return json_response(code, body)
 
-    server = ThreadingHTTPServer((api.listen_address, api.port), Handler)
-    threading.Thread(target=server.serve_forever, name="witness-health", daemon=True).start()
-    log.info("witness health at http://%s:%d/health", api.listen_address, server.server_address[1])
+    server = HttpService(api.listen_address, api.port, dispatch, max_connections=16)
+    try:
+        server.start()
+    except ServiceError as e:
+        raise CliError(f"witness health endpoint {e}") from None
+    log.info("witness health at %s/health", server.url)
     return server

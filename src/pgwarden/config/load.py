@@ -16,8 +16,8 @@ import msgspec
 import yaml
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.schema import ClusterSettings, NodeConfig
-from pgwarden.config.validate import validate
+from pgwarden.config.schema import ClusterSettings, Credentials, NodeConfig, PgCredentials, password_problem
+from pgwarden.config.validate import shown, validate
 from pgwarden.core.settings import NODE_FILE_KEY, node_only
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -52,6 +52,16 @@ def parse_node_config(data: Any, source: str = "config") -> NodeConfig:
     return validate(NodeConfig, data, source)
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's several-line error as one line: where, and what."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        what = " ".join(p for p in (e.context, e.problem) if p) or "cannot parse"
+        return where + shown(what)
+    return shown(" ".join(str(e).split()))
+
+
 def load_node_config(path: str | Path) -> NodeConfig:
     p = Path(path)
     try:
@@ -61,8 +71,44 @@ def load_node_config(path: str | Path) -> NodeConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    return parse_node_config(data, str(p))
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(e)}") from None
+    cfg = parse_node_config(data, str(p))
+    check_password_files(cfg, str(p))
+    return cfg
+
+
+def _credentials(cfg: NodeConfig) -> list[tuple[str, Credentials]]:
+    found: list[tuple[str, Credentials]] = [("postgresql.superuser", cfg.postgresql.superuser),
+                                           ("postgresql.replication", cfg.postgresql.replication)]
+    if cfg.restapi.authentication is not None:
+        found.append(("restapi.authentication", cfg.restapi.authentication))
+    if cfg.pgbouncer is not None:
+        found.append(("pgbouncer.admin", cfg.pgbouncer.admin))
+    for name in ("etcd", "zookeeper"):
+        backend = getattr(cfg.store, name)
+        if backend is not None and backend.authentication is not None:
+            found.append((f"store.{name}.authentication", backend.authentication))
+    return found
+
+
+def check_password_files(cfg: NodeConfig, source: str) -> None:
+    """Every password_file the node file names is read now: one that cannot be read, is empty or
+    (for a PostgreSQL role) is weak stops the loading with a line naming the key, rather than the
+    agent failing later on every loop ("Bootstrap failed") for as long as it runs."""
+    for where, cred in _credentials(cfg):
+        if cred.password is not None or cred.password_file is None:
+            continue
+        try:
+            password = cred.secret()
+        except ValueError as e:
+            raise ConfigError(f"{source}: {where}: {e}; make it readable by the user running "
+                              f"pgwarden") from None
+        if not password:
+            raise ConfigError(f"{source}: {where}: password_file {cred.password_file} is empty; "
+                              f"write the password into it")
+        if isinstance(cred, PgCredentials) and (problem := password_problem(cred.username, password)):
+            raise ConfigError(f"{source}: {where}: password_file {cred.password_file}: {problem}; "
+                              f"use at least 8 characters that are not the username")
 
 
 def parse_settings(data: Any, source: str = "cluster settings") -> ClusterSettings:

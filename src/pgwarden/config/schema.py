@@ -12,13 +12,15 @@ msgspec reports with the path of the offending mapping.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.validate import validate
+from pgwarden.config.tls import ApiTls, ClientTls, TlsFiles
+from pgwarden.config.validate import shown, unknown_keys, validate
 
 # The cluster-wide settings, their base and the safety constants live in the core (which depends
 # on nothing above it); named here too for the modules that read the whole configuration.
@@ -30,6 +32,7 @@ from pgwarden.core.settings import FailoverMode as FailoverMode
 from pgwarden.core.settings import NonNegative, ParamValue, check_parameters, node_only
 from pgwarden.core.settings import Strict as Strict
 from pgwarden.core.settings import SyncMode as SyncMode
+from pgwarden.tls.contexts import TlsPaths
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]+$")]
@@ -52,6 +55,38 @@ class Credentials(Strict, frozen=True, kw_only=True):
             return self.password_file.read_text().strip()
         except OSError as e:
             raise ValueError(f"cannot read password_file {self.password_file}: {e.strerror}") from e
+        except UnicodeDecodeError:
+            raise ValueError(f"password_file {self.password_file} is not UTF-8 text") from None
+
+
+# The weakest PostgreSQL password we accept. Every member's superuser and replication passwords
+# open a network-reachable server (replication connections come from other hosts), so the rule is
+# the one most password policies start with: at least 8 characters, and not the user's own name
+# (PostgreSQL's `postgres`/`postgres` was the old default). Anything richer (dictionaries, classes
+# of characters) guesses at strength; `pgwarden local up` writes 16 random characters.
+MIN_PASSWORD = 8
+
+
+def password_problem(username: str, password: str) -> str | None:
+    """Why `password` is too weak for `username`; None when it is acceptable."""
+    if not password:
+        return "the password is empty"
+    if password == username:
+        return "the password is the username"
+    if len(password) < MIN_PASSWORD:
+        return f"the password is shorter than {MIN_PASSWORD} characters"
+    return None
+
+
+class PgCredentials(Credentials, frozen=True, kw_only=True):
+    """A PostgreSQL role pgwarden connects as: required, and with a password that is not weak
+    (a password_file is checked when the node file is loaded, see load.py)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.password is not None and (problem := password_problem(self.username, self.password)):
+            raise ValueError(f"{problem}; set a password of at least {MIN_PASSWORD} characters that is "
+                             f"not the username (or password_file)")
 
 
 class PostgresConfig(Strict, frozen=True, kw_only=True):
@@ -61,11 +96,13 @@ class PostgresConfig(Strict, frozen=True, kw_only=True):
     bin_dir: Path | None = None
     os_user: str = "postgres"
     parameters: dict[str, ParamValue] = field(default_factory=dict)
-    superuser: Credentials = field(
-        default_factory=lambda: Credentials(username="postgres", password="postgres"))
-    replication: Credentials = field(
-        default_factory=lambda: Credentials(username="replicator", password="replicator"))
+    # No defaults: a well-known password on a network-reachable server is no password.
+    superuser: PgCredentials
+    replication: PgCredentials
     pg_hba: list[str] = field(default_factory=list)  # extra pg_hba.conf lines
+    # ssl = on with these files, hostssl in pg_hba.conf, and with cafile, replication, pg_rewind
+    # and pg_basebackup connect with sslmode=verify-full (see docs/operations.md, TLS).
+    tls: TlsFiles | None = None
 
     def __post_init__(self) -> None:
         # The one place commands and code may be set (see NODE_ONLY_PARAMETERS); names still checked.
@@ -88,14 +125,22 @@ class RestApiConfig(Strict, frozen=True, kw_only=True):
     # The explicit opt-out: an agent listening beyond loopback without authentication refuses to
     # start unless this is true (see config/exposure.py).
     insecure: bool = False
+    # Connections served at once, each on a thread; more wait in the listen backlog (api/limits.py).
+    max_connections: Annotated[int, Meta(ge=4, le=4096)] = 64
+    # HTTPS (see config/tls.py); the node's calls to other members' APIs use it as a client too.
+    tls: ApiTls | None = None
 
     def __post_init__(self) -> None:
         if self.authentication is not None and ":" in self.authentication.username:
             raise ValueError("authentication.username must not contain ':' (HTTP Basic cannot carry it)")
 
+    def client_tls(self) -> TlsPaths | None:
+        """How this node's tools and agent call members' APIs over https (None: no restapi.tls)."""
+        return None if self.tls is None else self.tls.client_paths()
+
     def url(self) -> str:
         addr = self.connect_address or f"{self.listen_address}:{self.port}"
-        return f"http://{addr}"
+        return f"{'https' if self.tls else 'http'}://{addr}"
 
 
 Hosts = Annotated[list[str], Meta(min_length=1)]
@@ -106,6 +151,7 @@ class EtcdConfig(Strict, frozen=True, kw_only=True):
     prefix: str = "/pgwarden"
     # etcd's own users (`etcdctl auth enable`): the agent authenticates and sends the token.
     authentication: Credentials | None = None
+    tls: ClientTls | None = None  # https: the CA of etcd's certificate, and a client certificate
 
 
 class ZooKeeperConfig(Strict, frozen=True, kw_only=True):
@@ -186,7 +232,7 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
     name: Name
     data_dir: Path
     store: StoreConfig
-    postgresql: PostgresConfig = field(default_factory=PostgresConfig)
+    postgresql: PostgresConfig
     restapi: RestApiConfig = field(default_factory=RestApiConfig)
     tags: Tags = field(default_factory=Tags)
     log: LogConfig = field(default_factory=LogConfig)
@@ -202,7 +248,10 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
     def initial_settings(self) -> ClusterSettings:
         bad = set(self.timing) - {"ttl", "loop_wait", "retry_timeout"}
         if bad:
-            raise ValueError(f"timing: unknown key(s) {sorted(bad)}; valid: ttl, loop_wait, retry_timeout")
+            raise ValueError(f"'timing': unknown key(s) {sorted(map(shown, bad))}; "
+                             f"valid: ttl, loop_wait, retry_timeout")
+        if unknown := unknown_keys(ClusterSettings, self.settings, ("settings",)):
+            raise ValueError("; ".join(unknown))  # one line, each key with its path
         merged: dict[str, Any] = {**self.settings, **self.timing}
         # The node's own parameters seed the cluster's, except those only a node's file may set:
         # they stay this node's (postgres/conf.py applies them), never reaching the store.
@@ -211,5 +260,15 @@ class NodeConfig(Strict, frozen=True, kw_only=True):
             merged["parameters"] = {**seed, **merged.get("parameters", {})}
         try:
             return validate(ClusterSettings, merged, "settings")
-        except ConfigError as e:  # msgspec reports a ValueError from here with its path
-            raise ValueError(str(e).removeprefix("settings: ")) from None
+        except ConfigError as e:  # msgspec reports a ValueError from here, at the top level
+            raise ValueError(self._settings_origin(str(e).removeprefix("settings: "))) from None
+
+    def _settings_origin(self, msg: str) -> str:
+        """A problem of the merged settings, named by the node file key it came from."""
+        if m := re.match(r"'([^']*)': (.*)", msg, re.S):
+            head = m.group(1).split(".")[0]
+            origin = "timing" if head in self.timing else (
+                "postgresql" if head == "parameters" and "parameters" not in self.settings else "settings")
+            return f"'{origin}.{m.group(1)}': {m.group(2)}"
+        origin = "timing" if any(re.search(rf"\b{k}\b", msg) for k in self.timing) else "settings"
+        return f"'{origin}': {msg}"

@@ -30,6 +30,15 @@ def _field_types(model: type[msgspec.Struct]) -> dict[str, Any]:
     return {f.name: f.type for f in msgspec.structs.fields(model)}
 
 
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
+
+
+def shown(key: Any) -> str:
+    """A key as an error line can show it: control characters escaped, so one problem stays
+    one line (found by fuzzing: a key with a newline split its own error message)."""
+    return _UNPRINTABLE.sub(lambda m: repr(m.group())[1:-1], str(key))
+
+
 def unknown_keys(model: type[msgspec.Struct], data: Any, path: tuple[str, ...] = ()) -> list[str]:
     """Every key in `data` that `model` (or a nested model) does not have, each with the nearest
     valid key. msgspec stops at the first error; typos are the common mistake, so all of them are
@@ -39,7 +48,7 @@ def unknown_keys(model: type[msgspec.Struct], data: Any, path: tuple[str, ...] =
     out: list[str] = []
     fields = _field_types(model)
     for key, value in data.items():
-        where = (*path, str(key))
+        where = (*path, shown(key))
         if key not in fields:
             valid = sorted(fields)
             guess = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
@@ -51,25 +60,41 @@ def unknown_keys(model: type[msgspec.Struct], data: Any, path: tuple[str, ...] =
     return out
 
 
-_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+# What to write for a required key that is missing, where the key's name alone does not say.
+_ROLE = ("username and password (or password_file) of the PostgreSQL role pgwarden {what}; "
+         "the password needs 8 characters or more, not the username")
+REQUIRED_HINTS = {
+    "postgresql": "(with superuser and replication credentials)",
+    "postgresql.superuser": _ROLE.format(what="connects as to manage the server"),
+    "postgresql.replication": _ROLE.format(what="replicas stream as"),
+}
 
 
 def describe_error(err: msgspec.ValidationError, source: str) -> str:
     """msgspec's "what - at `$.a.b`" as "source: 'a.b': what"."""
     m = _AT.match(str(err))
     msg, path = (m.group("msg"), m.group("path") or "") if m else (str(err), "")
+    if m and m.group("key"):
+        msg = f"a key: {msg}"  # a mapping's key, not its value, has the wrong type
     dotted = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
     if miss := _MISSING.match(msg):
         key = ".".join(p for p in (dotted, miss.group("name")) if p)
-        return f"{source}: missing required key '{key}'"
+        hint = f"; set {key}: {REQUIRED_HINTS[key]}" if key in REQUIRED_HINTS else ""
+        return f"{source}: missing required key '{key}'{hint}"
     return f"{source}: '{dotted}': {msg}" if dotted else f"{source}: {msg}"
 
 
 def _dec_hook(kind: type, obj: Any) -> Any:
     if kind is Path and isinstance(obj, str):
         return Path(obj)
-    raise NotImplementedError(f"cannot read {kind!r} from {type(obj).__name__}")
+    # A TypeError becomes msgspec's ValidationError, with the key's path (found by fuzzing: a
+    # list where a path belongs escaped as a NotImplementedError).
+    name = "a path" if kind is Path else getattr(kind, "__name__", str(kind))
+    raise TypeError(f"Expected {name} (a string), got `{type(obj).__name__}`")
 
 
 def convert(model: type[T], data: Any) -> T:
@@ -79,12 +104,14 @@ def convert(model: type[T], data: Any) -> T:
 
 
 def validate(model: type[T], data: Any, source: str = "config") -> T:
-    """`data` as a `model`, or ConfigError naming every unknown key, or else the first problem."""
+    """`data` as a `model`, or a one-line ConfigError naming every unknown key, or else the first
+    problem."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys")
     if unknown := unknown_keys(model, data):
-        raise ConfigError("\n".join(f"{source}: {u}" for u in unknown))
+        # All of them (typos come in groups), on one line: "source: unknown key 'a' ...; unknown key 'b' ..."
+        raise ConfigError(f"{source}: " + "; ".join(unknown))
     try:
         return convert(model, data)
     except msgspec.ValidationError as e:
-        raise ConfigError(describe_error(e, source)) from None
+        raise ConfigError(shown(describe_error(e, source))) from None

@@ -10,6 +10,7 @@ import yaml
 from msgspec import Meta, field
 
 from pgwarden.config.errors import ConfigError
+from pgwarden.config.load import yaml_problem
 from pgwarden.config.schema import LogConfig, Name, StoreConfig, Strict
 from pgwarden.config.validate import validate
 
@@ -44,7 +45,7 @@ def load_witness_config(path: str | Path) -> WitnessConfig:
     except OSError as e:
         raise ConfigError(f"cannot read config file {p}: {e.strerror}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a mapping of keys at the top level")
     return validate(WitnessConfig, data, str(p))

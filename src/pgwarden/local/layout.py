@@ -5,6 +5,7 @@ OS user can reach the directory at all.
 
 from __future__ import annotations
 
+import copy
 import grp
 import json
 import os
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from pgwarden.config.errors import ConfigError
@@ -165,11 +167,13 @@ def node_config(
     replication_password: str,
     api_password: str,
     store: dict[str, Any] | None = None,
+    tls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The YAML document for one node (validated by the same loader the agent uses). `store` is
     the node file's `store` section; by default etcd on `etcd_hosts`. `api_password` protects the
     node's REST API (restapi.authentication, user API_USER): one for the whole cluster, so that
-    `ctl` with any node's file can reach every member."""
+    `ctl` with any node's file can reach every member. `tls` (certfile, keyfile, cafile): the
+    REST API on https and PostgreSQL with ssl = on, both with the node's certificate."""
     ndir = directory / node.name
     seed = to_data(settings)
     defaults = to_data(ClusterSettings())
@@ -187,17 +191,43 @@ def node_config(
         },
         "restapi": {"listen_address": LOOPBACK, "port": node.api_port,
                     "authentication": {"username": API_USER, "password": api_password}},
-        "store": store if store is not None else {"etcd": {"hosts": list(etcd_hosts)}},
+        # A copy: callers pass one section for every node, and TLS adds this node's certificate.
+        "store": copy.deepcopy(store) if store is not None else {"etcd": {"hosts": list(etcd_hosts)}},
         "log": {"file": str(ndir / "agent.log")},
         "timing": timing,
     }
     if rest:
         doc["settings"] = rest
+    if tls is not None:
+        # optional: members and ctl present their certificates (checked against the CA), while
+        # load balancers' health checks need none; the API still requires its password.
+        doc["restapi"]["tls"] = {**tls, "verify_client": "optional"}
+        doc["postgresql"]["tls"] = dict(tls)
+        if "etcd" in doc["store"]:  # the local etcd: https, this node's certificate as the client's
+            doc["store"]["etcd"]["tls"] = dict(tls)
     try:
         parse_node_config(doc, f"{node.name} config")
     except ConfigError as e:
         raise CliError(f"generated an invalid node file (a bug): {e}") from None
     return doc
+
+
+TLS_DIR = "tls"
+
+
+def make_certificates(directory: Path, names: Sequence[str]) -> dict[str, dict[str, str]]:
+    """`local up --tls`: a CA and a certificate per node under DIR/tls (keys 0600), for loopback
+    (the address every local node is reached at) and localhost; each node's `tls` block."""
+    from pgwarden.tls.certs import make_ca, make_cert  # cryptography only when asked for
+
+    tdir = directory / TLS_DIR
+    make_dir(tdir)
+    ca = make_ca(tdir)
+    out = {}
+    for name in names:
+        cert = make_cert(ca, tdir, name, [LOOPBACK, "localhost"])
+        out[name] = {"certfile": str(cert.certfile), "keyfile": str(cert.keyfile), "cafile": str(ca.certfile)}
+    return out
 
 
 def write_private(path: Path, text: str) -> None:
@@ -220,7 +250,7 @@ def new_password() -> str:
 
 
 def default_os_user() -> str:
-    return PostgresConfig().os_user
+    return next(str(f.default) for f in msgspec.structs.fields(PostgresConfig) if f.name == "os_user")
 
 
 # -- the state file ------------------------------------------------------------------------------

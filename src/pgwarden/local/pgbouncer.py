@@ -16,6 +16,7 @@ from pgwarden.local.cluster import LocalCluster
 from pgwarden.local.component import Component
 from pgwarden.local.haproxy import node_configs
 from pgwarden.local.layout import LOOPBACK, ProcRecord, default_os_user, free_ports, make_dir
+from pgwarden.report import ssl_options
 from pgwarden.routing.dsn import proxy_dsn
 from pgwarden.routing.pgbouncer import AdminConsole, AdminError
 
@@ -42,7 +43,19 @@ def up_components(args: argparse.Namespace, cluster: LocalCluster) -> Sequence[C
     return [PgBouncerComponent(find_pgbouncer(), cluster.directory, free_ports(1)[0])]
 
 
-def ini_text(directory: Path, port: int, target: tuple[str, int], admin: str) -> str:
+def tls_lines(directory: Path) -> str:
+    """With `local up --tls`: clients must use TLS (PgBouncer's own certificate), and PgBouncer's
+    connections to PostgreSQL (hostssl only) verify the server against the cluster's CA."""
+    return f"""\
+client_tls_sslmode = require
+client_tls_cert_file = {directory / "pgbouncer.crt"}
+client_tls_key_file = {directory / "pgbouncer.key"}
+server_tls_sslmode = verify-full
+server_tls_ca_file = {directory / "ca.crt"}
+"""
+
+
+def ini_text(directory: Path, port: int, target: tuple[str, int], admin: str, tls: bool = False) -> str:
     host, pg_port = target
     return f"""\
 ;; Written by pgwarden local up --pgbouncer. The leading agent rewrites the [databases] line.
@@ -64,7 +77,7 @@ default_pool_size = 20
 server_login_retry = 1
 query_wait_timeout = 60
 ignore_startup_parameters = extra_float_digits,options
-"""
+""" + (tls_lines(directory) if tls else "")
 
 
 class PgBouncerComponent(Component):
@@ -94,13 +107,17 @@ class PgBouncerComponent(Component):
         su = cfgs[0].postgresql.superuser
         os_user = cfgs[0].postgresql.os_user or default_os_user()
         make_dir(self.dir)
+        tls = cfgs[0].postgresql.tls
         ini = self.dir / "pgbouncer.ini"
-        ini.write_text(ini_text(self.dir, self.port, target, su.username))
+        ini.write_text(ini_text(self.dir, self.port, target, su.username, tls is not None))
         users = self.dir / "userlist.txt"
         users.write_text(f'"{su.username}" "{su.secret()}"\n')
         users.chmod(0o600)
+        owned = [self.dir, ini, users]
+        if tls is not None and tls.cafile is not None:  # files PgBouncer (the OS user) reads
+            owned += self._tls_files(cluster, tls.cafile)
         pw = pwd.getpwnam(os_user)
-        for p in (self.dir, ini, users):
+        for p in owned:
             os.chown(p, pw.pw_uid, pw.pw_gid)
         cluster.out(f"PgBouncer: {LOOPBACK}:{self.port} (database {DATABASE})")
         # PgBouncer refuses to run as root: -u switches to the PostgreSQL OS user.
@@ -109,6 +126,15 @@ class PgBouncerComponent(Component):
             log=str(cluster.directory / "pgbouncer.log"), marker=str(ini),
             ports={"pgbouncer": self.port}, stage=self.stage,
         )
+
+    def _tls_files(self, cluster: LocalCluster, cafile: Path) -> list[Path]:
+        from pgwarden.local.layout import TLS_DIR
+        from pgwarden.tls.certs import CertFiles, make_cert
+
+        ca = CertFiles(cafile, cluster.directory / TLS_DIR / "ca.key")
+        cert = make_cert(ca, self.dir, NAME, [LOOPBACK, "localhost"])
+        shutil.copyfile(cafile, self.dir / "ca.crt")
+        return [cert.certfile, cert.keyfile, self.dir / "ca.crt"]
 
     def is_ready(self, cluster: LocalCluster, record: ProcRecord) -> bool:
         """Ready once the admin console answers and the database points at the leader, unpaused."""
@@ -136,4 +162,5 @@ def dsn(cluster: LocalCluster) -> str:
     if not cfgs:
         raise CliError(f"no readable node file under {cluster.directory}")
     su = cfgs[0].postgresql.superuser
-    return proxy_dsn(LOOPBACK, rec.ports["pgbouncer"], su.username, su.secret(), DATABASE)
+    return proxy_dsn(LOOPBACK, rec.ports["pgbouncer"], su.username, su.secret(), DATABASE,
+                     ssl=ssl_options(cfgs[0].postgresql.tls))

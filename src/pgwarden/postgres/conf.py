@@ -144,6 +144,7 @@ def primary_conninfo(
     application_name: str,
     passfile: Path | None = None,
     password: str | None = None,
+    ssl: Mapping[str, str] | None = None,
 ) -> str:
     parts: list[tuple[str, str]]
     if upstream.dsn:
@@ -171,6 +172,7 @@ def primary_conninfo(
         ("keepalives_idle", "2"),
         ("keepalives_interval", "1"),
         ("keepalives_count", "3"),
+        *(ssl or {}).items(),  # sslmode=verify-full sslrootcert=... (postgres/tls.py)
     ]
     return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts)
 
@@ -202,13 +204,18 @@ def render_postgresql_conf(
     passfile: Path | None,
     socket_dir: Path | None,
     cluster_name: str | None = None,
+    ssl_parameters: Mapping[str, ParamValue] | None = None,
+    upstream_ssl: Mapping[str, str] | None = None,
     major: int | None = None,
 ) -> str:
+    """`ssl_parameters` (postgresql.tls: ssl = on and the files) win over the user's; `upstream_ssl`
+    are the libpq options of the connection to the upstream."""
     params: dict[str, ParamValue] = dict(DEFAULTS)
     if cluster_name:
         params["cluster_name"] = cluster_name
     for src in (node_parameters, cluster_parameters):
         params.update({k: v for k, v in src.items() if k not in CONTROLLED})
+    params.update(ssl_parameters or {})
     params.update({
         "listen_addresses": listen_address,
         "port": port,
@@ -230,7 +237,10 @@ def render_postgresql_conf(
             if up.dsn:
                 up = replace(up, dsn=harden_dsn(up.dsn, major))
             params["primary_conninfo"] = primary_conninfo(
-                up, user=replication_user, application_name=app, passfile=passfile
+                # Another site's TLS settings travel in its DSN (sslmode, sslrootcert): our CA
+                # is this site's.
+                up, user=replication_user, application_name=app, passfile=passfile,
+                ssl=None if up.dsn else upstream_ssl,
             )
             params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
         else:
@@ -247,9 +257,11 @@ def render_postgresql_conf(
     return "\n".join(lines) + "\n"
 
 
-def render_pg_hba(*, superuser: str, extra: Iterable[str] = ()) -> str:
+def render_pg_hba(*, superuser: str, extra: Iterable[str] = (), ssl: bool = False) -> str:
     """Local connections as the superuser use peer auth through our ident map (the agent and
-    the OS user); everything else, local or TCP, needs a scram password."""
+    the OS user); everything else, local or TCP, needs a scram password, and with `ssl` (TLS on)
+    TCP connections must also be encrypted (hostssl: an unencrypted one matches no line)."""
+    host = "hostssl" if ssl else "host"
     lines = [
         "# Written by pgwarden; add lines through postgresql.pg_hba in the node's config.",
         f"local   all             {superuser:<15} peer map={ident_map_name}",
@@ -259,8 +271,8 @@ def render_pg_hba(*, superuser: str, extra: Iterable[str] = ()) -> str:
         "local   replication     all             scram-sha-256",
     ]
     for net in ("127.0.0.1/32", "::1/128", "0.0.0.0/0", "::/0"):
-        lines.append(f"host    all             all             {net:<23} scram-sha-256")
-        lines.append(f"host    replication     all             {net:<23} scram-sha-256")
+        lines.append(f"{host:<7} all             all             {net:<23} scram-sha-256")
+        lines.append(f"{host:<7} replication     all             {net:<23} scram-sha-256")
     return "\n".join(lines) + "\n"
 
 

@@ -21,6 +21,7 @@ import psycopg
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core import sync as core_sync
 from pgwarden.core.model import DataState, PgView, SyncConfig
+from pgwarden.core.parameters import SettingSpec
 from pgwarden.postgres import conf, controldata, sql
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
@@ -258,6 +259,11 @@ class PostgresController(DataDirectory):
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
+
+    def setting_specs(self, timeout: float) -> list[SettingSpec]:
+        """pg_settings of our server, to check parameter values before they are stored."""
+        with sql.connect(self._local_params(), timeout) as conn:
+            return sql.setting_specs(conn)
 
     def fresh_health(self, timeout: float) -> sql.Health:
         """The health query now, on a connection of its own: a peer deciding a promotion needs

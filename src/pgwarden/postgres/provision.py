@@ -80,7 +80,8 @@ class DataDirectory(PostgresServer):
         argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), *where, "-U", rep.username,
                 "-X", "stream", "--checkpoint=fast", "--no-password"]
         env = {"PGPASSFILE": str(self.passfile), "PGCONNECT_TIMEOUT": "5",
-               "PGAPPNAME": f"pgwarden-clone-{self._cfg.name}"}
+               "PGAPPNAME": f"pgwarden-clone-{self._cfg.name}",
+               **{f"PG{k.upper()}": v for k, v in self.peer_ssl().items()}}  # PGSSLMODE, PGSSLROOTCERT
         try:
             res = self._run(argv, timeout, env=env)
         except subprocess.TimeoutExpired as e:
@@ -110,7 +111,7 @@ class DataDirectory(PostgresServer):
         self._ensure_layout()
         pg = self._cfg.postgresql
         src = sql.ConnParams(host=source_host, port=source_port, user=pg.superuser.username,
-                             password=pg.superuser.secret())
+                             password=pg.superuser.secret(), ssl=tuple(self.peer_ssl().items()))
         # A freshly promoted source keeps the old timeline in pg_control until its first
         # checkpoint, and pg_rewind would then see nothing to rewind.
         what = dsn or f"{source_host}:{source_port}"
@@ -133,6 +134,7 @@ class DataDirectory(PostgresServer):
         source_server = conninfo or " ".join([
             f"host={source_host}", f"port={source_port}", f"user={pg.superuser.username}",
             "dbname=postgres", "connect_timeout=5", f"passfile={self.passfile}",
+            *(f"{k}={v}" for k, v in self.peer_ssl().items()),
         ])
         argv = [self._bin("pg_rewind"), "-D", str(self.data_dir), f"--source-server={source_server}"]
         try:

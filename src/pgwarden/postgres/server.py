@@ -4,7 +4,9 @@ paths, the configuration files pgwarden writes (and reloading them), starting an
 Files beside the data directory (so a wipe or a clone never touches them, and pg_basebackup
 still finds an empty directory): `<data_dir>.log` (the server log, pg_ctl -l),
 `<data_dir>.pgpass` (libpq passfile with the replication and superuser passwords, mode 0600) and
-`<data_dir>.run/` (the unix socket: pg_rewind chokes on a socket inside the data directory).
+`<data_dir>.run/` (the unix socket: pg_rewind chokes on a socket inside the data directory) and,
+with postgresql.tls, `<data_dir>.tls/` (the certificate, key and CA as PostgreSQL reads them; see
+postgres/tls.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import psycopg
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.model import DataState, SyncConfig
 from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
+from pgwarden.postgres import tls as pgtls
+from pgwarden.postgres.startlog import startup_failure
 from pgwarden.procinfo import pid_alive as _pid_alive
 
 log = logging.getLogger("pgwarden.postgres")
@@ -41,6 +45,10 @@ _MAX_SOCKET_PATH = 100
 
 class PostgresError(Exception):
     """A PostgreSQL operation failed; the message says which and why (log tail included)."""
+
+
+class StartError(PostgresError):
+    """pg_ctl start failed; the message carries PostgreSQL's own reason (its FATAL line)."""
 
 
 def _children(pid: int) -> list[int]:
@@ -87,7 +95,8 @@ class PostgresServer:
         else:
             me = osuser.current_user()
             self.uid, self.gid, self.os_user = me.uid, me.gid, me.name
-        self.bin_dir = binaries.reachable_bin_dir(binaries.find_bin_dir(pg.bin_dir), self.os_user)
+        found = binaries.find_bin_dir(pg.bin_dir, need_ssl=pg.tls is not None)
+        self.bin_dir = binaries.reachable_bin_dir(found, self.os_user)
         self.major = binaries.pg_version(self.bin_dir)
         self.data_dir = cfg.data_dir.absolute()
         self.log_file = self.data_dir.with_name(self.data_dir.name + ".log")
@@ -95,6 +104,7 @@ class PostgresServer:
         run_dir = self.data_dir.with_name(self.data_dir.name + ".run")
         sock = run_dir / f".s.PGSQL.{pg.port}"
         self.socket_dir: Path | None = run_dir if len(str(sock)) <= _MAX_SOCKET_PATH else None
+        self.tls = None if pg.tls is None else pgtls.installed(pg.tls, self.data_dir)
         self._state = self._load_state()
         self._probe_lock = threading.Lock()
         self._probe_thread: threading.Thread | None = None
@@ -200,6 +210,30 @@ class PostgresServer:
         entries = [(pg.replication.username, pg.replication.secret()),
                    (pg.superuser.username, pg.superuser.secret())]
         osuser.give_file(self.passfile, conf.render_passfile(entries), self.uid, self.gid, 0o600)
+        if pg.tls is not None:
+            pgtls.install(pg.tls, self.data_dir, self.uid, self.gid)
+
+    def peer_ssl(self) -> dict[str, str]:
+        """libpq options for connections to other members (none without postgresql.tls)."""
+        return {} if self.tls is None else pgtls.client_options(self.tls.ca)
+
+    def refresh_tls(self, timeout: float) -> None:
+        """Install changed certificate files (rotation) and reload a running server to use them."""
+        pg = self._cfg.postgresql
+        if pg.tls is None or not self.data_dir.parent.exists():
+            return
+        try:
+            changed = pgtls.install(pg.tls, self.data_dir, self.uid, self.gid)
+        except OSError as e:
+            log.warning("cannot install PostgreSQL's TLS files: %s", e)
+            return
+        if changed and self.postmaster_pid() is not None:
+            log.info("PostgreSQL's TLS files changed: reloading")
+            try:
+                with self._local(timeout) as conn:
+                    conn.execute("SELECT pg_reload_conf()")
+            except psycopg.Error as e:
+                log.warning("reload for the new TLS files failed: %s", e)
 
     def _render(self, state: conf.ConfState, settings: ClusterSettings) -> str:
         pg = self._cfg.postgresql
@@ -208,7 +242,9 @@ class PostgresServer:
             member=self._cfg.name, node_parameters=pg.parameters,
             cluster_parameters=settings.parameters, state=state,
             replication_user=pg.replication.username, passfile=self.passfile,
-            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster, major=self.major,
+            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster,
+            ssl_parameters=None if self.tls is None else pgtls.server_parameters(self.tls),
+            upstream_ssl=self.peer_ssl(), major=self.major,
         )
 
     def _config_unchanged(self, state: conf.ConfState, settings: ClusterSettings | None) -> bool:
@@ -234,7 +270,8 @@ class PostgresServer:
         d = self.data_dir
         osuser.give_file(d / "postgresql.conf", text, self.uid, self.gid)
         osuser.give_file(d / "pg_hba.conf",
-                         conf.render_pg_hba(superuser=pg.superuser.username, extra=pg.pg_hba),
+                         conf.render_pg_hba(superuser=pg.superuser.username, extra=pg.pg_hba,
+                                            ssl=self.tls is not None),
                          self.uid, self.gid)
         idents = {self.os_user, osuser.current_user().name}
         osuser.give_file(d / "pg_ident.conf",
@@ -271,9 +308,7 @@ class PostgresServer:
                 with self._local(max(left, 0.5)) as conn:
                     if sql.current_generation(conn) == want:
                         self._note_live(pid, conn)
-                        row = conn.execute(
-                            "SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings"
-                        ).fetchone()
+                        row = conn.execute(sql.PENDING_RESTART).fetchone()
                         return bool(row and row[0])
             except psycopg.Error as e:
                 log.debug("waiting for reload: %s", e)
@@ -317,7 +352,10 @@ class PostgresServer:
             log.warning("postmaster running but not ready after %gs (still recovering?)", wait_timeout)
             return
         out = "" if res is None else (res.stdout + res.stderr).strip()
-        raise PostgresError(f"PostgreSQL did not start: {out}\n{_tail(self.log_file)}")
+        tail = _tail(self.log_file)
+        log.debug("pg_ctl start failed: %s\n%s", out, tail)
+        why = startup_failure(tail) or " ".join(out.split()) or "pg_ctl start timed out"
+        raise StartError(f"PostgreSQL did not start: {why} (see {self.log_file})")
 
     def stop(self, mode: StopMode, timeout: float) -> None:
         """Stop in `mode`; past its share of `timeout` escalate to immediate, then SIGKILL the

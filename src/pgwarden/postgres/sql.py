@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from pgwarden.core.model import ReplicationStat, lsn_to_int
+from pgwarden.core.parameters import SettingSpec
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class ConnParams:
     dbname: str = "postgres"
     application_name: str = "pgwarden"
     passfile: str | None = None
+    ssl: tuple[tuple[str, str], ...] = ()  # libpq options: sslmode, sslrootcert (postgres/tls.py)
 
 
 def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
@@ -48,6 +50,7 @@ def connect(params: ConnParams, timeout: float) -> psycopg.Connection[Any]:
         kwargs["password"] = params.password
     if params.passfile is not None:
         kwargs["passfile"] = params.passfile
+    kwargs.update(params.ssl)
     return psycopg.connect(**kwargs)
 
 
@@ -66,6 +69,7 @@ def replay_timeline(params: ConnParams, timeout: float) -> int | None:
         kwargs["password"] = params.password
     if params.passfile is not None:
         kwargs["passfile"] = params.passfile
+    kwargs.update(params.ssl)
     with psycopg.connect(**kwargs) as conn:
         # A walsender speaks only the simple query protocol: go through libpq directly.
         res = conn.pgconn.exec_(b"IDENTIFY_SYSTEM")
@@ -101,10 +105,18 @@ class Health:
         return max(known) if known else None
 
 
+# Whether a restart would change a setting. The settings of recovery (recovery_target_*, which
+# only a restart changes) do not count on a primary: a promoted standby's config drops them, which
+# PostgreSQL reports as pending although they mean nothing outside recovery.
+PENDING_RESTART = (
+    "SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings "
+    "WHERE pg_is_in_recovery() OR name NOT LIKE 'recovery\\_target%'"
+)
+
 # One round trip. The primary's timeline comes from its current WAL file name: pg_control's
 # checkpoint timeline stays old until the first checkpoint after a promotion. A replica reports
 # the timeline its WAL receiver streams, else the last restartpoint's.
-HEALTH_QUERY = """
+HEALTH_QUERY = f"""
 SELECT r.in_recovery,
        (SELECT system_identifier::text FROM pg_control_system()),
        CASE WHEN r.in_recovery
@@ -115,7 +127,7 @@ SELECT r.in_recovery,
        CASE WHEN r.in_recovery THEN pg_last_wal_receive_lsn()::text END,
        CASE WHEN r.in_recovery THEN pg_last_wal_replay_lsn()::text END,
        w.status, w.sender_host, w.sender_port,
-       (SELECT coalesce(bool_or(pending_restart), false) FROM pg_settings),
+       ({PENDING_RESTART}),
        current_setting('synchronous_standby_names'),
        (SELECT coalesce(json_agg(json_build_object(
                  'name', application_name, 'state', state, 'sync_state', sync_state,
@@ -185,3 +197,12 @@ def current_generation(conn: psycopg.Connection[Any]) -> str | None:
     """The `pgwarden.generation` marker of the configuration this session runs with."""
     row = conn.execute("SELECT current_setting('pgwarden.generation', true)").fetchone()
     return None if row is None else row[0]
+
+
+def setting_specs(conn: psycopg.Connection[Any]) -> list[SettingSpec]:
+    """The server's catalogue of parameters (pg_settings), for checking values before storing them."""
+    rows = conn.execute(
+        "SELECT name, vartype, unit, min_val, max_val, coalesce(enumvals, '{}'::text[]) FROM pg_settings"
+    ).fetchall()
+    return [SettingSpec(name, vartype, unit, low, high, tuple(enum))
+            for name, vartype, unit, low, high, enum in rows]

@@ -2,6 +2,9 @@
 
 The layout is Patroni's: HAProxy asks each agent's REST API (`/primary`, `/replica`) which role
 its PostgreSQL plays, so any Patroni-style HAProxy config works unchanged against pgwarden too.
+With the REST API on https (restapi.tls) the checks speak TLS too (`check-ssl`), verifying the
+member's certificate against the CA when one is given (Patroni's users had to find this out
+themselves: patroni#3009).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class Backend:
     host: str
     port: int
     api_port: int
+    api_tls: bool = False  # the member's REST API is https
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,7 @@ class Listeners:
     timeout_check: str = "2s"
     maxconn: int = 1000
     stats_socket: str | None = None  # admin socket path (`pgwarden local` reads server states)
+    check_ca_file: str | None = None  # the CA of the members' https APIs (restapi.tls.cafile)
 
 
 # `fall 2 rise 1`: a primary that stops answering is out after ~2 s; a promoted one is in after
@@ -53,8 +58,12 @@ def backends_from_view(view: ClusterView) -> list[Backend]:
     """Every member the store knows, sorted by name so the output is stable."""
     out = []
     for m in sorted(view.members.values(), key=lambda m: m.name):
-        out.append(Backend(m.name, m.host, m.port, api_port(m.api_url)))
+        out.append(Backend(m.name, m.host, m.port, api_port(m.api_url), is_https(m.api_url)))
     return out
+
+
+def is_https(url: str) -> bool:
+    return urlsplit(url).scheme == "https"
 
 
 def api_port(url: str) -> int:
@@ -64,10 +73,19 @@ def api_port(url: str) -> int:
     return 443 if parts.scheme == "https" else 80
 
 
-def _server_lines(backends: Sequence[Backend]) -> list[str]:
+def _server_lines(backends: Sequence[Backend], ca_file: str | None) -> list[str]:
     # One check per backend on the REST API port; PostgreSQL itself is never probed.
-    return [f"    server {b.name} {_addr(b.host, b.port)} maxconn 500 check port {b.api_port}"
-            for b in backends]
+    lines = []
+    if any(b.api_tls for b in backends) and ca_file is None:
+        lines.append("    # https checks, no CA to verify with (no restapi.tls.cafile): encrypted only")
+    for b in backends:
+        ssl = ""
+        if b.api_tls:
+            # The chain is verified against the CA; HAProxy does not match an IP address to the
+            # certificate's SANs, so which member answers is not checked beyond "one of ours".
+            ssl = f" check-ssl verify required ca-file {ca_file}" if ca_file else " check-ssl verify none"
+        lines.append(f"    server {b.name} {_addr(b.host, b.port)} maxconn 500 check port {b.api_port}{ssl}")
+    return lines
 
 
 def _addr(host: str, port: int) -> str:
@@ -112,7 +130,7 @@ def render(backends: Sequence[Backend], lst: Listeners = Listeners(), cluster: s
         "    option httpchk OPTIONS /primary",
         "    http-check expect status 200",
         f"    {DEFAULT_SERVER}",
-        *_server_lines(backends),
+        *_server_lines(backends, lst.check_ca_file),
         "",
     ]
     if lst.replica_port is not None:
@@ -126,7 +144,7 @@ def render(backends: Sequence[Backend], lst: Listeners = Listeners(), cluster: s
             f"    option httpchk OPTIONS {path}",
             "    http-check expect status 200",
             f"    {DEFAULT_SERVER}",
-            *_server_lines(backends),
+            *_server_lines(backends, lst.check_ca_file),
             "",
         ]
     return "\n".join(lines)

@@ -65,6 +65,10 @@ class PgBouncerRouter:
         if changed:
             self._wake.set()
 
+    @property
+    def pause_timeout(self) -> float:
+        return self.cfg.pause_timeout
+
     def hand_over(self, budget: float) -> bool:
         """PAUSE the databases before a switchover demotes us; True when PgBouncer confirmed that
         no transaction is running on the old primary. Never blocks longer than `budget`."""

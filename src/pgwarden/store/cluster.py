@@ -10,6 +10,7 @@ means create-only. A lost compare-and-swap returns False; no call raises on a lo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, MemberInfo, SiteState, SyncState
@@ -38,9 +39,10 @@ from pgwarden.store.documents import (
 class ClusterStore:
     """One cluster's documents in one backend."""
 
-    def __init__(self, kv: KV) -> None:
+    def __init__(self, kv: KV, clock: Callable[[], float] = time.monotonic) -> None:
         self.kv = kv
         self.cluster = kv.cluster
+        self.clock = clock  # monotonic; the scenario tests pass a simulated one
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self, timeout: float) -> ClusterView:
@@ -58,10 +60,10 @@ class ClusterStore:
         again while holding the lock renews it, so a long bootstrap can keep the lock. A backend
         that grants only shorter leases still takes it (and warns): the lock only spares a
         wasted second bootstrap; `set_initialized` being create-only decides which one counts."""
-        deadline = time.monotonic() + timeout
+        deadline = self.clock() + timeout
         if self.kv.renew(INIT_LOCK, name, ttl, timeout, strict=False):
             return True
-        left = max(0.0, deadline - time.monotonic())
+        left = max(0.0, deadline - self.clock())
         return self.kv.acquire(INIT_LOCK, name, ttl, left, strict=False)
 
     def set_initialized(self, system_id: str, timeout: float) -> bool:

@@ -43,6 +43,7 @@ from pgwarden.store.etcd_gateway import (
     _value_is,
 )
 from pgwarden.store.etcd_watch import EtcdWatch
+from pgwarden.tls.contexts import TlsPaths, client_context
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,13 @@ class EtcdKV(EtcdWatch, KV):
     """
 
     def __init__(self, hosts: list[str], cluster: str, layout: Layout, prefix: str = "/pgwarden",
-                 credentials: tuple[str, str] | None = None) -> None:
+                 credentials: tuple[str, str] | None = None, tls: TlsPaths | None = None) -> None:
         self.cluster = cluster
         self.hosts = list(hosts)
         self._layout = layout
         self._base = f"{prefix.rstrip('/')}/{cluster}/".encode()
-        self._gw = _Gateway(self.hosts, credentials)
+        # store.etcd.tls: https, the server verified (host names too), our certificate presented
+        self._gw = _Gateway(self.hosts, credentials, None if tls is None else client_context(tls))
         self._lock = threading.Lock()  # guards the lease table (and starting the watch)
         self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
         self._init_watch()

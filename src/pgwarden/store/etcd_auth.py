@@ -8,18 +8,24 @@ the root password still logs in and changes nothing."""
 
 from __future__ import annotations
 
+import ssl
 import time
 
 from pgwarden.store.base import StoreError
 from pgwarden.store.etcd_gateway import EtcdRequestError, _b64, _Gateway, _range_end
+from pgwarden.tls.contexts import TlsPaths, client_context
 
 ROOT = "root"
 ROLE = "pgwarden"
 
 
-def auth_enabled(hosts: list[str], root_password: str, timeout: float) -> bool:
+def _context(tls: TlsPaths | None) -> ssl.SSLContext | None:
+    return None if tls is None else client_context(tls)
+
+
+def auth_enabled(hosts: list[str], root_password: str, timeout: float, tls: TlsPaths | None = None) -> bool:
     """True if etcd accepts `root` with this password (auth on); False if auth is off."""
-    gw = _Gateway(hosts, (ROOT, root_password))
+    gw = _Gateway(hosts, (ROOT, root_password), _context(tls))
     try:
         gw.call("/v3/auth/status", {}, time.monotonic() + timeout)
         return True
@@ -32,11 +38,11 @@ def auth_enabled(hosts: list[str], root_password: str, timeout: float) -> bool:
 
 
 def enable_auth(hosts: list[str], root_password: str, user: str, password: str, prefix: str,
-                timeout: float) -> None:
-    if auth_enabled(hosts, root_password, timeout):
+                timeout: float, tls: TlsPaths | None = None) -> None:
+    if auth_enabled(hosts, root_password, timeout, tls):
         return
     deadline = time.monotonic() + timeout
-    gw = _Gateway(hosts)
+    gw = _Gateway(hosts, None, _context(tls))
     key = prefix.rstrip("/").encode() + b"/"
     steps: list[tuple[str, dict[str, object]]] = [
         ("/v3/auth/user/add", {"name": ROOT, "password": root_password}),

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, NewConnectionError
 
 from pgwarden.store.base import StoreError, StoreUnavailable
 
@@ -50,8 +51,8 @@ def _range_end(prefix: bytes) -> bytes:
     return b"\0"  # every key
 
 
-def _url(host: str) -> str:
-    return host.rstrip("/") if "://" in host else f"http://{host}"
+def _url(host: str, https: bool = False) -> str:
+    return host.rstrip("/") if "://" in host else f"{'https' if https else 'http'}://{host}"
 
 
 def _int(value: Any) -> int:
@@ -68,15 +69,20 @@ class _Gateway:
 
     With `credentials` (user, password) it authenticates first and sends the token etcd gives
     back in the `Authorization` header (the gateway's name for gRPC's `token` metadata); an
-    expired or revoked token is replaced once per call. The password stays in this object."""
+    expired or revoked token is replaced once per call. The password stays in this object.
 
-    def __init__(self, hosts: list[str], credentials: tuple[str, str] | None = None) -> None:
+    `ssl_context`: https to hosts given without a scheme, verified with this context."""
+
+    def __init__(self, hosts: list[str], credentials: tuple[str, str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         if not hosts:
             raise ValueError("etcd: at least one host is needed")
-        self.urls = [_url(h) for h in hosts]
+        self.urls = [_url(h, ssl_context is not None) for h in hosts]
         self._preferred = 0
         self._lock = threading.Lock()
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False)
+        self.ssl_context = ssl_context
+        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False,
+                                         ssl_context=ssl_context)
         self._credentials = credentials
         self._token: str | None = None
 
@@ -134,11 +140,14 @@ class _Gateway:
         # the request having been processed; the second pass reconnects.
         order = [(start + i) % n for i in range(n)] * 2
         last = "no time left to ask"
+        refused: set[str] = set()
+        attempted: set[str] = set()
         for index in order:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             url = self.urls[index] + path
+            attempted.add(self.urls[index])
             try:
                 resp = self._pool.request(
                     "POST",
@@ -151,6 +160,8 @@ class _Gateway:
                 )
             except (HTTPError, OSError) as e:
                 last = f"{url}: {e}"
+                if isinstance(e, NewConnectionError) and "refused" in str(e).lower():
+                    refused.add(self.urls[index])
                 self.failed(index)
                 continue
             try:
@@ -176,6 +187,8 @@ class _Gateway:
                 raise EtcdRequestError(code, message)
             last = f"{url}: HTTP {resp.status}: {message or 'error'}"
             self.failed(index)
+        if refused and refused == attempted:
+            raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
 
     def close(self) -> None:

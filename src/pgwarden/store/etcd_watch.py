@@ -92,7 +92,8 @@ class EtcdWatch:
             self._watch.start()
 
     def _watch_loop(self) -> None:
-        pool = urllib3.PoolManager(num_pools=max(4, len(self.hosts)), maxsize=1, retries=False)
+        pool = urllib3.PoolManager(num_pools=max(4, len(self.hosts)), maxsize=1, retries=False,
+                                   ssl_context=self._gw.ssl_context)
         backoff = 0.1
         first = True
         try:

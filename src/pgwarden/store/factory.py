@@ -32,8 +32,10 @@ def open_kv(cfg: StoreConfig, cluster: str) -> KV:
     if cfg.etcd is not None:
         from pgwarden.store.etcd import EtcdKV
 
+        tls = cfg.etcd.tls
         return EtcdKV(list(cfg.etcd.hosts), cluster, LAYOUT, cfg.etcd.prefix,
-                      _credentials(cfg.etcd.authentication, "store.etcd.authentication"))
+                      _credentials(cfg.etcd.authentication, "store.etcd.authentication"),
+                      None if tls is None else tls.paths())
     if cfg.zookeeper is not None:
         # Imported lazily: the ZooKeeper backend needs kazoo, an optional extra.
         try:
