@@ -170,6 +170,9 @@ class LocalCluster(ClusterHandle):
                 raise CliError("no ZooKeeper found: install Debian's `zookeeper` package (and java)")
             return settings, None
         if opts.standby_of is not None:
+            if opts.tls:
+                raise UsageError("--standby-of with --tls is not supported yet: the sites' watch over "
+                                 "each other (rule 18) cannot check another site's private CA")
             read_source_site(opts.standby_of)  # refuse before anything is created
         if store == "raft":
             return settings, None

@@ -39,6 +39,9 @@ def read_source_site(directory: Path) -> SourceSite:
     cfgs = [c for c in (node_file(r) for r in state.agents()) if c is not None]
     if not cfgs:
         raise CliError(f"--standby-of {directory}: the cluster there has no node files to read")
+    if any(c.restapi.tls is not None for c in cfgs):
+        raise CliError(f"--standby-of {directory}: that cluster's REST API uses TLS, which the sites' "
+                       f"watch over each other does not support yet (docs/multi-site.md)")
     hosts = [c.postgresql.connect_host_port() for c in cfgs]
     pg = cfgs[0].postgresql
     dsn = (f"host={','.join(h for h, _ in hosts)} port={','.join(str(p) for _, p in hosts)} "
