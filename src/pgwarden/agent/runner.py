@@ -78,7 +78,8 @@ class Agent:
         self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
         self.peers = PeerProbe(self.client_tls)
-        self.sites = SiteProbe()  # the other sites (rule 18), probed in the background
+        # The other sites (rule 18), probed in the background; news wakes the loop.
+        self.sites = SiteProbe(on_change=self.store_wakeup)
         self.started_at = time.time()
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.pg = PostgresController(cfg, self.settings)

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +41,11 @@ def combine(answers: list[dict[str, Any]]) -> tuple[SiteReading, ...]:
 
 
 class SiteProbe:
-    def __init__(self) -> None:
+    """`on_change`: called (from the probe's thread) when a reading differs from the last one, so
+    the HA loop can decide on it at once instead of at its next turn."""
+
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+        self._on_change = on_change
         self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="site")
         self._lock = threading.Lock()
@@ -72,7 +77,10 @@ class SiteProbe:
             if urls:
                 readings = self.read(urls, min(1.0, interval))
                 with self._lock:
+                    changed = readings != self._readings
                     self._readings, self._at = readings, started
+                if changed and self._on_change is not None:
+                    self._on_change()
             self._stop.wait(max(0.05, interval - (time.monotonic() - started)))
 
     def read(self, urls: tuple[str, ...], timeout: float) -> tuple[SiteReading, ...]:
