@@ -12,7 +12,8 @@ import pytest
 from pgwarden.agent.executor import Executor, LocalFacts
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.actions import Promote, RenewLease, StartPostgres
+from pgwarden.core.actions import AcquireLease, ExtendLease, Promote, RenewLease, StartPostgres
+from pgwarden.fence.state import read_state
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
@@ -135,3 +136,33 @@ def test_a_parameter_postgresql_refuses_shows_its_fatal_line_in_the_log_and_the_
         assert bad.postmaster_pid() is None
     finally:
         teardown(bad)
+
+
+def test_a_failsafe_extension_moves_the_lease_and_the_fencer_never_back(
+        primary: PostgresController, tmp_path: Path) -> None:
+    """Rule 17: the fencer's deadline moves only with a lease that is still held, only forward."""
+    now = time.monotonic()
+    lease = LeaseKeeper(held=True, deadline=now + 1.0)
+    ex = _executor(primary, MemStore(), lease, tmp_path)
+    ex.fencer.arm(lease.deadline, primary.postmaster_pid())
+    pgv = primary.observe(2)
+    assert ex.run((ExtendLease(now + 3.0),), None, pgv)
+    fence = read_state(Fencer(tmp_path).state_file)  # the file the executor's fencer writes
+    assert lease.deadline == now + 3.0 and fence is not None and fence.armed and fence.deadline == now + 3.0
+    assert ex.run((ExtendLease(now + 2.0),), None, pgv)
+    assert lease.deadline == now + 3.0
+    lease.lost()
+    assert ex.run((ExtendLease(now + 9.0),), None, pgv)
+    assert not lease.held and lease.deadline == 0.0  # a lost lease is never revived
+
+
+def test_a_failsafe_candidate_that_takes_the_lease_too_late_releases_it(
+        primary: PostgresController, tmp_path: Path) -> None:
+    store = MemStore()
+    lease = LeaseKeeper()
+    ex = _executor(primary, store, lease, tmp_path)
+    pgv = primary.observe(2)
+    assert ex.run((AcquireLease(not_after=time.monotonic() - 0.01),), None, pgv) is False
+    assert not lease.held and store.snapshot(1.0).leader is None
+    assert ex.run((AcquireLease(not_after=time.monotonic() + 5.0),), None, pgv) is True
+    assert lease.held and (view := store.snapshot(1.0)).leader is not None and view.leader.name == ex.name

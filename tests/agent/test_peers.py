@@ -44,6 +44,12 @@ class Position:
     def read_position(self, timeout: float) -> PeerReading:
         return fresh_position(self.pg, self.name, timeout)
 
+    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
+        raise AssertionError("not used")
+
+    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+        raise AssertionError("not used")
+
 
 @pytest.fixture
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresController, PostgresController]]:

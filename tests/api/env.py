@@ -55,6 +55,14 @@ class FakeCommands:
         self.calls.append(f"reinitialize force={force}")
         return "reinitialize requested"
 
+    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
+        self.calls.append(f"failsafe confirm {leader} tl={timeline} ttl={ttl:g}")
+        return leader == "node1", "confirmed node1" if leader == "node1" else "this member follows node1"
+
+    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+        self.calls.append(f"failsafe vote {candidate} ttl={ttl:g}")
+        return True, f"promised {candidate}"
+
     def read_position(self, timeout: float) -> PeerReading:
         self.calls.append("position")
         return PeerReading("node2", reachable=True, role=Role.REPLICA, running=True, timeline=3,

@@ -17,7 +17,7 @@ import yaml
 from pgwarden.cli.ctl import SWITCHOVER_TIMEOUT, update_settings
 from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
-from pgwarden.core.decide import request_patience
+from pgwarden.core.leaderless import request_patience
 from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, Tags
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store

@@ -165,3 +165,15 @@ def test_a_stored_document_keeps_all_but_them(caplog: pytest.LogCaptureFixture) 
     assert warnings == ["etcd key /pgwarden/c/config: ignoring LOCAL_PRELOAD_LIBRARIES, archive_command: "
                         "parameters that run commands or load code are taken only from a node's own file "
                         "(postgresql.parameters)"]  # once, not every loop
+
+
+@pytest.mark.parametrize(("value", "on"), [("on", True), ("off", False), (True, True), (False, False)])
+def test_failsafe_takes_on_off_and_booleans(value: object, on: bool) -> None:
+    assert parse_stored_settings({"failsafe": value}, "store").failsafe_on is on
+    assert apply_setting(ClusterSettings(), f"failsafe={'on' if on else 'off'}").failsafe_on is on
+    assert ClusterSettings().failsafe_on is False
+
+
+def test_a_bad_failsafe_value_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="'failsafe'"):
+        parse_stored_settings({"failsafe": "maybe"}, "store")

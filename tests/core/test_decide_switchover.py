@@ -19,7 +19,8 @@ from pgwarden.core.actions import (
     RenewLease,
     Upstream,
 )
-from pgwarden.core.decide import HANDOVER_STOP_RESERVE, decide, patience, request_patience
+from pgwarden.core.decide import decide
+from pgwarden.core.leaderless import HANDOVER_STOP_RESERVE, patience, request_patience
 from pgwarden.core.model import ClusterView, PeerReading, Role
 
 from .builders import (

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pgwarden.local.layout import seed_settings
 from tests.faults import checker
 from tests.faults.harness import FaultCluster, tampered
 from tests.faults.schedule import Nemesis, Step, draw, kinds_for
@@ -38,7 +39,8 @@ class Outcome:
 
 
 def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] | None = None,
-               writers: int = 4, log: Callable[[str], None] = print, store: str = "etcd") -> Outcome:
+               writers: int = 4, log: Callable[[str], None] = print, store: str = "etcd",
+               failsafe: bool = False) -> Outcome:
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -47,11 +49,14 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
 
     with Network() as net:
         cl = FaultCluster(net, sync=sync, log=say, store=store)
-        steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for(store))
+        if failsafe:
+            cl.settings = seed_settings(sync, ("failsafe=on",))
+        steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for(store, failsafe))
         out = Outcome(seed, sync, steps)
         only = f" --fault-kinds {','.join(kinds)}" if kinds is not None else ""
         say(f"fault schedule seed {seed} (replay: pytest tests/faults/test_faults.py --seed {seed} "
             f"--duration {duration:g}{only}), store {store}, synchronous_mode {sync or 'off'}, "
+            f"failsafe {'on' if failsafe else 'off'}, "
             f"ttl {cl.ttl:g}s, network 10.77.{net.octet}.0/24, dir {cl.dir}")
         for s in steps:
             say(f"  {s.describe()}")

@@ -29,15 +29,25 @@ KINDS = (
     #   SIGSTOP its agent for 3-7.5 ttl (12-30 s at ttl 4), then SIGCONT
     "kill-during-promotion",  # SIGKILL the primary's node, then the postmaster (only) of the
     #   replica that begins promoting, as soon as its agent logs it
+    "store-outage",  # SIGKILL the store for 1-15 ttl (up to 60 s at ttl 4): with `failsafe: on`
+    #   the primary writes on through it (rule 17); off, it demotes within ttl
+    "store-outage-cut-primary",  # the store down and, ttl later, the primary cut off from both
+    #   replicas (clients still reach it): it must stop writing within ttl of the cut
 )
 # Raft mode has no store process and no store host: the agents are the store, so losing the
 # store is losing the peers (partition-primary-replicas, which costs the primary its majority).
-STORE_HOST_KINDS = ("restart-store", "partition-primary-store")
+STORE_HOST_KINDS = ("restart-store", "partition-primary-store", "store-outage",
+                    "store-outage-cut-primary")
 PROMOTING_LOG = "promoting PostgreSQL"  # what an agent logs as it promotes its server
 
 
-def kinds_for(store: str) -> tuple[str, ...]:
-    return tuple(k for k in KINDS if store != "raft" or k not in STORE_HOST_KINDS)
+# Drawn only in runs with `failsafe: on` (so the schedules of existing seeds stay as they were).
+FAILSAFE_KINDS = ("store-outage", "store-outage-cut-primary")
+
+
+def kinds_for(store: str, failsafe: bool = False) -> tuple[str, ...]:
+    return tuple(k for k in KINDS if (store != "raft" or k not in STORE_HOST_KINDS)
+                 and (failsafe or k not in FAILSAFE_KINDS))
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,11 @@ class Step:
         return f"#{self.index} {self.kind} hold {self.hold:.1f}s gap {self.gap:.1f}s pick {self.pick}{extra}"
 
 
-def draw(seed: int, duration: float, ttl: float, kinds: Sequence[str] = KINDS) -> list[Step]:
+def draw(seed: int, duration: float, ttl: float, kinds: Sequence[str] | None = None) -> list[Step]:
     """Steps until their planned hold + gap time covers `duration` (at least one step). Holds
     range from below ttl (no failover should happen) to a few ttl (one must)."""
+    if kinds is None:
+        kinds = kinds_for("etcd")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown or not kinds:
         raise ValueError(f"unknown fault kind(s) {unknown}" if unknown else "no fault kinds to draw from")
@@ -73,6 +85,8 @@ def draw(seed: int, duration: float, ttl: float, kinds: Sequence[str] = KINDS) -
             hold = rng.uniform(0.5, 2 * ttl)
         elif kind == "kill-postmaster-freeze-agent":
             hold = rng.uniform(3 * ttl, 7.5 * ttl)  # how long the agent stays stopped
+        elif kind in ("store-outage", "store-outage-cut-primary"):
+            hold = rng.uniform(ttl, 15 * ttl)
             delay = rng.uniform(0.0, 1.0)
         else:
             hold = rng.uniform(0.5, 3 * ttl)
@@ -155,6 +169,17 @@ class Nemesis:
                 time.sleep(step.hold)
                 cl.start_store()
                 self.note(f"{cl.store} restarted and healthy")
+            elif kind in ("store-outage", "store-outage-cut-primary"):
+                cl.kill_store()
+                self.note(f"SIGKILLed {cl.store} for {step.hold:.1f}s")
+                if kind == "store-outage-cut-primary":
+                    time.sleep(min(cl.ttl, step.hold))
+                    cl.cut_from_peers(target)
+                    self.note(f"{target} cut from the replicas (clients still reach it)")
+                time.sleep(max(0.0, step.hold - (cl.ttl if kind == "store-outage-cut-primary" else 0.0)))
+                cl.heal()
+                cl.start_store()
+                self.note(f"network healed; {cl.store} restarted and healthy")
             elif kind == "partition-primary-store":
                 cl.cut_from_store(target)
                 self._hold_then_heal(step, f"{target} cut from {cl.store}")

@@ -143,3 +143,20 @@ def test_the_new_kinds_draw_their_own_holds_and_replay() -> None:
     assert {s.kind for s in only} == {"restart-primary"} and all(0.5 <= s.hold <= 8.0 for s in only)
     with pytest.raises(ValueError):
         draw(1, 10, 4.0, ("no-such-kind",))
+
+
+def test_the_failsafe_kinds_are_drawn_only_for_failsafe_runs_and_never_on_raft() -> None:
+    fs = ("store-outage", "store-outage-cut-primary")
+    assert not set(fs) & set(kinds_for("etcd")) and not set(fs) & set(kinds_for("raft", failsafe=True))
+    assert set(fs) <= set(kinds_for("etcd", failsafe=True))
+    steps = draw(2, 900, 4.0, fs)
+    assert {s.kind for s in steps} == set(fs) and all(4.0 <= s.hold <= 60.0 for s in steps)
+
+
+def test_the_exact_rows_check_names_missing_extra_and_doubled_rows() -> None:
+    from tests.faults.logical import row_problems
+
+    assert row_problems([1, 2, 3], [3, 1, 2]) == []
+    problems = row_problems([1, 2, 3], [1, 1, 4])
+    assert [p.split(" rows")[0] for p in problems] == ["2", "1", "1"]
+    assert "missing" in problems[0] and "lacks" in problems[1] and "more than once" in problems[2]

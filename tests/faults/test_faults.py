@@ -31,22 +31,26 @@ def netns_ok() -> None:
 
 
 @pytest.mark.fault_run
-@pytest.mark.parametrize(("store", "sync"), [
-    ("etcd", None), ("etcd", "on"), ("etcd", "quorum"), ("zookeeper", None), ("raft", None),
-], ids=["etcd-async", "etcd-sync-on", "etcd-sync-quorum", "zookeeper-async", "raft-async"])
+@pytest.mark.parametrize(("store", "sync", "failsafe"), [
+    ("etcd", None, False), ("etcd", "on", False), ("etcd", "quorum", False), ("zookeeper", None, False),
+    ("raft", None, False), ("etcd", None, True), ("etcd", "on", True),
+], ids=["etcd-async", "etcd-sync-on", "etcd-sync-quorum", "zookeeper-async", "raft-async", "etcd-failsafe",
+        "etcd-sync-on-failsafe"])
 def test_checker_finds_no_violation_under_random_faults(
-        store: str, sync: str | None, netns_ok: None, request: pytest.FixtureRequest) -> None:
+        store: str, sync: str | None, failsafe: bool, netns_ok: None,
+        request: pytest.FixtureRequest) -> None:
     if store == "zookeeper" and not zookeeper_available():
         pytest.skip("no ZooKeeper: install Debian's `zookeeper` package (and java)")
     only = fault_kinds(request.config)
     kinds = None
     if only is not None:
-        kinds = tuple(k for k in only if k in kinds_for(store))
+        kinds = tuple(k for k in only if k in kinds_for(store, failsafe))
         if not kinds:
             pytest.skip(f"none of --fault-kinds {','.join(only)} applies to {store}")
     chosen = seed(request.config)
     run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
-    out = experiment(sync, run_seed, duration(request.config), kinds=kinds, store=store)
+    out = experiment(sync, run_seed, duration(request.config), kinds=kinds, store=store,
+                     failsafe=failsafe)
     assert out.acks > 0, out.report
     assert not out.violations, f"seed {run_seed}: checker found violations\n{out.report}"
     assert not out.not_converged, f"seed {run_seed}: cluster did not converge\n{out.report}"

@@ -168,3 +168,20 @@ def test_up_rejects_bad_settings_before_starting(open_dir: Path) -> None:
     assert not (d / "state.json").exists()
     r = run_cli("local", "up", "--dir", str(d), "--nodes", "0")
     assert r.code == 2 and "--nodes" in r.err
+
+
+def test_node_files_name_the_bin_dir_local_up_was_given(tmp_path: Path) -> None:
+    doc = node_config(tmp_path, "demo", NodePlan("node1", 6001, 7001), ["127.0.0.1:2379"],
+                      seed_settings(None, []), "superuser-pw", "replication-pw", "api-password",
+                      bin_dir=Path("/usr/lib/postgresql/15/bin"))
+    assert doc["postgresql"]["bin_dir"] == "/usr/lib/postgresql/15/bin"
+    plain = node_config(tmp_path, "demo", NodePlan("node1", 6001, 7001), ["127.0.0.1:2379"],
+                        seed_settings(None, []), "superuser-pw", "replication-pw", "api-password")
+    assert "bin_dir" not in plain["postgresql"]
+
+
+def test_local_up_refuses_a_bin_dir_without_postgres(open_dir: Path) -> None:
+    r = run_cli("local", "up", "--dir", str(open_dir / "demo"), "--bin-dir", str(open_dir))
+    assert r.code == 2
+    assert len(r.err.strip().splitlines()) == 1 and "--bin-dir" in r.err and "no postgres" in r.err
+    assert not any((open_dir / "demo").glob("node*"))

@@ -47,13 +47,14 @@ def reachable_tmpdir(prefix: str) -> Path:
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
                  store: str = "etcd", witness: bool = False, tls: bool = False,
-                 standby_of: Path | None = None):
+                 bin_dir: str | None = None, standby_of: Path | None = None):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
         self.sets = sets
         self.store = store  # etcd | zookeeper | raft (`local up --store`)
         self.witness = witness
+        self.bin_dir = bin_dir  # `local up --bin-dir`: other PostgreSQL binaries than the embedded
         self.tls = tls  # `local up --tls`: https API (checked against the CA), verify-full SQL
         self._tls_http: urllib3.PoolManager | None = None
         self.standby_of = standby_of  # `local up --standby-of`: a standby site of that directory
@@ -70,6 +71,8 @@ class Cluster:
             args += ["--store", self.store]
         if self.witness:
             args.append("--witness")
+        if self.bin_dir:
+            args += ["--bin-dir", self.bin_dir]
         if self.tls:
             args.append("--tls")
         if self.standby_of is not None:

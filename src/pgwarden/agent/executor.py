@@ -10,7 +10,9 @@ from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import LogicalWorker
 from pgwarden.agent.ports import Clock, FencerPort, PostgresPort, RouterPort
+from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.config.load import replace as replace_settings
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
@@ -42,7 +44,8 @@ SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we kno
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
-               A.RecordEpoch)
+               A.ExtendLease, A.WriteFailsafeMembers, A.ApplyLogical, A.AdvanceLogicalSlots,
+               A.DropLogicalSlots, A.SetStandbySlots, A.RecordEpoch)
 
 
 class ActionFailed(Exception):
@@ -68,6 +71,12 @@ class LocalFacts:
     activity: str = ""
     history_published: int = 0
     promoted_because: str = ""  # the last Promote's reason, for the timeline history
+    # Failsafe sets written since the last read that may have landed: (token written against,
+    # value). The runner drops an entry once a read shows the token moved (rule 17).
+    failsafe_pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
+    # Logical slots this agent copied onto this standby: name -> timeline (core/slot_copies.py).
+    slot_copies: dict[str, int] = field(default_factory=dict)
+    standby_slots: tuple[int | None, frozenset[str]] | None = None  # applied for which postmaster
 
 
 class Executor:
@@ -99,6 +108,9 @@ class Executor:
         self.settings = settings
         self.seed = seed
         self.name = cfg.name
+        self.store_failed = False  # the last run() ended on a store error
+        self.logical = LogicalWorker(pg.apply_logical)
+        self.slot_ledger: SlotLedger | None = None  # set by the runner
 
     # -- helpers -------------------------------------------------------------------------------
     def _timeout(self) -> float:
@@ -118,10 +130,15 @@ class Executor:
 
     def run(self, actions: tuple[A.Action, ...], view: ClusterView | None, pgv: PgView) -> bool:
         """Execute in order; False as soon as one fails (the rest assumed it succeeded)."""
+        self.store_failed = False
         for action in actions:
             try:
                 ok = self._one(action, view, pgv)
-            except (StoreError, PostgresError, OSError, RuntimeError, ValueError) as e:
+            except StoreError as e:
+                self.store_failed = True  # the runner spares the lease the rest of this loop's calls
+                log.warning("%s failed: %s", type(action).__name__, e)
+                ok = False
+            except (PostgresError, OSError, RuntimeError, ValueError) as e:
                 log.warning("%s failed: %s", type(action).__name__, e)
                 if isinstance(e, StartError):
                     self.facts.start_error = str(e)
@@ -140,10 +157,15 @@ class Executor:
                 # primary to fence. Take the key over from that run's lease (SAFETY rule 5; see
                 # docs/architecture.md, "Taking the leader key back after a restart").
                 return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
-            case A.AcquireLease():
+            case A.AcquireLease(not_after=not_after):
                 sent = self.clock()
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
                     log.info("lost the race for the leader lease")
+                    return False
+                if not_after is not None and time.monotonic() > not_after:
+                    # Rule 17: the failsafe votes may have run out; nothing was promoted yet.
+                    log.warning("took the leader lease too late for the failsafe votes: releasing it")
+                    self.store.release_leader(self.name, self._timeout())
                     return False
                 self.lease.renewed(sent, s.ttl)
                 log.info("acquired the leader lease")
@@ -155,6 +177,19 @@ class Executor:
                 self.fencer.disarm()
                 log.info("released the leader lease")
                 return ok
+            case A.ExtendLease(deadline=deadline):
+                self.lease.extend(deadline)
+                if self.fencer.armed:
+                    self._arm(self.pg.postmaster_pid())
+                return True
+            case A.WriteFailsafeMembers(members=members, token=token):
+                entry = (token, members)
+                self.facts.failsafe_pending.append(entry)  # in doubt until a read shows the outcome
+                if not self.store.set_failsafe_members(members, token, self._timeout()):
+                    self.facts.failsafe_pending.remove(entry)  # a lost compare-and-swap never lands
+                    return False
+                log.info("failsafe members -> %s", ", ".join(sorted(members)) or "none")
+                return True
             case A.Promote(sync=sync_after, why=why):
                 self.facts.promoted_because = why
                 return self._promote(s, pgv, sync_after)
@@ -209,7 +244,7 @@ class Executor:
                 return self._clone(src)
             case A.TakeInitLock():
                 return self.store.take_init_lock(self.name, max(s.ttl, 60.0), self._timeout())
-            case A.Bootstrap(source=source):
+            case A.Bootstrap(site_source=source):
                 self.facts.activity = "bootstrapping"
                 if pgv.running:
                     self.pg.stop("immediate", STOP_TIMEOUT)
@@ -245,12 +280,37 @@ class Executor:
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
                 return True
-            case A.JoinSite(source=source, epoch=epoch):
-                return self._join_site(view, source, epoch)
+            case A.JoinSite(dsn=dsn, epoch=epoch):
+                return self._join_site(view, dsn, epoch)
             case A.RecordEpoch(epoch=epoch):
                 assert view is not None
                 log.info("site epoch %d -> %d (seen at the source site)", view.site.epoch, epoch)
                 return self.store.set_site(replace(view.site, epoch=epoch), view.site.token, self._timeout())
+            case A.ApplyLogical(change=change):
+                self.logical.submit(change)  # off the loop; the next observation shows it done
+                return True
+            case A.CopyLogicalSlots(names=names, source=src):
+                copied = self.pg.copy_logical_slots(names, src.host, src.port, s.retry_timeout * 3)
+                for name in copied:
+                    self.facts.slot_copies[name] = pgv.timeline or 0
+                self._record_copies(pgv)
+                return bool(copied)  # nothing copied: no restart
+            case A.AdvanceLogicalSlots(targets=targets):
+                self.logical.run_later("advance slot copies",
+                                       lambda t: self.pg.advance_logical_slots(targets, t), quiet=True)
+                return True
+            case A.SetStandbySlots(members=members):
+                key = (pgv.postmaster_pid, members)
+                if self.facts.standby_slots != key:
+                    self.pg.set_standby_slots(members, s.retry_timeout * 3)
+                    self.facts.standby_slots = key
+                return True
+            case A.DropLogicalSlots(names=names):
+                self.pg.drop_logical_slots(names, s.retry_timeout * 3)
+                for name in names:
+                    self.facts.slot_copies.pop(name, None)
+                self._record_copies(pgv)
+                return True
             case _:
                 assert_never(a)
 
@@ -260,6 +320,9 @@ class Executor:
         log.info("promoting PostgreSQL")
         self.pg.promote(self._lease_budget(10.0), sync_after)
         self.facts.sync_applied = sync_after
+        # Our copies are the real slots now; if we are ever a standby again they are not copies.
+        self.facts.slot_copies.clear()
+        self._record_copies(pgv)
         # Rule 4: still ours right after promotion? If not (or we cannot tell), stop writes at once.
         try:
             kept = self.renew(s)
@@ -271,6 +334,10 @@ class Executor:
             self._demote(None)
             return False
         return True
+
+    def _record_copies(self, pgv: PgView) -> None:
+        if self.slot_ledger is not None:
+            self.slot_ledger.save(pgv.system_id, self.facts.slot_copies)
 
     def _demote(self, upstream: UpstreamTuple | None) -> None:
         """Stop writes within the lease (escalating to immediate, then SIGKILL), disarm the fencer

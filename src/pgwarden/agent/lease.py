@@ -18,6 +18,12 @@ class LeaseKeeper:
         self.held = True
         self.deadline = sent_at + ttl - LEASE_MARGIN
 
+    def extend(self, deadline: float) -> None:
+        """A majority confirmed us while the store was unreachable (rule 17, decided by the core):
+        move a held lease's deadline forward; never revive a lost one, never move it back."""
+        if self.held and deadline > self.deadline:
+            self.deadline = deadline
+
     def valid(self, now: float) -> bool:
         """Held, with time left to stop PostgreSQL before the deadline (FENCE_BUDGET)."""
         return self.held and now < self.deadline - FENCE_BUDGET

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.logical import LogicalChange
 from pgwarden.core.model import SyncConfig
 from pgwarden.postgres.controller import Role, StopMode, UpstreamTuple
 
@@ -45,6 +46,18 @@ class PostgresPort(Protocol):
     def wipe(self) -> None: ...
 
     def read_timeline_history(self, timeline: int) -> list[tuple[int, int, str]]: ...
+
+    # Logical replication (issue 11): declared publications/subscriptions and slot copies.
+    def apply_logical(self, change: LogicalChange, timeout: float) -> None: ...
+
+    def copy_logical_slots(self, names: frozenset[str], host: str, port: int,
+                           timeout: float) -> list[str]: ...
+
+    def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None: ...
+
+    def set_standby_slots(self, members: frozenset[str], timeout: float) -> None: ...
+
+    def drop_logical_slots(self, names: frozenset[str], timeout: float) -> None: ...
 
 
 class FencerPort(Protocol):

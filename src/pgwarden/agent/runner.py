@@ -6,29 +6,28 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from types import FrameType
 
 from pgwarden import __version__
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
+from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
+from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
+from pgwarden.agent.logical import BoundedReader
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import SharedReading, fresh_position
-from pgwarden.agent.single import AlreadyRunning, hold_run_dir
 from pgwarden.agent.sites import SiteProbe
-from pgwarden.api.auth import BasicAuth
+from pgwarden.agent.slot_ledger import SlotLedger
+from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
-from pgwarden.config.errors import ConfigError
-from pgwarden.config.exposure import api_credentials
-from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
+from pgwarden.core.logical import MARK
 from pgwarden.core.model import (
     ClusterView,
     DataState,
@@ -62,7 +61,7 @@ def run_dir_for(cfg: NodeConfig) -> Path:
     return Path(str(cfg.data_dir) + ".pgwarden")
 
 
-class Agent:
+class Agent(FailsafeMember):
     def __init__(self, cfg: NodeConfig, api_auth: tuple[str, str] | None = None) -> None:
         self.cfg = cfg
         self.seed = cfg.initial_settings()
@@ -88,6 +87,8 @@ class Agent:
         self.router = router_for(cfg.pgbouncer)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
                              self.settings, self.seed, self.router)
+        self.exec.slot_ledger = SlotLedger(run_dir_for(cfg) / "slot_copies.json")
+        self._ledger_sysid, self.facts.slot_copies = self.exec.slot_ledger.load()
         host, port = cfg.postgresql.connect_host_port()
         self.me = Me(cfg.name, Tags.from_dict(cfg.tags.as_dict()), host, port, cfg.restapi.url())
         # The API writes requests through a store client of its own: the agent's client ignores
@@ -105,11 +106,19 @@ class Agent:
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
+        self._slots: tuple[tuple[str, int], ...] = ()
+        self._native: tuple[str, ...] = ()
+        self._logical_reader = BoundedReader(self.pg.logical_objects)
+        self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._message = "starting"
         self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
         self._command: LocalCommand | None = None  # set by the API thread, taken by the loop
         self._wake = threading.Event()
+        # Rule 17: the promises we gave (written by the API thread) and the client asking others.
+        self.failsafe = FailsafeLedger()
+        self.failsafe_client = FailsafeClient(basic_header(*api_auth) if api_auth is not None else None)
+        self._store_trouble = False  # a store call failed last loop
 
     def settings(self) -> ClusterSettings:
         return self._settings
@@ -224,6 +233,7 @@ class Agent:
             self.router.stop()
         self.peers.close()
         self.sites.close()
+        self.failsafe_client.close()
         self.api_store.close()
         self.store.close()
 
@@ -236,6 +246,9 @@ class Agent:
             log.error("cannot start the fencer: %s", e)
         now = time.monotonic()
         pgv = self._observe_pg(s)
+        # A store that hung last loop may have used up most of the lease: ask for confirmations
+        # while the store read runs, not after it failed too (rule 17).
+        early = self._confirmation_round(pgv, s) if self._store_trouble else None
         view = self._snapshot(now)
         if view is not None:
             self._adopt_settings(view)
@@ -246,6 +259,7 @@ class Agent:
         if view is not None and (view.leader is None or view.failover is not None):
             others = [m for n, m in view.members.items() if n != self.cfg.name]
             peers = self.peers.read(others, min(1.0, s.retry_timeout))
+        fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early)
         mono = time.monotonic()
         if view is not None:
             self._waits.saw(view, mono)
@@ -256,8 +270,11 @@ class Agent:
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
             first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
+            failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
+            failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
         )
         self._seen_store = self._seen_store or view is not None
+        trouble = view is None
         decision = decide(obs)
         if decision.message != self._message:
             log.info("%s", decision.message)
@@ -271,6 +288,7 @@ class Agent:
                     # slot only for members whose key it sees, and we need ours to stream.
                     self._publish_member(pgv, view)
             self.exec.run(decision.actions, view, pgv)
+            trouble = trouble or self.exec.store_failed
             if any(isinstance(a, (Rewind, StartPostgres, Reclone, Clone)) for a in decision.actions):
                 # A fresh start gets a fresh stuck_after before pg_rewind is tried again, rather
                 # than a stop, rewind and start on every loop while the cause persists.
@@ -282,8 +300,9 @@ class Agent:
             self.router.follow((self.me.host, self.me.port) if leading else None)
         self.facts.activity = ""
         store_ok = view is not None
-        if view is not None:
+        if view is not None and not trouble:  # after a store call timed out, spare the lease
             store_ok = self._publish_member(pgv, view)
+        self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
 
     def _site_readings(self, view: ClusterView | None, s: ClusterSettings) -> tuple[SiteReading, ...]:
@@ -308,6 +327,11 @@ class Agent:
         m = view.members.get(view.leader.name)
         return m.timeline if m is not None else None
 
+    def _leader_has_slots(self) -> bool:
+        view = self._view
+        m = view.members.get(view.leader.name) if view is not None and view.leader is not None else None
+        return m is not None and bool(m.logical_slots)
+
     def _observe_pg(self, s: ClusterSettings) -> PgView:
         pgv = self.pg.observe(s.retry_timeout)
         if pgv.running:
@@ -320,6 +344,19 @@ class Agent:
         pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
                       unhealthy_for=self._unhealthy.unhealthy_for(now),
                       start_failures=self.facts.start_failures)
+        if pgv.system_id is not None and self._ledger_sysid != pgv.system_id:
+            if self._ledger_sysid is not None:  # another cluster's data: its copies are not ours
+                self.facts.slot_copies.clear()
+            self._ledger_sysid = pgv.system_id
+        pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
+        if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
+            # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
+            # copies of the primary's slots (core/slot_copies.py).
+            objs = self._logical_reader.read(s.retry_timeout)
+            if objs is not None:
+                marks = (*objs.publications.values(), *objs.subscriptions.values())
+                self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
+                pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
 
@@ -382,7 +419,19 @@ class Agent:
             streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
+            logical_slots=self._slots_seen(pgv), native_slots=self._native,
         )
+
+    def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
+        """Our logical slots as last read (kept through a loop that did not read them)."""
+        if not pgv.running:
+            self._slots, self._native = (), ()
+        elif pgv.logical is not None:
+            slots = pgv.logical.slots
+            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in slots.items()
+                                       if s.confirmed_flush is not None and not s.lost))
+            self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
+        return self._slots
 
     def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
         s = self._settings
@@ -405,48 +454,5 @@ class Agent:
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,
+            logical_error=self.exec.logical.last_error,
         ))
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if cfg.log.file is not None:
-        handlers = [logging.FileHandler(cfg.log.file)]
-    logging.basicConfig(
-        level=cfg.log.level.upper(), handlers=handlers, force=True,
-        format=f"%(asctime)s %(levelname)s {cfg.name} %(name)s: %(message)s",
-    )
-    if cfg.log.level.upper() != "DEBUG":
-        # Health checks from HAProxy and peers arrive every second: log requests only when debugging.
-        logging.getLogger("pgwarden.api.access").setLevel(logging.WARNING)
-
-
-def run_agent(config_path: str) -> int:
-    """`pgwarden agent -c FILE`: run one node in the foreground until SIGTERM/SIGINT."""
-    try:
-        cfg = load_node_config(config_path)
-        api_auth = api_credentials(cfg, config_path)
-    except ConfigError as e:
-        raise SystemExit(f"pgwarden: error: {e}") from None
-    try:
-        lock = hold_run_dir(run_dir_for(cfg))  # held until this process ends
-    except (AlreadyRunning, OSError) as e:
-        raise SystemExit(f"pgwarden: error: {e}") from None
-    setup_logging(cfg)
-    agent = Agent(cfg, api_auth)
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        agent.stop()
-
-    def _reload(signum: int, frame: FrameType | None) -> None:
-        # Off the signal handler: reloading takes locks the interrupted code may hold.
-        threading.Thread(target=agent.reload_tls, name="pgwarden-sighup", daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGHUP, _reload)
-    try:
-        return agent.run()
-    finally:
-        lock.close()

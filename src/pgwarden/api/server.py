@@ -123,6 +123,8 @@ class ApiServer:
         r["/failover"] = {"POST": self._failover}
         r["/restart"] = {"POST": self._restart}
         r["/reinitialize"] = {"POST": self._reinitialize}
+        r["/failsafe"] = {"POST": self._failsafe_confirm}
+        r["/failsafe/vote"] = {"POST": self._failsafe_vote}
 
     def dispatch(self, request: Request) -> Response:
         """Route one request. Every failure becomes a JSON {"error": ...}; nothing a client sends
@@ -332,6 +334,22 @@ class ApiServer:
             raise HttpError(409, str(e)) from None
         return json_response(200, {"message": msg})
 
+    # -- the majority failsafe (rule 17): members' promises, asked by a leader or a candidate ----
+
+    def _failsafe_confirm(self, request: Request) -> Response:
+        body = parse_body(request.read())
+        check_fields(body, {"leader": (str,), "timeline": (int, NULL), "ttl": (int, float)}, "failsafe")
+        leader, ttl = _required_str(body, "leader"), _positive(body, "ttl")
+        ok, why = self._need_commands().failsafe_confirm(leader, body.get("timeline"), ttl)
+        return json_response(200, {"confirmed": ok, "reason": why})
+
+    def _failsafe_vote(self, request: Request) -> Response:
+        body = parse_body(request.read())
+        check_fields(body, {"candidate": (str,), "ttl": (int, float)}, "failsafe vote")
+        candidate, ttl = _required_str(body, "candidate"), _positive(body, "ttl")
+        ok, why = self._need_commands().failsafe_vote(candidate, ttl)
+        return json_response(200, {"granted": ok, "reason": why})
+
     def _reinitialize(self, request: Request) -> Response:
         body = parse_body(request.read(), required=False)
         check_fields(body, {"force": (bool,)}, "reinitialize")
@@ -342,3 +360,17 @@ class ApiServer:
             raise HttpError(409, str(e)) from None
         return json_response(200, {"message": msg})
 
+
+
+def _required_str(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise HttpError(400, f"{key} is required (a member name)")
+    return value
+
+
+def _positive(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 3600:
+        raise HttpError(400, f"{key} is required: seconds, more than 0 and at most 3600")
+    return float(value)

@@ -24,6 +24,7 @@ class NodeState:
     pg_sync: SyncConfig = NO_SYNC  # synchronous_standby_names as applied on this node (primary)
     message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
     start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
+    logical_error: str | None = None  # the last declared publication/subscription change that failed
 
 
 class StateHolder:
@@ -60,4 +61,14 @@ class Commands(Protocol):
     def read_position(self, timeout: float) -> PeerReading:
         """Our PostgreSQL's WAL position read now (not the last loop's), for a peer's promotion
         decision; `running=False` when PostgreSQL does not answer."""
+        ...
+
+    def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
+        """Rule 17: confirm `leader` (we too cannot reach the store and follow it on `timeline`),
+        binding ourselves for `ttl` and a margin; (False, why) when we do not."""
+        ...
+
+    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+        """Rule 17: promise a leaderless candidate not to confirm any leader for `ttl` and a
+        margin; (False, why) while a confirmation of ours is in force."""
         ...

@@ -11,6 +11,7 @@ from pgwarden.api.state import NodeState
 from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, MemberInfo, Role, int_to_lsn
+from pgwarden.core.slot_copies import missing_copies
 
 
 def iso_time(t: float | None) -> str | None:
@@ -62,8 +63,14 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "store_ok": st.store_ok,
         "message": st.message,
         "start_error": st.start_error or None,
+        "logical_slots": {n: int_to_lsn(lsn) for n, lsn in m.logical_slots},
+        "logical_error": st.logical_error,
+        # Failover candidates without a copy of a logical slot of the leader (rule 19).
+        "logical_slot_copies_missing": missing_copies(view) if view is not None else {},
         "started_at": iso_time(st.started_at),
         "cluster_unlocked": view is None or view.leader is None,
+        # Rule 17: the members whose majority the failsafe counts, as the last store read showed.
+        "failsafe_members": sorted(view.failsafe_members) if view is not None else [],
         # Patroni's names for the same facts.
         "server_version": m.pg_version,
         "xlog": xlog,

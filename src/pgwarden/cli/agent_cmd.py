@@ -18,6 +18,6 @@ def run(args: argparse.Namespace) -> int:
     # Validate before importing the agent, so a typo (or an unprotected REST API beyond loopback)
     # is reported the same way as by `ctl`.
     api_credentials(load_node_config(args.config), args.config)
-    from pgwarden.agent.runner import run_agent
+    from pgwarden.agent.main import run_agent
 
     return int(run_agent(args.config))

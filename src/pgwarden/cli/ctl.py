@@ -150,8 +150,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
 
-    from pgwarden.cli import sites  # promote-cluster, demote-cluster, site-switchover
+    from pgwarden.cli import (
+        logical,  # it builds on this module
+        sites,  # promote-cluster, demote-cluster, site-switchover
+    )
 
+    logical.register(cmds)
     sites.register(cmds)
     ctl.set_defaults(func=run)
 

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="make this a standby site of the local cluster in DIR (docs/multi-site.md)")
     p.add_argument("--witness", action="store_true",
                    help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
+    p.add_argument("--bin-dir", type=Path, metavar="PATH",
+                   help="PostgreSQL binaries to run (e.g. /usr/lib/postgresql/15/bin); "
+                        "default: the embedded ones")
     p.add_argument("--tls", action="store_true",
                    help="make a local CA and node certificates: REST API on https, PostgreSQL and "
                         "replication over TLS (verify-full)")
@@ -118,7 +121,7 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
                    timeout=args.timeout, store=args.store, witness=args.witness, tls=args.tls,
-                   standby_of=args.standby_of)
+                   bin_dir=args.bin_dir, standby_of=args.standby_of)
     cluster.up(opts, extras)
     _print_members(cluster)
     for line in cluster.components_summary():

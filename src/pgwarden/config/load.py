@@ -36,9 +36,18 @@ def _enc_hook(obj: Any) -> Any:
 
 def to_data(model: msgspec.Struct) -> dict[str, Any]:
     """The model as plain JSON/YAML-ready data (enums as their values, paths as strings)."""
-    data = msgspec.to_builtins(model, enc_hook=_enc_hook)
+    data = _lists(msgspec.to_builtins(model, enc_hook=_enc_hook))
     assert isinstance(data, dict)
     return data
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, as JSON and YAML (safe_dump) want them."""
+    if isinstance(value, tuple | list):
+        return [_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    return value
 
 
 def replace(model: T, **changes: Any) -> T:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pgwarden.core.logical import LogicalChange
 from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 
 
@@ -27,10 +28,10 @@ class TakeInitLock:
 @dataclass(frozen=True)
 class Bootstrap:
     """initdb, start as primary, record the system id (and seed the cluster settings). With
-    `source` (a standby site's first member): a base backup of the source site instead, started
-    as a standby of it."""
+    `site_source` (a standby site's first member): a base backup of the source site instead,
+    started as a standby of it."""
 
-    source: Upstream | None = None
+    site_source: Upstream | None = None
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,10 @@ class Clone:
 
 @dataclass(frozen=True)
 class AcquireLease:
-    pass
+    """Take the leader key (compare-and-swap on "no leader"). `not_after` (monotonic): a failsafe
+    candidate's lease taken later than this is released again at once (rule 17)."""
+
+    not_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,22 @@ class RenewLease:
 @dataclass(frozen=True)
 class ReleaseLease:
     pass
+
+
+@dataclass(frozen=True)
+class ExtendLease:
+    """The store is unreachable and a majority confirmed us (rule 17): move the lease deadline, and
+    the fencer's, to `deadline` (monotonic). Never moves it back."""
+
+    deadline: float
+
+
+@dataclass(frozen=True)
+class WriteFailsafeMembers:
+    """Set the store's failsafe members (compare-and-swap on `token`; "" = create-only)."""
+
+    members: frozenset[str]
+    token: str
 
 
 @dataclass(frozen=True)
@@ -163,9 +183,9 @@ class ClearFailover:
 @dataclass(frozen=True)
 class JoinSite:
     """Make this cluster a standby site of another (SAFETY rule 18): the site document's epoch
-    becomes `epoch`, then the settings get standby_cluster {source: `source`}."""
+    becomes `epoch`, then the settings get standby_cluster {source: `dsn`}."""
 
-    source: str
+    dsn: str
     epoch: int
 
 
@@ -176,6 +196,41 @@ class RecordEpoch:
     epoch: int
 
 
+@dataclass(frozen=True)
+class ApplyLogical:
+    """Bring a publication or subscription to its declaration. Runs off the HA loop (it may
+    wait on another cluster), so it never holds up a lease renewal (rule 15)."""
+
+    change: LogicalChange
+
+
+@dataclass(frozen=True)
+class CopyLogicalSlots:
+    """A standby (15, 16): write `source`'s state files of these logical slots into our
+    pg_replslot, each only if our replay position is past that slot's (see core/slot_copies.py)."""
+
+    names: frozenset[str]
+    source: Upstream
+
+
+@dataclass(frozen=True)
+class AdvanceLogicalSlots:
+    targets: tuple[tuple[str, int], ...]  # slot, LSN (never past our replay position)
+
+
+@dataclass(frozen=True)
+class DropLogicalSlots:
+    names: frozenset[str]
+
+
+@dataclass(frozen=True)
+class SetStandbySlots:
+    """17+ primary: synchronized_standby_slots names these members' physical slots, so no
+    failover slot sends a change before they have it (reloaded only when it changes)."""
+
+    members: frozenset[str]
+
+
 Action = (
     TakeInitLock
     | Bootstrap
@@ -184,6 +239,8 @@ Action = (
     | AcquireLease
     | RenewLease
     | ReleaseLease
+    | ExtendLease
+    | WriteFailsafeMembers
     | Promote
     | Demote
     | StartPostgres
@@ -200,6 +257,11 @@ Action = (
     | ClearFailover
     | JoinSite
     | RecordEpoch
+    | ApplyLogical
+    | CopyLogicalSlots
+    | AdvanceLogicalSlots
+    | DropLogicalSlots
+    | SetStandbySlots
 )
 
 

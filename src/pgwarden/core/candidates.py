@@ -15,11 +15,20 @@ class Candidate:
     priority: int
     lsn: int
     timeline: int | None
+    slots: int = 0  # copies of logical slots it holds, as its member key shows (slot_copies.py)
 
 
-def order_key(c: Candidate) -> tuple[int, int, str]:
-    """Higher failover_priority first, then more WAL, then name: every node sorts alike."""
-    return (-c.priority, -c.lsn, c.name)
+def order_key(c: Candidate) -> tuple[int, int, int, str]:
+    """Higher failover_priority first, then more WAL, then (a tie-break only) more copies of
+    the primary's logical slots, then name: every node sorts alike. The slot copies never
+    outrank priority or WAL (rules 9, 10): they only choose among otherwise equal candidates,
+    so a subscriber's slot survives when it costs no acknowledged commit."""
+    return (-c.priority, -c.lsn, -c.slots, c.name)
+
+
+def slot_count(view: ClusterView, name: str) -> int:
+    m = view.members.get(name)
+    return len(m.logical_slots) if m is not None else 0
 
 
 def latest_timeline(view: ClusterView) -> int | None:
@@ -74,7 +83,7 @@ def peer_candidates(obs: Observation, view: ClusterView) -> Iterable[Candidate]:
         tags = member.tags
         lsn = max(reading.received_lsn or 0, reading.replayed_lsn or 0) or reading.lsn
         if eligibility(tags, True, True, lsn, reading.timeline, view) is None and lsn is not None:
-            yield Candidate(name, tags.failover_priority, lsn, reading.timeline)
+            yield Candidate(name, tags.failover_priority, lsn, reading.timeline, slot_count(view, name))
 
 
 def _peer_ok(r: PeerReading) -> bool:

@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgwarden.core import candidates, standby, sync
+from pgwarden.core import candidates, failsafe, logical, standby, sync
 from pgwarden.core.actions import (
-    AcquireLease,
     Action,
     AdoptExistingData,
+    ApplyLogical,
     ClearFailover,
     Clone,
     Decision,
     Demote,
     EnsureSlots,
+    ExtendLease,
     Follow,
     HoldClients,
     Promote,
@@ -38,9 +39,17 @@ from pgwarden.core.actions import (
     StopPostgres,
     TakeInitLock,
     Upstream,
+    WriteFailsafeMembers,
 )
 from pgwarden.core.commands import local_command
 from pgwarden.core.leader_sync import leader_sync_actions
+from pgwarden.core.leaderless import (
+    HANDOVER_STOP_RESERVE,
+    held_back,
+    is_primary,
+    leaderless,
+    request_patience,
+)
 from pgwarden.core.model import (
     ClusterView,
     DataState,
@@ -52,7 +61,8 @@ from pgwarden.core.model import (
     Role,
 )
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
-from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings, FailoverMode
+from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings
+from pgwarden.core.slot_copies import follower_slot_actions, leader_slot_actions
 
 
 def decide(obs: Observation) -> Decision:
@@ -83,7 +93,7 @@ def decide(obs: Observation) -> Decision:
         return _as_leader(obs, view)
     if view.leader is not None:
         return _as_follower(obs, view)
-    return _leaderless(obs, view)
+    return leaderless(obs, view)
 
 
 # -- lease deadline ---------------------------------------------------------------------------
@@ -119,13 +129,15 @@ def _synchronous(view: ClusterView) -> bool:
     return view.settings.synchronous
 
 
-def _is_primary(obs: Observation) -> bool:
-    return obs.pg.running and obs.pg.in_recovery is False
-
-
 def _store_unreachable(obs: Observation) -> Decision:
-    if not _is_primary(obs):
+    if not is_primary(obs):
         return Decision((), "store unreachable; replica keeps streaming")
+    # Rule 17: a majority confirmed; the deadline moves only if that still leaves time to stop.
+    extended = failsafe.extended_deadline(obs)
+    if extended is not None and extended > obs.lease.deadline and \
+            not lease_running_out(replace(obs, lease=replace(obs.lease, deadline=extended)), obs.settings):
+        return Decision((ExtendLease(extended),), f"store unreachable; failsafe: a majority confirms "
+                        f"us, leading for {extended - obs.now:.1f}s more")
     if obs.lease.held and not lease_running_out(obs, obs.settings):
         left = obs.lease.deadline - obs.now
         return Decision((), f"store unreachable; still leading for {left:.1f}s unless a renewal succeeds")
@@ -182,11 +194,6 @@ def _needs_data(obs: Observation, view: ClusterView) -> Decision:
 # -- pausing ----------------------------------------------------------------------------------
 
 
-def _held_back(obs: Observation, settings: ClusterSettings) -> bool:
-    """Paused: leave a stopped PostgreSQL stopped, unless we stopped it for a requested restart."""
-    return settings.paused and not obs.restart_pending
-
-
 # -- leader ------------------------------------------------------------------------------------
 
 
@@ -196,7 +203,8 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         # The key names us: left by this agent's previous run (rule 5: take it back at once if
         # we can), or one we could not renew. A primary without the lease stops writes first,
         # except on that first look, when renewing is taking the lease at once.
-        if obs.first_look:
+        if obs.first_look and not view.failsafe_members:
+            # (With the failsafe on, taking the lease back would skip rule 17's votes: below.)
             # Decide as the leader we were, behind a renewal: the actions stop at the first that
             # fails, so nothing after it runs unless the renewal succeeded (and set the deadline
             # the executor checks again before starting a primary).
@@ -204,18 +212,21 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
             d = _as_leader(replace(obs, lease=assumed, first_look=False), view)
             rest = tuple(a for a in d.actions if a != RenewLease())
             return Decision((RenewLease(), *rest), f"re-adopting our leader key after a restart; {d.message}")
-        if _is_primary(obs):
+        if is_primary(obs):
             return Decision((Demote(None, "leader key not renewable"),),
                             "our leader key could not be renewed: demoting first")
+        if view.failsafe_members:
+            # Rule 17: re-adopting would take the lease without the failsafe votes: let it expire.
+            return Decision((), "our stale leader key must expire first (failsafe on)")
         return Decision((RenewLease(),), "re-adopting our leader key")
-    if _is_primary(obs) and _leader_must_demote(obs, settings):
+    if is_primary(obs) and _leader_must_demote(obs, settings):
         return Decision((Demote(None, "could not renew the lease in time"),),
                         "lease running out: demoting")
     if settings.standby_cluster is not None:
-        return standby.as_standby_leader(obs, view, _held_back(obs, settings))
+        return standby.as_standby_leader(obs, view, held_back(obs, settings))
     renew: tuple[Action, ...] = (RenewLease(),)
     if not pg.running:
-        if _held_back(obs, settings):
+        if held_back(obs, settings):
             return Decision(renew, "leader; PostgreSQL stopped (paused: not starting it)")
         if pg.was_primary is not True:
             # Rule 4: a standby becomes a primary only by promotion (a new timeline). Starting
@@ -254,6 +265,15 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         message += f"; {waiting}"
     slots = frozenset(n for n in view.members if n != obs.me.name) | frozenset(settings.permanent_slots)
     actions.append(EnsureSlots(slots))
+    members = failsafe.next_members(view, obs.me.name)
+    if members is not None:
+        actions.append(WriteFailsafeMembers(members, view.failsafe_token))
+    actions.extend(leader_slot_actions(obs, view))
+    if pg.logical is not None:
+        changes, conflicts = logical.reconcile(settings.publications, settings.subscriptions, pg.logical)
+        actions.extend(ApplyLogical(c) for c in changes)
+        if conflicts:
+            message += "; " + "; ".join(conflicts)
     return Decision(tuple(_dedup(actions)), message)
 
 
@@ -316,14 +336,14 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     leader = _leader_member(view)
     upstream = _upstream_for(obs, view)
     assert view.leader is not None
-    if _is_primary(obs):
+    if is_primary(obs):
         return Decision((Demote(upstream, f"{view.leader.name} holds the lease"),),
                         f"running as primary while {view.leader.name} leads: demoting")
     if upstream is None or leader is None:
         return Decision((), f"following {view.leader.name}; waiting for it to publish its address")
     leader_tl = leader.timeline
     if not pg.running:
-        if _held_back(obs, view.settings):
+        if held_back(obs, view.settings):
             return Decision((), "paused: not starting PostgreSQL")
         lsn = pg.checkpoint_lsn
         leader_lsn = max(leader.lsn or 0, view.leader_lsn or 0) or None
@@ -363,7 +383,9 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     # Members cascading from us stream through a slot we keep (the leader keeps the others').
     cascading = frozenset(n for n, m in view.members.items()
                           if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
-    return Decision((EnsureSlots(cascading),) if cascading else (), f"replica of {upstream.name}, {state}")
+    slot_steps, note = follower_slot_actions(obs, leader, _member_upstream(leader))
+    return Decision(((EnsureSlots(cascading),) if cascading else ()) + tuple(slot_steps),
+                    f"replica of {upstream.name}, {state}" + (f"; {note}" if note else ""))
 
 
 def _forked_while_running(pg: PgView, leader_tl: int | None, view: ClusterView) -> bool:
@@ -376,123 +398,3 @@ def _forked_while_running(pg: PgView, leader_tl: int | None, view: ClusterView) 
 
 
 # -- no leader ---------------------------------------------------------------------------------
-
-
-def _leaderless(obs: Observation, view: ClusterView) -> Decision:
-    pg, settings = obs.pg, view.settings
-    newest = candidates.latest_timeline(view)
-    if _is_primary(obs):
-        if newest is not None and pg.timeline is not None and pg.timeline < newest:
-            return Decision((Demote(None, "the cluster moved to a newer timeline"),),
-                            f"primary on timeline {pg.timeline} but the cluster reached {newest}: demoting")
-        req = view.failover
-        if req is not None and req.leader == obs.me.name and req.kind == "switchover":
-            return Decision((Demote(None, "switchover away from us in progress"),),
-                            "switchover in progress: staying read-only")
-        # Rule 5: a primary without the lease takes it at once or demotes.
-        return Decision((AcquireLease(),), "primary without a leader key: taking the lease")
-    if not pg.running:
-        if _held_back(obs, settings):
-            return Decision((), "no leader; paused")
-        return Decision((StartPostgres("replica", None),), "no leader; starting read-only to take part")
-    req = view.failover
-    manual = settings.paused or settings.failover_mode == FailoverMode.MANUAL
-    stalled = _stalled(obs, settings)
-    if req is not None:
-        # Wait for a named candidate (or, for our own switchover, any replica) only while one
-        # could take over: a request whose candidate is gone, forked, lagging or barred by the
-        # synchronous set would otherwise leave the cluster without a primary until cleared.
-        # And only for so long: a candidate that looks able but does not act (its agent hung,
-        # its own checks refuse) must not leave the cluster without a primary either.
-        able = {c.name for c in candidates.peer_candidates(obs, view)
-                if sync.may_take_over(c.name, view.sync, _synchronous(view))}
-        ours = req.leader == obs.me.name and req.kind == "switchover"
-        if ours and not stalled:
-            if (req.candidate in able) if req.candidate is not None else bool(able):
-                return Decision((), f"switchover away from us: waiting for {req.candidate or 'a replica'}")
-        elif req.candidate is not None and req.candidate != obs.me.name and not stalled:
-            if req.candidate in able:
-                return Decision((), f"no leader; {req.candidate} was asked to take over")
-        elif req.candidate == obs.me.name:
-            return _try_promote(obs, view, explicit=True)
-        if ours and stalled:
-            # Nobody took over from us: undo our half of the switchover (in manual mode too:
-            # this is the operator's request failing, not an automatic failover).
-            return _try_promote(obs, view, explicit=True, note=f"the switchover stalled for "
-                                f"{obs.leaderless_for:.0f}s; taking the lease back")
-    if manual:
-        why = "paused" if settings.paused else "failover_mode is manual"
-        return Decision((), f"no leader; not taking over ({why}); use pgwarden ctl failover")
-    return _try_promote(obs, view, explicit=False)
-
-
-# Seconds of the lease a switchover keeps for the demotion itself: pausing the pooler in front of
-# us may use the lease only up to that point.
-HANDOVER_STOP_RESERVE = 1.5
-
-# How long a leader that still leads keeps a switchover it cannot carry out yet. Nothing is
-# unavailable meanwhile, and right after a switchover every replica is still reconnecting (the old
-# primary stops, maybe rewinds, starts and streams again): the leaderless `patience` (4 s at
-# default timing) made a second switchover in a row fail for want of a ready replica. Shorter than
-# `ctl switchover`'s wait (SWITCHOVER_TIMEOUT, 30 s), so the command still sees the drop and says so.
-HANDOVER_PATIENCE = 25.0
-
-
-def request_patience(settings: ClusterSettings) -> float:
-    """How long the leader keeps a request no member can take over yet before dropping it."""
-    return max(patience(settings), HANDOVER_PATIENCE)
-
-
-def patience(settings: ClusterSettings) -> float:
-    """How long a leaderless node waits for another to act (a better candidate, the one a request
-    names) before it acts itself. The lease is atomic, so acting cannot make two primaries; it
-    can only pick a less preferred one, which beats having none."""
-    return max(settings.ttl, 3 * settings.loop_wait)
-
-
-def _stalled(obs: Observation, settings: ClusterSettings) -> bool:
-    return obs.leaderless_for > patience(settings)
-
-
-def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str = "") -> Decision:
-    pg = obs.pg
-    my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
-    reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
-    if reason is not None:  # rule 9 holds for operator-requested failovers too
-        return Decision((), f"no leader; not a candidate: {reason}")
-    voters = {n: (max(r.received_lsn or 0, r.replayed_lsn or 0) or r.lsn)
-              for n, r in obs.peers.items() if r.reachable}
-    ok, why = sync.may_promote_stored(obs.me.name, view.sync, _synchronous(view), my_lsn, voters)
-    if not ok:
-        return Decision((), f"no leader; may not promote under the synchronous promise: {why}")
-    assert my_lsn is not None
-    me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline)
-    stalled = _stalled(obs, view.settings)
-    if not explicit and not stalled:
-        # Rule 10 compares with peers that could win: one barred by the synchronous set would
-        # never promote, and waiting for it would leave the cluster without a primary.
-        others = [c for c in candidates.peer_candidates(obs, view)
-                  if sync.may_take_over(c.name, view.sync, _synchronous(view))]
-        top = candidates.best([me, *others])
-        if top is not None and top.name != obs.me.name:
-            return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
-    req = view.failover
-    if note:
-        why = "a stalled switchover: the old leader took its lease back"
-    elif explicit and req is not None:
-        why = f"switchover from {req.leader}" if req.kind == "switchover" else "failover by an operator"
-    else:
-        why = "automatic failover: the leader's lease ran out"
-    steps: tuple[Action, ...] = (AcquireLease(), Promote(sync.after_promotion(view.settings, view.sync,
-                                                                          obs.me.name), why))
-    steps = standby.without_promotion(view.settings, steps)
-    message = note or f"no leader; taking the lease{standby.promoting(view.settings)}"
-    if view.failover is not None and view.failover.candidate != obs.me.name:
-        # We act on our own after a request that did not come true: drop it, or the new leader
-        # would try to carry it out again.
-        steps = (*steps, ClearFailover())
-        if not note:
-            message += f" (no one acted on the pending {view.failover.kind} for {obs.leaderless_for:.0f}s)"
-    elif stalled and not explicit:
-        message += f" (leaderless for {obs.leaderless_for:.0f}s)"
-    return Decision(steps, message)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from pgwarden.core.logical import LogicalObjects
 from pgwarden.core.settings import ClusterSettings
 
 
@@ -96,6 +97,10 @@ class MemberInfo:
     version: str = ""
     pg_version: int | None = None
     pending_restart: bool = False
+    # Logical slots this member holds (name, confirmed LSN): the primary's are what candidates
+    # copy (core/slot_copies.py); a candidate's show whether it has them.
+    logical_slots: tuple[tuple[str, int], ...] = ()
+    native_slots: tuple[str, ...] = ()  # those PostgreSQL (17+) keeps on standbys itself (failover)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -118,6 +123,8 @@ class MemberInfo:
             "version": self.version,
             "pg_version": self.pg_version,
             "pending_restart": self.pending_restart,
+            "logical_slots": dict(self.logical_slots),
+            "native_slots": list(self.native_slots),
         }
 
     @classmethod
@@ -147,6 +154,8 @@ class MemberInfo:
             version=str(d.get("version", "")),
             pg_version=opt_int("pg_version"),
             pending_restart=bool(d.get("pending_restart", False)),
+            logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
+            native_slots=tuple(sorted(str(n) for n in d.get("native_slots") or ())),
         )
 
 
@@ -230,6 +239,10 @@ class ClusterView:
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None  # last LSN the leader published ("optime")
     site: SiteState = SiteState()
+    # The members whose majority the failsafe counts (SAFETY rule 17; only the leader writes it,
+    # one member at a time: core/failsafe.py), and its compare-and-swap token.
+    failsafe_members: frozenset[str] = frozenset()
+    failsafe_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -293,6 +306,10 @@ class PgView:
     not_streaming_for: float = 0.0
     # Starts as a replica that failed in a row (e.g. "not a child of this server's history").
     start_failures: int = 0
+    # Publications, subscriptions and logical slots (None: not read this loop).
+    logical: LogicalObjects | None = None
+    # Logical slots this agent copied onto this standby, and on which timeline (slot_copies.py).
+    slot_copies: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -316,6 +333,16 @@ class Lease:
 
     held: bool
     deadline: float = 0.0
+
+
+@dataclass(frozen=True)
+class FailsafeRound:
+    """One round of failsafe confirmations this leader asked for while the store was unreachable:
+    `sent_at` (monotonic) is when the requests went out, before any answer; `confirmed` are the
+    members that confirmed, each answering within the round's deadline."""
+
+    sent_at: float
+    confirmed: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -361,4 +388,19 @@ class Observation:
     first_look: bool = False
     # The other sites named in the site document, read this loop (core/standby.py).
     sites: tuple[SiteReading, ...] = ()
+    # -- the majority failsafe (SAFETY rule 17, core/failsafe.py) --
+    # Monotonic time until which a failsafe confirmation this node gave a leader binds it: no
+    # lease for us, no vote for anyone (0: none in force).
+    failsafe_bound_until: float = 0.0
+    # The leader's confirmation round of this loop (store unreachable), None when none was asked.
+    failsafe_round: FailsafeRound | None = None
+    # The sets the leader must have a majority of: the failsafe members it last read, plus any
+    # value it wrote since whose outcome it has not read back.
+    failsafe_sets: tuple[frozenset[str], ...] = ()
+    # A leaderless candidate's votes this loop: members that promised not to confirm a leader
+    # for a while (None: not asked).
+    failsafe_votes: frozenset[str] | None = None
+    # When this loop's store read was sent (monotonic; None: use `now`): a failsafe candidate
+    # must hold the lease within ttl of it.
+    snapshot_at: float | None = None
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from msgspec import Meta, Struct, field
+
+from pgwarden.core.logical import PublicationSpec, SubscriptionSpec, check_unique
 
 
 class Strict(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -117,19 +119,31 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     failover_mode: FailoverMode = FailoverMode.AUTOMATIC
     paused: bool = False
     use_pg_rewind: bool = True
+    # Keep writing through a store outage while a majority of members confirm (core/failsafe.py).
+    # `on`/`off` or true/false; YAML reads an unquoted on/off as a boolean already.
+    failsafe: bool | Literal["on", "off"] = False
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     # Set: this cluster is a standby site (core/standby.py). Removed by `ctl promote-cluster`.
     standby_cluster: StandbyCluster | None = None
     # Physical slots the leader keeps besides its members' (a standby site's primary_slot_name).
     permanent_slots: list[Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,63}$")]] = field(default_factory=list)
+    # Declared logical replication, which the leader reconciles (core/logical.py).
+    publications: tuple[PublicationSpec, ...] = ()
+    subscriptions: tuple[SubscriptionSpec, ...] = ()
 
     @property
     def synchronous(self) -> bool:
         """Some synchronous mode (on or quorum) is asked for: the one place that says so."""
         return self.synchronous_mode != SyncMode.OFF
 
+    @property
+    def failsafe_on(self) -> bool:
+        """The majority failsafe is asked for (`failsafe: on` or `true`)."""
+        return self.failsafe is True or self.failsafe == "on"
+
     def __post_init__(self) -> None:
         check_parameters(self.parameters, cluster=True)
+        check_unique(self.publications, self.subscriptions)
         if self.ttl < MIN_TTL:
             raise ValueError(f"ttl must be at least {MIN_TTL:g} s (etcd's shortest lease); got {self.ttl:g}")
         if self.loop_wait < 0.1:

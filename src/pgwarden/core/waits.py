@@ -1,7 +1,7 @@
 """How long an agent has been waiting on others: since when the store has shown no leader, and
 since when it has shown the current failover or switchover request. The runner (and the
 simulator in the tests) feeds it every store answer with the time; the durations go into the
-`Observation` that bounds the core's waits (`decide.patience`, `decide.request_patience`).
+`Observation` that bounds the core's waits (`leaderless.patience`, `leaderless.request_patience`).
 Pure: the caller passes the clock.
 """
 

@@ -63,6 +63,7 @@ class Options:
     # None: etcd for a new cluster, whatever the directory's cluster uses for a stopped one.
     store: str | None = None
     witness: bool = False
+    bin_dir: Path | None = None  # PostgreSQL binaries for every node (None: found as usual)
     tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
     standby_of: Path | None = None  # a standby site of the cluster in this directory
 
@@ -162,6 +163,13 @@ class LocalCluster(ClusterHandle):
             raise UsageError(f"--store raft needs at least two voters (nodes plus witness), got {voters}; "
                              f"use --nodes 3, or --nodes 2 --witness")
         settings = seed_settings(opts.sync, opts.assignments)
+        if opts.bin_dir is not None:
+            from pgwarden.postgres.binaries import BinariesError, find_bin_dir
+
+            try:
+                find_bin_dir(opts.bin_dir.resolve())
+            except BinariesError as e:
+                raise UsageError(f"--bin-dir: {e}") from None
         if self.directory.exists() and any(p.name != LOCK_FILE for p in self.directory.iterdir()):
             raise CliError(f"{self.directory} is not empty and holds no local cluster; "
                            f"choose a new or empty --dir")
@@ -239,7 +247,7 @@ class LocalCluster(ClusterHandle):
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
-                              store=store_doc, tls=certs.get(node))
+                              store=store_doc, tls=certs.get(node), bin_dir=opts.bin_dir)
             for extra in extras:
                 extra.amend_node_config(doc)
             components.append(AgentComponent(plan, doc))

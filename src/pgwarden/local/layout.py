@@ -167,6 +167,7 @@ def node_config(
     replication_password: str,
     api_password: str,
     store: dict[str, Any] | None = None,
+    bin_dir: Path | None = None,
     tls: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """The YAML document for one node (validated by the same loader the agent uses). `store` is
@@ -198,6 +199,8 @@ def node_config(
     }
     if rest:
         doc["settings"] = rest
+    if bin_dir is not None:
+        doc["postgresql"]["bin_dir"] = str(bin_dir.resolve())
     if tls is not None:
         # optional: members and ctl present their certificates (checked against the CA), while
         # load balancers' health checks need none; the API still requires its password.

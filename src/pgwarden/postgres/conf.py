@@ -154,12 +154,15 @@ def primary_conninfo(
         given.setdefault("user", user)
         ours = {"password", "passfile", "application_name", "connect_timeout", "keepalives",
                 "keepalives_idle", "keepalives_interval", "keepalives_count"}
+        given.setdefault("dbname", "postgres")
         parts = [(k, str(v)) for k, v in given.items() if k not in ours and v is not None]
     else:
         parts = [
             ("host", upstream.host),
             ("port", str(upstream.port)),
             ("user", user),
+            # Ignored by physical replication; PostgreSQL 17's slot-sync worker needs a database.
+            ("dbname", "postgres"),
         ]
     if passfile is not None:
         parts.append(("passfile", str(passfile)))
@@ -204,9 +207,9 @@ def render_postgresql_conf(
     passfile: Path | None,
     socket_dir: Path | None,
     cluster_name: str | None = None,
+    major: int | None = None,
     ssl_parameters: Mapping[str, ParamValue] | None = None,
     upstream_ssl: Mapping[str, str] | None = None,
-    major: int | None = None,
 ) -> str:
     """`ssl_parameters` (postgresql.tls: ssl = on and the files) win over the user's; `upstream_ssl`
     are the libpq options of the connection to the upstream."""
@@ -243,6 +246,11 @@ def render_postgresql_conf(
                 ssl=None if up.dsn else upstream_ssl,
             )
             params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
+            if (major or 0) >= 17 and params.get("wal_level") == "logical":
+                # A cluster that can publish keeps its failover slots on every standby
+                # (PostgreSQL's slot-sync worker needs the feedback and a dbname to connect with).
+                params["sync_replication_slots"] = "on"
+                params["hot_standby_feedback"] = "on"
         else:
             # Explicitly empty, so a reload drops a stale upstream instead of keeping it.
             params["primary_conninfo"] = ""

@@ -20,9 +20,10 @@ import psycopg
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core import sync as core_sync
-from pgwarden.core.model import DataState, PgView, SyncConfig
+from pgwarden.core.logical import LogicalChange, LogicalObjects
+from pgwarden.core.model import DataState, PgView, SyncConfig, int_to_lsn
 from pgwarden.core.parameters import SettingSpec
-from pgwarden.postgres import conf, controldata, sql
+from pgwarden.postgres import conf, controldata, logical, slot_copies, sql
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
     PostgresError,
@@ -256,6 +257,71 @@ class PostgresController(DataDirectory):
                 except psycopg.Error as e:  # it may have become active meanwhile
                     log.warning("cannot drop slot %s: %s", name, e)
 
+
+    def logical_objects(self, timeout: float) -> LogicalObjects:
+        """The publications and subscriptions this server holds, with their marks."""
+        with self._local(timeout) as conn:
+            return logical.read_objects(conn)
+
+    def apply_logical(self, change: LogicalChange, timeout: float) -> None:
+        """Carry out one change of the declared logical replication (off the HA loop)."""
+        try:
+            with self._local(timeout) as conn:
+                logical.apply_change(conn, change, timeout)
+        except (psycopg.Error, ValueError) as e:
+            raise PostgresError(str(e).strip().splitlines()[0] if str(e).strip() else repr(e)) from e
+
+    def copy_logical_slots(self, names: frozenset[str], host: str, port: int, timeout: float) -> list[str]:
+        """Write the primary's state files of `names` into our pg_replslot, each only if our
+        replay position is already past the slot's (core/slot_copies.py). Returns those written."""
+        pg = self._cfg.postgresql
+        params = sql.ConnParams(host=host, port=port, user=pg.superuser.username,
+                                password=pg.superuser.secret())
+        done: list[str] = []
+        with sql.connect(params, timeout) as primary, self._local(timeout) as local:
+            for name in sorted(names):
+                got = slot_copies.fetch_state(primary, name)
+                if got is None:
+                    continue
+                state, position = got
+                replayed = slot_copies.replay_lsn(local)
+                if replayed < position:
+                    log.info("logical slot %s: not copied yet, our replay is behind it", name)
+                    continue
+                slot_copies.write_state(self.data_dir, name, state, self.uid, self.gid)
+                log.info("copied logical slot %s from %s:%d", name, host, port)
+                done.append(name)
+        return done
+
+    def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None:
+        with self._local(timeout) as conn:
+            for name, lsn in targets:
+                try:
+                    slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
+                except psycopg.errors.UndefinedFile as e:  # also SQLSTATE 58P01: WAL gone
+                    # The copy needs WAL this standby no longer has: it could not decode after a
+                    # promotion either. Drop it; the next loop copies the primary's again.
+                    log.warning("logical slot copy %s is unusable (%s): dropping it", name,
+                                str(e).strip().splitlines()[0])
+                    slot_copies.drop(conn, name)
+
+    def set_standby_slots(self, members: frozenset[str], timeout: float) -> None:
+        """synchronized_standby_slots = these members' physical slots (17+), by ALTER SYSTEM
+        (postgresql.auto.conf) and a reload, only when the server runs another value."""
+        value = ",".join(sorted(conf.slot_name(m) for m in members))
+        with self._local(timeout) as conn:
+            row = conn.execute("SELECT current_setting('synchronized_standby_slots', true)").fetchone()
+            if row is not None and (row[0] or "") == value:
+                return
+            log.info("synchronized_standby_slots -> %r", value)
+            conn.execute(f"ALTER SYSTEM SET synchronized_standby_slots = {conf.quote_value(value)}")
+            conn.execute("SELECT pg_reload_conf()")
+
+    def drop_logical_slots(self, names: frozenset[str], timeout: float) -> None:
+        with self._local(timeout) as conn:
+            for name in sorted(names):
+                log.info("dropping logical slot copy %s", name)
+                slot_copies.drop(conn, name)
 
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)

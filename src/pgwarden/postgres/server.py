@@ -242,9 +242,9 @@ class PostgresServer:
             member=self._cfg.name, node_parameters=pg.parameters,
             cluster_parameters=settings.parameters, state=state,
             replication_user=pg.replication.username, passfile=self.passfile,
-            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster,
+            socket_dir=self.socket_dir, cluster_name=self._cfg.cluster, major=self.major,
             ssl_parameters=None if self.tls is None else pgtls.server_parameters(self.tls),
-            upstream_ssl=self.peer_ssl(), major=self.major,
+            upstream_ssl=self.peer_ssl(),
         )
 
     def _config_unchanged(self, state: conf.ConfState, settings: ClusterSettings | None) -> bool:

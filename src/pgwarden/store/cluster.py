@@ -18,6 +18,7 @@ from pgwarden.store.base import ANY, KV
 from pgwarden.store.documents import (
     CONFIG,
     FAILOVER,
+    FAILSAFE,
     HISTORY,
     INIT_LOCK,
     INITIALIZE,
@@ -26,6 +27,7 @@ from pgwarden.store.documents import (
     SITE,
     SYNC,
     dump_failover,
+    dump_failsafe,
     dump_history,
     dump_member,
     dump_settings,
@@ -104,6 +106,10 @@ class ClusterStore:
 
     def set_failover(self, request: FailoverRequest, token: str | None, timeout: float) -> bool:
         return self.kv.put(FAILOVER, dump_failover(request), token or None, timeout)
+
+    def set_failsafe_members(self, members: frozenset[str], token: str | None, timeout: float) -> bool:
+        """The failsafe set (rule 17): compare-and-swap on `token` (None or "": create-only)."""
+        return self.kv.put(FAILSAFE, dump_failsafe(members), token or None, timeout)
 
     def clear_failover(self, timeout: float) -> None:
         self.kv.delete(FAILOVER, ANY, timeout)

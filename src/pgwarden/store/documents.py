@@ -33,14 +33,16 @@ SYNC = "sync"  # the synchronous promise (compare-and-swap)
 FAILOVER = "failover"  # a switchover or failover request (compare-and-swap)
 HISTORY = "history"  # the timeline history
 OPTIME = "optime"  # the leader's last published LSN
+FAILSAFE = "failsafe"  # the members whose majority the failsafe counts (compare-and-swap)
 MEMBERS = "members"  # members/<name>: each member's state (a ttl key of its own)
 SITE = "site"  # the site epoch and the other sites' API URLs (compare-and-swap; core/standby.py)
 
 LAYOUT = Layout(
-    keys=(INITIALIZE, INIT_LOCK, CONFIG, LEADER, SYNC, FAILOVER, HISTORY, OPTIME, SITE),
+    keys=(INITIALIZE, INIT_LOCK, CONFIG, LEADER, SYNC, FAILOVER, HISTORY, OPTIME, FAILSAFE, SITE),
     dirs=(MEMBERS,),
-    # The leader rewrites `optime` every loop, and `history` changes only with the leader key.
-    quiet=frozenset({HISTORY, OPTIME}),
+    # The leader rewrites `optime` every loop, and `history` and `failsafe` change only with the
+    # leader key: nobody needs to wake for them.
+    quiet=frozenset({HISTORY, OPTIME, FAILSAFE}),
 )
 
 
@@ -103,6 +105,15 @@ def load_site(raw: str, token: str, cluster: str) -> SiteState:
     return SiteState(int(d.get("epoch", 0)), tuple(str(p) for p in peers), token, cluster)
 
 
+def dump_failsafe(members: frozenset[str]) -> str:
+    return json.dumps({"members": sorted(members)})
+
+
+def load_failsafe(raw: str) -> frozenset[str]:
+    d = json.loads(raw)
+    return frozenset(str(n) for n in d.get("members") or ())
+
+
 def dump_member(m: MemberInfo) -> str:
     return json.dumps(m.to_dict(), sort_keys=True)
 
@@ -130,6 +141,8 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None
     site = SiteState(cluster=cluster)
+    failsafe: frozenset[str] = frozenset()
+    failsafe_token = ""
     for key, e in sorted(entries.items()):
         raw, token = e.value, e.version
         try:
@@ -158,10 +171,14 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
                 site = load_site(raw, token, cluster)
             elif key == OPTIME:
                 leader_lsn = int(raw)
+            elif key == FAILSAFE:
+                failsafe_token = token  # kept even when unreadable, so the leader can rewrite it
+                failsafe = load_failsafe(raw)
         except (ValueError, KeyError, TypeError) as err:
             log.warning("store: skipping unreadable key %s/%s: %s", cluster, key, err)
     return ClusterView(
         initialized=initialized, init_holder=init_holder, settings=settings,
         settings_token=settings_token, leader=leader, members=members, sync=sync,
         failover=failover, history=history, leader_lsn=leader_lsn, site=site,
+        failsafe_members=failsafe, failsafe_token=failsafe_token,
     )

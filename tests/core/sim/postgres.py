@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.logical import LogicalChange
 from pgwarden.core.model import NO_SYNC, SyncConfig
 from pgwarden.postgres.controller import PostgresError, Role, StopMode, UpstreamTuple
 
@@ -138,7 +139,21 @@ class SimPostgres:
     def read_timeline_history(self, timeline: int) -> list[tuple[int, int, str]]:
         return [(tl, sw, "promoted") for tl, sw in self.lineage if tl < timeline]
 
+    # Logical replication is not simulated: no publications, subscriptions or logical slots exist.
+    def apply_logical(self, change: LogicalChange, timeout: float) -> None:
+        raise AssertionError("the simulation declares no logical replication")
 
+    def copy_logical_slots(self, names: frozenset[str], host: str, port: int, timeout: float) -> list[str]:
+        return []
+
+    def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None:
+        pass
+
+    def set_standby_slots(self, members: frozenset[str], timeout: float) -> None:
+        pass
+
+    def drop_logical_slots(self, names: frozenset[str], timeout: float) -> None:
+        pass
 @dataclass
 class SimFencer:
     """The separate fencer process: knows only its armed deadline (rule 13)."""

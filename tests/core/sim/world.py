@@ -335,6 +335,10 @@ class World:
         for node in self.nodes.values():  # streaming replicas catch up with their upstream
             if self.streaming(node) and self.t >= node.slow_until:
                 up = self.nodes[node.pg.upstream or ""].pg
+                if node.pg.timeline == up.timeline and node.pg.lsn > up.lsn:
+                    # Connected to a standby upstream that is behind it: it waits for that one to
+                    # catch up; streaming never takes WAL away from a server.
+                    continue
                 node.pg.timeline, node.pg.lsn, node.pg.lineage = up.timeline, up.lsn, list(up.lineage)
 
     def write(self) -> None:

@@ -1,0 +1,150 @@
+"""Logical slots that survive a failover on PostgreSQL 15 and 16 (SAFETY rule 19): every failover
+candidate keeps a copy of each of the primary's logical slots, never ahead of its own WAL.
+
+The copy starts as the primary's slot state file, written into the standby's pg_replslot and
+loaded by a restart (a standby cannot create a logical slot before 16, nor one that continues the
+primary's); from then on the standby advances it with pg_replication_slot_advance, to no further
+than both the primary's slot and its own replay position. Why "never ahead of its own WAL": after
+a promotion, a slot whose confirmed position lies past the point where the new timeline began
+would skip the new primary's first changes in that range, silently. So a copy is trusted only
+while that cannot be: made by this agent, on this timeline or on an earlier one it does not
+reach past the end of (the store's timeline history). Anything else is dropped and copied anew.
+On 17 and later PostgreSQL's own slot synchronisation does this (`failover = true`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pgwarden.core.actions import (
+    Action,
+    AdvanceLogicalSlots,
+    CopyLogicalSlots,
+    DropLogicalSlots,
+    SetStandbySlots,
+    StopPostgres,
+    Upstream,
+)
+from pgwarden.core.logical import SlotInfo
+from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Observation, Role
+
+FIRST_NATIVE = 17  # slots with failover = true and sync_replication_slots
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    copy: frozenset[str]
+    advance: tuple[tuple[str, int], ...]
+    drop: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.copy or self.advance or self.drop)
+
+
+def trusted(name: str, slot: SlotInfo, copies: Mapping[str, int], timeline: int | None,
+            history: tuple[HistoryEntry, ...]) -> bool:
+    """A local copy we made on timeline `copies[name]` that does not reach past the end of any
+    timeline between that one and ours."""
+    made_on = copies.get(name)
+    if made_on is None or timeline is None or made_on > timeline or slot.lost:
+        return False
+    for e in history:
+        if made_on <= e.timeline < timeline and (slot.confirmed_flush or 0) > e.switch_lsn:
+            return False
+    return True
+
+
+def plan(leader: Mapping[str, int], local: Mapping[str, SlotInfo], copies: Mapping[str, int],
+         timeline: int | None, history: tuple[HistoryEntry, ...], replayed: int | None) -> SlotPlan:
+    drop = frozenset(n for n, s in local.items()
+                     if n not in leader or not trusted(n, s, copies, timeline, history)
+                     or (s.confirmed_flush or 0) > (replayed or 0))
+    advance: list[tuple[str, int]] = []
+    for n, s in sorted(local.items()):
+        if n in drop:
+            continue
+        target = min(leader[n], replayed or 0)
+        if target > (s.confirmed_flush or 0):
+            advance.append((n, target))
+    copy = frozenset(n for n in leader if n not in local)
+    return SlotPlan(copy, tuple(advance), drop)
+
+
+def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream) -> tuple[list[Action], str]:
+    """A streaming candidate keeps copies of the leader's logical slots: drop the untrusted,
+    advance the rest, copy the missing (the copy needs a restart to load). On 17 and later the
+    slot-sync worker keeps the failover slots, and the copies are only of the others (made by a
+    subscriber older than 17, which cannot ask for failover)."""
+    pg = obs.pg
+    if pg.logical is None or not pg.healthy or pg.version is None:
+        return [], ""
+    local = dict(pg.logical.slots)
+    wanted = dict(leader.logical_slots)
+    out: list[Action] = []
+    notes: list[str] = []
+    if pg.version >= FIRST_NATIVE:
+        # A failover slot this standby did not get from the slot-sync worker (a demoted
+        # primary's own) makes that worker stop with "same name slot already exists": drop it
+        # (patroni#3493, cloudnative-pg#9969); the worker then syncs the primary's.
+        stale = frozenset(n for n, s in local.items() if s.failover and not s.synced)
+        if stale:
+            out.append(DropLogicalSlots(stale))
+            notes.append(f"dropping stale failover slots {', '.join(sorted(stale))}")
+        local = {n: s for n, s in local.items() if not s.failover}
+        wanted = {n: lsn for n, lsn in wanted.items() if n not in leader.native_slots}
+    if obs.me.tags.nofailover or not pg.streaming or (not wanted and not local):
+        return out, "; ".join(notes)
+    if not (leader.running and leader.role == Role.PRIMARY):
+        # Its published slots are not current while it restarts: dropping our copies for that
+        # would lose the slot exactly when a failover may come.
+        return out, "; ".join(notes)
+    history = obs.store.history if obs.store is not None else ()
+    p = plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn)
+    if p.drop:
+        out.append(DropLogicalSlots(p.drop))
+    if p.advance:
+        out.append(AdvanceLogicalSlots(p.advance))
+    if p.copy and obs.store is not None and obs.store.settings.paused:
+        notes.append(f"paused: not restarting to load copies of {', '.join(sorted(p.copy))}")
+    elif p.copy:
+        # Copied only if our replay is past each slot's position (checked as it is read), then
+        # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
+        out += [CopyLogicalSlots(p.copy, source),
+                StopPostgres("fast", "loading copied logical slots", restart=True)]
+        notes.append(f"copying logical slots {', '.join(sorted(p.copy))} from {source.name}")
+    return out, "; ".join(notes)
+
+
+def leader_slot_actions(obs: Observation, view: ClusterView) -> list[Action]:
+    """17+ primary: the failover candidates streaming from us now, whose physical slots
+    synchronized_standby_slots names (recomputed every loop, so on every membership change).
+    A failover slot then sends a change only once each of them has flushed it, so none of
+    them, once promoted, lacks a change a subscriber holds (rule 19). A candidate that stops
+    streaming leaves the list at once: a subscriber waits for no one who cannot answer."""
+    pg = obs.pg
+    if pg.version is None or pg.version < FIRST_NATIVE or pg.logical is None:
+        return []
+    if not any(s.failover for s in pg.logical.slots.values()):
+        return [SetStandbySlots(frozenset())]
+    names = frozenset(r.name for r in pg.replication if r.state == "streaming"
+                      and (m := view.members.get(r.name)) is not None and not m.tags.nofailover)
+    return [SetStandbySlots(names)]
+
+
+def missing_copies(view: ClusterView) -> dict[str, list[str]]:
+    """Failover candidates lacking a copy of one of the leader's logical slots, as the members'
+    keys show them: what `/status` and `ctl logical status` report."""
+    leader = view.members.get(view.leader.name) if view.leader is not None else None
+    if leader is None or not leader.logical_slots:
+        return {}
+    wanted = {n for n, _ in leader.logical_slots}
+    out: dict[str, list[str]] = {}
+    for name, m in sorted(view.members.items()):
+        if name == leader.name or m.tags.nofailover:
+            continue
+        lacking = sorted(wanted - {n for n, _ in m.logical_slots})
+        if lacking:
+            out[name] = lacking
+    return out

@@ -1,0 +1,76 @@
+"""Copies of the primary's logical slots on a standby (PostgreSQL 15, 16; see core/slot_copies.py):
+reading a slot's state file from the primary, writing it into our pg_replslot, advancing and
+dropping copies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from pgwarden.core.logical import SlotInfo
+from pgwarden.core.model import lsn_to_int
+
+# Logical slots worth keeping: not temporary, not a subscription's table-copy slot.
+SLOTS_SQL = (
+    "SELECT slot_name, confirmed_flush_lsn::text, wal_status, {flags} FROM pg_replication_slots "
+    "WHERE slot_type = 'logical' AND NOT temporary AND slot_name !~ '^pg_[0-9]+_sync_'"
+)
+
+
+def read_slots(conn: psycopg.Connection[Any]) -> dict[str, SlotInfo]:
+    flags = "failover, synced" if conn.info.server_version >= 170000 else "false, false"
+    rows = conn.execute(SLOTS_SQL.format(flags=flags)).fetchall()
+    return {str(n): SlotInfo(lsn_to_int(c), lost=w == "lost", failover=bool(f), synced=bool(y))
+            for n, c, w, f, y in rows}
+
+
+def fetch_state(primary: psycopg.Connection[Any], name: str) -> tuple[bytes, int] | None:
+    """The slot's state file and an upper bound of the position it holds (the in-memory one,
+    read after the file: the file is never ahead of memory). None: no such slot."""
+    try:
+        row = primary.execute("SELECT pg_read_binary_file(%s)", (f"pg_replslot/{name}/state",)).fetchone()
+    except psycopg.errors.UndefinedFile:
+        return None
+    pos = primary.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+                          (name,)).fetchone()
+    if row is None or pos is None or pos[0] is None:
+        return None
+    return bytes(row[0]), lsn_to_int(pos[0]) or 0
+
+
+def write_state(data_dir: Path, name: str, state: bytes, uid: int, gid: int) -> None:
+    """pg_replslot/<name>/state, as PostgreSQL writes it (directory 0700, file 0600, synced)."""
+    d = data_dir / "pg_replslot" / name
+    d.mkdir(mode=0o700, exist_ok=True)
+    path = d / "state"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, state)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if os.geteuid() == 0:
+        os.chown(d, uid, gid)
+        os.chown(path, uid, gid)
+    dfd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def replay_lsn(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()
+    return (lsn_to_int(row[0]) if row else None) or 0
+
+
+def advance(conn: psycopg.Connection[Any], name: str, lsn: str) -> None:
+    conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (name, lsn))
+
+
+def drop(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute("SELECT pg_drop_replication_slot(%s) FROM pg_replication_slots "
+                 "WHERE slot_name = %s AND NOT active", (name, name))
