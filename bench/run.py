@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -24,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from psycopg.conninfo import make_conninfo
 from rich.console import Console
-from rich.table import Table
 
 from bench.drivers.base import ClusterDriver, SyncMode, Timing
 from bench.drivers.patroni import PatroniDriver, ensure_environment
 from bench.drivers.pgwarden import PgwardenDriver
 from bench.drivers.pgwarden_netns import PgwardenNetnsDriver
 from bench.procs import cpu_seconds, rss_mb, wait_for
+from bench.report import Row, markdown, print_table
 from bench.routing import PGBENCH
 from bench.workload import Workload, count_lost, prepare
 from tests.support.netns import Network, unavailable_reason
@@ -54,26 +52,11 @@ NETNS_DRIVERS: dict[str, Callable[[], ClusterDriver]] = {
 REQUIRED_FOR_DOCS = {"patroni", "pgwarden"}
 BACKEND_TOOLS = {"pgwarden-zookeeper", "pgwarden-raft"}
 ALL_SCENARIOS = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover",
-                 "bootstrap", "footprint", "false-failover"]
+                 "bootstrap", "footprint", "false-failover", "store-outage"]
 WARMUP_ACKS = 100  # acknowledged commits before a fault, so "last ack before" is a steady-state write
 AFTER_ACKS = 50  # acknowledged commits on the new primary before the workload stops
 
 console = Console(stderr=True)
-
-
-@dataclass
-class Row:
-    scenario: str
-    tool: str
-    timing: Timing
-    unit: str
-    values: list[float] = field(default_factory=list)
-    lost: int | None = None
-    failed: int | None = None
-    errors: list[str] = field(default_factory=list)
-
-    def median(self) -> float | None:
-        return statistics.median(self.values) if self.values else None
 
 
 def say(msg: str) -> None:
@@ -150,6 +133,41 @@ def scenario_fault(tool: str, driver: ClusterDriver, timing: Timing, runs: int, 
                 f"lost {r.lost}, old primary acks after the new one's first: {r.overlap}")
         driver.heal()
     driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+    return row
+
+
+def scenario_store_outage(tool: str, driver: ClusterDriver, timing: Timing, runs: int, seconds: float) -> Row:
+    """The store (etcd) frozen by SIGSTOP for `seconds` under a steady writer, with each tool's
+    failsafe on: the longest write gap from the freeze to `seconds` after the thaw. Patroni's
+    failsafe_mode keeps the leader while every member answers it; pgwarden's, while a majority
+    confirms (rule 17)."""
+    row = Row("store-outage", tool, timing, "s", lost=0, failed=0)
+    for i in range(runs):
+        driver.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+        dsn = driver.dsn()
+        prepare(dsn)
+        workload = Workload(dsn)
+        workload.start()
+        etcd = driver.store_pid()
+        try:
+            wait_for(lambda w=workload: w.ack_count() >= WARMUP_ACKS, 30, "writes before the outage")
+            frozen_at = time.monotonic()
+            os.kill(etcd, signal.SIGSTOP)
+            try:
+                threading.Event().wait(seconds)
+            finally:
+                os.kill(etcd, signal.SIGCONT)
+            thawed_at = time.monotonic()
+            threading.Event().wait(max(10.0, 2 * timing.ttl))  # leases resume: still no gap?
+        finally:
+            history = workload.stop()
+        gap = history.longest_gap(frozen_at, time.monotonic())
+        row.values.append(gap)
+        row.failed = (row.failed or 0) + history.failed_transactions(frozen_at, time.monotonic())
+        lost = count_lost(dsn, history.acked_ids())
+        row.lost = (row.lost or 0) + lost
+        say(f"{tool} store-outage ({timing.label}) run {i + 1}: etcd frozen {thawed_at - frozen_at:.0f}s, "
+            f"longest write gap {gap:.2f}s, failed {row.failed}, lost {lost}")
     return row
 
 
@@ -246,7 +264,7 @@ LIVE: list[ClusterDriver] = []
 
 def run_tool(
     rows: list[Row], tool: str, preset: Timing, scenarios: list[str], runs: int, footprint_s: float,
-    false_failover_s: float = 600.0,
+    false_failover_s: float = 600.0, store_outage_s: float = 60.0,
 ) -> None:
     """Append rows as scenarios finish, so an interrupted run still prints what it measured."""
     if "bootstrap" in scenarios:
@@ -256,6 +274,7 @@ def run_tool(
         (DRIVERS, "off", ["footprint", "false-failover", "switchover", "crash"]),
         (DRIVERS, "on", ["crash-sync"]),
         (DRIVERS, "quorum", ["crash-quorum"]),
+        (DRIVERS, "off", ["store-outage"]),  # its own cluster, failsafe on
         (NETNS_DRIVERS, "off", ["partition"]),
         (NETNS_DRIVERS, "on", ["partition-sync"]),
     ]
@@ -271,6 +290,8 @@ def run_tool(
             continue
         where = " in network namespaces" if drivers is NETNS_DRIVERS else ""
         driver = drivers[tool]()
+        if todo == ["store-outage"]:
+            driver.enable_failsafe()
         LIVE.append(driver)
         try:
             say(f"{tool} ({preset.label}): starting a 3-node cluster{where} (synchronous_mode {sync})")
@@ -287,126 +308,13 @@ def run_tool(
                     rows += scenario_footprint(tool, driver, preset, runs, footprint_s)
                 elif name == "false-failover":
                     rows.append(scenario_false_failover(tool, driver, preset, false_failover_s))
+                elif name == "store-outage":
+                    rows.append(scenario_store_outage(tool, driver, preset, runs, store_outage_s))
                 else:
                     rows.append(scenario_fault(tool, driver, preset, runs, name))
         finally:
             driver.down()
             LIVE.remove(driver)
-
-
-def fmt(v: float | None) -> str:
-    return "—" if v is None else f"{v:.2f}"
-
-
-def ratios(rows: list[Row]) -> dict[int, float]:
-    """pgwarden median / Patroni median, for rows whose scenario and preset label match."""
-    out: dict[int, float] = {}
-    for i, r in enumerate(rows):
-        if not r.tool.startswith("pgwarden") or r.median() is None:
-            continue
-        for p in rows:
-            pm = p.median()
-            if p.tool == "patroni" and p.scenario == r.scenario and p.timing.label == r.timing.label and pm:
-                out[i] = (r.median() or 0.0) / pm
-    return out
-
-
-HEADERS = ["scenario", "tool", "timing", "unit", "runs", "median", "min", "max", "rows lost", "failed tx"]
-
-
-def cells(rows: list[Row]) -> list[list[str]]:
-    rat = ratios(rows)
-    table = []
-    for i, r in enumerate(rows):
-        table.append(
-            [
-                r.scenario,
-                r.tool,
-                f"{r.timing.label} ({r.timing.ttl:g}/{r.timing.loop_wait:g}/{r.timing.retry_timeout:g})",
-                r.unit,
-                f"{len(r.values)}" + (f" ({len(r.errors)} failed)" if r.errors else ""),
-                fmt(r.median()),
-                fmt(min(r.values) if r.values else None),
-                fmt(max(r.values) if r.values else None),
-                "—" if r.lost is None else str(r.lost),
-                "—" if r.failed is None else str(r.failed),
-                f"{rat[i]:.2f}" if i in rat else "—",
-            ]
-        )
-    return table
-
-
-def print_table(rows: list[Row]) -> None:
-    table = Table(title="HA benchmark (timing = ttl/loop_wait/retry_timeout)")
-    for h in [*HEADERS, "pgwarden/Patroni"]:
-        table.add_column(h, justify="left" if h in ("scenario", "tool", "timing", "unit") else "right")
-    for c in cells(rows):
-        table.add_row(*c)
-    # Wide enough for every column even when stdout is a pipe or a file.
-    Console(width=max(Console().width, 150)).print(table)
-
-
-def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), "?")
-    mem_kb = next((int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal")), 0)
-    return f"{os.cpu_count()} CPUs ({model}), {mem_kb / 1024 / 1024:.1f} GiB RAM, {platform.platform()}"
-
-
-def markdown(rows: list[Row], command: str, presets: dict[str, dict[str, Timing]]) -> str:
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
-    lines = [
-        "# HA benchmark: pgwarden and Patroni",
-        "",
-        f"- Date: {date}",
-        f"- Machine: {machine()}",
-        f"- Command: `{command}`",
-        "",
-        "| " + " | ".join([*HEADERS, "pgwarden/Patroni"]) + " |",
-        "|" + "---|" * (len(HEADERS) + 1),
-    ]
-    lines += ["| " + " | ".join(c) + " |" for c in cells(rows)]
-    lines += ["", "## Timing presets (seconds)", ""]
-    for tool, ps in presets.items():
-        for t in ps.values():
-            lines.append(f"- {tool} `{t.label}`: {t.describe()}")
-    if tool_notes := [f"- {r.scenario} {r.tool} {r.timing.label}: {e}" for r in rows for e in r.errors]:
-        lines += ["", "## Failed runs", "", *tool_notes]
-    lines += ["", METHOD]
-    return "\n".join(lines) + "\n"
-
-
-METHOD = """## Method
-
-- Workload (`bench/workload.py`): 2 writer threads, each at most 200 inserts/s, autocommit, through a
-  libpq multi-host string with `target_session_attrs=read-write connect_timeout=1`, reconnecting every
-  20 ms while no primary answers. Times are the client's monotonic clock.
-- crash / crash-sync / crash-quorum: SIGKILL, in one sweep, of the primary's agent, its postmaster and all
-  their descendants (a node crash), with `synchronous_mode` off, on and quorum (pgwarden `local up --sync
-  quorum`, Patroni `synchronous_mode: quorum`; `synchronous_node_count` 1: each commit waits for 1 of the
-  2 standbys). Each kill waits until the tool names its synchronous standby (on) or both standbys as
-  quorum voters (quorum). Value = longest gap between acknowledged commits from just before the
-  kill until the first commit acknowledged by another server. Rows lost = acknowledged ids missing on
-  the new primary (summed over runs). Failed tx = statements that raised (summed over runs). The killed
-  node is restarted and the cluster must be healthy again before the next run.
-- switchover: the tool's CLI (`patronictl switchover --force`, `pgwarden ctl switchover --force`);
-  value measured as for crash.
-- bootstrap: from nothing (etcd included) to one primary and 2 streaming replicas.
-- footprint: each agent process alone (not PostgreSQL, not the agent's children), idle cluster:
-  VmRSS at the end of the window, and (utime+stime) over the window scaled to one minute; one value per
-  agent per run.
-- false-failover: `pgbench -i -s 1`, then TPC-B-like `pgbench -c 4 -j 2` through the read-write DSN for
-  the chosen time, the second half with a busy loop on every core; value = leader changes in the tool's
-  own `/history` over the load (nobody asked for any). One value per tool and timing.
-- partition / partition-sync: the same clusters on a private network of Linux namespaces (etcd on
-  one host, each node on its own, the benchmark a client on the same bridge; tests/support/netns.py).
-  The primary is cut off from etcd and from the other nodes (packets silently dropped both ways); the
-  client still reaches it, as an application next to it would. Value, rows lost and failed tx as for
-  crash, with lost rows counted on the new primary; a run in which the old primary acknowledged a
-  commit after the new primary's first is listed under "Failed runs" (two writable primaries). The
-  partition is healed after each run and the old primary must be back, streaming, before the next.
-"""
 
 
 def _sigterm(signum: int, frame: FrameType | None) -> None:
@@ -422,6 +330,8 @@ def main() -> int:
     ap.add_argument("--footprint-seconds", type=float, default=60.0)
     ap.add_argument("--false-failover-seconds", type=float, default=600.0,
                     help="pgbench load per tool and timing for the false-failover row (half with a CPU hog)")
+    ap.add_argument("--store-outage-seconds", type=float, default=60.0,
+                    help="how long etcd is frozen in the store-outage row (both tools' failsafe on)")
     ap.add_argument("--backend-scenarios", default="crash,switchover",
                     help="scenarios for the pgwarden-zookeeper and pgwarden-raft tools (the agent is the "
                          "same; the backend changes how a lease expires and is taken)")
@@ -455,7 +365,7 @@ def main() -> int:
             for preset in ps.values():
                 say(f"[bold]{tool}, timing {preset.label}: {preset.describe()}")
                 run_tool(rows, tool, preset, todo, args.runs, args.footprint_seconds,
-                         args.false_failover_seconds)
+                         args.false_failover_seconds, args.store_outage_seconds)
     except KeyboardInterrupt:
         say("[red]interrupted: stopping what was started")
     finally:

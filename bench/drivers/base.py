@@ -62,6 +62,13 @@ class ClusterDriver(Protocol):
     def leader_changes(self) -> int:
         """Leader changes so far, from the tool's own history (for the false-failover scenario)."""
 
+    def enable_failsafe(self) -> None:
+        """Before `up`: the tool's store-outage failsafe on (pgwarden `failsafe: on`, Patroni
+        `failsafe_mode: true`); `up` returns once it is armed."""
+
+    def store_pid(self) -> int:
+        """PID of the store process (etcd) the cluster uses, for the store-outage scenario."""
+
     def agent_pids(self) -> list[int]:
         """PIDs of the running agent processes (the agents only, not PostgreSQL)."""
 

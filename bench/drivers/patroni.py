@@ -144,8 +144,16 @@ class PatroniDriver:
     # With a network, the driver makes etcd a host ("store") and each node a host of its own, and
     # destroys the network in down(). Without one, everything runs on loopback.
     net: Network | None = None
+    failsafe: bool = False
 
     # -- lifecycle -------------------------------------------------------------------------------
+
+    def enable_failsafe(self) -> None:
+        self.failsafe = True
+
+    def store_pid(self) -> int:
+        assert self.etcd is not None
+        return self.etcd.pid
 
     def up(self, nodes: int = 3, sync: SyncMode = "off", timing: Timing | None = None) -> None:
         timing = timing or self.presets["default"]
@@ -173,6 +181,22 @@ class PatroniDriver:
             self._start_node(node)
         # Replicas of a fresh Patroni cluster retry the clone once per loop_wait: allow several loops.
         self.wait_healthy(timeout=120 + 6 * timing.loop_wait)
+        if self.failsafe:
+            # Patroni's leader publishes the failsafe topology (GET /failsafe) once every member
+            # has registered; its failsafe protects only from then on.
+            names = {n.name for n in self.nodes}
+            wait_for(lambda: self._failsafe_topology() >= names, 60 + 6 * timing.loop_wait,
+                     "Patroni's failsafe topology")
+
+    def _failsafe_topology(self) -> set[str]:
+        for node in self.nodes:
+            try:
+                topology = http_json(f"{node.api}/failsafe", timeout=1.0)
+            except Exception:
+                continue
+            if isinstance(topology, dict):
+                return set(topology)
+        return set()
 
     def _start_etcd(self) -> None:
         assert self.run_dir is not None
@@ -224,6 +248,8 @@ class PatroniDriver:
                     "maximum_lag_on_failover": 1048576,
                     # false | true | "quorum" (Patroni >= 4.0); synchronous_node_count stays 1.
                     "synchronous_mode": SYNCHRONOUS_MODE[sync],
+                    # Patroni's store-outage failsafe: keeps the leader while every member answers.
+                    "failsafe_mode": self.failsafe,
                     "postgresql": {
                         "use_pg_rewind": True,
                         "use_slots": True,

@@ -71,6 +71,7 @@ class PgwardenDriver:
     _members: list[str] = field(default_factory=list)
     _killed: list[str] = field(default_factory=list)
     _pids: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (agent, postmaster)
+    failsafe: bool = False
 
     # -- CLI plumbing ----------------------------------------------------------------------------
 
@@ -102,9 +103,33 @@ class PgwardenDriver:
         # Timing is cluster-wide and lives in the store: seed it at bootstrap with --set.
         args += ["--set", f"ttl={timing.ttl:g}", "--set", f"loop_wait={timing.loop_wait:g}",
                  "--set", f"retry_timeout={timing.retry_timeout:g}"]
+        if self.failsafe:
+            args += ["--set", "failsafe=on"]
         self._run(*args, timeout=300)
         self._members = [m["name"] for m in self._status()]
         self.wait_healthy(timeout=120)
+        if self.failsafe:
+            # Armed once every member has read back the full failsafe set (rule 17).
+            wait_for(self._failsafe_armed, 60, "every member's failsafe set")
+
+    def enable_failsafe(self) -> None:
+        self.failsafe = True
+
+    def _failsafe_armed(self) -> bool:
+        want = sorted(self._members)
+        for m in self._status():
+            try:
+                st = http_json(f"{m['api_url'].rstrip('/')}/status", timeout=1.0)
+            except Exception:
+                return False
+            if sorted(st.get("failsafe_members") or []) != want:
+                return False
+        return True
+
+    def store_pid(self) -> int:
+        assert self.dir is not None
+        state = json.loads((self.dir / "state.json").read_text())
+        return int(state["procs"]["etcd"]["pid"])
 
     def heal(self) -> None:
         assert self.dir is not None

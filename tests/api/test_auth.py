@@ -132,8 +132,22 @@ def test_only_the_listed_reads_are_open(env: Env) -> None:
                 assert r.status != 401, (method, path)
             else:
                 assert r.status == 401, (method, path)
-    protected = {"/config", "/cluster", "/switchover", "/failover", "/restart", "/reinitialize"}
+    protected = {"/config", "/cluster", "/switchover", "/failover", "/restart", "/reinitialize",
+                 "/decisions"}
     assert protected.isdisjoint(OPEN_PATHS)
+    assert {"/metrics", "/dashboard"} <= OPEN_PATHS
+
+
+def test_metrics_and_the_dashboard_page_are_open_its_data_is_not(env: Env) -> None:
+    assert env.request("GET", "/metrics", auth=None).status == 200
+    page = env.request("GET", "/dashboard", auth=None)
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    r = env.request("GET", "/decisions", auth=None)
+    assert r.status == 401 and r.headers["WWW-Authenticate"] == CHALLENGE
+    # The page's own requests get no challenge: the browser would open its login dialog over it.
+    script = env.http.request("GET", env.server.url + "/cluster",
+                              headers={"X-Requested-With": "pgwarden-dashboard"})
+    assert script.status == 401 and "WWW-Authenticate" not in script.headers
 
 
 def test_without_configured_credentials_nothing_is_required() -> None:

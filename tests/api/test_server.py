@@ -129,6 +129,18 @@ def test_status_shows_why_postgresql_did_not_start(env: Env) -> None:
     assert env.json("GET", "/status")[1]["start_error"] == why
 
 
+def test_cluster_during_a_store_outage_says_how_old_it_is(env: Env) -> None:
+    """The agent's last snapshot is all /cluster has while the store is away: it says so."""
+    st = env.holder.get()
+    assert st is not None
+    env.holder.set(replace(st, store_ok=False, cluster_at=time.monotonic() - 12.0))
+    status, body = env.json("GET", "/cluster")
+    assert status == 200 and body["store_reachable"] is False and 11.5 <= body["snapshot_age"] <= 15
+    env.holder.set(replace(st, store_ok=True, cluster_at=time.monotonic()))
+    body = env.json("GET", "/cluster")[1]
+    assert body["store_reachable"] is True and body["snapshot_age"] < 2
+
+
 def test_cluster(env: Env) -> None:
     status, body = env.json("GET", "/cluster")
     assert status == 200

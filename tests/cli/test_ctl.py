@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgwarden.cli.ctl import SWITCHOVER_TIMEOUT, update_settings
+from pgwarden.cli.ctl_context import SWITCHOVER_TIMEOUT, update_settings
 from pgwarden.config.load import replace, to_data
 from pgwarden.config.schema import ClusterSettings, EtcdConfig, StoreConfig
 from pgwarden.core.leaderless import request_patience

@@ -168,3 +168,12 @@ def test_agent_refuses_an_unprotected_api_beyond_loopback(tmp_path: Path) -> Non
     assert f"{path}: the REST API would listen on 0.0.0.0 (not loopback) without authentication" in line
     assert "restapi.authentication" in line and "restapi.insecure: true" in line
     assert not (tmp_path / "data").exists()  # nothing was started or created
+
+
+def test_the_agent_loads_prometheus_client_only_when_scraped() -> None:
+    """The agent's modules (runner, API server) do not import prometheus_client: /metrics does,
+    on its first scrape (docs/observability.md, memory)."""
+    code = ("import sys\nimport pgwarden.agent.runner\n"
+            "print(sorted(m for m in ('prometheus_client', 'pgwarden.api.metrics') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["[]"]

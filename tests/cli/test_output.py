@@ -119,3 +119,13 @@ def test_the_synchronous_replicas_are_marked_and_lag_has_one_format() -> None:
         text = render(members_table(rows))
         assert f"replica ({word})" in text
         assert " 0.0 " in text and " 2.0 " in text  # the same number format for every lag
+
+
+def test_show_config_masks_a_subscription_s_source_password() -> None:
+    from pgwarden.cli.ctl import settings_yaml
+    from pgwarden.core.logical import SubscriptionSpec
+
+    s = ClusterSettings(subscriptions=(SubscriptionSpec(
+        name="s1", source="host=a port=5432 user=u password=Sekrit99", publications=("p",)),))
+    out = settings_yaml(s)
+    assert "Sekrit99" not in out and "password=***" in out and "host=a" in out

@@ -133,6 +133,22 @@ def test_switchover_and_failover_commands(cluster: Cluster) -> None:
     assert got[target] == f"switchover from {leader}" and got[candidate] == "failover by an operator", got
 
 
+def test_a_leader_stopped_on_purpose_hands_over_its_key(cluster: Cluster) -> None:
+    """`local stop` of the leader: its agent stops PostgreSQL, sees it stopped and releases the
+    key (core/shutdown.py), so another member takes over without waiting for the lease."""
+    old = cluster.wait_primary()
+    cluster.wait_replicas([n for n in cluster.names if n != old])
+    cluster.stop_node(old)
+    try:
+        new = cluster.wait_primary(timeout=30, exclude=(old,))
+        log = (cluster.dir / old / "agent.log").read_text()
+        assert "releasing the leader key so a replica takes over at once" in log
+        assert new != old
+    finally:
+        cluster.start_node(old)
+    cluster.wait_replicas([n for n in cluster.names if n != new], timeout=120)
+
+
 def test_switchover_to_an_unknown_member_is_a_clear_error(cluster: Cluster) -> None:
     res = cluster.ctl("switchover", "--candidate", "nosuchnode", "--force", check=False)
     assert res.returncode != 0

@@ -39,7 +39,6 @@ START_TIMEOUT = 60.0
 # in pg_ctl meanwhile (observe() reports it as running but not yet healthy).
 REPLICA_START_WAIT = 5.0
 STOP_TIMEOUT = 30.0
-SLOT_RETENTION = 600.0
 SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we know of changed
 
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
@@ -266,8 +265,8 @@ class Executor:
             case A.WriteSyncState(state=state, token=token):
                 log.info("store sync promise -> %d of %s", state.quorum, sorted(state.members))
                 return self.store.set_sync(state, token, self._timeout())
-            case A.EnsureSlots(names=names):
-                self._ensure_slots(names, pgv)
+            case A.EnsureSlots(names=names, retained=retained):
+                self._ensure_slots(names, retained, pgv)
                 return True
             case A.PublishHistory(timeline=timeline):
                 return self._publish_history(timeline, view)
@@ -364,13 +363,12 @@ class Executor:
         self.facts.restart_pending = False
         return True
 
-    def _ensure_slots(self, names: frozenset[str], pgv: PgView) -> None:
-        # A member's key vanishes while it is being cloned or restarted; keep its slot for
-        # SLOT_RETENTION so it finds its WAL when it comes back.
+    def _ensure_slots(self, names: frozenset[str], retained: frozenset[str], pgv: PgView) -> None:
+        # Which to keep is the core's (core/slots.py); we record when each was wanted for it.
         now = self.clock()
         for n in names:
             self.facts.slot_seen[n] = now
-        keep = frozenset(n for n, t in self.facts.slot_seen.items() if now - t < SLOT_RETENTION)
+        keep = names | retained
         key = (pgv.postmaster_pid, keep)
         if self.facts.slots != key or now - self.facts.slots_checked > SLOT_RECHECK:
             self.pg.ensure_slots(set(keep))

@@ -24,6 +24,7 @@ from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
+from pgwarden.api.telemetry import Facts, Telemetry
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.actions import Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
@@ -41,6 +42,7 @@ from pgwarden.core.model import (
     SiteReading,
     Tags,
 )
+from pgwarden.core.shutdown import after_stop
 from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
@@ -49,6 +51,7 @@ from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.factory import open_store
+from pgwarden.store.timed import TimedKV
 from pgwarden.tls.contexts import ContextSource, client_context, server_context
 
 log = logging.getLogger("pgwarden.agent")
@@ -80,7 +83,9 @@ class Agent(FailsafeMember):
         # The other sites (rule 18), probed in the background; news wakes the loop.
         self.sites = SiteProbe(on_change=self.store_wakeup)
         self.started_at = time.time()
+        self.telemetry = Telemetry(cfg.name)  # /metrics, /decisions (api/telemetry.py)
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
+        self.store.kv = TimedKV(self.store.kv, self.telemetry.store_call)
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
@@ -98,10 +103,11 @@ class Agent(FailsafeMember):
                              self, cfg.name,
                              auth=BasicAuth(*api_auth) if api_auth is not None else None,
                              tls=self.api_tls, max_connections=cfg.restapi.max_connections,
-                             setting_specs=self.pg.setting_specs)
+                             setting_specs=self.pg.setting_specs, telemetry=self.telemetry)
         # GET /position: one PostgreSQL reading at a time, shared by concurrent callers.
         self._position = SharedReading(lambda t: fresh_position(self.pg, cfg.name, t), cfg.name)
         self._view: ClusterView | None = None
+        self._view_at: float | None = None  # when _view was read (monotonic)
         self._streaming = StreamClock()  # see core/waits.py
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
@@ -210,18 +216,10 @@ class Agent(FailsafeMember):
             stopped = self.pg.postmaster_pid() is None
         except Exception:
             log.exception("stopping PostgreSQL failed")
-        if self.lease.held and not stopped:
-            # Releasing now would let a replica promote while our server may still take writes:
-            # keep the key; it expires after ttl, by which time the fencer has stopped the server.
-            log.error("PostgreSQL did not stop: keeping the leader key until it expires (the fencer "
-                      "stops the server at the lease deadline)")
-        elif self.lease.held:
-            try:
-                self.store.release_leader(self.cfg.name, self._settings.retry_timeout)
-                log.info("released the leader lease")
-            except StoreError as e:
-                log.warning("could not release the leader lease: %s", e)
-            self.lease.lost()
+        decision = after_stop(self.lease.held, stopped)
+        (log.error if self.lease.held and not stopped else log.info)("%s", decision.message)
+        if not self.exec.run(decision.actions, self._view, self._last_pg or self.pg.observe(1.0)):
+            self.lease.lost()  # the release failed: the key lapses after ttl; we lead no longer
         if stopped:
             self.fencer.disarm()
         try:
@@ -240,6 +238,7 @@ class Agent(FailsafeMember):
     # -- one loop ------------------------------------------------------------------------------
     def loop_once(self) -> None:
         s = self._settings
+        loop_started = time.monotonic()
         try:
             self.fencer.ensure_running()  # rule 13 holds only while a fencer watches
         except OSError as e:
@@ -269,6 +268,7 @@ class Agent(FailsafeMember):
             leaderless_for=self._waits.leaderless_for(mono),
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
+            slots_wanted_at=dict(self.facts.slot_seen),
             first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
@@ -304,6 +304,8 @@ class Agent(FailsafeMember):
             store_ok = self._publish_member(pgv, view)
         self._store_trouble = trouble or not store_ok
         self._publish(pgv, view, store_ok)
+        self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
+            self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
     def _site_readings(self, view: ClusterView | None, s: ClusterSettings) -> tuple[SiteReading, ...]:
         """The other sites, as the background probe last read them. Every member probes (a
@@ -367,7 +369,7 @@ class Agent(FailsafeMember):
         except StoreError as e:
             log.warning("store unreachable: %s", e)
             return None
-        self._view = view
+        self._view, self._view_at = view, time.monotonic()
         return view
 
     def _adopt_settings(self, view: ClusterView) -> None:
@@ -451,6 +453,7 @@ class Agent(FailsafeMember):
     def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool) -> None:
         self.holder.set(NodeState(
             member=self._member_info(pgv), cluster=view if view is not None else self._view,
+            cluster_at=self._view_at,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,

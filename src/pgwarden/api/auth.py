@@ -2,10 +2,13 @@
 names) for everything except what load balancers and peers need anonymously.
 
 Open, whatever the configuration: GET, HEAD and OPTIONS on the health paths, /status (/patroni),
-/position (peers read it before a promotion decision) and /history (timeline switches: nothing a
-member's /status does not show). Everything else needs the credentials: every POST, PUT, PATCH and
-DELETE, GET /config (the cluster settings) and GET /cluster (which embeds the same settings and the
-pending switchover). A route not listed as open is protected, so a new one is safe by default.
+/position (peers read it before a promotion decision), /history (timeline switches: nothing a
+member's /status does not show), /metrics (what /status shows, as numbers, for Prometheus, as
+Patroni's is) and /dashboard (the page only: the data it polls needs the credentials).
+Everything else needs the credentials: every POST, PUT, PATCH and DELETE, GET /decisions (what
+the agent saw and did), GET /config (the cluster settings) and GET /cluster (which embeds the same
+settings and the pending switchover). A route not listed as open is protected, so a new one is
+safe by default.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({
     *HEALTH_PATHS, *(p + "/" for p in HEALTH_PATHS if p != "/"),
     "/status", "/patroni", "/position", "/history", "/site",
+    "/metrics", "/dashboard",  # metrics, as Patroni's; the page itself holds no state (its data is not open)
 })
 
 
@@ -87,4 +91,8 @@ class BasicAuth:
             error = "wrong credentials (HTTP Basic, restapi.authentication)"
         else:
             error = f"{request.method} {request.path} needs credentials (HTTP Basic, restapi.authentication)"
+        if request.headers.get("x-requested-with"):
+            # A script asking (the dashboard): no challenge, or the browser would open its own
+            # login dialog over the page, which asks for the credentials itself.
+            return json_response(401, {"error": error})
         return json_response(401, {"error": error}, {"WWW-Authenticate": f'Basic realm="{REALM}"'})

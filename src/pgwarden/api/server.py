@@ -21,8 +21,10 @@ from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings,
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
 from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
+from pgwarden.api.observe_routes import add_observability_routes
 from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
+from pgwarden.api.telemetry import Telemetry
 from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, site_json, status_json
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
@@ -69,6 +71,7 @@ class ApiServer:
         tls: ContextSource | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         setting_specs: Callable[[float], Sequence[SettingSpec]] | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -83,6 +86,7 @@ class ApiServer:
         self.tls = tls  # None: plain HTTP; else HTTPS with the source's current context
         self._service = HttpService(host, port, self.dispatch, max_connections=max_connections,
                                     tls=None if tls is None else tls.get)
+        self._telemetry = telemetry  # the agent's records for /metrics and /decisions
         self._routes: dict[str, dict[str, Route]] = {}
         self._add_routes()
 
@@ -125,6 +129,7 @@ class ApiServer:
         r["/reinitialize"] = {"POST": self._reinitialize}
         r["/failsafe"] = {"POST": self._failsafe_confirm}
         r["/failsafe/vote"] = {"POST": self._failsafe_vote}
+        add_observability_routes(r, self._holder, self._telemetry, self._node_name, self._cluster_name)
 
     def dispatch(self, request: Request) -> Response:
         """Route one request. Every failure becomes a JSON {"error": ...}; nothing a client sends
@@ -215,7 +220,12 @@ class ApiServer:
         st = self._state()
         if st.cluster is None:
             raise HttpError(503, "no store snapshot yet")
-        return json_response(200, cluster_json(st.cluster, self._cluster_name()))
+        doc = cluster_json(st.cluster, self._cluster_name())
+        # During a store outage this is the last snapshot: say so, and how old it is.
+        doc["store_reachable"] = st.store_ok
+        if st.cluster_at is not None:
+            doc["snapshot_age"] = round(max(0.0, time.monotonic() - st.cluster_at), 1)
+        return json_response(200, doc)
 
     def _history(self, request: Request) -> Response:
         return json_response(200, history_json(self._view()))

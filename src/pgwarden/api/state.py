@@ -25,6 +25,7 @@ class NodeState:
     message: str = ""  # what the loop is doing ("streaming from node1", "promoting", ...)
     start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
     logical_error: str | None = None  # the last declared publication/subscription change that failed
+    cluster_at: float | None = None  # monotonic time `cluster` was read from the store
 
 
 class StateHolder:

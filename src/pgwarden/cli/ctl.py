@@ -10,11 +10,21 @@ import difflib
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 import yaml
 
+from pgwarden.cli import explain
+from pgwarden.cli.ctl_context import (
+    STORE_TIMEOUT,
+    SWITCHOVER_TIMEOUT,
+    Ctx,
+    store_hosts,
+    store_what,
+    superuser_credentials,
+    update_settings,
+)
+from pgwarden.cli.logical_status import redact
 from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.cli.output import (
     CliError,
@@ -29,64 +39,11 @@ from pgwarden.cli.output import (
 )
 from pgwarden.cli.param_check import ParameterCheck
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
-from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
+from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
 from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
-
-# Deadline of one store call from the CLI: long enough for a loaded etcd, short enough that an
-# unreachable store is reported at once rather than after a TCP timeout.
-STORE_TIMEOUT = 3.0
-SWITCHOVER_TIMEOUT = 30.0  # longer than the leader's HANDOVER_PATIENCE (core/decide.py)
-SETTINGS_RETRIES = 10
-
-
-@dataclass
-class Ctx:
-    """What every ctl command works with: the node file (its path, for messages) and (opened on
-    demand) its store."""
-
-    cfg: NodeConfig
-    path: str = ""
-    _store: ClusterStore | None = None
-
-    @property
-    def store(self) -> ClusterStore:
-        if self._store is None:
-            # A client, not a member: in raft mode this host's agent already is one.
-            from pgwarden.store.factory import open_tool_store
-
-            self._store = open_tool_store(self.cfg.store, self.cfg.cluster)
-        return self._store
-
-    def snapshot(self) -> ClusterView:
-        return self.store.snapshot(STORE_TIMEOUT)
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.close()
-            self._store = None
-
-
-def store_hosts(cfg: StoreConfig) -> str:
-    if cfg.etcd is not None:
-        return ",".join(cfg.etcd.hosts)
-    if cfg.zookeeper is not None:
-        return ",".join(cfg.zookeeper.hosts)
-    if cfg.raft is not None:
-        return ",".join([cfg.raft.self_addr, *cfg.raft.partner_addrs])
-    return "?"
-
-
-def store_what(cfg: StoreConfig) -> str:
-    """What to check when the store does not answer, for error messages."""
-    if cfg.etcd is not None:
-        return "is etcd running?"
-    if cfg.zookeeper is not None:
-        return "is ZooKeeper running?"
-    return "are a majority of the raft members (agents, witness) running?"
-
 
 # -- argument parsing ----------------------------------------------------------------------------
 
@@ -149,6 +106,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="put the superuser's password in the string (left out by default: ctl output "
                         "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
     p.set_defaults(ctl_func=cmd_dsn)
+    explain.register(cmds)  # explain, replay
 
     from pgwarden.cli import (
         logical,  # it builds on this module
@@ -206,7 +164,12 @@ def cmd_history(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 def settings_yaml(settings: ClusterSettings) -> str:
-    return yaml.safe_dump(to_data(settings), sort_keys=True, default_flow_style=False)
+    """The settings as shown (show-config, edit-config's diff): a subscription's source password
+    is masked, since ctl output never shows a secret."""
+    data = to_data(settings)
+    for sub in data.get("subscriptions") or []:
+        sub["source"] = redact(sub["source"])
+    return yaml.safe_dump(data, sort_keys=True, default_flow_style=False)
 
 
 def cmd_show_config(args: argparse.Namespace, ctx: Ctx) -> int:
@@ -223,14 +186,6 @@ def cmd_topology(args: argparse.Namespace, ctx: Ctx) -> int:
     return 0
 
 
-def superuser_credentials(cfg: NodeConfig) -> tuple[str, str]:
-    su = cfg.postgresql.superuser
-    try:
-        return su.username, su.secret()
-    except ValueError as e:
-        raise CliError(str(e)) from None
-
-
 def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     view = ctx.snapshot()
     hosts = sorted((m.host, m.port) for m in view.members.values())
@@ -243,22 +198,6 @@ def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
 
 
 # -- cluster settings (compare-and-swap with retry) -----------------------------------------------
-
-
-def update_settings(
-    store: ClusterStore, change: Callable[[ClusterSettings], ClusterSettings]
-) -> tuple[ClusterSettings, ClusterSettings]:
-    """Apply `change` to the store's settings by compare-and-swap, re-reading and re-applying on
-    a conflict (an agent or another operator wrote in between). Returns (before, after)."""
-    for _ in range(SETTINGS_RETRIES):
-        view = store.snapshot(STORE_TIMEOUT)
-        new = change(view.settings)
-        if new == view.settings:
-            return view.settings, new
-        # An empty token means the key was never written: create-only.
-        if store.set_settings(new, view.settings_token or None, STORE_TIMEOUT):
-            return view.settings, new
-    raise CliError("the cluster settings kept changing while we tried to write them; try again")
 
 
 def _set_paused(ctx: Ctx, paused: bool) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql as Q
 
-from pgwarden.cli.ctl import Ctx, update_settings
+from pgwarden.cli.ctl_context import Ctx, update_settings
 from pgwarden.cli.logical_status import PG_TIMEOUT, cmd_status, first_line, primary_conn, redact
 from pgwarden.cli.output import CliError, UsageError
 from pgwarden.config.load import replace

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgwarden.cli.ctl import Ctx, superuser_credentials
+from pgwarden.cli.ctl_context import Ctx, superuser_credentials
 from pgwarden.cli.output import CliError, console, print_json
 from pgwarden.postgres import sql
 

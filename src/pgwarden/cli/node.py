@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import urllib3
 
-from pgwarden.cli.ctl import store_hosts, store_what
+from pgwarden.cli.ctl_context import store_hosts, store_what
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.history import merge_history

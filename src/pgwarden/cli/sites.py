@@ -9,11 +9,12 @@ import argparse
 import time
 from collections.abc import Callable
 from dataclasses import replace as dc_replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pgwarden.cli.ctl_context import Ctx
 from pgwarden.cli.site_look import (
     describe_lag,
     look_at,
@@ -26,9 +27,6 @@ from pgwarden.config.load import load_node_config, replace
 from pgwarden.core.model import ClusterView, Role, int_to_lsn, lsn_to_int
 from pgwarden.errors import CliError
 from pgwarden.store.cluster import ClusterStore
-
-if TYPE_CHECKING:
-    from pgwarden.cli.ctl import Ctx
 
 STORE_TIMEOUT = 3.0
 ROLE_TIMEOUT = 60.0  # a demotion or promotion the agents carry out: a few loops, a restart
@@ -228,12 +226,10 @@ def _wait_replayed(b: Ctx, end: int, timeout: float) -> None:
 
 
 def cmd_site_switchover(args: argparse.Namespace, ctx: Ctx) -> int:
-    from pgwarden.cli.ctl import Ctx as CtxClass
-
     a_name = ctx.cfg.cluster
     a = ctx.snapshot()
     try:
-        b = CtxClass(load_node_config(args.to), args.to)
+        b = Ctx(load_node_config(args.to), args.to)
     except ConfigError as e:
         raise _config_error(e) from None
     try:

@@ -165,7 +165,11 @@ class WriteSyncState:
 
 @dataclass(frozen=True)
 class EnsureSlots:
+    """Physical slots: `names` are wanted now (the agent records when), `retained` were wanted
+    recently and are kept a while longer (core/slots.py)."""
+
     names: frozenset[str]
+    retained: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

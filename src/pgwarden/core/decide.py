@@ -25,7 +25,6 @@ from pgwarden.core.actions import (
     Clone,
     Decision,
     Demote,
-    EnsureSlots,
     ExtendLease,
     Follow,
     HoldClients,
@@ -63,6 +62,7 @@ from pgwarden.core.model import (
 from pgwarden.core.rewind import diverged, forked_on_one_timeline
 from pgwarden.core.settings import FENCE_BUDGET, LEASE_MARGIN, ClusterSettings
 from pgwarden.core.slot_copies import follower_slot_actions, leader_slot_actions
+from pgwarden.core.slots import ensure_slots
 
 
 def decide(obs: Observation) -> Decision:
@@ -264,7 +264,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     if waiting:
         message += f"; {waiting}"
     slots = frozenset(n for n in view.members if n != obs.me.name) | frozenset(settings.permanent_slots)
-    actions.append(EnsureSlots(slots))
+    actions.append(ensure_slots(obs, slots))
     members = failsafe.next_members(view, obs.me.name)
     if members is not None:
         actions.append(WriteFailsafeMembers(members, view.failsafe_token))
@@ -384,7 +384,8 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
     cascading = frozenset(n for n, m in view.members.items()
                           if n != obs.me.name and m.tags.replicatefrom == obs.me.name)
     slot_steps, note = follower_slot_actions(obs, leader, _member_upstream(leader))
-    return Decision(((EnsureSlots(cascading),) if cascading else ()) + tuple(slot_steps),
+    keep = ensure_slots(obs, cascading)
+    return Decision(((keep,) if keep.names or keep.retained else ()) + tuple(slot_steps),
                     f"replica of {upstream.name}, {state}" + (f"; {note}" if note else ""))
 
 

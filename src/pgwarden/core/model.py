@@ -386,6 +386,8 @@ class Observation:
     # No loop of this agent has seen the store yet: a leader key naming us is one a previous run
     # of this agent held, which we may take back at once instead of demoting first (rule 5).
     first_look: bool = False
+    # Monotonic time each physical slot name was last in an EnsureSlots' `names` (core/slots.py).
+    slots_wanted_at: Mapping[str, float] = field(default_factory=dict)
     # The other sites named in the site document, read this loop (core/standby.py).
     sites: tuple[SiteReading, ...] = ()
     # -- the majority failsafe (SAFETY rule 17, core/failsafe.py) --

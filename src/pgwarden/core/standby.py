@@ -21,7 +21,6 @@ from pgwarden.core.actions import (
     Bootstrap,
     Decision,
     Demote,
-    EnsureSlots,
     Follow,
     JoinSite,
     Promote,
@@ -35,6 +34,7 @@ from pgwarden.core.actions import (
 )
 from pgwarden.core.model import ClusterView, Observation, SiteReading
 from pgwarden.core.settings import ClusterSettings
+from pgwarden.core.slots import ensure_slots
 
 
 def source_upstream(settings: ClusterSettings) -> Upstream | None:
@@ -123,7 +123,7 @@ def as_standby_leader(obs: Observation, view: ClusterView, held_back: bool) -> D
                                            f"pg_rewind from the source site checks for a fork")
     slots = frozenset(n for n in view.members if n != obs.me.name)
     state = "streaming" if pg.streaming else "not streaming yet"
-    return Decision((*steps, EnsureSlots(slots)), f"standby leader, {state} from the source site")
+    return Decision((*steps, ensure_slots(obs, slots)), f"standby leader, {state} from the source site")
 
 
 def stuck_after(settings: ClusterSettings) -> float:

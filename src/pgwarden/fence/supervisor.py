@@ -89,6 +89,11 @@ class Fencer:
     def armed(self) -> bool:
         return bool(self._last and self._last.armed)
 
+    @property
+    def deadline(self) -> float:
+        """The armed deadline (monotonic), 0 when not armed."""
+        return self._last.deadline if self._last and self._last.armed else 0.0
+
     def _write(self, armed: bool, deadline: float, pm: int | None) -> None:
         start = process_start_time(pm) if pm else None
         st = FenceState(os.getpid(), armed, deadline, pm, start, self.data_dir)

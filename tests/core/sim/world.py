@@ -285,6 +285,7 @@ class World:
             store=view, lease=a.lease.view(self.t), peers=self.peers(node) if needs_peers else {},
             settings=self.s, leaderless_for=a.waits.leaderless_for(self.t),
             request_pending_for=a.waits.request_pending_for(self.t), restart_pending=a.facts.restart_pending,
+            slots_wanted_at=dict(a.facts.slot_seen),
         )
         decision = decide(obs)
         if decision.message != node.message:
