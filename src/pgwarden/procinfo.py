@@ -7,16 +7,29 @@ import os
 from pathlib import Path
 
 
-def zombie(pid: int) -> bool:
-    """Exited but not yet reaped (where nothing reaps orphans, a dead postmaster lingers so)."""
+def _state(pid: int) -> str | None:
+    """The process state letter from /proc (R, S, T, Z, ...); None if it cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        # Gone between the signal check and now, unless there is no /proc to read at all.
-        return Path("/proc/self/stat").exists()
+        return None
     # The state follows the command name, which is in parentheses and may itself hold spaces.
     fields = stat[stat.rfind(")") + 2:].split()
-    return bool(fields) and fields[0] in ("Z", "X")
+    return fields[0] if fields else None
+
+
+def zombie(pid: int) -> bool:
+    """Exited but not yet reaped (where nothing reaps orphans, a dead postmaster lingers so)."""
+    state = _state(pid)
+    if state is None:
+        # Gone between the signal check and now, unless there is no /proc to read at all.
+        return Path("/proc/self/stat").exists()
+    return state in ("Z", "X")
+
+
+def stopped(pid: int) -> bool:
+    """Stopped by a signal (SIGSTOP, SIGTSTP) or a tracer: alive, but answering nobody."""
+    return _state(pid) in ("T", "t")
 
 
 def pid_alive(pid: int | None) -> bool:

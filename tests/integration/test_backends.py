@@ -102,7 +102,9 @@ def test_two_nodes_and_a_witness_survive_the_loss_of_the_witness(witness_cluster
     end = time.monotonic() + TTL + 2.0
     while time.monotonic() < end:
         assert cl.primaries() == [primary], "losing the witness changed the primary"
-        assert is_writable(cl, primary) is True
+        # None is "did not answer within connect_timeout" (a loaded machine): ask once more.
+        writable = is_writable(cl, primary)
+        assert (writable if writable is not None else is_writable(cl, primary)) is True
         time.sleep(0.2)
     cl.start_node("witness")
     wait_for(lambda: _witness_healthy(cl), 30, "the witness back in the group")

@@ -5,6 +5,8 @@ line names their node file) for the agents themselves."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,8 +27,11 @@ from pgwarden.local.layout import (
     seed_settings,
     write_node_config,
 )
+from pgwarden.local.status import components_summary
+from pgwarden.procinfo import stopped
 from pgwarden.store.factory import open_store
 from tests.cli.helpers import member, publish_cluster, run_cli
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +197,26 @@ def test_status_and_dsn_with_members_down(cluster_dir: Path) -> None:
 
     r = run_cli("local", "down", "--dir", str(cluster_dir))
     assert r.code == 0 and alive_pids(cluster_dir) == {}
+
+
+def test_status_tells_a_frozen_store_from_a_running_one(cluster_dir: Path) -> None:
+    """A SIGSTOPped etcd is alive but answers nobody: `local status` says frozen, not running."""
+    c = LocalCluster(cluster_dir, out=lambda _: None)
+    c.up(Options(nodes=0, timeout=60), [])
+    state = load_state(cluster_dir)
+    assert state is not None
+    etcd = state.procs["etcd"]
+    pid = etcd.pid
+    assert pid is not None
+
+    def line() -> str:
+        return next(s for s in components_summary(c) if s.startswith("etcd:"))
+
+    assert line().startswith(f"etcd: running (pid {etcd.pid});")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: stopped(pid), 10, "etcd stopped by SIGSTOP")  # the signal is asynchronous
+        assert "frozen" in line() and "SIGCONT" in line()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: line().startswith(f"etcd: running (pid {etcd.pid});"), 10, "etcd answering again")

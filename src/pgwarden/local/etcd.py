@@ -71,6 +71,11 @@ class EtcdComponent(Component):
         return True
 
 
+def etcd_answers(record: ProcRecord) -> bool:
+    """The local etcd `record` started answers its health check (for `local status`)."""
+    return etcd_healthy(record.ports["client"], _client_tls(record.argv))
+
+
 def _client_tls(argv: list[str]) -> TlsPaths | None:
     """What a health probe of the etcd started with `argv` presents: its own certificate (a client
     certificate of the cluster's CA, which --client-cert-auth asks for), None for plain http."""

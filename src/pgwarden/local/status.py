@@ -11,8 +11,10 @@ from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.model import ClusterView, LeaderKey, MemberInfo, Role, Tags
 from pgwarden.errors import CliError
 from pgwarden.local import procs
+from pgwarden.local.etcd import etcd_answers
 from pgwarden.local.handle import ClusterHandle, node_file
 from pgwarden.local.layout import LOOPBACK
+from pgwarden.procinfo import stopped
 from pgwarden.report import libpq_dsn, member_row, ssl_options, stopped_row
 from pgwarden.tls.http import api_pool
 
@@ -60,7 +62,15 @@ def components_summary(cluster: ClusterHandle) -> list[str]:
             continue
         up = procs.is_ours(rec.pid, rec.marker)
         ports = ", ".join(f"{k} {LOOPBACK}:{v}" for k, v in rec.ports.items())
-        out.append(f"{rec.name}: {'running (pid ' + str(rec.pid) + ')' if up else 'stopped'}; {ports}")
+        if not up:
+            what = "stopped"
+        elif rec.pid is not None and stopped(rec.pid):
+            what = f"frozen (pid {rec.pid} is stopped by a signal: SIGCONT resumes it)"
+        elif rec.kind == "etcd" and not etcd_answers(rec):
+            what = f"running (pid {rec.pid}) but not answering its health check"
+        else:
+            what = f"running (pid {rec.pid})"
+        out.append(f"{rec.name}: {what}; {ports}")
     return out
 
 
