@@ -113,3 +113,38 @@ def test_parse_history() -> None:
         (1, 0x3000060, "no recovery target specified"),
         (2, 0x5000000, 'at restore point "x"'),
     ]
+
+
+def _render_dsn(upstream: conf.Upstream, major: int | None) -> dict[str, str]:
+    text = conf.render_postgresql_conf(
+        data_dir=Path("/d/data"), listen_address="10.0.0.1", port=5433, member="node1",
+        node_parameters={}, cluster_parameters={}, state=conf.ConfState("replica", upstream, NO_SYNC, "1"),
+        replication_user="repl", passfile=Path("/d/data.pgpass"), socket_dir=None, cluster_name="B",
+        major=major,
+    )
+    return _params(text)
+
+
+def test_a_standby_site_streams_from_its_source_dsn() -> None:
+    src = conf.Upstream("source-site-1", "", 0, "host=a1,a2 port=5432,5433 target_session_attrs=read-write",
+                        "site_b")
+    p = _render_dsn(src, 18)
+    info = p["primary_conninfo"][1:-1].replace("''", "'")  # postgresql.conf quoting undone
+    for part in ("host='a1,a2'", "port='5432,5433'", "target_session_attrs=read-write", "user=repl",
+                 "passfile=/d/data.pgpass", "require_auth=scram-sha-256"):
+        assert part in info, info
+    # A name none of the source site's members has: never counted as one of its sync standbys.
+    assert "application_name=B.node1" in info
+    assert p["primary_slot_name"] == "'site_b'"
+    # The state round-trips, so a restarted agent knows its DSN upstream.
+    state = conf.ConfState("replica", src, NO_SYNC, "1")
+    assert conf.ConfState.from_json(state.to_json()) == state
+
+
+def test_source_dsn_hardening_follows_libpq_and_the_operator() -> None:
+    src = conf.Upstream("s", "", 0, "host=a1 user=x require_auth=md5")
+    assert "require_auth=md5" in _render_dsn(src, 18)["primary_conninfo"]
+    assert "require_auth" not in _render_dsn(conf.Upstream("s", "", 0, "host=a1"), 15)["primary_conninfo"]
+    no_slot = _render_dsn(conf.Upstream("s", "", 0, "host=a1"), 18)
+    assert no_slot["primary_slot_name"] == "''"
+    assert "user=x" in _render_dsn(src, 18)["primary_conninfo"]

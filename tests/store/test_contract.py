@@ -10,7 +10,7 @@ import pytest
 from pgwarden.config.load import replace
 from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.config.validate import validate
-from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, SyncState, Tags
+from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, SiteState, SyncState, Tags
 from pgwarden.store.base import StoreUnavailable
 from tests.support.backends import OPENERS, StoreFactory
 from tests.support.ports import free_port
@@ -200,6 +200,20 @@ def test_sync_cas(make_store: StoreFactory, cluster: str) -> None:
     assert not a.set_sync(SyncState("a", frozenset(), 0), got.token, T)
     now = a.snapshot(T).sync
     assert now is not None and now.members == frozenset({"b", "c"}) and now.token != got.token
+
+
+def test_site_document_cas(make_store: StoreFactory, cluster: str) -> None:
+    """The site epoch (rule 18) changes only by compare-and-swap on the last snapshot's token."""
+    a, b = make_store(cluster), make_store(cluster)
+    first = a.snapshot(T).site
+    assert (first.epoch, first.peers, first.cluster) == (0, (), cluster)
+    assert a.set_site(SiteState(1, ("http://b1:8008",)), None, T)
+    assert not b.set_site(SiteState(7), None, T)  # create-only lost
+    got = b.snapshot(T).site
+    assert (got.epoch, got.peers) == (1, ("http://b1:8008",))
+    assert b.set_site(SiteState(2, got.peers), got.token, T)
+    assert not a.set_site(SiteState(9), got.token, T)  # stale token
+    assert a.snapshot(T).site.epoch == 2
 
 
 def test_failover_cas_and_clear(make_store: StoreFactory, cluster: str) -> None:

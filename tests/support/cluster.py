@@ -47,7 +47,7 @@ def reachable_tmpdir(prefix: str) -> Path:
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
                  store: str = "etcd", witness: bool = False, tls: bool = False,
-                 bin_dir: str | None = None):
+                 bin_dir: str | None = None, standby_of: Path | None = None):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
@@ -57,6 +57,7 @@ class Cluster:
         self.bin_dir = bin_dir  # `local up --bin-dir`: other PostgreSQL binaries than the embedded
         self.tls = tls  # `local up --tls`: https API (checked against the CA), verify-full SQL
         self._tls_http: urllib3.PoolManager | None = None
+        self.standby_of = standby_of  # `local up --standby-of`: a standby site of that directory
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -74,6 +75,8 @@ class Cluster:
             args += ["--bin-dir", self.bin_dir]
         if self.tls:
             args.append("--tls")
+        if self.standby_of is not None:
+            args += ["--standby-of", str(self.standby_of)]
         pgwarden(*args)
 
     def down(self) -> None:

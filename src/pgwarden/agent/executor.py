@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import assert_never
 
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import LogicalWorker
 from pgwarden.agent.ports import Clock, FencerPort, PostgresPort, RouterPort
 from pgwarden.agent.slot_ledger import SlotLedger
+from pgwarden.config.load import replace as replace_settings
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
 from pgwarden.core.history import merge_history
@@ -22,7 +23,7 @@ from pgwarden.core.model import (
     PgView,
     SyncConfig,
 )
-from pgwarden.postgres.controller import PostgresError
+from pgwarden.postgres.controller import PostgresError, UpstreamTuple
 from pgwarden.postgres.server import StartError
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
@@ -43,7 +44,7 @@ SLOT_RECHECK = 30.0  # seconds: look at the slots again even when nothing we kno
 # Actions that change nothing the next decision reads from PostgreSQL: no need to observe again.
 BOOKKEEPING = (A.RenewLease, A.EnsureSlots, A.ClearFailover, A.PublishHistory, A.WriteSyncState,
                A.ExtendLease, A.WriteFailsafeMembers, A.ApplyLogical, A.AdvanceLogicalSlots,
-               A.DropLogicalSlots, A.SetStandbySlots)
+               A.DropLogicalSlots, A.SetStandbySlots, A.RecordEpoch)
 
 
 class ActionFailed(Exception):
@@ -230,7 +231,7 @@ class Executor:
                 log.info("pg_rewind from %s", src.name)
                 if pgv.running:
                     self.pg.stop("fast", STOP_TIMEOUT)
-                if not self.pg.rewind(src.host, src.port, CLONE_TIMEOUT):
+                if not self.pg.rewind(src.host, src.port, CLONE_TIMEOUT, dsn=src.dsn):
                     self.facts.rewind_failed = True
                     return False
                 self.facts.start_failures = 0
@@ -242,11 +243,16 @@ class Executor:
                 return self._clone(src)
             case A.TakeInitLock():
                 return self.store.take_init_lock(self.name, max(s.ttl, 60.0), self._timeout())
-            case A.Bootstrap():
+            case A.Bootstrap(site_source=source):
                 self.facts.activity = "bootstrapping"
                 if pgv.running:
                     self.pg.stop("immediate", STOP_TIMEOUT)
                 self.pg.wipe()
+                if source is not None:  # a standby site: a base backup of its source site
+                    log.info("bootstrapping a standby site from %s", source.dsn)
+                    self.pg.clone("", 0, CLONE_TIMEOUT, dsn=source.dsn)
+                    self.pg.start(role="replica", upstream=_up(source), wait_timeout=REPLICA_START_WAIT)
+                    return self._initialized(self.pg.system_id())
                 sysid = self.pg.bootstrap()
                 return self._initialized(sysid)
             case A.AdoptExistingData(system_id=sysid):
@@ -273,6 +279,12 @@ class Executor:
             case A.ClearFailover():
                 self.store.clear_failover(self._timeout())
                 return True
+            case A.JoinSite(dsn=dsn, epoch=epoch):
+                return self._join_site(view, dsn, epoch)
+            case A.RecordEpoch(epoch=epoch):
+                assert view is not None
+                log.info("site epoch %d -> %d (seen at the source site)", view.site.epoch, epoch)
+                return self.store.set_site(replace(view.site, epoch=epoch), view.site.token, self._timeout())
             case A.ApplyLogical(change=change):
                 self.logical.submit(change)  # off the loop; the next observation shows it done
                 return True
@@ -326,7 +338,7 @@ class Executor:
         if self.slot_ledger is not None:
             self.slot_ledger.save(pgv.system_id, self.facts.slot_copies)
 
-    def _demote(self, upstream: tuple[str, str, int] | None) -> None:
+    def _demote(self, upstream: UpstreamTuple | None) -> None:
         """Stop writes within the lease (escalating to immediate, then SIGKILL), disarm the fencer
         only once the server is down, then start it as a standby (rule 3)."""
         self.pg.stop("fast", self._lease_budget(STOP_TIMEOUT))
@@ -396,6 +408,18 @@ class Executor:
         log.info("cluster initialised with system id %s", sysid)
         return True
 
+    def _join_site(self, view: ClusterView | None, source: str, epoch: int) -> bool:
+        """Rule 18: the epoch first, then standby_cluster; both compare-and-swap on this loop's
+        snapshot, so a concurrent `ctl promote-cluster` or edit wins and we decide again."""
+        assert view is not None
+        t = self._timeout()
+        log.warning("becoming a standby site of %s (epoch %d)", source, epoch)
+        if epoch > view.site.epoch and \
+                not self.store.set_site(replace(view.site, epoch=epoch), view.site.token, t):
+            return False
+        new = replace_settings(view.settings, standby_cluster={"source": source})
+        return self.store.set_settings(new, view.settings_token, t)
+
     def _publish_history(self, timeline: int, view: ClusterView | None) -> bool:
         entries = merge_history(self.pg.read_timeline_history(timeline), view.history if view else (),
                                 self.name, timeline, self.wall(), self.facts.promoted_because)
@@ -409,5 +433,7 @@ def _fmt_sync(c: SyncConfig) -> str:
     return f"ANY {c.quorum} ({', '.join(sorted(c.members))})"
 
 
-def _up(u: A.Upstream | None) -> tuple[str, str, int] | None:
-    return (u.name, u.host, u.port) if u is not None else None
+def _up(u: A.Upstream | None) -> UpstreamTuple | None:
+    if u is None:
+        return None
+    return (u.name, u.host, u.port, u.dsn, u.slot) if u.dsn else (u.name, u.host, u.port)

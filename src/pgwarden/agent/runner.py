@@ -19,6 +19,7 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import BoundedReader
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import SharedReading, fresh_position
+from pgwarden.agent.sites import SiteProbe
 from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
@@ -38,12 +39,14 @@ from pgwarden.core.model import (
     PeerReading,
     PgView,
     Role,
+    SiteReading,
     Tags,
 )
 from pgwarden.core.shutdown import after_stop
+from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres.controller import PostgresController
+from pgwarden.postgres.controller import PostgresController, UpstreamTuple
 from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
@@ -77,6 +80,8 @@ class Agent(FailsafeMember):
         self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
         self.peers = PeerProbe(self.client_tls)
+        # The other sites (rule 18), probed in the background; news wakes the loop.
+        self.sites = SiteProbe(on_change=self.store_wakeup)
         self.started_at = time.time()
         self.telemetry = Telemetry(cfg.name)  # /metrics, /decisions (api/telemetry.py)
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
@@ -225,6 +230,7 @@ class Agent(FailsafeMember):
         if self.router is not None:
             self.router.stop()
         self.peers.close()
+        self.sites.close()
         self.failsafe_client.close()
         self.api_store.close()
         self.store.close()
@@ -263,7 +269,7 @@ class Agent(FailsafeMember):
             request_pending_for=self._waits.request_pending_for(mono),
             command=command, restart_pending=self.facts.restart_pending,
             slots_wanted_at=dict(self.facts.slot_seen),
-            first_look=view is not None and not self._seen_store,
+            first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
         )
@@ -301,8 +307,23 @@ class Agent(FailsafeMember):
         self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
             self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
+    def _site_readings(self, view: ClusterView | None, s: ClusterSettings) -> tuple[SiteReading, ...]:
+        """The other sites, as the background probe last read them. Every member probes (a
+        replica may have to promote, a primary may not hold the lease); readings older than a
+        few loops count as none."""
+        if view is None:
+            return ()
+        self.sites.want(view.site.peers, s.loop_wait)
+        return self.sites.latest(max_age=3 * s.loop_wait + 1.0)
+
     def _leader_timeline(self) -> int | None:
         view = self._view
+        if view is not None and view.leader is not None and view.leader.name == self.cfg.name and \
+                view.settings.standby_cluster is not None:
+            # A standby leader's upstream is the writable site it streams from (core/standby.py).
+            tls = [r.timeline for r in self.sites.latest(3 * view.settings.loop_wait + 1.0)
+                   if r.writable and r.timeline is not None]
+            return max(tls) if tls else None
         if view is None or view.leader is None or view.leader.name == self.cfg.name:
             return None
         m = view.members.get(view.leader.name)
@@ -359,11 +380,14 @@ class Agent(FailsafeMember):
         self._settings_token = view.settings_token
         if changed:
             log.info("cluster settings changed; applying")
-            up = None
+            up: UpstreamTuple | None = None
             prev = self._last_pg.upstream if self._last_pg is not None else None
             m = view.members.get(prev) if prev else None
+            src = source_upstream(view.settings)
             if m is not None:
                 up = (m.name, m.host, m.port)
+            elif src is not None and self.lease.held:  # a standby leader keeps its stream
+                up = (src.name, src.host, src.port, src.dsn, src.slot)
             try:
                 self.pg.reconfigure(up, self.facts.sync_applied, view.settings)
             except Exception as e:
@@ -372,6 +396,9 @@ class Agent(FailsafeMember):
     def _member_info(self, pgv: PgView) -> MemberInfo:
         if pgv.running and pgv.in_recovery is False:
             role = Role.PRIMARY
+        elif pgv.running and pgv.in_recovery and self.lease.held and \
+                self._settings.standby_cluster is not None:
+            role = Role.STANDBY_LEADER
         elif pgv.running and pgv.in_recovery:
             role = Role.REPLICA
         else:

@@ -28,7 +28,7 @@ REALM = "pgwarden"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({
     *HEALTH_PATHS, *(p + "/" for p in HEALTH_PATHS if p != "/"),
-    "/status", "/patroni", "/position", "/history",
+    "/status", "/patroni", "/position", "/history", "/site",
     "/metrics", "/dashboard",  # metrics, as Patroni's; the page itself holds no state (its data is not open)
 })
 

@@ -25,7 +25,7 @@ from pgwarden.api.observe_routes import add_observability_routes
 from pgwarden.api.service import HttpService, ServiceError
 from pgwarden.api.state import CommandRefused, Commands, NodeState, StateHolder
 from pgwarden.api.telemetry import Telemetry
-from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, status_json
+from pgwarden.api.views import cluster_json, history_json, iso_time, settings_json, site_json, status_json
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import parse_settings
 from pgwarden.config.schema import ClusterSettings
@@ -118,6 +118,7 @@ class ApiServer:
         for p in ("/status", "/patroni"):
             r[p] = {"GET": self._status, "HEAD": self._status}
         r["/position"] = {"GET": self._position}
+        r["/site"] = {"GET": self._site}
         r["/cluster"] = {"GET": self._cluster, "HEAD": self._cluster}
         r["/history"] = {"GET": self._history, "HEAD": self._history}
         r["/config"] = {"GET": self._get_config, "HEAD": self._get_config, "PATCH": self._patch_config,
@@ -204,6 +205,9 @@ class ApiServer:
 
     def _status(self, request: Request) -> Response:
         return json_response(200, status_json(self._state(), self._cluster_name()))
+
+    def _site(self, request: Request) -> Response:
+        return json_response(200, site_json(self._state(), self._cluster_name()))
 
     def _position(self, request: Request) -> Response:
         """This node's WAL position read from PostgreSQL now (see agent/position.py)."""

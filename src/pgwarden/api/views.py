@@ -133,3 +133,29 @@ def history_json(view: ClusterView) -> list[dict[str, Any]]:
          "reason": e.reason, "at": iso_time(e.at), "new_leader": e.new_leader}
         for e in view.history
     ]
+
+
+def site_dsn(view: ClusterView) -> str:
+    """A DSN reaching this site's primary through any of its members (no credentials)."""
+    ms = sorted(view.members.values(), key=lambda m: m.name)
+    if not ms:
+        return ""
+    return (f"host={','.join(m.host for m in ms)} port={','.join(str(m.port) for m in ms)} "
+            f"target_session_attrs=read-write")
+
+
+def site_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
+    """GET /site (open, like /status): what another site's agents read for SAFETY rule 18."""
+    view = st.cluster
+    sc = view.settings.standby_cluster if view is not None else None
+    m = st.member
+    return {
+        "cluster": cluster_name,
+        "member": m.name,
+        "epoch": view.site.epoch if view is not None else 0,
+        "writable": m.role == Role.PRIMARY and m.running,
+        "standby_of": sc.source if sc is not None else None,
+        "dsn": site_dsn(view) if view is not None else "",
+        "replayed_lsn": m.replayed_lsn,
+        "timeline": m.timeline,
+    }

@@ -108,9 +108,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(ctl_func=cmd_dsn)
     explain.register(cmds)  # explain, replay
 
-    from pgwarden.cli import logical  # it builds on this module
+    from pgwarden.cli import (
+        logical,  # it builds on this module
+        sites,  # promote-cluster, demote-cluster, site-switchover
+    )
 
     logical.register(cmds)
+    sites.register(cmds)
     ctl.set_defaults(func=run)
 
 

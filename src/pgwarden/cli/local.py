@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the cluster (120)")
     p.add_argument("--store", choices=STORES, default=None,
                    help="coordination: one etcd (default), one ZooKeeper, or raft among the agents")
+    p.add_argument("--standby-of", type=Path, metavar="DIR", default=None,
+                   help="make this a standby site of the local cluster in DIR (docs/multi-site.md)")
     p.add_argument("--witness", action="store_true",
                    help="raft only: add a voting member without PostgreSQL (e.g. --nodes 2 --witness)")
     p.add_argument("--bin-dir", type=Path, metavar="PATH",
@@ -119,11 +121,16 @@ def cmd_up(args: argparse.Namespace, cluster: LocalCluster) -> int:
         extras.extend(ext.up_components(args, cluster))
     opts = Options(nodes=args.nodes, sync=args.sync, assignments=tuple(args.assignments),
                    timeout=args.timeout, store=args.store, witness=args.witness, tls=args.tls,
-                   bin_dir=args.bin_dir)
+                   bin_dir=args.bin_dir, standby_of=args.standby_of)
     cluster.up(opts, extras)
     _print_members(cluster)
     for line in cluster.components_summary():
         print(line)
+    view = cluster.view(0)
+    if args.standby_of is not None or (view is not None and view.settings.standby_cluster is not None):
+        print("Standby site: read-only until `pgwarden ctl promote-cluster`; connection string:")
+        print(cluster.dsn(replicas=True))
+        return 0
     print("Read-write connection string (reaches the primary wherever it runs):")
     print(cluster.dsn())
     return 0

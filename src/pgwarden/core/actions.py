@@ -15,6 +15,9 @@ class Upstream:
     name: str
     host: str
     port: int
+    # A standby site's source (core/standby.py): a libpq DSN instead of one member's address.
+    dsn: str = ""
+    slot: str | None = None  # primary_slot_name for a DSN upstream
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,11 @@ class TakeInitLock:
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """initdb, start as primary, record the system id (and seed the cluster settings)."""
+    """initdb, start as primary, record the system id (and seed the cluster settings). With
+    `site_source` (a standby site's first member): a base backup of the source site instead,
+    started as a standby of it."""
+
+    site_source: Upstream | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +185,22 @@ class ClearFailover:
 
 
 @dataclass(frozen=True)
+class JoinSite:
+    """Make this cluster a standby site of another (SAFETY rule 18): the site document's epoch
+    becomes `epoch`, then the settings get standby_cluster {source: `dsn`}."""
+
+    dsn: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class RecordEpoch:
+    """A standby site learns its source site's higher epoch, so its own promotion goes past it."""
+
+    epoch: int
+
+
+@dataclass(frozen=True)
 class ApplyLogical:
     """Bring a publication or subscription to its declaration. Runs off the HA loop (it may
     wait on another cluster), so it never holds up a lease renewal (rule 15)."""
@@ -236,6 +259,8 @@ Action = (
     | EnsureSlots
     | PublishHistory
     | ClearFailover
+    | JoinSite
+    | RecordEpoch
     | ApplyLogical
     | CopyLogicalSlots
     | AdvanceLogicalSlots

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgwarden.core import candidates, failsafe, logical, sync
+from pgwarden.core import candidates, failsafe, logical, standby, sync
 from pgwarden.core.actions import (
     Action,
     AdoptExistingData,
     ApplyLogical,
-    Bootstrap,
     ClearFailover,
     Clone,
     Decision,
@@ -88,6 +87,8 @@ def decide(obs: Observation) -> Decision:
         )
     if pg.data != DataState.VALID:
         return _needs_data(obs, view)
+    if (guarded := standby.site_guard(obs, view)) is not None:  # rule 18
+        return guarded
     if view.leader is not None and view.leader.name == obs.me.name:
         return _as_leader(obs, view)
     if view.leader is not None:
@@ -157,7 +158,7 @@ def _uninitialized(obs: Observation, view: ClusterView) -> Decision:
     if pg.data == DataState.VALID and pg.system_id:
         return Decision((*take, AdoptExistingData(pg.system_id)),
                         f"initialising the cluster from existing data {pg.system_id}")
-    return Decision((*take, Bootstrap()), "bootstrapping a new cluster")
+    return Decision((*take, standby.bootstrap(obs.settings)), standby.bootstrap_message(obs.settings))
 
 
 def _member_upstream(m: MemberInfo) -> Upstream:
@@ -221,6 +222,8 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     if is_primary(obs) and _leader_must_demote(obs, settings):
         return Decision((Demote(None, "could not renew the lease in time"),),
                         "lease running out: demoting")
+    if settings.standby_cluster is not None:
+        return standby.as_standby_leader(obs, view, held_back(obs, settings))
     renew: tuple[Action, ...] = (RenewLease(),)
     if not pg.running:
         if held_back(obs, settings):
@@ -260,7 +263,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
     actions.extend(step_actions)
     if waiting:
         message += f"; {waiting}"
-    slots = frozenset(n for n in view.members if n != obs.me.name)
+    slots = frozenset(n for n in view.members if n != obs.me.name) | frozenset(settings.permanent_slots)
     actions.append(ensure_slots(obs, slots))
     members = failsafe.next_members(view, obs.me.name)
     if members is not None:

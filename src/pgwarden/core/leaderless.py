@@ -5,7 +5,7 @@ the best candidate takes the lease and promotes. Pure, like the rest of the core
 
 from __future__ import annotations
 
-from pgwarden.core import candidates, failsafe, sync
+from pgwarden.core import candidates, failsafe, standby, sync
 from pgwarden.core.actions import (
     AcquireLease,
     Action,
@@ -138,7 +138,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         why = "automatic failover: the leader's lease ran out"
     after = sync.after_promotion(view.settings, view.sync, obs.me.name)
     steps: tuple[Action, ...] = (AcquireLease(failsafe.acquire_not_after(obs, view)), Promote(after, why))
-    message = note or "no leader; taking the lease and promoting"
+    steps = standby.without_promotion(view.settings, steps)  # a standby site: lease, no promotion
+    message = note or f"no leader; taking the lease{standby.promoting(view.settings)}"
     if view.failover is not None and view.failover.candidate != obs.me.name:
         # We act on our own after a request that did not come true: drop it, or the new leader
         # would try to carry it out again.

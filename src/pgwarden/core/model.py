@@ -201,6 +201,30 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True)
+class SiteState:
+    """The site document (SAFETY rule 18, core/standby.py): this cluster's site epoch, raised by
+    every promotion of a standby site, and the REST API URLs of the other sites' members."""
+
+    epoch: int = 0
+    peers: tuple[str, ...] = ()
+    token: str = ""
+    cluster: str = ""  # this cluster's name (ties between equal epochs are broken by name)
+
+
+@dataclass(frozen=True)
+class SiteReading:
+    """Another site as its agents answered GET /site this loop (none reachable: reachable False)."""
+
+    cluster: str
+    reachable: bool
+    epoch: int = 0
+    writable: bool = False  # some member there runs PostgreSQL as a primary
+    dsn: str = ""  # host=...,... port=...,... of its members, no credentials
+    timeline: int | None = None  # its primary's timeline (writable sites)
+    standby: bool = False  # every member that answered says its site is a standby site
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """One read of everything the store holds for the cluster, taken once per loop."""
 
@@ -214,6 +238,7 @@ class ClusterView:
     failover: FailoverRequest | None
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None  # last LSN the leader published ("optime")
+    site: SiteState = SiteState()
     # The members whose majority the failsafe counts (SAFETY rule 17; only the leader writes it,
     # one member at a time: core/failsafe.py), and its compare-and-swap token.
     failsafe_members: frozenset[str] = frozenset()
@@ -363,6 +388,8 @@ class Observation:
     first_look: bool = False
     # Monotonic time each physical slot name was last in an EnsureSlots' `names` (core/slots.py).
     slots_wanted_at: Mapping[str, float] = field(default_factory=dict)
+    # The other sites named in the site document, read this loop (core/standby.py).
+    sites: tuple[SiteReading, ...] = ()
     # -- the majority failsafe (SAFETY rule 17, core/failsafe.py) --
     # Monotonic time until which a failsafe confirmation this node gave a leader binds it: no
     # lease for us, no vote for anyone (0: none in force).

@@ -80,6 +80,31 @@ LEASE_MARGIN = 0.5
 FENCE_BUDGET = 0.25
 
 
+class StandbyCluster(Strict, frozen=True, kw_only=True):
+    """This cluster is a standby site of another (see core/standby.py, docs/multi-site.md): its
+    leader is a standby leader streaming from `source`, a libpq DSN (multi-host with
+    target_session_attrs=read-write follows the source site's failovers; no password: the
+    node's passfile supplies it), through `primary_slot_name` when given."""
+
+    source: Annotated[str, Meta(min_length=1)]
+    primary_slot_name: Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,63}$")] | None = None
+    # Refused (see __post_init__): named so the error can say where it belongs instead.
+    restore_command: str | None = None
+
+    def __post_init__(self) -> None:
+        if any(c in self.source for c in "\n\r\0"):
+            raise ValueError("standby_cluster.source: a DSN cannot contain a line break or NUL")
+        if "password" in self.source.lower():
+            raise ValueError("standby_cluster.source must not carry a password (the store is readable "
+                             "through GET /config); the node's passfile supplies the replication password")
+        if self.restore_command is not None:
+            # The settings are writable through PATCH /config and `ctl edit-config`: a command here
+            # would let whoever can change them run anything as the PostgreSQL OS user.
+            raise ValueError(
+                "standby_cluster.restore_command runs a command, so the cluster settings cannot hold "
+                f"it; set restore_command in each standby-site node's own file under {NODE_FILE_KEY}")
+
+
 class ClusterSettings(Strict, frozen=True, kw_only=True):
     """Cluster-wide settings. Seeded into the store by the node that bootstraps the cluster;
     afterwards the store's copy wins and `pgwarden ctl edit-config` changes it."""
@@ -98,6 +123,10 @@ class ClusterSettings(Strict, frozen=True, kw_only=True):
     # `on`/`off` or true/false; YAML reads an unquoted on/off as a boolean already.
     failsafe: bool | Literal["on", "off"] = False
     parameters: dict[str, ParamValue] = field(default_factory=dict)
+    # Set: this cluster is a standby site (core/standby.py). Removed by `ctl promote-cluster`.
+    standby_cluster: StandbyCluster | None = None
+    # Physical slots the leader keeps besides its members' (a standby site's primary_slot_name).
+    permanent_slots: list[Annotated[str, Meta(pattern=r"^[a-z0-9_]{1,63}$")]] = field(default_factory=list)
     # Declared logical replication, which the leader reconciles (core/logical.py).
     publications: tuple[PublicationSpec, ...] = ()
     subscriptions: tuple[SubscriptionSpec, ...] = ()

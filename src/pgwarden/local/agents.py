@@ -44,10 +44,11 @@ class AgentComponent(Component):
         if m is None or not m.running:
             return False
         leader = view.members.get(view.leader.name)
-        if leader is None or leader.role != Role.PRIMARY or not leader.running:
+        # A standby site's leader is a standby leader (core/standby.py).
+        if leader is None or leader.role not in (Role.PRIMARY, Role.STANDBY_LEADER) or not leader.running:
             return False
         if m.name == view.leader.name:
-            return m.role == Role.PRIMARY
+            return m.role == leader.role
         # A replica still on an older timeline has not yet followed the current primary.
         same_timeline = m.timeline is None or leader.timeline is None or m.timeline == leader.timeline
         return m.role == Role.REPLICA and same_timeline

@@ -44,6 +44,7 @@ from pgwarden.local.layout import (
     node_names,
     seed_settings,
 )
+from pgwarden.local.standby_site import SourceSite, link_sites, read_source_site, standby_settings
 from pgwarden.local.store_secrets import ensure_store_secrets, raft_password_file, store_authentication
 from pgwarden.local.witness import WitnessComponent, witness_config
 from pgwarden.local.zookeeper import ZooKeeperComponent, zookeeper_available
@@ -64,6 +65,7 @@ class Options:
     witness: bool = False
     bin_dir: Path | None = None  # PostgreSQL binaries for every node (None: found as usual)
     tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
+    standby_of: Path | None = None  # a standby site of the cluster in this directory
 
 
 class LocalCluster(ClusterHandle):
@@ -139,7 +141,13 @@ class LocalCluster(ClusterHandle):
             assert fresh is not None
             if any(p.name != LOCK_FILE for p in self.directory.iterdir()):  # raced with another `up`
                 raise CliError(f"{self.directory} is no longer empty; another `pgwarden local up`?")
-            self._create(opts, extras, deadline, *fresh)
+            source = read_source_site(opts.standby_of) if opts.standby_of is not None else None
+            settings = fresh[0] if source is None else standby_settings(fresh[0], source)
+            self._create(opts, extras, deadline, settings, fresh[1], source)
+            if source is not None:
+                link_sites(source, self)
+                self.out(f"{self.state.cluster if self.state else ''} is a standby site of "
+                         f"{source.cluster} ({source.directory})")
 
     def _check_new(self, opts: Options) -> tuple[ClusterSettings, Path | None]:
         if opts.nodes < 0:
@@ -169,6 +177,11 @@ class LocalCluster(ClusterHandle):
             if not zookeeper_available():
                 raise CliError("no ZooKeeper found: install Debian's `zookeeper` package (and java)")
             return settings, None
+        if opts.standby_of is not None:
+            if opts.tls:
+                raise UsageError("--standby-of with --tls is not supported yet: the sites' watch over "
+                                 "each other (rule 18) cannot check another site's private CA")
+            read_source_site(opts.standby_of)  # refuse before anything is created
         if store == "raft":
             return settings, None
         from pgwarden.store.etcd_binary import find_etcd_binary
@@ -217,7 +230,7 @@ class LocalCluster(ClusterHandle):
 
     def _create(
         self, opts: Options, extras: Sequence[Component], deadline: float,
-        settings: ClusterSettings, etcd_bin: Path | None,
+        settings: ClusterSettings, etcd_bin: Path | None, source: SourceSite | None = None,
     ) -> None:
         name = cluster_name(self.directory)
         names = node_names(opts.nodes)
@@ -228,6 +241,8 @@ class LocalCluster(ClusterHandle):
         etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
         # Even on loopback: other local users can reach it. Written with mode 0600, like the rest.
         su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
+        if source is not None:  # a copy of the source's databases: its roles and passwords
+            su_pw, repl_pw = source.superuser_password, source.replication_password
         certs = make_certificates(self.directory, names) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwarden.core.model import NO_SYNC, SyncConfig
 
@@ -50,6 +52,8 @@ class Upstream:
     member: str
     host: str
     port: int
+    dsn: str = ""  # a standby site's source: a libpq DSN instead of host and port
+    slot: str | None = None  # with a DSN: primary_slot_name (None: no slot)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class ConfState:
         d: dict[str, Any] = {
             "role": self.role,
             "upstream": None if self.upstream is None else
-            {"member": self.upstream.member, "host": self.upstream.host, "port": self.upstream.port},
+            {"member": self.upstream.member, "host": self.upstream.host, "port": self.upstream.port,
+             "dsn": self.upstream.dsn, "slot": self.upstream.slot},
             "sync": {"quorum": self.sync.quorum, "members": sorted(self.sync.members)},
             "generation": self.generation,
         }
@@ -78,7 +83,8 @@ class ConfState:
         s = d.get("sync") or {}
         return cls(
             role=str(d.get("role", "replica")),
-            upstream=None if not up else Upstream(str(up["member"]), str(up["host"]), int(up["port"])),
+            upstream=None if not up else Upstream(str(up["member"]), str(up["host"]), int(up["port"]),
+                                                  str(up.get("dsn") or ""), up.get("slot")),
             sync=SyncConfig(int(s.get("quorum", 0)), frozenset(s.get("members", ()))),
             generation=str(d.get("generation", "")),
         )
@@ -140,13 +146,24 @@ def primary_conninfo(
     password: str | None = None,
     ssl: Mapping[str, str] | None = None,
 ) -> str:
-    parts: list[tuple[str, str]] = [
-        ("host", upstream.host),
-        ("port", str(upstream.port)),
-        ("user", user),
-        # Ignored by physical replication; PostgreSQL 17's slot-sync worker needs a database.
-        ("dbname", "postgres"),
-    ]
+    parts: list[tuple[str, str]]
+    if upstream.dsn:
+        # A standby site's source: its keys as given (hosts, ports, target_session_attrs, user),
+        # ours for what the DSN leaves out; application_name, passfile and keepalives are ours.
+        given = conninfo_to_dict(upstream.dsn)
+        given.setdefault("user", user)
+        ours = {"password", "passfile", "application_name", "connect_timeout", "keepalives",
+                "keepalives_idle", "keepalives_interval", "keepalives_count"}
+        given.setdefault("dbname", "postgres")
+        parts = [(k, str(v)) for k, v in given.items() if k not in ours and v is not None]
+    else:
+        parts = [
+            ("host", upstream.host),
+            ("port", str(upstream.port)),
+            ("user", user),
+            # Ignored by physical replication; PostgreSQL 17's slot-sync worker needs a database.
+            ("dbname", "postgres"),
+        ]
     if passfile is not None:
         parts.append(("passfile", str(passfile)))
     elif password is not None:
@@ -161,6 +178,16 @@ def primary_conninfo(
         *(ssl or {}).items(),  # sslmode=verify-full sslrootcert=... (postgres/tls.py)
     ]
     return " ".join(f"{k}={_conninfo_value(v)}" for k, v in parts)
+
+
+def harden_dsn(dsn: str, major: int | None) -> str:
+    """A standby site's source DSN as libpq gets it: `require_auth=scram-sha-256` unless the DSN
+    says otherwise (libpq >= 16), so a server the settings point at cannot ask for the password
+    in clear text and keep it (the settings are writable through PATCH /config)."""
+    d = conninfo_to_dict(dsn)
+    if major is None or major < 16 or "require_auth" in d:
+        return dsn
+    return make_conninfo(dsn, require_auth="scram-sha-256")
 
 
 def ignored_parameters(*sources: Mapping[str, ParamValue]) -> set[str]:
@@ -206,11 +233,19 @@ def render_postgresql_conf(
     if state.role == "replica":
         params["recovery_target_timeline"] = "latest"
         if state.upstream is not None:
+            # Streaming from another site: a name no member of that site has, so its primary
+            # never counts us as one of its own synchronous standbys.
+            up = state.upstream
+            app = f"{cluster_name or 'site'}.{member}" if up.dsn else member
+            if up.dsn:
+                up = replace(up, dsn=harden_dsn(up.dsn, major))
             params["primary_conninfo"] = primary_conninfo(
-                state.upstream, user=replication_user, application_name=member, passfile=passfile,
-                ssl=upstream_ssl,
+                # Another site's TLS settings travel in its DSN (sslmode, sslrootcert): our CA
+                # is this site's.
+                up, user=replication_user, application_name=app, passfile=passfile,
+                ssl=None if up.dsn else upstream_ssl,
             )
-            params["primary_slot_name"] = slot_name(member)
+            params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
             if (major or 0) >= 17 and params.get("wal_level") == "logical":
                 # A cluster that can publish keeps its failover slots on every standby
                 # (PostgreSQL's slot-sync worker needs the feedback and a dbname to connect with).

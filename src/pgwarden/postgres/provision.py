@@ -10,6 +10,7 @@ import time
 
 import psycopg
 from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwarden.core.model import DataState, lsn_to_int
 from pgwarden.postgres import conf, controldata, osuser, sql
@@ -63,18 +64,21 @@ class DataDirectory(PostgresServer):
             conn.execute(pgsql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
                 pgsql.SQL(verb), pgsql.Identifier(rep.username), pgsql.Literal(rep.secret())))
 
-    def clone(self, source_host: str, source_port: int, timeout: float) -> None:
-        """Replace the data directory with a base backup of source; leave it configured as a
-        replica (without upstream until start() names one)."""
+    def clone(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> None:
+        """Replace the data directory with a base backup of source (or of the server `dsn`
+        reaches: a standby site's source); leave it configured as a replica (without upstream
+        until start() names one)."""
         if self.postmaster_pid() is not None:
             raise PostgresError("cannot clone while PostgreSQL is running")
         self.wipe()
         self._ensure_layout()
         osuser.prepare_dir(self.data_dir, self.uid, self.gid)
         rep = self._cfg.postgresql.replication
-        argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), "-h", source_host,
-                "-p", str(source_port), "-U", rep.username, "-X", "stream",
-                "--checkpoint=fast", "--no-password"]
+        what = dsn or f"{source_host}:{source_port}"
+        where = ["-d", conf.harden_dsn(dsn, self.major)] if dsn else \
+            ["-h", source_host, "-p", str(source_port)]
+        argv = [self._bin("pg_basebackup"), "-D", str(self.data_dir), *where, "-U", rep.username,
+                "-X", "stream", "--checkpoint=fast", "--no-password"]
         env = {"PGPASSFILE": str(self.passfile), "PGCONNECT_TIMEOUT": "5",
                "PGAPPNAME": f"pgwarden-clone-{self._cfg.name}",
                **{f"PG{k.upper()}": v for k, v in self.peer_ssl().items()}}  # PGSSLMODE, PGSSLROOTCERT
@@ -82,20 +86,25 @@ class DataDirectory(PostgresServer):
             res = self._run(argv, timeout, env=env)
         except subprocess.TimeoutExpired as e:
             self.wipe()
-            raise PostgresError(f"pg_basebackup from {source_host}:{source_port} timed out "
+            raise PostgresError(f"pg_basebackup from {what} timed out "
                                 f"after {timeout:g}s") from e
         if res.returncode != 0:
             self.wipe()
-            raise PostgresError(f"pg_basebackup from {source_host}:{source_port} failed "
+            raise PostgresError(f"pg_basebackup from {what} failed "
                                 f"({res.returncode}): {res.stderr.strip()}")
         for leftover in ("postmaster.pid", "postmaster.opts"):
             (self.data_dir / leftover).unlink(missing_ok=True)
         self._write_config(conf.ConfState("replica", None, self._state.sync, ""))
-        log.info("cloned %s from %s:%d", self.data_dir, source_host, source_port)
+        log.info("cloned %s from %s", self.data_dir, what)
 
-    def rewind(self, source_host: str, source_port: int, timeout: float) -> bool:
-        """pg_rewind this (stopped) data directory onto source's timeline; True on success.
-        Afterwards start(role="replica", ...) it."""
+    def system_id(self, timeout: float = 30.0) -> str:
+        """The (stopped or running) data directory's system identifier, from pg_control."""
+        return controldata.read_controldata(self.bin_dir, self.data_dir, self.os_user, timeout).system_id
+
+    def rewind(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> bool:
+        """pg_rewind this (stopped) data directory onto source's timeline (or that of the server
+        `dsn` reaches: a standby site's source); True on success. Afterwards start(role="replica",
+        ...) it."""
         deadline = time.monotonic() + timeout
         if self.postmaster_pid() is not None:
             self.stop("fast", timeout / 3)
@@ -105,15 +114,24 @@ class DataDirectory(PostgresServer):
                              password=pg.superuser.secret(), ssl=tuple(self.peer_ssl().items()))
         # A freshly promoted source keeps the old timeline in pg_control until its first
         # checkpoint, and pg_rewind would then see nothing to rewind.
+        what = dsn or f"{source_host}:{source_port}"
+        conninfo = ""
+        if dsn:
+            given = conninfo_to_dict(conf.harden_dsn(dsn, self.major))
+            given.update(user=pg.superuser.username, connect_timeout="5", passfile=str(self.passfile))
+            given.setdefault("dbname", "postgres")
+            conninfo = make_conninfo(**{k: str(v) for k, v in given.items() if v is not None})
         try:
-            with sql.connect(src, min(5.0, timeout / 3)) as conn:
+            opened = psycopg.connect(conninfo, autocommit=True, password=pg.superuser.secret()) if dsn else \
+                sql.connect(src, min(5.0, timeout / 3))
+            with opened as conn:
                 row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
                 if row is not None and not row[0]:
-                    log.info("CHECKPOINT on rewind source %s:%d", source_host, source_port)
+                    log.info("CHECKPOINT on rewind source %s", what)
                     conn.execute("CHECKPOINT")
         except psycopg.Error as e:
-            log.warning("cannot checkpoint rewind source %s:%d: %s", source_host, source_port, e)
-        source_server = " ".join([
+            log.warning("cannot checkpoint rewind source %s: %s", what, e)
+        source_server = conninfo or " ".join([
             f"host={source_host}", f"port={source_port}", f"user={pg.superuser.username}",
             "dbname=postgres", "connect_timeout=5", f"passfile={self.passfile}",
             *(f"{k}={v}" for k, v in self.peer_ssl().items()),

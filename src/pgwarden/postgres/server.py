@@ -36,7 +36,8 @@ log = logging.getLogger("pgwarden.postgres")
 
 Role = Literal["primary", "replica"]
 StopMode = Literal["smart", "fast", "immediate"]
-UpstreamTuple = tuple[str, str, int]  # (member name, host, port)
+# (member name, host, port), or with a standby site's source (..., DSN, slot or None)
+UpstreamTuple = tuple[str, str, int] | tuple[str, str, int, str, str | None]
 
 # Unix socket paths are limited to ~107 bytes; beyond that we serve TCP only.
 _MAX_SOCKET_PATH = 100
@@ -284,8 +285,10 @@ class PostgresServer:
             signal_file.unlink(missing_ok=True)
         self._state = state
         up = state.upstream
-        log.info("wrote config: role=%s upstream=%s sync=%s", state.role,
-                 f"{up.member}@{up.host}:{up.port}" if up else None, conf.sync_standby_names(state.sync))
+        where = None if up is None else f"{up.member} ({up.dsn})" if up.dsn else \
+            f"{up.member}@{up.host}:{up.port}"
+        log.info("wrote config: role=%s upstream=%s sync=%s", state.role, where,
+                 conf.sync_standby_names(state.sync))
 
     def _reload_and_wait(self, timeout: float) -> bool:
         """Reload and wait until the postmaster runs the config we wrote; return pending_restart.

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, MemberInfo, SyncState
+from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, MemberInfo, SiteState, SyncState
 from pgwarden.store.base import ANY, KV
 from pgwarden.store.documents import (
     CONFIG,
@@ -24,12 +24,14 @@ from pgwarden.store.documents import (
     INITIALIZE,
     LEADER,
     OPTIME,
+    SITE,
     SYNC,
     dump_failover,
     dump_failsafe,
     dump_history,
     dump_member,
     dump_settings,
+    dump_site,
     dump_sync,
     member_key,
     parse_view,
@@ -114,6 +116,10 @@ class ClusterStore:
 
     def set_history(self, history: tuple[HistoryEntry, ...], timeout: float) -> None:
         self.kv.put(HISTORY, dump_history(history), ANY, timeout)
+
+    def set_site(self, site: SiteState, token: str | None, timeout: float) -> bool:
+        """The site document (epoch, other sites' API URLs); `token` from the last snapshot."""
+        return self.kv.put(SITE, dump_site(site), token or None, timeout)
 
     def set_optime(self, lsn: int, timeout: float) -> None:
         self.kv.put(OPTIME, str(int(lsn)), ANY, timeout)

@@ -17,6 +17,7 @@ from pgwarden.core.model import (
     HistoryEntry,
     LeaderKey,
     MemberInfo,
+    SiteState,
     SyncState,
 )
 from pgwarden.store.base import Entry, Layout
@@ -34,9 +35,10 @@ HISTORY = "history"  # the timeline history
 OPTIME = "optime"  # the leader's last published LSN
 FAILSAFE = "failsafe"  # the members whose majority the failsafe counts (compare-and-swap)
 MEMBERS = "members"  # members/<name>: each member's state (a ttl key of its own)
+SITE = "site"  # the site epoch and the other sites' API URLs (compare-and-swap; core/standby.py)
 
 LAYOUT = Layout(
-    keys=(INITIALIZE, INIT_LOCK, CONFIG, LEADER, SYNC, FAILOVER, HISTORY, OPTIME, FAILSAFE),
+    keys=(INITIALIZE, INIT_LOCK, CONFIG, LEADER, SYNC, FAILOVER, HISTORY, OPTIME, FAILSAFE, SITE),
     dirs=(MEMBERS,),
     # The leader rewrites `optime` every loop, and `history` and `failsafe` change only with the
     # leader key: nobody needs to wake for them.
@@ -91,6 +93,18 @@ def load_history(raw: str) -> tuple[HistoryEntry, ...]:
     return tuple(out)
 
 
+def dump_site(s: SiteState) -> str:
+    return json.dumps({"epoch": s.epoch, "peers": list(s.peers)})
+
+
+def load_site(raw: str, token: str, cluster: str) -> SiteState:
+    d = json.loads(raw)
+    peers = d.get("peers") or []
+    if not isinstance(peers, list):
+        raise ValueError("peers must be a list of URLs")
+    return SiteState(int(d.get("epoch", 0)), tuple(str(p) for p in peers), token, cluster)
+
+
 def dump_failsafe(members: frozenset[str]) -> str:
     return json.dumps({"members": sorted(members)})
 
@@ -126,6 +140,7 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
     failover: FailoverRequest | None = None
     history: tuple[HistoryEntry, ...] = ()
     leader_lsn: int | None = None
+    site = SiteState(cluster=cluster)
     failsafe: frozenset[str] = frozenset()
     failsafe_token = ""
     for key, e in sorted(entries.items()):
@@ -152,6 +167,8 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
                 failover = load_failover(raw, token)
             elif key == HISTORY:
                 history = load_history(raw)
+            elif key == SITE:
+                site = load_site(raw, token, cluster)
             elif key == OPTIME:
                 leader_lsn = int(raw)
             elif key == FAILSAFE:
@@ -162,6 +179,6 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
     return ClusterView(
         initialized=initialized, init_holder=init_holder, settings=settings,
         settings_token=settings_token, leader=leader, members=members, sync=sync,
-        failover=failover, history=history, leader_lsn=leader_lsn,
+        failover=failover, history=history, leader_lsn=leader_lsn, site=site,
         failsafe_members=failsafe, failsafe_token=failsafe_token,
     )

@@ -112,11 +112,11 @@ class SimPostgres:
     def bootstrap(self, timeout: float = 60.0) -> str:
         raise PostgresError("the simulated cluster starts initialised")
 
-    def clone(self, source_host: str, source_port: int, timeout: float) -> None:
+    def clone(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> None:
         self._copy_from(source_host)
         self.on_change(f"{self.name} cloned from {source_host}")
 
-    def rewind(self, source_host: str, source_port: int, timeout: float) -> bool:
+    def rewind(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> bool:
         if self.running:
             raise PostgresError("pg_rewind needs a stopped server")
         self._copy_from(source_host)
@@ -129,6 +129,9 @@ class SimPostgres:
             raise PostgresError(f"cannot connect to {host}")
         self.timeline, self.lsn, self.lineage = src.timeline, src.lsn, list(src.lineage)
         self.was_primary = False
+
+    def system_id(self, timeout: float = 30.0) -> str:
+        raise PostgresError("the simulated servers have no pg_control (no standby sites here)")
 
     def wipe(self) -> None:
         self.timeline, self.lsn, self.lineage = 1, 0, []
