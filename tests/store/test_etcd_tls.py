@@ -73,8 +73,13 @@ def stores() -> Iterator[list[ClusterStore]]:
         s.close()
 
 
+# Node files must name PostgreSQL credentials; these tests are about the store only.
+PG = {"superuser": {"username": "postgres", "password": "superuser-pw"},
+      "replication": {"username": "replicator", "password": "replication-pw"}}
+
+
 def store(stores: list[ClusterStore], etcd: TlsEtcd, tls: dict[str, str]) -> ClusterStore:
-    cfg = parse_node_config({"cluster": "c", "name": "n1", "data_dir": "/tmp/x",
+    cfg = parse_node_config({"cluster": "c", "name": "n1", "data_dir": "/tmp/x", "postgresql": PG,
                              "store": {"etcd": {"hosts": [etcd.endpoint], "tls": tls}}})
     assert cfg.store.etcd is not None and cfg.store.etcd.tls is not None
     s = open_store(cfg.store, "c")
