@@ -15,18 +15,16 @@ from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.actions import AcquireLease, ExtendLease, Promote, RenewLease, StartPostgres
 from pgwarden.fence.state import read_state
 from pgwarden.fence.supervisor import Fencer
-from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
 from tests.api.memstore import MemStore
 from tests.support.memkv import MemKV
-from tests.support.pg import bootstrapped_primary, controller, make_node_config, teardown
+from tests.support.pg import NEEDS_POSTGRES, bootstrapped_primary, controller, make_node_config, teardown
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 HOST = "127.0.0.1"

@@ -14,16 +14,21 @@ from pgwarden.agent.position import fresh_position
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import NodeState, StateHolder
 from pgwarden.core.model import MemberInfo, PeerReading, Role
-from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
-from tests.support.pg import bootstrapped_primary, controller, make_node_config, query, teardown
+from tests.support.pg import (
+    NEEDS_POSTGRES,
+    bootstrapped_primary,
+    controller,
+    make_node_config,
+    query,
+    teardown,
+)
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 HOST = "127.0.0.1"

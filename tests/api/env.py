@@ -4,8 +4,9 @@ fake local commands, and a client that sends the right credentials unless told o
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,24 @@ def make_env(store: MemStore | None = None, commands: FakeCommands | None = None
     env = Env(server, holder, store, commands, http)
     env.publish(PRIMARY)
     return env
+
+
+class Errors(logging.Handler):
+    """Collects the ERROR records a logger emits while a test runs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def env_watching_errors(logger: str) -> Iterator[tuple[Env, Errors]]:
+    """A server and the errors `logger` logs while it runs (for a module fixture to yield from)."""
+    errors = Errors()
+    logging.getLogger(logger).addHandler(errors)
+    e = make_env()
+    yield e, errors
+    e.server.stop()
+    logging.getLogger(logger).removeHandler(errors)

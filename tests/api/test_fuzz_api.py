@@ -9,7 +9,6 @@ the routes' side. PGWARDEN_FUZZ_EXAMPLES raises the number of examples (default 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import socket
@@ -23,7 +22,7 @@ from hypothesis import strategies as st
 
 from pgwarden.api.health import HEALTH_PATHS
 
-from .env import AUTH, Env, make_env
+from .env import AUTH, Env, Errors, env_watching_errors
 
 EXAMPLES = int(os.environ.get("PGWARDEN_FUZZ_EXAMPLES", "300"))
 DEADLINE = 5.0  # the client's, per request: past it the server hangs, which fails the test
@@ -44,23 +43,9 @@ FIELDS = ["leader", "candidate", "member", "scheduled_at", "role", "restart_pend
 NAMES = ["node1", "node2", "node3", "nobody", ""]
 
 
-class Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def fuzz_env() -> Iterator[tuple[Env, Errors]]:
-    errors = Errors()
-    logging.getLogger("pgwarden").addHandler(errors)
-    e = make_env()
-    yield e, errors
-    e.server.stop()
-    logging.getLogger("pgwarden").removeHandler(errors)
+    yield from env_watching_errors("pgwarden")
 
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),

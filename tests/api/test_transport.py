@@ -22,7 +22,7 @@ from pgwarden.api.state import StateHolder
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
-from .env import Env, make_env
+from .env import Env, Errors, env_watching_errors, make_env
 from .raw import AUTH_LINE, authed, chunked, closed, connect, read_reply, request
 
 MAX_BODY = 1024 * 1024
@@ -297,23 +297,9 @@ def test_a_dribbling_client_cannot_hold_a_connection(quick_env: Env) -> None:
 # -- structured fuzzing -----------------------------------------------------------------------------
 
 
-class Errors(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def fuzz_env() -> Iterator[tuple[Env, Errors]]:
-    errors = Errors()
-    logging.getLogger("pgwarden.api").addHandler(errors)
-    e = make_env()
-    yield e, errors
-    e.server.stop()
-    logging.getLogger("pgwarden.api").removeHandler(errors)
+    yield from env_watching_errors("pgwarden.api")
 
 
 @st.composite

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pgwarden.postgres import binaries, osuser
-from tests.support.pg import reachable_dir
+from tests.support.pg import NEEDS_POSTGRES, reachable_dir
 
 EMBEDDED = binaries._embedded_bin_dir()
 
@@ -98,8 +98,7 @@ def test_blocked_dir_decision(tmp_path: Path) -> None:
     assert osuser.first_blocked_dir(inner, 0, {0}) is None
 
 
-needs_root = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                                reason="needs root and a postgres OS user")
+needs_root = NEEDS_POSTGRES
 
 
 @needs_root

@@ -17,9 +17,9 @@ import pytest
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.actions import EnsureSlots
 from pgwarden.core.model import NO_SYNC, DataState, SyncConfig, lsn_to_int
-from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from tests.support.pg import (
+    NEEDS_POSTGRES,
     bootstrapped_primary,
     connect,
     controller,
@@ -32,8 +32,7 @@ from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 HOST = "127.0.0.1"

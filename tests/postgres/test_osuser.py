@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pgwarden.postgres import osuser
+from tests.support.pg import NEEDS_POSTGRES
 
-pytestmark = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                                reason="needs root and a postgres OS user")
+pytestmark = NEEDS_POSTGRES
 
 
 def test_existing_user_is_found() -> None:

@@ -10,14 +10,12 @@ import pytest
 
 from pgwarden.config.schema import NodeConfig
 from pgwarden.core.parameters import SettingSpec, parameter_errors
-from pgwarden.postgres import osuser
-from tests.support.pg import bootstrapped_primary, connect, make_node_config, teardown
+from tests.support.pg import NEEDS_POSTGRES, bootstrapped_primary, connect, make_node_config, teardown
 from tests.support.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 VALUES = ["0", "1", "-1", "100", "1.5", "0x10", "010", "1e3", "lots", "", " 7 ", "on", "OFF", "of", "o",

@@ -14,10 +14,10 @@ import pytest
 
 from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.core.model import SyncConfig
-from pgwarden.postgres import osuser
 from pgwarden.postgres import sql as pgsql_module
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from tests.support.pg import (
+    NEEDS_POSTGRES,
     bootstrapped_primary,
     connect,
     controller,
@@ -30,8 +30,7 @@ from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 HOST = "127.0.0.1"

@@ -17,11 +17,11 @@ import pytest
 from cryptography import x509
 
 from pgwarden.config.schema import NodeConfig
-from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from pgwarden.postgres.tls import tls_dir
 from pgwarden.tls.certs import CertFiles, make_ca, make_cert
 from tests.support.pg import (
+    NEEDS_POSTGRES,
     REPLPASS,
     REPLUSER,
     SUPERPASS,
@@ -36,8 +36,7 @@ from tests.support.wait import wait_for
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
-                       reason="needs root and a postgres OS user"),
+    NEEDS_POSTGRES,
 ]
 
 HOST = "127.0.0.1"

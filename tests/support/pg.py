@@ -20,10 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.config.validate import validate
+from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
+
+# Tests that run PostgreSQL need root (to run it as the `postgres` OS user) and that user.
+NEEDS_POSTGRES = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
+                                    reason="needs root and a postgres OS user")
 
 SUPERUSER = "postgres"
 SUPERPASS = "test-super-pw"
