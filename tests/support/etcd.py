@@ -12,8 +12,10 @@ from types import TracebackType
 
 import urllib3
 
+from pgwarden.procinfo import stopped
 from pgwarden.store.etcd_binary import find_etcd_binary
 from tests.support.ports import free_port
+from tests.support.wait import wait_for
 
 
 class EtcdServer:
@@ -119,6 +121,8 @@ class EtcdServer:
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
+        # SIGSTOP is delivered asynchronously (every thread must stop): wait until it has.
+        wait_for(lambda: stopped(self.pid), 10, "the server stopped by SIGSTOP")
         self._paused = True
 
     def resume(self) -> None:

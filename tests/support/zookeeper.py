@@ -13,7 +13,9 @@ from types import TracebackType
 
 from pgwarden.local.zookeeper import MAX_SESSION_MS, MIN_SESSION_MS, TICK_MS, command, config_text, healthy
 from pgwarden.local.zookeeper import zookeeper_available as zookeeper_available
+from pgwarden.procinfo import stopped
 from tests.support.ports import free_port
+from tests.support.wait import wait_for
 
 
 class ZooKeeperServer:
@@ -118,6 +120,8 @@ class ZooKeeperServer:
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
+        # SIGSTOP is delivered asynchronously (every thread must stop): wait until it has.
+        wait_for(lambda: stopped(self.pid), 10, "the server stopped by SIGSTOP")
         self._paused = True
 
     def resume(self) -> None:
