@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.actions import Upstream
 from pgwarden.core.model import (
     ClusterView,
     DataState,
@@ -187,3 +188,9 @@ def leader_obs(pg: PgView | None = None, store: ClusterView | None = None, **kw:
 
 def kinds(decision_actions: Iterable[object]) -> list[str]:
     return [type(a).__name__ for a in decision_actions]
+
+
+# Where the builders' members stream from (member(name) publishes host f"{name}.local", port 5432).
+UP_N1 = Upstream("n1", "n1.local", 5432)
+UP_N2 = Upstream("n2", "n2.local", 5432)
+UP_N3 = Upstream("n3", "n3.local", 5432)

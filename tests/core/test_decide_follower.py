@@ -18,12 +18,13 @@ from pgwarden.core.actions import (
     Rewind,
     StartPostgres,
     StopPostgres,
-    Upstream,
 )
 from pgwarden.core.decide import decide, stuck_after
 from pgwarden.core.model import ClusterView, Role, SyncState
 
 from .builders import (
+    UP_N1,
+    UP_N2,
     empty_pg,
     history,
     kinds,
@@ -39,10 +40,6 @@ from .builders import (
     sync_state,
     view,
 )
-
-UP_N1 = Upstream("n1", "n1.local", 5432)
-UP_N2 = Upstream("n2", "n2.local", 5432)
-UP_N3 = Upstream("n3", "n3.local", 5432)
 
 # -- follower --------------------------------------------------------------------------------
 

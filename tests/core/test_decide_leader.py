@@ -21,7 +21,6 @@ from pgwarden.core.actions import (
     RenewLease,
     StartPostgres,
     TakeInitLock,
-    Upstream,
     WriteSyncState,
 )
 from pgwarden.core.decide import decide
@@ -29,6 +28,8 @@ from pgwarden.core.model import DataState, PgView, Role
 
 from .builders import (
     NOW,
+    UP_N1,
+    UP_N2,
     empty_pg,
     history,
     kinds,
@@ -44,10 +45,6 @@ from .builders import (
     sync_config,
     view,
 )
-
-UP_N1 = Upstream("n1", "n1.local", 5432)
-UP_N2 = Upstream("n2", "n2.local", 5432)
-UP_N3 = Upstream("n3", "n3.local", 5432)
 
 # -- store unreachable (rules 2, 3) ----------------------------------------------------------
 

@@ -17,7 +17,6 @@ from pgwarden.core.actions import (
     Promote,
     ReleaseLease,
     RenewLease,
-    Upstream,
 )
 from pgwarden.core.decide import decide
 from pgwarden.core.leaderless import HANDOVER_STOP_RESERVE, patience, request_patience
@@ -25,6 +24,8 @@ from pgwarden.core.model import ClusterView, PeerReading, Role
 
 from .builders import (
     NOW,
+    UP_N2,
+    UP_N3,
     WALL,
     history,
     kinds,
@@ -42,10 +43,6 @@ from .builders import (
     sync_state,
     view,
 )
-
-UP_N1 = Upstream("n1", "n1.local", 5432)
-UP_N2 = Upstream("n2", "n2.local", 5432)
-UP_N3 = Upstream("n3", "n3.local", 5432)
 
 # -- switchover ------------------------------------------------------------------------------
 

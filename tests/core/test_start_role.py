@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from pgwarden.core.actions import Promote, Reclone, RenewLease, StartPostgres, Upstream
+from pgwarden.core.actions import Promote, Reclone, RenewLease, StartPostgres
 from pgwarden.core.decide import decide
 from pgwarden.core.model import Role
 from pgwarden.core.rewind import forked_on_one_timeline
 
-from .builders import leader_obs, member, obs, replica_pg, stopped_pg, view
-
-UP_N2 = Upstream("n2", "n2.local", 5432)
+from .builders import UP_N2, leader_obs, member, obs, replica_pg, stopped_pg, view
 
 
 @pytest.mark.parametrize("was_primary", [False, None])
