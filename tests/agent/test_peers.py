@@ -52,7 +52,10 @@ class Position:
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
         raise AssertionError("not used")
 
-    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+    def failsafe_vote(self, candidate: str, ttl: float, round_id: str = "") -> tuple[bool, str]:
+        raise AssertionError("not used")
+
+    def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
         raise AssertionError("not used")
 
 

@@ -60,9 +60,13 @@ class FakeCommands:
         self.calls.append(f"failsafe confirm {leader} tl={timeline} ttl={ttl:g}")
         return leader == "node1", "confirmed node1" if leader == "node1" else "this member follows node1"
 
-    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
-        self.calls.append(f"failsafe vote {candidate} ttl={ttl:g}")
+    def failsafe_vote(self, candidate: str, ttl: float, round_id: str = "") -> tuple[bool, str]:
+        self.calls.append(f"failsafe vote {candidate} ttl={ttl:g} round={round_id}")
         return True, f"promised {candidate}"
+
+    def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
+        self.calls.append(f"failsafe release {candidate} round={round_id}")
+        return True, f"released the vote for {candidate}"
 
     def read_position(self, timeout: float) -> PeerReading:
         self.calls.append("position")

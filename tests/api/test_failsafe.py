@@ -1,5 +1,5 @@
-"""POST /failsafe and /failsafe/vote (SAFETY rule 17): credentials required, bodies validated,
-the member's answer passed through from the agent."""
+"""POST /failsafe, /failsafe/vote and /failsafe/release (SAFETY rule 17): credentials required,
+bodies validated, the member's answer passed through from the agent."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ def env() -> Iterator[Env]:
 
 def test_confirmation_and_vote_need_credentials(env: Env) -> None:
     for path, body in (("/failsafe", {"leader": "node1", "timeline": 3, "ttl": 4}),
-                       ("/failsafe/vote", {"candidate": "node3", "ttl": 4})):
+                       ("/failsafe/vote", {"candidate": "node3", "ttl": 4}),
+                       ("/failsafe/release", {"candidate": "node3", "round": "r1"})):
         r = env.request("POST", path, body, auth=None)
         assert r.status == 401 and "WWW-Authenticate" in r.headers, path
     assert env.commands.calls == []
@@ -32,8 +33,14 @@ def test_the_members_answer_is_passed_through(env: Env) -> None:
         (200, {"confirmed": False, "reason": "this member follows node1"})
     assert env.json("POST", "/failsafe/vote", {"candidate": "node3", "ttl": 4}) == \
         (200, {"granted": True, "reason": "promised node3"})
+    assert env.json("POST", "/failsafe/vote", {"candidate": "node3", "ttl": 4, "round": "a1"}) == \
+        (200, {"granted": True, "reason": "promised node3"})
+    assert env.json("POST", "/failsafe/release", {"candidate": "node3", "round": "a1"}) == \
+        (200, {"released": True, "reason": "released the vote for node3"})
     assert env.commands.calls == ["failsafe confirm node1 tl=3 ttl=4",
-                                  "failsafe confirm node3 tl=None ttl=4.5", "failsafe vote node3 ttl=4"]
+                                  "failsafe confirm node3 tl=None ttl=4.5",
+                                  "failsafe vote node3 ttl=4 round=",
+                                  "failsafe vote node3 ttl=4 round=a1", "failsafe release node3 round=a1"]
 
 
 @pytest.mark.parametrize("path, body, error", [
@@ -45,6 +52,12 @@ def test_the_members_answer_is_passed_through(env: Env) -> None:
     ("/failsafe", {"leader": "node1", "ttl": 4, "term": 9}, "unknown field 'term'"),
     ("/failsafe/vote", {"candidate": "node3"}, "ttl is required"),
     ("/failsafe/vote", {"candidate": "node3", "ttl": 1e9}, "ttl is required"),
+    ("/failsafe/vote", {"candidate": "node3", "ttl": 4, "round": ""}, "round is required"),
+    ("/failsafe/vote", {"candidate": "node3", "ttl": 4, "round": "x" * 65}, "round is required"),
+    ("/failsafe/release", {"candidate": "node3"}, "round is required"),
+    ("/failsafe/release", {"candidate": "node3", "round": "r\u00e9"}, "round is required"),
+    ("/failsafe/release", {"round": "r1"}, "candidate is required"),
+    ("/failsafe/release", {"candidate": "node3", "round": "r1", "ttl": 4}, "unknown field 'ttl'"),
 ])
 def test_bad_bodies_are_400s_naming_the_field(env: Env, path: str, body: dict[str, object],
                                               error: str) -> None:

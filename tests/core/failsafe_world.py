@@ -1,7 +1,8 @@
 """A small in-memory world for the majority failsafe (SAFETY rule 17): several real `decide()`
 cores, a store with a leader key on a TTL and the failsafe set, per-node store reachability,
 links between members that can be cut, members' promise ledgers (`core.failsafe.confirm/vote`),
-clocks that drift, a fencer per node, and confirmation answers that arrive late.
+clocks that drift, a fencer per node, confirmation answers that arrive late, and votes handed
+back (`core.failsafe.may_release_votes`) by messages that arrive late too.
 
 Kept apart from test_scenarios.py on purpose: it models only what rule 17 needs (the runner's
 confirmation rounds and votes, as agent/runner.py asks them), and checks after every action that
@@ -49,11 +50,22 @@ class Node:
     frozen_until: float = 0.0
     last_view: ClusterView | None = None
     bound_until: float = 0.0  # local
-    votes: dict[str, float] = field(default_factory=dict)  # candidate -> until (local)
+    votes: dict[tuple[str, str], float] = field(default_factory=dict)  # (candidate, round) -> until
+    rounds: int = 0
+    asked: tuple[str, list[str]] | None = None  # this loop's vote round and who granted
+    outcome: failsafe.AcquireOutcome = "not tried"
+    # A candidate's loop between asking for votes and acting on them: (obs, reach, acts at).
+    waiting: tuple[Observation, bool, float] | None = None
     pending: list[tuple[str, frozenset[str]]] = field(default_factory=list)
 
     def clock(self, t: float) -> float:
         return self.offset + t * self.rate
+
+    def votes_by_candidate(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for (c, _), until in self.votes.items():
+            out[c] = max(out.get(c, 0.0), until)
+        return out
 
     def writable(self, t: float) -> bool:
         """A primary accepts writes until its deadline; past it the fencer has stopped it."""
@@ -86,6 +98,8 @@ class World:
         self.cut_links: dict[frozenset[str], float] = {}
         self.max_delay = 0.3  # one-way delay of a failsafe request or answer
         self.promotions: list[tuple[float, str]] = []
+        self.releases: list[tuple[float, str, str, str]] = []  # (arrives, member, candidate, round)
+        self.released = 0  # votes handed back (the stories check the path is taken)
         first = names[0]
         n = self.nodes[first]
         n.primary, n.held = True, True
@@ -108,8 +122,14 @@ class World:
     def run(self, until: float, dt: float = 0.05) -> None:
         while self.t < until:
             self.t = round(self.t + dt, 6)
+            self._deliver_releases()
             for node in sorted(self.nodes.values(), key=lambda n: n.next_loop):
-                if node.next_loop <= self.t:
+                if node.waiting is not None and node.waiting[2] <= self.t:
+                    obs, reach, _ = node.waiting
+                    node.waiting = None
+                    if self.t >= node.frozen_until:
+                        self._act(node, obs, reach)
+                if node.next_loop <= self.t and node.waiting is None:
                     if self.t >= node.frozen_until:
                         self.loop(node)
                     node.next_loop = self.t + SETTINGS.loop_wait * self.rng.uniform(0.8, 1.2)
@@ -152,7 +172,7 @@ class World:
         return failsafe.MemberState(
             name=m.name, failsafe_on=True, store_reachable=reachable, store_leader=named, leader=leader,
             leader_timeline=lm.timeline if lm is not None else None, primary=m.primary or m.held,
-            ttl=SETTINGS.ttl, bound_until=m.bound_until, votes=dict(m.votes))
+            ttl=SETTINGS.ttl, bound_until=m.bound_until, votes=m.votes_by_candidate())
 
     def _confirm_round(self, node: Node, local: float) -> FailsafeRound:
         sets = self._sets(node)
@@ -177,8 +197,9 @@ class World:
         if not view.failsafe_members or node.primary or node.clock(self.t) < node.bound_until:
             return None
         got = {node.name}
-        mine = failsafe.binding_until(node.clock(self.t), SETTINGS.ttl, SETTINGS.ttl)
-        node.votes[node.name] = max(node.votes.get(node.name, 0.0), mine)
+        node.rounds += 1
+        round_id = f"{node.name}.{node.rounds}"
+        node.votes[(node.name, round_id)] = failsafe.binding_until(node.clock(self.t), SETTINGS.ttl, SETTINGS.ttl)
         for name in view.failsafe_members - {node.name}:
             m = self.nodes[name]
             if not self.linked(node.name, name) or self.t < m.frozen_until:
@@ -186,9 +207,32 @@ class World:
             at = self.t + self.rng.uniform(0, self.max_delay)
             until, _ = failsafe.vote(self.member_state(m, True), node.name, SETTINGS.ttl, m.clock(at))
             if until is not None:
-                m.votes[node.name] = max(m.votes.get(node.name, 0.0), until)
+                m.votes[(node.name, round_id)] = until
                 got.add(name)
+        node.asked = round_id, sorted(got - {node.name})
         return frozenset(got)
+
+    def _release(self, node: Node) -> None:
+        """After the loop's actions, as agent/failsafe_member.py does: hand the round's votes back
+        when the core's rule allows; each hand-back message arrives after up to 3 delays (late:
+        after newer rounds' votes, which it must not take back)."""
+        asked, node.asked = node.asked, None
+        if asked is None or not failsafe.may_release_votes(node.outcome):
+            return
+        round_id, granted = asked
+        node.votes.pop((node.name, round_id), None)
+        for name in granted:
+            if self.linked(node.name, name):
+                arrives = self.t + self.rng.uniform(0, 3 * self.max_delay)
+                self.releases.append((arrives, name, node.name, round_id))
+
+    def _deliver_releases(self) -> None:
+        due = [r for r in self.releases if r[0] <= self.t]
+        self.releases = [r for r in self.releases if r[0] > self.t]
+        for _, member, candidate, round_id in due:
+            if self.t >= self.nodes[member].frozen_until and \
+                    self.nodes[member].votes.pop((candidate, round_id), None) is not None:
+                self.released += 1
 
     def _sets(self, node: Node) -> tuple[frozenset[str], ...]:
         v = node.last_view
@@ -218,10 +262,18 @@ class World:
             leaderless_for=10.0, failsafe_bound_until=node.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._sets(node), failsafe_votes=votes, snapshot_at=local,
         )
+        if votes is not None:  # the vote round takes a while: other candidates ask meanwhile
+            node.waiting = obs, reach, self.t + self.rng.uniform(0, 2 * self.max_delay)
+            return
+        self._act(node, obs, reach)
+
+    def _act(self, node: Node, obs: Observation, reach: bool) -> None:
+        node.outcome = "not tried"
         for action in decide(obs).actions:
             if not self.execute(node, action, reach):
                 break
             self.check()
+        self._release(node)
         if reach:
             self.store.members[node.name] = self._info(node)
 
@@ -232,13 +284,18 @@ class World:
         local = node.clock(self.t)
         match a:
             case A.AcquireLease(not_after=not_after):
-                if not reach or self.store.key(self.t) is not None:
+                node.outcome = "in doubt"  # a store that does not answer: the create may land
+                if not reach:
+                    return False
+                if self.store.key(self.t) is not None:
+                    node.outcome = "lost"
                     return False
                 self.store.leader, self.store.expires = node.name, self.t + SETTINGS.ttl
                 if not_after is not None and local > not_after:
                     self.store.leader = None
                     return False
                 node.held, node.deadline = True, local + SETTINGS.ttl - LEASE_MARGIN
+                node.outcome = "won"
                 return True
             case A.RenewLease():
                 if not reach or self.store.key(self.t) != node.name:

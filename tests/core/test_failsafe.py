@@ -208,6 +208,35 @@ def test_the_store_back_to_a_bound_replica_first_does_not_let_it_promote_early()
     assert all(t >= 10.0 for t, _ in w.promotions)
 
 
+def test_right_after_an_election_a_store_outage_with_one_member_lost_keeps_the_winner_writing() -> None:
+    """Every replica stood for the leader key and every member voted for each of them. The losers
+    hand their votes back, so the winner's confirmations are not refused for another ttl when the
+    store goes away at once and a member is lost with it (found on a real cluster:
+    tests/integration/test_failsafe.py, the one-replica-lost case right after the cut-off case)."""
+    for seed in range(20):
+        w = World(["n1", "n2", "n3"], seed=seed)
+        w.run(3.0)
+        w.store_down_until = 40.0  # the old leader n1 cut off: nobody leads after its lease
+        for other in ("n2", "n3"):
+            w.cut_links[frozenset(("n1", other))] = 40.0
+        w.run(40.0)
+        assert not any(n.writable(w.t) for n in w.nodes.values())
+        leader = None
+        while leader is None and w.t < 60.0:
+            w.run(w.t + 0.05)
+            leader = next((n.name for n in w.nodes.values() if n.writable(w.t)), None)
+        assert leader is not None, f"seed {seed}: nobody took over with the store back"
+        w.run(w.t + 1.5)  # the losers' loops end and their hand-backs arrive
+        lost = next(n for n in ("n1", "n2", "n3") if n != leader)
+        w.store_down_until = w.t + 30.0
+        w.nodes[lost].frozen_until = w.t + 30.0
+        end = w.t + 5 * ON.ttl
+        while w.t < end:
+            w.run(w.t + 0.25)
+            assert w.nodes[leader].writable(w.t), f"seed {seed}: {leader} stopped writing at t={w.t:.2f}"
+    assert w.released > 0
+
+
 Plan = tuple[list[str], list[tuple[float, str, tuple[str, ...], float]]]
 
 

@@ -16,6 +16,7 @@ from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.config.load import replace as replace_settings
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import actions as A
+from pgwarden.core.failsafe import AcquireOutcome
 from pgwarden.core.history import merge_history
 from pgwarden.core.model import (
     NO_SYNC,
@@ -108,6 +109,8 @@ class Executor:
         self.seed = seed
         self.name = cfg.name
         self.store_failed = False  # the last run() ended on a store error
+        # What the last run() did with an AcquireLease (rule 17: may its votes be handed back?).
+        self.acquire_outcome: AcquireOutcome = "not tried"
         self.logical = LogicalWorker(pg.apply_logical)
         self.slot_ledger: SlotLedger | None = None  # set by the runner
 
@@ -130,6 +133,7 @@ class Executor:
     def run(self, actions: tuple[A.Action, ...], view: ClusterView | None, pgv: PgView) -> bool:
         """Execute in order; False as soon as one fails (the rest assumed it succeeded)."""
         self.store_failed = False
+        self.acquire_outcome = "not tried"
         for action in actions:
             try:
                 ok = self._one(action, view, pgv)
@@ -158,7 +162,9 @@ class Executor:
                 return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
             case A.AcquireLease(not_after=not_after):
                 sent = self.clock()
+                self.acquire_outcome = "in doubt"  # until the store answers
                 if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
+                    self.acquire_outcome = "lost"
                     log.info("lost the race for the leader lease")
                     return False
                 if not_after is not None and time.monotonic() > not_after:
@@ -167,6 +173,7 @@ class Executor:
                     self.store.release_leader(self.name, self._timeout())
                     return False
                 self.lease.renewed(sent, s.ttl)
+                self.acquire_outcome = "won"
                 log.info("acquired the leader lease")
                 self._arm(pgv.postmaster_pid)
                 return True

@@ -24,21 +24,29 @@ log = logging.getLogger("pgwarden.failsafe")
 class FailsafeLedger:
     """The promises this member has given, on its own monotonic clock. A confirmation binds it
     (no lease, no vote) until `bound_until`; a vote for X forbids confirming any leader but X until
-    `votes[X]`. Both
-    checks and the update happen under one lock, so a confirmation and a vote arriving together
-    cannot both be given against each other's promise."""
+    it runs out or X hands it back (`release`, by the round id X sent with its request). Checks and
+    updates happen under one lock, so a confirmation and a vote arriving together cannot both be
+    given against each other's promise."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.bound_until = 0.0
         self.bound_to: str | None = None
-        self.votes: dict[str, float] = {}
+        self._grants: dict[tuple[str, str], float] = {}  # (candidate, round) -> until
+
+    @property
+    def votes(self) -> dict[str, float]:
+        """candidate -> until when our latest-running vote for it holds."""
+        out: dict[str, float] = {}
+        for (candidate, _), until in self._grants.items():
+            out[candidate] = max(out.get(candidate, 0.0), until)
+        return out
 
     def confirm(self, state: Callable[[float, dict[str, float]], failsafe.MemberState], leader: str,
                 timeline: int | None, ttl: float) -> tuple[bool, str]:
         with self._lock:
             now = time.monotonic()
-            st = state(self.bound_until, dict(self.votes))
+            st = state(self.bound_until, self.votes)
             until, why = failsafe.confirm(st, leader, timeline, ttl, now)
             if until is None:
                 return False, why
@@ -47,15 +55,27 @@ class FailsafeLedger:
             return True, why
 
     def vote(self, state: Callable[[float, dict[str, float]], failsafe.MemberState], candidate: str,
-             ttl: float) -> tuple[bool, str]:
+             ttl: float, round_id: str = "") -> tuple[bool, str]:
+        """`round_id`: the candidate's name for this round of requests ("" cannot be released)."""
         with self._lock:
             now = time.monotonic()
-            until, why = failsafe.vote(state(self.bound_until, dict(self.votes)), candidate, ttl, now)
+            until, why = failsafe.vote(state(self.bound_until, self.votes), candidate, ttl, now)
             if until is None:
                 return False, why
-            self.votes = {c: u for c, u in self.votes.items() if u > now}  # forget spent votes
-            self.votes[candidate] = max(self.votes.get(candidate, 0.0), until)
+            self._grants = {k: u for k, u in self._grants.items() if u > now}  # forget spent votes
+            key = (candidate, round_id)
+            self._grants[key] = max(self._grants.get(key, 0.0), until)
             return True, why
+
+    def release(self, candidate: str, round_id: str) -> tuple[bool, str]:
+        """The candidate hands back the votes it asked for in `round_id` (core `may_release_votes`).
+        Only that round's: a release that arrives late cannot take back a newer round's vote."""
+        if not round_id:
+            return False, "no round named"
+        with self._lock:
+            if self._grants.pop((candidate, round_id), None) is None:
+                return False, f"no vote for {candidate} in that round"
+            return True, f"released the vote for {candidate}"
 
 
 class FailsafeClient:
@@ -84,9 +104,15 @@ class FailsafeClient:
         return FailsafeRound(sent_at, frozenset(n for n, at in got.items() if at - sent_at <= window))
 
     def votes(self, members: Iterable[MemberInfo], candidate: str, ttl: float,
-              timeout: float) -> frozenset[str]:
-        body = {"candidate": candidate, "ttl": ttl}
+              timeout: float, round_id: str) -> frozenset[str]:
+        body = {"candidate": candidate, "ttl": ttl, "round": round_id}
         return frozenset(self._ask(members, "/failsafe/vote", body, "granted", timeout))
+
+    def release(self, members: Iterable[MemberInfo], candidate: str, round_id: str,
+                timeout: float) -> frozenset[str]:
+        """Hand back the votes of `round_id` (best effort: one not handed back runs out)."""
+        body = {"candidate": candidate, "round": round_id}
+        return frozenset(self._ask(members, "/failsafe/release", body, "released", timeout))
 
     def _ask(self, members: Iterable[MemberInfo], path: str, body: dict[str, Any], field: str,
              timeout: float) -> dict[str, float]:

@@ -6,6 +6,7 @@ in `core/failsafe.py`; the promise ledger and the HTTP client in `agent/failsafe
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from concurrent.futures import Future
 from dataclasses import replace
@@ -15,7 +16,7 @@ from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core import failsafe as rules
-from pgwarden.core.model import ClusterView, FailsafeRound, PgView
+from pgwarden.core.model import ClusterView, FailsafeRound, MemberInfo, PgView
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 
@@ -34,6 +35,8 @@ class FailsafeMember:
     _view: ClusterView | None
     _last_pg: PgView | None
     _settings: ClusterSettings
+    # This loop's vote round, if one was asked: (round id, the members that granted a vote).
+    _vote_round: tuple[str, list[MemberInfo]] | None = None
 
     # -- requests from other members, on the API thread ----------------------------------------
     def _member_state(self, store_reachable: bool) -> rules.MemberState:
@@ -60,13 +63,30 @@ class FailsafeMember:
         log.log(logging.DEBUG if ok else logging.INFO, "failsafe confirmation for %s: %s", leader, why)
         return ok, why
 
-    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+    def failsafe_vote(self, candidate: str, ttl: float, round_id: str = "") -> tuple[bool, str]:
         """A leaderless candidate asks us to promise not to confirm any leader for a while."""
         ok, why = self.failsafe.vote(
             lambda bound, votes: replace(self._member_state(False), bound_until=bound, votes=votes),
-            candidate, ttl)
+            candidate, ttl, round_id)
         log.info("failsafe vote for %s: %s", candidate, why)
         return ok, why
+
+    def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
+        """A candidate that did not take the lease hands back the vote of its round."""
+        ok, why = self.failsafe.release(candidate, round_id)
+        log.log(logging.INFO if ok else logging.DEBUG, "failsafe release by %s: %s", candidate, why)
+        return ok, why
+
+    def _release_votes(self, outcome: rules.AcquireOutcome, timeout: float) -> None:
+        """After this loop's actions: hand back the votes asked for in it when the core's rule
+        says they can no longer be used (`core.failsafe.may_release_votes`)."""
+        asked, self._vote_round = self._vote_round, None
+        if asked is None or not rules.may_release_votes(outcome):
+            return
+        round_id, granted = asked
+        self.failsafe.release(self.cfg.name, round_id)
+        if granted:
+            self.failsafe_client.release(granted, self.cfg.name, round_id, timeout)
 
     # -- this loop's exchanges -----------------------------------------------------------------
     def _failsafe_sets(self) -> tuple[frozenset[str], ...]:
@@ -102,10 +122,13 @@ class FailsafeMember:
         could = pgv.running and pgv.healthy and pgv.in_recovery is True and not s.paused
         if could and view is not None and view.leader is None and view.failsafe_members and \
                 time.monotonic() >= self.failsafe.bound_until:
-            ok, _ = self.failsafe_vote(self.cfg.name, s.ttl)  # our own promise first
+            round_id = secrets.token_hex(8)
+            ok, _ = self.failsafe_vote(self.cfg.name, s.ttl, round_id)  # our own promise first
             if not ok:
                 return None, frozenset()
             others = [m for n, m in view.members.items() if n in view.failsafe_members and n != self.cfg.name]
-            votes = self.failsafe_client.votes(others, self.cfg.name, s.ttl, min(1.0, s.retry_timeout))
+            votes = self.failsafe_client.votes(others, self.cfg.name, s.ttl, min(1.0, s.retry_timeout),
+                                               round_id)
+            self._vote_round = round_id, [m for m in others if m.name in votes]
             return None, votes | {self.cfg.name}
         return None, None

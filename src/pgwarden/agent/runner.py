@@ -295,6 +295,8 @@ class Agent(FailsafeMember):
                 self._streaming.restart()
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
                 pgv = self._observe_pg(s)
+        self._release_votes(self.exec.acquire_outcome if decision.actions else "not tried",
+                            min(1.0, s.retry_timeout))
         if self.router is not None:
             leading = self.lease.held and pgv.running and pgv.in_recovery is False
             self.router.follow((self.me.host, self.me.port) if leading else None)

@@ -129,6 +129,7 @@ class ApiServer:
         r["/reinitialize"] = {"POST": self._reinitialize}
         r["/failsafe"] = {"POST": self._failsafe_confirm}
         r["/failsafe/vote"] = {"POST": self._failsafe_vote}
+        r["/failsafe/release"] = {"POST": self._failsafe_release}
         add_observability_routes(r, self._holder, self._telemetry, self._node_name, self._cluster_name)
 
     def dispatch(self, request: Request) -> Response:
@@ -355,10 +356,18 @@ class ApiServer:
 
     def _failsafe_vote(self, request: Request) -> Response:
         body = parse_body(request.read())
-        check_fields(body, {"candidate": (str,), "ttl": (int, float)}, "failsafe vote")
+        check_fields(body, {"candidate": (str,), "ttl": (int, float), "round": (str,)}, "failsafe vote")
         candidate, ttl = _required_str(body, "candidate"), _positive(body, "ttl")
-        ok, why = self._need_commands().failsafe_vote(candidate, ttl)
+        round_id = _round_id(body, required=False)
+        ok, why = self._need_commands().failsafe_vote(candidate, ttl, round_id)
         return json_response(200, {"granted": ok, "reason": why})
+
+    def _failsafe_release(self, request: Request) -> Response:
+        body = parse_body(request.read())
+        check_fields(body, {"candidate": (str,), "round": (str,)}, "failsafe release")
+        candidate, round_id = _required_str(body, "candidate"), _round_id(body, required=True)
+        ok, why = self._need_commands().failsafe_release(candidate, round_id)
+        return json_response(200, {"released": ok, "reason": why})
 
     def _reinitialize(self, request: Request) -> Response:
         body = parse_body(request.read(), required=False)
@@ -376,6 +385,17 @@ def _required_str(body: Mapping[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
         raise HttpError(400, f"{key} is required (a member name)")
+    return value
+
+
+def _round_id(body: Mapping[str, Any], required: bool) -> str:
+    """A candidate's name for one round of vote requests: 1-64 printable ASCII characters."""
+    value = body.get("round")
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not value.isascii() or \
+            not value.isprintable():
+        raise HttpError(400, "round is required: the candidate's round id, 1-64 printable ASCII characters")
     return value
 
 

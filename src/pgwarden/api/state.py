@@ -69,7 +69,12 @@ class Commands(Protocol):
         binding ourselves for `ttl` and a margin; (False, why) when we do not."""
         ...
 
-    def failsafe_vote(self, candidate: str, ttl: float) -> tuple[bool, str]:
+    def failsafe_vote(self, candidate: str, ttl: float, round_id: str = "") -> tuple[bool, str]:
         """Rule 17: promise a leaderless candidate not to confirm any leader for `ttl` and a
-        margin; (False, why) while a confirmation of ours is in force."""
+        margin; (False, why) while a confirmation of ours is in force. `round_id` names the
+        candidate's round, for `failsafe_release`."""
+        ...
+
+    def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
+        """Rule 17: the candidate hands back the vote we gave it in `round_id`."""
         ...

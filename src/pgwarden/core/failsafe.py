@@ -15,7 +15,10 @@ Three kinds of promise, each on the giver's own monotonic clock:
   member will not confirm any leader but X until `received_at + ttl + LEASE_MARGIN`. X takes the lease
   only with votes from a majority of that set (itself included) and only within
   `ttl - LEASE_MARGIN` of reading the store. Votes do not exclude one another: two candidates are
-  told apart by the store's compare-and-swap, as ever;
+  told apart by the store's compare-and-swap, as ever. Votes count only in the loop that asked
+  for them, so a candidate that did not take the lease in that loop hands them back
+  (`may_release_votes`): the members need not wait out a loser's votes before confirming the
+  winner;
 * the **failsafe set** in the store: only the leader writes it, one member added per write and only
   on top of the value it last read (compare-and-swap), so the set a candidate reads and the sets
   the leader counts always have intersecting majorities. It only grows while `failsafe` is on and
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pgwarden.core.model import ClusterView, Observation
 from pgwarden.core.settings import LEASE_MARGIN
@@ -106,6 +110,20 @@ def acquire_not_after(obs: Observation, view: ClusterView) -> float | None:
         return None
     read_at = obs.snapshot_at if obs.snapshot_at is not None else obs.now
     return read_at + view.settings.ttl - LEASE_MARGIN
+
+
+# What became of a candidate's lease acquisition in the loop that asked for its votes.
+AcquireOutcome = Literal["not tried", "won", "lost", "in doubt"]
+
+
+def may_release_votes(outcome: AcquireOutcome) -> bool:
+    """Whether a candidate may hand back the votes this loop gave it. Votes count only in the loop
+    that asked for them (`Observation.failsafe_votes`), so once that loop cannot have taken the
+    lease on them they protect nothing: it did not try, or the store answered that the key was
+    taken (a definite no). Not after a create whose answer timed out (it may still land) or a
+    win; a lease taken too late was already given back in the store, but handing the votes back
+    gains nothing then and a failed delete would leave the key ours for a moment."""
+    return outcome in ("not tried", "lost")
 
 
 # -- a member asked ---------------------------------------------------------------------------
