@@ -199,7 +199,8 @@ class World:
         got = {node.name}
         node.rounds += 1
         round_id = f"{node.name}.{node.rounds}"
-        node.votes[(node.name, round_id)] = failsafe.binding_until(node.clock(self.t), SETTINGS.ttl, SETTINGS.ttl)
+        mine = failsafe.binding_until(node.clock(self.t), SETTINGS.ttl, SETTINGS.ttl)
+        node.votes[(node.name, round_id)] = mine
         for name in view.failsafe_members - {node.name}:
             m = self.nodes[name]
             if not self.linked(node.name, name) or self.t < m.frozen_until:
