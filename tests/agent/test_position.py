@@ -7,8 +7,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from pgwarden.agent.position import SharedReading
-from pgwarden.core.model import PeerReading
+from pgwarden.agent.position import SharedReading, looks_behind_the_leader, with_fresh_position
+from pgwarden.core.model import ClusterView, DataState, PeerReading, PgView, Role
 
 
 class SlowServer:
@@ -87,3 +87,36 @@ def test_a_failing_reading_frees_the_next_caller() -> None:
         except RuntimeError:
             pass
     assert len(calls) == 2
+
+
+# -- a replica's position published after the store read (agent/runner.py) -----------------------
+
+
+def _view(leader_lsn: int | None, leader: str = "n1") -> ClusterView:
+    from pgwarden.config.schema import ClusterSettings
+    from pgwarden.core.model import LeaderKey, MemberInfo
+
+    lm = MemberInfo(name=leader, api_url="", host="h", port=1, role=Role.PRIMARY, state="running",
+                    running=True, timeline=1, lsn=leader_lsn)
+    return ClusterView(initialized="1", init_holder=None, settings=ClusterSettings(), settings_token="t",
+                       leader=LeaderKey(leader, "x"), members={leader: lm}, sync=None, failover=None)
+
+
+def _replica(received: int, replayed: int, timeline: int = 1) -> PgView:
+    return PgView(data=DataState.VALID, running=True, healthy=True, in_recovery=True, timeline=timeline,
+                  lsn=max(received, replayed), received_lsn=received, replayed_lsn=replayed)
+
+
+def test_a_replica_below_the_leaders_published_position_reads_its_own_again() -> None:
+    assert looks_behind_the_leader(_replica(0x3000000, 0x3000000), _view(0x4000000), "n2")
+    assert not looks_behind_the_leader(_replica(0x4000000, 0x3000000), _view(0x4000000), "n2")
+    assert not looks_behind_the_leader(_replica(0x3000000, 0x3000000), _view(None), "n2")
+    assert not looks_behind_the_leader(_replica(0x3000000, 0x3000000), _view(0x4000000, leader="n2"), "n2")
+    assert not looks_behind_the_leader(_replica(0x3000000, 0x3000000), None, "n2")
+
+
+def test_only_a_later_reading_of_the_same_replica_replaces_the_positions() -> None:
+    old, later = _replica(0x3000000, 0x3000000), _replica(0x4000000, 0x4000000)
+    assert with_fresh_position(old, later).received_lsn == 0x4000000
+    assert with_fresh_position(old, _replica(0x4000000, 0x4000000, timeline=2)) == old  # promoted meanwhile
+    assert with_fresh_position(old, PgView(data=DataState.VALID)) == old  # not answering

@@ -117,6 +117,16 @@ def test_local_cluster_end_to_end(cluster_dir: Path) -> None:
                   timeout=UP_TIMEOUT + 30)
     assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
     assert up.stdout.strip().splitlines()[-1].startswith("postgresql://")
+    # Healthy means caught up: right after `up` returns, every replica answers a zero-lag check
+    # (a replica not yet streaming, behind the segment switch that ends the next member's base
+    # backup, once passed as ready and answered 503 for a second). Asked at once, over HTTP.
+    http = urllib3.PoolManager(retries=False, timeout=2.0)
+    for node in ("node1", "node2", "node3"):
+        api = yaml.safe_load((d / node / "pgwarden.yaml").read_text())["restapi"]
+        base = f"http://{api['listen_address']}:{api['port']}"
+        if json.loads(http.request("GET", base + "/status").data)["role"] == "replica":
+            for path in ("/replica?lag=0", "/readiness"):
+                assert http.request("GET", base + path).status == 200, (node, path)
     for node in ("node1", "node2", "node3"):
         assert (d / node / "pgwarden.yaml").is_file()
     assert (d / "etcd.log").is_file() and (d / "state.json").is_file()

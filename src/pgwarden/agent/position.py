@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from pgwarden.core.model import PeerReading, Role
+from pgwarden.core.model import ClusterView, PeerReading, PgView, Role
 from pgwarden.postgres.controller import PostgresController
 
 log = logging.getLogger("pgwarden.agent")
@@ -33,6 +34,29 @@ def fresh_position(pg: PostgresController, name: str, timeout: float) -> PeerRea
         running=True, timeline=h.timeline, received_lsn=h.received_lsn,
         replayed_lsn=h.replayed_lsn, lsn=h.lsn,
     )
+
+
+def looks_behind_the_leader(pgv: PgView, view: ClusterView | None, me: str) -> bool:
+    """A running replica whose position, read before this loop's store read, is below the position
+    the leader published (which may have been published after our reading). Publishing it as it is
+    showed a streaming replica one WAL segment behind for a loop right after `local up` (the
+    leader's backup-end segment switch): read our position again, after the store read, first."""
+    if not (pgv.running and pgv.in_recovery is True) or view is None or view.leader is None or \
+            view.leader.name == me:
+        return False
+    lm = view.members.get(view.leader.name)
+    lead = max((v for v in (view.leader_lsn, lm.lsn if lm is not None else None) if v is not None),
+               default=None)
+    ours = max((v for v in (pgv.received_lsn, pgv.replayed_lsn) if v is not None), default=None)
+    return lead is not None and ours is not None and ours < lead
+
+
+def with_fresh_position(pgv: PgView, fresh: PgView) -> PgView:
+    """`pgv` with the positions of a later reading of the same server (same timeline, still a
+    replica); unchanged otherwise."""
+    if not (fresh.running and fresh.in_recovery is True and fresh.timeline == pgv.timeline):
+        return pgv
+    return replace(pgv, lsn=fresh.lsn, received_lsn=fresh.received_lsn, replayed_lsn=fresh.replayed_lsn)
 
 
 class SharedReading:

@@ -18,7 +18,12 @@ from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import BoundedReader
 from pgwarden.agent.peers import PeerProbe
-from pgwarden.agent.position import SharedReading, fresh_position
+from pgwarden.agent.position import (
+    SharedReading,
+    fresh_position,
+    looks_behind_the_leader,
+    with_fresh_position,
+)
 from pgwarden.agent.sites import SiteProbe
 from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
@@ -301,6 +306,8 @@ class Agent(FailsafeMember):
             leading = self.lease.held and pgv.running and pgv.in_recovery is False
             self.router.follow((self.me.host, self.me.port) if leading else None)
         self.facts.activity = ""
+        if looks_behind_the_leader(pgv, view, self.cfg.name):
+            pgv = with_fresh_position(pgv, self.pg.observe(s.retry_timeout))
         store_ok = view is not None
         if view is not None and not trouble:  # after a store call timed out, spare the lease
             store_ok = self._publish_member(pgv, view)

@@ -14,6 +14,7 @@ from pgwarden.local import procs
 from pgwarden.local.component import AFTER_STOP, STAGE_AGENTS, Component
 from pgwarden.local.handle import ClusterHandle
 from pgwarden.local.layout import NodePlan, ProcRecord, write_node_config
+from pgwarden.report import member_lag
 
 
 class AgentComponent(Component):
@@ -49,9 +50,11 @@ class AgentComponent(Component):
             return False
         if m.name == view.leader.name:
             return m.role == leader.role
-        # A replica still on an older timeline has not yet followed the current primary.
+        # A replica still on an older timeline has not yet followed the current primary; one that
+        # does not stream yet, or is still behind the leader's published position (the segment
+        # switch at the end of the next member's base backup), would fail `/replica?lag=0`.
         same_timeline = m.timeline is None or leader.timeline is None or m.timeline == leader.timeline
-        return m.role == Role.REPLICA and same_timeline
+        return m.role == Role.REPLICA and same_timeline and m.streaming and member_lag(view, m) == 0
 
 
 def _stop_agent_postgres(cluster: ClusterHandle, record: ProcRecord) -> None:
