@@ -64,6 +64,15 @@ def test_lag_per_member_from_the_store_snapshot() -> None:
     assert get(s, "pgwarden_replication_lag_bytes", node="node1", member="node3") == 64 * MB
 
 
+def test_logical_slot_lag_per_slot_only_where_slots_exist() -> None:
+    slots = (("orders_eu", LEADER_LSN - 3 * MB), ("ahead", LEADER_LSN + 1))
+    with_slots = replace(PRIMARY, logical_slots=slots)
+    s = scrape(state(with_slots))
+    assert get(s, "pgwarden_logical_slot_lag_bytes", node="node1", slot="orders_eu") == 3 * MB
+    assert get(s, "pgwarden_logical_slot_lag_bytes", node="node1", slot="ahead") == 0
+    assert not any(name == "pgwarden_logical_slot_lag_bytes" for name, _ in scrape(state()))
+
+
 def test_a_replica_reports_received_and_replayed_and_sync_membership() -> None:
     cluster = view(mode=SyncMode.ON, sync_members=["node2"], paused=True)
     s = scrape(state(CAUGHT_UP, holds=False, cluster=cluster), node="node2")

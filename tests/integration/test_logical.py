@@ -118,6 +118,9 @@ def test_selective_from_15_to_18(src: Cluster, dst: Cluster) -> None:
         return all(st is not None and st["logical_slot_copies_missing"] == {} for st in sts) and \
             "orders_eu" in (src.status(primary) or {}).get("logical_slots", {})
     wait_for(reported, 30, "/status: no candidate lacks a copy")
+    # The source primary's /metrics has the slot's lag (what the subscriber has yet to confirm).
+    code, text = src.http("GET", primary, "/metrics", auth=False)
+    assert code == 200 and 'pgwarden_logical_slot_lag_bytes{cluster=' in text and 'slot="orders_eu"' in text
 
 
 def test_all_tables_picks_up_a_later_table_after_refresh(src: Cluster) -> None:

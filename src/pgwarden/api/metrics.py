@@ -92,6 +92,14 @@ class NodeCollector(Collector):
                      int(st.store_ok))
         yield _gauge("pgwarden_lsn_bytes", "This node's WAL position (write LSN on a primary, received or "
                      "replayed on a replica) in bytes.", node, me, m.lsn or 0)
+        if m.logical_slots and m.lsn is not None:
+            slot_lag = GaugeMetricFamily("pgwarden_logical_slot_lag_bytes", "Bytes of WAL between this "
+                                         "node's position and each logical slot's confirmed position "
+                                         "(what its subscriber has yet to confirm).",
+                                         labels=["cluster", "node", "slot"])
+            for slot, confirmed in m.logical_slots:
+                slot_lag.add_metric([self._scope, self._node, slot], max(0, m.lsn - confirmed))
+            yield slot_lag
         if view is None:
             return
         yield _gauge("pgwarden_paused", "1 while automatic failover is paused.", node, me,
