@@ -1,0 +1,310 @@
+"""Multi-site benchmark rows (docs/multi-site.md): a planned site switchover seen by a client whose
+DSN lists both sites' members, back and forth under a steady writer (write pause, rows lost,
+failed transactions, and whether any switchover needed pg_rewind or a base backup); the standby
+site's lag under a steady write rate (median and p99 seconds from the commit's acknowledgement on
+the primary site to the row being visible on the standby site's leader); and a forced promotion
+(seconds from `promote-cluster --force` to the first write on the new primary site).
+
+    .venv/bin/python bench/sites.py [--switchovers 20] [--rate 400] [--lag-seconds 30] [--no-forced]
+
+Two `pgwarden local up` clusters on loopback in a temporary directory under /var/lib/pgwarden-bench
+(as root; the agents run PostgreSQL as `postgres`): A with 3 nodes, B with 2 nodes and
+`--standby-of A`; both are stopped and removed afterwards. The kernel here has no `sch_netem`, so
+the sites are not delayed from each other: the figures are loopback figures (a 20 ms round trip
+adds about one round trip per WAL flush the switchover waits for). Every load is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.workload import Workload, count_lost, prepare
+
+BENCH_ROOT = Path("/var/lib/pgwarden-bench")
+# What an agent logs when it rewinds or clones: a switchover that needed either is not a clean one.
+REWIND_OR_CLONE = re.compile(r"run as postgres: \S*(pg_rewind|pg_basebackup) ")
+
+
+def pgwarden(*args: str, timeout: float = 300) -> str:
+    res = subprocess.run([sys.executable, "-m", "pgwarden", *args], capture_output=True, text=True,
+                         timeout=timeout, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise SystemExit(f"pgwarden {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res.stdout
+
+
+@dataclass
+class Site:
+    dir: Path
+
+    @property
+    def nodes(self) -> list[Path]:
+        return sorted(p for p in self.dir.iterdir() if (p / "pgwarden.yaml").is_file())
+
+    def config(self, node: Path) -> dict[str, Any]:
+        doc: dict[str, Any] = yaml.safe_load((node / "pgwarden.yaml").read_text())
+        return doc
+
+    def node_file(self) -> str:
+        return str(self.nodes[0] / "pgwarden.yaml")
+
+    def ports(self) -> set[str]:
+        return {str(self.config(n)["postgresql"]["port"]) for n in self.nodes}
+
+    def hosts_ports(self) -> list[tuple[str, int]]:
+        return [(self.config(n)["postgresql"]["listen_address"], int(self.config(n)["postgresql"]["port"]))
+                for n in self.nodes]
+
+    def leader_dsn(self, user: str, password: str) -> str:
+        """A DSN for this site's leader (primary or standby leader), found from each API's /status."""
+        for n in self.nodes:
+            c = self.config(n)
+            api = c["restapi"]
+            try:
+                with urllib.request.urlopen(f"http://{api['listen_address']}:{api['port']}/status",
+                                            timeout=2) as r:
+                    role = json.load(r).get("role")
+            except (OSError, ValueError):
+                continue
+            if role in ("primary", "standby_leader"):
+                pg = c["postgresql"]
+                return (f"host={pg['listen_address']} port={pg['port']} user={user} password={password} "
+                        f"dbname=postgres connect_timeout=2")
+        raise SystemExit(f"no leader found in {self.dir}")
+
+    def rewinds_and_clones(self) -> int:
+        return sum(len(REWIND_OR_CLONE.findall((n / "agent.log").read_text(errors="replace")))
+                   for n in self.nodes if (n / "agent.log").exists())
+
+
+def dsn(sites: list[Site], user: str, password: str) -> str:
+    """Every member of `sites`, reaching whichever is writable."""
+    hp = [x for s in sites for x in s.hosts_ports()]
+    return (f"host={','.join(h for h, _ in hp)} port={','.join(str(p) for _, p in hp)} user={user} "
+            f"password={password} dbname=postgres connect_timeout=2 target_session_attrs=read-write")
+
+
+def wait(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- planned site switchover ------------------------------------------------------------------------
+
+
+@dataclass
+class SwitchoverResult:
+    pauses: list[float] = field(default_factory=list)
+    lost: int = 0
+    failed_transactions: int = 0
+    rewinds_or_clones: int = 0
+
+
+def switchovers(a: Site, b: Site, both: str, count: int) -> SwitchoverResult:
+    prepare(both)
+    before = a.rewinds_and_clones() + b.rewinds_and_clones()
+    w = Workload(both, writers=2, rate=200.0)
+    w.start()
+    out = SwitchoverResult()
+    try:
+        wait(lambda: w.ack_count() > 50, 30, "writes on the primary site")
+        primary, standby = a, b
+        for i in range(count):
+            asked = time.monotonic()
+            pgwarden("ctl", "-c", primary.node_file(), "site-switchover", "--to", standby.node_file())
+            wait(partial(_acked_on, w, asked, standby.ports()), 60,
+                 f"switchover {i + 1}: a write on {standby.dir.name}")
+            wait(partial(w.ack_after, time.monotonic() + 1.0), 30, "writes going on")
+            print(f"  switchover {i + 1}/{count}: {primary.dir.name} -> {standby.dir.name}", flush=True)
+            primary, standby = standby, primary
+    finally:
+        history = w.stop()
+    # The pause of each switchover: from the last ack by the old site to the first by the new one
+    # (never two writable sites, so the two sites' acks do not interleave).
+    acks = history.acks
+    for prev, cur in itertools.pairwise(acks):
+        if _site_of(prev.server, a, b) != _site_of(cur.server, a, b):
+            out.pauses.append(cur.at - prev.at)
+    out.failed_transactions = sum(1 for f in history.failures if not f.connecting)
+    out.lost = count_lost(both, history.acked_ids())
+    out.rewinds_or_clones = a.rewinds_and_clones() + b.rewinds_and_clones() - before
+    return out
+
+
+def _acked_on(w: Workload, after: float, ports: set[str]) -> bool:
+    ack = w.ack_after(after)
+    return ack is not None and ack.server.rpartition(":")[2] in ports
+
+
+def _site_of(server: str, a: Site, b: Site) -> str:
+    port = server.rpartition(":")[2]
+    return "A" if port in a.ports() else "B" if port in b.ports() else "?"
+
+
+# -- standby-site lag --------------------------------------------------------------------------------
+
+
+def standby_lag(primary_dsn: str, standby_dsn: str, rate: float, seconds: float) -> list[float]:
+    """Seconds from each commit's acknowledgement to the row being visible on the standby site's
+    leader, polled every 10 ms (the poll interval bounds the resolution)."""
+    with psycopg.connect(primary_dsn, autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS bench_lag (id bigint PRIMARY KEY)")
+        c.execute("TRUNCATE bench_lag")
+    acked: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(primary_dsn, autocommit=True) as c:
+            next_at, i = time.monotonic(), 0
+            end = next_at + seconds
+            while not stop.is_set() and time.monotonic() < end:
+                i += 1
+                c.execute("INSERT INTO bench_lag VALUES (%s)", (i,))
+                acked[i] = time.monotonic()
+                next_at += 1.0 / rate
+                stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def poll() -> None:
+        with psycopg.connect(standby_dsn, autocommit=True) as c:
+            top = 0
+            end = time.monotonic() + seconds + 30
+            while time.monotonic() < end:
+                row = c.execute("SELECT coalesce(max(id), 0) FROM bench_lag").fetchone()
+                now = time.monotonic()
+                got = int(row[0]) if row else 0
+                for i in range(top + 1, got + 1):
+                    seen[i] = now
+                top = max(top, got)
+                if stop.is_set() and top >= max(acked, default=0):
+                    return
+                time.sleep(0.01)
+
+    writer, poller = threading.Thread(target=write), threading.Thread(target=poll)
+    poller.start()
+    writer.start()
+    writer.join(seconds + 30)
+    stop.set()
+    poller.join(60)
+    return [seen[i] - acked[i] for i in acked if i in seen and seen[i] >= acked[i]] + \
+        [0.0 for i in acked if i in seen and seen[i] < acked[i]]  # seen before our ack returned
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+# -- forced promotion --------------------------------------------------------------------------------
+
+
+def forced_promotion(a: Site, b: Site, b_dsn: str) -> tuple[float, float]:
+    """(seconds the command took, seconds from the command to the first write on B)."""
+    pgwarden("local", "down", "--dir", str(a.dir))  # the primary site is lost
+    t0 = time.monotonic()
+    first: list[float] = []
+    stop = threading.Event()
+
+    def try_write() -> None:
+        while not stop.is_set() and time.monotonic() < t0 + 120:
+            try:
+                with psycopg.connect(b_dsn, autocommit=True) as c:
+                    c.execute("CREATE TABLE IF NOT EXISTS bench_forced (x int)")
+                    c.execute("INSERT INTO bench_forced VALUES (1)")
+                    first.append(time.monotonic())
+                    return
+            except psycopg.Error:
+                time.sleep(0.02)
+
+    t = threading.Thread(target=try_write)
+    t.start()
+    pgwarden("ctl", "-c", b.node_file(), "promote-cluster", "--force")
+    took = time.monotonic() - t0
+    t.join(130)
+    stop.set()
+    if not first:
+        raise SystemExit("no write on the promoted site within 120 s")
+    return took, first[0] - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--switchovers", type=int, default=20, help="planned site switchovers in a row (20)")
+    ap.add_argument("--rate", type=float, default=400.0, help="writes per second for the lag row (400)")
+    ap.add_argument("--lag-seconds", type=float, default=30.0, help="how long the lag row writes (30)")
+    ap.add_argument("--no-forced", action="store_true", help="skip the forced promotion row")
+    args = ap.parse_args()
+    BENCH_ROOT.mkdir(parents=True, exist_ok=True)
+    base = Path(tempfile.mkdtemp(prefix="sites-", dir=BENCH_ROOT))
+    os.chmod(base, 0o755)
+    a, b = Site(base / "A"), Site(base / "B")
+    try:
+        print("bringing up site A (3 nodes) and site B (2 nodes, standby of A) ...", flush=True)
+        pgwarden("local", "up", "--dir", str(a.dir), "--nodes", "3")
+        pgwarden("local", "up", "--dir", str(b.dir), "--nodes", "2", "--standby-of", str(a.dir))
+        su = a.config(a.nodes[0])["postgresql"]["superuser"]
+        user, password = su["username"], su["password"]
+        both = dsn([a, b], user, password)
+        rows: list[tuple[str, str]] = []
+        if args.switchovers:
+            r = switchovers(a, b, both, args.switchovers)
+            med = statistics.median(r.pauses) if r.pauses else float("nan")
+            rows.append(("planned site switchover: write pause, median / max (s)",
+                         f"{med:.2f} / {max(r.pauses, default=float('nan')):.2f} over {len(r.pauses)}"))
+            rows.append(("planned site switchover: acknowledged rows lost", str(r.lost)))
+            rows.append(("planned site switchover: failed transactions", str(r.failed_transactions)))
+            rows.append(("planned site switchover: pg_rewind or base backups", str(r.rewinds_or_clones)))
+        # After an even number of switchovers A is the primary site again.
+        primary_site, standby_site = (a, b) if args.switchovers % 2 == 0 else (b, a)
+        lag = standby_lag(dsn([primary_site], user, password), standby_site.leader_dsn(user, password),
+                          args.rate, args.lag_seconds)
+        if lag:
+            rows.append((f"standby site lag at {args.rate:g} writes/s: median / p99 (s)",
+                         f"{statistics.median(lag):.3f} / {percentile(lag, 0.99):.3f} over {len(lag)} rows"))
+        if not args.no_forced:
+            took, first = forced_promotion(primary_site, standby_site, dsn([standby_site], user, password))
+            rows.append(("forced promotion: command took (s)", f"{took:.2f}"))
+            rows.append(("forced promotion: command to first write on the new site (s)", f"{first:.2f}"))
+        width = max(len(k) for k, _ in rows)
+        print()
+        print(f"{'row'.ljust(width)} | value")
+        print(f"{'-' * width}-|------")
+        for k, v in rows:
+            print(f"{k.ljust(width)} | {v}")
+        return 0
+    finally:
+        for s in (b, a):
+            if s.dir.exists():
+                subprocess.run([sys.executable, "-m", "pgwarden", "local", "down", "--dir", str(s.dir)],
+                               capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
