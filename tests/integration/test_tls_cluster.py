@@ -33,8 +33,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    # Synchronous: a crash failover must then keep every acknowledged commit, over TLS too.
-    with Cluster("tls", tls=True, sync="on") as cl:
+    # Synchronous: a crash failover must then keep every acknowledged commit, over TLS too. With
+    # the failsafe on, that failover also needs a majority's votes over https (rule 17).
+    with Cluster("tls", tls=True, sync="on", sets=("failsafe=on",)) as cl:
         yield cl
 
 

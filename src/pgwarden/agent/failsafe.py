@@ -17,6 +17,8 @@ import urllib3
 
 from pgwarden.core import failsafe
 from pgwarden.core.model import FailsafeRound, MemberInfo
+from pgwarden.tls.contexts import ContextSource
+from pgwarden.tls.http import FollowingPool
 
 log = logging.getLogger("pgwarden.failsafe")
 
@@ -81,11 +83,11 @@ class FailsafeLedger:
 class FailsafeClient:
     """POSTs to the other members, in parallel, each bounded by the caller's timeout."""
 
-    def __init__(self, auth_header: str | None) -> None:
+    def __init__(self, auth_header: str | None, tls: ContextSource | None = None) -> None:
         self._headers = {"Content-Type": "application/json"}
         if auth_header is not None:
             self._headers["Authorization"] = auth_header
-        self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
+        self._http = FollowingPool(tls, num_pools=16, maxsize=2, retries=False)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="failsafe")
         self._rounds = ThreadPoolExecutor(max_workers=1, thread_name_prefix="failsafe-round")
 
@@ -133,8 +135,9 @@ class FailsafeClient:
 
     def _one(self, m: MemberInfo, path: str, data: bytes, field: str, timeout: float) -> tuple[bool, float]:
         try:
-            r = self._http.request("POST", m.api_url.rstrip("/") + path, body=data, headers=self._headers,
-                                   timeout=urllib3.Timeout(total=timeout), preload_content=True)
+            r = self._http.get().request("POST", m.api_url.rstrip("/") + path, body=data,
+                                         headers=self._headers, timeout=urllib3.Timeout(total=timeout),
+                                         preload_content=True)
             answered_at = time.monotonic()
             if r.status != 200:
                 log.debug("failsafe %s to %s: HTTP %d", path, m.name, r.status)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,6 +13,7 @@ import urllib3
 
 from pgwarden.core.model import MemberInfo, PeerReading, Role
 from pgwarden.tls.contexts import ContextSource
+from pgwarden.tls.http import FollowingPool
 
 log = logging.getLogger("pgwarden.peers")
 
@@ -23,26 +23,17 @@ class PeerProbe:
     as the files rotate; None: plain http, or https against the system's CAs."""
 
     def __init__(self, tls: ContextSource | None = None) -> None:
-        self._tls = tls
-        self._ctx: ssl.SSLContext | None = None if tls is None else tls.get()
-        self._http = self._new_pool()
+        self._http = FollowingPool(tls, num_pools=16, maxsize=2, retries=False)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer")
 
-    def _new_pool(self) -> urllib3.PoolManager:
-        return urllib3.PoolManager(num_pools=16, maxsize=2, retries=False, ssl_context=self._ctx)
-
     def read(self, members: Iterable[MemberInfo], timeout: float) -> dict[str, PeerReading]:
-        if self._tls is not None and (ctx := self._tls.get()) is not self._ctx:
-            self._ctx = ctx  # rotated certificates: new connections with the new context
-            old, self._http = self._http, self._new_pool()
-            old.clear()
         members = [m for m in members if m.api_url]
         futures = {m.name: self._pool.submit(self._one, m, timeout) for m in members}
         return {name: f.result() for name, f in futures.items()}
 
     def _one(self, m: MemberInfo, timeout: float) -> PeerReading:
         try:
-            r = self._http.request("GET", m.api_url.rstrip("/") + "/position",
+            r = self._http.get().request("GET", m.api_url.rstrip("/") + "/position",
                                    timeout=urllib3.Timeout(total=timeout), preload_content=True)
             if r.status != 200:
                 raise ValueError(f"HTTP {r.status}")

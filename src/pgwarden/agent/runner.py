@@ -86,7 +86,7 @@ class Agent(FailsafeMember):
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
         self.peers = PeerProbe(self.client_tls)
         # The other sites (rule 18), probed in the background; news wakes the loop.
-        self.sites = SiteProbe(on_change=self.store_wakeup)
+        self.sites = SiteProbe(on_change=self.store_wakeup, tls=self.client_tls)
         self.started_at = time.time()
         self.telemetry = Telemetry(cfg.name)  # /metrics, /decisions (api/telemetry.py)
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
@@ -128,7 +128,8 @@ class Agent(FailsafeMember):
         self._wake = threading.Event()
         # Rule 17: the promises we gave (written by the API thread) and the client asking others.
         self.failsafe = FailsafeLedger()
-        self.failsafe_client = FailsafeClient(basic_header(*api_auth) if api_auth is not None else None)
+        self.failsafe_client = FailsafeClient(basic_header(*api_auth) if api_auth is not None else None,
+                                              self.client_tls)
         self._store_trouble = False  # a store call failed last loop
 
     def settings(self) -> ClusterSettings:

@@ -16,6 +16,8 @@ from typing import Any
 import urllib3
 
 from pgwarden.core.model import SiteReading
+from pgwarden.tls.contexts import ContextSource
+from pgwarden.tls.http import FollowingPool
 
 log = logging.getLogger("pgwarden.sites")
 
@@ -44,9 +46,9 @@ class SiteProbe:
     """`on_change`: called (from the probe's thread) when a reading differs from the last one, so
     the HA loop can decide on it at once instead of at its next turn."""
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None, tls: ContextSource | None = None) -> None:
         self._on_change = on_change
-        self._http = urllib3.PoolManager(num_pools=16, maxsize=2, retries=False)
+        self._http = FollowingPool(tls, num_pools=16, maxsize=2, retries=False)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="site")
         self._lock = threading.Lock()
         self._urls: tuple[str, ...] = ()
@@ -90,7 +92,7 @@ class SiteProbe:
 
     def _one(self, url: str, timeout: float) -> dict[str, Any] | None:
         try:
-            r = self._http.request("GET", url.rstrip("/") + "/site",
+            r = self._http.get().request("GET", url.rstrip("/") + "/site",
                                    timeout=urllib3.Timeout(total=timeout), preload_content=True)
             if r.status != 200:
                 raise ValueError(f"HTTP {r.status}")

@@ -15,6 +15,7 @@ from pgwarden.agent.sites import SiteProbe
 from pgwarden.config.schema import NodeConfig
 from pgwarden.core.model import ClusterView, Role, SiteReading, int_to_lsn, lsn_to_int
 from pgwarden.errors import CliError
+from pgwarden.tls.contexts import ContextSource, client_context
 
 CONNECT_TIMEOUT = 3
 
@@ -127,8 +128,11 @@ def describe_lag(replay: Replay, source: Remote) -> str:
                   f"bytes received but not yet replayed)"
 
 
-def read_sites(urls: tuple[str, ...]) -> tuple[SiteReading, ...]:
-    probe = SiteProbe()
+def read_sites(urls: tuple[str, ...], cfg: NodeConfig) -> tuple[SiteReading, ...]:
+    """The other sites' `GET /site`, over https with this node's CA and certificate when
+    restapi.tls is set (the agents' probe does the same)."""
+    paths = cfg.restapi.client_tls()
+    probe = SiteProbe(tls=None if paths is None else ContextSource(paths, client_context))
     try:
         return probe.read(urls, 2.0)
     finally:

@@ -115,7 +115,7 @@ def cmd_promote_cluster(args: argparse.Namespace, ctx: Ctx) -> int:
                        f"nothing to promote")
     replay = standby_leader_replay(view, ctx.cfg)
     source = look_at(sc.source, ctx.cfg)
-    sites = read_sites(view.site.peers)
+    sites = read_sites(view.site.peers, ctx.cfg)
     writable = source.writable or any(r.writable for r in sites)
     print(f"standby site {name}: {describe_lag(replay, source)}")
     if not args.force:
