@@ -110,11 +110,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     from pgwarden.cli import (
         logical,  # it builds on this module
+        site_peers,  # site-peers
         sites,  # promote-cluster, demote-cluster, site-switchover
     )
 
     logical.register(cmds)
     sites.register(cmds)
+    site_peers.register(cmds)
     ctl.set_defaults(func=run)
 
 
