@@ -26,6 +26,7 @@ class NodeState:
     start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
     logical_error: str | None = None  # the last declared publication/subscription change that failed
     cluster_at: float | None = None  # monotonic time `cluster` was read from the store
+    pg_log: str = ""  # this node's PostgreSQL log file, for operators told to look at it
 
 
 class StateHolder:

@@ -63,6 +63,7 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "store_ok": st.store_ok,
         "message": st.message,
         "start_error": st.start_error or None,
+        "postgresql_log": st.pg_log or None,
         "logical_slots": {n: int_to_lsn(lsn) for n, lsn in m.logical_slots},
         "logical_error": st.logical_error,
         # Failover candidates without a copy of a logical slot of the leader (rule 19).
