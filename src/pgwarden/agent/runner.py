@@ -470,4 +470,5 @@ class Agent(FailsafeMember):
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,
             logical_error=self.exec.logical.last_error, pg_log=str(self.pg.log_file),
+            pgbouncer=self.router.view() if self.router is not None else None,
         ))
