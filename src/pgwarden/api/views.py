@@ -96,7 +96,7 @@ def pgbouncer_json(st: NodeState) -> dict[str, Any] | None:
         "target": f"{r.target[0]}:{r.target[1]}" if r.target is not None else None,
         "target_member": member,
         "confirmed_at": iso_time(r.confirmed_at),
-        "error": r.error or None,
+        "error": r.error.strip().splitlines()[0] if r.error.strip() else None,  # libpq adds hint lines
     }
 
 
