@@ -16,7 +16,7 @@ from pgwarden.cli.backup_progress import (
     plain_line,
     view_row,
 )
-from pgwarden.cli.reinit import Seen, clone_source, describe, seen_from_status, streams_again
+from pgwarden.cli.reinit import Seen, clone_source, describe, refused, seen_from_status, streams_again
 from pgwarden.core.model import MemberInfo, Role
 from tests.core.builders import view as cluster_view
 
@@ -43,7 +43,9 @@ def test_a_bar_shows_the_backup_while_it_runs_else_the_members_state() -> None:
     assert view_row("node2", None, None).text == "node2: state unknown"
     assert plain_line(view_row("node2", "x", b)) == "node2: streaming database files (10.0/30.0 MB)"
     assert plain_line(ViewRow("node2", "node2: running", None, None)) == "node2: running"
-    assert plain_line(ViewRow("n", "n: initializing", 0, None)) == "n: initializing (0.0 MB)"
+    assert plain_line(ViewRow("n", "n: initializing", 0, None)) == "n: initializing"
+    assert plain_line(ViewRow("n", "n: streaming database files", 2_000_000, None)) == \
+        "n: streaming database files (2.0 MB)"
 
 
 def test_bars_draw_on_a_terminal_only() -> None:
@@ -87,7 +89,10 @@ def test_a_member_is_back_only_with_a_new_postmaster_or_after_it_was_seen_down()
 def test_status_bodies_are_read_and_described() -> None:
     body = {"role": "replica", "state": "running", "running": True, "replication_state": "streaming",
             "postmaster_pid": 7, "upstream": "node1", "postgresql_log": "/d/data.log", "start_error": None}
-    assert seen_from_status(body) == Seen("replica", "running", True, True, 7, "node1", "/d/data.log", "")
+    assert seen_from_status(body) == Seen("replica", "running", True, True, 7, "node1", "/d/data.log", "", "")
+    no = {**body, "message": "reinitialize refused: no running leader to clone from"}
+    assert refused(seen_from_status(no)) == "reinitialize refused: no running leader to clone from"
+    assert refused(seen_from_status({**body, "message": "replica of node1, streaming"})) is None
     assert seen_from_status({"error": "x"}) is None and seen_from_status(None) is None
     assert describe(None) == "publishing no state (is its agent running?)"
     assert describe(_seen(streaming=False)) == "replica, running, not streaming"

@@ -74,7 +74,7 @@ def view_row(member: str, state: str | None, backup: BackupRow | None) -> ViewRo
 
 def plain_line(row: ViewRow) -> str:
     """The row as a line of text, for output that is not a terminal."""
-    if row.done is None:
+    if row.done is None or (row.done == 0 and row.total is None):  # no bytes to tell yet
         return row.text
     total = f"/{_mb(row.total)}" if row.total is not None else ""
     return f"{row.text} ({_mb(row.done)}{total} MB)"

@@ -58,6 +58,7 @@ class Seen:
     upstream: str | None = None
     pg_log: str = ""
     start_error: str = ""
+    message: str = ""  # what its agent's loop last decided
 
 
 def seen_from_status(body: Any) -> Seen | None:
@@ -68,7 +69,8 @@ def seen_from_status(body: Any) -> Seen | None:
                 streaming=body.get("replication_state") == "streaming",
                 postmaster_pid=pid if isinstance(pid, int) else None,
                 upstream=body.get("upstream") if isinstance(body.get("upstream"), str) else None,
-                pg_log=str(body.get("postgresql_log") or ""), start_error=str(body.get("start_error") or ""))
+                pg_log=str(body.get("postgresql_log") or ""), start_error=str(body.get("start_error") or ""),
+                message=str(body.get("message") or ""))
 
 
 def seen_from_member(m: MemberInfo) -> Seen:
@@ -84,6 +86,13 @@ def streams_again(seen: Seen, pid_before: int | None, went_down: bool) -> bool:
     """Back as a streaming replica, and not the state from before the reinit still showing."""
     fresh = went_down or (seen.postmaster_pid is not None and seen.postmaster_pid != pid_before)
     return fresh and is_up(seen) and seen.role == "replica" and seen.streaming
+
+
+def refused(seen: Seen | None) -> str | None:
+    """The agent's loop turned the request down (core/commands.py): its reason."""
+    if seen is not None and seen.message.startswith("reinitialize refused"):
+        return seen.message
+    return None
 
 
 def clone_source(seen: Seen | None, view: ClusterView | None) -> MemberInfo | None:
@@ -145,10 +154,16 @@ def wait_streaming(ctx: Ctx, node: str, api: str, headers: dict[str, str], pid_b
                 if seen is not None and streams_again(seen, pid_before, went_down):
                     bars.finish(node, f"{node}: streaming")
                     break
+                why = refused(seen)  # best effort: the message shows until its next loop
+                if why is not None:
+                    raise CliError(f"{node}: {why}")
                 went_down = went_down or (seen is not None and not is_up(seen))
                 poller = _poller_for(ctx.cfg, poller, clone_source(seen, view), node)
                 backup = poller.poll().get(node) if poller is not None else None
-                row = view_row(node, seen.state if seen is not None else None, backup)
+                state = seen.state if seen is not None else None
+                if seen is not None and not went_down and seen.postmaster_pid == pid_before:
+                    state = f"{seen.state}; waiting for its agent to act on the request"
+                row = view_row(node, state, backup)
                 bars.show(row)
                 if not bars.live and row.text != last_text:  # scripts and logs: a line per change
                     print(f"  {time.monotonic() - started:5.1f} s: {plain_line(row)}", flush=True)
