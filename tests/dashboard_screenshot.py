@@ -1,5 +1,6 @@
-"""Write docs/dashboard.png: a fresh local 3-node cluster, some writes and a switchover so the page
-has lag, history and decisions to show, then the page in headless Chromium.
+"""Write docs/dashboard.png: a fresh local 3-node cluster with a managed PgBouncer, some writes and a
+switchover so the page has lag, routing, history and decisions to show, then the page in headless
+Chromium.
 
     PYTHONPATH=src:. .venv/bin/python -m tests.dashboard_screenshot [--out docs/dashboard.png]
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 import psycopg
 from selenium.webdriver.common.by import By
 
-from tests.integration.test_dashboard import log_in, roles
+from tests.integration.test_dashboard import log_in, roles, routes
 from tests.support.browser import available, chromium
 from tests.support.cluster import Cluster
 from tests.support.wait import wait_for
@@ -27,7 +28,7 @@ def main() -> int:
     if not available():
         raise SystemExit("needs Debian's chromium and chromium-driver "
                          "(apt-get install chromium chromium-driver)")
-    with Cluster("shot") as cl:
+    with Cluster("shot", pgbouncer=True) as cl:
         old = cl.wait_primary()
         cl.wait_replicas([n for n in cl.names if n != old])
         with psycopg.connect(cl.dsn(), autocommit=True) as c:
@@ -41,6 +42,7 @@ def main() -> int:
             log_in(driver, cl)
             wait_for(lambda: roles(driver).get(new) == "primary", 30, "the page showing the new primary")
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#history tbody tr"), 20, "the history")
+            wait_for(lambda: routes(driver).get("pgbouncer", ("", ""))[0] == new, 20, "PgBouncer's target")
             wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#decisions .decision")) > 1, 20,
                      "decisions")
             # Some writes while the page polls, so the lag charts have a line to draw.

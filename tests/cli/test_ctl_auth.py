@@ -63,7 +63,7 @@ def test_ctl_sends_the_node_files_credentials(tmp_path: Path, cluster: str, etcd
     path = node_file(tmp_path, cluster, etcd, {"username": USER, "password": PASSWORD})
     r = run_cli("ctl", "-c", str(path), "restart", "node2")
     assert (r.code, r.out.strip()) == (0, "node2: restart requested"), r.err
-    r = run_cli("ctl", "-c", str(path), "reinit", "node2", "--force")
+    r = run_cli("ctl", "-c", str(path), "reinit", "node2", "--force", "--no-wait")
     assert (r.code, r.out.strip()) == (0, "node2: reinitialize requested"), r.err
     assert member_api[1].calls == ["restart", "reinitialize force=False"]
 

@@ -5,6 +5,7 @@ timeline fork, nothing while the node's own agent runs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +23,52 @@ pytestmark = pytest.mark.integration
 def cluster() -> Iterator[Cluster]:
     with Cluster("node-cmds") as cl:
         yield cl
+
+
+def test_ctl_reinit_waits_until_the_replica_streams_again(cluster: Cluster) -> None:
+    cl = cluster
+    leader = cl.wait_primary()
+    replica = next(n for n in cl.names if n != leader)
+    cl.wait_replicas([replica])
+    pid_before = cl.postmaster_pid(replica)
+    res = cl.ctl("reinit", replica, "--force", "--timeout", "120")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"{replica}: reinitialize scheduled", res.stdout
+    assert lines[-1].startswith(f"{replica}: reinitialized in ") and \
+        lines[-1].endswith(f"; streaming from {leader}"), res.stdout
+    # Not a terminal: a line per change of what the member does, the clone among them.
+    assert any(f"{replica}: cloning from {leader}" in ln or "streaming database files" in ln
+               for ln in lines[1:-1]), res.stdout
+    # Right after the command returned, not later: the member streams, on a new postmaster.
+    st = cl.status(replica)
+    assert st is not None and (st["role"], st["state"], st["replication_state"]) == \
+        ("replica", "running", "streaming"), st
+    assert st["postmaster_pid"] != pid_before
+    assert st["postgresql_log"] and st["postgresql_log"].endswith(".log")
+    assert cl.primaries() == [leader]
+
+
+def test_ctl_reinit_of_a_member_that_does_not_come_back_says_what_it_is_doing(cluster: Cluster) -> None:
+    cl = cluster
+    leader = cl.wait_primary()
+    replica = [n for n in cl.names if n != leader][-1]
+    cl.wait_replicas([replica])
+    pid_before = cl.postmaster_pid(replica)
+    # Far too short for a base backup: the command gives up and says what the member is doing.
+    res = cl.ctl("reinit", replica, "--force", "--timeout", "0.3", check=False)
+    assert res.returncode == 1, res.stdout
+    err = res.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"pgwarden: error: {replica} did not come back as a streaming replica "
+                          f"within 0.3 s: it is "), err
+    assert "see its PostgreSQL log /" in err and f"ctl explain --member {replica}" in err, err
+
+    def back() -> bool:  # the agent still finishes the reinit: a new postmaster that streams
+        st = cl.status(replica)
+        return st is not None and st["postmaster_pid"] not in (None, pid_before) and \
+            (st["state"], st["replication_state"]) == ("running", "streaming")
+
+    wait_for(back, 120, f"{replica} streaming again after its reinit")
 
 
 def _one_line_refusal(res: subprocess.CompletedProcess[str], *words: str) -> None:
@@ -84,10 +131,19 @@ def test_node_commands_refuse_what_is_unsafe_and_repair_a_crashed_primary(cluste
     assert _in_recovery(cl, old)
     wait_for(lambda: _has_row(cl, old, 2), 30, f"row 2 streamed to {old}")
 
+    # clone with a progress callback (what `node clone` draws its bar from): the byte counts
+    # only grow and end at the total.
+    counts = _clone_with_progress(cl, a, b)
+    assert counts and counts[-1][0] == counts[-1][1] > 1_000_000, counts
+    assert all(x[0] <= y[0] for x, y in itertools.pairwise(counts)), counts
+    assert all(done <= total for done, total in counts), counts
+
     # clone: a fresh copy of the leader, started as its replica.
     res = cl.node_cmd(a, "clone")
     assert res.returncode == 0, res.stderr
     assert f"cloned from {b}" in res.stdout
+    # stderr is not a terminal: no bar, one line at the end.
+    assert "pgwarden: copied " in res.stderr and f" MB from {b} in " in res.stderr, res.stderr
     assert _in_recovery(cl, a) and _has_row(cl, a, 2)
 
     # The agents take the hand-repaired nodes over as they are.
@@ -122,3 +178,18 @@ def test_promote_by_hand_once_no_primary_is_left(cluster: Cluster) -> None:
 def _history(cl: Cluster) -> list[dict[str, object]]:
     out: list[dict[str, object]] = json.loads(cl.ctl("history", "--format", "json").stdout)
     return out
+
+
+def _clone_with_progress(cl: Cluster, node: str, source: str) -> list[tuple[int, int]]:
+    """DataDirectory.clone(progress=...) on the stopped `node`, as `node clone` calls it."""
+    from pgwarden.config.load import load_node_config
+    from pgwarden.postgres.controller import PostgresController
+
+    cfg = load_node_config(cl.config_path(node))
+    pg = PostgresController(cfg, cfg.initial_settings)
+    pg.stop("fast", 60)
+    src = cl.config(source)["postgresql"]
+    counts: list[tuple[int, int]] = []
+    pg.clone(src.get("listen_address", "127.0.0.1"), int(src["port"]), 120,
+             progress=lambda done, total: counts.append((done, total)))
+    return counts

@@ -47,7 +47,7 @@ def reachable_tmpdir(prefix: str) -> Path:
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
                  store: str = "etcd", witness: bool = False, tls: bool = False,
-                 bin_dir: str | None = None, standby_of: Path | None = None):
+                 bin_dir: str | None = None, standby_of: Path | None = None, pgbouncer: bool = False):
         self.dir = reachable_tmpdir(name)
         self.nodes = nodes
         self.sync = sync
@@ -58,6 +58,7 @@ class Cluster:
         self.tls = tls  # `local up --tls`: https API (checked against the CA), verify-full SQL
         self._tls_http: urllib3.PoolManager | None = None
         self.standby_of = standby_of  # `local up --standby-of`: a standby site of that directory
+        self.pgbouncer = pgbouncer  # `local up --pgbouncer`: a PgBouncer the agents keep pointed
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -77,6 +78,8 @@ class Cluster:
             args.append("--tls")
         if self.standby_of is not None:
             args += ["--standby-of", str(self.standby_of)]
+        if self.pgbouncer:
+            args.append("--pgbouncer")
         pgwarden(*args)
 
     def down(self) -> None:

@@ -288,6 +288,9 @@ class Agent(FailsafeMember):
         if decision.actions:
             log.debug("actions: %s", decision.actions)
             if not all(isinstance(a, BOOKKEEPING) for a in decision.actions):
+                for a in decision.actions:
+                    if isinstance(a, (Clone, Reclone)):  # a long step: /status and the store say so
+                        self.facts.activity = f"cloning from {a.source.name}"
                 self._publish(pgv, view, store_ok=view is not None)  # show what we are about to do
                 if view is not None:
                     # Before a rewind, clone or start that may take a while: the leader keeps a
@@ -467,5 +470,6 @@ class Agent(FailsafeMember):
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,
-            logical_error=self.exec.logical.last_error,
+            logical_error=self.exec.logical.last_error, pg_log=str(self.pg.log_file),
+            pgbouncer=self.router.view() if self.router is not None else None,
         ))

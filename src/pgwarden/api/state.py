@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pgwarden.core.model import NO_SYNC, ClusterView, MemberInfo, PeerReading, SyncConfig
+
+if TYPE_CHECKING:
+    from pgwarden.routing.router import RouterView
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class NodeState:
     start_error: str = ""  # why PostgreSQL last failed to start (its FATAL line), until it starts
     logical_error: str | None = None  # the last declared publication/subscription change that failed
     cluster_at: float | None = None  # monotonic time `cluster` was read from the store
+    pg_log: str = ""  # this node's PostgreSQL log file, for operators told to look at it
+    pgbouncer: RouterView | None = None  # the managed PgBouncer, when this node has one
 
 
 class StateHolder:

@@ -63,6 +63,8 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "store_ok": st.store_ok,
         "message": st.message,
         "start_error": st.start_error or None,
+        "postgresql_log": st.pg_log or None,
+        "pgbouncer": pgbouncer_json(st),
         "logical_slots": {n: int_to_lsn(lsn) for n, lsn in m.logical_slots},
         "logical_error": st.logical_error,
         # Failover candidates without a copy of a logical slot of the leader (rule 19).
@@ -76,6 +78,25 @@ def status_json(st: NodeState, cluster_name: str | None) -> dict[str, Any]:
         "xlog": xlog,
         "pause": paused,
         "patroni": {"version": m.version, "scope": cluster_name, "name": m.name},
+    }
+
+
+def pgbouncer_json(st: NodeState) -> dict[str, Any] | None:
+    """The managed PgBouncer as this node's router sees it: its address and databases, and where
+    this node keeps it pointed (only the leader points it anywhere), with the member there."""
+    r = st.pgbouncer
+    if r is None:
+        return None
+    member = None
+    if r.target is not None and st.cluster is not None:
+        member = next((m.name for m in st.cluster.members.values() if (m.host, m.port) == r.target), None)
+    return {
+        "address": r.address,
+        "databases": list(r.databases),
+        "target": f"{r.target[0]}:{r.target[1]}" if r.target is not None else None,
+        "target_member": member,
+        "confirmed_at": iso_time(r.confirmed_at),
+        "error": r.error.strip().splitlines()[0] if r.error.strip() else None,  # libpq adds hint lines
     }
 
 

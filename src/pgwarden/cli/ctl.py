@@ -1,6 +1,7 @@
 """`pgwarden ctl -c FILE <command>`: operator commands against a running cluster, through the
 store (list, switchover, failover, pause, resume, history, configuration) or a member's REST API
-(restart, reinit: member_api.py, with the node file's REST API credentials).
+(restart, reinit: member_api.py, with the node file's REST API credentials; reinit's wait in
+reinit.py).
 """
 
 from __future__ import annotations
@@ -75,10 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("node", metavar="NODE")
     p.set_defaults(ctl_func=cmd_restart)
 
-    p = cmds.add_parser("reinit", help="wipe a replica's data and clone it again")
-    p.add_argument("node", metavar="NODE")
-    p.add_argument("--force", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(ctl_func=cmd_reinit)
+    from pgwarden.cli import reinit  # it builds on this module (confirm)
+
+    reinit.register(cmds)
 
     p = cmds.add_parser("pause", help="maintenance mode: no automatic failover")
     p.set_defaults(ctl_func=cmd_pause)
@@ -417,13 +417,4 @@ def cmd_restart(args: argparse.Namespace, ctx: Ctx) -> int:
     body = post_action(url, args.node, api_headers(ctx.cfg, ctx.path), ctx.path,
                        tls=ctx.cfg.restapi.client_tls())
     print(f"{args.node}: {body.get('message') or 'restarted'}")
-    return 0
-
-
-def cmd_reinit(args: argparse.Namespace, ctx: Ctx) -> int:
-    url = member_api_url(ctx.snapshot(), args.node, ctx.cfg.cluster) + "/reinitialize"
-    headers = api_headers(ctx.cfg, ctx.path)  # an unreadable password_file fails before the question
-    confirm(f"Wipe {args.node}'s data directory and clone it again?", args.force, f"reinit {args.node}")
-    body = post_action(url, args.node, headers, ctx.path, tls=ctx.cfg.restapi.client_tls())
-    print(f"{args.node}: {body.get('message') or 'reinitialising'}")
     return 0

@@ -268,6 +268,14 @@ def _ensure_slot(node: Node, upstream: MemberInfo) -> None:
         log.warning("cannot ensure replication slot %s on %s: %s", slot, upstream.name, e)
 
 
+def _clone(node: Node, leader: MemberInfo) -> None:
+    """pg_basebackup from the leader with a progress bar on a terminal, else a line at the end."""
+    from pgwarden.cli.backup_progress import clone_progress  # rich: loaded when used
+
+    with clone_progress(leader.name) as report:
+        node.pg.clone(leader.host, leader.port, COPY_TIMEOUT, progress=report)
+
+
 def _report_start(node: Node, upstream: MemberInfo, what: str) -> int:
     if _wait_streaming(node):
         print(f"{node.cfg.name}: {what}; streaming from {upstream.name}")
@@ -293,7 +301,7 @@ def cmd_clone(args: argparse.Namespace, node: Node) -> int:
                       f"first if you really mean to discard them")
     if pgv.running:
         node.pg.stop("fast", PG_TIMEOUT)
-    node.pg.clone(leader.host, leader.port, COPY_TIMEOUT)
+    _clone(node, leader)
     _ensure_slot(node, leader)
     node.pg.start(role="replica", upstream=_upstream(leader), wait_timeout=PG_TIMEOUT)
     return _report_start(node, leader, f"cloned from {leader.name}")
@@ -426,7 +434,7 @@ def cmd_rejoin(args: argparse.Namespace, node: Node) -> int:
     name = node.cfg.name
     pgv = node.pg.observe(PG_TIMEOUT)
     if pgv.data is not DataState.VALID:
-        node.pg.clone(leader.host, leader.port, COPY_TIMEOUT)
+        _clone(node, leader)
         _ensure_slot(node, leader)
         node.pg.start(role="replica", upstream=_upstream(leader), wait_timeout=PG_TIMEOUT)
         return _report_start(node, leader, f"no usable data; cloned from {leader.name}")
@@ -441,7 +449,7 @@ def cmd_rejoin(args: argparse.Namespace, node: Node) -> int:
             what = f"rewound onto {leader.name}'s timeline {leader.timeline}"
         else:
             print(f"{name}: pg_rewind from {leader.name} failed; cloning instead", file=sys.stderr)
-            node.pg.clone(leader.host, leader.port, COPY_TIMEOUT)
+            _clone(node, leader)
             what = f"cloned from {leader.name} (pg_rewind failed)"
     _ensure_slot(node, leader)
     node.pg.start(role="replica", upstream=_upstream(leader), wait_timeout=PG_TIMEOUT)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.errors import CliError, UsageError
@@ -48,6 +48,9 @@ from pgwarden.local.standby_site import SourceSite, link_sites, read_source_site
 from pgwarden.local.store_secrets import ensure_store_secrets, raft_password_file, store_authentication
 from pgwarden.local.witness import WitnessComponent, witness_config
 from pgwarden.local.zookeeper import ZooKeeperComponent, zookeeper_available
+
+if TYPE_CHECKING:
+    from pgwarden.local.clone_bars import CloneBars
 
 STOP_TIMEOUT = 30.0
 LOCK_FILE = ".lock"
@@ -86,7 +89,8 @@ class LocalCluster(ClusterHandle):
         for line in text:
             self.out(line)
 
-    def _wait_ready(self, stage: Sequence[tuple[Component | None, ProcRecord]], deadline: float) -> None:
+    def _wait_ready(self, stage: Sequence[tuple[Component | None, ProcRecord]], deadline: float,
+                    bars: CloneBars | None = None) -> None:
         pending = list(stage)
         while True:
             for comp, rec in list(pending):
@@ -95,6 +99,8 @@ class LocalCluster(ClusterHandle):
                     raise CliError(f"{rec.name} exited while starting; see {rec.log}")
                 if comp is None or comp.is_ready(self, rec):
                     pending.remove((comp, rec))
+            if bars is not None:  # the members' base backups, on a terminal
+                bars.tick({r.name for _, r in stage} - {r.name for _, r in pending})
             if not pending:
                 return
             if time.monotonic() >= deadline:
@@ -269,10 +275,15 @@ class LocalCluster(ClusterHandle):
                 self.state.procs[rec.name] = rec
                 self._start_record(rec)
                 started.append((comp, rec))
-            if stage == STAGE_AGENTS:
-                self.out(f"waiting up to {max(0, deadline - time.monotonic()):.0f} s for a primary "
-                         f"and {opts.nodes - 1} running replica(s)")
-            self._wait_ready(started, deadline)
+            if stage != STAGE_AGENTS:
+                self._wait_ready(started, deadline)
+                continue
+            self.out(f"waiting up to {max(0, deadline - time.monotonic()):.0f} s for a primary "
+                     f"and {opts.nodes - 1} running replica(s)")
+            from pgwarden.local.clone_bars import CloneBars  # rich and psycopg: loaded when used
+
+            with CloneBars(self) as bars:
+                self._wait_ready(started, deadline, bars)
 
     # -- status and dsn (status.py) ----------------------------------------------------------------
     def member_rows(self) -> list[dict[str, Any]]:

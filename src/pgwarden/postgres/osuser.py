@@ -6,13 +6,16 @@ started as `postgresql.os_user`; when it does not, commands run as the agent's o
 
 from __future__ import annotations
 
+import codecs
 import grp
 import logging
 import os
 import pwd
+import selectors
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -131,6 +134,54 @@ def run_as(
         check=False,
         **_popen_kwargs(who, cwd),
     )
+
+
+def run_as_reading_stderr(
+    user: str | None,
+    argv: Sequence[str],
+    timeout: float,
+    on_stderr: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """run_as, handing each piece of stderr to `on_stderr` as it arrives (a tool's progress);
+    the result still carries all of stdout and stderr. Raises subprocess.TimeoutExpired after
+    `timeout` seconds, the child killed, as run_as does."""
+    who = _identity(user)
+    log.info("run as %s: %s", who.name, shlex.join(argv))
+    proc = subprocess.Popen(list(argv), env=_env(who, env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_popen_kwargs(who, None))
+    assert proc.stdout is not None and proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    out: list[str] = []
+    err: list[str] = []
+    decoders = {proc.stdout.fileno(): codecs.getincrementaldecoder("utf-8")("replace"),
+                proc.stderr.fileno(): codecs.getincrementaldecoder("utf-8")("replace")}
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(list(argv), timeout, "".join(out), "".join(err))
+                for key, _ in sel.select(left):
+                    data = os.read(key.fd, 65536)
+                    text = decoders[key.fd].decode(data, final=not data)
+                    if not data:
+                        sel.unregister(key.fileobj)
+                    if text:
+                        key.data.append(text)
+                        if key.data is err:
+                            on_stderr(text)
+        code = proc.wait(max(0.1, deadline - time.monotonic()))
+    except BaseException:  # the deadline, or the caller's callback gave up (Ctrl-C)
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    return subprocess.CompletedProcess(list(argv), code, "".join(out), "".join(err))
 
 
 def spawn_as(

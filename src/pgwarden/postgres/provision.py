@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pgwarden.core.model import DataState, lsn_to_int
 from pgwarden.postgres import conf, controldata, osuser, sql
+from pgwarden.postgres.basebackup_output import Progress, ProgressReader, strip_progress
 from pgwarden.postgres.server import PostgresError, PostgresServer
 
 log = logging.getLogger("pgwarden.postgres")
@@ -64,10 +65,12 @@ class DataDirectory(PostgresServer):
             conn.execute(pgsql.SQL("{} ROLE {} WITH REPLICATION LOGIN PASSWORD {}").format(
                 pgsql.SQL(verb), pgsql.Identifier(rep.username), pgsql.Literal(rep.secret())))
 
-    def clone(self, source_host: str, source_port: int, timeout: float, dsn: str = "") -> None:
+    def clone(self, source_host: str, source_port: int, timeout: float, dsn: str = "",
+              progress: Progress | None = None) -> None:
         """Replace the data directory with a base backup of source (or of the server `dsn`
         reaches: a standby site's source); leave it configured as a replica (without upstream
-        until start() names one)."""
+        until start() names one). With `progress`, pg_basebackup runs with --progress and
+        `progress(done_bytes, total_bytes)` is called as it copies."""
         if self.postmaster_pid() is not None:
             raise PostgresError("cannot clone while PostgreSQL is running")
         self.wipe()
@@ -83,7 +86,13 @@ class DataDirectory(PostgresServer):
                "PGAPPNAME": f"pgwarden-clone-{self._cfg.name}",
                **{f"PG{k.upper()}": v for k, v in self.peer_ssl().items()}}  # PGSSLMODE, PGSSLROOTCERT
         try:
-            res = self._run(argv, timeout, env=env)
+            if progress is None:
+                res = self._run(argv, timeout, env=env)
+            else:
+                reader = ProgressReader(progress)
+                res = osuser.run_as_reading_stderr(self.os_user, [*argv, "--progress"], max(1.0, timeout),
+                                                   reader.feed, env=env)
+                reader.close()
         except subprocess.TimeoutExpired as e:
             self.wipe()
             raise PostgresError(f"pg_basebackup from {what} timed out "
@@ -91,7 +100,7 @@ class DataDirectory(PostgresServer):
         if res.returncode != 0:
             self.wipe()
             raise PostgresError(f"pg_basebackup from {what} failed "
-                                f"({res.returncode}): {res.stderr.strip()}")
+                                f"({res.returncode}): {strip_progress(res.stderr)}")
         for leftover in ("postmaster.pid", "postmaster.opts"):
             (self.data_dir / leftover).unlink(missing_ok=True)
         self._write_config(conf.ConfState("replica", None, self._state.sync, ""))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 from pgwarden.config.schema import PgBouncerConfig
 from pgwarden.routing.pgbouncer import AdminConsole, AdminError, rewrite_targets
@@ -31,6 +32,17 @@ log = logging.getLogger("pgwarden.router")
 
 CHECK_INTERVAL = 1.0  # re-check PgBouncer this often while leading (it may have restarted)
 OP_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class RouterView:
+    """What the router knows, for GET /status and the dashboard (no credentials)."""
+
+    address: str  # PgBouncer's host:port
+    databases: tuple[str, ...]
+    target: tuple[str, int] | None  # where this agent keeps PgBouncer pointed: only while it leads
+    confirmed_at: float | None  # wall time PgBouncer was last found pointed at `target`
+    error: str  # the last failure talking to PgBouncer, "" once it worked again
 
 
 class PgBouncerRouter:
@@ -45,6 +57,7 @@ class PgBouncerRouter:
         self._thread = threading.Thread(target=self._run, name="pgbouncer-router", daemon=True)
         self._last_error = ""
         self.synced_at: float | None = None
+        self._confirmed: tuple[tuple[str, int], float] | None = None  # (target, wall time)
 
     def start(self) -> None:
         self._thread.start()
@@ -64,6 +77,16 @@ class PgBouncerRouter:
             self._target = target
         if changed:
             self._wake.set()
+
+    def view(self) -> RouterView:
+        with self._state:
+            target = self._target
+        confirmed = self._confirmed
+        return RouterView(
+            address=f"{self.cfg.host}:{self.cfg.port}", databases=tuple(self.cfg.databases), target=target,
+            confirmed_at=confirmed[1] if confirmed is not None and confirmed[0] == target else None,
+            error=self._last_error,
+        )
 
     @property
     def pause_timeout(self) -> float:
@@ -112,6 +135,7 @@ class PgBouncerRouter:
                 try:
                     self.sync(target)
                     self.synced_at = time.monotonic()
+                    self._confirmed = (target, time.time())
                     self._last_error = ""
                 except (AdminError, OSError, ValueError) as e:
                     if str(e) != self._last_error:
