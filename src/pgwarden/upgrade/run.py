@@ -23,7 +23,6 @@ from pgwarden.upgrade import replicate as R
 from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import Bouncer, Side, cutover, recover
 
-LOCK = "upgrade.lock"
 SMALL_LAG = 1024 * 1024  # bytes: close enough to cut over
 
 
@@ -284,7 +283,8 @@ def move_pgbouncer(old_dir: Path, new_dir: Path) -> None:
 
 @contextmanager
 def upgrade_lock(directory: Path) -> Iterator[None]:
-    fd = os.open(directory / LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+    # flock on the directory itself: a refused run leaves no file behind.
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
