@@ -160,4 +160,7 @@ def test_upgrade_again_then_finish(old: OldCluster, w: IdentityWriter) -> None:
     assert str(one(dsn, "SELECT version()")).startswith("PostgreSQL 18")
     assert w.missing_on(old.direct_dsn(new=True)) == []
     status = json.loads(pgwarden("local", "status", "--dir", str(old.dir), "--format", "json").stdout)
-    assert all(m.get("state") != "running" for m in status["members"]), status
+    assert [m["state"] for m in status["members"]] == ["stopped", "stopped"], status
+    # PgBouncer kept running; it is now recorded with (and stopped by) the new cluster.
+    assert "pgbouncer" not in json.loads((old.dir / "state.json").read_text())["procs"]
+    assert "pgbouncer" in json.loads((new_dir / "state.json").read_text())["procs"]

@@ -35,7 +35,10 @@ def assignments(settings: ClusterSettings) -> list[str]:
     """`--set` lines reproducing the old cluster's settings; the new one publishes too (the
     reverse replication after the cutover), so wal_level is logical."""
     data, defaults = to_data(settings), to_data(ClusterSettings())
-    out = [f"{key}={json.dumps(data[key])}" for key in COPIED if data[key] != defaults[key]]
+    # `--set` reads values as YAML, except these two words (which YAML would read as booleans).
+    raw = ("synchronous_mode", "failover_mode")
+    out = [f"{key}={data[key] if key in raw else json.dumps(data[key])}"
+           for key in COPIED if data[key] != defaults[key]]
     params = {**settings.parameters, "wal_level": "logical"}
     out += [f"parameters.{k}={v}" for k, v in params.items()]
     return out
