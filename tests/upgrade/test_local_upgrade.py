@@ -146,9 +146,28 @@ def test_rollback_keeps_the_rows_written_after_the_cutover(old: OldCluster, w: I
     assert one(old.direct_dsn(), "SELECT count(*) FROM pg_publication") == 0
 
 
-def test_upgrade_again_then_finish(old: OldCluster, w: IdentityWriter) -> None:
+def test_upgrade_again_killed_during_the_cutover_then_rerun_and_finish(
+        old: OldCluster, w: IdentityWriter) -> None:
     w.start()
-    old.upgrade()
+    # A transaction left open through PgBouncer holds the cutover's PAUSE, so the run can be
+    # killed inside the cutover: after it took PgBouncer from both clusters' agents. Read-only
+    # (no transaction id), so it does not hold up creating the slots before.
+    blocker = psycopg.connect(old.bouncer_dsn(), prepare_threshold=None)
+    blocker.execute("SELECT 1")
+    proc = subprocess.Popen([sys.executable, "-m", "pgwarden", "local", "upgrade", "--dir", str(old.dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ini = old.dir / "pgbouncer" / "pgbouncer.ini"
+    try:
+        wait_for(lambda: old.step() == "cutting_over"
+                 and "pgwarden-owner: pgwarden-upgrade" in ini.read_text(), 180, "the cutover to begin")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    blocker.commit()
+    blocker.close()
+    res = old.upgrade()
+    assert "recovered an interrupted cutover" in res.stdout
+    assert old.step() == "switched"
     res = old.upgrade("--finish")
     assert "retiring the old cluster" in res.stdout
     wait_acks_on(w, 18, count=len([m for m in w.majors if m == 18]) + 20)
