@@ -44,7 +44,8 @@ class OldCluster(Cluster):
         return pgwarden("local", "dsn", "--dir", str(d)).stdout.splitlines()[-1]
 
     def upgrade(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return pgwarden("local", "upgrade", "--dir", str(self.dir), *args, check=check)
+        # Creating the new cluster waits for its replicas: generous on a loaded machine.
+        return pgwarden("local", "upgrade", "--dir", str(self.dir), *args, check=check, timeout=600)
 
     def step(self) -> str | None:
         path = self.dir / "upgrade.json"
@@ -83,7 +84,7 @@ def major_via_bouncer(old: OldCluster) -> int:
 
 
 def wait_acks_on(w: IdentityWriter, major: int, count: int = 20) -> None:
-    wait_for(lambda: sum(1 for m in w.majors if m == major) >= count, 60,
+    wait_for(lambda: sum(1 for m in w.majors if m == major) >= count, 120,
              f"{count} acknowledged writes on PostgreSQL {major}")
 
 
@@ -165,9 +166,13 @@ def test_upgrade_again_killed_during_the_cutover_then_rerun_and_finish(
         proc.wait(10)
     blocker.commit()
     blocker.close()
+    # Killed with DDL frozen (only through the direct DSN: PgBouncer may still be paused).
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="DDL is frozen"):
+        run(old.direct_dsn(), "CREATE TABLE during_cutover (id int PRIMARY KEY)")
     res = old.upgrade()
     assert "recovered an interrupted cutover" in res.stdout
     assert old.step() == "switched"
+    run(old.bouncer_dsn(), "CREATE TABLE after_cutover (id int PRIMARY KEY)")  # DDL released
     res = old.upgrade("--finish")
     assert "retiring the old cluster" in res.stdout
     wait_acks_on(w, 18, count=len([m for m in w.majors if m == 18]) + 20)

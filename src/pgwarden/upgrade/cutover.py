@@ -8,6 +8,8 @@ Ordering rules (why each step is where it is):
   (routing/pgbouncer.py: the owner line is changed under a lock the routers also take).
 - Everything that may fail without harm (the wait for the LSN) comes before anything that
   changes the replication; on such a failure PgBouncer is resumed on the side it was on.
+- DDL is frozen on both primaries (ddl_freeze.py) before the PAUSE and released after the
+  RESUME: a schema change on either side now would break the replication being swapped.
 - The reverse subscription's slot is created while PgBouncer is paused, so it starts before the
   first client write on the destination; the forward subscription is dropped first, so no change
   can travel round in a loop.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from pgwarden.config.schema import PgBouncerConfig
 from pgwarden.routing.pgbouncer import AdminConsole, AdminError, ini_owner, rewrite_targets, set_owner
+from pgwarden.upgrade import ddl_freeze
 from pgwarden.upgrade import replicate as R
 
 UPGRADE_OWNER = "pgwarden-upgrade"
@@ -89,6 +92,8 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
     Returns how long PgBouncer was paused, in seconds."""
     s, d = src.connect(), dst.connect()
     try:
+        for conn in (s, d):
+            ddl_freeze.freeze(conn)
         bouncer.hand_to(UPGRADE_OWNER)
         started = time.monotonic()
         bouncer.pause()
@@ -107,9 +112,13 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
             if not switched:  # clients stay where they were; their leader drives PgBouncer again
                 bouncer.resume()
                 bouncer.hand_to(src.cluster)
+                for conn in (s, d):
+                    ddl_freeze.release(conn)
         bouncer.resume()
         paused = time.monotonic() - started
         bouncer.hand_to(dst.cluster)
+        for conn in (s, d):
+            ddl_freeze.release(conn)
         say(f"{n} sequence(s) copied; PgBouncer now sends clients to {dst.cluster} "
             f"({dst.primary[0]}:{dst.primary[1]}), paused {paused * 1000:.0f} ms")
         return paused
@@ -118,12 +127,16 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
         d.close()
 
 
-def recover(bouncer: Bouncer, sides: dict[tuple[str, int], str], fallback: str, say: Say) -> str:
+def recover(bouncer: Bouncer, sides: dict[tuple[str, int], Side], fallback: str, say: Say) -> str:
     """After a killed cutover: resume PgBouncer and hand it to the cluster it points at (`sides`
-    maps each cluster's primary to its name; `fallback` when it points at neither). Returns that
-    cluster's name."""
+    maps each running cluster's primary to it; `fallback` names the cluster when it points at
+    neither), and release the DDL freeze. Returns that cluster's name."""
+    for side in sides.values():
+        with side.connect() as conn:
+            ddl_freeze.release(conn)
+    names = {p: side.cluster for p, side in sides.items()}
     target = bouncer.target()
-    owner = sides.get(target, fallback) if target is not None else fallback
+    owner = names.get(target, fallback) if target is not None else fallback
     bouncer.resume()
     bouncer.hand_to(owner)
     say(f"recovered an interrupted cutover: PgBouncer resumed, sending clients to {owner}")

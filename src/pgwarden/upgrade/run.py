@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pgwarden.errors import CliError
 from pgwarden.local.cluster import LocalCluster
 from pgwarden.local.layout import cluster_name, load_state, save_state
-from pgwarden.upgrade import checks, inspect, newcluster, schema
+from pgwarden.upgrade import checks, ddl_freeze, inspect, newcluster, schema
 from pgwarden.upgrade import replicate as R
 from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import Bouncer, Side, cutover, recover
@@ -213,9 +213,11 @@ class Upgrade:
 
     def do_recover(self) -> None:
         bouncer = self.bouncer_or_fail()
-        sides = {self.side(self.old).primary: self.old.current_state().cluster}
+        old = self.side(self.old)
+        sides = {old.primary: old}
         if self.new.state is not None and self.new.running():
-            sides[self.side(self.new).primary] = self.new.current_state().cluster
+            new = self.side(self.new)
+            sides[new.primary] = new
         recover(bouncer, sides, self.old.current_state().cluster, self.say)
         if self.state is not None and self.state.step == S.Step.CUTTING_OVER:
             self.record(S.Step.CAUGHT_UP)
@@ -239,6 +241,7 @@ class Upgrade:
         new_dir = Path(self.state.new_dir)
         newcluster.remove(new_dir, self.old.out)
         with psycopg.connect(self.old.dsn(), autocommit=True) as old:
+            ddl_freeze.release(old)
             R.drop_subscription(old, None, R.REVERSE)
             R.drop_slot_when_free(old, R.FORWARD)
             R.drop_publication(old)
