@@ -91,6 +91,16 @@ class Upgrade:
             actions = S.plan(self.state, self.req.mode)
         except S.Refused as e:
             raise CliError(str(e)) from None
+        if actions[:1] == ("recover",):
+            # Where an interrupted cutover got to decides what is left: plan again after it.
+            self.do_recover()
+            if self.req.mode == "upgrade" and self.state is not None and self.state.step == S.Step.SWITCHED:
+                self.say("      the interrupted cutover had switched already: the upgrade is done")
+                return 0
+            try:
+                actions = tuple(a for a in S.plan(self.state, self.req.mode) if a != "recover")
+            except S.Refused as e:
+                raise CliError(str(e)) from None
         for action in actions:
             getattr(self, "do_" + action)()
         return 0
@@ -218,8 +228,11 @@ class Upgrade:
         if self.new.state is not None and self.new.running():
             new = self.side(self.new)
             sides[new.primary] = new
-        recover(bouncer, sides, self.old.current_state().cluster, self.say)
-        if self.state is not None and self.state.step == S.Step.CUTTING_OVER:
+        owner = recover(bouncer, sides, self.old.current_state().cluster, self.say)
+        assert self.state is not None
+        if owner == self.state.new_cluster:  # it had switched (the reverse replication exists)
+            self.record(S.Step.SWITCHED)
+        elif self.state.step == S.Step.CUTTING_OVER:
             self.record(S.Step.CAUGHT_UP)
 
     def do_cutback(self) -> None:
@@ -239,6 +252,10 @@ class Upgrade:
         assert self.state is not None
         self.step(7, f"removing the new cluster in {self.state.new_dir}")
         new_dir = Path(self.state.new_dir)
+        if self.new.state is not None and self.new.running() and self.bouncer is not None \
+                and self.bouncer.target() == self.side(self.new).primary:
+            raise CliError("PgBouncer still sends clients to the new cluster; not removing it "
+                           "(rerun `--rollback` to cut back first)")
         newcluster.remove(new_dir, self.old.out)
         with psycopg.connect(self.old.dsn(), autocommit=True) as old:
             ddl_freeze.release(old)
