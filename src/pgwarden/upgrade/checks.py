@@ -21,6 +21,13 @@ class Facts:
     has_pgbouncer: bool = True
     old_major: int = 0
     new_major: int = 0
+    database_bytes: int = 0  # the postgres database on the old primary
+    free_bytes: int | None = None  # free space where the new cluster goes (None: unknown)
+    nodes: int = 1  # of the new cluster: each holds a copy
+
+
+# A new copy needs the data plus room for WAL and the initial copy's churn.
+DISK_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,10 @@ class Problem:
 
 def _names(items: Iterable[str]) -> str:
     return ", ".join(sorted(items))
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1048576:.0f} MB"
 
 
 def problems(f: Facts) -> list[Problem]:
@@ -58,6 +69,11 @@ def problems(f: Facts) -> list[Problem]:
     if missing:
         out.append(Problem(f"extensions missing on the new binaries: {_names(missing)}",
                            "install them for the new major version"))
+    need = int(f.database_bytes * f.nodes * DISK_FACTOR)
+    if f.free_bytes is not None and need > f.free_bytes:
+        out.append(Problem(f"not enough disk: {f.nodes} copies of {_mb(f.database_bytes)} need about "
+                           f"{_mb(need)}, {_mb(f.free_bytes)} free",
+                           "free space under --dir, or fewer --nodes"))
     if f.other_databases:
         out.append(Problem(f"databases besides postgres: {_names(f.other_databases)} "
                            f"(this upgrade moves the postgres database only)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,14 @@ def available_extensions(bin_dir: Path) -> frozenset[str]:
     return frozenset(p.name.removesuffix(".control") for p in ext.glob("*.control"))
 
 
-def gather(conn: psycopg.Connection[Any], new_bin: Path, new_major: int, has_pgbouncer: bool) -> Facts:
+def gather(conn: psycopg.Connection[Any], new_bin: Path, new_major: int, has_pgbouncer: bool,
+           directory: Path, nodes: int) -> Facts:
     row = conn.execute("SELECT current_setting('wal_level'), current_setting('server_version_num')::int, "
-                       "(SELECT count(*) FROM pg_largeobject_metadata)").fetchone()
+                       "(SELECT count(*) FROM pg_largeobject_metadata), "
+                       "pg_database_size(current_database())").fetchone()
     assert row is not None
     return Facts(
+        database_bytes=int(row[3]), free_bytes=shutil.disk_usage(directory).free, nodes=nodes,
         wal_level=str(row[0]), old_major=int(row[1]) // 10000, large_objects=int(row[2]),
         no_key=_column(conn, NO_KEY), unlogged=_column(conn, UNLOGGED),
         extensions=_column(conn, "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1"),

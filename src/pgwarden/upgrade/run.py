@@ -117,15 +117,15 @@ class Upgrade:
     def check(self) -> S.UpgradeState:
         self.step(1, "checking what logical replication can move")
         bin_dir, major = self.new_bin()
+        nodes = self.req.nodes or len(self.old.current_state().agents())
         with psycopg.connect(self.old.dsn(), autocommit=True, connect_timeout=5) as conn:
-            facts = inspect.gather(conn, bin_dir, major, self.bouncer is not None)
+            facts = inspect.gather(conn, bin_dir, major, self.bouncer is not None, self.dir, nodes)
         found = checks.problems(facts)
         if found:
             raise CliError(checks.format_refusal(found))
         new_dir = newcluster.new_dir_for(self.dir, major)
         self.say(f"      PostgreSQL {facts.old_major} -> {major}: nothing in the way "
                  f"({len(facts.extensions)} extension(s) available on the new binaries)")
-        nodes = self.req.nodes or len(self.old.current_state().agents())
         return S.UpgradeState(S.Step.STARTED, self.old.current_state().cluster,
                               cluster_name(new_dir), str(new_dir), str(bin_dir), nodes)
 
