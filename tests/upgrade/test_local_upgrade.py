@@ -185,6 +185,7 @@ def test_upgrade_again_killed_during_the_cutover_then_rerun_and_finish(
     assert w.missing_on(old.direct_dsn(new=True)) == []
     status = json.loads(pgwarden("local", "status", "--dir", str(old.dir), "--format", "json").stdout)
     assert [m["state"] for m in status["members"]] == ["stopped", "stopped"], status
+    assert "pgwarden-owner: pg18" in (old.dir / "pgbouncer" / "pgbouncer.ini").read_text()
     # PgBouncer kept running; it is now recorded with (and stopped by) the new cluster.
     assert "pgbouncer" not in json.loads((old.dir / "state.json").read_text())["procs"]
     assert "pgbouncer" in json.loads((new_dir / "state.json").read_text())["procs"]

@@ -278,7 +278,9 @@ class Upgrade:
         move_pgbouncer(self.dir, Path(self.state.new_dir))
         LocalCluster(self.dir, self.old.out).down()
         if self.bouncer is not None:
-            self.bouncer.hand_to(None)
+            # Stays named: were the retired cluster started again (its node files still have
+            # PgBouncer), its leader must not take PgBouncer back from the new one.
+            self.bouncer.hand_to(self.state.new_cluster)
         self.record(S.Step.FINISHED)
         self.say(f"      the old cluster is stopped (its data kept in {self.dir}); the cluster now "
                  f"lives in {self.state.new_dir}: use --dir {self.state.new_dir} from now on")
