@@ -10,6 +10,8 @@ Ordering rules (why each step is where it is):
   changes the replication; on such a failure PgBouncer is resumed on the side it was on.
 - DDL is frozen on both primaries (ddl_freeze.py) before the PAUSE and released after the
   RESUME: a schema change on either side now would break the replication being swapped.
+- The forward subscription's slot is dropped after the RESUME (nothing reads it any more); a run
+  killed before that leaves it to `--finish` or `--rollback`, which drop it.
 - The reverse subscription's slot is created while PgBouncer is paused, so it starts before the
   first client write on the destination; the forward subscription is dropped first, so no change
   can travel round in a loop.
@@ -98,14 +100,18 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
         started = time.monotonic()
         bouncer.pause()
         switched = False
+        marks = [time.monotonic()]
         try:
             lsn = R.wait_applied(s, active, APPLY_TIMEOUT)
-            say(f"PgBouncer paused; {dst.cluster} has applied {src.cluster} up to {lsn}")
+            marks.append(time.monotonic())
+            say(f"      PgBouncer paused; {dst.cluster} has applied {src.cluster} up to {lsn}")
             n = R.copy_sequences(s, d)
-            R.drop_subscription(d, s, active)
+            marks.append(time.monotonic())
+            R.drop_subscription(d, None, active)  # its slot on `src` is dropped after the RESUME
             if reverse is not None:
                 R.ensure_publication(d)
                 R.ensure_subscription(s, d, reverse, dst.dsn, copy_data=False)
+            marks.append(time.monotonic())
             bouncer.point_at(dst.primary)
             switched = True
         finally:
@@ -115,12 +121,16 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
                 for conn in (s, d):
                     ddl_freeze.release(conn)
         bouncer.resume()
-        paused = time.monotonic() - started
+        marks.append(time.monotonic())
+        paused = marks[-1] - started
         bouncer.hand_to(dst.cluster)
         for conn in (s, d):
             ddl_freeze.release(conn)
-        say(f"{n} sequence(s) copied; PgBouncer now sends clients to {dst.cluster} "
-            f"({dst.primary[0]}:{dst.primary[1]}), paused {paused * 1000:.0f} ms")
+        R.drop_slot_when_free(s, active)
+        ms = [f"{(b - a) * 1000:.0f}" for a, b in zip([started, *marks], marks, strict=False)]
+        say(f"      {n} sequence(s) copied; PgBouncer now sends clients to {dst.cluster} "
+            f"({dst.primary[0]}:{dst.primary[1]}), paused {paused * 1000:.0f} ms (PAUSE {ms[0]}, "
+            f"applied {ms[1]}, sequences {ms[2]}, replication swapped {ms[3]}, switch {ms[4]} ms)")
         return paused
     finally:
         s.close()
@@ -139,5 +149,5 @@ def recover(bouncer: Bouncer, sides: dict[tuple[str, int], Side], fallback: str,
     owner = names.get(target, fallback) if target is not None else fallback
     bouncer.resume()
     bouncer.hand_to(owner)
-    say(f"recovered an interrupted cutover: PgBouncer resumed, sending clients to {owner}")
+    say(f"      recovered an interrupted cutover: PgBouncer resumed, sending clients to {owner}")
     return owner

@@ -125,7 +125,8 @@ class Upgrade:
             raise CliError(checks.format_refusal(found))
         new_dir = newcluster.new_dir_for(self.dir, major)
         self.say(f"      PostgreSQL {facts.old_major} -> {major}: nothing in the way "
-                 f"({len(facts.extensions)} extension(s) available on the new binaries)")
+                 f"({len(facts.extensions)} extension(s) besides plpgsql, all available on the new "
+                 f"binaries)")
         return S.UpgradeState(S.Step.STARTED, self.old.current_state().cluster,
                               cluster_name(new_dir), str(new_dir), str(bin_dir), nodes)
 
@@ -273,6 +274,7 @@ class Upgrade:
         with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
                 psycopg.connect(self.new.dsn(), autocommit=True) as new:
             R.drop_subscription(old, new, R.REVERSE)
+            R.drop_slot_when_free(old, R.FORWARD)  # left by a cutover killed right after RESUME
             R.drop_publication(old)
             R.drop_publication(new)
         move_pgbouncer(self.dir, Path(self.state.new_dir))
