@@ -104,6 +104,24 @@ def test_check_refuses_a_table_without_a_primary_key_and_changes_nothing(old: Ol
     assert old.upgrade("--check").returncode == 0
 
 
+def test_a_run_killed_half_way_is_cleaned_up_by_rollback(old: OldCluster) -> None:
+    direct = old.direct_dsn()
+    proc = subprocess.Popen([sys.executable, "-m", "pgwarden", "local", "upgrade", "--dir", str(old.dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:  # killed once it publishes: wherever it got to after that, --rollback must undo it
+        wait_for(lambda: one(direct, "SELECT count(*) FROM pg_publication") == 1, 180, "the publication")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    old.upgrade("--rollback")
+    assert old.step() == "rolled_back" and not (old.dir / "pg18").exists()
+    assert one(direct, "SELECT count(*) FROM pg_publication") == 0
+    assert one(direct, "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'") == 0
+    assert one(direct, "SELECT count(*) FROM pg_event_trigger") == 0
+    assert "pgwarden-owner" not in (old.dir / "pgbouncer" / "pgbouncer.ini").read_text()
+    assert major_via_bouncer(old) == 15  # PgBouncer resumed, on the old cluster
+
+
 def test_upgrade_under_a_steady_writer_killed_half_way_then_rerun(old: OldCluster, w: IdentityWriter) -> None:
     w.start()
     wait_acks_on(w, 15)
