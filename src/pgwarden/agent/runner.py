@@ -94,7 +94,7 @@ class Agent(FailsafeMember):
         self.pg = PostgresController(cfg, self.settings)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
-        self.router = router_for(cfg.pgbouncer)
+        self.router = router_for(cfg.pgbouncer, cfg.cluster)
         self.exec = Executor(cfg, self.pg, self.store, self.lease, self.fencer, self.facts,
                              self.settings, self.seed, self.router)
         self.exec.slot_ledger = SlotLedger(run_dir_for(cfg) / "slot_copies.json")

@@ -91,6 +91,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--timeout", type=float, default=STOP_TIMEOUT, help=argparse.SUPPRESS)
     p.set_defaults(local_func=cmd_down)
 
+    p = with_dir("upgrade", "online major-version upgrade behind PgBouncer (docs/upgrade.md)")
+    p.add_argument("--bin-dir", type=Path, metavar="PATH",
+                   help="the new PostgreSQL binaries (default: the embedded ones)")
+    p.add_argument("--nodes", type=int, metavar="N", help="nodes of the new cluster (default: as the old)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="only check what cannot be moved; change nothing")
+    mode.add_argument("--rollback", action="store_true",
+                      help="before --finish: back to the old cluster, new writes kept")
+    mode.add_argument("--finish", action="store_true", help="retire the old cluster")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the new cluster to start and to catch up (600)")
+    p.set_defaults(local_func=cmd_upgrade)
+
     local.set_defaults(func=run)
 
 
@@ -189,3 +202,12 @@ def cmd_start(args: argparse.Namespace, cluster: LocalCluster) -> int:
 def cmd_down(args: argparse.Namespace, cluster: LocalCluster) -> int:
     cluster.down(args.timeout)
     return 0
+
+
+def cmd_upgrade(args: argparse.Namespace, cluster: LocalCluster) -> int:
+    from pgwarden.upgrade.run import Request, main
+
+    if args.nodes is not None and args.nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {args.nodes}")
+    mode = "rollback" if args.rollback else "finish" if args.finish else "upgrade"
+    return main(cluster, Request(mode, args.check, args.bin_dir, args.nodes, args.timeout))

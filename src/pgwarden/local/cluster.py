@@ -14,7 +14,7 @@ from __future__ import annotations
 import fcntl
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +69,11 @@ class Options:
     bin_dir: Path | None = None  # PostgreSQL binaries for every node (None: found as usual)
     tls: bool = False  # a local CA and per-node certificates: the API, PostgreSQL and replication on TLS
     standby_of: Path | None = None  # a standby site of the cluster in this directory
+    # (superuser, replication) passwords to reuse: `local upgrade`'s new cluster takes the old
+    # one's, so PgBouncer's clients and userlist work against both.
+    passwords: tuple[str, str] | None = None
+    # Called on each new node's file before it is written (e.g. the upgrade's pgbouncer section).
+    amend_node: Callable[[dict[str, Any]], None] | None = None
 
 
 class LocalCluster(ClusterHandle):
@@ -249,6 +254,8 @@ class LocalCluster(ClusterHandle):
         su_pw, repl_pw, api_pw = new_password(), new_password(), new_password()
         if source is not None:  # a copy of the source's databases: its roles and passwords
             su_pw, repl_pw = source.superuser_password, source.replication_password
+        if opts.passwords is not None:
+            su_pw, repl_pw = opts.passwords
         certs = make_certificates(self.directory, names) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
@@ -256,6 +263,8 @@ class LocalCluster(ClusterHandle):
                               store=store_doc, tls=certs.get(node), bin_dir=opts.bin_dir)
             for extra in extras:
                 extra.amend_node_config(doc)
+            if opts.amend_node is not None:
+                opts.amend_node(doc)
             components.append(AgentComponent(plan, doc))
         if witness_raft is not None:
             api_port = ports.pop(0)

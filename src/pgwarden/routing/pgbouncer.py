@@ -8,11 +8,14 @@ connections, and server connections to the old host are closed once released.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import select
 import shlex
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +182,62 @@ def rewrite_targets(path: Path, databases: list[str], host: str, port: int) -> b
     new = set_database_targets(old, databases, host, port)
     if new == old:
         return False
+    write_keeping_owner(path, new)
+    return True
+
+
+# -- who may drive PgBouncer -------------------------------------------------------------------
+# During an online major-version upgrade (`pgwarden local upgrade`, docs/upgrade.md) two clusters'
+# agents have PgBouncer configured. A comment line in pgbouncer.ini names the one cluster whose
+# leader may retarget, PAUSE and RESUME it; without the line every configured leader may (one
+# cluster, as before). The upgrade changes the line under an exclusive flock of the ini's
+# directory, and a router holds a shared one while it reads the line and acts, so once the
+# upgrade has written the line no router is still acting on the old owner.
+
+OWNER_PREFIX = ";; pgwarden-owner:"
+
+
+def ini_owner(text: str) -> str | None:
+    """The cluster named by the owner line, or None when there is none (any leader drives it)."""
+    for line in text.splitlines():
+        if line.startswith(OWNER_PREFIX):
+            return line[len(OWNER_PREFIX):].strip() or None
+    return None
+
+
+def set_ini_owner(text: str, owner: str | None) -> str:
+    """The ini text with its owner line set to `owner` (None removes it); first line if new."""
+    lines = [ln for ln in text.splitlines(keepends=True) if not ln.startswith(OWNER_PREFIX)]
+    if owner is None:
+        return "".join(lines)
+    return f"{OWNER_PREFIX} {owner}\n" + "".join(lines)
+
+
+def may_drive(text: str, cluster: str) -> bool:
+    owner = ini_owner(text)
+    return owner is None or owner == cluster
+
+
+@contextmanager
+def ini_lock(path: Path, shared: bool, wait: bool = True) -> Iterator[bool]:
+    """flock on the ini's directory (the file itself is replaced on every rewrite). Yields False
+    when `wait` is False and the lock is held elsewhere."""
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fd, flags)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def write_keeping_owner(path: Path, new: str) -> None:
+    """Replace the file atomically, keeping its owner and mode (PgBouncer runs as another OS user
+    and must still read it)."""
     st = path.stat()
     tmp = path.with_name(f".{path.name}.pgwarden.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, st.st_mode & 0o777)
@@ -189,4 +248,12 @@ def rewrite_targets(path: Path, databases: list[str], host: str, port: int) -> b
     except PermissionError:
         pass  # not root: the file stays ours, readable per its mode
     os.replace(tmp, path)
-    return True
+
+
+def set_owner(path: Path, owner: str | None) -> None:
+    """Hand PgBouncer to `owner`'s leader (None: to any configured leader)."""
+    with ini_lock(path, shared=False):
+        old = path.read_text()
+        new = set_ini_owner(old, owner)
+        if new != old:
+            write_keeping_owner(path, new)

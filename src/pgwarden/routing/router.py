@@ -16,6 +16,10 @@ Only the lease holder with a running primary ever points PgBouncer anywhere (poi
 member that does not hold the lease could create a second writer for PgBouncer's clients).
 The console work runs on its own thread so a slow PgBouncer never delays the HA loop; only
 `hand_over` blocks the loop, for at most the budget the caller gives it (inside the lease).
+
+An owner line in pgbouncer.ini (`pgwarden.routing.pgbouncer.ini_owner`) naming another cluster
+makes the router leave PgBouncer alone: during an online upgrade the old and the new cluster's
+agents are both configured, and only the owner may act.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from dataclasses import dataclass
 
 from pgwarden.config.schema import PgBouncerConfig
-from pgwarden.routing.pgbouncer import AdminConsole, AdminError, rewrite_targets
+from pgwarden.routing.pgbouncer import AdminConsole, AdminError, ini_lock, may_drive, rewrite_targets
 
 log = logging.getLogger("pgwarden.router")
 
@@ -46,8 +50,9 @@ class RouterView:
 
 
 class PgBouncerRouter:
-    def __init__(self, cfg: PgBouncerConfig) -> None:
+    def __init__(self, cfg: PgBouncerConfig, cluster: str = "") -> None:
         self.cfg = cfg
+        self.cluster = cluster
         self.console = AdminConsole(cfg.host, cfg.port, cfg.admin.username, cfg.admin.secret())
         self._target: tuple[str, int] | None = None
         self._state = threading.Lock()  # guards _target
@@ -102,22 +107,33 @@ class PgBouncerRouter:
             log.warning("PgBouncer router busy; switching over without PAUSE")
             return False
         try:
-            started = time.monotonic()
-            for db in self.cfg.databases:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AdminError("no time left")
-                self.console.command(f"PAUSE {db}", left)
-            log.info("PgBouncer paused %s for the switchover in %.0f ms", ", ".join(self.cfg.databases),
-                     (time.monotonic() - started) * 1000)
-            return True
-        except AdminError as e:
+            with ini_lock(self.cfg.config_file, shared=True, wait=False) as got:
+                if not got or not self._mine():
+                    log.info("PgBouncer is not this cluster's to pause (owner line in %s)",
+                             self.cfg.config_file)
+                    return False
+                return self._pause(deadline)
+        except (AdminError, OSError) as e:
             # Going on is what a switchover without PgBouncer does: transactions still open are
             # cut off by the demotion. Waiting longer would eat into the lease.
             log.warning("PgBouncer PAUSE did not complete (%s); switching over anyway", e)
             return False
         finally:
             self._ops.release()
+
+    def _mine(self) -> bool:
+        return may_drive(self.cfg.config_file.read_text(), self.cluster)
+
+    def _pause(self, deadline: float) -> bool:
+        started = time.monotonic()
+        for db in self.cfg.databases:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AdminError("no time left")
+            self.console.command(f"PAUSE {db}", left)
+        log.info("PgBouncer paused %s for the switchover in %.0f ms", ", ".join(self.cfg.databases),
+                 (time.monotonic() - started) * 1000)
+        return True
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -133,7 +149,10 @@ class PgBouncerRouter:
                     if self._target != target:  # a hand-over started meanwhile
                         continue
                 try:
-                    self.sync(target)
+                    with ini_lock(self.cfg.config_file, shared=True, wait=False) as got:
+                        if not got or not self._mine():
+                            continue  # another cluster's (an upgrade), or being handed over now
+                        self.sync(target)
                     self.synced_at = time.monotonic()
                     self._confirmed = (target, time.time())
                     self._last_error = ""
@@ -173,5 +192,5 @@ class PgBouncerRouter:
         log.info("PgBouncer resumed %s", db)
 
 
-def router_for(cfg: PgBouncerConfig | None) -> PgBouncerRouter | None:
-    return PgBouncerRouter(cfg) if cfg is not None else None
+def router_for(cfg: PgBouncerConfig | None, cluster: str = "") -> PgBouncerRouter | None:
+    return PgBouncerRouter(cfg, cluster) if cfg is not None else None
