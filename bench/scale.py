@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from bench.scale_agent import MEMBERS, cpu_seconds
 from bench.scale_stats import Summary, percentile, summary_line
-from bench.scale_store import STORES, Store, machine_jiffies, requests_handled, running_store
+from bench.scale_store import STORES, Store, machine_jiffies, requests_handled, running_store, wal_fsync
 from bench.scale_worker import BOOTSTRAP_TIMEOUT, run_worker
 from pgwarden.config.schema import ClusterSettings
 
@@ -52,6 +52,8 @@ class Result:
     driver_cpu_s: list[float] = field(default_factory=list)  # per worker process
     machine_busy: float = 0.0  # share of all cores busy over the window (anyone's work)
     stuck: int = 0
+    oversleep: list[float] = field(default_factory=list)  # the driver's wake-up delays, s
+    fsync_ms: float | None = None  # etcd: mean WAL fsync over the window
 
     def all_latencies(self) -> list[float]:
         return [x for xs in self.latencies.values() for x in xs]
@@ -94,6 +96,7 @@ class Result:
         self.missed += tally["missed"]
         self.driver_cpu_s.append(tally["cpu_s"])
         self.stuck += tally["stuck"]
+        self.oversleep.extend(tally["oversleep"])
 
 
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
@@ -138,10 +141,14 @@ def _measure(store: Store, procs: list[Any], ready: Any, results: Any, go: Any, 
     go.set()
     time.sleep(max(0.0, start - time.monotonic()))
     cpu0, req0, (busy0, total0) = cpu_seconds(store.pid), requests_handled(store), machine_jiffies()
+    fs0 = wal_fsync(store)
     time.sleep(max(0.0, bounds[1] - time.monotonic()))
     cpu1, req1, (busy1, total1) = cpu_seconds(store.pid), requests_handled(store), machine_jiffies()
     result.store_cpu_s = cpu1 - cpu0
     result.store_requests = _delta(req1, req0)
+    fs1 = wal_fsync(store)
+    if fs0 is not None and fs1 is not None and fs1[1] > fs0[1]:
+        result.fsync_ms = (fs1[0] - fs0[0]) / (fs1[1] - fs0[1]) * 1000.0
     result.machine_busy = (busy1 - busy0) / max(1, total1 - total0)
     for _ in procs:
         result.absorb(results.get(timeout=120.0))
@@ -172,6 +179,9 @@ def describe(r: Result) -> list[str]:
         ", ".join(f"{c:.1f}s" for c in r.driver_cpu_s) + "; " +
         (f"CPU-BOUND: {why}; latencies include the driver's own waiting"
          if (why := r.driver_bound()) else "not CPU-bound"),
+        f"driver wake-up delay (a 10 ms sleep, late by): p50 {percentile(r.oversleep, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(r.oversleep, 99) * 1000:.1f} ms"
+        + ("" if r.fsync_ms is None else f"; etcd WAL fsync mean {r.fsync_ms:.1f} ms"),
         f"machine: {r.machine_busy:.0%} of all cores busy over the window (store, driver and anything "
         f"else running" + ("; saturated: latencies include waiting for a core)" if r.machine_busy >= BUSY
                            else ")"),
@@ -188,12 +198,13 @@ def sweep_table(results: list[Result]) -> list[list[str]]:
         rows.append([r.store, str(r.clusters), str(r.agents()), f"{per_s:.0f}", f"{per_s / r.agents():.2f}",
                      f"{r.store_cpu_s / r.seconds:.1%}", f"{r.p(50):.1f}", f"{r.p(99):.1f}",
                      f"{r.missed}/{r.renewals}", f"{max(r.driver_cpu_s or [0.0]) / r.seconds:.0%}",
-                     f"{r.machine_busy:.0%}"])
+                     f"{percentile(r.oversleep, 99) * 1000:.0f}", f"{r.machine_busy:.0%}"])
     return rows
 
 
 SWEEP_HEADERS = ["store", "clusters", "agents", "store req/s", "req/s per agent", "store CPU (1 core)",
-                 "p50 ms", "p99 ms", "missed/renewals", "busiest driver process (1 core)", "machine busy"]
+                 "p50 ms", "p99 ms", "missed/renewals", "busiest driver process (1 core)",
+                 "driver wake-up p99 ms", "machine busy"]
 
 
 def _sizes(text: str) -> list[int]:

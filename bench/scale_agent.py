@@ -31,6 +31,7 @@ from pgwarden.store.timed import TimedKV
 
 MEMBERS = 3
 WAIT_SLICE = 0.5  # runner._wait asks the store for changes in slices of at most this long
+BOOTSTRAP_CALL = 10.0  # seconds: one bootstrap call's deadline
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
@@ -137,11 +138,15 @@ class SimAgent:
         )
 
     # -- bootstrap (not measured) --------------------------------------------------------------
-    def bootstrap(self, deadline: float) -> None:
-        t = self.s.retry_timeout
+    def bootstrap(self, deadline: float, gate: threading.Semaphore) -> None:
+        # Generous deadlines, a few agents at a time: hundreds of agents starting in the same
+        # second is not what is measured (real ones start one node at a time), and a ZooKeeper
+        # session opened under that rush can take longer than retry_timeout to be granted.
+        t = max(BOOTSTRAP_CALL, self.s.retry_timeout)
         while time.monotonic() < deadline:
             try:
-                self._bootstrap_once(t)
+                with gate:
+                    self._bootstrap_once(t)
                 return
             except StoreError:
                 time.sleep(0.2)  # the store is busy with everyone else's bootstrap: try again

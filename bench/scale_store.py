@@ -59,6 +59,26 @@ def requests_handled(store: Store) -> dict[str, int]:
     return parse_zookeeper_srvr(b"".join(chunks).decode(errors="replace"))
 
 
+def wal_fsync(store: Store) -> tuple[float, int] | None:
+    """etcd's WAL fsyncs so far: (seconds spent, count); None for ZooKeeper."""
+    if store.kind != "etcd":
+        return None
+    text = urllib3.request("GET", f"http://{store.endpoint}/metrics",
+                           timeout=urllib3.Timeout(total=5.0), retries=False).data.decode()
+    return parse_etcd_fsync(text)
+
+
+def parse_etcd_fsync(text: str) -> tuple[float, int] | None:
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("etcd_disk_wal_fsync_duration_seconds_sum", "etcd_disk_wal_fsync_duration_seconds_count"):
+            found[name.rsplit("_", 1)[1]] = float(value)
+    if "sum" not in found or "count" not in found:
+        return None
+    return found["sum"], int(found["count"])
+
+
 def parse_etcd_metrics(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():

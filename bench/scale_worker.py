@@ -7,6 +7,7 @@ latency. A real agent is a process of its own with a handful of threads."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from multiprocessing.queues import Queue
@@ -17,6 +18,18 @@ from bench.scale_agent import MEMBERS, SimAgent, Tally, Window, cpu_seconds
 from pgwarden.config.schema import ClusterSettings
 
 BOOTSTRAP_TIMEOUT = 300.0
+PROBE_SLEEP = 0.01
+BOOTSTRAP_CONCURRENCY = 8  # agents of one worker bootstrapping at the same time
+
+
+def _probe(window: Window, oversleep: list[float]) -> None:
+    """How late this process's threads wake: a sleep of 10 ms, over and over, and how much longer
+    it took. Waiting for a core (the machine busy) or for the GIL (the worker busy) shows here,
+    and the same wait sits inside every latency this worker measured."""
+    time.sleep(max(0.0, window.start - time.monotonic()))
+    while (t0 := time.monotonic()) < window.end:
+        time.sleep(PROBE_SLEEP)
+        oversleep.append(time.monotonic() - t0 - PROBE_SLEEP)
 
 
 def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
@@ -25,6 +38,9 @@ def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
     """Bootstrap and run the agents of `clusters`; once `go` is set, measure inside the window
     `bounds` ([start, end] monotonic) and put one dict of tallies on `results`."""
     ttl, loop_wait, retry_timeout = timing
+    # kazoo logs every dropped connection and expired session; the tallies count what failed,
+    # and hundreds of clients reconnecting at teardown would bury the report.
+    logging.getLogger("kazoo").setLevel(logging.CRITICAL)
     settings = ClusterSettings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry_timeout)
     window = Window()
     stop_at = [float("inf")]
@@ -33,9 +49,11 @@ def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
     failures: list[str] = []
     deadline = time.monotonic() + BOOTSTRAP_TIMEOUT
 
+    gate = threading.Semaphore(BOOTSTRAP_CONCURRENCY)
+
     def life(agent: SimAgent, first_delay: float) -> None:
         try:
-            agent.bootstrap(deadline)
+            agent.bootstrap(deadline, gate)
         except Exception as e:
             failures.append(f"{agent.cluster}/{agent.name}: {e}")
             return
@@ -60,6 +78,9 @@ def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
     start, end = float(bounds[0]), float(bounds[1])
     window.end, window.start = end, start
     stop_at[0] = end
+    oversleep: list[float] = []
+    probe = threading.Thread(target=_probe, args=(window, oversleep), daemon=True)
+    probe.start()
     time.sleep(max(0.0, start - time.monotonic()))
     cpu0 = cpu_seconds()
     time.sleep(max(0.0, end - time.monotonic()))
@@ -71,7 +92,7 @@ def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
     for agent in agents:
         total.merge(agent.tally)
     out = total.to_dict()
-    out.update(worker=worker, cpu_s=cpu1 - cpu0, threads=threading.active_count(),
+    out.update(worker=worker, cpu_s=cpu1 - cpu0, oversleep=oversleep, threads=threading.active_count(),
                stuck=sum(t.is_alive() for t in threads))
     results.put(out)
     def close_all() -> None:

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from bench.scale_stats import RenewalBook, Summary, parse_summary, percentile, summary_line
-from bench.scale_store import parse_etcd_metrics, parse_zookeeper_srvr
+from bench.scale_store import parse_etcd_fsync, parse_etcd_metrics, parse_zookeeper_srvr
 from pgwarden.core.settings import LEASE_MARGIN
 
 
@@ -115,3 +115,11 @@ def test_zookeeper_srvr_received_packets() -> None:
     assert parse_zookeeper_srvr(text) == {"packets": 4711}
     with pytest.raises(ValueError, match="Received"):
         parse_zookeeper_srvr("Mode: standalone\n")
+
+
+def test_etcd_wal_fsync_sum_and_count() -> None:
+    text = ("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.001\"} 3\n"
+            "etcd_disk_wal_fsync_duration_seconds_sum 0.25\n"
+            "etcd_disk_wal_fsync_duration_seconds_count 100\n")
+    assert parse_etcd_fsync(text) == (0.25, 100)
+    assert parse_etcd_fsync("process_cpu_seconds_total 1\n") is None
