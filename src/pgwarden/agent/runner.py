@@ -57,6 +57,9 @@ from pgwarden.tls.contexts import ContextSource, client_context, server_context
 log = logging.getLogger("pgwarden.agent")
 
 MIN_LOOP_INTERVAL = 0.05
+# With nothing logical declared or seen, a primary still looks for slots made outside pgwarden
+# (for its standbys to copy, core/slot_copies.py) this often, seconds.
+LOGICAL_RECHECK = 30.0
 
 
 def run_dir_for(cfg: NodeConfig) -> Path:
@@ -116,6 +119,7 @@ class Agent(FailsafeMember):
         self._native: tuple[str, ...] = ()
         self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
+        self._logical_read_at = -LOGICAL_RECHECK  # when they were last read (monotonic)
         self._message = "starting"
         self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
@@ -353,16 +357,30 @@ class Agent(FailsafeMember):
                 self.facts.slot_copies.clear()
             self._ledger_sysid = pgv.system_id
         pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
-        if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
+        if pgv.healthy and self._logical_due(pgv, s, now):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
             # copies of the primary's slots (core/slot_copies.py).
             objs = self._logical_reader.read(s.retry_timeout)
             if objs is not None:
+                self._logical_read_at = now
                 marks = (*objs.publications.values(), *objs.subscriptions.values())
                 self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
                 pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
+
+    def _logical_due(self, pgv: PgView, s: ClusterSettings, now: float) -> bool:
+        """Read the server's publications, subscriptions and slots this loop? Every loop while
+        there is something to manage (declarations, our marked objects, slots here or on the
+        leader); otherwise a primary looks only every LOGICAL_RECHECK seconds, for slots someone
+        created outside pgwarden: an idle primary with no logical replication need not open a
+        second connection every loop (issue 16, idle cost)."""
+        if self._logical_seen or self._leader_has_slots():
+            return True
+        if pgv.in_recovery is not False:
+            return False
+        declared = bool(s.publications or s.subscriptions)
+        return declared or now - self._logical_read_at >= LOGICAL_RECHECK
 
     def _snapshot(self, now: float) -> ClusterView | None:
         t = self.lease.call_timeout(now, self._settings.retry_timeout)
@@ -443,7 +461,10 @@ class Agent(FailsafeMember):
         t = self.lease.call_timeout(time.monotonic(), s.retry_timeout)
         try:
             self.store.publish_member(info, s.ttl, t)
-            if self.lease.held and info.role == Role.PRIMARY and info.lsn is not None:
+            # This loop's snapshot shows what the optime key holds: an idle primary's LSN does
+            # not move, and rewriting it would be a store write every loop for nothing.
+            if self.lease.held and info.role == Role.PRIMARY and info.lsn is not None and \
+                    info.lsn != view.leader_lsn:
                 self.store.set_optime(info.lsn, t)
             if self.lease.held and view.settings_token == "":
                 self.store.set_settings(self.seed, None, t)
