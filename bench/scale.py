@@ -52,6 +52,7 @@ class Result:
     driver_cpu_s: list[float] = field(default_factory=list)  # per worker process
     machine_busy: float = 0.0  # share of all cores busy over the window (anyone's work)
     stuck: int = 0
+    idle: bool = False
     oversleep: list[float] = field(default_factory=list)  # the driver's wake-up delays, s
     fsync_ms: float | None = None  # etcd: mean WAL fsync over the window
 
@@ -104,7 +105,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def run_one(store_kind: str, clusters: int, seconds: float, workers: int,
-            timing: tuple[float, float, float], base: Path) -> Result:
+            timing: tuple[float, float, float], base: Path, idle: bool = False) -> Result:
     """Start a fresh store, run `clusters` x 3 agents, measure `seconds`, stop everything."""
     ctx = mp.get_context("spawn")  # a clean interpreter per worker: no threads forked mid-flight
     result = Result(clusters, store_kind, seconds, timing)
@@ -116,7 +117,8 @@ def run_one(store_kind: str, clusters: int, seconds: float, workers: int,
         go = ctx.Event()
         bounds = ctx.Array("d", 2, lock=False)
         procs = [ctx.Process(target=run_worker, name=f"scale-worker-{w}",
-                             args=(w, store_kind, store.endpoint, share, timing, ready, results, go, bounds))
+                             args=(w, store_kind, store.endpoint, share, timing, ready, results, go, bounds,
+                                   idle))
                  for w, share in enumerate(shares)]
         for p in procs:
             p.start()
@@ -160,6 +162,7 @@ def describe(r: Result) -> list[str]:
     per_s = r.server_requests_per_s()
     lines = [
         f"store={r.store} clusters={r.clusters} agents={r.agents()} window={r.seconds:g}s "
+        f"positions={'idle' if r.idle else 'moving'} "
         f"timing ttl={ttl:g} loop_wait={loop_wait:g} retry_timeout={retry_timeout:g}",
         f"store: cpu {r.store_cpu_s:.2f}s ({r.store_cpu_s / r.seconds:.1%} of one core); "
         f"requests received {per_s:.0f}/s = {per_s / r.agents():.2f}/s per agent, "
@@ -229,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=_sizes, help="sizes for --sweep (default: etcd 10,50,100,200; "
                                                   "zookeeper 10,50,100)")
     ap.add_argument("--workers", type=int, default=2, help="driver processes (default 2)")
+    ap.add_argument("--idle", action="store_true",
+                    help="positions stand still: clusters taking no writes (default: moving every loop)")
     ap.add_argument("--ttl", type=float, default=d.ttl)
     ap.add_argument("--loop-wait", type=float, default=d.loop_wait)
     ap.add_argument("--retry-timeout", type=float, default=d.retry_timeout)
@@ -250,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     done: list[Result] = []
     for n in sizes:
         with tempfile.TemporaryDirectory(prefix="pgwarden-scale-", dir=args.dir) as tmp:
-            r = run_one(args.store, n, args.seconds, args.workers, timing, Path(tmp))
+            r = run_one(args.store, n, args.seconds, args.workers, timing, Path(tmp), args.idle)
+        r.idle = args.idle
         done.append(r)
         print("\n".join(describe(r)), flush=True)
         if args.sweep:

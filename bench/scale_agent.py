@@ -1,10 +1,12 @@
 """The simulated agents of the store scale benchmark (`bench/scale.py`): each drives the real
 `ClusterStore` over the real etcd or ZooKeeper `KV`, loop for loop as `agent/runner.py` does at
-steady state, with PostgreSQL replaced by a generator of WAL positions.
+steady state, with PostgreSQL replaced by a generator of WAL positions (moving every loop, or standing still
+with `idle`: a cluster taking no writes).
 
 Per loop (runner.loop_once + executor, a healthy cluster with nothing to change):
   every member: one snapshot read; its member key published (a ttl put: renews the key's lease);
-  the leader, in between: its lease renewed (RenewLease), and after publishing its optime;
+  the leader, in between: its lease renewed (RenewLease), and after publishing its optime (when
+  it moved since the snapshot);
   then every member waits out the loop in `wait_for_change`, waking early on news (runner._wait).
 Bootstrap (once, not measured): the init lock, the system id, the seeded settings, the leader
 key, and the synchronous and failsafe documents a cluster in those modes keeps.
@@ -108,7 +110,7 @@ class SimAgent:
     """One member of one cluster. Member 0 bootstraps and leads; the others are replicas."""
 
     def __init__(self, store: str, endpoint: str, cluster: str, index: int, settings: ClusterSettings,
-                 window: Window, stop_at: list[float]) -> None:
+                 window: Window, stop_at: list[float], idle: bool = False) -> None:
         self.name = f"node{index}"
         self.cluster = cluster
         self.leader = index == 0
@@ -121,14 +123,17 @@ class SimAgent:
         self.rng = random.Random(f"{cluster}/{index}")
         self.lsn = 0x3000000 + self.rng.randrange(1 << 20)
         self.ready = threading.Event()
+        self.idle = idle  # positions stand still (no writes on the primary)
+        self.api_url = f"https://10.0.0.{self.rng.randrange(2, 250)}:8008"
 
     # -- PostgreSQL, replaced by a generator of positions -------------------------------------
     def _position(self) -> MemberInfo:
-        self.lsn += self.rng.randrange(0, 64 * 1024)  # some writes every loop
-        behind = 0 if self.leader else self.rng.randrange(0, 8 * 1024)
+        if not self.idle:
+            self.lsn += self.rng.randrange(1, 64 * 1024)  # some writes every loop
+        behind = 0 if self.leader or self.idle else self.rng.randrange(0, 8 * 1024)
         lsn = self.lsn - behind
         return MemberInfo(
-            name=self.name, api_url=f"https://10.0.0.{self.rng.randrange(2, 250)}:8008",
+            name=self.name, api_url=self.api_url,
             host=f"{self.cluster}-{self.name}.example", port=5432,
             role=Role.PRIMARY if self.leader else Role.REPLICA, state="running", running=True,
             timeline=1, lsn=lsn, received_lsn=None if self.leader else lsn,
@@ -197,14 +202,14 @@ class SimAgent:
         measured = self.window.inside(now)
         if self.leader and self.book.lapsed(now) and measured:
             self.tally.missed += 1
-        self.store.snapshot(self.book.call_timeout(now, s.retry_timeout))
+        view = self.store.snapshot(self.book.call_timeout(now, s.retry_timeout))
         if self.leader:
             self._renew(measured)
         info = self._position()
         t = self.book.call_timeout(time.monotonic(), s.retry_timeout)
         self.store.publish_member(info, s.ttl, t)
-        if self.leader and self.book.lease.held and info.lsn is not None:
-            self.store.set_optime(info.lsn, t)
+        if self.leader and self.book.lease.held and info.lsn is not None and info.lsn != view.leader_lsn:
+            self.store.set_optime(info.lsn, t)  # as runner._publish_member: only when it moved
 
     def _renew(self, measured: bool) -> None:
         s = self.s

@@ -34,7 +34,7 @@ def _probe(window: Window, oversleep: list[float]) -> None:
 
 def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
                timing: tuple[float, float, float], ready: Queue[Any], results: Queue[Any], go: Event,
-               bounds: Any) -> None:
+               bounds: Any, idle: bool = False) -> None:
     """Bootstrap and run the agents of `clusters`; once `go` is set, measure inside the window
     `bounds` ([start, end] monotonic) and put one dict of tallies on `results`."""
     ttl, loop_wait, retry_timeout = timing
@@ -44,7 +44,7 @@ def run_worker(worker: int, store: str, endpoint: str, clusters: list[str],
     settings = ClusterSettings(ttl=ttl, loop_wait=loop_wait, retry_timeout=retry_timeout)
     window = Window()
     stop_at = [float("inf")]
-    agents = [SimAgent(store, endpoint, c, i, settings, window, stop_at)
+    agents = [SimAgent(store, endpoint, c, i, settings, window, stop_at, idle)
               for c in clusters for i in range(MEMBERS)]
     failures: list[str] = []
     deadline = time.monotonic() + BOOTSTRAP_TIMEOUT
