@@ -16,7 +16,7 @@ from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFa
 from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
-from pgwarden.agent.logical import BoundedReader
+from pgwarden.agent.logical import LOGICAL_RECHECK, BoundedReader, logical_read_due
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import SharedReading, fresh_position
 from pgwarden.agent.sites import SiteProbe
@@ -57,9 +57,6 @@ from pgwarden.tls.contexts import ContextSource, client_context, server_context
 log = logging.getLogger("pgwarden.agent")
 
 MIN_LOOP_INTERVAL = 0.05
-# With nothing logical declared or seen, a primary still looks for slots made outside pgwarden
-# (for its standbys to copy, core/slot_copies.py) this often, seconds.
-LOGICAL_RECHECK = 30.0
 
 
 def run_dir_for(cfg: NodeConfig) -> Path:
@@ -370,17 +367,10 @@ class Agent(FailsafeMember):
         return pgv
 
     def _logical_due(self, pgv: PgView, s: ClusterSettings, now: float) -> bool:
-        """Read the server's publications, subscriptions and slots this loop? Every loop while
-        there is something to manage (declarations, our marked objects, slots here or on the
-        leader); otherwise a primary looks only every LOGICAL_RECHECK seconds, for slots someone
-        created outside pgwarden: an idle primary with no logical replication need not open a
-        second connection every loop (issue 16, idle cost)."""
-        if self._logical_seen or self._leader_has_slots():
-            return True
-        if pgv.in_recovery is not False:
-            return False
-        declared = bool(s.publications or s.subscriptions)
-        return declared or now - self._logical_read_at >= LOGICAL_RECHECK
+        return logical_read_due(primary=pgv.in_recovery is False, seen=self._logical_seen,
+                                leader_has_slots=self._leader_has_slots(),
+                                declared=bool(s.publications or s.subscriptions),
+                                since_last_read=now - self._logical_read_at)
 
     def _snapshot(self, now: float) -> ClusterView | None:
         t = self.lease.call_timeout(now, self._settings.retry_timeout)
