@@ -85,6 +85,22 @@ def print_table(rows: list[Row]) -> None:
     Console(width=max(Console().width, 150)).print(table)
 
 
+def print_simple_table(title: str, headers: list[str], rows: list[list[str]]) -> None:
+    """Any table of strings on the terminal, then the same as markdown to paste into docs/."""
+    table = Table(title=title)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console(width=max(Console().width, 150)).print(table)
+    print("\n".join(markdown_table(headers, rows)))
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
 def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
     meminfo = Path("/proc/meminfo").read_text().splitlines()

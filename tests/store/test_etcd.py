@@ -130,6 +130,21 @@ def test_own_writes_and_member_refreshes_do_not_wake(etcd: EtcdServer, stores: l
     assert a.wait_for_change(5)
 
 
+def test_quiet_keys_do_not_wake(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
+    """The leader's optime (rewritten every loop) and the history are `quiet`: a replica's
+    watch does not wake for them, and a change that counts still wakes it afterwards."""
+    a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
+    a.snapshot(T)
+    assert not a.wait_for_change(0.3)  # the watch runs
+    b.set_optime(5, T)  # created
+    b.set_optime(6, T)  # rewritten
+    b.set_history((), T)
+    assert not a.wait_for_change(0.5)
+    assert a.snapshot(T).leader_lsn == 6  # written all the same
+    assert b.acquire_leader("b", 4, T)
+    assert a.wait_for_change(5)
+
+
 def test_changing_ttl_moves_the_leader_to_a_lease_of_the_new_length(
     etcd: EtcdServer, stores: list[ClusterStore]
 ) -> None:
@@ -211,3 +226,29 @@ def test_authentication(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
     stores.append(outside)
     with pytest.raises(StoreError, match="permission denied"):
         outside.snapshot(T)
+
+
+def test_an_unchanged_member_key_is_renewed_not_rewritten(
+        etcd: EtcdServer, stores: list[ClusterStore]) -> None:
+    """Publishing the value the last read showed only keeps the key's lease alive (no raft write:
+    its revision stays); any other value, or the same one after a write since that read, lands."""
+    a, b = open_(stores, [etcd.endpoint]), open_(stores, [etcd.endpoint])
+    kv = a.kv
+    assert isinstance(kv, EtcdKV)
+    ttl = 2.0
+    a.publish_member(member("a"), ttl, T)
+    before = kv.read(T)["members/a"].version
+    deadline = time.monotonic() + ttl + 2.0
+    while time.monotonic() < deadline:  # past the ttl: the key lives only if the lease was renewed
+        a.publish_member(member("a"), ttl, T)
+        time.sleep(0.5)
+    assert kv.read(T)["members/a"].version == before  # never rewritten
+    assert b.snapshot(T).members == {"a": member("a")}
+    moved = MemberInfo(name="a", api_url="http://127.0.0.1:1", host="127.0.0.1", port=5433)
+    a.publish_member(moved, ttl, T)  # a new value is written
+    a.publish_member(member("a"), ttl, T)  # and back, with no read in between: written too
+    assert b.snapshot(T).members == {"a": member("a")}
+    assert kv.read(T)["members/a"].version != before
+    a.delete_member("a", T)  # a key deleted since the last read is written again
+    a.publish_member(member("a"), ttl, T)
+    assert b.snapshot(T).members == {"a": member("a")}

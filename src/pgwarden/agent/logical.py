@@ -15,6 +15,24 @@ from pgwarden.postgres.controller import PostgresError
 log = logging.getLogger("pgwarden.agent")
 
 CHANGE_TIMEOUT = 60.0  # one statement's deadline; the initial copy itself runs in the background
+# With nothing logical declared or seen, a primary still looks for slots made outside pgwarden
+# (for its standbys to copy, core/slot_copies.py) this often, seconds.
+LOGICAL_RECHECK = 30.0
+
+
+def logical_read_due(*, primary: bool, seen: bool, leader_has_slots: bool, declared: bool,
+                     since_last_read: float) -> bool:
+    """Read the server's publications, subscriptions and slots this loop? Every loop while there
+    is something to manage: our marked objects or slots seen here (`seen`), slots on the leader
+    for a standby to copy, declarations for a primary to reconcile. Otherwise a primary looks
+    only every LOGICAL_RECHECK seconds, for slots made outside pgwarden, and a standby not at
+    all: an idle primary with no logical replication need not open a second connection every
+    loop (issue 16, idle cost)."""
+    if seen or leader_has_slots:
+        return True
+    if not primary:
+        return False
+    return declared or since_last_read >= LOGICAL_RECHECK
 
 
 class LogicalWorker:

@@ -16,7 +16,7 @@ from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFa
 from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
-from pgwarden.agent.logical import BoundedReader
+from pgwarden.agent.logical import LOGICAL_RECHECK, BoundedReader, logical_read_due
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import (
     SharedReading,
@@ -121,6 +121,7 @@ class Agent(FailsafeMember):
         self._native: tuple[str, ...] = ()
         self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
+        self._logical_read_at = -LOGICAL_RECHECK  # when they were last read (monotonic)
         self._message = "starting"
         self._seen_store = False  # no loop has read the store yet (Observation.first_look)
         self._lock = threading.Lock()
@@ -364,16 +365,23 @@ class Agent(FailsafeMember):
                 self.facts.slot_copies.clear()
             self._ledger_sysid = pgv.system_id
         pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
-        if pgv.healthy and (pgv.in_recovery is False or self._logical_seen or self._leader_has_slots()):
+        if pgv.healthy and self._logical_due(pgv, s, now):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
             # copies of the primary's slots (core/slot_copies.py).
             objs = self._logical_reader.read(s.retry_timeout)
             if objs is not None:
+                self._logical_read_at = now
                 marks = (*objs.publications.values(), *objs.subscriptions.values())
                 self._logical_seen = bool(objs.slots) or any(c and c.startswith(MARK) for c in marks)
                 pgv = replace(pgv, logical=objs)
         self._last_pg = pgv
         return pgv
+
+    def _logical_due(self, pgv: PgView, s: ClusterSettings, now: float) -> bool:
+        return logical_read_due(primary=pgv.in_recovery is False, seen=self._logical_seen,
+                                leader_has_slots=self._leader_has_slots(),
+                                declared=bool(s.publications or s.subscriptions),
+                                since_last_read=now - self._logical_read_at)
 
     def _snapshot(self, now: float) -> ClusterView | None:
         t = self.lease.call_timeout(now, self._settings.retry_timeout)
@@ -454,7 +462,10 @@ class Agent(FailsafeMember):
         t = self.lease.call_timeout(time.monotonic(), s.retry_timeout)
         try:
             self.store.publish_member(info, s.ttl, t)
-            if self.lease.held and info.role == Role.PRIMARY and info.lsn is not None:
+            # This loop's snapshot shows what the optime key holds: an idle primary's LSN does
+            # not move, and rewriting it would be a store write every loop for nothing.
+            if self.lease.held and info.role == Role.PRIMARY and info.lsn is not None and \
+                    info.lsn != view.leader_lsn:
                 self.store.set_optime(info.lsn, t)
             if self.lease.held and view.settings_token == "":
                 self.store.set_settings(self.seed, None, t)

@@ -69,7 +69,11 @@ class EtcdKV(EtcdWatch, KV):
     the key to a new lease of that length. `close()` revokes none of them.
 
     `wait_for_change` counts a change as: any event under the cluster key, except writes made by
-    this instance and refreshes of an existing key in a layout directory. It pairs with `read`:
+    this instance, refreshes of an existing key in a layout directory, and changes of the
+    layout's `quiet` keys.
+
+    A put with a ttl of the value the last read showed, on the lease we hold the key by, only
+    renews the lease (see `_unchanged_and_alive`). It pairs with `read`:
     changes already visible in the last read taken through this instance do not count, and
     changes made since do, even if they happened before the call.
     """
@@ -84,6 +88,9 @@ class EtcdKV(EtcdWatch, KV):
         self._gw = _Gateway(self.hosts, credentials, None if tls is None else client_context(tls))
         self._lock = threading.Lock()  # guards the lease table (and starting the watch)
         self._leases: dict[str, _Lease] = {}  # key -> the lease this instance holds it by
+        # Leased keys as the last read saw them: key -> (value, lease). A put with a ttl of the
+        # same value on the same (live) lease then only renews the lease.
+        self._read_leased: dict[str, tuple[str, int]] = {}
         self._init_watch()
 
     # -- keys and small helpers ----------------------------------------------------------------
@@ -169,6 +176,26 @@ class EtcdKV(EtcdWatch, KV):
             del self._leases[key]
             return held
 
+    def _unchanged_and_alive(self, key: str, value: str, ttl: float, deadline: float) -> bool:
+        """A put with a ttl that would change nothing: the last read showed the key holding
+        `value` on the lease we hold it by (of this ttl), nothing was written to it since, and a
+        keepalive now confirms the lease lives, so the key is still there. Only the lease is
+        renewed then: rewriting the same value would cost a raft write (an fsync) per member per
+        loop for nothing (issue 16). Any write or delete of the key forgets what the read saw."""
+        lease = self._held(key)
+        with self._lock:
+            seen = self._read_leased.get(key)
+        if lease is None or lease.ttl != _lease_seconds(ttl) or seen != (value, lease.id):
+            return False
+        if self._keepalive(lease.id, deadline) > 0:
+            return True
+        self._stale(key)
+        return False
+
+    def _stale(self, key: str) -> None:
+        with self._lock:
+            self._read_leased.pop(key, None)
+
     # -- reading -------------------------------------------------------------------------------
     def read(self, timeout: float) -> dict[str, Entry]:
         deadline = time.monotonic() + timeout
@@ -180,16 +207,24 @@ class EtcdKV(EtcdWatch, KV):
             self._seen_rev = max(self._seen_rev, revision)
             self._prune()
         base = self._base.decode()
-        return {
-            _unb64(kv.get("key")).removeprefix(base): Entry(_unb64(kv.get("value")),
-                                                            str(_int(kv.get("mod_revision"))))
-            for kv in resp.get("kvs", [])
-        }
+        out: dict[str, Entry] = {}
+        leased: dict[str, tuple[str, int]] = {}
+        for kv in resp.get("kvs", []):
+            rel = _unb64(kv.get("key")).removeprefix(base)
+            out[rel] = Entry(_unb64(kv.get("value")), str(_int(kv.get("mod_revision"))))
+            if _int(kv.get("lease")):
+                leased[rel] = (out[rel].value, _int(kv.get("lease")))
+        with self._lock:
+            self._read_leased = leased
+        return out
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
         check_ttl_put(version, ttl)
         deadline = time.monotonic() + timeout
+        if ttl is not None and self._unchanged_and_alive(key, value, ttl, deadline):
+            return True
+        self._stale(key)  # written below: the last read no longer says what the key holds
         if ttl is not None:
             self._put_leased(key, value, ttl, deadline)
             return True
@@ -228,6 +263,7 @@ class EtcdKV(EtcdWatch, KV):
 
     def delete(self, key: str, version: str | AnyVersion, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
+        self._stale(key)
         if version is ANY:
             deleted = self._delete_plain(key, deadline)
         else:

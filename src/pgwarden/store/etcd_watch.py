@@ -183,6 +183,10 @@ class EtcdWatch:
             refresh = ev.get("type", "PUT") == "PUT" and _int(kv.get("version")) > 1
             if refresh and self._layout.in_dir(rel):
                 continue
+            if rel in self._layout.quiet:
+                # The leader rewrites its optime every loop: waking every replica for it would
+                # give each an extra loop a second (issue 16), and ZooKeeper never watches these.
+                continue
             relevant.append(rev)
         self._watch_next = last + 1
         if relevant:
