@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from itertools import pairwise
@@ -245,6 +246,9 @@ def test_local_up_with_failsafe_on_rides_out_5_s_of_store_latency_without_a_demo
             w.stop()
         acks = [a.at for a in w.acks if a.at >= slow]
         longest = max(b - a for a, b in pairwise([slow, *acks]))
+        print(f"store latency {2 * LATENCY:g}s for {SLOW_FOR:g}s: {len(acks)} commits from its start, "
+              f"longest pause {longest:.2f}s, {proxy.stats.connections} connections through the proxy",
+              file=sys.stderr)
         assert longest <= NO_PAUSE, f"writes paused for {longest:.1f}s around the latency"
         assert {a.timeline for a in w.acks} == {w.acks[0].timeline}, "a new timeline: a failover happened"
         assert {a.server for a in w.acks} == {w.acks[0].server}, "writes landed on another server"
