@@ -23,6 +23,7 @@ from itertools import pairwise
 
 import psycopg
 import pytest
+import urllib3
 
 from pgwarden.local.layout import seed_settings
 from tests.faults.checker import Ack, concurrent_writers
@@ -200,6 +201,17 @@ def test_local_up_with_failsafe_on_writes_through_a_sigstopped_etcd() -> None:
         assert {a.timeline for a in w.acks} == {w.acks[0].timeline}, "a new timeline: a failover happened"
 
 
+def primary_answers(lc: Cluster) -> dict[str, int | None]:
+    """Each node's answer to GET /primary (200: the writable primary); None: no answer in time."""
+    out: dict[str, int | None] = {}
+    for n in lc.names:
+        try:
+            out[n] = lc.http("GET", n, "/primary")[0]
+        except urllib3.exceptions.HTTPError:
+            out[n] = None
+    return out
+
+
 def test_local_up_with_failsafe_on_rides_out_5_s_of_store_latency_without_a_demotion() -> None:
     """The agents reach etcd only through a delay proxy; writers commit all the time; 2.5 s each
     way for SLOW_FOR seconds, then none. The same primary throughout on the same timeline, no
@@ -224,10 +236,17 @@ def test_local_up_with_failsafe_on_rides_out_5_s_of_store_latency_without_a_demo
                 # The latency bites: no member's store call completes in time any more.
                 wait_for(lambda: not any((lc.status(n) or {"store_ok": True})["store_ok"] for n in lc.names),
                          15, "every member to see the store as unreachable")
+                polls = led = 0
                 while time.monotonic() < slow + SLOW_FOR:
-                    assert lc.primaries() == [primary], \
-                        f"{primary} stopped leading {time.monotonic() - slow:.0f}s into the latency"
+                    codes, t = primary_answers(lc), time.monotonic() - slow
+                    assert not [n for n, c in codes.items() if c == 200 and n != primary], \
+                        f"another primary {t:.0f}s into the latency: {codes}"
+                    assert codes[primary] in (200, None), f"{primary} stopped leading {t:.0f}s in: {codes}"
+                    polls, led = polls + 1, led + (codes[primary] == 200)
                     time.sleep(1.0)
+                # An API that misses a poll's 2 s deadline on a loaded machine is no demotion (the
+                # writes' timeline and pauses say that), but it must answer most of the time.
+                assert led >= polls // 2, f"{primary} answered /primary with 200 in {led} of {polls} polls"
             finally:
                 proxy.delay = 0
             fast = time.monotonic()
