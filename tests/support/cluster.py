@@ -20,6 +20,7 @@ import urllib3
 import yaml
 
 from pgwarden.api.auth import basic_header
+from pgwarden.local.layout import LOOPBACK, write_node_config
 from pgwarden.tls.contexts import TlsPaths
 from pgwarden.tls.http import api_pool
 from tests.support.wait import wait_for
@@ -223,6 +224,21 @@ class Cluster:
 
     def etcd_pid(self) -> int:
         return self.proc_pid("etcd")
+
+    def etcd_address(self) -> tuple[str, int]:
+        """Where the etcd `local up` started listens for clients."""
+        return LOOPBACK, int(self.state()["procs"]["etcd"]["ports"]["client"])
+
+    def restart_with_etcd_hosts(self, hosts: list[str]) -> None:
+        """`local down`, every node file's `store.etcd.hosts` set to `hosts` (e.g. a proxy in front
+        of the etcd), then `local up` again on the same data and ports. `local status` and `dsn`
+        keep reaching the etcd itself (state.json)."""
+        pgwarden("local", "down", "--dir", str(self.dir), timeout=120)
+        for n in self.names:
+            doc = self.config(n)
+            doc["store"]["etcd"]["hosts"] = list(hosts)
+            write_node_config(self.dir / n / "pgwarden.yaml", doc)
+        pgwarden("local", "up", "--nodes", str(self.nodes), "--dir", str(self.dir))
 
     def proc_pid(self, name: str) -> int:
         """PID of any process `local up` started (a node's agent, etcd, zookeeper, witness)."""
