@@ -51,8 +51,12 @@ class FailsafeMember:
 
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
         """A leader asks whether we too cannot reach the store and still follow it."""
-        try:  # our own reading now, within the leader's answer window
-            fresh = self.api_store.snapshot(rules.CONFIRM_WINDOW / 2)
+        # Our own reading now, well within the leader's answer window: a slow store (5 s of latency)
+        # makes this read run its whole timeout, and the answer must still reach the leader within
+        # CONFIRM_WINDOW on a loaded machine. A read that times out counts as "unreachable"; that
+        # check is not what keeps two leaders apart (votes and binding are: docs/architecture.md).
+        try:
+            fresh = self.api_store.snapshot(rules.CONFIRM_WINDOW / 4)
             reachable, named = True, fresh.leader.name if fresh.leader is not None else None
         except StoreError:
             reachable, named = False, None
