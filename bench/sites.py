@@ -38,19 +38,12 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.routing import pgwarden
 from bench.workload import Workload, count_lost, prepare
 
 BENCH_ROOT = Path("/var/lib/pgwarden-bench")
 # What an agent logs when it rewinds or clones: a switchover that needed either is not a clean one.
 REWIND_OR_CLONE = re.compile(r"run as postgres: \S*(pg_rewind|pg_basebackup) ")
-
-
-def pgwarden(*args: str, timeout: float = 300) -> str:
-    res = subprocess.run([sys.executable, "-m", "pgwarden", *args], capture_output=True, text=True,
-                         timeout=timeout, stdin=subprocess.DEVNULL)
-    if res.returncode != 0:
-        raise SystemExit(f"pgwarden {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
-    return res.stdout
 
 
 @dataclass
