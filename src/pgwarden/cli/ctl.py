@@ -20,6 +20,7 @@ from pgwarden.cli.ctl_context import (
     STORE_TIMEOUT,
     SWITCHOVER_TIMEOUT,
     Ctx,
+    confirm,
     store_hosts,
     store_what,
     superuser_credentials,
@@ -257,20 +258,6 @@ def parse_when(text: str | None, now_wall: float) -> float | None:
             f"--scheduled: cannot read '{text}' as a time; use ISO 8601 like 2030-01-01T03:00:00+00:00"
         ) from None
     return when.timestamp()
-
-
-def confirm(question: str, force: bool, what: str) -> None:
-    """Ask on a terminal; refuse without --force when nobody can answer (scripts, pipes)."""
-    if force:
-        return
-    if not sys.stdin.isatty():
-        raise UsageError(f"refusing to {what} without confirmation (stdin is not a terminal); pass --force")
-    try:
-        answer = input(f"{question} [y/N] ")
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() not in ("y", "yes"):
-        raise CliError("aborted")
 
 
 def _describe_request(r: FailoverRequest) -> str:

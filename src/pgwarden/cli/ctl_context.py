@@ -4,12 +4,13 @@ messages, the superuser's credentials, and changing the cluster settings by comp
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgwarden.config.schema import ClusterSettings, NodeConfig, StoreConfig
 from pgwarden.core.model import ClusterView
-from pgwarden.errors import CliError
+from pgwarden.errors import CliError, UsageError
 from pgwarden.store.cluster import ClusterStore
 
 # Deadline of one store call from the CLI: long enough for a loaded etcd, short enough that an
@@ -87,3 +88,17 @@ def update_settings(
         if store.set_settings(new, view.settings_token or None, STORE_TIMEOUT):
             return view.settings, new
     raise CliError("the cluster settings kept changing while we tried to write them; try again")
+
+
+def confirm(question: str, force: bool, what: str) -> None:
+    """Ask on a terminal; refuse without --force when nobody can answer (scripts, pipes)."""
+    if force:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to {what} without confirmation (stdin is not a terminal); pass --force")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise CliError("aborted")
