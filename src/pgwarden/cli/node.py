@@ -270,7 +270,7 @@ def _ensure_slot(node: Node, upstream: MemberInfo) -> None:
 
 def _clone(node: Node, leader: MemberInfo) -> None:
     """pg_basebackup from the leader with a progress bar on a terminal, else a line at the end."""
-    from pgwarden.cli.backup_progress import clone_progress  # rich: loaded when used
+    from pgwarden.postgres.backup_progress import clone_progress  # rich: loaded when used
 
     with clone_progress(leader.name) as report:
         node.pg.clone(leader.host, leader.port, COPY_TIMEOUT, progress=report)

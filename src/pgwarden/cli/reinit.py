@@ -18,12 +18,12 @@ from typing import Any
 
 import urllib3
 
-from pgwarden.cli.backup_progress import BackupPoller, Bars, plain_line, view_row
 from pgwarden.cli.ctl_context import STORE_TIMEOUT, Ctx, confirm, superuser_credentials
 from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.config.schema import NodeConfig
 from pgwarden.core.model import ClusterView, MemberInfo
 from pgwarden.errors import CliError
+from pgwarden.postgres.backup_progress import BackupPoller, Bars, plain_line, view_row
 from pgwarden.postgres.sql import ConnParams
 from pgwarden.report import ssl_options
 from pgwarden.store.base import StoreUnavailable

@@ -1,13 +1,13 @@
 """While `pgwarden local up` waits for its agents: a progress bar per member whose base backup
-runs (the leader's pg_stat_progress_basebackup, cli/backup_progress.py), on a terminal only;
+runs (the leader's pg_stat_progress_basebackup, postgres/backup_progress.py), on a terminal only;
 elsewhere nothing is read or drawn."""
 
 from __future__ import annotations
 
 import time
 
-from pgwarden.cli.backup_progress import BackupPoller, Bars, view_row
 from pgwarden.local.handle import ClusterHandle, node_file
+from pgwarden.postgres.backup_progress import BackupPoller, Bars, view_row
 from pgwarden.postgres.sql import ConnParams
 from pgwarden.report import ssl_options
 

@@ -1,4 +1,4 @@
-"""The pure parts of base backup progress (cli/backup_progress.py) and of `ctl reinit`'s wait
+"""The pure parts of base backup progress (postgres/backup_progress.py) and of `ctl reinit`'s wait
 (cli/reinit.py): which rows are whose, what a bar says, when a reinitialised member is back."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import io
 
 from rich.console import Console
 
-from pgwarden.cli.backup_progress import (
+from pgwarden.cli.reinit import Seen, clone_source, describe, refused, seen_from_status, streams_again
+from pgwarden.core.model import MemberInfo, Role
+from pgwarden.postgres.backup_progress import (
     BackupRow,
     Bars,
     ViewRow,
@@ -16,8 +18,6 @@ from pgwarden.cli.backup_progress import (
     plain_line,
     view_row,
 )
-from pgwarden.cli.reinit import Seen, clone_source, describe, refused, seen_from_status, streams_again
-from pgwarden.core.model import MemberInfo, Role
 from tests.core.builders import view as cluster_view
 
 
