@@ -38,7 +38,9 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.procs import wait_for
 from bench.routing import pgwarden
+from bench.scale_stats import percentile
 from bench.workload import Workload, count_lost, prepare
 
 BENCH_ROOT = Path("/var/lib/pgwarden-bench")
@@ -97,17 +99,6 @@ def dsn(sites: list[Site], user: str, password: str) -> str:
             f"password={password} dbname=postgres connect_timeout=2 target_session_attrs=read-write")
 
 
-def wait(check: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-
-
 # -- planned site switchover ------------------------------------------------------------------------
 
 
@@ -126,23 +117,23 @@ def switchovers(a: Site, b: Site, both: str, count: int) -> SwitchoverResult:
     w.start()
     out = SwitchoverResult()
     try:
-        wait(lambda: w.ack_count() > 50, 30, "writes on the primary site")
+        wait_for(lambda: w.ack_count() > 50, 30, "writes on the primary site")
         primary, standby = a, b
         for i in range(count):
             asked = time.monotonic()
             pgwarden("ctl", "-c", primary.node_file(), "site-switchover", "--to", standby.node_file())
-            wait(partial(_acked_on, w, asked, standby.ports()), 60,
+            wait_for(partial(_acked_on, w, asked, standby.ports()), 60,
                  f"switchover {i + 1}: a write on {standby.dir.name}")
-            wait(partial(w.ack_after, time.monotonic() + 1.0), 30, "writes going on")
+            wait_for(partial(w.ack_after, time.monotonic() + 1.0), 30, "writes going on")
             print(f"  switchover {i + 1}/{count}: {primary.dir.name} -> {standby.dir.name}", flush=True)
             primary, standby = standby, primary
     finally:
         history = w.stop()
     # The pause of each switchover: from the last ack by the old site to the first by the new one
     # (never two writable sites, so the two sites' acks do not interleave).
-    acks = history.acks
-    for prev, cur in itertools.pairwise(acks):
-        if _site_of(prev.server, a, b) != _site_of(cur.server, a, b):
+    a_ports = a.ports()  # read once: the node files do not change during the run
+    for prev, cur in itertools.pairwise(history.acks):
+        if (prev.server.rpartition(":")[2] in a_ports) != (cur.server.rpartition(":")[2] in a_ports):
             out.pauses.append(cur.at - prev.at)
     out.failed_transactions = sum(1 for f in history.failures if not f.connecting)
     out.lost = count_lost(both, history.acked_ids())
@@ -153,11 +144,6 @@ def switchovers(a: Site, b: Site, both: str, count: int) -> SwitchoverResult:
 def _acked_on(w: Workload, after: float, ports: set[str]) -> bool:
     ack = w.ack_after(after)
     return ack is not None and ack.server.rpartition(":")[2] in ports
-
-
-def _site_of(server: str, a: Site, b: Site) -> str:
-    port = server.rpartition(":")[2]
-    return "A" if port in a.ports() else "B" if port in b.ports() else "?"
 
 
 # -- standby-site lag --------------------------------------------------------------------------------
@@ -207,11 +193,6 @@ def standby_lag(primary_dsn: str, standby_dsn: str, rate: float, seconds: float)
     poller.join(60)
     return [seen[i] - acked[i] for i in acked if i in seen and seen[i] >= acked[i]] + \
         [0.0 for i in acked if i in seen and seen[i] < acked[i]]  # seen before our ack returned
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 # -- forced promotion --------------------------------------------------------------------------------
@@ -279,7 +260,7 @@ def main() -> int:
                           args.rate, args.lag_seconds)
         if lag:
             rows.append((f"standby site lag at {args.rate:g} writes/s: median / p99 (s)",
-                         f"{statistics.median(lag):.3f} / {percentile(lag, 0.99):.3f} over {len(lag)} rows"))
+                         f"{statistics.median(lag):.3f} / {percentile(lag, 99):.3f} over {len(lag)} rows"))
         if not args.no_forced:
             took, first = forced_promotion(primary_site, standby_site, dsn([standby_site], user, password))
             rows.append(("forced promotion: command took (s)", f"{took:.2f}"))

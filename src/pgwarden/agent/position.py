@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from pgwarden.api.health import leader_position
 from pgwarden.core.model import ClusterView, PeerReading, PgView, Role
 from pgwarden.postgres.controller import PostgresController
 
@@ -44,9 +45,7 @@ def looks_behind_the_leader(pgv: PgView, view: ClusterView | None, me: str) -> b
     if not (pgv.running and pgv.in_recovery is True) or view is None or view.leader is None or \
             view.leader.name == me:
         return False
-    lm = view.members.get(view.leader.name)
-    lead = max((v for v in (view.leader_lsn, lm.lsn if lm is not None else None) if v is not None),
-               default=None)
+    lead = leader_position(view)
     ours = max((v for v in (pgv.received_lsn, pgv.replayed_lsn) if v is not None), default=None)
     return lead is not None and ours is not None and ours < lead
 

@@ -12,10 +12,9 @@ from dataclasses import replace
 from urllib.parse import urlsplit
 
 from pgwarden.cli.ctl_context import Ctx
+from pgwarden.cli.sites import STORE_TIMEOUT, cas
 from pgwarden.core.model import ClusterView
 from pgwarden.errors import CliError
-
-STORE_TIMEOUT = 3.0
 
 
 def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,17 +65,19 @@ def cmd_site_peers(args: argparse.Namespace, ctx: Ctx) -> int:
     if not args.add and not args.remove:
         _show(view, ctx.cfg.cluster)
         return 0
-    for _ in range(10):
-        new = edited(view.site.peers, args.add, args.remove)
-        if new == view.site.peers:
-            print("no change")
-            _show(view, ctx.cfg.cluster)
-            return 0
-        if ctx.store.set_site(replace(view.site, peers=new), view.site.token or None, STORE_TIMEOUT):
-            _show(ctx.store.snapshot(STORE_TIMEOUT), ctx.cfg.cluster)
-            if not new:
-                print("warning: with no peers, a site that comes back after a forced promotion "
-                      "elsewhere cannot see it (rule 18)")
-            return 0
-        view = ctx.store.snapshot(STORE_TIMEOUT)
-    raise CliError("site-peers: the store kept changing while we wrote; try again")
+    if edited(view.site.peers, args.add, args.remove) == view.site.peers:
+        print("no change")
+        _show(view, ctx.cfg.cluster)
+        return 0
+
+    def write(v: ClusterView) -> bool:
+        new = edited(v.site.peers, args.add, args.remove)
+        return new == v.site.peers or ctx.store.set_site(replace(v.site, peers=new), v.site.token or None,
+                                                          STORE_TIMEOUT)
+    cas(ctx.store, write, "site-peers")
+    after = ctx.store.snapshot(STORE_TIMEOUT)
+    _show(after, ctx.cfg.cluster)
+    if not after.site.peers:
+        print("warning: with no peers, a site that comes back after a forced promotion "
+              "elsewhere cannot see it (rule 18)")
+    return 0

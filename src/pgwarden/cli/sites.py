@@ -54,7 +54,8 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # -- store writes ----------------------------------------------------------------------------------
 
 
-def _cas(store: ClusterStore, write: Callable[[ClusterView], bool], what: str) -> None:
+def cas(store: ClusterStore, write: Callable[[ClusterView], bool], what: str) -> None:
+    """Read, write against what was read; again (ten times at most) while someone else wrote first."""
     for _ in range(10):
         if write(store.snapshot(STORE_TIMEOUT)):
             return
@@ -66,7 +67,7 @@ def _set_standby(store: ClusterStore, source: str | None) -> None:
         sc: Any = None if source is None else {"source": source}
         new = replace(v.settings, standby_cluster=sc)
         return store.set_settings(new, v.settings_token or None, STORE_TIMEOUT)
-    _cas(store, write, "changing standby_cluster")
+    cas(store, write, "changing standby_cluster")
 
 
 def _set_site(store: ClusterStore, epoch: int, peers: tuple[str, ...] = ()) -> None:
@@ -74,7 +75,7 @@ def _set_site(store: ClusterStore, epoch: int, peers: tuple[str, ...] = ()) -> N
         merged = tuple(dict.fromkeys((*v.site.peers, *peers)))
         new = dc_replace(v.site, epoch=max(epoch, v.site.epoch), peers=merged)
         return new == v.site or store.set_site(new, v.site.token or None, STORE_TIMEOUT)
-    _cas(store, write, "writing the site document")
+    cas(store, write, "writing the site document")
 
 
 def _wait_leader_role(store: ClusterStore, role: Role, timeout: float, what: str) -> str:
