@@ -148,3 +148,15 @@ def test_source_dsn_hardening_follows_libpq_and_the_operator() -> None:
     no_slot = _render_dsn(conf.Upstream("s", "", 0, "host=a1"), 18)
     assert no_slot["primary_slot_name"] == "''"
     assert "user=x" in _render_dsn(src, 18)["primary_conninfo"]
+
+
+def test_a_source_dsn_without_tls_settings_gets_this_nodes_and_keeps_its_own() -> None:
+    ours = {"sslmode": "verify-full", "sslrootcert": "/etc/ca.crt"}
+    bare = conf.primary_conninfo(conf.Upstream("s", "", 0, "host=a1,a2 port=1,2"), user="r",
+                                 application_name="x", ssl=ours)
+    assert "sslmode=verify-full" in bare and "sslrootcert=/etc/ca.crt" in bare
+    own = conf.primary_conninfo(conf.Upstream("s", "", 0, "host=a1 sslmode=require"), user="r",
+                                application_name="x", ssl=ours)
+    assert "sslmode=require" in own and "sslrootcert" not in own and "verify-full" not in own
+    plain = conf.primary_conninfo(conf.Upstream("s", "", 0, "host=a1"), user="r", application_name="x")
+    assert "sslmode" not in plain

@@ -15,6 +15,7 @@ from pgwarden.agent.sites import SiteProbe
 from pgwarden.config.schema import NodeConfig
 from pgwarden.core.model import ClusterView, Role, SiteReading, int_to_lsn, lsn_to_int
 from pgwarden.errors import CliError
+from pgwarden.report import ssl_options
 from pgwarden.tls.contexts import ContextSource, client_context
 
 CONNECT_TIMEOUT = 3
@@ -32,6 +33,8 @@ def superuser_dsn(dsn: str, cfg: NodeConfig, attrs: str | None = None) -> str:
     except ValueError as e:
         raise CliError(str(e)) from None
     d.setdefault("dbname", "postgres")
+    for k, v in ssl_options(cfg.postgresql.tls).items():  # a DSN's own TLS options win
+        d.setdefault(k, v)
     d["connect_timeout"] = str(CONNECT_TIMEOUT)
     d["application_name"] = "pgwarden-ctl"
     if attrs is not None:

@@ -24,8 +24,10 @@ from pgwarden.cli.site_look import (
 )
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import load_node_config, replace
+from pgwarden.config.schema import NodeConfig
 from pgwarden.core.model import ClusterView, Role, int_to_lsn, lsn_to_int
 from pgwarden.errors import CliError
+from pgwarden.report import ssl_options
 from pgwarden.store.cluster import ClusterStore
 
 STORE_TIMEOUT = 3.0
@@ -182,10 +184,13 @@ def _addresses(dsn: str) -> set[tuple[str, str]]:
     return set(zip(hosts, ports, strict=False))
 
 
-def _site_source(view: ClusterView, user: str) -> str:
+def _site_source(view: ClusterView, cfg: NodeConfig) -> str:
+    """The DSN this site streams from `view`'s site through. With postgresql.tls it checks the
+    other site's servers against this node file's CA (one CA for both sites, or a file with both)."""
     ms = sorted(view.members.values(), key=lambda m: m.name)
-    return make_conninfo(host=",".join(m.host for m in ms), port=",".join(str(m.port) for m in ms), user=user,
-                         dbname="postgres", target_session_attrs="read-write")
+    return make_conninfo(host=",".join(m.host for m in ms), port=",".join(str(m.port) for m in ms),
+                         user=cfg.postgresql.replication.username, dbname="postgres",
+                         target_session_attrs="read-write", **ssl_options(cfg.postgresql.tls))
 
 
 def _end_of_wal(ctx: Ctx, member: str, timeout: float) -> int:
@@ -251,7 +256,7 @@ def cmd_site_switchover(args: argparse.Namespace, ctx: Ctx) -> int:
               f"{int_to_lsn(replay.replayed)}")
         # 1. Stop writes on A: its leader demotes (a fast shutdown sends the shutdown checkpoint
         # to B's standby leader) and streams from B once B accepts writes.
-        _set_standby(ctx.store, _site_source(bv, ctx.cfg.postgresql.replication.username))
+        _set_standby(ctx.store, _site_source(bv, ctx.cfg))
         end = _end_of_wal(ctx, lm.name, args.timeout)
         print(f"{a_name} stopped writing at {int_to_lsn(end)}")
         # 2. B has every byte of it, then B becomes the primary site with a higher epoch.

@@ -153,7 +153,7 @@ class LocalCluster(ClusterHandle):
             if any(p.name != LOCK_FILE for p in self.directory.iterdir()):  # raced with another `up`
                 raise CliError(f"{self.directory} is no longer empty; another `pgwarden local up`?")
             source = read_source_site(opts.standby_of) if opts.standby_of is not None else None
-            settings = fresh[0] if source is None else standby_settings(fresh[0], source)
+            settings = fresh[0] if source is None else standby_settings(fresh[0], source, self.directory)
             self._create(opts, extras, deadline, settings, fresh[1], source)
             if source is not None:
                 link_sites(source, self)
@@ -189,10 +189,11 @@ class LocalCluster(ClusterHandle):
                 raise CliError("no ZooKeeper found: install Debian's `zookeeper` package (and java)")
             return settings, None
         if opts.standby_of is not None:
-            if opts.tls:
-                raise UsageError("--standby-of with --tls is not supported yet: the sites' watch over "
-                                 "each other (rule 18) cannot check another site's private CA")
-            read_source_site(opts.standby_of)  # refuse before anything is created
+            source = read_source_site(opts.standby_of)  # refuse before anything is created
+            if source.tls != opts.tls:
+                raise UsageError(f"--standby-of {opts.standby_of}: that cluster "
+                                 f"{'uses' if source.tls else 'does not use'} TLS; the standby site must "
+                                 f"{'also' if source.tls else 'not'} be started with --tls")
         if store == "raft":
             return settings, None
         from pgwarden.store.etcd_binary import find_etcd_binary
@@ -256,7 +257,8 @@ class LocalCluster(ClusterHandle):
             su_pw, repl_pw = source.superuser_password, source.replication_password
         if opts.passwords is not None:
             su_pw, repl_pw = opts.passwords
-        certs = make_certificates(self.directory, names) if opts.tls else {}
+        ca_from = source.directory if source is not None else None
+        certs = make_certificates(self.directory, names, ca_from) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
             plan = NodePlan(node, ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import secrets
+import shutil
 import socket
 import stat
 from collections.abc import Iterable, Sequence
@@ -218,14 +219,23 @@ def node_config(
 TLS_DIR = "tls"
 
 
-def make_certificates(directory: Path, names: Sequence[str]) -> dict[str, dict[str, str]]:
+def make_certificates(
+    directory: Path, names: Sequence[str], ca_from: Path | None = None
+) -> dict[str, dict[str, str]]:
     """`local up --tls`: a CA and a certificate per node under DIR/tls (keys 0600), for loopback
-    (the address every local node is reached at) and localhost; each node's `tls` block."""
-    from pgwarden.tls.certs import make_ca, make_cert  # cryptography only when asked for
+    (the address every local node is reached at) and localhost; each node's `tls` block.
+    `ca_from`: another local cluster's directory whose CA signs these certificates too (a
+    standby site: both sites then check each other's servers and APIs against one CA)."""
+    from pgwarden.tls.certs import CertFiles, make_ca, make_cert  # cryptography only when asked for
 
     tdir = directory / TLS_DIR
     make_dir(tdir)
-    ca = make_ca(tdir)
+    if ca_from is None:
+        ca = make_ca(tdir)
+    else:
+        ca = CertFiles(tdir / "ca.crt", tdir / "ca.key")
+        shutil.copyfile(ca_from / TLS_DIR / "ca.crt", ca.certfile)
+        write_private(ca.keyfile, (ca_from / TLS_DIR / "ca.key").read_text())
     out = {}
     for name in names:
         cert = make_cert(ca, tdir, name, [LOOPBACK, "localhost"])

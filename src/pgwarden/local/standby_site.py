@@ -14,7 +14,7 @@ from pgwarden.config.load import replace as replace_settings
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.errors import CliError
 from pgwarden.local.handle import ClusterHandle, node_file
-from pgwarden.local.layout import STATE_FILE, load_state
+from pgwarden.local.layout import STATE_FILE, TLS_DIR, load_state
 from pgwarden.store.cluster import ClusterStore
 
 LINK_TIMEOUT = 10.0
@@ -28,6 +28,7 @@ class SourceSite:
     api_urls: tuple[str, ...]
     superuser_password: str
     replication_password: str
+    tls: bool  # `local up --tls`: its CA signs the standby site's certificates too
 
 
 def read_source_site(directory: Path) -> SourceSite:
@@ -39,9 +40,10 @@ def read_source_site(directory: Path) -> SourceSite:
     cfgs = [c for c in (node_file(r) for r in state.agents()) if c is not None]
     if not cfgs:
         raise CliError(f"--standby-of {directory}: the cluster there has no node files to read")
-    if any(c.restapi.tls is not None for c in cfgs):
-        raise CliError(f"--standby-of {directory}: that cluster's REST API uses TLS, which the sites' "
-                       f"watch over each other does not support yet (docs/multi-site.md)")
+    tls = any(c.restapi.tls is not None or c.postgresql.tls is not None for c in cfgs)
+    if tls and not (d / TLS_DIR / "ca.key").is_file():
+        raise CliError(f"--standby-of {directory}: that cluster uses TLS but {d / TLS_DIR} holds no CA of "
+                       f"`local up --tls` to sign the standby site's certificates with")
     hosts = [c.postgresql.connect_host_port() for c in cfgs]
     pg = cfgs[0].postgresql
     dsn = (f"host={','.join(h for h, _ in hosts)} port={','.join(str(p) for _, p in hosts)} "
@@ -50,11 +52,16 @@ def read_source_site(directory: Path) -> SourceSite:
         su, repl = pg.superuser.secret(), pg.replication.secret()
     except ValueError as e:
         raise CliError(f"--standby-of {directory}: {e}") from None
-    return SourceSite(d, state.cluster, dsn, tuple(c.restapi.url() for c in cfgs), su, repl)
+    return SourceSite(d, state.cluster, dsn, tuple(c.restapi.url() for c in cfgs), su, repl, tls)
 
 
-def standby_settings(settings: ClusterSettings, source: SourceSite) -> ClusterSettings:
-    return replace_settings(settings, standby_cluster={"source": source.dsn})
+def standby_settings(settings: ClusterSettings, source: SourceSite, directory: Path) -> ClusterSettings:
+    """The standby site's seed settings. Over TLS its stream checks the source's servers against
+    the standby site's copy of the one CA (docs/multi-site.md)."""
+    dsn = source.dsn
+    if source.tls:
+        dsn += f" sslmode=verify-full sslrootcert={directory / TLS_DIR / 'ca.crt'}"
+    return replace_settings(settings, standby_cluster={"source": dsn})
 
 
 def _add_peers(store: ClusterStore, urls: tuple[str, ...], epoch: int | None, deadline: float) -> None:

@@ -155,6 +155,9 @@ def primary_conninfo(
         ours = {"password", "passfile", "application_name", "connect_timeout", "keepalives",
                 "keepalives_idle", "keepalives_interval", "keepalives_count"}
         given.setdefault("dbname", "postgres")
+        if "sslmode" not in given:  # no TLS settings of its own: this node's (verify-full, our CA)
+            given.update(ssl or {})
+        ssl = None
         parts = [(k, str(v)) for k, v in given.items() if k not in ours and v is not None]
     else:
         parts = [
@@ -240,10 +243,9 @@ def render_postgresql_conf(
             if up.dsn:
                 up = replace(up, dsn=harden_dsn(up.dsn, major))
             params["primary_conninfo"] = primary_conninfo(
-                # Another site's TLS settings travel in its DSN (sslmode, sslrootcert): our CA
-                # is this site's.
-                up, user=replication_user, application_name=app, passfile=passfile,
-                ssl=None if up.dsn else upstream_ssl,
+                # Another site's TLS settings travel in its DSN (sslmode, sslrootcert); a DSN
+                # without them (rule 18's, read from GET /site) gets ours: one CA for both sites.
+                up, user=replication_user, application_name=app, passfile=passfile, ssl=upstream_ssl,
             )
             params["primary_slot_name"] = (up.slot or "") if up.dsn else slot_name(member)
             if (major or 0) >= 17 and params.get("wal_level") == "logical":

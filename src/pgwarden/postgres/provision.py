@@ -129,6 +129,8 @@ class DataDirectory(PostgresServer):
             given = conninfo_to_dict(conf.harden_dsn(dsn, self.major))
             given.update(user=pg.superuser.username, connect_timeout="5", passfile=str(self.passfile))
             given.setdefault("dbname", "postgres")
+            if "sslmode" not in given:  # as primary_conninfo: the DSN's TLS settings, else ours
+                given.update(self.peer_ssl())
             conninfo = make_conninfo(**{k: str(v) for k, v in given.items() if v is not None})
         try:
             opened = psycopg.connect(conninfo, autocommit=True, password=pg.superuser.secret()) if dsn else \
