@@ -130,7 +130,7 @@ def target_problems(t: Target) -> list[Problem]:
                            + " (its leader keeps PgBouncer on its primary after the cutover)",
                            f"copy the old node file's pgbouncer: section into {t.to_file} and restart "
                            f"the new cluster's agents"))
-    elif t.owner != t.old_cluster and t.owner != "pgwarden-upgrade":
+    elif t.owner != t.old_cluster:
         out.append(Problem(f"pgbouncer.ini's owner line names {t.owner or 'no cluster'}, so the new "
                            f"cluster's leader may send clients to it before the cutover",
                            f"put `;; pgwarden-owner: {t.old_cluster}` as the first line of "
