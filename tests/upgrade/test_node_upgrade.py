@@ -3,13 +3,17 @@ PgBouncer and a separately brought-up cluster on the embedded 18 (as an operator
 the old one's superuser and pgbouncer: section in its node files, its own replication password,
 PgBouncer's owner line naming the old cluster before its agents start). Refused --checks (a user
 table on the new cluster, an unreachable old node file) changing nothing, the upgrade under a
-steady writer through PgBouncer, --rollback, upgrading again and --finish. One pair of clusters
+steady writer through PgBouncer, --rollback, upgrading again (killed inside the cutover and rerun)
+and --finish. One pair of clusters
 for the module, in test order."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -196,10 +200,25 @@ def test_rollback_keeps_the_rows_written_after_the_cutover(pair: Pair, w: Identi
     assert res.returncode != 0 and "the new cluster is not empty" in res.stderr
 
 
-def test_upgrade_again_then_finish(pair: Pair, w: IdentityWriter) -> None:
-    run(pair.new_dsn(), f"DROP TABLE {TABLE}")
+def test_upgrade_again_killed_during_the_cutover_then_rerun_and_finish(pair: Pair, w: IdentityWriter) -> None:
+    run(pair.new_dsn(), f"DROP TABLE {TABLE}")  # emptied, as the rollback told
     w.start()
-    pair.upgrade()
+    # A read-only transaction left open through PgBouncer holds the cutover's PAUSE, so the run
+    # can be killed inside the cutover, after it took PgBouncer from both clusters' agents.
+    blocker = psycopg.connect(pair.bouncer_dsn(), prepare_threshold=None)
+    blocker.execute("SELECT 1")
+    proc = subprocess.Popen([sys.executable, "-m", "pgwarden", "upgrade", "--from", str(pair.from_file),
+                             "--to", str(pair.to_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: pair.step() == "cutting_over"
+                 and ini_owner(pair.ini.read_text()) == "pgwarden-upgrade", 180, "the cutover to begin")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    blocker.commit()
+    blocker.close()
+    res = pair.upgrade()
+    assert "recovered an interrupted cutover" in res.stdout, res.stdout
     assert pair.step() == "switched"
     res = pair.upgrade("--finish")
     assert f"the old cluster {pair.old.dir.name} still runs" in res.stdout
@@ -209,6 +228,7 @@ def test_upgrade_again_then_finish(pair: Pair, w: IdentityWriter) -> None:
     assert pair.step() == "finished"
     assert w.missing_on(pair.new_dsn()) == []
     assert replication(pair.old_dsn()) == (0, 0, 0) and replication(pair.new_dsn()) == (0, 0, 0)
+    assert one(pair.old_dsn(), "SELECT count(*) FROM pg_event_trigger") == 0  # DDL freeze released
     assert ini_owner(pair.ini.read_text()) == pair.new_dir.name
     assert major_via_bouncer(pair) == 18
     assert len(pair.old.primaries()) == 1  # left running for the operator to stop

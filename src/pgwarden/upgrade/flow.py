@@ -210,7 +210,7 @@ class Flow:
             self.record(S.Step.SWITCHED)
         if self.state is not None and self.state.step == S.Step.BROKEN:
             raise CliError("the cutover failed half-way; clients stay on the old cluster. "
-                           "`--rollback` removes the new one, then upgrade again")
+                           "`--rollback` cleans up the new one, then upgrade again")
         self.step(6, "changes on the new cluster now flow back to the old one (until --finish)")
         with psycopg.connect(self.new.dsn(), autocommit=True) as new:
             row = new.execute("SHOW server_version").fetchone()

@@ -19,7 +19,7 @@ from pgwarden.errors import CliError
 from pgwarden.report import libpq_dsn, ssl_options
 from pgwarden.routing.pgbouncer import AdminError
 from pgwarden.store.base import StoreError
-from pgwarden.upgrade import checks, inspect
+from pgwarden.upgrade import checks, ddl_freeze, inspect
 from pgwarden.upgrade import replicate as R
 from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import UPGRADE_OWNER, Bouncer
@@ -221,8 +221,6 @@ class NodeFileUpgrade(Flow):
         if self.new.is_up():
             with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
                     psycopg.connect(self.new.dsn(), autocommit=True) as new:
-                from pgwarden.upgrade import ddl_freeze
-
                 ddl_freeze.release(new)
                 R.drop_subscription(new, old, R.FORWARD)
                 R.drop_publication(new)
