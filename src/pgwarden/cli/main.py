@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "pgwarden.cli.witness",
     "pgwarden.cli.node",
     "pgwarden.cli.haproxy_config",
+    "pgwarden.cli.upgrade",
 )
 
 # The subcommand each module adds: `pgwarden agent ...` imports the agent's module alone, so the
@@ -39,6 +40,7 @@ COMMAND_OWNERS: dict[str, str] = {
     "witness": "pgwarden.cli.witness",
     "node": "pgwarden.cli.node",
     "haproxy-config": "pgwarden.cli.haproxy_config",
+    "upgrade": "pgwarden.cli.upgrade",
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -24,6 +24,7 @@ class Facts:
     database_bytes: int = 0  # the postgres database on the old primary
     free_bytes: int | None = None  # free space where the new cluster goes (None: unknown)
     nodes: int = 1  # of the new cluster: each holds a copy
+    node_file: str | None = None  # `upgrade --from`: the old node file (named in the fixes)
 
 
 # A new copy needs the data plus room for WAL and the initial copy's churn.
@@ -51,11 +52,13 @@ def problems(f: Facts) -> list[Problem]:
                            f"cluster's {f.old_major}", "pass --bin-dir of a newer major version"))
     if not f.has_pgbouncer:
         out.append(Problem("the cluster has no PgBouncer, through which clients are moved",
-                           "create the cluster with `pgwarden local up --pgbouncer`"))
+                           "create the cluster with `pgwarden local up --pgbouncer`"
+                           if f.node_file is None else
+                           f"put PgBouncer in front of it: a pgbouncer: section in {f.node_file}"))
     if f.wal_level != "logical":
         out.append(Problem(f"wal_level is {f.wal_level}; publishing the tables needs logical",
-                           "`pgwarden ctl -c DIR/node1/pgwarden.yaml edit-config --set "
-                           "parameters.wal_level=logical`, then restart the members"))
+                           f"`pgwarden ctl -c {f.node_file or 'DIR/node1/pgwarden.yaml'} edit-config "
+                           f"--set parameters.wal_level=logical`, then restart the members"))
     if f.no_key:
         out.append(Problem(f"tables without a primary key or replica identity: {_names(f.no_key)}",
                            "add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL"))
@@ -78,6 +81,66 @@ def problems(f: Facts) -> list[Problem]:
         out.append(Problem(f"databases besides postgres: {_names(f.other_databases)} "
                            f"(this upgrade moves the postgres database only)",
                            "move or drop them first"))
+    return out
+
+
+@dataclass(frozen=True)
+class Target:
+    """`upgrade --from --to`: what inspect.py reads about the new cluster the operator runs, and
+    about the PgBouncer both clusters' node files must name."""
+
+    old_cluster: str
+    new_cluster: str
+    to_file: str
+    old_major: int
+    new_major: int
+    user_tables: tuple[str, ...] = ()
+    wal_level: str = "logical"
+    same_superuser: bool = True  # clients log in through PgBouncer with the old one's password
+    pgbouncer: str = "same"  # the new node file's pgbouncer: section: same | none | other
+    owner: str | None = None  # pgbouncer.ini's owner line
+    dump_major: int | None = None  # pg_dump found on this host (None: none)
+    dump_dir: str = ""
+
+
+def target_problems(t: Target) -> list[Problem]:
+    out: list[Problem] = []
+    if t.new_cluster == t.old_cluster:
+        out.append(Problem(f"both node files name the cluster {t.old_cluster}",
+                           f"give the new cluster its own name (cluster: in {t.to_file})"))
+    if t.new_major <= t.old_major:
+        out.append(Problem(f"the new cluster runs PostgreSQL {t.new_major}, not newer than the old "
+                           f"one's {t.old_major}", "bring the new cluster up on a newer major version"))
+    if t.user_tables:
+        shown = _names(t.user_tables[:5]) + (", ..." if len(t.user_tables) > 5 else "")
+        out.append(Problem(f"the new cluster is not empty: {len(t.user_tables)} user table(s) "
+                           f"({shown})", "bring up an empty new cluster, or drop them there"))
+    if t.wal_level != "logical":
+        out.append(Problem(f"the new cluster's wal_level is {t.wal_level}; the reverse replication "
+                           f"(kept until --finish) needs logical",
+                           f"`pgwarden ctl -c {t.to_file} edit-config --set "
+                           f"parameters.wal_level=logical`, then restart its members"))
+    if not t.same_superuser:
+        out.append(Problem("the new cluster's superuser name or password differs from the old one's "
+                           "(clients log in through PgBouncer with the old one's)",
+                           f"use the old node file's postgresql.superuser in {t.to_file}"))
+    if t.pgbouncer != "same":
+        out.append(Problem("the new node file " + ("has no pgbouncer: section" if t.pgbouncer == "none"
+                                                   else "names another PgBouncer than the old one's")
+                           + " (its leader keeps PgBouncer on its primary after the cutover)",
+                           f"copy the old node file's pgbouncer: section into {t.to_file} and restart "
+                           f"the new cluster's agents"))
+    elif t.owner != t.old_cluster:
+        out.append(Problem(f"pgbouncer.ini's owner line names {t.owner or 'no cluster'}, so the new "
+                           f"cluster's leader may send clients to it before the cutover",
+                           f"put `;; pgwarden-owner: {t.old_cluster}` as the first line of "
+                           f"pgbouncer.ini (before starting the new cluster's agents)"))
+    if t.dump_major != t.new_major:
+        found = f"PostgreSQL {t.dump_major}'s" if t.dump_major else "no"
+        out.append(Problem(f"the schema is copied with PostgreSQL {t.new_major}'s pg_dump; {found} "
+                           f"binaries found on this host{f' ({t.dump_dir})' if t.dump_dir else ''}",
+                           f"install PostgreSQL {t.new_major}'s client binaries here, or set "
+                           f"postgresql.bin_dir in {t.to_file}"))
     return out
 
 

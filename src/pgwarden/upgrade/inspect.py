@@ -1,8 +1,8 @@
-"""Reads the facts checks.py judges: from the old cluster's primary and the new binaries."""
+"""Reads the facts checks.py judges: from the old cluster's primary, the new binaries and (for
+`upgrade --from --to`) the new cluster's primary."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -49,19 +49,29 @@ def available_extensions(bin_dir: Path) -> frozenset[str]:
     return frozenset(p.name.removesuffix(".control") for p in ext.glob("*.control"))
 
 
-def gather(conn: psycopg.Connection[Any], new_bin: Path, new_major: int, has_pgbouncer: bool,
-           directory: Path, nodes: int) -> Facts:
+def gather(conn: psycopg.Connection[Any], available: frozenset[str], new_major: int,
+           has_pgbouncer: bool, free_bytes: int | None, nodes: int, node_file: str | None = None) -> Facts:
     row = conn.execute("SELECT current_setting('wal_level'), current_setting('server_version_num')::int, "
                        "(SELECT count(*) FROM pg_largeobject_metadata), "
                        "pg_database_size(current_database())").fetchone()
     assert row is not None
     return Facts(
-        database_bytes=int(row[3]), free_bytes=shutil.disk_usage(directory).free, nodes=nodes,
+        database_bytes=int(row[3]), free_bytes=free_bytes, nodes=nodes, node_file=node_file,
         wal_level=str(row[0]), old_major=int(row[1]) // 10000, large_objects=int(row[2]),
         no_key=_column(conn, NO_KEY), unlogged=_column(conn, UNLOGGED),
         extensions=_column(conn, "SELECT extname FROM pg_extension WHERE extname <> 'plpgsql' ORDER BY 1"),
-        available=available_extensions(new_bin),
+        available=available,
         other_databases=_column(conn, "SELECT datname FROM pg_database WHERE NOT datistemplate "
                                       "AND datname <> 'postgres' ORDER BY 1"),
         has_pgbouncer=has_pgbouncer, new_major=new_major,
     )
+
+
+def user_tables(conn: psycopg.Connection[Any]) -> tuple[str, ...]:
+    return _column(conn, f"SELECT n.nspname || '.' || c.relname FROM pg_class c, pg_namespace n "
+                         f"WHERE {_USER_TABLES} AND c.relkind IN ('r', 'p') ORDER BY 1")
+
+
+def server_extensions(conn: psycopg.Connection[Any]) -> frozenset[str]:
+    """What a running server can install (the new cluster's, read where it runs)."""
+    return frozenset(_column(conn, "SELECT name FROM pg_available_extensions"))

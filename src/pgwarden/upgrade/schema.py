@@ -4,6 +4,7 @@ restored in one transaction, so a killed restore leaves nothing and is simply re
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,14 +28,30 @@ def has_user_tables(conn: R.Conn) -> bool:
     return row is not None and int(row[0]) > 0
 
 
+def _quoted(role: str) -> str:
+    """How pg_dumpall names a role (quoted unless a plain lower-case identifier)."""
+    return role if re.fullmatch(r"[a-z_][a-z0-9_$]*", role) else '"' + role.replace('"', '""') + '"'
+
+
+def without_roles(dump: str, roles: set[str]) -> str:
+    """The roles dump without the CREATE/ALTER ROLE lines of `roles` (those the new cluster has
+    already): its own superuser and replication user keep their passwords, which its agents and
+    standbys log in with."""
+    heads = tuple(f"{verb} ROLE {_quoted(r)}{end}" for r in roles for verb, end in
+                  (("CREATE", ";"), ("ALTER", " ")))
+    return "".join(line for line in dump.splitlines(keepends=True) if not line.startswith(heads))
+
+
 def copy(bin_dir: Path, old_dsn: str, new_dsn: str, new_conn: R.Conn) -> bool:
     """Roles, then the postgres database's schema. False when the schema was there already
     (a rerun after the restore committed)."""
     if has_user_tables(new_conn):
         return False
     roles = _run([str(bin_dir / "pg_dumpall"), "--roles-only", "-d", old_dsn])
-    # The superuser and the replication user exist already (same passwords); other roles are
-    # created. Errors for roles that exist already are expected, so no ON_ERROR_STOP here.
+    existing = {str(r[0]) for r in new_conn.execute("SELECT rolname FROM pg_roles").fetchall()}
+    roles = without_roles(roles, existing)
+    # Roles the new cluster has already are left as they are; the others are created. Errors
+    # (a membership granted by a role missing here, say) are expected: no ON_ERROR_STOP here.
     _run([str(bin_dir / "psql"), "-X", "-q", "-d", new_dsn, "-v", "ON_ERROR_STOP=0"], roles)
     dump = _run([str(bin_dir / "pg_dump"), "--schema-only", "--no-publications", "--no-subscriptions",
                  "-d", old_dsn])

@@ -1,5 +1,6 @@
-"""The upgrade's steps and what a run of `local upgrade` does next from the step recorded in
-DIR/upgrade.json: pure, so that a killed run's rerun is decided (and tested) without servers.
+"""The upgrade's steps and what a run does next from the step recorded in its state file
+(`local upgrade`: DIR/upgrade.json; `upgrade --from`: upgrade-CLUSTER.json beside the old node
+file): pure, so that a killed run's rerun is decided (and tested) without servers.
 
 Steps only move forward, each one recorded after its work is done and every step's work is
 idempotent, so a rerun after a kill redoes at most the step it was killed in. The one step that
@@ -41,8 +42,8 @@ class UpgradeState:
     step: Step
     old_cluster: str
     new_cluster: str
-    new_dir: str
-    new_bin: str
+    new_dir: str  # local: the new cluster's directory; --from/--to: the new cluster's node file
+    new_bin: str  # the binaries whose pg_dump and pg_dumpall copy the schema
     nodes: int
 
 
@@ -98,8 +99,8 @@ def advance(state: UpgradeState, step: Step) -> UpgradeState:
     return replace(state, step=step)
 
 
-def load(directory: Path) -> UpgradeState | None:
-    path = directory / STATE_FILE
+def load(directory: Path, name: str = STATE_FILE) -> UpgradeState | None:
+    path = directory / name
     try:
         d = json.loads(path.read_text())
     except FileNotFoundError:
@@ -112,8 +113,8 @@ def load(directory: Path) -> UpgradeState | None:
         raise ValueError(f"{path}: not an upgrade state file ({e})") from None
 
 
-def save(directory: Path, state: UpgradeState) -> None:
-    path = directory / STATE_FILE
+def save(directory: Path, state: UpgradeState, name: str = STATE_FILE) -> None:
+    path = directory / name
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps({**asdict(state), "step": state.step.value}, indent=2) + "\n")
     os.replace(tmp, path)
