@@ -14,8 +14,10 @@ from functools import partial
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.support.cluster import Cluster, pgwarden, reachable_tmpdir
+from tests.support.delay_proxy import DelayProxy
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 from tests.support.writer import Writer
@@ -247,3 +249,49 @@ def test_forced_promotion_makes_the_old_site_demote_itself_within_ttl(sites: Sit
     b.sql(bp, "INSERT INTO t VALUES (3)")
     al = leader_of(a, "standby_leader")
     wait_for(lambda: arrives(a, al, "t", 3), 90, "a row written on B arriving at A's standby leader")
+
+
+def proxied_source(cl: Cluster, proxies: list[DelayProxy]) -> str:
+    return (f"host={','.join(p.host for p in proxies)} port={','.join(str(p.port) for p in proxies)} "
+            f"user=replicator dbname=postgres target_session_attrs=read-write")
+
+
+def streams_through(cl: Cluster, proxies: list[DelayProxy]) -> bool:
+    """The site's standby leader streams and its primary_conninfo names the proxies (raises what
+    it saw if not)."""
+    roles = {n: role(cl, n) for n in cl.names}
+    node = next((n for n, r in roles.items() if r == "standby_leader"), None)
+    assert node is not None, roles
+    ci = conninfo_to_dict(str(cl.sql(node, "SHOW primary_conninfo")[0][0]))
+    receiver = cl.sql(node, "SELECT status FROM pg_stat_wal_receiver")
+    ports = ",".join(str(p.port) for p in proxies)
+    assert ci.get("port") == ports and receiver == [("streaming",)], f"{roles}: {node} {ci}, {receiver}"
+    return sum(p.stats.open for p in proxies) > 0
+
+
+def test_site_switchover_with_sources_through_other_addresses(sites: Sites) -> None:
+    """Sites that reach each other through other addresses than their members' own (a proxy, NAT):
+    the standby site's source names the proxies, site-switchover accepts it as a standby site
+    because its standby leader streams from our primary, and `--source` says how the demoted site
+    reaches the new primary site."""
+    a, b = sites.a, sites.b  # after the forced promotion: B is the primary site, A follows it
+    bp = b.wait_primary()
+    to_a = [DelayProxy(("127.0.0.1", int(a.config(n)["postgresql"]["port"]))).start() for n in a.names]
+    to_b = [DelayProxy(("127.0.0.1", int(b.config(n)["postgresql"]["port"]))).start() for n in b.names]
+    try:
+        a.ctl("demote-cluster", "--source", proxied_source(b, to_b))
+        wait_for(lambda: streams_through(a, to_b), 30, "A's standby leader streaming through the proxies")
+        bad = b.ctl("site-switchover", "--to", a.config_path("node1"), "--source",
+                    "host=127.0.0.1 port=1 user=replicator", check=False)
+        assert "--source does not reach" in one_line_error(bad) and "nothing changed" in bad.stderr
+        assert b.primaries() == [bp]
+        r = b.ctl("site-switchover", "--to", a.config_path("node1"), "--source", proxied_source(a, to_a))
+        assert "is the primary site" in r.stdout, r.stdout
+        ap = a.wait_primary()
+        bl = leader_of(b, "standby_leader")
+        wait_for(lambda: streams_through(b, to_a), 30, "B's standby leader streaming through the proxies")
+        a.sql(ap, "INSERT INTO t VALUES (4)")
+        wait_for(lambda: arrives(b, bl, "t", 4), 60, "a row written on A arriving at B through the proxies")
+    finally:
+        for p in (*to_a, *to_b):
+            p.close()

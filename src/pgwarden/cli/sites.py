@@ -49,6 +49,9 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(ctl_func=cmd_demote_cluster)
     p = cmds.add_parser("site-switchover", help="planned move of the primary role to a standby site, no loss")
     p.add_argument("--to", required=True, metavar="FILE", help="a node file of the standby site")
+    p.add_argument("--source", metavar="DSN",
+                   help="how this site will reach the target site's members once it follows them (no "
+                        "password); default: the target's members at the addresses its store lists")
     p.add_argument("--timeout", type=float, default=ROLE_TIMEOUT, help=argparse.SUPPRESS)
     p.set_defaults(ctl_func=cmd_site_switchover)
 
@@ -193,6 +196,19 @@ def _site_source(view: ClusterView, cfg: NodeConfig) -> str:
                          target_session_attrs="read-write", **ssl_options(cfg.postgresql.tls))
 
 
+def _streams_from(ctx: Ctx, host: str, port: int, cluster: str) -> bool:
+    """Some member of `cluster` streams from the server at host:port (standby sites stream under
+    the site-qualified application_name CLUSTER.MEMBER)."""
+    try:
+        with psycopg.connect(superuser_dsn(make_conninfo(host=host, port=str(port)), ctx.cfg),
+                             autocommit=True) as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_replication "
+                            "WHERE starts_with(application_name, %s)", (cluster + ".",)).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and int(row[0]) > 0
+
+
 def _end_of_wal(ctx: Ctx, member: str, timeout: float) -> int:
     """The demoted primary's last WAL position (its shutdown checkpoint included), read once it
     runs again as a standby."""
@@ -242,21 +258,30 @@ def cmd_site_switchover(args: argparse.Namespace, ctx: Ctx) -> int:
         bv = b.snapshot()
         sc = bv.settings.standby_cluster
         a_addrs = {(m.host, str(m.port)) for m in a.members.values()}
-        if sc is None or not (_addresses(sc.source) & a_addrs) or bv.initialized != a.initialized:
-            raise CliError(f"cluster {b.cfg.cluster} ({args.to}) is not a standby site of {a_name}; "
-                           f"nothing changed")
         if a.settings.standby_cluster is not None:
             raise CliError(f"cluster {a_name} is itself a standby site; run site-switchover from the "
                            f"primary site")
         lm = a.members.get(a.leader.name) if a.leader is not None else None
         if lm is None or lm.role != Role.PRIMARY or not lm.running:
             raise CliError(f"cluster {a_name} has no running primary to switch over from; nothing changed")
+        # Its source names our members, or (through a proxy or another address) its standby
+        # leader streams from our primary now.
+        if sc is None or bv.initialized != a.initialized or not (
+                _addresses(sc.source) & a_addrs or _streams_from(ctx, lm.host, lm.port, b.cfg.cluster)):
+            raise CliError(f"cluster {b.cfg.cluster} ({args.to}) is not a standby site of {a_name}; "
+                           f"nothing changed")
+        source = _site_source(bv, ctx.cfg) if args.source is None else args.source
+        if args.source is not None:
+            remote = look_at(args.source, ctx.cfg)
+            if not remote.reachable or remote.system_id != a.initialized:
+                why = remote.error if not remote.reachable else f"it reaches system id {remote.system_id}"
+                raise CliError(f"--source does not reach {b.cfg.cluster}'s servers ({why}); nothing changed")
         replay = standby_leader_replay(bv, b.cfg)
         print(f"{b.cfg.cluster} before the switchover: {replay.member} replayed up to "
               f"{int_to_lsn(replay.replayed)}")
         # 1. Stop writes on A: its leader demotes (a fast shutdown sends the shutdown checkpoint
         # to B's standby leader) and streams from B once B accepts writes.
-        _set_standby(ctx.store, _site_source(bv, ctx.cfg))
+        _set_standby(ctx.store, source)
         end = _end_of_wal(ctx, lm.name, args.timeout)
         print(f"{a_name} stopped writing at {int_to_lsn(end)}")
         # 2. B has every byte of it, then B becomes the primary site with a higher epoch.
