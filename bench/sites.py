@@ -9,9 +9,15 @@ the primary site to the row being visible on the standby site's leader); and a f
 
 Two `pgwarden local up` clusters on loopback in a temporary directory under /var/lib/pgwarden-bench
 (as root; the agents run PostgreSQL as `postgres`): A with 3 nodes, B with 2 nodes and
-`--standby-of A`; both are stopped and removed afterwards. The kernel here has no `sch_netem`, so
-the sites are not delayed from each other: the figures are loopback figures (a 20 ms round trip
-adds about one round trip per WAL flush the switchover waits for). Every load is bounded in time.
+`--standby-of A`; both are stopped and removed afterwards. Every load is bounded in time.
+
+`--link-rtt-ms R` puts a link with an R ms round trip between the sites. The kernel here has no
+`sch_netem`, so the link is a userspace TCP proxy per member (tests/support/delay_proxy.py) that
+holds every chunk R/2 ms each way: the stream between the sites goes through it (B's source is
+set with `demote-cluster --source`, and each `site-switchover` gets `--source` naming the
+target's proxies), and so does the client, which sits in site A: A's members directly, B's
+through the proxies. Not delayed: the agents' site probes (GET /site, rule 18, not on the
+switchover's path) and `ctl`'s own connections. Without it the figures are loopback figures.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from bench.procs import wait_for
 from bench.routing import pgwarden
 from bench.scale_stats import percentile
 from bench.workload import Workload, count_lost, prepare
+from tests.support.delay_proxy import DelayProxy
 
 BENCH_ROOT = Path("/var/lib/pgwarden-bench")
 # What an agent logs when it rewinds or clones: a switchover that needed either is not a clean one.
@@ -92,11 +99,49 @@ class Site:
                    for n in self.nodes if (n / "agent.log").exists())
 
 
-def dsn(sites: list[Site], user: str, password: str) -> str:
-    """Every member of `sites`, reaching whichever is writable."""
-    hp = [x for s in sites for x in s.hosts_ports()]
+def dsn(sites: list[Site], user: str, password: str, via: dict[Path, list[DelayProxy]] | None = None) -> str:
+    """Every member of `sites`, reaching whichever is writable; a site in `via` through its proxies."""
+    hp = [x for s in sites for x in (_proxied(via[s.dir]) if via and s.dir in via else s.hosts_ports())]
     return (f"host={','.join(h for h, _ in hp)} port={','.join(str(p) for _, p in hp)} user={user} "
             f"password={password} dbname=postgres connect_timeout=2 target_session_attrs=read-write")
+
+
+def _proxied(proxies: list[DelayProxy]) -> list[tuple[str, int]]:
+    return [(str(p.host), int(p.port)) for p in proxies]
+
+
+def source_dsn(proxies: list[DelayProxy], user: str) -> str:
+    """A standby site's source through the link (no password: the node's passfile has it)."""
+    hp = _proxied(proxies)
+    return (f"host={','.join(h for h, _ in hp)} port={','.join(str(p) for _, p in hp)} user={user} "
+            f"dbname=postgres target_session_attrs=read-write")
+
+
+@dataclass
+class Link:
+    """The proxies in front of each site's members (empty: no link, loopback)."""
+
+    proxies: dict[Path, list[DelayProxy]] = field(default_factory=dict)
+    replication_user: str = "replicator"
+
+    @classmethod
+    def between(cls, sites: list[Site], rtt_ms: float, user: str) -> Link:
+        link = cls(replication_user=user)
+        for s in sites:
+            link.proxies[s.dir] = [DelayProxy(hp, max_seconds=4 * 3600.0).start() for hp in s.hosts_ports()]
+            for p in link.proxies[s.dir]:
+                p.delay = rtt_ms / 2000.0
+        return link
+
+    def source_args(self, target: Site) -> list[str]:
+        """`--source` for a site-switchover to `target` (nothing without a link)."""
+        px = self.proxies.get(target.dir)
+        return ["--source", source_dsn(px, self.replication_user)] if px else []
+
+    def close(self) -> None:
+        for ps in self.proxies.values():
+            for p in ps:
+                p.close()
 
 
 # -- planned site switchover ------------------------------------------------------------------------
@@ -110,7 +155,7 @@ class SwitchoverResult:
     rewinds_or_clones: int = 0
 
 
-def switchovers(a: Site, b: Site, both: str, count: int) -> SwitchoverResult:
+def switchovers(a: Site, b: Site, both: str, count: int, link: Link) -> SwitchoverResult:
     prepare(both)
     before = a.rewinds_and_clones() + b.rewinds_and_clones()
     w = Workload(both, writers=2, rate=200.0)
@@ -121,7 +166,8 @@ def switchovers(a: Site, b: Site, both: str, count: int) -> SwitchoverResult:
         primary, standby = a, b
         for i in range(count):
             asked = time.monotonic()
-            pgwarden("ctl", "-c", primary.node_file(), "site-switchover", "--to", standby.node_file())
+            pgwarden("ctl", "-c", primary.node_file(), "site-switchover", "--to", standby.node_file(),
+                     *link.source_args(standby))
             wait_for(partial(_acked_on, w, asked, standby.ports()), 60,
                  f"switchover {i + 1}: a write on {standby.dir.name}")
             wait_for(partial(w.ack_after, time.monotonic() + 1.0), 30, "writes going on")
@@ -233,7 +279,10 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=400.0, help="writes per second for the lag row (400)")
     ap.add_argument("--lag-seconds", type=float, default=30.0, help="how long the lag row writes (30)")
     ap.add_argument("--no-forced", action="store_true", help="skip the forced promotion row")
+    ap.add_argument("--link-rtt-ms", type=float, default=0.0,
+                    help="round trip between the sites through delaying proxies (0: loopback)")
     args = ap.parse_args()
+    link = Link()
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="sites-", dir=BENCH_ROOT))
     os.chmod(base, 0o755)
@@ -242,12 +291,19 @@ def main() -> int:
         print("bringing up site A (3 nodes) and site B (2 nodes, standby of A) ...", flush=True)
         pgwarden("local", "up", "--dir", str(a.dir), "--nodes", "3")
         pgwarden("local", "up", "--dir", str(b.dir), "--nodes", "2", "--standby-of", str(a.dir))
-        su = a.config(a.nodes[0])["postgresql"]["superuser"]
-        user, password = su["username"], su["password"]
-        both = dsn([a, b], user, password)
-        rows: list[tuple[str, str]] = []
+        pg = a.config(a.nodes[0])["postgresql"]
+        user, password = pg["superuser"]["username"], pg["superuser"]["password"]
+        if args.link_rtt_ms > 0:
+            link = Link.between([a, b], args.link_rtt_ms, pg["replication"]["username"])
+            pgwarden("ctl", "-c", b.node_file(), "demote-cluster",
+                     "--source", source_dsn(link.proxies[a.dir], link.replication_user))
+            print(f"the sites reach each other through a {args.link_rtt_ms:g} ms round trip", flush=True)
+        # The client sits in site A: B's members through the link.
+        both = dsn([a, b], user, password, {b.dir: link.proxies[b.dir]} if link.proxies else None)
+        linked = f"{args.link_rtt_ms:g} ms round trip (proxies)" if args.link_rtt_ms > 0 else "loopback"
+        rows: list[tuple[str, str]] = [("link between the sites", linked)]
         if args.switchovers:
-            r = switchovers(a, b, both, args.switchovers)
+            r = switchovers(a, b, both, args.switchovers, link)
             med = statistics.median(r.pauses) if r.pauses else float("nan")
             rows.append(("planned site switchover: write pause, median / max (s)",
                          f"{med:.2f} / {max(r.pauses, default=float('nan')):.2f} over {len(r.pauses)}"))
@@ -273,6 +329,7 @@ def main() -> int:
             print(f"{k.ljust(width)} | {v}")
         return 0
     finally:
+        link.close()
         for s in (b, a):
             if s.dir.exists():
                 subprocess.run([sys.executable, "-m", "pgwarden", "local", "down", "--dir", str(s.dir)],
