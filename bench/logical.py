@@ -11,8 +11,9 @@ and a 1-node subscriber. Both are stopped and removed afterwards.
 Initial copy (`--copy-mb`, 0 to skip): four tables holding that many MB (`pg_table_size`) on the
 source, published with `ctl logical publish` and subscribed with `ctl logical subscribe
 --copy-schema`; MB/s from the subscribe command (and from the subscription's row appearing in
-pg_subscription) until every table of the subscription is 'r' in pg_subscription_rel, against `pg_dump | psql` of the same tables into an empty database on the
-subscriber's PostgreSQL, one after the other on the same machine in the same run.
+pg_subscription) until every table of the subscription is 'r' in pg_subscription_rel, against
+`pg_dump | psql` of the same tables into an empty database on the subscriber's PostgreSQL, one
+after the other on the same machine in the same run.
 
 Source failover (`--runs`, 0 to skip): a steady writer (`--rate` commits/s through the source's
 multi-host DSN) into a published table; the source primary's agent and postmaster are SIGKILLed;
