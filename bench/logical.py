@@ -1,7 +1,7 @@
 """Logical replication benchmark rows (issue 11, docs/logical-replication.md): how long a
 subscription stops after its source cluster's primary crashes, and how fast its initial copy is.
 
-    .venv/bin/python bench/logical.py [--runs 5] [--copy-mb 1024] [--rate 200]
+    .venv/bin/python bench/logical.py [--runs 5] [--copy-mb 1024] [--rate 200] [--subscriber-set K=V]
 
 Two `pgwarden local up` clusters on loopback in a temporary directory under
 /var/lib/pgwarden-bench (as root; the agents run PostgreSQL as `postgres`), embedded PostgreSQL 18,
@@ -310,9 +310,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="source failovers (5; 0 skips them)")
     ap.add_argument("--copy-mb", type=int, default=1024, help="MB for the initial copy rows (1024; 0 skips)")
     ap.add_argument("--rate", type=float, default=200.0, help="writer commits per second (200)")
+    ap.add_argument("--subscriber-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a `local up --set` for the subscriber only, e.g. "
+                         "parameters.wal_retrieve_retry_interval=1s (repeatable)")
     args = ap.parse_args()
     if args.runs < 0 or args.copy_mb < 0 or args.rate <= 0:
         ap.error("--runs and --copy-mb must be 0 or more, --rate more than 0")
+    if bad := [kv for kv in args.subscriber_set if "=" not in kv]:
+        ap.error(f"--subscriber-set wants KEY=VALUE, got {bad[0]!r}")
     BENCH_ROOT.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="logical-", dir=BENCH_ROOT))
     os.chmod(base, 0o755)
@@ -321,7 +326,8 @@ def main() -> int:
     try:
         print("bringing up the source (3 nodes) and the subscriber (1 node) ...", flush=True)
         pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS)
-        pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS)
+        extra = [x for kv in args.subscriber_set for x in ("--set", kv)]
+        pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS, *extra)
         rows: list[tuple[str, str]] = []
         if args.copy_mb:
             node = wait_for(src.primary, 120, "one source primary")
