@@ -1,11 +1,12 @@
 """Logical replication benchmark rows (issue 11, docs/logical-replication.md): how long a
 subscription stops after its source cluster's primary crashes, and how fast its initial copy is.
 
-    .venv/bin/python bench/logical.py [--runs 5] [--copy-mb 1024] [--rate 200] [--subscriber-set K=V]
+    .venv/bin/python bench/logical.py [--runs 5] [--copy-mb 1024] [--rate 200] [--preset default]
+                                      [--subscriber-set K=V]
 
 Two `pgwarden local up` clusters on loopback in a temporary directory under
 /var/lib/pgwarden-bench (as root; the agents run PostgreSQL as `postgres`), embedded PostgreSQL 18,
-default timing, `wal_level=logical` and `hot_standby_feedback=on` via `--set`: a 3-node source
+default timing (`--preset fastest`: 2/0.25/0.5), `wal_level=logical` and `hot_standby_feedback=on` via `--set`: a 3-node source
 and a 1-node subscriber. Both are stopped and removed afterwards.
 
 Initial copy (`--copy-mb`, 0 to skip): four tables holding that many MB (`pg_table_size`) on the
@@ -43,6 +44,7 @@ import psycopg
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.drivers.pgwarden import PRESETS
 from bench.logical_stats import (
     RUN_HEADER,
     RunResult,
@@ -310,6 +312,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5, help="source failovers (5; 0 skips them)")
     ap.add_argument("--copy-mb", type=int, default=1024, help="MB for the initial copy rows (1024; 0 skips)")
     ap.add_argument("--rate", type=float, default=200.0, help="writer commits per second (200)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                    help="timing of both clusters, as bench/run.py's presets (default: 4/1/1)")
     ap.add_argument("--subscriber-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a `local up --set` for the subscriber only, e.g. "
                          "parameters.wal_retrieve_retry_interval=1s (repeatable)")
@@ -325,9 +329,12 @@ def main() -> int:
     load_start = os.getloadavg()
     try:
         print("bringing up the source (3 nodes) and the subscriber (1 node) ...", flush=True)
-        pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS)
+        t = PRESETS[args.preset]
+        timing = ("--set", f"ttl={t.ttl:g}", "--set", f"loop_wait={t.loop_wait:g}",
+                  "--set", f"retry_timeout={t.retry_timeout:g}")
+        pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS, *timing)
         extra = [x for kv in args.subscriber_set for x in ("--set", kv)]
-        pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS, *extra)
+        pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS, *timing, *extra)
         rows: list[tuple[str, str]] = []
         if args.copy_mb:
             node = wait_for(src.primary, 120, "one source primary")
@@ -359,6 +366,8 @@ def main() -> int:
             rows.append(("subscriber vs new source primary after each run: missing / extra rows",
                          ", ".join(f"{r.missing}/{r.extra}" for r in runs)))
         load_end = os.getloadavg()
+        rows.append(("timing (ttl/loop_wait/retry_timeout)", f"{args.preset} ({t.ttl:g}/{t.loop_wait:g}/"
+                                                             f"{t.retry_timeout:g})"))
         rows.append(("load average (1/5/15 min) at start; at end",
                      f"{' '.join(f'{x:.2f}' for x in load_start)}; {' '.join(f'{x:.2f}' for x in load_end)}"))
         if runs:
