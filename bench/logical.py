@@ -6,8 +6,9 @@ subscription stops after its source cluster's primary crashes, and how fast its 
 
 Two `pgwarden local up` clusters on loopback in a temporary directory under
 /var/lib/pgwarden-bench (as root; the agents run PostgreSQL as `postgres`), embedded PostgreSQL 18,
-default timing (`--preset fastest`: 2/0.25/0.5), `wal_level=logical` and `hot_standby_feedback=on` via `--set`: a 3-node source
-and a 1-node subscriber. Both are stopped and removed afterwards.
+default timing 4/1/1 (`--preset fastest`: 2/0.25/0.5), `wal_level=logical` and
+`hot_standby_feedback=on` via `--set`: a 3-node source and a 1-node subscriber. Both are stopped
+and removed afterwards.
 
 Initial copy (`--copy-mb`, 0 to skip): four tables holding that many MB (`pg_table_size`) on the
 source, published with `ctl logical publish` and subscribed with `ctl logical subscribe
