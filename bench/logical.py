@@ -330,9 +330,9 @@ def main() -> int:
     load_start = os.getloadavg()
     try:
         print("bringing up the source (3 nodes) and the subscriber (1 node) ...", flush=True)
-        t = PRESETS[args.preset]
-        timing = ("--set", f"ttl={t.ttl:g}", "--set", f"loop_wait={t.loop_wait:g}",
-                  "--set", f"retry_timeout={t.retry_timeout:g}")
+        pt = PRESETS[args.preset]
+        timing = ("--set", f"ttl={pt.ttl:g}", "--set", f"loop_wait={pt.loop_wait:g}",
+                  "--set", f"retry_timeout={pt.retry_timeout:g}")
         pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS, *timing)
         extra = [x for kv in args.subscriber_set for x in ("--set", kv)]
         pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS, *timing, *extra)
@@ -367,8 +367,8 @@ def main() -> int:
             rows.append(("subscriber vs new source primary after each run: missing / extra rows",
                          ", ".join(f"{r.missing}/{r.extra}" for r in runs)))
         load_end = os.getloadavg()
-        rows.append(("timing (ttl/loop_wait/retry_timeout)", f"{args.preset} ({t.ttl:g}/{t.loop_wait:g}/"
-                                                             f"{t.retry_timeout:g})"))
+        rows.append(("timing (ttl/loop_wait/retry_timeout)", f"{args.preset} ({pt.ttl:g}/{pt.loop_wait:g}/"
+                                                             f"{pt.retry_timeout:g})"))
         rows.append(("load average (1/5/15 min) at start; at end",
                      f"{' '.join(f'{x:.2f}' for x in load_start)}; {' '.join(f'{x:.2f}' for x in load_end)}"))
         if runs:
