@@ -22,7 +22,8 @@ multi-host DSN) into a published table; the source primary's agent and postmaste
 the seconds until the first write acknowledged by the new primary and until the first of its
 changes is visible on the subscriber (polled every 10 ms). After each run the writer stops and
 the subscriber's rows are compared with the new source primary's (missing / extra); the old
-primary is started again and rejoins before the next run.
+primary is started again and rejoins before the next run. PGWARDEN_KEEP_BENCH_DIRS=1 keeps the
+clusters' directories (logs) after they are stopped.
 """
 
 from __future__ import annotations
@@ -264,7 +265,7 @@ def failover_run(src: Local, dst: Local, source: str, rate: float, next_id: int)
         last = w.acks[-1][1]
         wait_for(lambda: dst.sql(d, "SELECT max(id) FROM bench_logical")[0][0] >= last, 60, "rows arriving")
         old_port = src.port(old)
-        t_kill = time.monotonic()
+        t_kill, wall_kill = time.monotonic(), time.time()
         src.kill(old)
         q = "SELECT EXISTS (SELECT 1 FROM bench_logical WHERE port <> %s AND id >= %s)"
         wait_for(lambda: dst.sql(d, q, (old_port, next_id))[0][0], 300, "a change from the new primary",
@@ -288,6 +289,8 @@ def failover_run(src: Local, dst: Local, source: str, rate: float, next_id: int)
         time.sleep(0.5)
     pgwarden("local", "start", "--dir", str(src.dir), old)
     wait_for(lambda: src.streaming([old]), 180, f"{old} rejoining as a streaming standby")
+    stamp = time.strftime("%H:%M:%S", time.gmtime(wall_kill))
+    print(f"  killed {old} at {stamp}.{int(wall_kill % 1 * 1000):03d} UTC", flush=True)
     return RunResult(old, new, t_write - t_kill, t_change - t_kill, got[0], got[1]), w.next_id
 
 
@@ -380,7 +383,10 @@ def main() -> int:
             if c.dir.exists():
                 subprocess.run([sys.executable, "-m", "pgwarden", "local", "down", "--dir", str(c.dir)],
                                capture_output=True, timeout=180, stdin=subprocess.DEVNULL)
-        shutil.rmtree(base, ignore_errors=True)
+        if os.environ.get("PGWARDEN_KEEP_BENCH_DIRS"):  # the clusters' logs, for a post-mortem
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
