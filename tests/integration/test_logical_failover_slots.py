@@ -2,7 +2,9 @@
 subscription's slot on its standbys through PostgreSQL's own slot synchronisation, managed by the
 agents (sync_replication_slots and hot_standby_feedback on standbys, synchronized_standby_slots
 on the primary). After the source primary is SIGKILLed under a writer, the subscriber holds
-exactly the rows the new source primary holds (synchronous_mode on)."""
+exactly the rows the new source primary holds, with the source in synchronous_mode on and in
+asynchronous mode: synchronized_standby_slots closes the window in both
+(docs/logical-replication.md, "The asynchronous window")."""
 
 from __future__ import annotations
 
@@ -19,16 +21,17 @@ pytestmark = pytest.mark.integration
 SYNCED = "SELECT synced FROM pg_replication_slots WHERE slot_name = 'acked_sub' AND NOT temporary"
 
 
-@pytest.fixture(scope="module")
-def src() -> Iterator[Cluster]:
-    # Synchronous mode here, asynchronous in test_logical.py: both keep exactly the rows.
-    with Cluster("fsrc", nodes=3, sync="on", sets=LOGICAL) as c:
+@pytest.fixture(scope="module", params=["on", None], ids=["sync-on", "async"])
+def src(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    # One source at a time: pytest ends the synchronous one before it starts the asynchronous one.
+    with Cluster("fsrc", nodes=3, sync=request.param, sets=LOGICAL) as c:
         c.wait_primary()
         yield c
 
 
 @pytest.fixture(scope="module")
-def dst() -> Iterator[Cluster]:
+def dst(src: Cluster) -> Iterator[Cluster]:
+    # A fresh subscriber for each source: every run declares the same names.
     with Cluster("fdst", nodes=1, sets=LOGICAL) as c:
         c.wait_primary()
         yield c
@@ -37,6 +40,12 @@ def dst() -> Iterator[Cluster]:
 def test_source_failover_on_18_with_failover_slots(src: Cluster, dst: Cluster) -> None:
     primary = src.wait_primary()
     src.wait_replicas([n for n in src.names if n != primary])
+    # The mode under test is in force: a synchronous standby named only in synchronous_mode.
+    sync_names = "SHOW synchronous_standby_names"
+    if src.sync == "on":
+        wait_for(lambda: src.sql(primary, sync_names)[0][0] != "", 30, "a synchronous standby")
+    else:
+        assert src.sql(primary, sync_names) == [("",)]
     w = Writer(src.dsn())
     w.prepare()
     src.ctl("logical", "publish", "acked", "--tables", "public.acked")
