@@ -188,6 +188,28 @@ def test_promote_without_strict_mode_waits_for_nobody(tmp_path: Path) -> None:
             teardown(b)
 
 
+def test_a_member_promoted_again_starts_with_no_standby_slots_of_an_earlier_term(tmp_path: Path) -> None:
+    """17+: synchronized_standby_slots left by ALTER SYSTEM from an earlier term as primary names
+    slots this server lacks; a failover slot's walsender would wait for them. Promotion clears it
+    (the leader sets the streaming candidates' slots from its next loop)."""
+    a = bootstrapped_primary(make_node_config(tmp_path, "a", free_port(), free_port()))
+    b: PostgresController | None = None
+    try:
+        if int(query(a._cfg, "SHOW server_version_num")[0][0]) < 170000:
+            pytest.skip("synchronized_standby_slots exists from PostgreSQL 17")
+        b = _clone(tmp_path, "b", a)
+        b.start(role="replica", upstream=_up(a), wait_timeout=30)
+        b.set_standby_slots(frozenset({"gone"}), 10)  # as its earlier term left it
+        assert query(b._cfg, "SHOW synchronized_standby_slots") == [("gone",)]
+        a.stop("fast", 20)
+        b.promote(20)
+        assert query(b._cfg, "SHOW synchronized_standby_slots") == [("",)]
+    finally:
+        teardown(a)
+        if b is not None:
+            teardown(b)
+
+
 def test_promote_enforces_the_setting_the_core_chose_from_the_first_commit(tmp_path: Path) -> None:
     """The store promises every commit is on "c" (not running): the new primary must wait for it,
     not acknowledge commits no member of the promise holds (fault suite, seed 765280336)."""

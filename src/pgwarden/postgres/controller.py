@@ -145,6 +145,14 @@ class PostgresController(DataDirectory):
         except psycopg.Error as e:
             raise PostgresError(f"cannot set the synchronous setting before promoting: {e}") from e
         if standby:
+            # 17+: synchronized_standby_slots (ALTER SYSTEM) may still name the slots of an earlier
+            # term as primary, slots this server does not have: its failover slots' walsenders
+            # would wait for them until the leader's next loop. Nobody streams from us yet, which
+            # is what leader_slot_actions would say too: start with none.
+            try:
+                self.set_standby_slots(frozenset(), max(1.0, deadline - time.monotonic()))
+            except psycopg.Error as e:
+                log.warning("cannot clear synchronized_standby_slots before promoting: %s", e)
             self._write_config(conf.ConfState("replica", self._state.upstream, sync_after, ""))
             self._reload_and_wait(max(1.0, deadline - time.monotonic()))
         left = max(1.0, deadline - time.monotonic())
