@@ -36,7 +36,7 @@ typecheck: install
 
 # The whole suite: lint, types, unit and integration tests (real PostgreSQL and etcd).
 test: lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider --durations=25
+	$(BIN)/pytest -q -p no:cacheprovider --durations=25 -n 2 --dist loadfile
 
 unit: install
 	$(BIN)/pytest -q tests/core tests/config tests/api
