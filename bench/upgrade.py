@@ -37,7 +37,15 @@ from bench.procs import wait_for
 from bench.routing import pgwarden
 from bench.upgrade_cluster import StreamingMonitor, dsn, up_pg15
 from bench.upgrade_offline import upgrade_offline
-from bench.upgrade_stats import Attempt, Row, figures, markdown_table, standbys_back, unavailability
+from bench.upgrade_stats import (
+    Attempt,
+    Row,
+    error_summary,
+    figures,
+    markdown_table,
+    standbys_back,
+    unavailability,
+)
 from bench.upgrade_writer import TimedWriter, missing, prepare, version
 
 BENCH_ROOT = Path("/var/lib/pgwarden-bench")
@@ -76,6 +84,7 @@ def switch_under_writer(bouncer: str, old: int, new: int, settle: int, monitor: 
     finally:
         attempts = w.stop()
         samples = monitor.stop()
+    said += f"; errors: {error_summary(attempts)}"
     return Phase(attempts, samples, earlier + [a.id for a in attempts if a.id is not None], said)
 
 

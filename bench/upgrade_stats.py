@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ class Attempt:
     major: int | None = None  # the server's major version that acknowledged it
     error: str = ""  # the error class name when not acknowledged
     connecting: bool = False  # failed before a transaction could be sent (no session)
+    message: str = ""  # the error's first line
 
     @property
     def ok(self) -> bool:
@@ -59,6 +61,12 @@ def unavailability(attempts: Sequence[Attempt], old: int, new: int) -> tuple[flo
 def duplicates(attempts: Sequence[Attempt]) -> int:
     ids = [a.id for a in attempts if a.id is not None]
     return sum(1 for a in attempts if a.error == "UniqueViolation") + len(ids) - len(set(ids))
+
+
+def error_summary(attempts: Sequence[Attempt], top: int = 3) -> str:
+    """The most frequent error messages with their counts, e.g. '12x "server conn crashed?"'."""
+    counts = Counter(a.message for a in attempts if not a.ok)
+    return "; ".join(f'{n}x "{m}"' for m, n in counts.most_common(top)) or "no errors"
 
 
 def figures(attempts: Sequence[Attempt], old: int, new: int) -> Figures:

@@ -64,8 +64,9 @@ class TimedWriter:
                 assert row is not None
                 self.attempts.append(Attempt(t0, time.monotonic(), int(str(row[0])), int(str(row[1]))))
             except psycopg.Error as e:
+                first = (str(e).strip().splitlines() or [""])[0][:120]
                 self.attempts.append(Attempt(t0, time.monotonic(), error=type(e).__name__,
-                                             connecting=connecting))
+                                             connecting=connecting, message=first))
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -7,6 +7,7 @@ from bench.upgrade_stats import (
     Attempt,
     Figures,
     Row,
+    error_summary,
     figures,
     longest_gap,
     markdown_table,
@@ -57,6 +58,14 @@ def test_figures_split_failed_transactions_from_failed_connects() -> None:
     assert (f.failed_tx, f.failed_connects, f.duplicates) == (1, 2, 0)
     assert f.longest_tx == 2.0
     assert f.unavailable is not None and abs(f.unavailable - 2.65) < 1e-9
+
+
+def test_error_summary_counts_messages_most_frequent_first() -> None:
+    att = [Attempt(0, 1, message="a"), Attempt(1, 2, message="b"), Attempt(2, 3, message="b"),
+           ack(3, 4, 1, 15)]
+    assert error_summary(att) == '2x "b"; 1x "a"'
+    assert error_summary(att, top=1) == '2x "b"'
+    assert error_summary(att[3:]) == "no errors"
 
 
 def test_duplicates_count_unique_violations_and_repeated_ids() -> None:
