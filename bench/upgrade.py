@@ -127,7 +127,7 @@ def offline(d: Path, rows: int, nodes: int, settle: int) -> list[tuple[Row, str]
 
     def run() -> str:
         t = upgrade_offline(d, nodes, log)
-        return (f"agents stopped {t.stopped - t.stopping:.1f} s, pg_upgrade --link (initdb included) "
+        return (f"agents stopped {t.stopped - t.stopping:.1f} s, pg_upgrade --link "
                 f"{t.upgraded - t.stopped:.1f} s, leader leading on 18 "
                 f"{t.leader_started - t.upgraded:.1f} s later")
 

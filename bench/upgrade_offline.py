@@ -4,7 +4,9 @@ the same agents and the standbys cloned again.
 
 pg_upgrade makes a new cluster with a new system identifier, which the store's `initialize` key
 does not match (the agent refuses such data: "reinitialize this node"), and the standbys' 15 data
-cannot follow an 18 primary. So, with every agent stopped: the new data directory takes the old
+cannot follow an 18 primary. So: the new data directory is made by `initdb` while the cluster
+still runs (outside the downtime, as an operator would); then, with every agent stopped,
+`pg_upgrade --link`, the new data directory takes the old
 one's place on the leader, every node file's `postgresql.bin_dir` names the 18 binaries, the
 store keeps the cluster settings but forgets the old cluster's identity, leader, timeline history
 and members, and the standbys' data directories are removed. The leader's agent then adopts the
@@ -60,14 +62,13 @@ def _run_as_postgres(argv: list[str], cwd: Path, what: str, timeout: float = 600
     return res.stdout
 
 
-def pg_upgrade_link(node: Path, work: Path) -> None:
-    """initdb the 18 data directory beside the stopped node's 15 one, `pg_upgrade --link` into
-    it, and swap them (the 15 one stays as data-15, its files now shared with the new one)."""
+def init_new_data(node: Path, work: Path) -> Path:
+    """initdb the 18 data directory beside the node's 15 one, while the cluster still runs (an
+    operator prepares it before the downtime too); the new data directory."""
     cfg = load_node_config(str(node / "pgwarden.yaml"))
-    user = cfg.postgresql.os_user
-    uid, gid = osuser.ensure_os_user(user)
-    new_bin = reachable_bin_dir(new_bin_dir(), user)
-    old_data, new_data = Path(cfg.data_dir), node / "data-18"
+    uid, gid = osuser.ensure_os_user(cfg.postgresql.os_user)
+    new_bin = reachable_bin_dir(new_bin_dir(), cfg.postgresql.os_user)
+    new_data = node / "data-18"
     osuser.prepare_dir(new_data, uid, gid)
     osuser.prepare_dir(work, uid, gid, 0o755)
     pwfile = work / "pwfile"
@@ -78,6 +79,15 @@ def pg_upgrade_link(node: Path, work: Path) -> None:
                          work, "initdb of the new data directory")
     finally:
         pwfile.unlink(missing_ok=True)
+    return new_data
+
+
+def pg_upgrade_link(node: Path, new_data: Path, work: Path) -> None:
+    """`pg_upgrade --link` the stopped node's 15 data into `new_data` and swap them (the 15 one
+    stays as data-15, its files now shared with the new one)."""
+    cfg = load_node_config(str(node / "pgwarden.yaml"))
+    new_bin = reachable_bin_dir(new_bin_dir(), cfg.postgresql.os_user)
+    old_data = Path(cfg.data_dir)
     # Ports of our own: pg_upgrade's default 50432 may be taken by another run on this host.
     _run_as_postgres([str(new_bin / "pg_upgrade"), "--link", "-b", str(PG15), "-B", str(new_bin),
                       "-d", str(old_data), "-D", str(new_data), "-U", cfg.postgresql.superuser.username,
@@ -107,18 +117,20 @@ def forget_old_cluster(node: Path) -> list[str]:
 
 
 def upgrade_offline(directory: Path, members: int, log: Callable[[str], None]) -> OfflineTimes:
-    """Stop the agents (replicas first, then the leader, as `local down` orders them), upgrade the
-    leader's data, and start the agents again on 18: the leader first (it adopts the data), then
-    the standbys (which clone it). Returns when every agent is started; the caller waits for the
-    writes and for streaming."""
+    """initdb the new data directory, stop the agents (replicas first, then the leader, as `local
+    down` orders them), pg_upgrade the leader's data, and start the agents again on 18: the leader
+    first (it adopts the data), then the standbys (which clone it). Returns when every agent is
+    started; the caller waits for the writes and for streaming."""
     lead = wait_for(lambda: leader(directory), 60, f"a leader in {directory}")
     nodes = node_dirs(directory)
+    work = directory / "pg_upgrade-work"
+    new_data = init_new_data(directory / lead, work)
     stopping = time.monotonic()
     for n in [n for n in nodes if n.name != lead] + [n for n in nodes if n.name == lead]:
         pgwarden("local", "stop", "--dir", str(directory), n.name, timeout=180)
     stopped = time.monotonic()
     log(f"  agents stopped in {stopped - stopping:.1f} s; pg_upgrade --link of {lead} ...")
-    pg_upgrade_link(directory / lead, directory / "pg_upgrade-work")
+    pg_upgrade_link(directory / lead, new_data, work)
     upgraded = time.monotonic()
     log(f"  pg_upgrade --link took {upgraded - stopped:.1f} s; starting {lead} on 18 ...")
     point_at_new_binaries(directory)
