@@ -6,11 +6,11 @@ pg_upgrade makes a new cluster with a new system identifier, which the store's `
 does not match (the agent refuses such data: "reinitialize this node"), and the standbys' 15 data
 cannot follow an 18 primary. So: the new data directory is made by `initdb` while the cluster
 still runs (outside the downtime, as an operator would); then, with every agent stopped,
-`pg_upgrade --link`, the new data directory takes the old
-one's place on the leader, every node file's `postgresql.bin_dir` names the 18 binaries, the
-store keeps the cluster settings but forgets the old cluster's identity, leader, timeline history
-and members, and the standbys' data directories are removed. The leader's agent then adopts the
-upgraded data ("initialising the cluster from existing data"), and the standbys' agents clone it.
+`pg_upgrade --link`, the new data directory takes the old one's place on the leader, every node
+file's `postgresql.bin_dir` names the 18 binaries, the store keeps the cluster settings but
+forgets the old cluster's identity, leader, timeline history and members, and the standbys' data
+directories are removed. The leader's agent then adopts the upgraded data ("initialising the
+cluster from existing data"), and the standbys' agents clone it.
 """
 
 from __future__ import annotations
