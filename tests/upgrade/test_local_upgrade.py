@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from tests.support.cluster import Cluster, pgwarden
 from tests.support.wait import wait_for
@@ -163,6 +164,56 @@ def test_rollback_keeps_the_rows_written_after_the_cutover(old: OldCluster, w: I
     assert old.step() == "rolled_back" and not (old.dir / "pg18").exists()
     assert one(old.direct_dsn(), "SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical'") == 0
     assert one(old.direct_dsn(), "SELECT count(*) FROM pg_publication") == 0
+
+
+def kill_new_primary(old: OldCluster) -> str:
+    """SIGKILL the new cluster's primary node (agent and postmaster); its name."""
+    new_dir = old.dir / "pg18"
+    status = json.loads(pgwarden("local", "status", "--dir", str(new_dir), "--format", "json").stdout)
+    primary = next(m["name"] for m in status["members"] if m.get("role") == "primary")
+    procs = json.loads((new_dir / "state.json").read_text())["procs"]
+    doc = yaml.safe_load((new_dir / primary / "pgwarden.yaml").read_text())
+    pids = [int(procs[primary]["pid"])]
+    pidfile = Path(doc["data_dir"]) / "postmaster.pid"
+    if pidfile.exists():
+        pids.append(int(pidfile.read_text().splitlines()[0]))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return str(primary)
+
+
+def test_new_clusters_primary_killed_half_way_leaves_the_old_one_writing_and_a_rerun_carries_on(
+        old: OldCluster, w: IdentityWriter) -> None:
+    w.start()
+    wait_acks_on(w, 15, count=len([m for m in w.majors if m == 15]) + 20)
+    proc = subprocess.Popen([sys.executable, "-m", "pgwarden", "local", "upgrade", "--dir", str(old.dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:  # the new cluster runs; roles and schema are being copied into its primary
+        wait_for(lambda: old.step() == "new_cluster", 240, "the new cluster to run")
+        killed = kill_new_primary(old)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # The run waits out the new cluster's failover and carries on; had it stopped, clients would
+    # still write on the old cluster and a rerun would carry on.
+    assert w.errors == [], w.errors
+    if old.step() != "switched":
+        wait_acks_on(w, 15, count=len([m for m in w.majors if m == 15]) + 20)
+        # A rerun carries on; right after the failover it may refuse to point PgBouncer at a
+        # leader that does not accept writes yet ("rerun in a moment"), and change nothing.
+        wait_for(lambda: old.upgrade(check=False).returncode == 0, 240, "a rerun that carries on", interval=1)
+        assert old.step() == "switched"
+    wait_acks_on(w, 18, count=len([m for m in w.majors if m == 18]) + 20)
+    w.stop()
+    assert w.errors == [], w.errors
+    assert w.missing_on(old.direct_dsn(new=True)) == [], f"{killed} killed; first run said: {out}"
+    old.upgrade("--rollback")  # as the next test expects: back on 15, the new cluster removed
+    assert old.step() == "rolled_back"
 
 
 def test_upgrade_again_killed_during_the_cutover_then_rerun_and_finish(

@@ -24,7 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import make_conninfo
+
 from pgwarden.config.schema import PgBouncerConfig
+from pgwarden.errors import CliError
 from pgwarden.routing.pgbouncer import AdminConsole, AdminError, ini_owner, rewrite_targets, set_owner
 from pgwarden.upgrade import ddl_freeze
 from pgwarden.upgrade import replicate as R
@@ -92,6 +96,8 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
     """Move clients from `src` to `dst`. `active` is the subscription on `dst` that receives
     `src`'s changes; `reverse` (if set) the one created on `src` to receive `dst`'s from now on.
     Returns how long PgBouncer was paused, in seconds."""
+    for side in (src, dst):
+        _check_primary(side)
     s, d = src.connect(), dst.connect()
     try:
         for conn in (s, d):
@@ -135,6 +141,21 @@ def cutover(bouncer: Bouncer, src: Side, dst: Side, active: str, reverse: str | 
     finally:
         s.close()
         d.close()
+
+
+def _check_primary(side: Side) -> None:
+    """Before anything changes: the address PgBouncer would be pointed at (the store's leader)
+    must be a writable server now. Right after a failover the leader key may still name the
+    dead primary; pointing clients there would strand them (docs/upgrade.md)."""
+    host, port = side.primary
+    try:
+        with psycopg.connect(make_conninfo(side.dsn, host=host, port=str(port), connect_timeout="3",
+                                           target_session_attrs="read-write"), autocommit=True):
+            pass
+    except psycopg.Error as e:
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CliError(f"{side.cluster}'s leader {host}:{port} does not accept writes now ({last}); "
+                       f"is it failing over? Nothing was switched: rerun in a moment") from None
 
 
 def recover(bouncer: Bouncer, sides: dict[tuple[str, int], Side], fallback: str, say: Say) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 from rich.console import Console
@@ -27,6 +27,7 @@ from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import Bouncer, Side, cutover, recover
 
 SMALL_LAG = 1024 * 1024  # bytes: close enough to cut over
+PRIMARY_WAIT = 60.0  # seconds a step waits for a cluster's primary (a failover takes a few)
 
 
 @dataclass
@@ -111,6 +112,20 @@ class Flow:
             raise CliError("no PgBouncer configured in the old cluster's node file")
         return self.bouncer
 
+    def open_primary(self, cluster: ClusterRef, timeout: float = PRIMARY_WAIT) -> psycopg.Connection[Any]:
+        """A session on the cluster's primary. A cluster failing over has none for a few seconds:
+        wait for one (bounded) rather than stop the upgrade half-way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=5)
+            except psycopg.OperationalError as e:
+                if time.monotonic() > deadline:
+                    last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                    raise CliError(f"no primary of {cluster.name} answered within {timeout:g} s ({last}); "
+                                   f"the step reached is kept: rerun to carry on, or --rollback") from None
+            time.sleep(0.5)
+
     def side(self, cluster: ClusterRef, timeout: float = 60.0) -> Side:
         return make_side(cluster.name, cluster.dsn(), cluster.primary(timeout))
 
@@ -150,23 +165,23 @@ class Flow:
         assert self.state is not None
         self.step(3, "copying roles and schema (pg_dump --schema-only of the new binaries)")
         dsn = self.new.dsn()
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with self.open_primary(self.new) as conn:
             done = schema.copy(Path(self.state.new_bin), self.old.dsn(), dsn, conn)
         self.say("      schema restored" if done else "      schema was restored already")
         self.record(S.Step.SCHEMA)
 
     def do_replicate(self) -> None:
         self.step(4, "publishing every table on the old cluster, subscribing from the new one")
-        with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
-                psycopg.connect(self.new.dsn(), autocommit=True) as new:
+        with self.open_primary(self.old) as old, \
+                self.open_primary(self.new) as new:
             R.ensure_publication(old)
             R.ensure_subscription(new, old, R.FORWARD, self.old.dsn(), copy_data=True)
         self.record(S.Step.REPLICATING)
 
     def do_catch_up(self) -> None:
         deadline = time.monotonic() + self.req.timeout
-        with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
-                psycopg.connect(self.new.dsn(), autocommit=True) as new, \
+        with self.open_primary(self.old) as old, \
+                self.open_primary(self.new) as new, \
                 Progress(TextColumn("      {task.description}"), BarColumn(), MofNCompleteColumn(),
                          TimeElapsedColumn(), console=self.console) as bar:
             states = R.table_states(new, R.FORWARD)
@@ -212,7 +227,7 @@ class Flow:
             raise CliError("the cutover failed half-way; clients stay on the old cluster. "
                            "`--rollback` cleans up the new one, then upgrade again")
         self.step(6, "changes on the new cluster now flow back to the old one (until --finish)")
-        with psycopg.connect(self.new.dsn(), autocommit=True) as new:
+        with self.open_primary(self.new) as new:
             row = new.execute("SHOW server_version").fetchone()
         self.say(f"      clients now reach PostgreSQL {row[0] if row else '?'} through PgBouncer; "
                  f"`--finish` retires the old cluster, `--rollback` goes back to it")
@@ -251,7 +266,7 @@ class Flow:
             raise CliError("PgBouncer still sends clients to the new cluster; not removing it "
                            "(rerun `--rollback` to cut back first)")
         self.remove_new()
-        with psycopg.connect(self.old.dsn(), autocommit=True) as old:
+        with self.open_primary(self.old) as old:
             ddl_freeze.release(old)
             R.drop_subscription(old, None, R.REVERSE)
             R.drop_slot_when_free(old, R.FORWARD)
@@ -262,8 +277,8 @@ class Flow:
     def do_finish(self) -> None:
         assert self.state is not None
         self.step(7, "finishing: dropping the reverse replication, retiring the old cluster")
-        with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
-                psycopg.connect(self.new.dsn(), autocommit=True) as new:
+        with self.open_primary(self.old) as old, \
+                self.open_primary(self.new) as new:
             R.drop_subscription(old, new, R.REVERSE)
             R.drop_slot_when_free(old, R.FORWARD)  # left by a cutover killed right after RESUME
             R.drop_publication(old)
@@ -296,5 +311,9 @@ def run_flow(flow: Flow, lock_dir: Path, what: str) -> int:
             return flow.run()
         with upgrade_lock(lock_dir, what):
             return flow.run()
+    except psycopg.Error as e:  # a server went away mid-step: say so in one line, keep the step
+        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CliError(f"{what} stopped: {last}; the step reached is kept in "
+                       f"{flow.state_dir / flow.state_file}: rerun to carry on, or --rollback") from None
     finally:
         flow.close()

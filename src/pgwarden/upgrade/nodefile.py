@@ -219,8 +219,7 @@ class NodeFileUpgrade(Flow):
     def remove_new(self) -> None:
         self.step(7, f"dropping the replication on {self.new.name} (its copy of the data stays)")
         if self.new.is_up():
-            with psycopg.connect(self.old.dsn(), autocommit=True) as old, \
-                    psycopg.connect(self.new.dsn(), autocommit=True) as new:
+            with self.open_primary(self.old) as old, self.open_primary(self.new) as new:
                 ddl_freeze.release(new)
                 R.drop_subscription(new, old, R.FORWARD)
                 R.drop_publication(new)
