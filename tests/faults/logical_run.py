@@ -127,7 +127,7 @@ class LogicalPair:
 
     def wait_candidates(self, bound: float) -> tuple[float | None, str]:
         t0 = time.monotonic()
-        last = "no status"
+        last, first = "no status", ""
         while time.monotonic() - t0 < bound:
             s = self.status()
             if s is not None:
@@ -135,7 +135,8 @@ class LogicalPair:
                 last = (f"state {s.get('state')}, slot_on_candidates {s.get('slot_on_candidates')}, "
                         f"candidates {hosts}")
                 if s.get("slot_on_candidates"):
-                    return time.monotonic() - t0, last
+                    return time.monotonic() - t0, last + (f"; first answer: {first}" if first else "")
+                first = first or f"{last} at {time.monotonic() - t0:.1f}s"
             time.sleep(2.0)
         return None, last
 
