@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 
 from pgwarden.local.layout import seed_settings
+from tests.faults import checker
 from tests.faults.harness import FaultCluster, tampered
 from tests.faults.logical import fetch_ids, row_problems
 from tests.faults.run import FINAL_CONVERGENCE, _wait, _wait_sync_standby
@@ -62,6 +63,7 @@ class LogicalOutcome:
     not_converged: list[str] = field(default_factory=list)
     longest_catch_up: float = 0.0  # seconds, settle -> slot confirmed (stall check)
     longest_candidates: float = 0.0  # seconds, settle -> slot_on_candidates
+    async_lost: int = 0  # acknowledged commits the source primary lacked at the last check
     report: str = ""
 
     @property
@@ -140,23 +142,27 @@ class LogicalPair:
             time.sleep(2.0)
         return None, last
 
-    def wait_exact_rows(self, bound: float) -> tuple[float | None, list[str]]:
+    def wait_exact_rows(self, bound: float) -> tuple[float | None, list[str], set[int]]:
+        """Seconds until the subscriber primary holds exactly the source primary's ids (None: not
+        within `bound`), what still differed, and the source primary's ids last read."""
         t0 = time.monotonic()
         problems = ["not compared yet"]
+        source: set[int] = set()
         while time.monotonic() - t0 < bound:
             p, d = self.cl.primary(), self.sub.primaries()
             if p is not None and len(d) == 1:
                 try:
-                    problems = row_problems(fetch_ids(self.cl.conninfo(p), TABLE),
-                                            fetch_ids(self.sub.conninfo(d[0]), TABLE))
+                    ids = fetch_ids(self.cl.conninfo(p), TABLE)
+                    source = {int(i) for i in ids}
+                    problems = row_problems(ids, fetch_ids(self.sub.conninfo(d[0]), TABLE))
                 except psycopg.Error as e:
                     problems = [f"could not read: {_first_line(e)}"]
                 if not problems:
-                    return time.monotonic() - t0, []
+                    return time.monotonic() - t0, [], source
             else:
                 problems = [f"source primary {p}, subscriber primaries {d}"]
             time.sleep(1.0)
-        return None, problems
+        return None, problems, source
 
 
 def _secs(took: float | None) -> str:
@@ -188,16 +194,21 @@ def check(pair: LogicalPair, work: Workload, out: LogicalOutcome, label: str) ->
         out.violations.append(f"seed {out.seed}, {label}: a write still in flight after {PAUSE_BOUND:g}s; "
                               f"rows compared anyway")
     try:
-        rtook, problems = pair.wait_exact_rows(ROWS_BOUND)
+        rtook, problems, source = pair.wait_exact_rows(ROWS_BOUND)
+        # Writes are paused: every acknowledged commit is in `acks`. Those the source primary
+        # lacks were lost by an asynchronous failover; the subscriber must lack them too.
+        lost = len({a.id for a in work.acks} - source) if source else None
     finally:
         work.resume()
+    if lost is not None:
+        out.async_lost = lost
     if rtook is None:
         out.violations.append(f"seed {out.seed}, {label}: exact rows: {'; '.join(problems)} "
                               f"(source primary {pair.cl.primary()})")
     else:
         out.passed += 1
     say(f"check after {label}: slot advanced in {_secs(took)}, slot_on_candidates in "
-        f"{_secs(ctook)} ({cl_last}), rows "
+        f"{_secs(ctook)} ({cl_last}), acknowledged commits the source primary lacks so far: {lost}, rows "
         + (f"exactly equal after {rtook:.1f}s" if rtook is not None else f"DIFFER: {problems}"))
 
 
@@ -263,9 +274,18 @@ def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tupl
             if gone:
                 raise RuntimeError(f"the test directory was changed from outside during the run "
                                    f"(missing {gone}); the run proves nothing either way")
-            out.acks = len(work.acks)
+            acks = work.acks
+            out.acks = len(acks)
+            # The source's own promises, as in run.py: one writer at a time; in synchronous mode
+            # no acknowledged commit lost.
+            out.violations += [f"seed {seed}: {v.kind}: {v.detail}" for v in checker.concurrent_writers(acks)]
+            final = cl.wait_primary(10.0)
+            if sync and final is not None:
+                out.violations += [f"seed {seed}: {v.kind}: {v.detail}" for v in
+                                   checker.lost_commits(acks, cl.present_ids(final, TABLE))]
             say(f"logical run: {out.faults} faults, {out.failovers} source failovers, {out.passed}/"
-                f"{out.checks} exact-rows checks passed, {out.acks} acknowledged commits, longest "
+                f"{out.checks} exact-rows checks passed, {out.acks} acknowledged commits "
+                f"({out.async_lost} of them lost by the source: the subscriber must lack them too), longest "
                 f"slot catch-up {out.longest_catch_up:.1f}s, longest slot_on_candidates wait "
                 f"{out.longest_candidates:.1f}s")
             for v in out.violations:
