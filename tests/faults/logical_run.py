@@ -55,7 +55,7 @@ class LogicalOutcome:
     sync: str | None
     steps: list[Step]
     faults: int = 0  # steps run
-    failovers: int = 0  # steps after which another node was the source primary
+    failovers: int = 0  # changes of source primary seen (looked before and after every step)
     checks: int = 0  # exact-rows checks made (after the start, each step, and the end)
     passed: int = 0  # ... of which the subscriber held exactly the source primary's rows
     acks: int = 0
@@ -252,19 +252,27 @@ def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tupl
             try:
                 _wait(lambda: work.progress() > 20, 30, "writes flowing before the first fault")
                 check(pair, work, out, "the start")
+                last = [cl.wait_primary(20.0)]
+
+                def observe(where: str) -> None:
+                    """Count a change of source primary since the last look (also one that came
+                    after a step had settled, during its checks)."""
+                    now = cl.wait_primary(20.0)
+                    if now is not None and last[0] is not None and now != last[0]:
+                        out.failovers += 1
+                        nemesis.note(f"source failover {out.failovers}: {last[0]} -> {now} ({where})")
+                    last[0] = now or last[0]
                 end_by = time.monotonic() + duration
                 for step in steps:
                     if time.monotonic() >= end_by:
                         nemesis.note(f"time is up: {len(steps) - step.index + 1} step(s) not run")
                         break
-                    before = cl.wait_primary(20.0)
+                    observe(f"before step {step.index}")
                     nemesis.step(step)
                     out.faults += 1
-                    after = cl.wait_primary(20.0)
-                    if before is not None and after is not None and after != before:
-                        out.failovers += 1
-                        nemesis.note(f"source failover {out.failovers}: {before} -> {after}")
+                    observe(f"step {step.index}")
                     check(pair, work, out, f"step {step.describe()}")
+                observe("the end")
                 nemesis.ensure_healed()
                 out.not_converged = cl.wait_converged(FINAL_CONVERGENCE)
                 check(pair, work, out, "the end")
