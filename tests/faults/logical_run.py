@@ -212,6 +212,22 @@ def check(pair: LogicalPair, work: Workload, out: LogicalOutcome, label: str) ->
         + (f"exactly equal after {rtook:.1f}s" if rtook is not None else f"DIFFER: {problems}"))
 
 
+def self_test(pair: LogicalPair, work: Workload, say: Callable[[str], None]) -> None:
+    """The exact-rows check must see a difference: a row written on the subscriber alone (id -1,
+    never a workload id) is reported as extra, then removed."""
+    primary = pair.sub.wait_primary()
+    work.pause(PAUSE_BOUND)
+    try:
+        pair.sub.sql(primary, f"INSERT INTO {TABLE} VALUES (-1, 0)")
+        took, problems, _ = pair.wait_exact_rows(3.0)
+        pair.sub.sql(primary, f"DELETE FROM {TABLE} WHERE id = -1")
+    finally:
+        work.resume()
+    if took is not None or not any("[-1]" in p for p in problems):
+        raise AssertionError(f"the exact-rows check missed a row added on the subscriber: {problems}")
+    say(f"self-test: a row added on the subscriber alone is reported: {problems}")
+
+
 def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] | None = None,
                        writers: int = 2, log: Callable[[str], None] = print) -> LogicalOutcome:
     lines: list[str] = []
@@ -252,6 +268,7 @@ def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tupl
             try:
                 _wait(lambda: work.progress() > 20, 30, "writes flowing before the first fault")
                 check(pair, work, out, "the start")
+                self_test(pair, work, say)
                 last = [cl.wait_primary(20.0)]
 
                 def observe(where: str) -> None:
