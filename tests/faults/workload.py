@@ -38,6 +38,8 @@ class Writer:
     acks: list[Ack] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     conn: psycopg.Connection[tuple[object, ...]] | None = None
+    pause: threading.Event | None = None  # set: finish the commit in flight, then wait
+    idle: threading.Event = field(default_factory=threading.Event)  # set while paused, nothing in flight
     _warned: bool = False
 
     def _connect(self) -> tuple[psycopg.Connection[tuple[object, ...]], str, int]:
@@ -62,6 +64,11 @@ class Writer:
         n = self.writer_id * 1_000_000_000
         server, tl = "", 0
         while not stop.is_set() and time.monotonic() < until:
+            self.idle.clear()  # before looking at pause: pause() then never sees a stale idle
+            if self.pause is not None and self.pause.is_set():
+                self.idle.set()
+                stop.wait(0.02)
+                continue
             if self.conn is None:
                 try:
                     self.conn, server, tl = self._connect()
@@ -88,6 +95,7 @@ class Writer:
                 continue
             self.acks.append(Ack(n, self.writer_id, sent, at, server, tl))
         self._close()
+        self.idle.set()
 
     def _close(self) -> None:
         conn, self.conn = self.conn, None
@@ -111,6 +119,7 @@ class Workload:
     writers: int = 4
     max_seconds: float = 600.0
     _stop: threading.Event = field(default_factory=threading.Event)
+    _pause: threading.Event = field(default_factory=threading.Event)
     _workers: list[Writer] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -129,7 +138,7 @@ class Workload:
     def start(self) -> None:
         until = time.monotonic() + self.max_seconds
         for i in range(1, self.writers + 1):
-            w = Writer(self.dsn, i)
+            w = Writer(self.dsn, i, pause=self._pause)
             t = threading.Thread(target=w.run, args=(self._stop, until), name=f"writer{i}", daemon=True)
             self._workers.append(w)
             self._threads.append(t)
@@ -154,6 +163,21 @@ class Workload:
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             raise AssertionError(f"writers still blocked after {timeout + 10:g}s: {stuck}")
+
+    def pause(self, timeout: float = 60.0) -> bool:
+        """Stop issuing writes and wait until no writer has a commit in flight (every commit
+        sent so far has returned, acknowledged or not). False when one is still in flight after
+        `timeout` (say, a commit waiting for a synchronous standby); writers stay paused."""
+        self._pause.set()
+        deadline = time.monotonic() + timeout
+        while not all(w.idle.is_set() for w in self._workers):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def resume(self) -> None:
+        self._pause.clear()
 
     def progress(self) -> int:
         return sum(len(w.acks) for w in self._workers)

@@ -48,8 +48,16 @@ def reachable_tmpdir(prefix: str) -> Path:
 class Cluster:
     def __init__(self, name: str, nodes: int = 3, sync: str | None = None, sets: tuple[str, ...] = (),
                  store: str = "etcd", witness: bool = False, tls: bool = False,
-                 bin_dir: str | None = None, standby_of: Path | None = None, pgbouncer: bool = False):
-        self.dir = reachable_tmpdir(name)
+                 bin_dir: str | None = None, standby_of: Path | None = None, pgbouncer: bool = False,
+                 directory: Path | None = None):
+        # `directory`: the caller's (made here, traversable by postgres, never removed by down()).
+        self.owns_dir = directory is None
+        if directory is None:
+            self.dir = reachable_tmpdir(name)
+        else:
+            directory.mkdir(mode=0o755)
+            directory.chmod(0o755)
+            self.dir = directory
         self.nodes = nodes
         self.sync = sync
         self.sets = sets
@@ -85,7 +93,7 @@ class Cluster:
 
     def down(self) -> None:
         pgwarden("local", "down", "--dir", str(self.dir), check=False, timeout=120)
-        if not os.environ.get("PGWARDEN_KEEP_TEST_DIRS"):  # keep logs for a post-mortem
+        if self.owns_dir and not os.environ.get("PGWARDEN_KEEP_TEST_DIRS"):  # keep logs for a post-mortem
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
