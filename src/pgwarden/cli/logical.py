@@ -24,6 +24,7 @@ from pgwarden.core import logical as L
 from pgwarden.core.settings import ClusterSettings
 from pgwarden.postgres import logical as pglogical
 
+DROP_WAIT = 30.0  # seconds `drop` waits for the leader's own drop after a conflict with it
 APPLY_TIMEOUT = 30.0  # the leader's loop plus a slot's consistent snapshot on the source
 
 
@@ -292,11 +293,33 @@ def cmd_drop(args: argparse.Namespace, ctx: Ctx) -> int:
             else:
                 conn.execute(Q.SQL("DROP PUBLICATION IF EXISTS {}").format(Q.Identifier(name)))
         except psycopg.Error as e:
-            raise CliError(
-                f"{kind} {name} is no longer declared but could not be dropped yet: {first_line(e)}; "
-                f"the leader keeps trying") from None
+            # The leader drops what is no longer declared too, maybe at this very moment ("tuple
+            # concurrently deleted"): what matters is that it is gone, whoever dropped it.
+            if not _gone(ctx, kind, name, DROP_WAIT):
+                raise CliError(
+                    f"{kind} {name} is no longer declared but could not be dropped yet: {first_line(e)}; "
+                    f"the leader keeps trying") from None
     print(f"{kind} {name} dropped" + (" with its slot on the source" if kind == "subscription" else ""))
     return 0
+
+
+def _gone(ctx: Ctx, kind: str, name: str, timeout: float) -> bool:
+    """True once the primary has no `kind` named `name` (within `timeout` seconds)."""
+    sub = kind == "subscription"
+    table, column = ("pg_subscription", "subname") if sub else ("pg_publication", "pubname")
+    query = Q.SQL("SELECT count(*) FROM {} WHERE {} = %s").format(Q.Identifier(table), Q.Identifier(column))
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with primary_conn(ctx) as conn:
+                row = conn.execute(query, (name,)).fetchone()
+            if row is not None and int(row[0]) == 0:
+                return True
+        except (psycopg.Error, CliError):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 __all__ = ["register"]
