@@ -11,6 +11,7 @@ call starts on a fresh one.
 from __future__ import annotations
 
 import http.client
+import select
 import ssl
 import threading
 import time
@@ -45,8 +46,12 @@ class HostConnections:
         return http.client.HTTPConnection(self.host, self.port)
 
     def _take(self) -> http.client.HTTPConnection | None:
-        with self._lock:
-            return self._idle.pop() if self._idle else None
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or not _dropped(conn):
+                return conn
+            conn.close()  # closed by the server while idle: not worth a failed attempt
 
     def _give(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -95,3 +100,15 @@ class HostConnections:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """An idle kept-alive connection with something to read has been closed by the server (or
+    holds bytes nobody asked for): either way it cannot carry the next request. urllib3 checks
+    the same before reusing a pooled connection."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
