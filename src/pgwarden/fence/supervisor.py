@@ -50,7 +50,8 @@ class Fencer:
 
     def ensure_running(self) -> bool:
         """Start a new fencer if ours is gone; True if one had to be started. Cheap enough for
-        every agent loop: a reap of our own child and one read of /proc/<pid>/cmdline."""
+        every agent loop: a reap of our own child, or one read of /proc/<pid>/cmdline for a fencer an
+        earlier agent run started."""
         if self._last is None:  # start() never ran: it writes the state the fencer needs first
             log.warning("ensure_running() before start(): starting the fencer")
             self.start()
@@ -61,7 +62,11 @@ class Fencer:
         return True
 
     def _ensure(self) -> bool:
-        if self._proc is not None and self._proc.poll() is not None:
+        if self._proc is not None:
+            if self._proc.poll() is None:
+                # Our own child, not reaped yet: its pid cannot belong to anyone else, so the
+                # fencer we spawned still runs (no /proc read every loop, issue 16).
+                return False
             self._proc = None  # reaped: a zombie would keep its pid
         if self._pid > 0 and _cmdline(self._pid).endswith(self._tail):
             return False

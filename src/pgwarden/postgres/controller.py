@@ -44,14 +44,15 @@ class PostgresController(DataDirectory):
 
     # ---- observation ---------------------------------------------------------------------
 
-    def _probe(self, budget: float) -> sql.Health | None:
+    def _probe(self, budget: float, pid: int) -> sql.Health | None:
         """Health query in a worker thread bounded by `budget` (libpq's connect timeout cannot
-        go below 2 s, and a frozen server never answers). At most one probe is in flight."""
+        go below 2 s, and a frozen server never answers). At most one probe is in flight, so the
+        kept connection (postgres/health_conn.py) has one user at a time."""
         box: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                box["health"] = self.fresh_health(max(budget, 0.5))
+                box["health"] = self._loop_health(pid, max(budget, 0.5))
             except Exception as e:  # reported as unhealthy
                 box["error"] = e
 
@@ -106,7 +107,7 @@ class PostgresController(DataDirectory):
             return replace(base, system_id=cd.system_id, timeline=cd.timeline,
                            checkpoint_lsn=_end_lsn(cd), was_primary=was_primary,
                            clean_shutdown=cd.clean_shutdown)
-        health = self._probe(timeout - (time.monotonic() - started))
+        health = self._probe(timeout - (time.monotonic() - started), pid)
         if health is None:
             known = self._live.known(pid)
             return replace(base, running=True, healthy=False, postmaster_pid=pid,
@@ -345,6 +346,14 @@ class PostgresController(DataDirectory):
         params = self._local_params()
         with sql.connect(params, timeout) as conn:
             health = sql.query_health(conn)
+        return self._replay_timeline(health, params, timeout)
+
+    def _loop_health(self, pid: int, timeout: float) -> sql.Health:
+        """The loop's health query, on the kept connection (postgres/health_conn.py)."""
+        params = self._local_params()
+        return self._replay_timeline(self._health.query(params, pid, timeout), params, timeout)
+
+    def _replay_timeline(self, health: sql.Health, params: sql.ConnParams, timeout: float) -> sql.Health:
         if health.in_recovery and health.receiver_status != "streaming":
             # With no WAL receiver the query reports pg_control's timeline, which lags until a
             # restartpoint: a peer would take us for a node on an old timeline (no candidate).

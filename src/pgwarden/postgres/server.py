@@ -29,6 +29,7 @@ from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.model import DataState, SyncConfig
 from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
 from pgwarden.postgres import tls as pgtls
+from pgwarden.postgres.health_conn import HealthConnection
 from pgwarden.postgres.startlog import startup_failure
 from pgwarden.procinfo import pid_alive as _pid_alive
 
@@ -108,6 +109,7 @@ class PostgresServer:
         self._state = self._load_state()
         self._probe_lock = threading.Lock()
         self._probe_thread: threading.Thread | None = None
+        self._health = HealthConnection()  # used by the probe thread only (controller._probe)
         # synchronous_standby_names as the server last answered it (the file can be ahead of
         # it after a reload that did not go through) and the LSN when it took effect.
         self._live = sync_names.LiveSyncTracker()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from pgwarden.config.errors import ConfigError
@@ -125,6 +126,19 @@ def load_member(raw: str) -> MemberInfo:
 
 # -- reading the whole cluster ----------------------------------------------------------------
 
+# Every loop reads the whole cluster, and while it idles the documents do not change: parsing the
+# same text into the same (immutable) objects every second was a visible part of an idle agent's
+# CPU (issue 16). A parse that fails raises every time, as before: lru_cache keeps no exceptions.
+@lru_cache(maxsize=64)
+def _member(raw: str) -> MemberInfo:
+    return load_member(raw)
+
+
+@lru_cache(maxsize=8)
+def _settings(raw: str, source: str) -> ClusterSettings:
+    return parse_stored_settings(json.loads(raw), source)
+
+
 
 def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
     """The cluster as `entries` (one `KV.read`) show it. An unreadable key is skipped with a
@@ -153,13 +167,13 @@ def parse_view(entries: Mapping[str, Entry], cluster: str) -> ClusterView:
             elif key == CONFIG:
                 settings_token = token
                 try:
-                    settings = parse_stored_settings(json.loads(raw), f"store key {cluster}/{CONFIG}")
+                    settings = _settings(raw, f"store key {cluster}/{CONFIG}")
                 except (ConfigError, ValueError) as err:
                     log.warning("store: stored cluster settings are invalid, using defaults: %s", err)
             elif key == LEADER:
                 leader = LeaderKey(raw, token)
             elif key.startswith(MEMBERS + "/"):
-                m = load_member(raw)
+                m = _member(raw)
                 members[m.name] = m
             elif key == SYNC:
                 sync = load_sync(raw, token)

@@ -1,9 +1,10 @@
-"""The etcd v3 backend of the store port, spoken as JSON over etcd's gRPC gateway with urllib3.
+"""The etcd v3 backend of the store port, spoken as JSON over etcd's gRPC gateway: calls on kept-alive
+`http.client` connections (store/http_conns.py), the watch stream with urllib3.
 
 Why not a client library: every call must end within its own deadline (SAFETY rule 15: the runner
-clips each call's timeout to the lease it has left), which urllib3 gives us directly with
-`Timeout(total=...)` and retries off; the gateway needs no grpc/protobuf dependency; and the
-`etcd3` PyPI client is unmaintained since 2020 and pins an old protobuf.
+clips each call's timeout to the lease it has left), which a plain HTTP client gives us directly
+with no retries behind our back; the gateway needs no grpc/protobuf dependency; and the `etcd3`
+PyPI client is unmaintained since 2020 and pins an old protobuf.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ request errors, the base64 and key-range helpers, and the transaction compare/op
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import ssl
 import threading
@@ -11,10 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
-
 from pgwarden.store.base import StoreError, StoreUnavailable
+from pgwarden.store.http_conns import HostConnections
 
 # gRPC status codes meaning "this request is wrong" (another host would say the same), as opposed
 # to "this server cannot answer now" (try the next host, then report the store unavailable).
@@ -81,8 +80,7 @@ class _Gateway:
         self._preferred = 0
         self._lock = threading.Lock()
         self.ssl_context = ssl_context
-        self._pool = urllib3.PoolManager(num_pools=max(4, len(hosts)), maxsize=4, retries=False,
-                                         ssl_context=ssl_context)
+        self._conns = [HostConnections(url, ssl_context) for url in self.urls]
         self._credentials = credentials
         self._token: str | None = None
 
@@ -149,31 +147,23 @@ class _Gateway:
             url = self.urls[index] + path
             attempted.add(self.urls[index])
             try:
-                resp = self._pool.request(
-                    "POST",
-                    url,
-                    body=payload,
-                    headers=dict(headers),
-                    timeout=urllib3.Timeout(total=remaining),
-                    retries=False,
-                    redirect=False,
-                )
-            except (HTTPError, OSError) as e:
-                last = f"{url}: {e}"
-                if isinstance(e, NewConnectionError) and "refused" in str(e).lower():
+                status, raw = self._conns[index].post(path, payload, headers, deadline)
+            except (http.client.HTTPException, OSError) as e:
+                last = f"{url}: {e!r}" if not str(e) else f"{url}: {e}"
+                if isinstance(e, ConnectionRefusedError):
                     refused.add(self.urls[index])
                 self.failed(index)
                 continue
             try:
-                data = json.loads(resp.data.decode() or "{}")
+                data = json.loads(raw.decode() or "{}")
             except ValueError:
                 data = None
             if not isinstance(data, dict):
-                last = f"{url}: HTTP {resp.status} with a body that is not a JSON object"
+                last = f"{url}: HTTP {status} with a body that is not a JSON object"
                 self.failed(index)
                 continue
             err = data.get("error")
-            if resp.status == 200 and not err:
+            if status == 200 and not err:
                 with self._lock:
                     self._preferred = index
                 return data
@@ -185,14 +175,15 @@ class _Gateway:
                 code, message = _int(data.get("code")), str(data.get("message") or err or "")
             if code in _REQUEST_ERRORS:
                 raise EtcdRequestError(code, message)
-            last = f"{url}: HTTP {resp.status}: {message or 'error'}"
+            last = f"{url}: HTTP {status}: {message or 'error'}"
             self.failed(index)
         if refused and refused == attempted:
             raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
 
     def close(self) -> None:
-        self._pool.clear()
+        for conns in self._conns:
+            conns.close()
 
 
 def _put(key: bytes, value: str, lease: int = 0) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The loop's kept health connection (postgres/health_conn.py) against a real PostgreSQL: one
+backend across loops, no unhealthy loop when the server ends it or restarts, a frozen postmaster
+still unhealthy within the timeout, and TCP left to a connection per loop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgwarden.postgres.controller import PostgresController
+from pgwarden.postgres.health_conn import HealthConnection, PostmasterSilent, postmaster_answers, unix_socket
+from pgwarden.postgres.sql import ConnParams
+from tests.support.pg import (
+    NEEDS_POSTGRES,
+    SUPERPASS,
+    SUPERUSER,
+    bootstrapped_primary,
+    make_node_config,
+    query,
+    teardown,
+)
+from tests.support.ports import free_port
+from tests.support.wait import wait_for
+
+
+def test_unix_socket_path() -> None:
+    assert unix_socket(ConnParams(host="/run/pg/", port=5433, user="u")) == "/run/pg/.s.PGSQL.5433"
+    assert unix_socket(ConnParams(host="127.0.0.1", port=5433, user="u")) is None
+
+
+def test_a_listener_that_never_answers_is_silent_within_the_timeout(tmp_path: Path) -> None:
+    # A socket that accepts (the kernel's backlog) but never answers: a frozen postmaster.
+    path = str(tmp_path / ".s.PGSQL.1")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(4)
+        started = time.monotonic()
+        with pytest.raises(PostmasterSilent):
+            postmaster_answers(path, 0.3)
+        assert time.monotonic() - started < 1.0
+    with pytest.raises(PostmasterSilent):  # nobody listens any more
+        postmaster_answers(path, 0.3)
+
+
+@pytest.fixture(scope="module")
+def primary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresController]:
+    cfg = make_node_config(tmp_path_factory.mktemp("health"), "p", free_port(), free_port())
+    p = bootstrapped_primary(cfg)
+    try:
+        yield p
+    finally:
+        teardown(p)
+
+
+def _kept_backend(p: PostgresController) -> int:
+    conn = p._health._conn
+    assert conn is not None, "the loop keeps no connection"
+    return int(conn.info.backend_pid)
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_loops_share_one_backend(primary: PostgresController) -> None:
+    assert primary.observe(2).healthy
+    first = _kept_backend(primary)
+    for _ in range(3):
+        assert primary.observe(2).healthy
+    assert _kept_backend(primary) == first
+    rows = query(primary._cfg, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (first,))
+    assert rows == [(1,)]
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_a_terminated_kept_session_costs_no_unhealthy_loop(primary: PostgresController) -> None:
+    assert primary.observe(2).healthy
+    old = _kept_backend(primary)
+    assert query(primary._cfg, "SELECT pg_terminate_backend(%s)", (old,)) == [(True,)]
+    wait_for(lambda: query(primary._cfg, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                           (old,)) == [(0,)], 10, "the terminated backend to exit")
+    assert primary.observe(2).healthy
+    assert _kept_backend(primary) != old
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_a_frozen_postmaster_is_unhealthy_although_the_kept_session_answers(
+        primary: PostgresController) -> None:
+    assert primary.observe(2).healthy
+    kept = _kept_backend(primary)
+    pid = primary.postmaster_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        v = primary.observe(0.5)
+        assert time.monotonic() - started < 1.0
+        assert v.running and not v.healthy
+        # The kept backend itself still answers: only the postmaster check can have told.
+        assert primary._health._conn is None or _kept_backend(primary) == kept
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: primary.observe(2).healthy, 20, "healthy again after SIGCONT")
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_the_first_loop_after_a_restart_is_healthy(primary: PostgresController) -> None:
+    assert primary.observe(2).healthy
+    old = _kept_backend(primary)
+    primary.stop("fast", 20)
+    primary.start(role="primary", upstream=None, wait_timeout=30)
+    assert primary.observe(2).healthy
+    assert _kept_backend(primary) != old
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_over_tcp_each_query_has_a_connection_of_its_own(primary: PostgresController) -> None:
+    pg = primary._cfg.postgresql
+    pid = primary.postmaster_pid()
+    assert pid is not None
+    hc = HealthConnection()
+    params = ConnParams(host=pg.listen_address, port=pg.port, user=SUPERUSER, password=SUPERPASS)
+    assert hc.query(params, pid, 2.0).in_recovery is False
+    assert hc._conn is None
