@@ -19,7 +19,7 @@ import yaml
 
 from tests.support.cluster import Cluster, pgwarden
 from tests.support.wait import wait_for
-from tests.upgrade.writer import TABLE, IdentityWriter
+from tests.upgrade.writer import TABLE, IdentityWriter, one, run
 
 PG15 = "/usr/lib/postgresql/15/bin"
 
@@ -67,16 +67,6 @@ def w(old: OldCluster) -> IdentityWriter:
     return w
 
 
-def one(dsn: str, query: str) -> object:
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
-        row = c.execute(query).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def run(dsn: str, statement: str) -> None:
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
-        c.execute(statement)
 
 
 def major_via_bouncer(old: OldCluster) -> int:

@@ -29,7 +29,7 @@ from pgwarden.upgrade.newcluster import pgbouncer_section
 from tests.support.cluster import Cluster, pgwarden, reachable_tmpdir
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
-from tests.upgrade.writer import TABLE, IdentityWriter
+from tests.upgrade.writer import TABLE, IdentityWriter, one, run
 
 PG15 = "/usr/lib/postgresql/15/bin"
 
@@ -106,16 +106,6 @@ def w(pair: Pair) -> IdentityWriter:
     return w
 
 
-def one(dsn: str, query: str) -> object:
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
-        row = c.execute(query).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def run(dsn: str, statement: str) -> None:
-    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
-        c.execute(statement)
 
 
 def major_via_bouncer(pair: Pair) -> int:

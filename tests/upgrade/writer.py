@@ -62,3 +62,16 @@ class IdentityWriter:
         with psycopg.connect(conninfo, autocommit=True) as c:
             present = {int(r[0]) for r in c.execute(f"SELECT id FROM {TABLE}").fetchall()}
         return [i for i in self.acked if i not in present]
+
+
+def one(dsn: str, query: str) -> object:
+    """The first column of the first row of `query` (through PgBouncer: no prepared statements)."""
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
+        row = c.execute(query).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def run(dsn: str, statement: str) -> None:
+    with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as c:
+        c.execute(statement)
