@@ -182,8 +182,15 @@ def test_new_clusters_primary_killed_half_way_leaves_the_old_one_writing_and_a_r
     proc = subprocess.Popen([sys.executable, "-m", "pgwarden", "local", "upgrade", "--dir", str(old.dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:  # the new cluster runs; roles and schema are being copied into its primary
-        wait_for(lambda: old.step() == "new_cluster", 240, "the new cluster to run")
-        killed = kill_new_primary(old)
+        wait_for(lambda: old.step() == "new_cluster", 240, "the new cluster to run", interval=0.01)
+        # Held still while its new primary dies, so the kill lands before the cutover (which
+        # would make it a failover of the new cluster with clients on it: another test's story).
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            assert old.step() in ("new_cluster", "schema", "replicating", "caught_up"), old.step()
+            killed = kill_new_primary(old)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
