@@ -133,6 +133,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def helper_pids(pid: int, marker: str = "pgwarden") -> list[int]:
+    """Direct children of `pid` whose command line names `marker`: pgwarden's fencer, a process
+    of its own per node that the footprint counts with its agent. PostgreSQL, which a Patroni
+    agent starts as its child, does not name it."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) != pid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        if marker in cmdline:
+            found.append(int(entry))
+    return sorted(found)
+
+
 def postmaster_pid(data_dir: str) -> int | None:
     """The postmaster pid from postmaster.pid, if the file exists and the process lives."""
     try:

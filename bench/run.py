@@ -27,7 +27,7 @@ from bench.drivers.base import ClusterDriver, SyncMode, Timing
 from bench.drivers.patroni import PatroniDriver, ensure_environment
 from bench.drivers.pgwarden import PgwardenDriver
 from bench.drivers.pgwarden_netns import PgwardenNetnsDriver
-from bench.procs import cpu_seconds, rss_mb, wait_for
+from bench.procs import cpu_seconds, helper_pids, rss_mb, wait_for
 from bench.report import Row, markdown, print_table
 from bench.routing import PGBENCH
 from bench.workload import Workload, count_lost, prepare
@@ -204,16 +204,18 @@ def scenario_footprint(
     cpu = Row("footprint-cpu", tool, timing, "cpu s/min")
     for i in range(runs):
         driver.wait_healthy(timeout=120)
-        pids = driver.agent_pids()
-        before = {pid: cpu_seconds(pid) for pid in pids}
+        # Per node: the agent and its helper processes (pgwarden's fencer), not PostgreSQL.
+        groups = [[pid, *helper_pids(pid)] for pid in driver.agent_pids()]
+        before = {pid: cpu_seconds(pid) for g in groups for pid in g}
         started = time.monotonic()
         # An idle window of fixed length is the measurement itself, not a wait for a condition.
         threading.Event().wait(seconds)
         elapsed = time.monotonic() - started
-        for pid in pids:
-            rss.values.append(rss_mb(pid))
-            cpu.values.append((cpu_seconds(pid) - before[pid]) / elapsed * 60.0)
-        say(f"{tool} footprint ({timing.label}) run {i + 1}: rss {rss.values[-len(pids) :]}")
+        for g in groups:
+            rss.values.append(sum(rss_mb(pid) for pid in g))
+            cpu.values.append(sum(cpu_seconds(pid) - before[pid] for pid in g) / elapsed * 60.0)
+        say(f"{tool} footprint ({timing.label}) run {i + 1}: processes per node "
+            f"{[len(g) for g in groups]}, rss {rss.values[-len(groups) :]}")
     return [rss, cpu]
 
 
