@@ -221,7 +221,11 @@ def standby_lag(primary_dsn: str, standby_dsn: str, rate: float, seconds: float)
             top = 0
             end = time.monotonic() + seconds + 30
             while time.monotonic() < end:
-                row = c.execute("SELECT coalesce(max(id), 0) FROM bench_lag").fetchone()
+                try:
+                    row = c.execute("SELECT coalesce(max(id), 0) FROM bench_lag").fetchone()
+                except psycopg.errors.UndefinedTable:  # its creation has not arrived yet
+                    time.sleep(0.01)
+                    continue
                 now = time.monotonic()
                 got = int(row[0]) if row else 0
                 for i in range(top + 1, got + 1):
@@ -231,12 +235,22 @@ def standby_lag(primary_dsn: str, standby_dsn: str, rate: float, seconds: float)
                     return
                 time.sleep(0.01)
 
-    writer, poller = threading.Thread(target=write), threading.Thread(target=poll)
+    failed: list[BaseException] = []
+
+    def poll_or_record() -> None:
+        try:
+            poll()
+        except Exception as e:  # reported below: a row without data must not vanish quietly
+            failed.append(e)
+
+    writer, poller = threading.Thread(target=write), threading.Thread(target=poll_or_record)
     poller.start()
     writer.start()
     writer.join(seconds + 30)
     stop.set()
     poller.join(60)
+    if failed and not seen:
+        raise SystemExit(f"the lag poller on the standby site failed: {failed[0]!r}")
     return [seen[i] - acked[i] for i in acked if i in seen and seen[i] >= acked[i]] + \
         [0.0 for i in acked if i in seen and seen[i] < acked[i]]  # seen before our ack returned
 
