@@ -138,21 +138,15 @@ def helper_pids(pid: int, marker: str = "pgwarden") -> list[int]:
     of its own per node that the footprint counts with its agent. PostgreSQL, which a Patroni
     agent starts as its child, does not name it."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for child in sorted(c for c, parent in _ppid_map().items() if parent == pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) != pid:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError, IndexError):
+        except OSError:
             continue  # gone meanwhile
         if marker in cmdline:
-            found.append(int(entry))
-    return sorted(found)
+            found.append(child)
+    return found
 
 
 def postmaster_pid(data_dir: str) -> int | None:

@@ -35,7 +35,7 @@ from pgwarden.local.layout import seed_settings
 from tests.faults import checker
 from tests.faults.harness import FaultCluster, tampered
 from tests.faults.logical import fetch_ids, row_problems
-from tests.faults.run import FINAL_CONVERGENCE, _wait, _wait_sync_standby
+from tests.faults.run import FINAL_CONVERGENCE, _wait, _wait_sync_standby, end_of_run, write_report
 from tests.faults.schedule import Nemesis, Step, draw, kinds_for
 from tests.faults.workload import TABLE, Workload
 from tests.support.cluster import Cluster, pgwarden
@@ -315,17 +315,9 @@ def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tupl
                 f"{out.longest_candidates:.1f}s")
             for v in out.violations:
                 say(f"VIOLATION {v}")
-            for p in out.not_converged:
-                say(f"NOT CONVERGED: {p}")
-            keep = not out.ok
-            if keep:
-                for n in cl.names:
-                    say(f"--- last lines of {n}'s agent log ---\n{cl.log_excerpt(n)}")
+            keep = end_of_run(cl, out.not_converged, out.ok, say)
         finally:
-            try:
-                (cl.dir / "report.txt").write_text("\n".join(lines) + "\n")
-            except OSError:
-                pass
+            write_report(cl, lines)
             sub.down()
             cl.close(keep=keep)
     out.report = "\n".join(lines)

@@ -114,19 +114,11 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
                     f"(allowed without synchronous_mode)")
             for v in out.violations:
                 say(f"VIOLATION {v.kind}: {v.detail}")
-            for p in out.not_converged:
-                say(f"NOT CONVERGED: {p}")
             for u in out.unrecovered:
                 say(f"slow recovery {u}")
-            keep = not out.ok
-            if keep:
-                for n in cl.names:
-                    say(f"--- last lines of {n}'s agent log ---\n{cl.log_excerpt(n)}")
+            keep = end_of_run(cl, out.not_converged, out.ok, say)
         finally:
-            try:
-                (cl.dir / "report.txt").write_text("\n".join(lines) + "\n")
-            except OSError:
-                pass
+            write_report(cl, lines)
             cl.close(keep=keep)
     out.report = "\n".join(lines)
     return out
@@ -158,3 +150,21 @@ def _failure_digest(failures: list[checker.Failure]) -> list[str]:
         key = (f.phase, f.error.split(":")[0] + ":" + f.error.split(":", 1)[-1][:60])
         counts[key] = counts.get(key, 0) + 1
     return [f"{n} x {phase}: {err}" for (phase, err), n in sorted(counts.items(), key=lambda kv: -kv[1])[:8]]
+
+
+def end_of_run(cl: FaultCluster, not_converged: list[str], ok: bool, say: Callable[[str], None]) -> bool:
+    """Say what did not converge and, for a failed run, each agent's last log lines; True when
+    the run's directory is to be kept for a post-mortem."""
+    for p in not_converged:
+        say(f"NOT CONVERGED: {p}")
+    if not ok:
+        for n in cl.names:
+            say(f"--- last lines of {n}'s agent log ---\n{cl.log_excerpt(n)}")
+    return not ok
+
+
+def write_report(cl: FaultCluster, lines: list[str]) -> None:
+    try:
+        (cl.dir / "report.txt").write_text("\n".join(lines) + "\n")
+    except OSError:
+        pass
