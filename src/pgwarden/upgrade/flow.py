@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from pgwarden.core.model import ClusterView
 from pgwarden.errors import CliError
 from pgwarden.upgrade import checks, ddl_freeze, schema
 from pgwarden.upgrade import replicate as R
@@ -50,6 +51,22 @@ class ClusterRef(Protocol):
     def primary(self, timeout: float) -> tuple[str, int]: ...  # the leader's host and port
 
     def is_up(self) -> bool: ...  # running (its primary may still be being chosen)
+
+
+def wait_leader_address(
+    read: Callable[[], ClusterView | None], timeout: float, missing: str
+) -> tuple[str, int]:
+    """The host and port of the member the store names leader, read every 0.2 s until `timeout`;
+    past it, CliError(`missing`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = read()
+        if view is not None and view.leader is not None and view.leader.name in view.members:
+            m = view.members[view.leader.name]
+            return m.host, m.port
+        if time.monotonic() > deadline:
+            raise CliError(missing)
+        time.sleep(0.2)
 
 
 def make_side(name: str, dsn: str, primary: tuple[str, int]) -> Side:

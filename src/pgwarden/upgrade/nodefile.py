@@ -6,7 +6,6 @@ file. Run it where PgBouncer runs: the cutover rewrites its pgbouncer.ini (docs/
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from pgwarden.upgrade import checks, ddl_freeze, inspect
 from pgwarden.upgrade import replicate as R
 from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import UPGRADE_OWNER, Bouncer
-from pgwarden.upgrade.flow import Flow, Request, run_flow
+from pgwarden.upgrade.flow import Flow, Request, run_flow, wait_leader_address
 
 STORE_TIMEOUT = 3.0
 
@@ -63,15 +62,8 @@ class NodeFileRef:
         return libpq_dsn(hosts, su.username, su.secret(), ssl=ssl_options(self.cfg.postgresql.tls))
 
     def primary(self, timeout: float) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            view = self.view()
-            if view.leader is not None and view.leader.name in view.members:
-                m = view.members[view.leader.name]
-                return m.host, m.port
-            if time.monotonic() > deadline:
-                raise CliError(f"{self.name} has no leader within {timeout:g} s ({self.path})")
-            time.sleep(0.2)
+        return wait_leader_address(self.view, timeout, f"{self.name} has no leader within {timeout:g} s "
+                                                       f"({self.path})")
 
     def is_up(self) -> bool:
         try:

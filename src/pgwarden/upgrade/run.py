@@ -4,7 +4,6 @@ DIR/pg<major> and its step recorded in DIR/upgrade.json (docs/upgrade.md)."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import psycopg
@@ -15,7 +14,7 @@ from pgwarden.local.layout import cluster_name, load_state, save_state
 from pgwarden.upgrade import checks, inspect, newcluster
 from pgwarden.upgrade import state as S
 from pgwarden.upgrade.cutover import Bouncer
-from pgwarden.upgrade.flow import Flow, Request, run_flow
+from pgwarden.upgrade.flow import Flow, Request, run_flow, wait_leader_address
 
 __all__ = ["LocalRef", "LocalUpgrade", "Request", "main", "move_pgbouncer"]
 
@@ -34,15 +33,8 @@ class LocalRef:
         return self.cluster.dsn()
 
     def primary(self, timeout: float) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        while True:
-            view = self.cluster.view(0)
-            if view is not None and view.leader is not None and view.leader.name in view.members:
-                m = view.members[view.leader.name]
-                return m.host, m.port
-            if time.monotonic() > deadline:
-                raise CliError(f"no primary in {self.cluster.directory} within {timeout:g} s")
-            time.sleep(0.2)
+        return wait_leader_address(lambda: self.cluster.view(0), timeout,
+                                   f"no primary in {self.cluster.directory} within {timeout:g} s")
 
     def is_up(self) -> bool:
         return self.cluster.state is not None and bool(self.cluster.running())
