@@ -5,25 +5,20 @@ commits only C acknowledged while its published position does not show them yet.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
+from pgwarden.agent.crash_check import CrashCheck
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import fresh_position
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import NodeState, StateHolder
-from pgwarden.core.model import MemberInfo, PeerReading, Role
+from pgwarden.core.model import ClusterView, LeaderCheck, MemberInfo, PeerReading, Role
 from pgwarden.postgres.controller import PostgresController
 from tests.support.pg import (
     NEEDS_POSTGRES,
-    bootstrapped_primary,
-    controller,
-    make_node_config,
     query,
-    teardown,
 )
-from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
 pytestmark = [
@@ -37,8 +32,8 @@ HOST = "127.0.0.1"
 class Position:
     """The agent's side of GET /position, on a real controller."""
 
-    def __init__(self, pg: PostgresController, name: str) -> None:
-        self.pg, self.name = pg, name
+    def __init__(self, pg: PostgresController, name: str, view: ClusterView | None = None) -> None:
+        self.pg, self.name, self.view = pg, name, view
 
     def request_restart(self) -> str:
         raise AssertionError("not used")
@@ -49,6 +44,9 @@ class Position:
     def read_position(self, timeout: float) -> PeerReading:
         return fresh_position(self.pg, self.name, timeout)
 
+    def check_leader(self, leader: str, timeout: float) -> LeaderCheck:
+        return CrashCheck(self.name, self.pg).answer(self.view, leader, timeout)
+
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:
         raise AssertionError("not used")
 
@@ -57,22 +55,6 @@ class Position:
 
     def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
         raise AssertionError("not used")
-
-
-@pytest.fixture
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresController, PostgresController]]:
-    base = tmp_path_factory.mktemp("peers")
-    p = bootstrapped_primary(make_node_config(base, "p", free_port(), free_port()))
-    r = controller(make_node_config(base, "c", free_port(), free_port()))
-    try:
-        query(p._cfg, "CREATE TABLE t (id int PRIMARY KEY)")
-        p.ensure_slots({"c"})
-        r.clone(HOST, p._cfg.postgresql.port, timeout=60)
-        r.start(role="replica", upstream=("p", HOST, p._cfg.postgresql.port), wait_timeout=30)
-        yield p, r
-    finally:
-        teardown(r)
-        teardown(p)
 
 
 def test_probe_reports_the_position_the_peer_has_now_not_its_last_published_one(

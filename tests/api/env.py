@@ -17,7 +17,7 @@ from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import CommandRefused, NodeState, StateHolder
 from pgwarden.config.schema import ClusterSettings
-from pgwarden.core.model import HistoryEntry, MemberInfo, PeerReading, Role
+from pgwarden.core.model import HistoryEntry, LeaderCheck, MemberInfo, PeerReading, Role
 from pgwarden.core.parameters import SettingSpec
 from tests.support.ports import free_port
 
@@ -67,6 +67,10 @@ class FakeCommands:
     def failsafe_release(self, candidate: str, round_id: str) -> tuple[bool, str]:
         self.calls.append(f"failsafe release {candidate} round={round_id}")
         return True, f"released the vote for {candidate}"
+
+    def check_leader(self, leader: str, timeout: float) -> LeaderCheck:
+        self.calls.append(f"leader-check {leader}")
+        return LeaderCheck("node2", refused=leader == "node1", attached=False)
 
     def read_position(self, timeout: float) -> PeerReading:
         self.calls.append("position")

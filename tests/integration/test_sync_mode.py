@@ -1,5 +1,6 @@
 """synchronous_mode on and quorum — a writer records every acknowledged commit; after a SIGKILL of the
-primary (agent and postmaster) the new primary has every one of them (SAFETY rules 6, 7)."""
+primary (agent and postmaster) the new primary has every one of them (SAFETY rules 6, 7), and took
+over by the confirmed-crash fast path (rule 16)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from tests.support.wait import wait_for
 from tests.support.writer import Writer
 
 pytestmark = pytest.mark.integration
+
+
+def promotion_reason(cl: Cluster, new: str) -> str:
+    """Why `new` was promoted, as the timeline history it published says."""
+    def entry() -> str | None:
+        hist = cl.http("GET", new, "/history")[1]
+        mine = [e for e in hist if e.get("new_leader") == new] if isinstance(hist, list) else []
+        return str(mine[-1]["reason"]) if mine else None
+    return wait_for(entry, 30, f"{new}'s promotion in the history")
 
 
 @pytest.mark.parametrize("mode", ["on", "quorum"])
@@ -43,3 +53,6 @@ def test_no_acknowledged_commit_is_lost_after_a_crash_failover(mode: str) -> Non
         missing = [i for w in writers for i in w.missing_on(cl.conninfo(new))]
         assert acked > 60
         assert missing == [], f"{len(missing)} acknowledged commits lost: {missing[:10]}"
+        # Its node refused connections and no receiver stayed attached: the new primary took the
+        # key over without waiting for the lease (rule 16), and says so in the history.
+        assert "fast path" in promotion_reason(cl, new), "the confirmed-crash fast path was not taken"

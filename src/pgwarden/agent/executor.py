@@ -160,10 +160,15 @@ class Executor:
                 # primary to fence. Take the key over from that run's lease (SAFETY rule 5; see
                 # docs/architecture.md, "Taking the leader key back after a restart").
                 return self.renew(s, adopt=not self.lease.held and self.fencer.armed)
-            case A.AcquireLease(not_after=not_after):
+            case A.AcquireLease(not_after=not_after, over=over, sync_token=sync_token):
                 sent = self.clock()
                 self.acquire_outcome = "in doubt"  # until the store answers
-                if not self.store.acquire_leader(self.name, s.ttl, self._timeout()):
+                if over is not None:  # rule 16: the old key at its version, the sync document rewritten
+                    got = view is not None and self.store.take_over_leader(
+                        self.name, over, view.sync, sync_token, s.ttl, self._timeout())
+                else:
+                    got = self.store.acquire_leader(self.name, s.ttl, self._timeout())
+                if not got:
                     self.acquire_outcome = "lost"
                     log.info("lost the race for the leader lease")
                     return False

@@ -1,17 +1,19 @@
 """Fresh readings of the other members (GET /position on their REST API: their PostgreSQL's
 position read when asked, not their last loop's), taken in parallel with a short deadline when a
-decision needs them: no leader, or a switchover to hand over."""
+decision needs them: no leader, or a switchover to hand over; and their own check of a leader whose
+node looks gone (GET /leader-check, rule 16)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import urllib.parse
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import urllib3
 
-from pgwarden.core.model import MemberInfo, PeerReading, Role
+from pgwarden.core.model import LeaderCheck, MemberInfo, PeerReading, Role
 from pgwarden.tls.contexts import ContextSource
 from pgwarden.tls.http import FollowingPool
 
@@ -57,6 +59,28 @@ class PeerProbe:
             replayed_lsn=opt("replayed_lsn"),
             lsn=opt("lsn"),
         )
+
+    def check_leader(self, members: list[MemberInfo], leader: str,
+                     timeout: float) -> dict[str, LeaderCheck | None]:
+        """Each member's GET /leader-check?leader=NAME (rule 16, agent/crash_check.py), in
+        parallel; None where it did not answer in time or answered nonsense."""
+        members = [m for m in members if m.api_url]
+        futures = {m.name: self._pool.submit(self._check, m, leader, timeout) for m in members}
+        return {name: f.result() for name, f in futures.items()}
+
+    def _check(self, m: MemberInfo, leader: str, timeout: float) -> LeaderCheck | None:
+        url = m.api_url.rstrip("/") + "/leader-check?" + urllib.parse.urlencode({"leader": leader})
+        try:
+            r = self._http.get().request("GET", url, timeout=urllib3.Timeout(total=timeout),
+                                         preload_content=True)
+            d = json.loads(r.data) if r.status == 200 else None
+        except Exception as e:
+            log.debug("peer %s: no leader check: %s", m.name, e)
+            return None
+        if not isinstance(d, dict) or d.get("leader") != leader or \
+                not isinstance(d.get("refused"), bool) or not isinstance(d.get("attached"), bool):
+            return None
+        return LeaderCheck(m.name, refused=d["refused"], attached=d["attached"])
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

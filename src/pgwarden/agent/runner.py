@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pgwarden import __version__
+from pgwarden.agent.crash_check import CrashCheck
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.failsafe_member import FailsafeMember
@@ -37,6 +38,7 @@ from pgwarden.core.logical import MARK
 from pgwarden.core.model import (
     ClusterView,
     DataState,
+    LeaderCheck,
     LocalCommand,
     Me,
     MemberInfo,
@@ -92,6 +94,7 @@ class Agent(FailsafeMember):
         self.store: ClusterStore = open_store(cfg.store, cfg.cluster)
         self.store.kv = TimedKV(self.store.kv, self.telemetry.store_call)
         self.pg = PostgresController(cfg, self.settings)
+        self.crash = CrashCheck(cfg.name, self.pg)  # rule 16's evidence (agent/crash_check.py)
         self.fencer = Fencer(run_dir_for(cfg), cfg.data_dir)
         # Keeps a configured PgBouncer pointed at the primary (pgwarden.routing.router).
         self.router = router_for(cfg.pgbouncer, cfg.cluster)
@@ -165,6 +168,9 @@ class Agent(FailsafeMember):
 
     def read_position(self, timeout: float) -> PeerReading:
         return self._position.read(timeout)
+
+    def check_leader(self, leader: str, timeout: float) -> LeaderCheck:
+        return self.crash.answer(self._view, leader, timeout)
 
     def store_wakeup(self) -> None:
         self._wake.set()
@@ -262,8 +268,11 @@ class Agent(FailsafeMember):
         with self._lock:
             command, self._command = self._command, None
         peers: dict[str, PeerReading] = {}
-        if view is not None and (view.leader is None or view.failover is not None):
-            others = [m for n, m in view.members.items() if n != self.cfg.name]
+        crash = None if view is None else \
+            self.crash.gather(view, pgv, self.peers.check_leader, min(1.0, s.retry_timeout))
+        if view is not None and (view.leader is None or view.failover is not None or crash is not None):
+            gone = crash.leader if crash is not None else None
+            others = [m for n, m in view.members.items() if n not in (self.cfg.name, gone)]
             peers = self.peers.read(others, min(1.0, s.retry_timeout))
         fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early)
         mono = time.monotonic()
@@ -278,7 +287,7 @@ class Agent(FailsafeMember):
             slots_wanted_at=dict(self.facts.slot_seen),
             first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
-            failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now,
+            failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now, crash=crash,
         )
         self._seen_store = self._seen_store or view is not None
         trouble = view is None

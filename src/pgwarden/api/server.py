@@ -118,6 +118,7 @@ class ApiServer:
         for p in ("/status", "/patroni"):
             r[p] = {"GET": self._status, "HEAD": self._status}
         r["/position"] = {"GET": self._position}
+        r["/leader-check"] = {"GET": self._leader_check}
         r["/site"] = {"GET": self._site}
         r["/cluster"] = {"GET": self._cluster, "HEAD": self._cluster}
         r["/history"] = {"GET": self._history, "HEAD": self._history}
@@ -216,6 +217,15 @@ class ApiServer:
         return json_response(200, {"name": p.name, "running": p.running, "role": p.role.value,
                            "timeline": p.timeline, "lsn": p.lsn, "received_lsn": p.received_lsn,
                            "replayed_lsn": p.replayed_lsn})
+
+    def _leader_check(self, request: Request) -> Response:
+        """Rule 16: our own check, now, of the leader named (agent/crash_check.py)."""
+        leader = request.query.get("leader", "")
+        if not leader:
+            raise HttpError(400, "name the leader to check: GET /leader-check?leader=NAME")
+        c = self._need_commands().check_leader(leader, POSITION_TIMEOUT)
+        return json_response(200, {"name": c.name, "leader": leader, "refused": c.refused,
+                                   "attached": c.attached})
 
     def _cluster(self, request: Request) -> Response:
         st = self._state()

@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from pgwarden.core.model import NO_SYNC, ClusterView, MemberInfo, PeerReading, SyncConfig
+from pgwarden.core.model import NO_SYNC, ClusterView, LeaderCheck, MemberInfo, PeerReading, SyncConfig
 
 if TYPE_CHECKING:
     from pgwarden.routing.router import RouterView
@@ -67,6 +67,11 @@ class Commands(Protocol):
     def read_position(self, timeout: float) -> PeerReading:
         """Our PostgreSQL's WAL position read now (not the last loop's), for a peer's promotion
         decision; `running=False` when PostgreSQL does not answer."""
+        ...
+
+    def check_leader(self, leader: str, timeout: float) -> LeaderCheck:
+        """Rule 16: does `leader`'s node refuse connections to us now, and is our WAL receiver
+        attached to it? (agent/crash_check.py)"""
         ...
 
     def failsafe_confirm(self, leader: str, timeline: int | None, ttl: float) -> tuple[bool, str]:

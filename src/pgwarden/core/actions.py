@@ -52,6 +52,10 @@ class AcquireLease:
     candidate's lease taken later than this is released again at once (rule 17)."""
 
     not_after: float | None = None
+    # The confirmed-crash fast path (rule 16): take over the key at this version instead of
+    # creating it, rewriting the synchronous document at `sync_token` in the same step.
+    over: str | None = None
+    sync_token: str | None = None
 
 
 @dataclass(frozen=True)

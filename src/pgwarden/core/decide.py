@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pgwarden.core import candidates, failsafe, logical, standby, sync
+from pgwarden.core import candidates, failsafe, fast_path, logical, standby, sync
 from pgwarden.core.actions import (
     Action,
     AdoptExistingData,
@@ -48,6 +48,7 @@ from pgwarden.core.leaderless import (
     is_primary,
     leaderless,
     request_patience,
+    take_over_crashed,
 )
 from pgwarden.core.model import (
     ClusterView,
@@ -341,6 +342,11 @@ def _as_follower(obs: Observation, view: ClusterView) -> Decision:
                         f"running as primary while {view.leader.name} leads: demoting")
     if upstream is None or leader is None:
         return Decision((), f"following {view.leader.name}; waiting for it to publish its address")
+    if obs.crash is not None and fast_path.refusal(obs, view) is None:
+        taken = take_over_crashed(obs, view)
+        if taken.actions:
+            return taken
+        # Not a candidate, or another is better: follow as usual (its own loop takes over).
     leader_tl = leader.timeline
     if not pg.running:
         if held_back(obs, view.settings):

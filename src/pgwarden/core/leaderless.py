@@ -5,7 +5,7 @@ the best candidate takes the lease and promotes. Pure, like the rest of the core
 
 from __future__ import annotations
 
-from pgwarden.core import candidates, failsafe, standby, sync
+from pgwarden.core import candidates, failsafe, fast_path, standby, sync
 from pgwarden.core.actions import (
     AcquireLease,
     Action,
@@ -104,7 +104,14 @@ def _stalled(obs: Observation, settings: ClusterSettings) -> bool:
     return obs.leaderless_for > patience(settings)
 
 
-def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str = "") -> Decision:
+def take_over_crashed(obs: Observation, view: ClusterView) -> Decision:
+    """The leader's node is confirmed crashed (core/fast_path.py, rule 16): promote as after a
+    lease expiry, every rule of `_try_promote` included, but take its key over at its version."""
+    return _try_promote(obs, view, explicit=False, crashed=True)
+
+
+def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str = "",
+                 crashed: bool = False) -> Decision:
     pg = obs.pg
     my_lsn = max(pg.received_lsn or 0, pg.replayed_lsn or 0) or pg.lsn
     reason = candidates.eligibility(obs.me.tags, pg.healthy, pg.in_recovery, my_lsn, pg.timeline, view)
@@ -120,7 +127,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline,
                               candidates.slot_count(view, obs.me.name))
-    stalled = _stalled(obs, view.settings)
+    stalled = _stalled(obs, view.settings) and not crashed
     if not explicit and not stalled:
         # Rule 10 compares with peers that could win: one barred by the synchronous set would
         # never promote, and waiting for it would leave the cluster without a primary.
@@ -130,6 +137,13 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
     req = view.failover
+    if crashed:
+        assert view.leader is not None and view.sync is not None
+        after = sync.after_promotion(view.settings, view.sync, obs.me.name)
+        why = f"automatic failover: {fast_path.describe(obs)} (fast path, before the lease ran out)"
+        take = AcquireLease(over=view.leader.token, sync_token=view.sync.token)
+        return Decision((take, Promote(after, why)),
+                        f"{fast_path.describe(obs)}: taking over its key without waiting for the lease")
     if note:
         why = "a stalled switchover: the old leader took its lease back"
     elif explicit and req is not None:

@@ -327,6 +327,25 @@ class PeerReading:
 
 
 @dataclass(frozen=True)
+class LeaderCheck:
+    """One member's answer, read when asked, about the leader's node (SAFETY rule 16)."""
+
+    name: str
+    refused: bool  # the leader's PostgreSQL port and its REST port both refused a connection
+    attached: bool  # its WAL receiver is attached to the leader (or it could not tell)
+
+
+@dataclass(frozen=True)
+class CrashEvidence:
+    """What this loop gathered about a leader whose node looks gone (core/fast_path.py): the
+    checks by member name, this node's own included; a member that did not answer is absent."""
+
+    leader: str
+    token: str  # the leader key's version the checks were made under
+    checks: Mapping[str, LeaderCheck] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Lease:
     """This node's knowledge of its own leader lease. `deadline` (monotonic) is
     sent_at + ttl - margin of the last renewal that succeeded (SAFETY rule 2)."""
@@ -405,4 +424,6 @@ class Observation:
     # When this loop's store read was sent (monotonic; None: use `now`): a failsafe candidate
     # must hold the lease within ttl of it.
     snapshot_at: float | None = None
+    # Evidence that the leader's node crashed, gathered only when `fast_path.wants_check` (rule 16).
+    crash: CrashEvidence | None = None
 

@@ -24,6 +24,7 @@ _BY_MESSAGE: tuple[tuple[str, str], ...] = (
     ("store unreachable", "rule 1: only the store decides who leads"),
     ("could not renew the lease in time", "rule 2-3: lease deadline too close"),
     ("re-adopting", "rule 5: take the lease back at once"),
+    ("without waiting for the lease", "rule 16: the old primary's node confirmed gone"),
     ("primary without a leader key", "rule 5: primary without the lease"),
     ("holds the lease", "rule 1: another member holds the lease"),
     ("newer timeline", "rule 11: forked timeline"),

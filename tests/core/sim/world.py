@@ -19,10 +19,13 @@ from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.config.schema import EtcdConfig, NodeConfig, PgCredentials, PostgresConfig, StoreConfig
 from pgwarden.core.actions import AcquireLease, Clone, Reclone, Rewind, StartPostgres
 from pgwarden.core.decide import decide
+from pgwarden.core.fast_path import wants_check
 from pgwarden.core.model import (
     ClusterView,
+    CrashEvidence,
     DataState,
     FailoverRequest,
+    LeaderCheck,
     Me,
     MemberInfo,
     Observation,
@@ -257,6 +260,29 @@ class World:
             out[o.name] = PeerReading(o.name, True, role, o.pg.running, o.pg.timeline, rl, rl, o.pg.lsn)
         return out
 
+    # -- rule 16's evidence, as agent/crash_check.py gathers it -------------------------------
+    def gone(self, node: Node) -> bool:
+        """Its agent and PostgreSQL were killed on a live host (`crash`, until the agent restarts):
+        both its ports refuse. A frozen agent (SIGSTOP) or a cut link never reads as refused."""
+        return node.restart_agent and self.t < node.frozen_until and not node.pg.running
+
+    def leader_check(self, o: Node, leader: Node) -> LeaderCheck:
+        return LeaderCheck(o.name, refused=self.link_ok(o, leader) and self.gone(leader),
+                           attached=self.streaming(o) and o.pg.upstream == leader.name)
+
+    def crash_evidence(self, node: Node, pgv: PgView, view: ClusterView) -> CrashEvidence | None:
+        leader = self.nodes.get(view.leader.name) if view.leader is not None else None
+        if leader is None or view.leader is None or not wants_check(node.name, pgv, view):
+            return None
+        own = self.leader_check(node, leader)
+        if not own.refused or own.attached:
+            return None
+        checks = {node.name: own}
+        for o in self.nodes.values():
+            if o is not node and o is not leader and self.link_ok(node, o) and self.t >= o.frozen_until:
+                checks[o.name] = self.leader_check(o, leader)
+        return CrashEvidence(leader.name, view.leader.token, checks)
+
     def publish(self, node: Node, pgv: PgView) -> None:
         """The runner's publish step: our member key, and the leader's optime."""
         a = node.agent
@@ -279,13 +305,15 @@ class World:
             view = None
         if view is not None:
             a.waits.saw(view, self.t)
-        needs_peers = view is not None and (view.leader is None or view.failover is not None)
+        crash = self.crash_evidence(node, pgv, view) if view is not None else None
+        needs_peers = view is not None and (view.leader is None or view.failover is not None
+                                            or crash is not None)
         obs = Observation(
             now=self.t, wall=self.clock.wall(), me=Me(node.name, node.tags, node.name, 5432, ""), pg=pgv,
             store=view, lease=a.lease.view(self.t), peers=self.peers(node) if needs_peers else {},
             settings=self.s, leaderless_for=a.waits.leaderless_for(self.t),
             request_pending_for=a.waits.request_pending_for(self.t), restart_pending=a.facts.restart_pending,
-            slots_wanted_at=dict(a.facts.slot_seen),
+            slots_wanted_at=dict(a.facts.slot_seen), crash=crash,
         )
         decision = decide(obs)
         if decision.message != node.message:
