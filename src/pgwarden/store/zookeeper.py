@@ -41,9 +41,11 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     lease's ttl (see `_Lease`); everything else is persistent and read, written and watched
     through one ordinary session.
 
-    Versions are the znode's data version as a string. The cluster znode's own data version is
+    Versions are the znode's data version as a string; an ephemeral (leased) node's also names
+    the zxid that created it (`<version>:<czxid>`, see `zookeeper_take_over.token`), which
+    `take_over` checks and plain puts and deletes ignore. The cluster znode's own data version is
     the lease epoch: every create of a leased key sets it in the same transaction, so that an
-    adopting renewal can tell a key's incarnations apart (see `_adopt`).
+    adopting renewal or a take-over can tell a key's incarnations apart (see `_adopt`).
 
     Session timeouts: the server clamps them to [minSessionTimeout, maxSessionTimeout]. A longer
     one than asked only slows failover; a shorter one for a strict lease (the leader's) would let
