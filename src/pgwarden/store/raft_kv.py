@@ -15,6 +15,10 @@ Rules, each needed for the lease guarantee of `pgwarden.store.base` (SAFETY rule
   whichever member is leader when the key ages out, `stamp + ttl >= sent_at + ttl`. A new leader
   therefore needs no special step after an election; a member that replays its journal or loads
   a dump stamps everything "now", which only delays expiry (the safe direction).
+* A take-over (`KV.take_over`, SAFETY rule 16) is one `take_over` command carrying every key it
+  compares and writes, so no member ever applies half of it. A member running a pgwarden too old
+  to know the op skips it (as any unknown op): run one version across the group before any
+  agent may take over.
 * Requests carry an id (`rid`); a retried request that was already applied returns the first
   result instead of applying twice, so callers may retry when pysyncobj cannot say whether a
   command made it into the log.
