@@ -17,11 +17,12 @@ import yaml
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.schema import RaftConfig
-from pgwarden.core.model import FailoverRequest, HistoryEntry
+from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, SyncState
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LAYOUT
 from pgwarden.store.raft import RaftKV, acquire_node, open_client, release_node
+from pgwarden.store.raft_kv import command
 from tests.support.ports import free_port
 from tests.support.raft import RaftGroup
 from tests.support.wait import wait_for
@@ -121,6 +122,36 @@ def test_restarted_member_catches_up_from_its_journal(group: RaftGroup) -> None:
     view = wait_for(lambda: back.snapshot(T), 15, "the restarted member to serve reads")
     assert view.initialized == "7300000000000000001"
     assert view.history == history
+
+
+def test_a_take_over_is_one_command_a_restarted_member_replays(group: RaftGroup) -> None:
+    """`KV.take_over` is one log entry of primitives (readable by any pgwarden, as every
+    command): a member restarted on its journal shows the key and the synchronous document
+    exactly as the others do, both written at the take-over's revision."""
+    cmd = command("take_over", "c", "leader", rid="r", value="b", owner="o", ttl=TTL, cond="version",
+                  arg=7, also=[["sync", "{}", 3], ["failsafe", "[]", None]])
+    assert json.loads(json.dumps(cmd)) == cmd
+    a, b, c = (group.store("c", member=i) for i in range(3))
+    assert a.acquire_leader("a", TTL, T)
+    assert a.set_sync(SyncState("a", frozenset({"b"}), 1), None, T)
+    view = c.snapshot(T)
+    assert view.leader is not None and view.sync is not None
+    new_sync = SyncState("b", frozenset({"a"}), 1)
+    assert b.take_over_leader("b", view.leader.token, new_sync, view.sync.token, TTL, T)
+
+    def taken_over() -> ClusterView | None:
+        v = c.snapshot(T)
+        return v if v.leader is not None and v.leader.name == "b" else None
+
+    taken = wait_for(taken_over, 10, "member 2 to apply the take-over")
+    assert taken.sync is not None and taken.sync.token != view.sync.token
+    assert taken.leader is not None and taken.leader.token == taken.sync.token  # one revision
+    group.stop(2)
+    group.wait_for_leader(among=[0, 1])
+    assert b.renew_leader("b", TTL, T) and not a.renew_leader("a", TTL, T)
+    back = group.store("c", member=2)
+    again = wait_for(lambda: back.snapshot(T), 15, "the restarted member to serve reads")
+    assert again.leader == taken.leader and again.sync == taken.sync
 
 
 def test_client_reads_and_writes_without_a_vote(group: RaftGroup) -> None:

@@ -294,3 +294,49 @@ def test_adopting_cannot_take_a_key_recreated_meanwhile_at_the_same_version(
         assert raw.get(path)[0] == b"a"
     finally:
         new.close()
+
+
+def test_take_over_cannot_take_a_key_recreated_at_the_same_version(
+    make: Factory, server: ZooKeeperServer, raw: KazooClient, cluster: str
+) -> None:
+    """Every incarnation of a leased key starts at version 0, so its token also names the zxid
+    that created it; and a key recreated between the take-over's own read and its transaction
+    fails the lease epoch. Either way the newcomer's key (and the also-key) stay untouched."""
+    old, other = make(cluster), make(cluster)
+    new = _RacedKV([server.endpoint], cluster, LAYOUT)
+    path = f"/pgwarden/{cluster}/leader"
+    try:
+        assert old.acquire_leader("a", TTL, T)
+        assert old.kv.put("sync", "s1", None, T)
+        seen = old.kv.read(T)
+        assert seen["leader"].version.startswith("0:")  # ephemeral: version and czxid
+        assert seen["sync"].version == "0"  # persistent: the version alone, as before
+        also = {"sync": ("s2", seen["sync"].version)}
+
+        # Recreated before the take-over reads it: the token's czxid no longer matches.
+        raw.delete(path)
+        assert other.acquire_leader("c", TTL, T)
+        assert raw.get(path)[1].version == 0
+        assert not new.take_over("leader", "b", seen["leader"].version, TTL, T, also=also)
+        assert raw.get(path)[0] == b"c" and other.renew_leader("c", TTL, T)
+        assert raw.get(f"/pgwarden/{cluster}/sync")[0] == b"s1"
+
+        # Recreated between its read and its transaction: the lease epoch fails it.
+        seen = old.kv.read(T)
+
+        def expire_and_take() -> None:
+            raw.delete(path)  # as the holder's session expiry would
+            assert old.acquire_leader("a", TTL, T)
+            assert raw.get(path)[1].version == 0
+
+        new.race = expire_and_take
+        assert not new.take_over("leader", "b", seen["leader"].version, TTL, T, also=also)
+        assert new.race is None, "the race never ran"
+        assert raw.get(path)[0] == b"a" and old.renew_leader("a", TTL, T)
+        assert raw.get(f"/pgwarden/{cluster}/sync")[0] == b"s1"
+        # Without a race, the same take-over goes through.
+        assert new.take_over("leader", "b", old.kv.read(T)["leader"].version, TTL, T, also=also)
+        assert raw.get(path)[0] == b"b" and raw.get(f"/pgwarden/{cluster}/sync")[0] == b"s2"
+        assert not old.renew_leader("a", TTL, T)
+    finally:
+        new.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from pgwarden.store.base import (
@@ -21,6 +21,7 @@ from pgwarden.store.base import (
     Layout,
     StoreUnavailable,
     Version,
+    check_also,
     check_ttl_put,
 )
 from pgwarden.store.documents import LAYOUT
@@ -193,6 +194,25 @@ class MemKV(KV):
                 self._write(key, value, self._id, ttl)  # onto our lease, under the same lock
                 return True
             keys[key] = replace(current, expires=self.clock() + ttl)  # not a change
+            return True
+
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        others = check_also(key, also)
+        with self._server.cond:  # one lock: all the compares and writes are one step
+            keys = self._keys()
+            current = keys.get(key)
+            if current is None or str(current.version) != version:
+                return False
+            for k, (_, v) in others.items():
+                other = keys.get(k)
+                if (other is not None) if v is None else (other is None or str(other.version) != v):
+                    return False
+            self._write(key, value, self._id, ttl)
+            for k, (v_new, _) in others.items():
+                self._write(k, v_new)
             return True
 
     def release(self, key: str, value: str, timeout: float) -> bool:

@@ -147,7 +147,7 @@ class NodeCollector(Collector):
         loop.add_metric(me, buckets, total)
         yield loop
         calls = HistogramMetricFamily("pgwarden_store_request_duration_seconds", "Store requests by "
-                                      "operation (read, put, delete, acquire, renew, release).",
+                                      "operation (read, put, delete, acquire, renew, take_over, release).",
                                       labels=["cluster", "node", "operation"])
         for op, (b, s) in sorted(t.store_calls.items()):
             calls.add_metric([self._scope, self._node, op], b, s)

@@ -27,6 +27,17 @@ What every `KV` must guarantee:
   same as for a plain renewal. False, changing nothing, if the key is gone or holds another
   value. The agent asks for it only while it holds no lease of its own and its previous run on
   this node did (see `agent.executor`).
+* `take_over` replaces a leased key that is still at the version a `read` saw (whoever's lease
+  holds it, however long that lease still runs) with our value on a new lease of this instance,
+  and in the same atomic step writes other keys compared on their own versions (`also`). It is
+  the confirmed-crash fast path of SAFETY rule 16: the decision that the old holder is gone is
+  the caller's; the store only guarantees that the step is one compare-and-swap over all those
+  keys (all or nothing, False on any lost compare), that the key is never absent in between
+  (nobody can `acquire` it meanwhile), that it never creates the key (False if it is gone), that
+  the key lasts at least send time + ttl and is then this instance's to renew and release while
+  the previous holder's `renew` fails from then on (and its `release`, which compares the value,
+  since the new value names another holder), and that every `also` key gets a new version even
+  if its value is unchanged (so tokens others read of it stop matching).
 * `close` releases nothing: a stopped or crashed agent must never give up a lease implicitly;
   its keys lapse `ttl` after its last renewal.
 * `wait_for_change` blocks until something under the cluster changes (or `timeout`), so replicas
@@ -91,6 +102,18 @@ class Layout:
         return any(key.startswith(d + "/") for d in self.dirs)
 
 
+def check_also(key: str, also: Mapping[str, tuple[str, Version]] | None) -> dict[str, tuple[str, str | None]]:
+    """`take_over`'s other keys, each compared on a token or on absence (never ANY)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for k, (value, version) in (also or {}).items():
+        if k == key:
+            raise ValueError(f"take_over: {k!r} is the key taken over; it cannot also be in `also`")
+        if version is ANY:
+            raise ValueError(f"take_over: also-key {k!r} must be compared: pass its token (None: absent)")
+        out[k] = (value, version)
+    return out
+
+
 def check_ttl_put(version: Version, ttl: float | None) -> None:
     """A key with a ttl is written unconditionally (it is one member's own key)."""
     if ttl is not None and version is not ANY:
@@ -137,6 +160,23 @@ class KV(abc.ABC):
         send time + `ttl` (see the module doc). A changed `ttl` moves the key to a lease of the
         new length within this call. False if the key is gone or not ours. `adopt`: a key that
         is `value` on a lease this instance does not hold becomes ours (see the module doc)."""
+
+    @abc.abstractmethod
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        """Replace `key`, if it is still at `version` (a token from `read`; whoever's lease holds
+        it, however long that lease still runs), with `value` on a new lease of this instance of
+        `ttl`; in the same atomic step write each `also` key's new value if that key is at its
+        given version (None: it must be absent, and is created; no lease on `also` keys; ANY is
+        refused with ValueError: every key of a take-over is compared). All or nothing: False,
+        changing nothing, if any compare fails (the key gone included: this never creates `key`,
+        `acquire` does). The key is never absent in between. The key then lasts at least (send
+        time + ttl), as for `acquire` (strict), and is this instance's to renew/release; the
+        previous holder's renew fails from then on. Writing an `also` key with the same value it
+        already had still changes its version (the point is to invalidate tokens others read).
+        See the module doc (SAFETY rule 16)."""
 
     @abc.abstractmethod
     def release(self, key: str, value: str, timeout: float) -> bool:

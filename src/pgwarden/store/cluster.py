@@ -85,6 +85,20 @@ class ClusterStore:
         this agent holds becomes ours, atomically (`KV.renew`; SAFETY rule 5)."""
         return self.kv.renew(LEADER, name, ttl, timeout, adopt=adopt)
 
+    def take_over_leader(self, name: str, leader_token: str, sync: SyncState | None, sync_token: str | None,
+                         ttl: float, timeout: float) -> bool:
+        """The leader key, if still at `leader_token` (whoever holds it, however long its lease
+        still runs), becomes `name`'s on a new lease of `ttl`, and the synchronous-state document
+        is rewritten in the same atomic step: `sync`, compared on `sync_token` (None or "": the
+        document must be absent, and is created). The rewrite changes the document's token even
+        if `sync` equals what is stored, so the old leader can no longer shrink the synchronous
+        set with the token it read. `sync` None: the document is neither compared nor written
+        (`sync_token` is ignored). False, changing nothing, if either compare fails or the
+        leader key is gone (this never creates it: `acquire_leader` does). Only for SAFETY rule
+        16's confirmed crash; the caller passes tokens from one snapshot (`KV.take_over`)."""
+        also = None if sync is None else {SYNC: (dump_sync(sync), sync_token or None)}
+        return self.kv.take_over(LEADER, name, leader_token, ttl, timeout, also=also)
+
     def release_leader(self, name: str, timeout: float) -> bool:
         """Delete the leader key if (and only if) `name` holds it."""
         return self.kv.release(LEADER, name, timeout)

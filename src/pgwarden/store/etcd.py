@@ -26,6 +26,7 @@ from pgwarden.store.base import (
     StoreError,
     StoreUnavailable,
     Version,
+    check_also,
     check_ttl_put,
 )
 from pgwarden.store.etcd_gateway import (
@@ -358,6 +359,45 @@ class EtcdKV(EtcdWatch, KV):
             self._revoke_quietly(new, deadline)
             if held is not None:  # the key is gone or another's: our lease protects nothing
                 self._revoke_quietly(self._forget(key, held), deadline)
+            return False
+        old = self._hold(key, new)
+        if old is not None and old.id != new.id:
+            self._revoke_quietly(old, deadline)
+        return True
+
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        """One txn: the key's and every also-key's mod_revision (absent: create_revision 0)
+        compared, then the key put on a new lease of ours and the also-keys put (a put always
+        bumps mod_revision, same value or not). The lease is granted during this call, before
+        the txn, so the key lasts at least until send time + ttl. The previous holder's lease
+        keeps running with nothing on it: its renew's compare on the key's lease fails."""
+        others = check_also(key, also)
+        deadline = time.monotonic() + timeout
+        k = self._key(key)
+        compare = [self._compare(k, version)]
+        success = []
+        for rel, (new_value, v) in others.items():
+            compare.append(self._compare(self._key(rel), v))
+            success.append(_put(self._key(rel), new_value))
+        cmps = [c for c in compare if c is not None]
+        if len(cmps) != len(compare):
+            return False  # a token this backend never handed out cannot match
+        seconds = _lease_seconds(ttl)
+        held = self._held(key)
+        new = _Lease(self._grant(seconds, deadline), seconds)
+        for rel in (key, *others):
+            self._stale(rel)
+        try:
+            ok, _ = self._txn(cmps, [_put(k, value, new.id), *success], deadline)
+        except StoreUnavailable:
+            if held is None:
+                self._hold(key, new)  # as in acquire: a renew can still confirm it if it landed
+            raise
+        if not ok:
+            self._revoke_quietly(new, deadline)
             return False
         old = self._hold(key, new)
         if old is not None and old.id != new.id:

@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from pgwarden.store.base import (
     Layout,
     StoreUnavailable,
     Version,
+    check_also,
     check_ttl_put,
 )
 from pgwarden.store.raft_kv import Change, ReplicatedKV, Result, command
@@ -348,6 +350,23 @@ class RaftKV(KV):
             return self._do("put", key, timeout, value=value, owner=self._id, ttl=ttl,
                             cond="value", arg=value)
         return self._do("renew", key, timeout, value=value, owner=self._id, ttl=ttl, cond="held")
+
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        """One `take_over` command: applied in log order, so every compare (the key at `version`,
+        each also-key at its version or absent) and every write happen in one step; the key
+        becomes owned by this instance, touched (stamped) when applied, which on every member is
+        after our send time. The previous owner's renewals compare the owner and fail."""
+        others = check_also(key, also)
+        try:
+            v = int(version)
+            also_cmd = [[k, new_value, None if t is None else int(t)] for k, (new_value, t) in others.items()]
+        except ValueError:
+            return False  # not a token this backend handed out: it cannot match
+        return self._do("take_over", key, timeout, value=value, owner=self._id, ttl=ttl,
+                        cond="version", arg=v, also=also_cmd)
 
     def release(self, key: str, value: str, timeout: float) -> bool:
         return self._do("delete", key, timeout, cond="value", arg=value)

@@ -15,6 +15,10 @@ Rules, each needed for the lease guarantee of `pgwarden.store.base` (SAFETY rule
   whichever member is leader when the key ages out, `stamp + ttl >= sent_at + ttl`. A new leader
   therefore needs no special step after an election; a member that replays its journal or loads
   a dump stamps everything "now", which only delays expiry (the safe direction).
+* A take-over (`KV.take_over`, SAFETY rule 16) is one `take_over` command carrying every key it
+  compares and writes, so no member ever applies half of it. A member running a pgwarden too old
+  to know the op skips it (as any unknown op): run one version across the group before any
+  agent may take over.
 * Requests carry an id (`rid`); a retried request that was already applied returns the first
   result instead of applying twice, so callers may retry when pysyncobj cannot say whether a
   command made it into the log.
@@ -62,13 +66,19 @@ class Change:
 def command(
     op: str, cluster: str, key: str, *, rid: str, origin: str = "", value: str = "", owner: str = "",
     ttl: float | None = None, cond: str = "any", arg: int | str = 0,
+    also: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
     """A command as it travels through the log: primitives only, so journals and dumps stay
     readable by other pgwarden versions (pickled classes would tie them to this module).
 
-    cond: any | absent | version (arg = version) | value (arg = value) | held (owner and value)."""
-    return {"op": op, "cluster": cluster, "key": key, "rid": rid, "origin": origin, "value": value,
-            "owner": owner, "ttl": ttl, "cond": cond, "arg": arg}
+    cond: any | absent | version (arg = version) | value (arg = value) | held (owner and value).
+    op `take_over` (put of `key` on `cond`, owner and ttl as given) also writes, in the same
+    step, each `also` entry `[key, value, version or None (absent)]`, if all of them hold."""
+    cmd: dict[str, Any] = {"op": op, "cluster": cluster, "key": key, "rid": rid, "origin": origin,
+                           "value": value, "owner": owner, "ttl": ttl, "cond": cond, "arg": arg}
+    if also is not None:
+        cmd["also"] = also
+    return cmd
 
 
 def _holds(entry: Entry | None, cmd: dict[str, Any]) -> bool:
@@ -115,15 +125,44 @@ class ReplicatedKV(SyncObjConsumer):  # type: ignore[misc]
             done = self._done.get(rid)
             if done is not None:
                 return done
-            result, change = self._apply(cmd)
+            if cmd["op"] == "take_over":
+                result, changes = self._take_over(cmd)
+            else:
+                result, change = self._apply(cmd)
+                changes = [change] if change is not None else []
             self._done[rid] = result
             if len(self._done) > _DONE_KEEP:
                 del self._done[next(iter(self._done))]  # dicts keep insertion order: same on all
-            listeners = list(self._listeners) if change is not None else []
-        for listener in listeners:
-            assert change is not None
-            listener(change)
+            listeners = list(self._listeners) if changes else []
+        for change in changes:
+            for listener in listeners:
+                listener(change)
         return result
+
+    def _take_over(self, cmd: dict[str, Any]) -> tuple[Result, list[Change]]:
+        """All or nothing: the key (which must exist: never created here) and every also-key
+        compared first, then all written at one revision (so every also-key's version changes,
+        same value or not); the key owned by `owner` with `ttl`, stamped now."""
+        cluster, key = cmd["cluster"], cmd["key"]
+        keys = self._data.get(cluster, {})
+        entry = keys.get(key)
+        also = [(str(k), str(v), None if t is None else int(t)) for k, v, t in cmd.get("also") or ()]
+        if entry is None or not _holds(entry, cmd):
+            return (False, self._revision), []
+        for k, _, version in also:
+            other = keys.get(k)
+            if (other is not None) if version is None else (other is None or other.version != version):
+                return (False, self._revision), []
+        self._revision += 1
+        rev = self._revision
+        keys[key] = Entry(cmd["value"], rev, rev, cmd["owner"], cmd["ttl"])
+        self._stamp(cluster, key, keys[key])
+        changes = [Change(cluster, key, rev, cmd["origin"], "put", False)]
+        for k, value, _ in also:
+            changes.append(Change(cluster, k, rev, cmd["origin"], "put", k not in keys))
+            keys[k] = Entry(value, rev, rev)
+            self._stamps.pop((cluster, k), None)
+        return (True, rev), changes
 
     def _apply(self, cmd: dict[str, Any]) -> tuple[Result, Change | None]:
         op, cluster, key = cmd["op"], cmd["cluster"], cmd["key"]

@@ -50,6 +50,12 @@ class TimedKV(KV):
     ) -> bool:
         return self._timed("renew", lambda: self.inner.renew(key, value, ttl, timeout, strict, adopt))
 
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        return self._timed("take_over", lambda: self.inner.take_over(key, value, version, ttl, timeout, also))
+
     def release(self, key: str, value: str, timeout: float) -> bool:
         return self._timed("release", lambda: self.inner.release(key, value, timeout))
 

@@ -8,6 +8,7 @@ import logging
 import posixpath
 import threading
 import time
+from collections.abc import Mapping
 
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.protocol.states import ZnodeStat
@@ -21,21 +22,14 @@ from pgwarden.store.base import (
     StoreError,
     StoreUnavailable,
     Version,
+    check_also,
     check_ttl_put,
 )
 from pgwarden.store.zookeeper_session import _await, _Lease, _stop_in_background, client_auth
+from pgwarden.store.zookeeper_take_over import Write, commit_take_over, parse_token, token, version_of
 from pgwarden.store.zookeeper_watch import ZooKeeperWatch
 
 log = logging.getLogger(__name__)
-
-
-def _version(token: str) -> int | None:
-    """The znode version a token names; None if it is not a token this backend handed out."""
-    try:
-        version = int(token)
-    except ValueError:
-        return None
-    return version if version >= 0 else None  # -1 would mean "any version" to ZooKeeper
 
 
 class ZooKeeperKV(ZooKeeperWatch, KV):
@@ -47,9 +41,11 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
     lease's ttl (see `_Lease`); everything else is persistent and read, written and watched
     through one ordinary session.
 
-    Versions are the znode's data version as a string. The cluster znode's own data version is
+    Versions are the znode's data version as a string; an ephemeral (leased) node's also names
+    the zxid that created it (`<version>:<czxid>`, see `zookeeper_take_over.token`), which
+    `take_over` checks and plain puts and deletes ignore. The cluster znode's own data version is
     the lease epoch: every create of a leased key sets it in the same transaction, so that an
-    adopting renewal can tell a key's incarnations apart (see `_adopt`).
+    adopting renewal or a take-over can tell a key's incarnations apart (see `_adopt`).
 
     Session timeouts: the server clamps them to [minSessionTimeout, maxSessionTimeout]. A longer
     one than asked only slows failover; a shorter one for a strict lease (the leader's) would let
@@ -110,7 +106,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
             except NoNodeError:
                 seen[rel] = 0
                 continue
-            out[rel] = Entry(data.decode("utf-8", errors="replace"), str(stat.version))
+            out[rel] = Entry(data.decode("utf-8", errors="replace"), token(stat))
             seen[rel] = int(stat.mzxid)
         children: list[tuple[str, object]] = []
         for rel, r in listings.items():
@@ -125,7 +121,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
                 data, stat = _await(r, deadline)
             except NoNodeError:
                 continue  # left between the listing and the read
-            out[key] = Entry(data.decode("utf-8", errors="replace"), str(stat.version))
+            out[key] = Entry(data.decode("utf-8", errors="replace"), token(stat))
         with self._cond:
             for rel in self._watched:
                 self._known[rel] = seen[rel]
@@ -143,7 +139,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
             return True
         if version is None:
             return self._create(key, value, deadline)
-        v = _version(version)
+        v = version_of(version)
         return v is not None and self._set(key, value, v, deadline)
 
     def delete(self, key: str, version: str | AnyVersion, timeout: float) -> bool:
@@ -151,7 +147,7 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         if version is ANY:
             deleted = self._delete(key, deadline)
         else:
-            v = _version(version)
+            v = version_of(version)
             deleted = v is not None and self._delete(key, deadline, v)
         if deleted or version is ANY:
             with self._lock:
@@ -392,6 +388,61 @@ class ZooKeeperKV(ZooKeeperWatch, KV):
         if held is not None:
             held.stop()  # it holds nothing now
         log.info("zookeeper: adopted the %s key left by session %#x", key, stat.ephemeralOwner)
+        return True
+
+    def take_over(
+        self, key: str, value: str, version: str, ttl: float, timeout: float,
+        also: Mapping[str, tuple[str, Version]] | None = None,
+    ) -> bool:
+        """As `_adopt`, conditioned on the token instead of the value: with a session of our own,
+        read the lease epoch and the key (in order, after a sync); if the key is still the
+        incarnation the token names (its czxid) at its version, one transaction deletes it at
+        that version, creates ours, bumps the epoch at the version we read (so a key recreated
+        meanwhile fails it) and writes the also-keys (set_data at their version, which always
+        bumps it; create where absent). The new session answered during this call, so the key
+        lasts until send time + ttl; the previous holder's session now owns nothing."""
+        others = check_also(key, also)
+        parsed = parse_token(version)
+        writes: list[Write] = []
+        for rel, (new_value, other_token) in others.items():
+            other = None if other_token is None else version_of(other_token)
+            if other_token is not None and other is None:
+                return False  # a token this backend never handed out cannot match
+            writes.append((self._path(rel), new_value.encode(), other))
+        if parsed is None:
+            return False
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            held = self._leases.get(key)
+        new = self._new_lease(ttl)
+        outcome: tuple[int, int] | None = None
+        keep = False
+        try:
+            zk = new.connect(deadline)
+            self._check_length(key, new, ttl, True)
+            outcome = commit_take_over(zk, self._base, self._path(key), value, parsed, writes, deadline)
+        except StoreUnavailable:
+            # The transaction may have landed unheard: as in acquire, keep the session so a
+            # renew can confirm the key (or say False); a session that holds nothing lapses.
+            with self._lock:
+                if held is None or held.lost:
+                    self._leases[key] = new
+                    keep = True
+            raise
+        finally:
+            if outcome is None and not keep:
+                new.stop()  # it holds nothing
+        if outcome is None:
+            return False
+        zxid, previous = outcome
+        for rel in (key, *others):
+            self._saw(rel, zxid)
+        with self._lock:
+            self._leases[key] = new
+            self._created.discard(key)
+        if held is not None:
+            held.stop()  # it holds nothing now
+        log.info("zookeeper: took over the %s key from session %#x", key, previous)
         return True
 
     def _drop(self, key: str, lease: _Lease) -> None:
