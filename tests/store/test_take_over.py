@@ -13,6 +13,7 @@ import pytest
 from pgwarden.core.model import SyncState
 from pgwarden.store.base import ANY, KV, Entry
 from tests.support.backends import StoreFactory
+from tests.support.memkv import MemKV
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.integration
@@ -214,3 +215,17 @@ def test_take_over_leader_rewrites_the_sync_document(make_store: StoreFactory, c
     last = new.snapshot(T)
     assert last.leader is not None and last.leader.name == "c"
     assert last.sync == now.sync
+
+
+def test_the_raft_group_is_not_offered_the_fast_path() -> None:
+    """A raft member running an older pgwarden skips the take-over command, so the agents never
+    gather crash evidence on raft (the runner checks `take_over_agreed`); the wrapper keeps it."""
+    from pgwarden.store.etcd import EtcdKV
+    from pgwarden.store.raft import RaftKV
+    from pgwarden.store.timed import TimedKV
+    from pgwarden.store.zookeeper import ZooKeeperKV
+    assert RaftKV.take_over_agreed is False
+    assert EtcdKV.take_over_agreed and ZooKeeperKV.take_over_agreed
+    inner = MemKV("c")
+    inner.take_over_agreed = False
+    assert TimedKV(inner, lambda op, seconds, ok: None).take_over_agreed is False

@@ -125,6 +125,11 @@ class KV(abc.ABC):
     (`leader`, `members/a`); values are text."""
 
     cluster: str
+    # Whether every server of the store applies `take_over` alike, so the confirmed-crash fast
+    # path (SAFETY rule 16) may use it. False for the agents' own raft group: a member running an
+    # older pgwarden skips a command it does not know, and the group's copies of the leader key
+    # would then differ (store/raft_kv.py). The fast path waits for the lease there.
+    take_over_agreed: bool = True
 
     @abc.abstractmethod
     def read(self, timeout: float) -> Mapping[str, Entry]:

@@ -265,6 +265,8 @@ class RaftKV(KV):
     in etcd: changes already visible in this instance's last read do not count.
     """
 
+    take_over_agreed = False  # see KV.take_over_agreed
+
     def __init__(self, cfg: RaftConfig, cluster: str, layout: Layout, voter: bool = True) -> None:
         self.cluster = cluster
         self._layout = layout

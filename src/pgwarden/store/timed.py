@@ -18,6 +18,7 @@ class TimedKV(KV):
     def __init__(self, inner: KV, report: Report) -> None:
         self.inner = inner
         self.cluster = inner.cluster
+        self.take_over_agreed = inner.take_over_agreed
         self._report = report
 
     def _timed(self, op: str, call: Callable[[], T]) -> T:
