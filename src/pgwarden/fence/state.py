@@ -43,7 +43,7 @@ def read_bytes(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         parts: list[bytes] = []
-        while chunk := os.read(fd, 65536):
+        while chunk := os.read(fd, 8192):  # not 64 KiB: each read allocates its full size
             parts.append(chunk)
         return b"".join(parts)
     finally:

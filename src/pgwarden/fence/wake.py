@@ -65,6 +65,9 @@ class WakeReader:
         self.fallback = fallback
         self.report = report
         self.fd: int | None = None
+        # Whether the last wait saw a wake-up (or none ran yet): only then is there anything to
+        # drain. A byte sent after a wait timed out stays for the next wait, which ends at once.
+        self.ready = True
         try:
             self.fd = _open_fifo(path)
         except OSError as e:
@@ -73,11 +76,11 @@ class WakeReader:
     def drain(self) -> None:
         """Consume the wake-ups sent so far. Call it *before* reading the state: one sent after
         the read is then still in the pipe and ends the next wait at once."""
-        if self.fd is None:
-            return
+        if self.fd is None or not self.ready:
+            return  # an idle fencer skips the read (and the EAGAIN exception it would raise)
+        self.ready = False
         try:
-            while os.read(self.fd, 4096):
-                pass
+            os.read(self.fd, 1 << 20)  # everything a pipe holds; any rest ends the next wait
         except BlockingIOError:
             pass  # empty
         except OSError as e:
@@ -90,7 +93,8 @@ class WakeReader:
             time.sleep(min(seconds, self.fallback))
             return
         try:
-            select.select([self.fd], [], [], seconds)
+            readable, _, _ = select.select([self.fd], [], [], seconds)
+            self.ready = bool(readable)
         except (OSError, ValueError) as e:
             self._broken(e)
             time.sleep(min(seconds, self.fallback))
