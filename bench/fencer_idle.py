@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pgwarden.fence.supervisor import Fencer
 
-TTL = 4.0
+TTL = 4.0  # the default timing (ttl 4, retry_timeout 1)
+RETRY_TIMEOUT = 1.0
 MARGIN = 0.5
 
 
@@ -39,6 +40,8 @@ def measure(mode: str, seconds: float, loop_wait: float) -> float:
     try:
         with tempfile.TemporaryDirectory() as d:
             f = Fencer(Path(d) / "run")
+            if hasattr(f, "set_timing"):  # the agent's first loop does this (absent before issue 16)
+                f.set_timing(TTL, RETRY_TIMEOUT)
             f.start()
             fencer_pid = int(f.pid_file.read_text())
             if mode == "armed":
