@@ -265,6 +265,7 @@ class Agent(FailsafeMember):
         if view is not None:
             self._adopt_settings(view)
             s = self._settings
+        self.fencer.set_timing(s.ttl, s.retry_timeout)  # before anything arms under them
         with self._lock:
             command, self._command = self._command, None
         peers: dict[str, PeerReading] = {}

@@ -9,6 +9,13 @@ arms before PostgreSQL starts, then records its pid) is fenced as well. An unrea
 leaves the last one read in force. It exits once its agent is gone and nothing is left to fence;
 nothing else ends it: an unexpected error is logged to `fencer.log` and the loop goes on.
 Standard library only, to stay small and start fast: `python -m pgwarden.fence.fencer STATE_FILE`.
+
+It does not poll fast while there is nothing to do (issue 16): disarmed, or armed with the
+deadline ahead, it sleeps until the deadline but never longer than the state's `idle_bound`
+(DEFAULT_BOUND without one, at most MAX_BOUND), and the agent's wake-up (`wake.py`) ends the
+sleep at once when it arms it, moves the deadline earlier or records another postmaster. Only
+armed past the deadline does it poll every POLL seconds. Why a lost wake-up costs at most that
+bound, and why that is early enough: docs/architecture.md, "The lease and the fencer".
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from pgwarden.fence.state import FenceState, alive, postmaster_of, process_start_time, read_state
+from pgwarden.fence.wake import DEFAULT_BOUND, MAX_BOUND, WakeReader, wake_path
 
-POLL = 0.05
+POLL = 0.05  # armed past the deadline: how often to look for a postmaster to fence
 ERROR_REPEAT = 60.0  # the same error is logged again at most this often
 
 Target = tuple[int, int | None]  # (postmaster pid, its start time)
@@ -132,6 +140,20 @@ class Watch:
             target = None
         return target is not None or alive(st.agent_pid)
 
+    def wait(self, now: float) -> float:
+        """How long to sleep before the next tick, unless woken."""
+        st = self.last
+        if st is None:
+            return POLL
+        bound = DEFAULT_BOUND if st.idle_bound is None else min(MAX_BOUND, max(POLL, st.idle_bound))
+        if not st.armed:
+            return bound
+        if now >= st.deadline:
+            return POLL  # a postmaster may still be recorded or started: keep looking
+        # A renewal only moves the deadline later: waking at this one and reading again is
+        # never late. The bound covers a change whose wake-up was lost (an earlier deadline).
+        return min(bound, st.deadline - now)
+
 
 class ErrorLog:
     """Log unexpected errors to fencer.log, each distinct one at most every ERROR_REPEAT s."""
@@ -155,13 +177,21 @@ class ErrorLog:
 def run(state_file: Path) -> int:
     watch = Watch(state_file)
     errors = ErrorLog(watch.log)
-    while True:
-        try:
-            if not watch.tick(time.monotonic()):
-                return 0
-        except Exception as e:  # never let a bug or a /proc hiccup end the fencing
-            errors.report(e)
-        time.sleep(POLL)
+    # Opened before the first read of the state: every wake-up sent from then on is seen.
+    wake = WakeReader(wake_path(state_file), POLL, errors.report)
+    try:
+        while True:
+            wake.drain()  # before the read: a wake-up sent after it ends the next wait at once
+            try:
+                if not watch.tick(time.monotonic()):
+                    return 0
+                delay = watch.wait(time.monotonic())
+            except Exception as e:  # never let a bug or a /proc hiccup end the fencing
+                errors.report(e)
+                delay = POLL
+            wake.wait(delay)
+    finally:
+        wake.close()
 
 
 def main() -> int:
