@@ -164,3 +164,31 @@ def test_a_failsafe_candidate_that_takes_the_lease_too_late_releases_it(
     assert not lease.held and store.snapshot(1.0).leader is None
     assert ex.run((AcquireLease(not_after=time.monotonic() + 5.0),), None, pgv) is True
     assert lease.held and (view := store.snapshot(1.0)).leader is not None and view.leader.name == ex.name
+
+
+def test_a_lowered_ttl_brings_the_deadline_and_the_fencer_down_before_the_renewal_is_sent(
+    primary: PostgresController, tmp_path: Path
+) -> None:
+    """Rule 2 with a ttl lowered by edit-config: the store may move the key onto the shorter lease
+    even when its answer never reaches us, so the deadline (ours and the fencer's) must already be
+    the shorter one when the renewal goes out."""
+    store = MemStore()
+    store.down = True  # the renewal's answer is lost
+    lease = LeaseKeeper()
+    lease.renewed(time.monotonic(), 30.0)  # the last renewal ran under ttl 30
+    run = tmp_path / "run"
+    run.mkdir()
+    fencer = Fencer(run)
+    fencer.arm(lease.deadline, primary.postmaster_pid())
+    short = ClusterSettings(ttl=4.0)
+    ex = Executor(primary._cfg, primary, store, lease, fencer, LocalFacts(), lambda: short, short)
+    assert ex.run((RenewLease(),), None, primary.observe(2)) is False
+    latest = time.monotonic() + short.ttl - 0.5
+    assert lease.deadline <= latest, "our deadline still runs on the old, longer ttl"
+    st = read_state(run / "fence.json")
+    assert st is not None and st.armed and st.deadline <= latest, "the fencer waits for the old deadline"
+    # A renewal under an unchanged ttl never moves the deadline back.
+    lease.renewed(time.monotonic(), short.ttl)
+    kept = lease.deadline
+    assert ex.run((RenewLease(),), None, primary.observe(2)) is False
+    assert lease.deadline == kept

@@ -24,6 +24,7 @@ from pgwarden.core.model import (
     PgView,
     SyncConfig,
 )
+from pgwarden.core.settings import LEASE_MARGIN
 from pgwarden.postgres.controller import PostgresError, UpstreamTuple
 from pgwarden.postgres.server import StartError
 from pgwarden.store.base import StoreError
@@ -389,6 +390,11 @@ class Executor:
 
     def renew(self, s: ClusterSettings, adopt: bool = False) -> bool:
         sent = self.clock()
+        # A lowered ttl (edit-config) moves the key onto a shorter lease within this call: the
+        # deadline, and the fencer's, come down first, so neither an answer we never hear nor our
+        # death right after the store applied it leaves a deadline past the key's expiry (rule 2).
+        if self.lease.shorten(sent + s.ttl - LEASE_MARGIN) and self.fencer.armed:
+            self._arm(self.pg.postmaster_pid())
         ok = self.store.renew_leader(self.name, s.ttl, self.lease.call_timeout(sent, s.retry_timeout), adopt)
         if ok:
             if adopt:

@@ -18,6 +18,15 @@ class LeaseKeeper:
         self.held = True
         self.deadline = sent_at + ttl - LEASE_MARGIN
 
+    def shorten(self, deadline: float) -> bool:
+        """Before a renewal whose ttl is shorter than the one the deadline came from: the store
+        may move the key onto the shorter lease even if we never hear its answer. True if the
+        deadline moved (earlier)."""
+        if self.held and deadline < self.deadline:
+            self.deadline = deadline
+            return True
+        return False
+
     def extend(self, deadline: float) -> None:
         """A majority confirmed us while the store was unreachable (rule 17, decided by the core):
         move a held lease's deadline forward; never revive a lost one, never move it back."""
