@@ -52,23 +52,6 @@ def running_fake_postmaster() -> Iterator[Proc]:
                     pass
 
 
-@pytest.fixture
-def fake_postmaster() -> Iterator[Proc]:
-    with running_fake_postmaster() as proc:
-        yield proc
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[Proc]]:
-    """Processes a test starts; each is SIGKILLed (by pid) and reaped afterwards."""
-    procs: list[Proc] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(5)
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -117,8 +100,10 @@ def _holds(cond: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def _fenced(pm: Proc, kids: list[int], log: Path) -> None:
-    wait_for(lambda: pm.poll() is not None, 3, "the postmaster killed")
-    wait_for(lambda: not any(alive(k) for k in kids), 3, "every backend killed")
+    # Generous: a loaded machine may take seconds to start the fencer's interpreter. How soon
+    # after the deadline it acts is checked where it matters (test_fencer_idle.py's budget).
+    wait_for(lambda: pm.poll() is not None, 10, "the postmaster killed")
+    wait_for(lambda: not any(alive(k) for k in kids), 10, "every backend killed")
     assert "fenced postmaster" in log.read_text()
 
 

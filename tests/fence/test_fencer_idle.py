@@ -24,28 +24,12 @@ import pytest
 from pgwarden.fence.state import FenceState, alive, process_start_time, write_state
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.fence.wake import DEFAULT_BOUND, MAX_BOUND, send_wake, wake_path
-from tests.fence.test_fencer import Proc, _children, running_fake_postmaster
+from tests.fence.test_fencer import Proc, _children
 from tests.support.wait import wait_for
 
 # What the fencer may add to a deadline: its read, /proc scan and kills, and this test's own
 # polling, on a shared and sometimes loaded machine. The lease keeps LEASE_MARGIN (0.5 s) for it.
 BUDGET = 0.3
-
-
-@pytest.fixture
-def fake_postmaster() -> Iterator[Proc]:
-    with running_fake_postmaster() as proc:
-        yield proc
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[Proc]]:
-    procs: list[Proc] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(5)
 
 
 @pytest.fixture
