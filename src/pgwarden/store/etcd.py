@@ -283,12 +283,19 @@ class EtcdKV(EtcdWatch, KV):
         k = self._key(key)
         seconds = _lease_seconds(ttl)
         lease = _Lease(self._grant(seconds, deadline), seconds)
+        return self._txn_on_new_lease(key, lease, [_absent(k)], [_put(k, value, lease.id)], deadline)
+
+    def _txn_on_new_lease(self, key: str, lease: _Lease, compare: list[dict[str, Any]],
+                          ops: list[dict[str, Any]], deadline: float, keep_in_doubt: bool = True) -> bool:
+        """Run a txn that puts `key` on `lease`, granted for it. Lost: the lease is revoked. Won:
+        it becomes the key's lease and the one before is revoked. In doubt (`keep_in_doubt`):
+        the write may have landed without us hearing, so the lease is kept and a renew can still
+        confirm it (if it did not land, renewing fails its compare and says False)."""
         try:
-            ok, _ = self._txn([_absent(k)], [_put(k, value, lease.id)], deadline)
+            ok, _ = self._txn(compare, ops, deadline)
         except StoreUnavailable:
-            # The write may have landed without us hearing. Keep the lease so a renew can still
-            # confirm it; if it did not land, renewing fails its compare and says False.
-            self._hold(key, lease)
+            if keep_in_doubt:
+                self._hold(key, lease)
             raise
         if not ok:
             self._revoke_quietly(lease, deadline)
@@ -390,19 +397,9 @@ class EtcdKV(EtcdWatch, KV):
         new = _Lease(self._grant(seconds, deadline), seconds)
         for rel in (key, *others):
             self._stale(rel)
-        try:
-            ok, _ = self._txn(cmps, [_put(k, value, new.id), *success], deadline)
-        except StoreUnavailable:
-            if held is None:
-                self._hold(key, new)  # as in acquire: a renew can still confirm it if it landed
-            raise
-        if not ok:
-            self._revoke_quietly(new, deadline)
-            return False
-        old = self._hold(key, new)
-        if old is not None and old.id != new.id:
-            self._revoke_quietly(old, deadline)
-        return True
+        # In doubt, as in acquire, unless a lease of ours already holds the key.
+        return self._txn_on_new_lease(key, new, cmps, [_put(k, value, new.id), *success], deadline,
+                                      keep_in_doubt=held is None)
 
     def release(self, key: str, value: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
