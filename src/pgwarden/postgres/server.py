@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from pgwarden.core.model import DataState, SyncConfig
 from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
 from pgwarden.postgres import tls as pgtls
 from pgwarden.postgres.health_conn import HealthConnection
+from pgwarden.postgres.probe_worker import ProbeWorker
 from pgwarden.postgres.startlog import startup_failure
 from pgwarden.procinfo import pid_alive as _pid_alive
 
@@ -107,9 +107,9 @@ class PostgresServer:
         self.socket_dir: Path | None = run_dir if len(str(sock)) <= _MAX_SOCKET_PATH else None
         self.tls = None if pg.tls is None else pgtls.installed(pg.tls, self.data_dir)
         self._state = self._load_state()
-        self._probe_lock = threading.Lock()
-        self._probe_thread: threading.Thread | None = None
-        self._health = HealthConnection()  # used by the probe thread only (controller._probe)
+        # The health query's kept thread; the kept connection is used by that thread only.
+        self._prober: ProbeWorker[sql.Health] = ProbeWorker("pgwarden-pg-probe")
+        self._health = HealthConnection()
         # synchronous_standby_names as the server last answered it (the file can be ahead of
         # it after a reload that did not go through) and the LSN when it took effect.
         self._live = sync_names.LiveSyncTracker()
