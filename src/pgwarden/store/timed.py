@@ -18,6 +18,7 @@ class TimedKV(KV):
     def __init__(self, inner: KV, report: Report) -> None:
         self.inner = inner
         self.cluster = inner.cluster
+        self.interruptible = inner.interruptible
         self._report = report
 
     def _timed(self, op: str, call: Callable[[], T]) -> T:
@@ -35,6 +36,9 @@ class TimedKV(KV):
 
     def wait_for_change(self, timeout: float) -> bool:
         return self.inner.wait_for_change(timeout)
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
 
     def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
         return self._timed("put", lambda: self.inner.put(key, value, version, timeout, ttl))
