@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.config.validate import validate
 from pgwarden.core.model import FailoverRequest, HistoryEntry, MemberInfo, Role, SiteState, SyncState, Tags
 from pgwarden.store.base import StoreUnavailable
+from pgwarden.store.cluster import ClusterStore
 from tests.support.backends import OPENERS, StoreFactory
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
@@ -305,6 +307,34 @@ def test_change_by_another_instance_wakes_the_waiter(make_store: StoreFactory, c
     started = time.monotonic()
     assert a.wait_for_change(5.0)
     assert time.monotonic() - started < 2.0
+
+
+def test_interrupt_ends_a_wait_and_loses_no_change(make_store: StoreFactory, cluster: str) -> None:
+    """The agent waits out its loop in one `wait_for_change` and interrupts it for a command or a
+    stop (agent/runner.py `_wait`): an interrupt must end the wait at once, say "no change", and
+    leave a change it did not report pending for the next wait."""
+    a, b = make_store(cluster), make_store(cluster)
+    if not a.interruptible:
+        pytest.skip("this backend is polled, not interrupted")
+    a.snapshot(T)
+    assert not a.wait_for_change(0.2)  # the watch is running now
+    threading.Timer(0.3, a.interrupt).start()
+    started = time.monotonic()
+    assert not a.wait_for_change(10.0)
+    assert 0.2 < time.monotonic() - started < 3.0
+    a.interrupt()  # before the wait: that wait returns at once, the next one waits again
+    started = time.monotonic()
+    assert not a.wait_for_change(10.0)
+    assert not a.wait_for_change(0.3)
+    assert time.monotonic() - started < 3.0
+    assert b.set_failover(FailoverRequest("failover", None, "a", None), None, T)
+    wait_for(lambda: _pending_after_interrupt(a), 5.0, "the change to reach a's watch")
+    assert not a.wait_for_change(0.3)  # reported once, then no longer news
+
+
+def _pending_after_interrupt(store: ClusterStore) -> bool:
+    store.interrupt()
+    return store.wait_for_change(0.0)
 
 
 # -- an unreachable store ----------------------------------------------------------------------

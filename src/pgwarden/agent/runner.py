@@ -174,6 +174,7 @@ class Agent(FailsafeMember):
 
     def store_wakeup(self) -> None:
         self._wake.set()
+        self.store.interrupt()  # end the loop's wait now (a no-op where it polls instead)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -201,13 +202,15 @@ class Agent(FailsafeMember):
         s = self._settings
         remaining = max(MIN_LOOP_INTERVAL, s.loop_wait - (time.monotonic() - started))
         deadline = time.monotonic() + remaining
-        # Wake early on a store change (leader released/expired, switchover asked) or a command.
+        # Wake early on a store change (leader released/expired, switchover asked) or a command:
+        # one wait a loop where the store can be interrupted (store_wakeup, stop), else polled.
+        poll = remaining if self.store.interruptible else 0.5
         while not self.stop_event.is_set() and not self._wake.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 break
             try:
-                if self.store.wait_for_change(min(left, 0.5)):
+                if self.store.wait_for_change(min(left, poll)):
                     break
             except StoreError:
                 self.stop_event.wait(min(left, 0.2))
@@ -218,7 +221,7 @@ class Agent(FailsafeMember):
 
     def stop(self) -> None:
         self.stop_event.set()
-        self._wake.set()
+        self.store_wakeup()
 
     def shutdown(self) -> None:
         """Stop PostgreSQL, then give up the lease so a replica takes over at once."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from pgwarden.procinfo import pid_alive
@@ -32,8 +32,18 @@ class FenceState:
 
 
 def write_state(path: Path, st: FenceState) -> None:
+    """Write `st` to a temporary file, then rename it over `path` (the fencer never reads half a
+    state). os-level calls, the same bytes as `Path.write_text(json.dumps(asdict(st)))`: the
+    leader's agent writes a new deadline every loop (issue 16)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(st)))
+    data = json.dumps(vars(st)).encode()  # the fields in order, as asdict gives them
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 import psycopg
 
@@ -45,34 +43,21 @@ class PostgresController(DataDirectory):
     # ---- observation ---------------------------------------------------------------------
 
     def _probe(self, budget: float, pid: int) -> sql.Health | None:
-        """Health query in a worker thread bounded by `budget` (libpq's connect timeout cannot
-        go below 2 s, and a frozen server never answers). At most one probe is in flight, so the
-        kept connection (postgres/health_conn.py) has one user at a time."""
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["health"] = self._loop_health(pid, max(budget, 0.5))
-            except Exception as e:  # reported as unhealthy
-                box["error"] = e
-
-        with self._probe_lock:
-            prev = self._probe_thread
-            if prev is not None and prev.is_alive():
-                log.warning("previous health query still has no answer")
-                return None
-            t = threading.Thread(target=work, name="pgwarden-pg-probe", daemon=True)
-            self._probe_thread = t
-            t.start()
-        t.join(max(budget, 0.0))
-        if t.is_alive():
+        """Health query on the kept probe thread (postgres/probe_worker.py), bounded by `budget`
+        (libpq's connect timeout cannot go below 2 s, and a frozen server never answers). At most
+        one probe is in flight, so the kept connection (postgres/health_conn.py) has one user at
+        a time."""
+        job = self._prober.submit(lambda: self._loop_health(pid, max(budget, 0.5)))
+        if job is None:
+            log.warning("previous health query still has no answer")
+            return None
+        if not job.wait(budget):
             log.warning("PostgreSQL did not answer the health query within %.2fs", budget)
             return None
-        if "error" in box:
-            log.info("health query failed: %s", box["error"])
+        if job.error is not None:
+            log.info("health query failed: %s", job.error)
             return None
-        h: sql.Health = box["health"]
-        return h
+        return job.value
 
     def observe(self, timeout: float) -> PgView:
         """What the local PostgreSQL is doing, within `timeout` seconds. Never raises."""

@@ -15,7 +15,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,9 +26,10 @@ import psycopg
 
 from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.model import DataState, SyncConfig
-from pgwarden.postgres import binaries, conf, controldata, osuser, sql, sync_names
+from pgwarden.postgres import binaries, conf, controldata, datadir_state, osuser, sql, sync_names
 from pgwarden.postgres import tls as pgtls
 from pgwarden.postgres.health_conn import HealthConnection
+from pgwarden.postgres.probe_worker import ProbeWorker
 from pgwarden.postgres.startlog import startup_failure
 from pgwarden.procinfo import pid_alive as _pid_alive
 
@@ -107,9 +107,9 @@ class PostgresServer:
         self.socket_dir: Path | None = run_dir if len(str(sock)) <= _MAX_SOCKET_PATH else None
         self.tls = None if pg.tls is None else pgtls.installed(pg.tls, self.data_dir)
         self._state = self._load_state()
-        self._probe_lock = threading.Lock()
-        self._probe_thread: threading.Thread | None = None
-        self._health = HealthConnection()  # used by the probe thread only (controller._probe)
+        # The health query's kept thread; the kept connection is used by that thread only.
+        self._prober: ProbeWorker[sql.Health] = ProbeWorker("pgwarden-pg-probe")
+        self._health = HealthConnection()
         # synchronous_standby_names as the server last answered it (the file can be ahead of
         # it after a reload that did not go through) and the LSN when it took effect.
         self._live = sync_names.LiveSyncTracker()
@@ -147,31 +147,11 @@ class PostgresServer:
             yield conn
 
     def data_state(self) -> DataState:
-        d = self.data_dir
-        try:
-            if not d.exists() or not any(d.iterdir()):
-                return DataState.EMPTY
-        except OSError:
-            return DataState.BROKEN
-        if (d / "PG_VERSION").is_file() and (d / "global" / "pg_control").is_file():
-            return DataState.VALID
-        return DataState.BROKEN
+        return datadir_state.data_state(str(self.data_dir))
 
     def postmaster_pid(self) -> int | None:
         """PID of our running postmaster, None when not running (stale postmaster.pid too)."""
-        try:
-            first = (self.data_dir / "postmaster.pid").read_text().splitlines()[0]
-            pid = int(first.strip())
-        except (OSError, ValueError, IndexError):
-            return None
-        if not _pid_alive(pid):
-            return None
-        # A reused PID is another process: the postmaster's cwd is its data directory.
-        try:
-            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
-        except OSError:
-            return pid
-        return pid if cwd == self.data_dir.resolve() else None
+        return datadir_state.postmaster_pid(str(self.data_dir))
 
     def _remove_stale_pidfile(self) -> None:
         """Drop a postmaster.pid whose process is gone. A SIGKILLed postmaster leaves it behind

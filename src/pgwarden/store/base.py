@@ -139,6 +139,17 @@ class KV(abc.ABC):
     def wait_for_change(self, timeout: float) -> bool:
         """Block up to `timeout` for a change that counts (see the module doc). True if one did."""
 
+    # Whether `interrupt` works; a caller that must notice its own events meanwhile polls a
+    # backend that cannot be interrupted with short waits instead.
+    interruptible: bool = False
+
+    def interrupt(self) -> None:
+        """Make a `wait_for_change` blocked in another thread (or the next one) return now: False
+        unless a change that counts is pending, which it then reports as usual. Nothing is lost:
+        a change not reported stays pending for the next wait. May be called from a signal
+        handler of the waiting thread. A no-op here (`interruptible` False)."""
+        return
+
     @abc.abstractmethod
     def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
         """Write `key` if `version` matches. With `ttl` (only with `version=ANY`): the key is held

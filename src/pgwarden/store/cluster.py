@@ -56,6 +56,14 @@ class ClusterStore:
         instance (see `KV.wait_for_change`). True if one happened."""
         return self.kv.wait_for_change(timeout)
 
+    @property
+    def interruptible(self) -> bool:
+        """`interrupt` ends a `wait_for_change` early (`KV.interrupt`)."""
+        return self.kv.interruptible
+
+    def interrupt(self) -> None:
+        self.kv.interrupt()
+
     # -- bootstrap -----------------------------------------------------------------------------
     def take_init_lock(self, name: str, ttl: float, timeout: float) -> bool:
         """Become the one member that bootstraps: create-only, on a lease of `ttl`. Calling it

@@ -48,6 +48,7 @@ class EtcdWatch:
         self._changes: list[int] = []  # revisions of relevant events seen by the watch
         self._own: set[int] = set()  # revisions of writes this instance made
         self._lost = False  # the watch may have missed events
+        self._woken = False  # interrupt() asked the waiter to return
         self._stop = threading.Event()
         self._watch: threading.Thread | None = None
         self._watch_resp: urllib3.BaseHTTPResponse | None = None
@@ -73,12 +74,21 @@ class EtcdWatch:
     def wait_for_change(self, timeout: float) -> bool:
         self._ensure_watch()
         with self._cond:
-            if not self._cond.wait_for(self._pending, timeout=max(0.0, timeout)):
+            self._cond.wait_for(lambda: self._woken or self._pending(), timeout=max(0.0, timeout))
+            self._woken = False
+            if not self._pending():
                 return False
             self._seen_rev = max([self._seen_rev, *self._changes])
             self._lost = False
             self._prune()
             return True
+
+    interruptible = True
+
+    def interrupt(self) -> None:
+        with self._cond:  # reentrant: safe from a signal handler of the waiting thread
+            self._woken = True
+            self._cond.notify_all()
 
     def _ensure_watch(self) -> None:
         with self._lock:

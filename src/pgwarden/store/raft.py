@@ -276,6 +276,7 @@ class RaftKV(KV):
         self._seen_rev = 0  # changes up to here are known to the caller
         self._latest_change = 0  # revision of the latest change that counts (see the class doc)
         self._closed = False
+        self._woken = False  # interrupt() asked the waiter to return
         self._node.kv.add_listener(self._on_change)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -303,12 +304,23 @@ class RaftKV(KV):
         return {key: Entry(r.value, str(r.version)) for key, r in records.items()}
 
     def wait_for_change(self, timeout: float) -> bool:
+        def pending() -> bool:
+            return self._closed or self._latest_change > self._seen_rev
+
         with self._cond:
-            pending = lambda: self._closed or self._latest_change > self._seen_rev  # noqa: E731
-            if not self._cond.wait_for(pending, timeout=max(0.0, timeout)) or self._closed:
+            self._cond.wait_for(lambda: self._woken or pending(), timeout=max(0.0, timeout))
+            self._woken = False
+            if not pending() or self._closed:
                 return False
             self._seen_rev = max(self._seen_rev, self._latest_change)
             return True
+
+    interruptible = True
+
+    def interrupt(self) -> None:
+        with self._cond:  # reentrant: safe from a signal handler of the waiting thread
+            self._woken = True
+            self._cond.notify_all()
 
     # -- writing -------------------------------------------------------------------------------
     def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:

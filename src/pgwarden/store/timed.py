@@ -19,6 +19,7 @@ class TimedKV(KV):
         self.inner = inner
         self.cluster = inner.cluster
         self.take_over_agreed = inner.take_over_agreed
+        self.interruptible = inner.interruptible
         self._report = report
 
     def _timed(self, op: str, call: Callable[[], T]) -> T:
@@ -36,6 +37,9 @@ class TimedKV(KV):
 
     def wait_for_change(self, timeout: float) -> bool:
         return self.inner.wait_for_change(timeout)
+
+    def interrupt(self) -> None:
+        self.inner.interrupt()
 
     def put(self, key: str, value: str, version: Version, timeout: float, ttl: float | None = None) -> bool:
         return self._timed("put", lambda: self.inner.put(key, value, version, timeout, ttl))

@@ -50,6 +50,7 @@ class ZooKeeperWatch:
         self._latest: dict[str, int] = {}  # rel -> mzxid (pzxid for a directory), 0 = absent
         self._known: dict[str, int] = {}  # the same, as the caller last saw it
         self._lost = False
+        self._woken = False  # interrupt() asked the waiter to return
         self._main = KazooClient(hosts=self.hosts, timeout=_MAIN_SESSION, connection_retry=_retry(),
                                  **self._auth)
         self._main_live = threading.Event()
@@ -163,11 +164,20 @@ class ZooKeeperWatch:
             return self._lost or any(self._known.get(r, v) != v for r, v in self._latest.items())
 
         with self._cond:
-            if not self._cond.wait_for(pending, timeout=max(0.0, timeout)):
+            self._cond.wait_for(lambda: self._woken or pending(), timeout=max(0.0, timeout))
+            self._woken = False
+            if not pending():
                 return False
             self._known.update(self._latest)
             self._lost = False
             return True
+
+    interruptible = True
+
+    def interrupt(self) -> None:
+        with self._cond:  # reentrant: safe from a signal handler of the waiting thread
+            self._woken = True
+            self._cond.notify_all()
 
     # -- persistent keys -----------------------------------------------------------------------
     def _create(self, rel: str, value: str, deadline: float) -> bool:
