@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from pgwarden.core.settings import LEASE_MARGIN
 from pgwarden.fence.state import FenceState, alive, process_start_time, write_state
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.fence.wake import DEFAULT_BOUND, MAX_BOUND, send_wake, wake_path
@@ -28,8 +29,9 @@ from tests.fence.test_fencer import Proc, _children
 from tests.support.wait import wait_for
 
 # What the fencer may add to a deadline: its read, /proc scan and kills, and this test's own
-# polling, on a shared and sometimes loaded machine. The lease keeps LEASE_MARGIN (0.5 s) for it.
-BUDGET = 0.3
+# polling, on a shared and sometimes loaded machine. The store's lease outlives the deadline by
+# LEASE_MARGIN (0.5 s): that is the fencer's whole allowance (rule 2), and what is checked.
+BUDGET = LEASE_MARGIN
 
 
 @pytest.fixture
@@ -102,7 +104,8 @@ def test_an_arm_during_a_long_idle_sleep_is_fenced_at_its_deadline(
     _not_before(fake_postmaster, deadline)
     late = _fenced_at(fake_postmaster) - deadline
     assert late <= BUDGET, f"fenced {late:.3f} s after the deadline (idle bound {MAX_BOUND} s)"
-    assert "fenced postmaster" in (f.run_dir / "fencer.log").read_text()
+    wait_for(lambda: "fenced postmaster" in (f.run_dir / "fencer.log").read_text(), 5,
+             "the fencing logged (after its kills)")
 
 
 def test_a_deadline_moved_earlier_wakes_the_armed_fencer(

@@ -64,7 +64,8 @@ def _fencer_pid(f: Fencer, pids: list[int]) -> int:
 def _fences(f: Fencer, pm: Proc) -> None:
     f.arm(time.monotonic() - 0.1, pm.pid)
     wait_for(lambda: pm.poll() is not None, 10, "the postmaster fenced")
-    assert "fenced postmaster" in (f.run_dir / "fencer.log").read_text()
+    wait_for(lambda: "fenced postmaster" in (f.run_dir / "fencer.log").read_text(), 5,
+             "the fencing logged (after its kills)")
 
 
 def test_ensure_running_restarts_a_dead_fencer_and_the_new_one_fences(
