@@ -108,9 +108,24 @@ def test_manual_failover_pause_requests_and_the_failsafe_each_keep_the_lease_pat
     for cluster in (cluster_settings(synchronous_mode=SyncMode.ON, failover_mode=FailoverMode.MANUAL),
                     cluster_settings(synchronous_mode=SyncMode.ON, paused=True)):
         assert not _takes_over(_crashed(cluster=cluster))
+    # The failsafe on (rule 17) and no votes asked this loop: no take-over.
     assert not _takes_over(_crashed(failsafe_members=frozenset({"n1", "n2", "n3"})))
     from tests.core.builders import switchover
     assert not _takes_over(_crashed(failover=switchover("n1", "n3")))
+
+
+def test_with_the_failsafe_on_a_take_over_needs_a_majority_of_votes_and_a_time_limit() -> None:
+    """Rule 17 holds on the fast path as after a lease expiry: a majority of the failsafe set
+    promised not to confirm any leader, and the key must be taken within ttl of the read."""
+    o = _crashed(failsafe_members=frozenset({"n1", "n2", "n3"}))
+    assert not _takes_over(replace(o, failsafe_votes=frozenset({"n2"})))  # 1 of 3
+    voted = replace(o, failsafe_votes=frozenset({"n2", "n3"}), snapshot_at=o.now - 0.2)
+    d = decide(voted)
+    take = d.actions[0]
+    assert isinstance(take, AcquireLease) and take.over == "l1"
+    assert take.not_after == voted.now - 0.2 + voted.settings.ttl - 0.5
+    # Bound by a confirmation it gave (to the old leader, say): never.
+    assert not _takes_over(replace(voted, failsafe_bound_until=voted.now + 1.0))
 
 
 def test_an_empty_synchronous_set_waits_for_the_lease() -> None:

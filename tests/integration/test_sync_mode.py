@@ -22,11 +22,16 @@ def promotion_reason(cl: Cluster, new: str) -> str:
     return wait_for(entry, 30, f"{new}'s promotion in the history")
 
 
-@pytest.mark.parametrize("mode", ["on", "quorum"])
+@pytest.mark.parametrize("mode", ["on", "quorum", "on+failsafe"])
 def test_no_acknowledged_commit_is_lost_after_a_crash_failover(mode: str) -> None:
-    with Cluster(f"sync-{mode}", sync=mode) as cl:
+    sync, _, failsafe = mode.partition("+")
+    sets = ("failsafe=on",) if failsafe else ()
+    with Cluster(f"sync-{sync}{'-fs' if failsafe else ''}", sync=sync, sets=sets) as cl:
         old = cl.wait_primary()
         cl.wait_replicas([n for n in cl.names if n != old])
+        if failsafe:  # rule 17's votes must be asked and given for the fast path to go ahead
+            wait_for(lambda: len((cl.status(old) or {}).get("failsafe_members") or []) == 3,
+                     30, "the failsafe set in the store")
 
         def promised() -> list[str]:
             st = cl.http("GET", old, "/cluster")[1]

@@ -115,16 +115,18 @@ class FailsafeMember:
 
     def _failsafe_asks(
             self, view: ClusterView | None, pgv: PgView, s: ClusterSettings,
-            early: Future[FailsafeRound] | None) -> tuple[FailsafeRound | None, frozenset[str] | None]:
+            early: Future[FailsafeRound] | None,
+            taking_over: bool = False) -> tuple[FailsafeRound | None, frozenset[str] | None]:
         """Rule 17's exchanges for this loop: as a leader cut off from the store, a confirmation
         round (`early`, if one was started before the store read); as a leaderless candidate under
-        a failsafe set, votes."""
+        a failsafe set, or one whose leader's node refused connections (`taking_over`, the
+        confirmed-crash fast path, rule 16), votes."""
         if view is None:
             asked = early if early is not None else self._confirmation_round(pgv, s)
             return (asked.result() if asked is not None else None), None
         # Only a node that could promote asks: each vote keeps its giver from confirming a leader.
         could = pgv.running and pgv.healthy and pgv.in_recovery is True and not s.paused
-        if could and view is not None and view.leader is None and view.failsafe_members and \
+        if could and view is not None and (view.leader is None or taking_over) and view.failsafe_members and \
                 time.monotonic() >= self.failsafe.bound_until:
             round_id = secrets.token_hex(8)
             ok, _ = self.failsafe_vote(self.cfg.name, s.ttl, round_id)  # our own promise first

@@ -278,7 +278,7 @@ class Agent(FailsafeMember):
             gone = crash.leader if crash is not None else None
             others = [m for n, m in view.members.items() if n not in (self.cfg.name, gone)]
             peers = self.peers.read(others, min(1.0, s.retry_timeout))
-        fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early)
+        fs_round, fs_votes = self._failsafe_asks(view, pgv, s, early, taking_over=crash is not None)
         mono = time.monotonic()
         if view is not None:
             self._waits.saw(view, mono)

@@ -19,8 +19,12 @@ The argument (docs/architecture.md, "The confirmed-crash fast path"):
   adopt the key before it starts a primary (rule 12), a compare-and-swap our take-over beats or
   loses to, never both.
 
+With the failsafe on (rule 17), the take-over also needs the votes of a majority of the failsafe
+set, asked in the same loop, exactly as a take-over after the lease ran out does (`_try_promote`'s
+`failsafe.candidate_refusal`, and `acquire_not_after` on the action).
+
 Anything less (a timeout, an unanswered member, a receiver still attached, a pending request,
-the failsafe on) leaves the normal path: wait for the lease. Pure, like the rest of the core.
+too few failsafe votes) leaves the normal path: wait for the lease. Pure, like the rest of the core.
 """
 
 from __future__ import annotations
@@ -50,8 +54,6 @@ def _mode_allows(view: ClusterView) -> str | None:
         return "automatic failover is off"
     if s.standby_cluster is not None:
         return "a standby site"
-    if view.failsafe_members:
-        return "the failsafe is on (rule 17's votes are asked only once the key is gone)"
     if view.failover is not None:
         return "a switchover or failover request is pending"
     if view.sync is None or view.sync.empty:

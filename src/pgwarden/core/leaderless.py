@@ -141,7 +141,8 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         assert view.leader is not None and view.sync is not None
         after = sync.after_promotion(view.settings, view.sync, obs.me.name)
         why = f"automatic failover: {fast_path.describe(obs)} (fast path, before the lease ran out)"
-        take = AcquireLease(over=view.leader.token, sync_token=view.sync.token)
+        take = AcquireLease(failsafe.acquire_not_after(obs, view), over=view.leader.token,
+                            sync_token=view.sync.token)
         return Decision((take, Promote(after, why)),
                         f"{fast_path.describe(obs)}: taking over its key without waiting for the lease")
     if note:
