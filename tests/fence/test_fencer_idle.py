@@ -65,6 +65,19 @@ def _agent(spawned: list[Proc]) -> Proc:
     return proc
 
 
+def _idle_fencer(tmp_path: Path, pm: Proc, spawned: list[Proc],
+                 bound: float | None) -> tuple[Proc, Proc, Path, int | None]:
+    """A fencer watching a disarmed state of a stand-in agent, after its first read:
+    (agent, fencer, state file, the postmaster's start time)."""
+    agent = _agent(spawned)
+    state = tmp_path / "fence.json"
+    start = process_start_time(pm.pid)
+    write_state(state, FenceState(agent.pid, False, 0.0, pm.pid, start, None, bound))
+    fencer = _spawn(spawned, state)
+    _first_read(fencer.pid, tmp_path / "fencer.log")
+    return agent, fencer, state, start
+
+
 def _first_read(pid: int, log: Path) -> None:
     """Return as soon as fencer `pid` has read its state for the first time."""
     wait_for(lambda: f"fencer {pid} watching" in log.read_text(), 10, "the fencer's first read",
@@ -134,12 +147,7 @@ def test_a_lost_wake_up_is_read_within_the_idle_bound(
     at least the bound (plus a little) after the write, as every valid timing guarantees for an
     arm after a store call, the primary is still fenced at its deadline. No bound in the state
     (an older agent) means DEFAULT_BOUND."""
-    agent = _agent(spawned)
-    state = tmp_path / "fence.json"
-    start = process_start_time(fake_postmaster.pid)
-    write_state(state, FenceState(agent.pid, False, 0.0, fake_postmaster.pid, start, None, bound))
-    fencer = _spawn(spawned, state)
-    _first_read(fencer.pid, tmp_path / "fencer.log")
+    agent, _fencer, state, start = _idle_fencer(tmp_path, fake_postmaster, spawned, bound)
     gap = (DEFAULT_BOUND if bound is None else bound) + 0.05
     deadline = time.monotonic() + gap
     write_state(state, FenceState(agent.pid, True, deadline, fake_postmaster.pid, start, None, bound))
@@ -177,12 +185,7 @@ def test_a_wake_up_storm_neither_breaks_it_nor_leaves_it_spinning(
         tmp_path: Path, fake_postmaster: Proc, spawned: list[Proc]) -> None:
     """(c) Tens of thousands of wake-ups and a full pipe: afterwards it idles (a busy loop would
     burn about a CPU-second a second) and still fences at once."""
-    agent = _agent(spawned)
-    state = tmp_path / "fence.json"
-    start = process_start_time(fake_postmaster.pid)
-    write_state(state, FenceState(agent.pid, False, 0.0, fake_postmaster.pid, start, None, MAX_BOUND))
-    fencer = _spawn(spawned, state)
-    _first_read(fencer.pid, tmp_path / "fencer.log")
+    agent, fencer, state, start = _idle_fencer(tmp_path, fake_postmaster, spawned, MAX_BOUND)
     fifo = wake_path(state)
     assert all(send_wake(fifo) for _ in range(20000))
     # Frozen, it cannot drain: fill the pipe to the brim. Further wake-ups find it full and
@@ -216,14 +219,9 @@ def test_without_a_usable_fifo_it_polls_fast_and_still_fences(
         tmp_path: Path, fake_postmaster: Proc, spawned: list[Proc]) -> None:
     """A directory in the FIFO's place (it cannot be replaced): the fencer logs why, and falls back
     to the 50 ms poll rather than trusting wake-ups that cannot come."""
-    agent = _agent(spawned)
-    state = tmp_path / "fence.json"
-    wake_path(state).mkdir()
-    start = process_start_time(fake_postmaster.pid)
-    write_state(state, FenceState(agent.pid, False, 0.0, fake_postmaster.pid, start, None, MAX_BOUND))
-    fencer = _spawn(spawned, state)
+    wake_path(tmp_path / "fence.json").mkdir()
+    agent, _fencer, state, start = _idle_fencer(tmp_path, fake_postmaster, spawned, MAX_BOUND)
     log = tmp_path / "fencer.log"
-    _first_read(fencer.pid, log)
     assert "unexpected error" in log.read_text()
     assert not send_wake(wake_path(state))
     deadline = time.monotonic() + 0.1

@@ -110,9 +110,9 @@ class CrashCheck:
         return LeaderCheck(self.name, refused=gone, attached=receiver_attached(health, leader, view.members))
 
     def gather(self, view: ClusterView, pgv: PgView, ask: PeerAsk, timeout: float) -> CrashEvidence | None:
-        """The evidence for this loop, or None when it is not worth asking (our own check did not
-        see the node refuse: nothing the others say could make it a majority-confirmed crash for
-        us to act on)."""
+        """The evidence for this loop, or None. The others are asked only once our own check saw
+        the node refuse with our receiver detached: a cost choice (a replica that merely lost its
+        stream asks nobody), the core judges what comes back."""
         if view.leader is None or not wants_check(self.name, pgv, view):
             return None
         leader = view.leader

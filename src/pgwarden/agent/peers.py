@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import urllib3
 
@@ -18,6 +19,7 @@ from pgwarden.tls.contexts import ContextSource
 from pgwarden.tls.http import FollowingPool
 
 log = logging.getLogger("pgwarden.peers")
+T = TypeVar("T")
 
 
 class PeerProbe:
@@ -29,8 +31,11 @@ class PeerProbe:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer")
 
     def read(self, members: Iterable[MemberInfo], timeout: float) -> dict[str, PeerReading]:
-        members = [m for m in members if m.api_url]
-        futures = {m.name: self._pool.submit(self._one, m, timeout) for m in members}
+        return self._each(members, lambda m: self._one(m, timeout))
+
+    def _each(self, members: Iterable[MemberInfo], call: Callable[[MemberInfo], T]) -> dict[str, T]:
+        """`call` for every member with a REST API, in parallel; each call keeps its own deadline."""
+        futures = {m.name: self._pool.submit(call, m) for m in members if m.api_url}
         return {name: f.result() for name, f in futures.items()}
 
     def _one(self, m: MemberInfo, timeout: float) -> PeerReading:
@@ -64,9 +69,7 @@ class PeerProbe:
                      timeout: float) -> dict[str, LeaderCheck | None]:
         """Each member's GET /leader-check?leader=NAME (rule 16, agent/crash_check.py), in
         parallel; None where it did not answer in time or answered nonsense."""
-        members = [m for m in members if m.api_url]
-        futures = {m.name: self._pool.submit(self._check, m, leader, timeout) for m in members}
-        return {name: f.result() for name, f in futures.items()}
+        return self._each(members, lambda m: self._check(m, leader, timeout))
 
     def _check(self, m: MemberInfo, leader: str, timeout: float) -> LeaderCheck | None:
         url = m.api_url.rstrip("/") + "/leader-check?" + urllib.parse.urlencode({"leader": leader})

@@ -272,7 +272,7 @@ class Agent(FailsafeMember):
         with self._lock:
             command, self._command = self._command, None
         peers: dict[str, PeerReading] = {}
-        crash = None if view is None or not self.store.kv.take_over_agreed else \
+        crash = None if view is None or not self.store.take_over_agreed else \
             self.crash.gather(view, pgv, self.peers.check_leader, min(1.0, s.retry_timeout))
         if view is not None and (view.leader is None or view.failover is not None or crash is not None):
             gone = crash.leader if crash is not None else None

@@ -37,7 +37,7 @@ from pgwarden.core.settings import FailoverMode
 def wants_check(me: str, pg: PgView, view: ClusterView) -> bool:
     """Whether the runner should gather crash evidence this loop: a replica that is not streaming
     from a leader it might replace under the fast path's conditions (cheap ones only; the
-    evidence itself is judged by `confirmed`)."""
+    evidence itself is judged by `refusal`)."""
     leader = view.leader
     return (leader is not None and leader.name != me and leader.name in view.members
             and _mode_allows(view) is None

@@ -127,7 +127,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
     assert my_lsn is not None
     me = candidates.Candidate(obs.me.name, obs.me.tags.failover_priority, my_lsn, pg.timeline,
                               candidates.slot_count(view, obs.me.name))
-    stalled = _stalled(obs, view.settings) and not crashed
+    stalled = _stalled(obs, view.settings)  # never while a leader key exists (the crashed case)
     if not explicit and not stalled:
         # Rule 10 compares with peers that could win: one barred by the synchronous set would
         # never promote, and waiting for it would leave the cluster without a primary.
@@ -137,9 +137,9 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
     req = view.failover
+    after = sync.after_promotion(view.settings, view.sync, obs.me.name)
     if crashed:
         assert view.leader is not None and view.sync is not None
-        after = sync.after_promotion(view.settings, view.sync, obs.me.name)
         why = f"automatic failover: {fast_path.describe(obs)} (fast path, before the lease ran out)"
         take = AcquireLease(failsafe.acquire_not_after(obs, view), over=view.leader.token,
                             sync_token=view.sync.token)
@@ -151,7 +151,6 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         why = f"switchover from {req.leader}" if req.kind == "switchover" else "failover by an operator"
     else:
         why = "automatic failover: the leader's lease ran out"
-    after = sync.after_promotion(view.settings, view.sync, obs.me.name)
     steps: tuple[Action, ...] = (AcquireLease(failsafe.acquire_not_after(obs, view)), Promote(after, why))
     steps = standby.without_promotion(view.settings, steps)  # a standby site: lease, no promotion
     message = note or f"no leader; taking the lease{standby.promoting(view.settings)}"

@@ -57,6 +57,11 @@ class ClusterStore:
         return self.kv.wait_for_change(timeout)
 
     @property
+    def take_over_agreed(self) -> bool:
+        """The confirmed-crash fast path may use `take_over_leader` here (`KV.take_over_agreed`)."""
+        return self.kv.take_over_agreed
+
+    @property
     def interruptible(self) -> bool:
         """`interrupt` ends a `wait_for_change` early (`KV.interrupt`)."""
         return self.kv.interruptible
