@@ -15,6 +15,7 @@ import pytest
 
 from pgwarden.agent.crash_check import CrashCheck, refused
 from pgwarden.agent.peers import PeerProbe
+from pgwarden.api.auth import BasicAuth, basic_header
 from pgwarden.api.server import ApiServer
 from pgwarden.api.state import NodeState, StateHolder
 from pgwarden.core.fast_path import refusal
@@ -28,6 +29,8 @@ from tests.support.pg import NEEDS_POSTGRES
 from tests.support.wait import wait_for
 
 pytestmark = [pytest.mark.integration, NEEDS_POSTGRES]
+
+CREDENTIALS = ("pgwarden", "leader-check-pw")
 
 
 @pytest.fixture
@@ -58,9 +61,9 @@ def test_a_refusal_needs_both_ports_closed_and_a_frozen_postmaster_is_never_refu
     view = _view(p, c, api_port)
     holder = StateHolder(NodeState(member=view.members["c"], cluster=view, store_ok=True,
                                    holds_lease=False, last_loop_at=time.monotonic(), started_at=time.time()))
-    api = ApiServer(HOST, 0, holder, None, Position(c, "c", view), "c")
+    api = ApiServer(HOST, 0, holder, None, Position(c, "c", view), "c", auth=BasicAuth(*CREDENTIALS))
     api.start()
-    probe = PeerProbe()
+    probe = PeerProbe(auth_header=basic_header(*CREDENTIALS))
     me = MemberInfo("c", api.url, HOST, c._cfg.postgresql.port)
     try:
         def ask() -> tuple[bool, bool]:
@@ -69,6 +72,11 @@ def test_a_refusal_needs_both_ports_closed_and_a_frozen_postmaster_is_never_refu
             return got.refused, got.attached
 
         assert ask() == (False, True)  # all up, and c streams from p
+        anonymous = PeerProbe()
+        try:
+            assert anonymous.check_leader([me], "p", 2.0)["c"] is None  # no credentials: no answer
+        finally:
+            anonymous.close()
         rest_stand_in.close()  # the agent gone, its PostgreSQL still up: not a crash
         assert ask() == (False, True)
 

@@ -519,3 +519,16 @@ def test_unexpected_error_is_a_500_without_traceback(caplog: pytest.LogCaptureFi
         assert e.request("GET", "/health").status == 200
     finally:
         e.server.stop()
+
+
+def test_leader_check_needs_a_leader_name_and_the_credentials(env: Env) -> None:
+    """GET /leader-check (rule 16): this node's own check, now, of the leader named. It makes the
+    node connect to the leader's ports and to its PostgreSQL, so it is not open to anyone."""
+    status, body = env.json("GET", "/leader-check?leader=node1")
+    assert status == 200 and env.commands.calls == ["leader-check node1"]
+    assert body == {"name": "node2", "leader": "node1", "refused": True, "attached": False}
+    status, body = env.json("GET", "/leader-check")
+    assert status == 400 and "leader=NAME" in body["error"]
+    r = env.request("GET", "/leader-check?leader=node1", auth=None)
+    assert r.status == 401
+    assert env.commands.calls == ["leader-check node1"]  # neither reached the node's check

@@ -24,10 +24,12 @@ T = TypeVar("T")
 
 class PeerProbe:
     """`tls`: the client context for https peers (our CA and certificate, restapi.tls), followed
-    as the files rotate; None: plain http, or https against the system's CAs."""
+    as the files rotate; None: plain http, or https against the system's CAs. `auth_header`: the
+    API's credentials, which GET /leader-check needs (GET /position is open)."""
 
-    def __init__(self, tls: ContextSource | None = None) -> None:
+    def __init__(self, tls: ContextSource | None = None, auth_header: str | None = None) -> None:
         self._http = FollowingPool(tls, num_pools=16, maxsize=2, retries=False)
+        self._auth = {"Authorization": auth_header} if auth_header is not None else {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="peer")
 
     def read(self, members: Iterable[MemberInfo], timeout: float) -> dict[str, PeerReading]:
@@ -74,8 +76,8 @@ class PeerProbe:
     def _check(self, m: MemberInfo, leader: str, timeout: float) -> LeaderCheck | None:
         url = m.api_url.rstrip("/") + "/leader-check?" + urllib.parse.urlencode({"leader": leader})
         try:
-            r = self._http.get().request("GET", url, timeout=urllib3.Timeout(total=timeout),
-                                         preload_content=True)
+            r = self._http.get().request("GET", url, headers=self._auth,
+                                         timeout=urllib3.Timeout(total=timeout), preload_content=True)
             d = json.loads(r.data) if r.status == 200 else None
         except Exception as e:
             log.debug("peer %s: no leader check: %s", m.name, e)

@@ -86,7 +86,7 @@ class Agent(FailsafeMember):
         tls = cfg.restapi.tls
         self.api_tls = None if tls is None else ContextSource(tls.server_paths(), server_context)
         self.client_tls = None if tls is None else ContextSource(tls.client_paths(), client_context)
-        self.peers = PeerProbe(self.client_tls)
+        self.peers = PeerProbe(self.client_tls, basic_header(*api_auth) if api_auth is not None else None)
         # The other sites (rule 18), probed in the background; news wakes the loop.
         self.sites = SiteProbe(on_change=self.store_wakeup, tls=self.client_tls)
         self.started_at = time.time()

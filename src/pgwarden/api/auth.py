@@ -2,13 +2,14 @@
 names) for everything except what load balancers and peers need anonymously.
 
 Open, whatever the configuration: GET, HEAD and OPTIONS on the health paths, /status (/patroni),
-/position (peers read it before a promotion decision), /leader-check (the same, for the confirmed-crash
-fast path: two booleans), /history (timeline switches: nothing a
+/position (peers read it before a promotion decision), /history (timeline switches: nothing a
 member's /status does not show), /metrics (what /status shows, as numbers, for Prometheus, as
 Patroni's is) and /dashboard (the page only: the data it polls needs the credentials).
 Everything else needs the credentials: every POST, PUT, PATCH and DELETE, GET /decisions (what
 the agent saw and did), GET /config (the cluster settings) and GET /cluster (which embeds the same
-settings and the pending switchover). A route not listed as open is protected, so a new one is
+settings and the pending switchover), and GET /leader-check (each call makes this node connect to
+the leader's ports and open a PostgreSQL session: peers send the credentials, as for the failsafe's
+requests). A route not listed as open is protected, so a new one is
 safe by default.
 """
 
@@ -29,7 +30,7 @@ REALM = "pgwarden"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({
     *HEALTH_PATHS, *(p + "/" for p in HEALTH_PATHS if p != "/"),
-    "/status", "/patroni", "/position", "/leader-check", "/history", "/site",
+    "/status", "/patroni", "/position", "/history", "/site",
     "/metrics", "/dashboard",  # metrics, as Patroni's; the page itself holds no state (its data is not open)
 })
 
