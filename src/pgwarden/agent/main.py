@@ -14,6 +14,7 @@ from pgwarden.config.errors import ConfigError
 from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
 from pgwarden.config.schema import NodeConfig
+from pgwarden.gate.start import gate_for
 
 log = logging.getLogger("pgwarden.agent")
 
@@ -44,6 +45,14 @@ def run_agent(config_path: str) -> int:
         raise SystemExit(f"pgwarden: error: {e}") from None
     setup_logging(cfg)
     agent = Agent(cfg, api_auth)
+    gate = gate_for(cfg, agent.pg.local_params)  # postgresql.logical_gate_port (pgwarden/gate)
+    if gate is not None:
+        try:
+            gate.start()
+        except OSError as e:
+            lock.close()
+            raise SystemExit(f"pgwarden: error: postgresql.logical_gate_port: cannot listen on "
+                             f"{gate.listen[0]}:{gate.listen[1]}: {e}; give the gate a free port") from None
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)
@@ -59,4 +68,6 @@ def run_agent(config_path: str) -> int:
     try:
         return agent.run()
     finally:
+        if gate is not None:
+            gate.stop()
         lock.close()

@@ -456,7 +456,7 @@ class Agent(FailsafeMember):
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
             logical_slots=self._slots_seen(pgv), native_slots=self._native,
-        )
+            logical_gate_port=self.cfg.postgresql.logical_gate_port)
 
     def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
         """Our logical slots as last read (kept through a loop that did not read them)."""

@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("dsn", help="a libpq multi-host connection string")
     p.add_argument("--replicas", action="store_true", help="prefer standbys instead of the primary")
+    p.add_argument("--logical", action="store_true",
+                   help="through the members' logical gates (postgresql.logical_gate_port): for "
+                        "subscriptions to a PostgreSQL 15/16 source in synchronous mode")
     p.add_argument("--with-password", action="store_true",
                    help="put the superuser's password in the string (left out by default: ctl output "
                         "never shows a secret unless asked; clients can use ~/.pgpass or PGPASSWORD)")
@@ -191,7 +194,15 @@ def cmd_topology(args: argparse.Namespace, ctx: Ctx) -> int:
 
 def cmd_dsn(args: argparse.Namespace, ctx: Ctx) -> int:
     view = ctx.snapshot()
-    hosts = sorted((m.host, m.port) for m in view.members.values())
+    if args.logical:
+        if args.replicas:
+            raise UsageError("--logical reaches the primary (a subscription needs it); drop --replicas")
+        hosts = sorted((m.host, m.logical_gate_port) for m in view.members.values() if m.logical_gate_port)
+        if not hosts:
+            raise CliError(f"no member of cluster {ctx.cfg.cluster} runs a logical gate: set "
+                           f"postgresql.logical_gate_port in each node file and restart its agent")
+    else:
+        hosts = sorted((m.host, m.port) for m in view.members.values())
     if not hosts:  # nobody published: at least this node's own address
         hosts = [ctx.cfg.postgresql.connect_host_port()]
     user, password = superuser_credentials(ctx.cfg)

@@ -52,6 +52,9 @@ def register(cmds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-copy-data", action="store_true", help="skip the initial copy of existing rows")
     p.add_argument("--replica-identity", choices=("full",),
                    help="accept source tables without a primary key (rows matched by all columns)")
+    p.add_argument("--without-gate", action="store_true",
+                   help="accept a PostgreSQL 15/16 source in synchronous mode reached directly, "
+                        "not through `ctl dsn --logical` (its asynchronous window stays open)")
     p.set_defaults(ctl_func=cmd_subscribe)
 
     p = sub.add_parser("status", help="publications, subscriptions, lag and slot copies")
@@ -219,6 +222,13 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Ctx) -> int:
             if src.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
                 raise CliError(f"the source {redact(spec.source)} is a standby; give the source "
                                f"cluster's primary (`ctl dsn` prints a string that finds it)")
+            window = pglogical.window_open(src)
+            if window is not None and not args.without_gate:
+                raise CliError(
+                    f"{window} and {redact(spec.source)} does not go through a logical gate: after "
+                    f"a source failover this subscriber could hold transactions the new primary "
+                    f"lacks; use the string `pgwarden ctl -c SOURCE.yaml dsn --logical` prints "
+                    f"(postgresql.logical_gate_port), or pass --without-gate to accept that")
             try:
                 tables = pglogical.published_tables(src, spec.publications)
             except ValueError as e:

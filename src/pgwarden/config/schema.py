@@ -103,8 +103,14 @@ class PostgresConfig(Strict, frozen=True, kw_only=True):
     # ssl = on with these files, hostssl in pg_hba.conf, and with cafile, replication, pg_rewind
     # and pg_basebackup connect with sslmode=verify-full (see docs/operations.md, TLS).
     tls: TlsFiles | None = None
+    # A port on listen_address in front of this server for logical subscribers: it holds back
+    # what a walsender sends until the synchronous standbys have it (15/16; pgwarden/gate).
+    logical_gate_port: Port | None = None
 
     def __post_init__(self) -> None:
+        if self.logical_gate_port is not None and self.logical_gate_port == self.port:
+            raise ValueError(f"logical_gate_port {self.logical_gate_port} is PostgreSQL's own port; "
+                             f"give the gate a port of its own")
         # The one place commands and code may be set (see NODE_ONLY_PARAMETERS); names still checked.
         check_parameters(self.parameters, cluster=False)
 

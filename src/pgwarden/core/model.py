@@ -101,6 +101,7 @@ class MemberInfo:
     # copy (core/slot_copies.py); a candidate's show whether it has them.
     logical_slots: tuple[tuple[str, int], ...] = ()
     native_slots: tuple[str, ...] = ()  # those PostgreSQL (17+) keeps on standbys itself (failover)
+    logical_gate_port: int | None = None  # postgresql.logical_gate_port (`ctl dsn --logical`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,6 +126,7 @@ class MemberInfo:
             "pending_restart": self.pending_restart,
             "logical_slots": dict(self.logical_slots),
             "native_slots": list(self.native_slots),
+            "logical_gate_port": self.logical_gate_port,
         }
 
     @classmethod
@@ -156,6 +158,7 @@ class MemberInfo:
             pending_restart=bool(d.get("pending_restart", False)),
             logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
             native_slots=tuple(sorted(str(n) for n in d.get("native_slots") or ())),
+            logical_gate_port=opt_int("logical_gate_port"),
         )
 
 

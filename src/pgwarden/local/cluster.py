@@ -248,7 +248,7 @@ class LocalCluster(ClusterHandle):
         names = node_names(opts.nodes)
         # etcd: client + peer; ZooKeeper: client; raft: one per voter, and the witness' API.
         store_ports = {"etcd": 2, "zookeeper": 1}.get(opts.store or "etcd", opts.nodes + 2 * opts.witness)
-        ports = free_ports(store_ports + 2 * opts.nodes)
+        ports = free_ports(store_ports + 3 * opts.nodes)  # PostgreSQL, REST API, logical gate
         components, store_docs, witness_raft = self._store_components(opts, etcd_bin, ports, names)
         etcd_hosts = [f"{LOOPBACK}:{c.client_port}" for c in components if isinstance(c, EtcdComponent)]
         # Even on loopback: other local users can reach it. Written with mode 0600, like the rest.
@@ -260,7 +260,7 @@ class LocalCluster(ClusterHandle):
         ca_from = source.directory if source is not None else None
         certs = make_certificates(self.directory, names, ca_from) if opts.tls else {}
         for node, store_doc in zip(names, store_docs, strict=True):
-            plan = NodePlan(node, ports.pop(0), ports.pop(0))
+            plan = NodePlan(node, ports.pop(0), ports.pop(0), ports.pop(0))
             doc = node_config(self.directory, name, plan, etcd_hosts, settings, su_pw, repl_pw, api_pw,
                               store=store_doc, tls=certs.get(node), bin_dir=opts.bin_dir)
             for extra in extras:

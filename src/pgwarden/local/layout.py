@@ -149,6 +149,7 @@ class NodePlan:
     name: str
     pg_port: int
     api_port: int
+    gate_port: int | None = None  # postgresql.logical_gate_port (pgwarden/gate)
 
 
 def seed_settings(sync: str | None, assignments: Sequence[str]) -> ClusterSettings:
@@ -190,6 +191,7 @@ def node_config(
             "port": node.pg_port,
             "superuser": {"username": "postgres", "password": superuser_password},
             "replication": {"username": "replicator", "password": replication_password},
+            **({"logical_gate_port": node.gate_port} if node.gate_port else {}),
         },
         "restapi": {"listen_address": LOOPBACK, "port": node.api_port,
                     "authentication": {"username": API_USER, "password": api_password}},

@@ -322,20 +322,20 @@ class PostgresController(DataDirectory):
 
     def setting_specs(self, timeout: float) -> list[SettingSpec]:
         """pg_settings of our server, to check parameter values before they are stored."""
-        with sql.connect(self._local_params(), timeout) as conn:
+        with sql.connect(self.local_params(), timeout) as conn:
             return sql.setting_specs(conn)
 
     def fresh_health(self, timeout: float) -> sql.Health:
         """The health query now, on a connection of its own: a peer deciding a promotion needs
         our position as it is, not as our last loop saw it (rule 7)."""
-        params = self._local_params()
+        params = self.local_params()
         with sql.connect(params, timeout) as conn:
             health = sql.query_health(conn)
         return self._replay_timeline(health, params, timeout)
 
     def _loop_health(self, pid: int, timeout: float) -> sql.Health:
         """The loop's health query, on the kept connection (postgres/health_conn.py)."""
-        params = self._local_params()
+        params = self.local_params()
         return self._replay_timeline(self._health.query(params, pid, timeout), params, timeout)
 
     def _replay_timeline(self, health: sql.Health, params: sql.ConnParams, timeout: float) -> sql.Health:

@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql as Q
 
 from pgwarden.core import logical as L
+from pgwarden.core.gate import GATE_PARAMETER
 from pgwarden.postgres import slot_copies
 
 log = logging.getLogger("pgwarden.postgres")
@@ -69,6 +70,20 @@ def create_publication(conn: psycopg.Connection[Any], spec: L.PublicationSpec, r
 def source_connect(dsn: str, timeout: float) -> psycopg.Connection[Any]:
     return psycopg.connect(dsn, connect_timeout=max(2, math.ceil(timeout)), autocommit=True,
                            options=f"-c statement_timeout={max(1, int(timeout * 1000))}")
+
+
+def window_open(src: psycopg.Connection[Any]) -> str | None:
+    """Why a subscription over `src` could apply a transaction the source's synchronous standbys
+    lack (docs/logical-replication.md, "The asynchronous window"), or None when it cannot: through
+    a logical gate, on 17+ (synchronized_standby_slots), or with no synchronous standby at all."""
+    if src.info.parameter_status(GATE_PARAMETER) == "on":
+        return None
+    major = src.info.server_version // 10000
+    row = src.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
+    names = str(row[0]) if row else ""
+    if major >= 17 or not names:
+        return None
+    return f"the source runs PostgreSQL {major} with synchronous standbys ({names})"
 
 
 @dataclass(frozen=True)

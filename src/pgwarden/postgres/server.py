@@ -73,7 +73,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _local_host(listen_address: str) -> str:
+def local_host(listen_address: str) -> str:
     first = listen_address.split(",")[0].strip()
     if first in ("*", "0.0.0.0", ""):
         return "127.0.0.1"
@@ -133,17 +133,17 @@ class PostgresServer:
             return conf.initial_state()
         return conf.read_state(text) or conf.initial_state("primary")
 
-    def _local_params(self) -> sql.ConnParams:
+    def local_params(self) -> sql.ConnParams:
         pg = self._cfg.postgresql
         # TCP when our socket is absent (a server started with another layout, or TCP-only).
         sock = self.socket_dir / f".s.PGSQL.{pg.port}" if self.socket_dir else None
-        host = str(self.socket_dir) if sock and sock.exists() else _local_host(pg.listen_address)
+        host = str(self.socket_dir) if sock and sock.exists() else local_host(pg.listen_address)
         return sql.ConnParams(host=host, port=pg.port, user=pg.superuser.username,
                               password=pg.superuser.secret())
 
     @contextmanager
     def _local(self, timeout: float) -> Iterator[psycopg.Connection[Any]]:
-        with sql.connect(self._local_params(), timeout) as conn:
+        with sql.connect(self.local_params(), timeout) as conn:
             yield conn
 
     def data_state(self) -> DataState:

@@ -1,0 +1,217 @@
+"""One client's connection through the logical gate: the startup handshake (TLS on both sides when
+the server uses it), then the two directions, as tasks on the gate's event loop.
+
+Client to server is a byte pump. Server to client goes through a queue: a reader task frames the
+server's messages and marks the ones that must wait (XLogData until the confirmed position
+reaches its start; a new slot's DataRow until it reaches the consistent point); the writer sends
+the queue in order, each held message holding everything behind it. Keepalives skip a held
+queue so a long hold does not trip wal_sender_timeout, with their walEnd lowered to the last
+position delivered (see `wire.clamp_keepalive`).
+
+asyncio rather than a thread per direction: the server side may be TLS, and one SSL object must
+not be read and written from two threads at once; asyncio's TLS runs both directions on one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass
+
+from pgwarden.core.gate import GATE_PARAMETER
+from pgwarden.gate import wire
+from pgwarden.gate.clock import ConfirmedClock
+
+log = logging.getLogger("pgwarden.gate")
+
+QUEUE_LIMIT = 64 << 20  # bytes held per connection before the reader stops reading the server
+HOLD_CHECK = 0.5  # seconds between keepalive checks while the head of the queue is held
+CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """How the gate reaches its own PostgreSQL server."""
+
+    host: str
+    port: int
+    client_tls: ssl.SSLContext | None  # the server's ssl = on: the gate connects with TLS too
+    server_tls: ssl.SSLContext | None  # offered to the gate's clients (the server's certificate)
+    connect_timeout: float = 5.0
+
+
+@dataclass
+class _Item:
+    data: bytes
+    hold_until: int | None  # the confirmed position this message waits for
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Relay:
+    def __init__(self, client: Stream, upstream: Upstream, clock: ConfirmedClock) -> None:
+        self._client_r, self._client_w = client
+        self._up = upstream
+        self._clock = clock
+        self._queue: deque[_Item] = deque()
+        self._queued_bytes = 0
+        self._changed = asyncio.Event()  # the queue grew or shrank, or the server side ended
+        self._ended = False
+        self._delivered = 0  # the highest XLogData start sent to the client
+        self.holding: int | None = None  # the position the head of the queue waits for (status)
+
+    async def run(self) -> None:
+        server: Stream | None = None
+        try:
+            server = await self._handshake()
+            if server is not None:
+                await self._relay(*server)
+        except (OSError, EOFError, asyncio.IncompleteReadError, wire.ProtocolError) as e:
+            log.debug("gate connection: %s", e)
+        finally:
+            for w in (self._client_w, server[1] if server else None):
+                if w is not None:
+                    w.close()
+
+    # -- startup ------------------------------------------------------------------------------
+
+    async def _handshake(self) -> Stream | None:
+        packet = await wire.read_startup(self._client_r)
+        for _ in range(2):  # SSLRequest and GSSENCRequest, each at most once
+            code = wire.startup_code(packet)
+            if code == wire.SSL_REQUEST and self._up.server_tls is not None:
+                self._client_w.write(b"S")
+                await self._client_w.drain()
+                await self._client_w.start_tls(self._up.server_tls)
+            elif code in (wire.SSL_REQUEST, wire.GSSENC_REQUEST):
+                self._client_w.write(b"N")
+                await self._client_w.drain()
+            else:
+                break
+            packet = await wire.read_startup(self._client_r)
+        reader, writer = await self._connect_upstream()
+        writer.write(packet)
+        await writer.drain()
+        if wire.startup_code(packet) == wire.CANCEL_REQUEST:
+            writer.close()
+            return None
+        return reader, writer
+
+    async def _connect_upstream(self) -> Stream:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self._up.host, self._up.port, limit=CHUNK), self._up.connect_timeout)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._up.client_tls is None:
+            return reader, writer
+        writer.write(wire.ssl_request())
+        await writer.drain()
+        if await reader.readexactly(1) != b"S":
+            raise wire.ProtocolError("the server refused TLS although postgresql.tls is set")
+        await asyncio.wait_for(writer.start_tls(self._up.client_tls, server_hostname=self._up.host),
+                               self._up.connect_timeout)
+        return reader, writer
+
+    # -- the two directions -----------------------------------------------------------------
+
+    async def _relay(self, server_r: asyncio.StreamReader, server_w: asyncio.StreamWriter) -> None:
+        tasks = [asyncio.create_task(self._pump_client(server_w)),
+                 asyncio.create_task(self._read_server(server_r))]
+        try:
+            await self._write_client()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _pump_client(self, server_w: asyncio.StreamWriter) -> None:
+        try:
+            while chunk := await self._client_r.read(CHUNK):
+                server_w.write(chunk)
+                await server_w.drain()
+            if server_w.can_write_eof():
+                server_w.write_eof()
+        except OSError:
+            pass
+
+    async def _read_server(self, server_r: asyncio.StreamReader) -> None:
+        columns: tuple[str, ...] = ()
+        announced = False
+        try:
+            while True:
+                kind, msg = await wire.read_message(server_r)
+                hold = wire.xlog_start(msg)
+                if kind == ord("T"):
+                    columns = wire.row_description(msg)
+                elif kind == ord("D") and columns:
+                    hold = wire.consistent_point(msg, columns)
+                elif kind == ord("Z") and not announced:
+                    announced = True
+                    await self._put(_Item(wire.parameter_status(GATE_PARAMETER, "on"), None))
+                await self._put(_Item(msg, hold))
+        except (OSError, EOFError, asyncio.IncompleteReadError, wire.ProtocolError) as e:
+            log.debug("gate: server side: %s", e)
+        finally:
+            self._ended = True
+            self._changed.set()
+
+    async def _put(self, item: _Item) -> None:
+        while self._queued_bytes >= QUEUE_LIMIT:  # the server waits; its keepalives come later
+            self._changed.clear()
+            await self._changed.wait()
+        self._queue.append(item)
+        self._queued_bytes += len(item.data)
+        self._changed.set()
+
+    async def _write_client(self) -> None:
+        while True:
+            if not self._queue:
+                if self._ended:
+                    return  # the server side ended and everything it sent was delivered
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            head = self._queue[0].hold_until
+            confirmed = None if head is None else await self._clock.wait_beyond(head, HOLD_CHECK)
+            if head is not None and confirmed is None:
+                self.holding = head
+                await self._send(self._take_keepalives())
+                continue
+            self.holding = None
+            await self._send(self._take_released(confirmed))
+
+    def _take_released(self, confirmed: int | None) -> list[bytes]:
+        """Everything from the head up to the next message that waits beyond `confirmed` (in
+        stream order, so a keepalive among them is exactly what the server sent)."""
+        out: list[bytes] = []
+        while self._queue:
+            item = self._queue[0]
+            if item.hold_until is not None and (confirmed is None or item.hold_until > confirmed):
+                break
+            self._queue.popleft()
+            self._queued_bytes -= len(item.data)
+            start = wire.xlog_start(item.data)
+            if start is not None:
+                self._delivered = max(self._delivered, start)
+            out.append(item.data)
+        return out
+
+    def _take_keepalives(self) -> list[bytes]:
+        """While the head is held: the keepalives queued behind it, to send now, claiming no more
+        than what was delivered (the server asks for replies and ends a silent connection)."""
+        keep = [i for i in self._queue if wire.is_keepalive(i.data)]
+        for i in keep:
+            self._queue.remove(i)
+            self._queued_bytes -= len(i.data)
+        return [wire.clamp_keepalive(i.data, self._delivered) for i in keep]
+
+    async def _send(self, out: list[bytes]) -> None:
+        self._changed.set()  # room in the queue for the reader
+        if out:
+            self._client_w.write(b"".join(out))
+            await self._client_w.drain()

@@ -1,0 +1,142 @@
+"""The asynchronous window on PostgreSQL 15, opened on purpose and closed by the logical gate
+(SAFETY rule 19; docs/logical-replication.md, "The asynchronous window").
+
+A source on Debian's PostgreSQL 15 in `synchronous_mode: on`, a subscriber on the embedded 18
+subscribing through `ctl dsn --logical`. With the walsenders of every standby frozen, a commit
+made `synchronous_commit = local` is on the primary alone; its walsender sends it (the server does
+not wait for the standbys on 15), and without the gate the subscriber would apply a row that the
+failover below loses. Then the source primary's node is killed, a standby (which never got the
+row) is promoted, and after the writer stops the subscriber holds exactly the new primary's rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pgwarden.core.model import lsn_to_int
+from tests.support.cluster import Cluster
+from tests.support.wait import wait_for
+from tests.support.writer import Writer
+
+PG15 = "/usr/lib/postgresql/15/bin"
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (Path(PG15) / "postgres").exists(),
+                       reason=f"needs Debian's PostgreSQL 15 in {PG15} (apt install postgresql-15): "
+                              f"the window exists on 15 and 16 only"),
+]
+LOGICAL = ("parameters.wal_level=logical", "parameters.hot_standby_feedback=on")
+MARKER = 999_999_999_999
+
+
+@pytest.fixture(scope="module")
+def src() -> Iterator[Cluster]:
+    # Strict: the frozen standbys stay in the synchronous set (they would be dropped otherwise, and
+    # with an empty set no standby may take over: rule 7), so one of them is promoted after the kill.
+    with Cluster("gsrc", nodes=3, sync="on", sets=(*LOGICAL, "synchronous_mode_strict=true"),
+                 bin_dir=PG15) as c:
+        c.wait_primary()
+        c.wait_replicas([n for n in c.names if n not in c.primaries()])
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dst() -> Iterator[Cluster]:
+    with Cluster("gdst", nodes=2, sets=LOGICAL) as c:
+        c.wait_primary()
+        yield c
+
+
+def rows(c: Cluster, node: str) -> list[tuple[Any, ...]]:
+    return c.sql(node, "SELECT id, writer FROM acked ORDER BY id")
+
+
+def status(c: Cluster) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(c.ctl("logical", "status", "--format", "json").stdout)
+    return doc
+
+
+def gated_dsn(src: Cluster) -> str:
+    return src.ctl("dsn", "--logical", "--with-password").stdout.strip().splitlines()[-1]
+
+
+def test_a_direct_subscription_to_a_synchronous_15_source_is_refused(src: Cluster, dst: Cluster) -> None:
+    src.sql(src.wait_primary(), "CREATE TABLE IF NOT EXISTS acked (id bigint PRIMARY KEY, writer int)")
+    src.ctl("logical", "publish", "acked", "--tables", "public.acked")
+    r = dst.ctl("logical", "subscribe", "direct", "--source", src.dsn(), "--publications", "acked",
+                "--copy-schema", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "PostgreSQL 15 with synchronous standbys" in lines[0] and "dsn --logical" in lines[0]
+    assert dst.sql(dst.wait_primary(), "SELECT count(*) FROM pg_subscription") == [(0,)]
+    assert "gdst" not in " ".join(str(r) for r in src.sql(
+        src.wait_primary(), "SELECT slot_name FROM pg_replication_slots"))
+
+
+def test_a_commit_on_the_primary_alone_never_reaches_the_subscriber_through_a_failover(
+        src: Cluster, dst: Cluster) -> None:
+    dsn = gated_dsn(src)
+    assert all(str(src.config(n)["postgresql"]["logical_gate_port"]) in dsn for n in src.names)
+    w = Writer(src.dsn())
+    w.prepare()
+    dst.ctl("logical", "subscribe", "gated", "--source", dsn, "--publications", "acked", "--copy-schema")
+    w.start()
+    wait_for(lambda: next(s for s in status(dst)["subscriptions"] if s["name"] == "gated")
+             ["slot_on_candidates"], 60, "the slot on every source standby")
+    wait_for(lambda: len(rows(dst, dst.wait_primary())) > 200, 60, "rows arriving through the gate")
+    old = src.wait_primary()
+    standbys = [n for n in src.names if n != old]
+    def promised() -> bool:
+        """The store's synchronous set names standbys whose walsenders have been up for a while:
+        the slot copies restart the standbys, and a promise read just after that is stale."""
+        code, body = src.http("GET", old, "/cluster")
+        members = (body.get("sync") or {}).get("members") or [] if code == 200 else []
+        settled = src.sql(old, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                               "AND application_name = ANY(%s) AND backend_start < now() - interval '3 s'",
+                          (members,))
+        return bool(members) and settled == [(len(members),)]
+    wait_for(promised, 60, "a standby in the store's synchronous set")
+    senders = [int(r[0]) for r in src.sql(old, "SELECT pid FROM pg_stat_replication "
+                                               "WHERE application_name = ANY(%s)", (standbys,))]
+    assert len(senders) == len(standbys)
+    for pid in senders:
+        os.kill(pid, signal.SIGSTOP)  # no WAL leaves the primary for a standby; commits wait for them
+    try:
+        src.sql(old, "SET synchronous_commit = local; "
+                     f"INSERT INTO acked VALUES ({MARKER}, 99)")
+        marker = lsn_to_int(src.sql(old, "SELECT pg_current_wal_flush_lsn()")[0][0]) or 0
+        wait_for(lambda: (lsn_to_int(src.sql(old, "SELECT max(sent_lsn) FROM pg_stat_replication "
+                                                  "WHERE application_name = 'gated'")[0][0]) or 0) >= marker,
+                 30, "the subscription's walsender to send past the local-only commit")
+        assert (MARKER, 99) not in rows(dst, dst.wait_primary())
+        src.kill_node(old)
+    finally:
+        for pid in senders:  # the dead primary's walsenders end without sending another byte
+            os.kill(pid, signal.SIGKILL)
+    new = src.wait_primary(timeout=90, exclude=(old,))
+    port = str(src.config(new)["postgresql"]["port"])
+    wait_for(lambda: len(w.acks) > 0 and w.acks[-1].server.endswith(port), 60,
+             "the writer on the new primary")
+    arrived = len(rows(dst, dst.wait_primary()))
+    wait_for(lambda: len(rows(dst, dst.wait_primary())) > arrived + 100, 60,
+             "changes from the new source primary arriving")
+    w.stop()
+    assert (MARKER, 99) not in rows(src, new)
+
+    def same() -> bool:
+        return rows(src, new) == rows(dst, dst.wait_primary())
+    try:
+        wait_for(same, 90, "the subscriber to hold exactly the new source primary's rows", interval=0.5)
+    except AssertionError:
+        a, b = rows(src, new), rows(dst, dst.wait_primary())
+        raise AssertionError(f"missing {len(set(a) - set(b))}, extra {len(set(b) - set(a))} "
+                             f"(marker there: {(MARKER, 99) in b})") from None
+    src.start_node(old)
+    src.wait_replicas([old], timeout=120)
