@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -169,6 +170,21 @@ def test_dsn(node_file: Path, store: ClusterStore) -> None:
     assert "postgresql://postgres:s3cr%40t%2Fpw@127.0.0.1:5432," in r.out
     r = run_cli("ctl", "-c", str(node_file), "dsn", "--replicas")
     assert "target_session_attrs=prefer-standby" in r.out
+
+
+def test_dsn_logical_goes_through_the_gates_or_says_how_to_run_them(
+        node_file: Path, store: ClusterStore) -> None:
+    members = three(store)
+    r = run_cli("ctl", "-c", str(node_file), "dsn", "--logical")
+    assert r.code == 1 and "no member of cluster" in r.err and "logical_gate_port" in r.err
+    for i, m in enumerate(members[:2]):
+        store.publish_member(dataclasses.replace(m, logical_gate_port=6000 + i), 30.0, TIMEOUT)
+    r = run_cli("ctl", "-c", str(node_file), "dsn", "--logical")
+    assert r.code == 0, r.err
+    assert r.out.strip() == ("postgresql://postgres@127.0.0.1:6000,127.0.0.1:6001/postgres"
+                             "?target_session_attrs=read-write&connect_timeout=2")
+    r = run_cli("ctl", "-c", str(node_file), "dsn", "--logical", "--replicas")
+    assert r.code != 0 and "drop --replicas" in r.err
 
 
 # -- switchover / failover ---------------------------------------------------------------------

@@ -32,6 +32,13 @@ def test_nested_typo_names_path_and_suggests() -> None:
     assert "postgresql.prot" in msg and "did you mean 'port'" in msg
 
 
+def test_the_logical_gate_needs_a_port_of_its_own() -> None:
+    assert parse_node_config({**BASE, "postgresql": {**CREDS, "logical_gate_port": 5440}}
+                             ).postgresql.logical_gate_port == 5440
+    with pytest.raises(ConfigError, match="logical_gate_port 5432 is PostgreSQL's own port"):
+        parse_node_config({**BASE, "postgresql": {**CREDS, "logical_gate_port": 5432}})
+
+
 def test_missing_key_is_named() -> None:
     with pytest.raises(ConfigError, match="missing required key 'store'"):
         parse_node_config({k: v for k, v in BASE.items() if k != "store"})

@@ -81,18 +81,29 @@ class Relay:
 
     async def _handshake(self) -> Stream | None:
         packet = await wire.read_startup(self._client_r)
+        encrypted = False
         for _ in range(2):  # SSLRequest and GSSENCRequest, each at most once
             code = wire.startup_code(packet)
-            if code == wire.SSL_REQUEST and self._up.server_tls is not None:
+            if code == wire.SSL_REQUEST and self._up.server_tls is not None and not encrypted:
                 self._client_w.write(b"S")
                 await self._client_w.drain()
                 await self._client_w.start_tls(self._up.server_tls)
+                encrypted = True
             elif code in (wire.SSL_REQUEST, wire.GSSENC_REQUEST):
                 self._client_w.write(b"N")
                 await self._client_w.drain()
             else:
                 break
             packet = await wire.read_startup(self._client_r)
+        if self._up.server_tls is not None and not encrypted and \
+                wire.startup_code(packet) != wire.CANCEL_REQUEST:
+            # The server takes only TLS over TCP (hostssl); the gate's own hop to it is TLS, so
+            # without this a client's plaintext would pass where the server refuses it.
+            self._client_w.write(wire.error_response(
+                "28000", "the logical gate of a server with TLS accepts only encrypted connections "
+                         "(sslmode=require or verify-full)"))
+            await self._client_w.drain()
+            return None
         reader, writer = await self._connect_upstream()
         writer.write(packet)
         await writer.drain()

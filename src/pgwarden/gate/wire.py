@@ -62,6 +62,13 @@ def message(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!I", len(body) + 4) + body
 
 
+def error_response(sqlstate: str, text: str) -> bytes:
+    """A FATAL ErrorResponse, as the server sends one before closing a connection it refuses."""
+    fields = b"".join(k + v.encode() + b"\0" for k, v in
+                      ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", text)))
+    return message(b"E", fields + b"\0")
+
+
 def parameter_status(name: str, value: str) -> bytes:
     return message(b"S", name.encode() + b"\0" + value.encode() + b"\0")
 
