@@ -1,12 +1,11 @@
 """One client's connection through the logical gate: the startup handshake (TLS on both sides when
 the server uses it), then the two directions, as tasks on the gate's event loop.
 
-Client to server is a byte pump. Server to client goes through a queue: a reader task frames the
-server's messages and marks the ones that must wait (XLogData until the confirmed position
-reaches its start; a new slot's DataRow until it reaches the consistent point); the writer sends
-the queue in order, each held message holding everything behind it. Keepalives skip a held
-queue so a long hold does not trip wal_sender_timeout, with their walEnd lowered to the last
-position delivered (see `wire.clamp_keepalive`).
+Client to server is a byte pump. Server to client goes through a queue of segments (framer.py:
+runs of whole messages, each waiting for the highest position one of its messages waits for);
+the writer sends the queue in order, each held segment holding everything behind it.
+Keepalives skip a held queue so a long hold does not trip wal_sender_timeout, with their walEnd
+lowered to the last position delivered (see `wire.clamp_keepalive`).
 
 asyncio rather than a thread per direction: the server side may be TLS, and one SSL object must
 not be read and written from two threads at once; asyncio's TLS runs both directions on one.
@@ -24,12 +23,13 @@ from dataclasses import dataclass
 from pgwarden.core.gate import GATE_PARAMETER
 from pgwarden.gate import wire
 from pgwarden.gate.clock import ConfirmedClock
+from pgwarden.gate.framer import Framer, Segment
 
 log = logging.getLogger("pgwarden.gate")
 
 QUEUE_LIMIT = 64 << 20  # bytes held per connection before the reader stops reading the server
 HOLD_CHECK = 0.5  # seconds between keepalive checks while the head of the queue is held
-CHUNK = 1 << 16
+CHUNK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,6 @@ class Upstream:
     connect_timeout: float = 5.0
 
 
-@dataclass
-class _Item:
-    data: bytes
-    hold_until: int | None  # the confirmed position this message waits for
-
-
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -57,7 +51,7 @@ class Relay:
         self._client_r, self._client_w = client
         self._up = upstream
         self._clock = clock
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Segment] = deque()
         self._queued_bytes = 0
         self._changed = asyncio.Event()  # the queue grew or shrank, or the server side ended
         self._ended = False
@@ -151,27 +145,18 @@ class Relay:
             pass
 
     async def _read_server(self, server_r: asyncio.StreamReader) -> None:
-        columns: tuple[str, ...] = ()
-        announced = False
+        framer = Framer(wire.parameter_status(GATE_PARAMETER, "on"))
         try:
-            while True:
-                kind, msg = await wire.read_message(server_r)
-                hold = wire.xlog_start(msg)
-                if kind == ord("T"):
-                    columns = wire.row_description(msg)
-                elif kind == ord("D") and columns:
-                    hold = wire.consistent_point(msg, columns)
-                elif kind == ord("Z") and not announced:
-                    announced = True
-                    await self._put(_Item(wire.parameter_status(GATE_PARAMETER, "on"), None))
-                await self._put(_Item(msg, hold))
-        except (OSError, EOFError, asyncio.IncompleteReadError, wire.ProtocolError) as e:
+            while data := await server_r.read(CHUNK):
+                for segment in framer.feed(data):
+                    await self._put(segment)
+        except (OSError, wire.ProtocolError) as e:
             log.debug("gate: server side: %s", e)
         finally:
             self._ended = True
             self._changed.set()
 
-    async def _put(self, item: _Item) -> None:
+    async def _put(self, item: Segment) -> None:
         while self._queued_bytes >= QUEUE_LIMIT:  # the server waits; its keepalives come later
             self._changed.clear()
             await self._changed.wait()
@@ -206,16 +191,15 @@ class Relay:
                 break
             self._queue.popleft()
             self._queued_bytes -= len(item.data)
-            start = wire.xlog_start(item.data)
-            if start is not None:
-                self._delivered = max(self._delivered, start)
+            if item.xlog_end is not None:
+                self._delivered = max(self._delivered, item.xlog_end)
             out.append(item.data)
         return out
 
     def _take_keepalives(self) -> list[bytes]:
         """While the head is held: the keepalives queued behind it, to send now, claiming no more
         than what was delivered (the server asks for replies and ends a silent connection)."""
-        keep = [i for i in self._queue if wire.is_keepalive(i.data)]
+        keep = [i for i in self._queue if i.keepalive]
         for i in keep:
             self._queue.remove(i)
             self._queued_bytes -= len(i.data)

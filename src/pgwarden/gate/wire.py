@@ -49,15 +49,6 @@ def ssl_request() -> bytes:
     return struct.pack("!II", 8, SSL_REQUEST)
 
 
-async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """One typed message: (type byte, the whole message as it came, header included)."""
-    head = await reader.readexactly(5)
-    (length,) = struct.unpack_from("!I", head, 1)
-    if not 4 <= length <= MAX_MESSAGE:
-        raise ProtocolError(f"message {chr(head[0])!r} of {length} bytes")
-    return head[0], head + await reader.readexactly(length - 4)
-
-
 def message(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("!I", len(body) + 4) + body
 
@@ -74,19 +65,6 @@ def parameter_status(name: str, value: str) -> bytes:
 
 
 # -- CopyData ('d') payloads of the replication stream --------------------------------------------
-
-
-def xlog_start(msg: bytes) -> int | None:
-    """XLogData's dataStart (a logical walsender puts the change's position there: a commit's
-    end, a change's start), or None for any other message."""
-    if msg[0] == ord("d") and len(msg) >= 14 and msg[5] == ord("w"):
-        (start,) = struct.unpack_from("!Q", msg, 6)
-        return int(start)
-    return None
-
-
-def is_keepalive(msg: bytes) -> bool:
-    return msg[0] == ord("d") and len(msg) >= 23 and msg[5] == ord("k")
 
 
 def clamp_keepalive(msg: bytes, limit: int) -> bytes:
