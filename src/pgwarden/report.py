@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from psycopg import Error as PsycopgError
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from pgwarden.config.tls import TlsFiles
 from pgwarden.core.model import ClusterView, MemberInfo, Role, Tags
 from pgwarden.errors import CliError
@@ -90,6 +93,17 @@ def stopped_row(name: str, host: str, port: int, api_url: str, tags: Tags | None
         "sync": None,
         "tags": (tags or Tags()).to_dict(),
     }
+
+
+def redact(dsn: str) -> str:
+    """The connection string without its password, for messages, status and the REST API."""
+    try:
+        d: dict[str, Any] = dict(conninfo_to_dict(dsn))
+    except PsycopgError:
+        return "(unparsable connection string)"
+    if "password" in d:
+        d["password"] = "***"
+    return make_conninfo(**d)
 
 
 def libpq_dsn(

@@ -25,6 +25,7 @@ from pgwarden.api.state import StateHolder
 from pgwarden.config.load import replace as replace_model
 from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.logical import SubscriptionSpec
 from pgwarden.core.model import MemberInfo, Role
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
@@ -309,6 +310,32 @@ def test_put_config_replaces(env: Env) -> None:
     assert status == 200 and body["ttl"] == 6.0 and body["parameters"] == {}
     status, body = env.json("PUT", "/config", {"ttl": 6, "pased": True})
     assert status == 400 and "unknown key 'pased'; did you mean 'paused'?" in body["error"]
+
+
+def test_a_subscriptions_source_password_is_never_shown_and_survives_a_round_trip() -> None:
+    store = seeded_store()
+    source = "host=a,b port=5432,5433 user=postgres password=s3cret-pw dbname=postgres"
+    sub = SubscriptionSpec(name="orders_eu", source=source, publications=("orders",))
+    assert store.set_settings(ClusterSettings(subscriptions=(sub,)), store.snapshot(1).settings_token, 1)
+    e = make_env(store=store)
+    try:
+        for path in ("/config", "/cluster"):
+            status, body = e.json("GET", path)
+            assert status == 200 and "s3cret-pw" not in json.dumps(body), path
+        shown = e.json("GET", "/config")[1]
+        assert "password=***" in shown["subscriptions"][0]["source"]
+        status, _ = e.json("PUT", "/config", {**shown, "ttl": 6})  # what GET showed, sent back
+        assert status == 200
+        assert store.snapshot(1).settings.subscriptions[0].source == source
+        status, _ = e.json("PATCH", "/config", {"ttl": 8})
+        assert status == 200 and store.snapshot(1).settings.subscriptions[0].source == source
+        other = shown["subscriptions"][0]["source"].replace("host=a,b", "host=c")
+        status, _ = e.json("PATCH", "/config", {"subscriptions": [{**shown["subscriptions"][0],
+                                                                  "source": other}]})
+        assert status == 200  # a changed source is the caller's, password and all
+        assert store.snapshot(1).settings.subscriptions[0].source == other
+    finally:
+        e.server.stop()
 
 
 class RacingStore(MemStore):

@@ -3,7 +3,8 @@ worker last logged, passwords masked, the hosts of a multi-host source."""
 
 from __future__ import annotations
 
-from pgwarden.cli.logical_status import error_for, redact, source_hosts
+from pgwarden.cli.logical_status import error_for, source_hosts
+from pgwarden.report import redact
 
 LOG = """\
 2026-12-04 17:04:04.400 GMT [1] LOG:  logical replication apply worker for subscription "a" has started

@@ -1,5 +1,5 @@
 """Request bodies: JSON parsing, field and type checks, schedule times and settings patches, each
-failure an HttpError(400) that names the offending field."""
+failure an HttpError(400) that names the offending field; subscriptions' source passwords kept."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from pgwarden.api.messages import HttpError
-from pgwarden.api.views import settings_json
 from pgwarden.config.errors import ConfigError
-from pgwarden.config.load import field_names, parse_settings
+from pgwarden.config.load import field_names, parse_settings, replace, to_data
 from pgwarden.config.schema import ClusterSettings
+from pgwarden.core.logical import SubscriptionSpec
+from pgwarden.report import redact
 
 NULL = type(None)
 STR_OR_NULL: tuple[type, ...] = (str, NULL)
@@ -91,7 +92,7 @@ def parse_schedule(value: Any, action: str) -> float | None:
 def merge_settings(current: ClusterSettings, patch: Mapping[str, Any]) -> ClusterSettings:
     """PATCH semantics: flat ClusterSettings keys replace, null restores the default;
     `parameters` (or Patroni's `postgresql.parameters`) merge key by key, null removes one."""
-    data: dict[str, Any] = settings_json(current)
+    data: dict[str, Any] = to_data(current)  # not settings_json: that one hides passwords
     fields = field_names(ClusterSettings)
 
     def merge_params(value: Any, where: str) -> None:
@@ -133,3 +134,17 @@ def merge_settings(current: ClusterSettings, patch: Mapping[str, Any]) -> Cluste
         return parse_settings(data, "settings")
     except ConfigError as e:
         raise HttpError(400, str(e)) from None
+
+
+def keep_source_passwords(current: ClusterSettings, new: ClusterSettings) -> ClusterSettings:
+    """A subscription sent back the way GET showed it, its source password redacted, keeps the
+    stored source: a GET, edit, PUT round trip must not write `password=***` over the real one."""
+    stored = {sub.name: sub.source for sub in current.subscriptions}
+
+    def kept(sub: SubscriptionSpec) -> SubscriptionSpec:
+        was = stored.get(sub.name)
+        if was is not None and sub.source != was and redact(was) == sub.source:
+            return replace(sub, source=was)
+        return sub
+    subs = tuple(kept(sub) for sub in new.subscriptions)
+    return new if subs == new.subscriptions else replace(new, subscriptions=subs)

@@ -17,7 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pgwarden.api.auth import BasicAuth
-from pgwarden.api.bodies import NULL, STR_OR_NULL, check_fields, merge_settings, parse_body, parse_schedule
+from pgwarden.api.bodies import (
+    NULL,
+    STR_OR_NULL,
+    check_fields,
+    keep_source_passwords,
+    merge_settings,
+    parse_body,
+    parse_schedule,
+)
 from pgwarden.api.health import HEALTH_PATHS, BadRequest, health_status
 from pgwarden.api.limits import DEFAULT_MAX_CONNECTIONS
 from pgwarden.api.messages import Disconnect, HttpError, Request, Response, Route, json_response
@@ -265,6 +273,7 @@ class ApiServer:
             raise HttpError(400, "; ".join(errors))
 
     def _write_settings(self, view: ClusterView, new: ClusterSettings) -> Response:
+        new = keep_source_passwords(view.settings, new)
         self._check_parameters(view, new)
         store = self._need_store()
         if not store.set_settings(new, view.settings_token or None, self._store_timeout):

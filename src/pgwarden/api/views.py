@@ -12,6 +12,7 @@ from pgwarden.config.load import to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, MemberInfo, Role, int_to_lsn
 from pgwarden.core.slot_copies import missing_copies
+from pgwarden.report import redact
 
 
 def iso_time(t: float | None) -> str | None:
@@ -101,7 +102,11 @@ def pgbouncer_json(st: NodeState) -> dict[str, Any] | None:
 
 
 def settings_json(s: ClusterSettings) -> dict[str, Any]:
-    return to_data(s)
+    """The settings, with the subscriptions' source passwords left out (as `ctl show-config`)."""
+    data = to_data(s)
+    for sub in data.get("subscriptions") or ():
+        sub["source"] = redact(sub["source"])
+    return data
 
 
 def failover_json(r: FailoverRequest | None) -> dict[str, Any] | None:

@@ -26,7 +26,6 @@ from pgwarden.cli.ctl_context import (
     superuser_credentials,
     update_settings,
 )
-from pgwarden.cli.logical_status import redact
 from pgwarden.cli.member_api import api_headers, member_api_url, post_action
 from pgwarden.cli.output import (
     CliError,
@@ -43,7 +42,7 @@ from pgwarden.cli.param_check import ParameterCheck
 from pgwarden.config.load import apply_settings, load_node_config, replace, to_data
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, Role
-from pgwarden.report import ssl_options
+from pgwarden.report import redact, ssl_options
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
 

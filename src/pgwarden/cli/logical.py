@@ -17,12 +17,13 @@ import psycopg
 from psycopg import sql as Q
 
 from pgwarden.cli.ctl_context import Ctx, update_settings
-from pgwarden.cli.logical_status import PG_TIMEOUT, cmd_status, first_line, primary_conn, redact
+from pgwarden.cli.logical_status import PG_TIMEOUT, cmd_status, first_line, primary_conn
 from pgwarden.cli.output import CliError, UsageError
 from pgwarden.config.load import replace
 from pgwarden.core import logical as L
 from pgwarden.core.settings import ClusterSettings
 from pgwarden.postgres import logical as pglogical
+from pgwarden.report import redact
 
 DROP_WAIT = 30.0  # seconds `drop` waits for the leader's own drop after a conflict with it
 APPLY_TIMEOUT = 30.0  # the leader's loop plus a slot's consistent snapshot on the source

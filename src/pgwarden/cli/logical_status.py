@@ -14,6 +14,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pgwarden.cli.ctl_context import Ctx, superuser_credentials
 from pgwarden.cli.output import CliError, console, print_json
 from pgwarden.postgres import sql
+from pgwarden.report import redact
 
 PG_TIMEOUT = 5.0
 LAGGING_BYTES = 16 * 1024 * 1024
@@ -39,17 +40,6 @@ def primary_conn(ctx: Ctx) -> psycopg.Connection[Any]:
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def redact(dsn: str) -> str:
-    """The connection string without its password, for messages and status."""
-    try:
-        d: dict[str, Any] = dict(conninfo_to_dict(dsn))
-    except psycopg.Error:
-        return "(unparsable connection string)"
-    if "password" in d:
-        d["password"] = "***"
-    return make_conninfo(**d)
 
 
 def source_hosts(dsn: str) -> list[tuple[str, str]]:
