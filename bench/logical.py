@@ -2,7 +2,13 @@
 subscription stops after its source cluster's primary crashes, and how fast its initial copy is.
 
     .venv/bin/python bench/logical.py [--runs 5] [--copy-mb 1024] [--rate 200] [--preset default]
-                                      [--subscriber-set K=V]
+                                      [--subscriber-set K=V] [--source-bin-dir PATH]
+                                      [--source-sync on|quorum] [--gate]
+
+`--source-bin-dir` runs the source on other binaries (e.g. /usr/lib/postgresql/15/bin),
+`--source-sync` puts it in synchronous mode, and `--gate` subscribes through its members' logical
+gates (`ctl dsn --logical`, docs/logical-replication.md); without `--gate` a 15/16 synchronous
+source is subscribed with `--without-gate`.
 
 Two `pgwarden local up` clusters on loopback in a temporary directory under
 /var/lib/pgwarden-bench (as root; the agents run PostgreSQL as `postgres`), embedded PostgreSQL 18,
@@ -29,6 +35,7 @@ clusters' directories (logs) after they are stopped.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -100,6 +107,28 @@ class Local:
             return {}
         return doc if isinstance(doc, dict) else {}
 
+    def sync_settled(self, node: str) -> bool:
+        """No synchronous set, or one whose members' walsenders on `node` have been up 3 s: on
+        15/16 the slot copies restart the standbys, the leader empties the store's promise while
+        they are down, and a crash before it is made again may not be taken over (rule 7)."""
+        api = self.config(node)["restapi"]
+        auth = api.get("authentication") or {}
+        token = base64.b64encode(f"{auth.get('username')}:{auth.get('password')}".encode()).decode()
+        try:
+            doc = http_json(f"http://{api['listen_address']}:{api['port']}/cluster",
+                            headers={"Authorization": f"Basic {token}"})
+        except (OSError, ValueError):
+            return False
+        if not isinstance(doc, dict):
+            return False
+        if (doc.get("settings") or {}).get("synchronous_mode", "off") == "off":
+            return True
+        members = list((doc.get("sync") or {}).get("members") or [])
+        settled = self.sql(node, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                                 "AND application_name = ANY(%s) AND backend_start < now() - interval '3 s'",
+                           (members,))
+        return bool(members) and settled == [(len(members),)]
+
     def primary(self, exclude: str = "") -> str | None:
         found = [n for n in self.names if n != exclude and self.role(n).get("role") == "primary"]
         return found[0] if len(found) == 1 else None
@@ -143,12 +172,23 @@ def wait_caught_up(src: Local, node: str, timeout: float = 600) -> None:
     wait_for(lambda: src.sql(node, q, (want,))[0][0] >= len(src.names) - 1, timeout, "standbys caught up")
 
 
-def subscription_copy(src: Local, dst: Local, names: list[str]) -> tuple[float, float, float]:
+@dataclass(frozen=True)
+class Route:
+    """How the subscriber reaches the source: `ctl dsn` arguments and `logical subscribe` extras."""
+
+    dsn: tuple[str, ...] = ("dsn", "--with-password")
+    subscribe: tuple[str, ...] = ()
+
+    def source(self, src: Local) -> str:
+        return last_line(src.ctl(*self.dsn))
+
+
+def subscription_copy(src: Local, dst: Local, names: list[str], route: Route) -> tuple[float, float, float]:
     """Seconds from `logical subscribe` to every table 'r', from the subscription's row appearing
     in pg_subscription (the leader's CREATE SUBSCRIPTION) to every table 'r', and seconds the
     command took (its checks, the leader's loop, the slot's snapshot)."""
     src.ctl("logical", "publish", "bench_copy", "--tables", ",".join(names))
-    source = last_line(src.ctl("dsn", "--with-password"))
+    source = route.source(src)
     d = dst.names[0]
     q = ("SELECT count(*), count(*) FILTER (WHERE r.srsubstate = 'r') FROM pg_subscription_rel r "
          "JOIN pg_subscription s ON s.oid = r.srsubid WHERE s.subname = 'bench_copy_sub'")
@@ -168,7 +208,7 @@ def subscription_copy(src: Local, dst: Local, names: list[str]) -> tuple[float, 
     t0 = time.monotonic()
     try:
         dst.ctl("logical", "subscribe", "bench_copy_sub", "--source", source, "--publications", "bench_copy",
-                "--copy-schema")
+                "--copy-schema", *route.subscribe)
         took = time.monotonic() - t0
         wait_for(lambda: dst.sql(d, q)[0] == (len(names), len(names)), 3600, "every table ready", 0.1)
         done = time.monotonic()
@@ -261,6 +301,7 @@ def failover_run(src: Local, dst: Local, source: str, rate: float, next_id: int)
         # The slot on every candidate (17+: synced, no longer temporary), and changes flowing.
         wait_for(lambda: sub_status(dst).get("slot_on_candidates"), 180, "the slot on every source standby",
                  interval=1.0)
+        wait_for(lambda: src.sync_settled(old), 120, "the store's synchronous set settled")
         wait_for(lambda: len(w.acks) > rate * 2, 30, "writes on the source")
         last = w.acks[-1][1]
         wait_for(lambda: dst.sql(d, "SELECT max(id) FROM bench_logical")[0][0] >= last, 60, "rows arriving")
@@ -294,13 +335,13 @@ def failover_run(src: Local, dst: Local, source: str, rate: float, next_id: int)
     return RunResult(old, new, t_write - t_kill, t_change - t_kill, got[0], got[1]), w.next_id
 
 
-def failovers(src: Local, dst: Local, runs: int, rate: float) -> list[RunResult]:
-    source = last_line(src.ctl("dsn", "--with-password"))
+def failovers(src: Local, dst: Local, runs: int, rate: float, route: Route) -> list[RunResult]:
+    source = last_line(src.ctl("dsn", "--with-password"))  # the writer's: the source itself
     with psycopg.connect(source, autocommit=True) as c:
         c.execute("CREATE TABLE bench_logical (id bigint PRIMARY KEY, port int NOT NULL)")
     src.ctl("logical", "publish", "bench_logical", "--tables", "public.bench_logical")
-    dst.ctl("logical", "subscribe", SUB, "--source", source, "--publications", "bench_logical",
-            "--copy-schema")
+    dst.ctl("logical", "subscribe", SUB, "--source", route.source(src), "--publications", "bench_logical",
+            "--copy-schema", *route.subscribe)
     out: list[RunResult] = []
     next_id = 1
     for i in range(runs):
@@ -321,7 +362,14 @@ def main() -> int:
     ap.add_argument("--subscriber-set", action="append", default=[], metavar="KEY=VALUE",
                     help="a `local up --set` for the subscriber only, e.g. "
                          "parameters.wal_retrieve_retry_interval=1s (repeatable)")
+    ap.add_argument("--source-bin-dir", metavar="PATH", help="the source's PostgreSQL binaries")
+    ap.add_argument("--source-sync", choices=("on", "quorum"), help="the source's synchronous_mode")
+    ap.add_argument("--gate", action="store_true", help="subscribe through the source's logical gates")
     args = ap.parse_args()
+    route = Route(("dsn", "--logical", "--with-password"), ()) if args.gate else \
+        Route(subscribe=("--without-gate",) if args.source_sync else ())
+    source_opts = [*(["--bin-dir", args.source_bin_dir] if args.source_bin_dir else []),
+                   *(["--sync", args.source_sync] if args.source_sync else [])]
     if args.runs < 0 or args.copy_mb < 0 or args.rate <= 0:
         ap.error("--runs and --copy-mb must be 0 or more, --rate more than 0")
     if bad := [kv for kv in args.subscriber_set if "=" not in kv]:
@@ -336,7 +384,7 @@ def main() -> int:
         pt = PRESETS[args.preset]
         timing = ("--set", f"ttl={pt.ttl:g}", "--set", f"loop_wait={pt.loop_wait:g}",
                   "--set", f"retry_timeout={pt.retry_timeout:g}")
-        pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS, *timing)
+        pgwarden("local", "up", "--dir", str(src.dir), "--nodes", "3", *LOGICAL_SETS, *timing, *source_opts)
         extra = [x for kv in args.subscriber_set for x in ("--set", kv)]
         pgwarden("local", "up", "--dir", str(dst.dir), "--nodes", "1", *LOGICAL_SETS, *timing, *extra)
         rows: list[tuple[str, str]] = []
@@ -345,7 +393,7 @@ def main() -> int:
             print(f"filling {COPY_TABLES} tables with {args.copy_mb} MB ...", flush=True)
             mb, names = fill(src, node, args.copy_mb)
             wait_caught_up(src, node)
-            sub_s, created_s, took = subscription_copy(src, dst, names)
+            sub_s, created_s, took = subscription_copy(src, dst, names, route)
             print(f"  subscription copy: {mb:.0f} MB in {sub_s:.1f} s ({created_s:.1f} s from its creation)",
                   flush=True)
             dump_s = dump_restore(src, dst, node, names)
@@ -362,7 +410,7 @@ def main() -> int:
         runs: list[RunResult] = []
         if args.runs:
             print(f"{args.runs} source failovers under a writer at {args.rate:g} commits/s ...", flush=True)
-            runs = failovers(src, dst, args.runs, args.rate)
+            runs = failovers(src, dst, args.runs, args.rate, route)
             rows.append(("source crash to first change at the subscriber: median / max",
                          median_max([r.first_change for r in runs])))
             rows.append(("source crash to first write on the new source primary: median / max",
@@ -370,6 +418,9 @@ def main() -> int:
             rows.append(("subscriber vs new source primary after each run: missing / extra rows",
                          ", ".join(f"{r.missing}/{r.extra}" for r in runs)))
         load_end = os.getloadavg()
+        way = "through the logical gates" if args.gate else "direct"
+        rows.append(("source", f"{args.source_bin_dir or 'embedded'}, synchronous_mode "
+                               f"{args.source_sync or 'off'}, {way}"))
         rows.append(("timing (ttl/loop_wait/retry_timeout)", f"{args.preset} ({pt.ttl:g}/{pt.loop_wait:g}/"
                                                              f"{pt.retry_timeout:g})"))
         rows.append(("load average (1/5/15 min) at start; at end",
