@@ -328,6 +328,10 @@ def failover_run(src: Local, dst: Local, source: str, rate: float, next_id: int)
         if got == (0, 0):
             break
         time.sleep(0.5)
+    if got != (0, 0):  # which rows: their ids and the port of the primary that took them
+        lacking = sorted(set(src.sql(new, q_rows)) - set(dst.sql(d, q_rows)))
+        print(f"  the subscriber lacks ids {lacking[:1]}..{lacking[-1:]} (ports "
+              f"{sorted({p for _, p in lacking})}); this run's first id {next_id}", flush=True)
     pgwarden("local", "start", "--dir", str(src.dir), old)
     wait_for(lambda: src.streaming([old]), 180, f"{old} rejoining as a streaming standby")
     stamp = time.strftime("%H:%M:%S", time.gmtime(wall_kill))

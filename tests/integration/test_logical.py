@@ -10,6 +10,8 @@ its new primary carries on from the replication origin without copying again.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,28 @@ def test_selective_from_15_to_18(src: Cluster, dst: Cluster) -> None:
     # The source primary's /metrics has the slot's lag (what the subscriber has yet to confirm).
     code, text = src.http("GET", primary, "/metrics", auth=False)
     assert code == 200 and 'pgwarden_logical_slot_lag_bytes{cluster=' in text and 'slot="orders_eu"' in text
+
+
+def test_a_passfile_keeps_the_source_password_out_of_the_settings_and_the_catalog(
+        src: Cluster, dst: Cluster) -> None:
+    sql(src, "CREATE TABLE pf (id int PRIMARY KEY); INSERT INTO pf VALUES (1)")
+    src.ctl("logical", "publish", "pf", "--tables", "public.pf")
+    password = src.config(src.names[0])["postgresql"]["superuser"]["password"]
+    passfile = dst.dir / "source.pgpass"  # read by the subscriber's apply worker, as `postgres`
+    passfile.write_text(f"*:*:*:postgres:{password}\n")
+    pg = pwd.getpwnam("postgres")
+    os.chown(passfile, pg.pw_uid, pg.pw_gid)
+    os.chmod(passfile, 0o600)
+    source = src.ctl("dsn").stdout.strip().splitlines()[-1] + f"&passfile={passfile}"
+    assert password not in source
+    dst.ctl("logical", "subscribe", "pf_sub", "--source", source, "--publications", "pf", "--copy-schema")
+    sql(src, "INSERT INTO pf VALUES (2)")
+    wait_for(lambda: sql(dst, "SELECT id FROM pf ORDER BY id") == [(1,), (2,)], 60,
+             "rows through the passfile")
+    assert password not in sql(dst, "SELECT subconninfo FROM pg_subscription WHERE subname = 'pf_sub'")[0][0]
+    code, body = dst.http("GET", dst.wait_primary(), "/config")
+    assert code == 200 and f"passfile={passfile}" in json.dumps(body) and password not in json.dumps(body)
+    dst.ctl("logical", "drop", "pf_sub")
 
 
 def test_all_tables_picks_up_a_later_table_after_refresh(src: Cluster) -> None:

@@ -92,6 +92,11 @@ class ConfirmedClock:
             with self._cond:
                 self._listeners.discard(me)
 
+    @property
+    def confirmed(self) -> int | None:
+        """The last read (logs and status)."""
+        return self._confirmed
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -123,8 +128,9 @@ class ConfirmedClock:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
             return read_confirmed(self._conn)
-        except psycopg.Error as e:
-            log.debug("reading the confirmed position: %s", e)
+        except Exception as e:  # psycopg's, or a row it could not read: never end the thread
+            log.log(logging.DEBUG if isinstance(e, psycopg.Error) else logging.WARNING,
+                    "reading the confirmed position: %s", e)
             if self._conn is not None:
                 self._conn.close()
             self._conn = None

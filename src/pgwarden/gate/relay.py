@@ -21,6 +21,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pgwarden.core.gate import GATE_PARAMETER
+from pgwarden.core.model import int_to_lsn
 from pgwarden.gate import wire
 from pgwarden.gate.clock import ConfirmedClock
 from pgwarden.gate.framer import Framer, Segment
@@ -29,6 +30,7 @@ log = logging.getLogger("pgwarden.gate")
 
 QUEUE_LIMIT = 64 << 20  # bytes held per connection before the reader stops reading the server
 HOLD_CHECK = 0.5  # seconds between keepalive checks while the head of the queue is held
+HOLD_WARN = 10.0  # a hold this long is logged
 CHUNK = 1 << 18
 
 
@@ -57,6 +59,8 @@ class Relay:
         self._ended = False
         self._delivered = 0  # the highest XLogData start sent to the client
         self.holding: int | None = None  # the position the head of the queue waits for (status)
+        self._held_since = 0.0  # loop time the head began to wait (0: not holding)
+        self._warned_at = 0.0
 
     async def run(self) -> None:
         server: Stream | None = None
@@ -175,11 +179,23 @@ class Relay:
             head = self._queue[0].hold_until
             confirmed = None if head is None else await self._clock.wait_beyond(head, HOLD_CHECK)
             if head is not None and confirmed is None:
-                self.holding = head
+                self._note_hold(head)
                 await self._send(self._take_keepalives())
                 continue
-            self.holding = None
+            self.holding, self._held_since = None, 0.0
             await self._send(self._take_released(confirmed))
+
+    def _note_hold(self, head: int) -> None:
+        """A hold longer than HOLD_WARN is logged (every HOLD_WARN): the synchronous standbys
+        are not confirming, and the subscriber waits with them."""
+        now = asyncio.get_running_loop().time()
+        if self.holding != head or not self._held_since:
+            self.holding, self._held_since = head, now
+        if now - self._held_since >= HOLD_WARN and now - self._warned_at >= HOLD_WARN:
+            self._warned_at = now
+            log.warning("logical gate: a subscriber has waited %.0f s for %s to be confirmed by the "
+                        "synchronous standbys (confirmed: %s)", now - self._held_since,
+                        int_to_lsn(head), int_to_lsn(self._clock.confirmed))
 
     def _take_released(self, confirmed: int | None) -> list[bytes]:
         """Everything from the head up to the next message that waits beyond `confirmed` (in
