@@ -13,6 +13,7 @@ import logging
 import subprocess
 import time
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 
@@ -289,6 +290,7 @@ class PostgresController(DataDirectory):
 
     def advance_logical_slots(self, targets: tuple[tuple[str, int], ...], timeout: float) -> None:
         with self._local(timeout) as conn:
+            self._copy_snapshots(conn, timeout)
             for name, lsn in targets:
                 try:
                     slot_copies.advance(conn, name, int_to_lsn(lsn) or "0/0")
@@ -298,6 +300,38 @@ class PostgresController(DataDirectory):
                     log.warning("logical slot copy %s is unusable (%s): dropping it", name,
                                 str(e).strip().splitlines()[0])
                     slot_copies.drop(conn, name)
+
+    def _copy_snapshots(self, local: psycopg.Connection[Any], timeout: float) -> None:
+        """The upstream's serialized decoding snapshot at each copy's restart_lsn, if we lack it.
+
+        A copy starts decoding there. Without the snapshot, its decoder has to build one, and
+        it is consistent only once every transaction running there has ended. Transactions
+        committed before that are skipped. After a promotion that point can lie past the new
+        timeline's start, and then the new primary's first commits never reach the subscriber
+        (rule 19; tests/postgres/test_slot_copy_snapshot.py).
+
+        Only positions we have replayed are taken: our WAL holds the same record there. The
+        files are written with the slots loaded, because a standby's restartpoint with no
+        logical slot removes every one of them. Once a copy has decoded from its snapshot, the
+        standby serializes its own."""
+        up = self._state.upstream
+        snaps = self.data_dir / "pg_logical" / "snapshots"
+        if up is None or up.dsn or not snaps.is_dir():
+            return
+        replayed = slot_copies.replay_lsn(local)
+        need = {slot_copies.snapshot_file(lsn) for lsn in slot_copies.restart_points(local)
+                if lsn <= replayed}
+        need -= {p.name for p in snaps.iterdir()}
+        if not need:
+            return
+        pg = self._cfg.postgresql
+        params = sql.ConnParams(host=up.host, port=up.port, user=pg.superuser.username,
+                                password=pg.superuser.secret())
+        with sql.connect(params, timeout) as primary:
+            files = {n: data for n in sorted(need) if (data := slot_copies.fetch_snapshot(primary, n))}
+        slot_copies.write_snapshots(self.data_dir, files, self.uid, self.gid)
+        for name in files:
+            log.info("copied the decoding snapshot %s from %s for a logical slot copy", name, up.member)
 
     def set_standby_slots(self, members: frozenset[str], timeout: float) -> None:
         """synchronized_standby_slots = these members' physical slots (17+), by ALTER SYSTEM

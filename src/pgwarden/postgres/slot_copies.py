@@ -1,6 +1,6 @@
 """Copies of the primary's logical slots on a standby (PostgreSQL 15, 16; see core/slot_copies.py):
-reading a slot's state file from the primary, writing it into our pg_replslot, advancing and
-dropping copies."""
+reading a slot's state file and the decoding snapshots from the primary, writing them into our
+pg_replslot and pg_logical/snapshots, advancing and dropping copies."""
 
 from __future__ import annotations
 
@@ -60,6 +60,50 @@ def write_state(data_dir: Path, name: str, state: bytes, uid: int, gid: int) -> 
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def snapshot_file(lsn: int) -> str:
+    """The name PostgreSQL gives the decoding snapshot it serialized at `lsn`."""
+    return f"{lsn >> 32:X}-{lsn & 0xFFFFFFFF:X}.snap"
+
+
+def restart_points(conn: psycopg.Connection[Any]) -> list[int]:
+    """Where our logical slots start decoding (restart_lsn)."""
+    rows = conn.execute("SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_type = 'logical' "
+                        "AND NOT temporary AND restart_lsn IS NOT NULL").fetchall()
+    return [lsn for (text,) in rows if (lsn := lsn_to_int(text)) is not None]
+
+
+def fetch_snapshot(primary: psycopg.Connection[Any], name: str) -> bytes | None:
+    """The upstream's serialized decoding snapshot `name`, None when it has none (removed by a
+    checkpoint, or a cascading upstream that never decoded)."""
+    try:
+        row = primary.execute("SELECT pg_read_binary_file(%s)", (f"pg_logical/snapshots/{name}",)).fetchone()
+    except psycopg.errors.UndefinedFile:
+        return None
+    return None if row is None else bytes(row[0])
+
+
+def write_snapshots(data_dir: Path, files: dict[str, bytes], uid: int, gid: int) -> None:
+    """Into pg_logical/snapshots as PostgreSQL writes them: a temporary file, synced, renamed."""
+    d = data_dir / "pg_logical" / "snapshots"
+    for name, data in files.items():
+        tmp = d / f"{name}.pgwarden.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if os.geteuid() == 0:
+            os.chown(tmp, uid, gid)
+        os.rename(tmp, d / name)
+    if files:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def replay_lsn(conn: psycopg.Connection[Any]) -> int:
