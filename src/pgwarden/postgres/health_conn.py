@@ -95,7 +95,7 @@ class HealthConnection:
             self.close()  # another postmaster (a restart) or other parameters: start afresh
         if self._conn is not None:
             try:
-                return sql.query_health(self._conn)
+                return sql.query_health(self._conn, prepared=True)
             except psycopg.Error:
                 self.close()  # ended by the server, say: once more on a fresh connection
         left = deadline - time.monotonic()
@@ -103,7 +103,8 @@ class HealthConnection:
             raise PostmasterSilent("no time left for the health query")
         self._conn, self._key = sql.connect(params, left), key
         try:
-            return sql.query_health(self._conn)
+            sql.prepare_health(self._conn)
+            return sql.query_health(self._conn, prepared=True)
         except BaseException:
             self.close()
             raise
