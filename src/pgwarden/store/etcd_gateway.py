@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import ssl
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from pgwarden.store.base import StoreError, StoreUnavailable
 from pgwarden.store.http_conns import HostConnections
@@ -19,6 +20,11 @@ from pgwarden.store.http_conns import HostConnections
 # to "this server cannot answer now" (try the next host, then report the store unavailable).
 _REQUEST_ERRORS = frozenset({3, 5, 6, 7, 9, 11, 16})
 _NOT_FOUND = 5
+
+# msgspec's JSON codec: the same documents as the json module, at about a third of its CPU per
+# call (every loop's calls, issue 16).
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
 
 
 class EtcdRequestError(StoreError):
@@ -131,7 +137,7 @@ class _Gateway:
 
     def _post(self, path: str, body: Mapping[str, Any], deadline: float,
               headers: Mapping[str, str]) -> dict[str, Any]:
-        payload = json.dumps(body).encode()
+        payload = _ENCODE(body)
         start, _ = self.current()
         n = len(self.urls)
         # Two passes: a pooled keep-alive connection the server has dropped fails once without
@@ -155,8 +161,8 @@ class _Gateway:
                 self.failed(index)
                 continue
             try:
-                data = json.loads(raw.decode() or "{}")
-            except ValueError:
+                data = _DECODE(raw or b"{}")
+            except ValueError:  # msgspec.DecodeError is one
                 data = None
             if not isinstance(data, dict):
                 last = f"{url}: HTTP {status} with a body that is not a JSON object"
