@@ -204,3 +204,34 @@ def test_the_connection_parameters_follow_the_socket(primary: PostgresController
     finally:
         os.rename(sock + ".away", sock)
     assert primary._local_params() == first
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_a_kept_session_is_asked_from_the_loops_own_thread(primary: PostgresController) -> None:
+    assert primary.observe(2).healthy  # opens the session if none is kept (on the probe thread)
+    handed_over = primary._prober._last
+    kept = _kept_backend(primary)
+    for _ in range(3):
+        assert primary.observe(2).healthy
+    assert primary._prober._last is handed_over  # nothing more handed to the probe thread
+    assert _kept_backend(primary) == kept
+
+
+@pytest.mark.integration
+@NEEDS_POSTGRES
+def test_a_frozen_kept_backend_is_unhealthy_in_time_then_replaced(primary: PostgresController) -> None:
+    assert primary.observe(2).healthy
+    frozen = _kept_backend(primary)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        v = primary.observe(0.5)
+        assert time.monotonic() - started < 1.0
+        assert v.running and not v.healthy
+        assert primary._health._conn is None  # a session with a query in flight is dropped
+        # The postmaster and a new backend answer: the next loop is healthy, the old one frozen.
+        assert primary.observe(2).healthy
+        assert _kept_backend(primary) != frozen
+    finally:
+        os.kill(frozen, signal.SIGCONT)

@@ -158,6 +158,11 @@ def query_health(conn: psycopg.Connection[Any], prepared: bool = False) -> Healt
     (issue 16); the row's text is parsed here instead (`health_from_text`)."""
     pg = conn.pgconn
     res = pg.exec_prepared(HEALTH_STATEMENT, None) if prepared else pg.exec_params(_HEALTH_SQL, None)
+    return health_from_result(conn, res)
+
+
+def health_from_result(conn: psycopg.Connection[Any], res: pq.abc.PGresult) -> Health:
+    """The health query's answer from its libpq result on `conn` (raises the error it carries)."""
     _result(conn, res, pq.ExecStatus.TUPLES_OK)
     if res.ntuples != 1:
         raise psycopg.InterfaceError(f"health query returned {res.ntuples} rows")
@@ -205,6 +210,12 @@ def health_from_text(row: Sequence[str | None]) -> Health:
         replication=replication,
         version_num=int(str(row[12])),
     )
+
+
+def needs_replay_timeline(health: Health) -> bool:
+    """A standby with no WAL receiver: the health query's timeline is pg_control's, which lags
+    until a restartpoint (`replay_timeline` reads the one it replays)."""
+    return health.in_recovery and health.receiver_status != "streaming"
 
 
 @dataclass(frozen=True)
