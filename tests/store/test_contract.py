@@ -357,3 +357,12 @@ def test_unreachable_store_raises_within_the_timeout(backend: str, timeout: floa
             assert time.monotonic() - started < timeout + 0.5
     finally:
         store.close()
+
+
+def test_a_changed_member_document_is_published_as_it_now_is(make_store: StoreFactory, cluster: str) -> None:
+    """publish_member keeps the last document's JSON (one encoding while it stays the same): a
+    changed document is written as it now is, and going back to an earlier one writes that."""
+    s = make_store(cluster)
+    for lsn in (1, 1, 2, 1):
+        s.publish_member(member("a", lsn=lsn), TTL * 2, T)
+        assert s.snapshot(T).members["a"].lsn == lsn

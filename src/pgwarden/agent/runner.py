@@ -327,10 +327,11 @@ class Agent(FailsafeMember):
         if looks_behind_the_leader(pgv, view, self.cfg.name):
             pgv = with_fresh_position(pgv, self.pg.observe(s.retry_timeout))
         store_ok = view is not None
+        info = self._member_info(pgv)  # one for the store and the REST API
         if view is not None and not trouble:  # after a store call timed out, spare the lease
-            store_ok = self._publish_member(pgv, view)
+            store_ok = self._publish_member(pgv, view, info)
         self._store_trouble = trouble or not store_ok
-        self._publish(pgv, view, store_ok)
+        self._publish(pgv, view, store_ok, info)
         self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
             self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
@@ -469,9 +470,9 @@ class Agent(FailsafeMember):
             self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
         return self._slots
 
-    def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
+    def _publish_member(self, pgv: PgView, view: ClusterView, info: MemberInfo | None = None) -> bool:
         s = self._settings
-        info = self._member_info(pgv)
+        info = info if info is not None else self._member_info(pgv)
         t = self.lease.call_timeout(time.monotonic(), s.retry_timeout)
         try:
             self.store.publish_member(info, s.ttl, t)
@@ -487,9 +488,11 @@ class Agent(FailsafeMember):
             return False
         return True
 
-    def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool) -> None:
+    def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool,
+                 info: MemberInfo | None = None) -> None:
         self.holder.set(NodeState(
-            member=self._member_info(pgv), cluster=view if view is not None else self._view,
+            member=info if info is not None else self._member_info(pgv),
+            cluster=view if view is not None else self._view,
             cluster_at=self._view_at,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,

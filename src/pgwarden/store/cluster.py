@@ -45,6 +45,7 @@ class ClusterStore:
         self.kv = kv
         self.cluster = kv.cluster
         self.clock = clock  # monotonic; the scenario tests pass a simulated one
+        self._dumped: tuple[MemberInfo, str] | None = None  # the last member document and its JSON
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self, timeout: float) -> ClusterView:
@@ -119,7 +120,9 @@ class ClusterStore:
     # -- members -------------------------------------------------------------------------------
     def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
         """Write our member key; it lapses `ttl` after the last publish."""
-        self.kv.put(member_key(info.name), dump_member(info), ANY, timeout, ttl=ttl)
+        if self._dumped is None or self._dumped[0] != info:  # a document a loop: JSON once
+            self._dumped = (info, dump_member(info))
+        self.kv.put(member_key(info.name), self._dumped[1], ANY, timeout, ttl=ttl)
 
     def delete_member(self, name: str, timeout: float) -> None:
         self.kv.delete(member_key(name), ANY, timeout)
