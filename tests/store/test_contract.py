@@ -368,7 +368,8 @@ def test_a_changed_member_document_is_published_as_it_now_is(make_store: StoreFa
         assert s.snapshot(T).members["a"].lsn == lsn
 
 
-def test_a_snapshot_is_parsed_again_only_when_the_read_changed(make_store: StoreFactory, cluster: str) -> None:
+def test_a_snapshot_is_parsed_again_only_when_the_read_changed(
+        make_store: StoreFactory, cluster: str) -> None:
     """An unchanged read gives the last view back (the same object); any write, a member's new
     document or a deleted key gives a view of what the store now holds."""
     a, b = make_store(cluster), make_store(cluster)
