@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from pgwarden.store.base import StoreError, StoreUnavailable
-from pgwarden.store.http_conns import HostConnections
+from pgwarden.store.http_conns import HostConnections, Stream
 
 # gRPC status codes meaning "this request is wrong" (another host would say the same), as opposed
 # to "this server cannot answer now" (try the next host, then report the store unavailable).
@@ -186,6 +186,13 @@ class _Gateway:
         if refused and refused == attempted:
             raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
+
+    def open_stream(self, index: int, path: str, body: Mapping[str, Any], connect_timeout: float,
+                    idle: float) -> Stream:
+        """A streaming call (the watch) to host `index`, on a connection of its own
+        (`HostConnections.open_stream`), authenticated as every call is."""
+        headers = self.headers(time.monotonic() + connect_timeout)
+        return self._conns[index].open_stream(path, _ENCODE(body), headers, connect_timeout, idle)
 
     def close(self) -> None:
         for conns in self._conns:
