@@ -235,3 +235,12 @@ def test_a_frozen_kept_backend_is_unhealthy_in_time_then_replaced(primary: Postg
         assert _kept_backend(primary) != frozen
     finally:
         os.kill(frozen, signal.SIGCONT)
+
+
+def test_the_same_row_is_the_same_answer_and_a_changed_row_a_new_one() -> None:
+    row = ["t", "1", "3", None, "0/3000148", "0/3000110", "streaming", "h", "5432", "f", "", "[]", "180001"]
+    first = sql.health_from_text(row)
+    assert sql.health_from_text(list(row)) is first  # parsed once while the text stays the same
+    moved = sql.health_from_text([*row[:4], "0/3000200", *row[5:]])
+    assert moved.received_lsn == 0x3000200 and first.received_lsn == 0x3000148
+    assert sql.health_from_text(row) == first

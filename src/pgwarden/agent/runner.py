@@ -370,15 +370,14 @@ class Agent(FailsafeMember):
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
         self._unhealthy.saw(pgv, now)
-        # The controller tracks sync_applied_lsn itself (it follows the server's live setting).
-        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
-                      unhealthy_for=self._unhealthy.unhealthy_for(now),
-                      start_failures=self.facts.start_failures)
         if pgv.system_id is not None and self._ledger_sysid != pgv.system_id:
             if self._ledger_sysid is not None:  # another cluster's data: its copies are not ours
                 self.facts.slot_copies.clear()
             self._ledger_sysid = pgv.system_id
-        pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
+        # The controller tracks sync_applied_lsn itself (it follows the server's live setting).
+        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
+                      unhealthy_for=self._unhealthy.unhealthy_for(now),
+                      start_failures=self.facts.start_failures, slot_copies=dict(self.facts.slot_copies))
         if pgv.healthy and self._logical_due(pgv, s, now):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
             # copies of the primary's slots (core/slot_copies.py).

@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import psycopg
@@ -182,7 +183,14 @@ def _bool(text: str | None) -> bool:
 
 
 def health_from_text(row: Sequence[str | None]) -> Health:
-    """The health query's row in PostgreSQL's text output (bool 't'/'f', json as text)."""
+    """The health query's row in PostgreSQL's text output (bool 't'/'f', json as text). An
+    idle server answers the same row loop after loop: the same text gives the same (immutable)
+    answer without parsing it again (issue 16)."""
+    return _health_from_row(tuple(row))
+
+
+@lru_cache(maxsize=4)
+def _health_from_row(row: tuple[str | None, ...]) -> Health:
     if len(row) != 13:
         raise psycopg.InterfaceError(f"health query returned {len(row)} columns")
     reps = json.loads(row[11]) if row[11] is not None else []
