@@ -326,8 +326,7 @@ class Agent(FailsafeMember):
         self.facts.activity = ""
         if looks_behind_the_leader(pgv, view, self.cfg.name):
             pgv = with_fresh_position(pgv, self.pg.observe(s.retry_timeout))
-        store_ok = view is not None
-        info = self._member_info(pgv)  # one for the store and the REST API
+        store_ok, info = view is not None, self._member_info(pgv)  # one info for store and API
         if view is not None and not trouble:  # after a store call timed out, spare the lease
             store_ok = self._publish_member(pgv, view, info)
         self._store_trouble = trouble or not store_ok
@@ -491,8 +490,7 @@ class Agent(FailsafeMember):
                  info: MemberInfo | None = None) -> None:
         self.holder.set(NodeState(
             member=info if info is not None else self._member_info(pgv),
-            cluster=view if view is not None else self._view,
-            cluster_at=self._view_at,
+            cluster=view if view is not None else self._view, cluster_at=self._view_at,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,

@@ -1,5 +1,6 @@
 """The etcd v3 backend of the store port, spoken as JSON over etcd's gRPC gateway: calls on kept-alive
-`http.client` connections (store/http_conns.py), the watch stream with urllib3.
+connections written out in store/http_conns.py, and the watch stream on a connection of its own
+from the same module.
 
 Why not a client library: every call must end within its own deadline (SAFETY rule 15: the runner
 clips each call's timeout to the lease it has left), which a plain HTTP client gives us directly
