@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pgwarden.core.model import DataState
-from pgwarden.postgres.datadir_state import data_state, postmaster_pid
+from pgwarden.postgres.datadir_state import data_state, exists, postmaster_pid
 from pgwarden.procinfo import pid_alive
 
 
@@ -77,6 +77,13 @@ def test_data_state_is_the_old_answer_for_every_layout(tmp_path: Path) -> None:
         assert new == _old_data_state(d), name
         seen.add(new)
     assert seen == {DataState.EMPTY, DataState.BROKEN, DataState.VALID}
+
+
+def test_exists_is_pathlibs_answer(tmp_path: Path) -> None:
+    layouts = _layouts(tmp_path)
+    for name, d in layouts.items():
+        assert exists(str(d)) == d.exists(), name
+    assert {exists(str(d)) for d in layouts.values()} == {True, False}
 
 
 @pytest.fixture

@@ -59,3 +59,13 @@ def test_no_time_left_still_sees_a_finished_job(timeout: float) -> None:
     job = worker.submit(lambda: 7)
     assert job is not None and job.wait(5)
     assert job.wait(timeout) and job.value == 7
+
+
+def test_busy_while_the_last_job_runs() -> None:
+    worker: ProbeWorker[int] = ProbeWorker("test-probe")
+    assert not worker.busy()
+    release = threading.Event()
+    job = worker.submit(lambda: int(release.wait(10)))
+    assert job is not None and worker.busy()
+    release.set()
+    assert job.wait(5) and not worker.busy()

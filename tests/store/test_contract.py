@@ -357,3 +357,30 @@ def test_unreachable_store_raises_within_the_timeout(backend: str, timeout: floa
             assert time.monotonic() - started < timeout + 0.5
     finally:
         store.close()
+
+
+def test_a_changed_member_document_is_published_as_it_now_is(make_store: StoreFactory, cluster: str) -> None:
+    """publish_member keeps the last document's JSON (one encoding while it stays the same): a
+    changed document is written as it now is, and going back to an earlier one writes that."""
+    s = make_store(cluster)
+    for lsn in (1, 1, 2, 1):
+        s.publish_member(member("a", lsn=lsn), TTL * 2, T)
+        assert s.snapshot(T).members["a"].lsn == lsn
+
+
+def test_a_snapshot_is_parsed_again_only_when_the_read_changed(
+        make_store: StoreFactory, cluster: str) -> None:
+    """An unchanged read gives the last view back (the same object); any write, a member's new
+    document or a deleted key gives a view of what the store now holds."""
+    a, b = make_store(cluster), make_store(cluster)
+    a.publish_member(member("a", lsn=1), TTL * 2, T)
+    first = b.snapshot(T)
+    assert b.snapshot(T) is first and first.members["a"].lsn == 1
+    a.publish_member(member("a", lsn=2), TTL * 2, T)
+    second = b.snapshot(T)
+    assert second is not first and second.members["a"].lsn == 2
+    assert a.acquire_leader("a", TTL * 2, T)
+    third = b.snapshot(T)
+    assert third.leader is not None and third.leader.name == "a" and second.leader is None
+    assert a.release_leader("a", T)
+    assert b.snapshot(T).leader is None

@@ -252,3 +252,34 @@ def test_an_unchanged_member_key_is_renewed_not_rewritten(
     a.delete_member("a", T)  # a key deleted since the last read is written again
     a.publish_member(member("a"), ttl, T)
     assert b.snapshot(T).members == {"a": member("a")}
+
+
+def test_values_outside_ascii_round_trip(etcd: EtcdServer, stores: list[ClusterStore]) -> None:
+    """The gateway's JSON (msgspec, UTF-8 on the wire where the json module escaped to ASCII)
+    carries any text, and a password outside ASCII authenticates."""
+    kv = open_(stores, [etcd.endpoint]).kv
+    text = 'Grüße, 東京, "quoted" \\ and \u2028'
+    assert kv.put("history", text, ANY, T)
+    assert kv.read(T)["history"].value == text
+    enable_auth([etcd.endpoint], "root-password-1", "pgw", "pässwörd-1", "/pgwarden", 10.0)
+    user = ClusterStore(EtcdKV([etcd.endpoint], "c", LAYOUT, credentials=("pgw", "pässwörd-1")))
+    stores.append(user)
+    assert user.kv.read(T)["history"].value == text
+
+
+def test_reads_decode_what_changed_and_keep_only_the_last_reads_text(
+        etcd: EtcdServer, stores: list[ClusterStore]) -> None:
+    kv = open_(stores, [etcd.endpoint]).kv
+    assert isinstance(kv, EtcdKV)
+    kv.put("history", "one", ANY, T)
+    kv.put("optime", "members/x", ANY, T)  # a value that is some other key's text
+    assert {k: e.value for k, e in kv.read(T).items()} == {"history": "one", "optime": "members/x"}
+    kv.put("history", "two", ANY, T)
+    kv.put("members/x", "history", ANY, T)
+    got = {k: e.value for k, e in kv.read(T).items()}
+    assert got == {"history": "two", "optime": "members/x", "members/x": "history"}
+    kv.delete("members/x", ANY, T)
+    kv.put("history", "one", ANY, T)
+    assert {k: e.value for k, e in kv.read(T).items()} == {"history": "one", "optime": "members/x"}
+    keys, values = kv._decoded
+    assert sorted(keys.values()) == ["history", "optime"] and sorted(values.values()) == ["members/x", "one"]

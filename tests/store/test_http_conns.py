@@ -1,9 +1,11 @@
 """HostConnections (store/http_conns.py) against real local HTTP servers: one connection reused
 across calls, a connection the server closed while idle replaced without a failed call, the
-deadline bounding a server that never answers, and a refused connection told apart."""
+deadline bounding a server that never answers, a refused connection told apart, and a stream
+(the etcd watch) read as it comes, idle past its bound, and ended by a shutdown."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -12,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pgwarden.store.http_conns import HostConnections, _dropped
+from pgwarden.store.http_conns import HostConnections, StreamIdle, _dropped
 from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
@@ -112,3 +114,99 @@ def test_no_time_left_raises_before_sending(server: ThreadingHTTPServer) -> None
 def test_not_an_http_url() -> None:
     with pytest.raises(ValueError, match="not an http"):
         HostConnections("ftp://127.0.0.1:1")
+
+
+class _Streamer(BaseHTTPRequestHandler):
+    """/stream: two messages as chunks (one split across two), then silence until the client
+    hangs up; /plain: an ordinary answer."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/plain":
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+            return
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for part in (b'{"a": 1}\n{"b"', b': 2}\n'):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+        self.close_connection = True
+        self.rfile.read(1)  # until the client hangs up
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def streamer() -> Iterator[ThreadingHTTPServer]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Streamer)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_stream_yields_its_chunks_then_is_idle_past_the_bound(streamer: ThreadingHTTPServer) -> None:
+    stream = HostConnections(_url(streamer)).open_stream("/stream", b"{}", {}, 1.0, 1.0)
+    try:
+        assert stream.status == 200
+        got = b""
+        started = time.monotonic()
+        with pytest.raises(StreamIdle):
+            for chunk in stream.chunks(0.3):
+                got += chunk
+        assert got == b'{"a": 1}\n{"b": 2}\n'
+        assert 0.25 < time.monotonic() - started < 1.5
+    finally:
+        stream.close()
+
+
+def test_shutdown_ends_a_blocked_read_at_once(streamer: ThreadingHTTPServer) -> None:
+    stream = HostConnections(_url(streamer)).open_stream("/stream", b"{}", {}, 1.0, 1.0)
+    chunks = stream.chunks(30.0)
+    assert next(chunks) and next(chunks)  # the two chunks; the next read blocks
+    ended = threading.Event()
+
+    def read_on() -> None:
+        try:
+            for _ in chunks:
+                pass
+        except Exception:  # the shut-down socket: any error ends the read, as a short one does
+            pass
+        ended.set()
+
+    threading.Thread(target=read_on, daemon=True).start()
+    # Blocked or about to block: a shut-down socket ends the read either way.
+    started = time.monotonic()
+    stream.shutdown()
+    assert ended.wait(5) and time.monotonic() - started < 1.0
+    stream.close()
+
+
+def test_an_answer_that_is_no_stream_says_so(streamer: ThreadingHTTPServer) -> None:
+    stream = HostConnections(_url(streamer)).open_stream("/plain", b"{}", {}, 1.0, 1.0)
+    try:
+        with pytest.raises(http.client.HTTPException, match="not a stream"):
+            next(stream.chunks(1.0))
+    finally:
+        stream.close()
+
+
+def test_a_server_that_never_answers_a_stream_is_idle_within_the_bound() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        started = time.monotonic()
+        with pytest.raises(StreamIdle):
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+            HostConnections(url).open_stream("/x", b"", {}, 1.0, 0.3)
+        assert time.monotonic() - started < 1.5

@@ -326,11 +326,11 @@ class Agent(FailsafeMember):
         self.facts.activity = ""
         if looks_behind_the_leader(pgv, view, self.cfg.name):
             pgv = with_fresh_position(pgv, self.pg.observe(s.retry_timeout))
-        store_ok = view is not None
+        store_ok, info = view is not None, self._member_info(pgv)  # one info for store and API
         if view is not None and not trouble:  # after a store call timed out, spare the lease
-            store_ok = self._publish_member(pgv, view)
+            store_ok = self._publish_member(pgv, view, info)
         self._store_trouble = trouble or not store_ok
-        self._publish(pgv, view, store_ok)
+        self._publish(pgv, view, store_ok, info)
         self.telemetry.loop_done(obs, decision, time.monotonic() - loop_started, pgv, Facts(
             self.lease.deadline if self.lease.held else 0.0, self.fencer.armed, self.fencer.deadline))
 
@@ -369,15 +369,14 @@ class Agent(FailsafeMember):
         self._streaming.saw(pgv, self._leader_timeline(), now)
         not_streaming_for = self._streaming.not_streaming_for(now)
         self._unhealthy.saw(pgv, now)
-        # The controller tracks sync_applied_lsn itself (it follows the server's live setting).
-        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
-                      unhealthy_for=self._unhealthy.unhealthy_for(now),
-                      start_failures=self.facts.start_failures)
         if pgv.system_id is not None and self._ledger_sysid != pgv.system_id:
             if self._ledger_sysid is not None:  # another cluster's data: its copies are not ours
                 self.facts.slot_copies.clear()
             self._ledger_sysid = pgv.system_id
-        pgv = replace(pgv, slot_copies=dict(self.facts.slot_copies))
+        # The controller tracks sync_applied_lsn itself (it follows the server's live setting).
+        pgv = replace(pgv, rewind_failed=self.facts.rewind_failed, not_streaming_for=not_streaming_for,
+                      unhealthy_for=self._unhealthy.unhealthy_for(now),
+                      start_failures=self.facts.start_failures, slot_copies=dict(self.facts.slot_copies))
         if pgv.healthy and self._logical_due(pgv, s, now):
             # A primary: declarations to reconcile, slots for candidates to copy; a standby: its
             # copies of the primary's slots (core/slot_copies.py).
@@ -469,9 +468,9 @@ class Agent(FailsafeMember):
             self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
         return self._slots
 
-    def _publish_member(self, pgv: PgView, view: ClusterView) -> bool:
+    def _publish_member(self, pgv: PgView, view: ClusterView, info: MemberInfo | None = None) -> bool:
         s = self._settings
-        info = self._member_info(pgv)
+        info = info if info is not None else self._member_info(pgv)
         t = self.lease.call_timeout(time.monotonic(), s.retry_timeout)
         try:
             self.store.publish_member(info, s.ttl, t)
@@ -487,10 +486,11 @@ class Agent(FailsafeMember):
             return False
         return True
 
-    def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool) -> None:
+    def _publish(self, pgv: PgView, view: ClusterView | None, store_ok: bool,
+                 info: MemberInfo | None = None) -> None:
         self.holder.set(NodeState(
-            member=self._member_info(pgv), cluster=view if view is not None else self._view,
-            cluster_at=self._view_at,
+            member=info if info is not None else self._member_info(pgv),
+            cluster=view if view is not None else self._view, cluster_at=self._view_at,
             store_ok=store_ok, holds_lease=self.lease.held, last_loop_at=time.monotonic(),
             started_at=self.started_at, pg_sync=self.facts.sync_applied, message=self._message,
             start_error=self.facts.start_error,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from pgwarden.core.logical import LogicalChange, LogicalObjects
 from pgwarden.core.model import DataState, PgView, SyncConfig, int_to_lsn
 from pgwarden.core.parameters import SettingSpec
 from pgwarden.postgres import conf, controldata, logical, slot_copies, sql
+from pgwarden.postgres.health_conn import QueryTimedOut
 from pgwarden.postgres.provision import DataDirectory, _end_lsn
 from pgwarden.postgres.server import (
     PostgresError,
@@ -44,11 +46,35 @@ class PostgresController(DataDirectory):
     # ---- observation ---------------------------------------------------------------------
 
     def _probe(self, budget: float, pid: int) -> sql.Health | None:
-        """Health query on the kept probe thread (postgres/probe_worker.py), bounded by `budget`
-        (libpq's connect timeout cannot go below 2 s, and a frozen server never answers). At most
-        one probe is in flight, so the kept connection (postgres/health_conn.py) has one user at
-        a time."""
-        job = self._prober.submit(lambda: self._loop_health(pid, max(budget, 0.5)))
+        """Health query bounded by `budget`. While a session is kept (postgres/health_conn.py)
+        and no earlier probe is still out, on this thread: every wait is on a socket with a
+        deadline. Otherwise (a fresh connection: libpq's connect timeout cannot go below 2 s;
+        a replica's timeline read on a replication connection) on the kept probe thread
+        (postgres/probe_worker.py), waited for up to what is left of `budget`. At most one probe
+        is in flight either way, so the kept connection has one user at a time."""
+        deadline = time.monotonic() + budget
+        if not self._prober.busy():
+            params = self.local_params()
+            if self._health.kept_for(params, pid):
+                try:
+                    health = self._health.query_kept(params, pid, budget)
+                except QueryTimedOut:
+                    log.warning("PostgreSQL did not answer the health query within %.2fs", budget)
+                    return None
+                except psycopg.Error as e:  # the postmaster did not answer
+                    log.info("health query failed: %s", e)
+                    return None
+                if health is not None and not sql.needs_replay_timeline(health):
+                    return health
+                if health is not None:  # its timeline comes from a replication connection
+                    left = deadline - time.monotonic()
+                    return self._on_prober(
+                        lambda: self._replay_timeline(health, params, max(left, 0.5)), left)
+        left = deadline - time.monotonic()
+        return self._on_prober(lambda: self._loop_health(pid, max(left, 0.5)), left)
+
+    def _on_prober(self, fn: Callable[[], sql.Health], budget: float) -> sql.Health | None:
+        job = self._prober.submit(fn)
         if job is None:
             log.warning("previous health query still has no answer")
             return None
@@ -373,7 +399,7 @@ class PostgresController(DataDirectory):
         return self._replay_timeline(self._health.query(params, pid, timeout), params, timeout)
 
     def _replay_timeline(self, health: sql.Health, params: sql.ConnParams, timeout: float) -> sql.Health:
-        if health.in_recovery and health.receiver_status != "streaming":
+        if sql.needs_replay_timeline(health):
             # With no WAL receiver the query reports pg_control's timeline, which lags until a
             # restartpoint: a peer would take us for a node on an old timeline (no candidate).
             tl = sql.replay_timeline(params, timeout)

@@ -30,6 +30,11 @@ def _stat_mode(path: str) -> int | None:
         raise
 
 
+def exists(path: str) -> bool:
+    """pathlib's `Path(path).exists()`, in one os call."""
+    return _stat_mode(path) is not None
+
+
 def _is_file(path: str) -> bool:
     mode = _stat_mode(path)
     return mode is not None and (mode & 0o170000) == 0o100000  # S_ISREG

@@ -24,6 +24,7 @@ health query on the kept one does as well.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
@@ -65,6 +66,42 @@ def postmaster_answers(path: str, timeout: float) -> None:
         raise PostmasterSilent(f"unexpected answer {answer!r} from the postmaster on {path}")
 
 
+class QueryTimedOut(psycopg.OperationalError):
+    """The kept session did not answer the health query in time (it has been dropped)."""
+
+
+def _wait_io(fd: int, events: int, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    poller = select.poll()
+    poller.register(fd, events)
+    if left <= 0 or not poller.poll(left * 1000):
+        raise QueryTimedOut("the health query had no answer in time")
+
+
+def _exec_bounded(conn: psycopg.Connection[Any], deadline: float) -> sql.Health:
+    """The prepared health query on `conn` (psycopg keeps libpq non-blocking), every wait for
+    its socket bounded by `deadline`: no thread is needed to give up on a silent server."""
+    pg = conn.pgconn
+    fd = pg.socket
+    pg.send_query_prepared(sql.HEALTH_STATEMENT, None)
+    while pg.flush():
+        _wait_io(fd, select.POLLOUT | select.POLLIN, deadline)
+        pg.consume_input()
+    results = []
+    while True:
+        pg.consume_input()
+        if pg.is_busy():
+            _wait_io(fd, select.POLLIN, deadline)
+            continue
+        res = pg.get_result()
+        if res is None:
+            break
+        results.append(res)
+    if len(results) != 1:
+        raise psycopg.InterfaceError(f"health query returned {len(results)} results")
+    return sql.health_from_result(conn, results[0])
+
+
 class HealthConnection:
     """The health query on a kept connection, for one caller at a time (the loop's probe)."""
 
@@ -79,6 +116,33 @@ class HealthConnection:
                 conn.close()
             except Exception:  # a broken connection may fail to close: it is gone either way
                 pass
+
+    def kept_for(self, params: sql.ConnParams, postmaster_pid: int) -> bool:
+        """A kept session is open for these parameters and this postmaster."""
+        return self._conn is not None and self._key == (params, postmaster_pid) and not self._conn.closed
+
+    def query_kept(self, params: sql.ConnParams, postmaster_pid: int, timeout: float) -> sql.Health | None:
+        """`query` on the caller's thread while a session is kept (`kept_for`): the postmaster
+        check, then the kept session's query, each wait bounded by `timeout`. Raises
+        PostmasterSilent, or QueryTimedOut once the session has been dropped. None when there is
+        no kept session, or the kept one failed (and was dropped): `query` then asks on a fresh
+        connection, which may take longer than a socket wait (libpq's connect timeout) and so
+        belongs on the probe thread."""
+        if not self.kept_for(params, postmaster_pid) or self._conn is None:
+            return None
+        deadline = time.monotonic() + timeout
+        path = unix_socket(params)
+        if path is None:
+            return None
+        postmaster_answers(path, timeout)
+        try:
+            return _exec_bounded(self._conn, deadline)
+        except QueryTimedOut:
+            self.close()  # a query in flight: the session cannot be asked again
+            raise
+        except psycopg.Error:
+            self.close()  # ended by the server, say: `query` tries a fresh connection
+            return None
 
     def query(self, params: sql.ConnParams, postmaster_pid: int, timeout: float) -> sql.Health:
         """The health query within `timeout`; raises (psycopg.Error, OSError) when the server
@@ -95,7 +159,7 @@ class HealthConnection:
             self.close()  # another postmaster (a restart) or other parameters: start afresh
         if self._conn is not None:
             try:
-                return sql.query_health(self._conn)
+                return sql.query_health(self._conn, prepared=True)
             except psycopg.Error:
                 self.close()  # ended by the server, say: once more on a fresh connection
         left = deadline - time.monotonic()
@@ -103,7 +167,8 @@ class HealthConnection:
             raise PostmasterSilent("no time left for the health query")
         self._conn, self._key = sql.connect(params, left), key
         try:
-            return sql.query_health(self._conn)
+            sql.prepare_health(self._conn)
+            return sql.query_health(self._conn, prepared=True)
         except BaseException:
             self.close()
             raise

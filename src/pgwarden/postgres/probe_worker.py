@@ -57,6 +57,11 @@ class ProbeWorker(Generic[T]):
         self._thread: threading.Thread | None = None
         self._last: Job[T] | None = None
 
+    def busy(self) -> bool:
+        """The last job handed over has not finished (what it uses is still in use)."""
+        with self._lock:
+            return self._last is not None and not self._last.finished
+
     def submit(self, fn: Callable[[], T]) -> Job[T] | None:
         """Hand `fn` to the worker; None (and nothing handed over) while the last job runs."""
         with self._lock:

@@ -110,6 +110,7 @@ class PostgresServer:
         # The health query's kept thread; the kept connection is used by that thread only.
         self._prober: ProbeWorker[sql.Health] = ProbeWorker("pgwarden-pg-probe")
         self._health = HealthConnection()
+        self._params: tuple[tuple[str, int, str, str], sql.ConnParams] | None = None  # local_params
         # synchronous_standby_names as the server last answered it (the file can be ahead of
         # it after a reload that did not go through) and the LSN when it took effect.
         self._live = sync_names.LiveSyncTracker()
@@ -136,10 +137,16 @@ class PostgresServer:
     def local_params(self) -> sql.ConnParams:
         pg = self._cfg.postgresql
         # TCP when our socket is absent (a server started with another layout, or TCP-only).
-        sock = self.socket_dir / f".s.PGSQL.{pg.port}" if self.socket_dir else None
-        host = str(self.socket_dir) if sock and sock.exists() else local_host(pg.listen_address)
-        return sql.ConnParams(host=host, port=pg.port, user=pg.superuser.username,
-                              password=pg.superuser.secret())
+        # Called every loop: one stat in os calls (pathlib's answers, error for error), and the
+        # parameters built again only when what they are made of changed (issue 16).
+        sock_dir = str(self.socket_dir) if self.socket_dir else None
+        on_socket = sock_dir is not None and \
+            datadir_state.exists(f"{sock_dir}/.s.PGSQL.{pg.port}")
+        host = sock_dir if on_socket and sock_dir is not None else local_host(pg.listen_address)
+        key = (host, pg.port, pg.superuser.username, pg.superuser.secret())
+        if self._params is None or self._params[0] != key:
+            self._params = (key, sql.ConnParams(host=key[0], port=key[1], user=key[2], password=key[3]))
+        return self._params[1]
 
     @contextmanager
     def _local(self, timeout: float) -> Iterator[psycopg.Connection[Any]]:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import psycopg
+from psycopg import pq
 
 from pgwarden.core.model import ReplicationStat, lsn_to_int
 from pgwarden.core.parameters import SettingSpec
@@ -140,12 +143,57 @@ SELECT r.in_recovery,
 """
 
 
-def query_health(conn: psycopg.Connection[Any]) -> Health:
-    row = conn.execute(HEALTH_QUERY).fetchone()
-    if row is None:
-        raise psycopg.InterfaceError("health query returned no row")
-    raw_rep = row[11]
-    reps = json.loads(raw_rep) if isinstance(raw_rep, str) else (raw_rep or [])
+HEALTH_STATEMENT = b"pgwarden_health"  # the health query's name where a kept session prepared it
+_HEALTH_SQL = HEALTH_QUERY.encode()
+
+
+def prepare_health(conn: psycopg.Connection[Any]) -> None:
+    """Prepare the health query on `conn` (a kept session) for `query_health(conn, prepared=True)`."""
+    _result(conn, conn.pgconn.prepare(HEALTH_STATEMENT, _HEALTH_SQL), pq.ExecStatus.COMMAND_OK)
+
+
+def query_health(conn: psycopg.Connection[Any], prepared: bool = False) -> Health:
+    """The health query in one round trip, through libpq directly (`prepared`: the statement
+    `prepare_health` made on this session). psycopg's cursor layer (adapters, loaders,
+    prepared-statement bookkeeping) cost about 0.3 ms of CPU a loop for one row of text
+    (issue 16); the row's text is parsed here instead (`health_from_text`)."""
+    pg = conn.pgconn
+    res = pg.exec_prepared(HEALTH_STATEMENT, None) if prepared else pg.exec_params(_HEALTH_SQL, None)
+    return health_from_result(conn, res)
+
+
+def health_from_result(conn: psycopg.Connection[Any], res: pq.abc.PGresult) -> Health:
+    """The health query's answer from its libpq result on `conn` (raises the error it carries)."""
+    _result(conn, res, pq.ExecStatus.TUPLES_OK)
+    if res.ntuples != 1:
+        raise psycopg.InterfaceError(f"health query returned {res.ntuples} rows")
+    enc = conn.info.encoding
+    return health_from_text([None if (v := res.get_value(0, i)) is None else v.decode(enc)
+                             for i in range(res.nfields)])
+
+
+def _result(conn: psycopg.Connection[Any], res: pq.abc.PGresult, want: pq.ExecStatus) -> None:
+    """Raise the error `res` carries (psycopg's class for its SQLSTATE) unless it is `want`."""
+    if res.status != want:
+        raise psycopg.errors.error_from_result(res, encoding=conn.info.encoding)
+
+
+def _bool(text: str | None) -> bool:
+    return text == "t"
+
+
+def health_from_text(row: Sequence[str | None]) -> Health:
+    """The health query's row in PostgreSQL's text output (bool 't'/'f', json as text). An
+    idle server answers the same row loop after loop: the same text gives the same (immutable)
+    answer without parsing it again (issue 16)."""
+    return _health_from_row(tuple(row))
+
+
+@lru_cache(maxsize=4)
+def _health_from_row(row: tuple[str | None, ...]) -> Health:
+    if len(row) != 13:
+        raise psycopg.InterfaceError(f"health query returned {len(row)} columns")
+    reps = json.loads(row[11]) if row[11] is not None else []
     replication = tuple(
         ReplicationStat(
             name=str(r.get("name") or ""),
@@ -156,7 +204,7 @@ def query_health(conn: psycopg.Connection[Any]) -> Health:
         for r in reps
     )
     return Health(
-        in_recovery=bool(row[0]),
+        in_recovery=_bool(row[0]),
         system_id=str(row[1]),
         timeline=None if row[2] is None else int(row[2]),
         current_lsn=lsn_to_int(row[3]),
@@ -165,11 +213,17 @@ def query_health(conn: psycopg.Connection[Any]) -> Health:
         receiver_status=row[6],
         sender_host=row[7],
         sender_port=None if row[8] is None else int(row[8]),
-        pending_restart=bool(row[9]),
+        pending_restart=_bool(row[9]),
         sync_standby_names=str(row[10]),
         replication=replication,
-        version_num=int(row[12]),
+        version_num=int(str(row[12])),
     )
+
+
+def needs_replay_timeline(health: Health) -> bool:
+    """A standby with no WAL receiver: the health query's timeline is pg_control's, which lags
+    until a restartpoint (`replay_timeline` reads the one it replays)."""
+    return health.in_recovery and health.receiver_status != "streaming"
 
 
 @dataclass(frozen=True)

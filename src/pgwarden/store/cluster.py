@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pgwarden.config.schema import ClusterSettings
 from pgwarden.core.model import ClusterView, FailoverRequest, HistoryEntry, MemberInfo, SiteState, SyncState
-from pgwarden.store.base import ANY, KV
+from pgwarden.store.base import ANY, KV, Entry
 from pgwarden.store.documents import (
     CONFIG,
     FAILOVER,
@@ -45,11 +45,22 @@ class ClusterStore:
         self.kv = kv
         self.cluster = kv.cluster
         self.clock = clock  # monotonic; the scenario tests pass a simulated one
+        self._dumped: tuple[MemberInfo, str] | None = None  # the last member document and its JSON
+        self._last_view: tuple[dict[str, Entry], ClusterView] | None = None  # see snapshot
 
     # -- reading -------------------------------------------------------------------------------
     def snapshot(self, timeout: float) -> ClusterView:
-        """One consistent read of everything under the cluster's key."""
-        return parse_view(self.kv.read(timeout), self.cluster)
+        """One consistent read of everything under the cluster's key. The view is a function of
+        the read's keys, values and versions alone: a read that returned exactly what the last
+        one did gives the last (immutable) view back instead of parsing it again (an idle
+        cluster's every loop, issue 16)."""
+        entries = self.kv.read(timeout)
+        last = self._last_view
+        if last is not None and last[0] == entries:
+            return last[1]
+        view = parse_view(entries, self.cluster)
+        self._last_view = (dict(entries), view)
+        return view
 
     def wait_for_change(self, timeout: float) -> bool:
         """Block up to `timeout` for a change since the last snapshot that is news to this
@@ -119,7 +130,9 @@ class ClusterStore:
     # -- members -------------------------------------------------------------------------------
     def publish_member(self, info: MemberInfo, ttl: float, timeout: float) -> None:
         """Write our member key; it lapses `ttl` after the last publish."""
-        self.kv.put(member_key(info.name), dump_member(info), ANY, timeout, ttl=ttl)
+        if self._dumped is None or self._dumped[0] != info:  # a document a loop: JSON once
+            self._dumped = (info, dump_member(info))
+        self.kv.put(member_key(info.name), self._dumped[1], ANY, timeout, ttl=ttl)
 
     def delete_member(self, name: str, timeout: float) -> None:
         self.kv.delete(member_key(name), ANY, timeout)

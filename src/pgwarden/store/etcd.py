@@ -1,5 +1,6 @@
 """The etcd v3 backend of the store port, spoken as JSON over etcd's gRPC gateway: calls on kept-alive
-`http.client` connections (store/http_conns.py), the watch stream with urllib3.
+connections written out in store/http_conns.py, and the watch stream on a connection of its own
+from the same module.
 
 Why not a client library: every call must end within its own deadline (SAFETY rule 15: the runner
 clips each call's timeout to the lease it has left), which a plain HTTP client gives us directly
@@ -93,6 +94,8 @@ class EtcdKV(EtcdWatch, KV):
         # Leased keys as the last read saw them: key -> (value, lease). A put with a ttl of the
         # same value on the same (live) lease then only renews the lease.
         self._read_leased: dict[str, tuple[str, int]] = {}
+        # base64 -> text of the keys (relative) and values the last read returned (see read)
+        self._decoded: tuple[dict[str, str], dict[str, str]] = ({}, {})
         self._init_watch()
 
     # -- keys and small helpers ----------------------------------------------------------------
@@ -211,11 +214,24 @@ class EtcdKV(EtcdWatch, KV):
         base = self._base.decode()
         out: dict[str, Entry] = {}
         leased: dict[str, tuple[str, int]] = {}
+        # Keys and values as base64: decoded once while they stay the same (an idle cluster's
+        # every read, issue 16); the table holds only what the last read returned.
+        seen_keys, seen_values = self._decoded
+        keys: dict[str, str] = {}
+        values: dict[str, str] = {}
         for kv in resp.get("kvs", []):
-            rel = _unb64(kv.get("key")).removeprefix(base)
-            out[rel] = Entry(_unb64(kv.get("value")), str(_int(kv.get("mod_revision"))))
+            k64, v64 = kv.get("key") or "", kv.get("value") or ""
+            key = seen_keys.get(k64)
+            if key is None:
+                key = _unb64(k64).removeprefix(base)
+            value = seen_values.get(v64)
+            if value is None:
+                value = _unb64(v64)
+            keys[k64], values[v64] = key, value
+            out[key] = Entry(value, str(_int(kv.get("mod_revision"))))
             if _int(kv.get("lease")):
-                leased[rel] = (out[rel].value, _int(kv.get("lease")))
+                leased[key] = (value, _int(kv.get("lease")))
+        self._decoded = (keys, values)
         with self._lock:
             self._read_leased = leased
         return out

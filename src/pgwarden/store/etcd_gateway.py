@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import base64
 import http.client
-import json
 import ssl
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from pgwarden.store.base import StoreError, StoreUnavailable
-from pgwarden.store.http_conns import HostConnections
+from pgwarden.store.http_conns import HostConnections, Stream
 
 # gRPC status codes meaning "this request is wrong" (another host would say the same), as opposed
 # to "this server cannot answer now" (try the next host, then report the store unavailable).
 _REQUEST_ERRORS = frozenset({3, 5, 6, 7, 9, 11, 16})
 _NOT_FOUND = 5
+
+# msgspec's JSON codec: the same documents as the json module, at about a third of its CPU per
+# call (every loop's calls, issue 16).
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder().decode
 
 
 class EtcdRequestError(StoreError):
@@ -131,7 +137,7 @@ class _Gateway:
 
     def _post(self, path: str, body: Mapping[str, Any], deadline: float,
               headers: Mapping[str, str]) -> dict[str, Any]:
-        payload = json.dumps(body).encode()
+        payload = _ENCODE(body)
         start, _ = self.current()
         n = len(self.urls)
         # Two passes: a pooled keep-alive connection the server has dropped fails once without
@@ -155,8 +161,8 @@ class _Gateway:
                 self.failed(index)
                 continue
             try:
-                data = json.loads(raw.decode() or "{}")
-            except ValueError:
+                data = _DECODE(raw or b"{}")
+            except ValueError:  # msgspec.DecodeError is one
                 data = None
             if not isinstance(data, dict):
                 last = f"{url}: HTTP {status} with a body that is not a JSON object"
@@ -180,6 +186,13 @@ class _Gateway:
         if refused and refused == attempted:
             raise StoreUnavailable(f"etcd refused the connection at {', '.join(sorted(refused))}")
         raise StoreUnavailable(f"etcd did not answer in time ({last})")
+
+    def open_stream(self, index: int, path: str, body: Mapping[str, Any], connect_timeout: float,
+                    idle: float) -> Stream:
+        """A streaming call (the watch) to host `index`, on a connection of its own
+        (`HostConnections.open_stream`), authenticated as every call is."""
+        headers = self.headers(time.monotonic() + connect_timeout)
+        return self._conns[index].open_stream(path, _ENCODE(body), headers, connect_timeout, idle)
 
     def close(self) -> None:
         for conns in self._conns:

@@ -11,16 +11,17 @@ happened on, so the next call starts on a fresh one.
 
 from __future__ import annotations
 
+import http.client
 import select
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from pgwarden.store.http_wire import encode_post, read_response
+from pgwarden.store.http_wire import encode_post, iter_chunks, read_head, read_response
 
 MAX_IDLE = 4  # idle connections kept per host (the agent's loop and its watch need one each)
 
@@ -107,11 +108,65 @@ class HostConnections:
             self._give(conn)
         return status, data
 
+    def open_stream(self, path: str, body: bytes, headers: Mapping[str, str], connect_timeout: float,
+                    idle: float) -> Stream:
+        """POST on a connection of its own (a stream holds it until it ends): connecting and
+        sending within `connect_timeout`, the answer's head within `idle` (StreamIdle past it).
+        The etcd watch's request; read its body with `Stream.chunks`."""
+        conn = self._connect(connect_timeout)
+        try:
+            conn.sock.settimeout(connect_timeout)
+            conn.sock.sendall(encode_post(self._host_header, path, headers, body))
+            conn.sock.settimeout(idle)
+            try:
+                status, _, _, chunked = read_head(conn.rfile)
+            except TimeoutError as e:
+                raise StreamIdle(f"no answer within {idle:g} s") from e
+        except BaseException:
+            conn.close()
+            raise
+        return Stream(conn, status, chunked)
+
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class StreamIdle(TimeoutError):
+    """A stream sent nothing for its idle bound (the server may be frozen or cut off, or just
+    have nothing to say)."""
+
+
+class Stream:
+    """A response read as it arrives: its status, then the chunks of its chunked body."""
+
+    def __init__(self, conn: _Conn, status: int, chunked: bool) -> None:
+        self._conn = conn
+        self.status = status
+        self.chunked = chunked
+
+    def chunks(self, idle: float) -> Iterator[bytes]:
+        """The body's chunks as they come; StreamIdle when none comes for `idle` seconds,
+        http.client.HTTPException or OSError when the stream breaks."""
+        if not self.chunked:
+            raise http.client.HTTPException("the answer is not a stream (no chunked body)")
+        self._conn.sock.settimeout(idle)
+        try:
+            yield from iter_chunks(self._conn.rfile)
+        except TimeoutError as e:
+            raise StreamIdle(f"nothing for {idle:g} s") from e
+
+    def shutdown(self) -> None:
+        """End a read blocked in `chunks` from another thread (it raises or ends at once)."""
+        try:
+            self._conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed or never connected: nothing is blocked on it
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 class _Conn:

@@ -15,7 +15,7 @@ This reads only what the client needs (the status, Content-Length or chunked fra
 from __future__ import annotations
 
 import http.client
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import BinaryIO
 
 MAX_LINE = 65536  # as http.client's _MAXLINE
@@ -53,12 +53,7 @@ def read_response(rfile: BinaryIO) -> tuple[int, bool, bytes]:
     Raises http.client.RemoteDisconnected when the server closed without answering (a kept
     connection it dropped), other http.client.HTTPException for a malformed answer, and OSError
     (TimeoutError past the socket's timeout) from the reads."""
-    while True:
-        status, version = _status_line(rfile)
-        length, chunked, close = _headers(rfile)
-        if status != 100:  # 100 Continue: the real answer follows (we never ask for one)
-            break
-    will_close = close or version == b"HTTP/1.0"
+    status, will_close, length, chunked = read_head(rfile)
     if 100 <= status < 200 or status in (204, 304):
         return status, will_close, b""
     if chunked:
@@ -69,6 +64,16 @@ def read_response(rfile: BinaryIO) -> tuple[int, bool, bytes]:
             raise http.client.IncompleteRead(data, length - len(data))
         return status, will_close, data
     return status, True, rfile.read()  # delimited by the server closing
+
+
+def read_head(rfile: BinaryIO) -> tuple[int, bool, int | None, bool]:
+    """(status, the server will close the connection, Content-Length, chunked) of the next
+    response's head on `rfile`, which is left at its body; errors as `read_response`."""
+    while True:
+        status, version = _status_line(rfile)
+        length, chunked, close = _headers(rfile)
+        if status != 100:  # 100 Continue: the real answer follows (we never ask for one)
+            return status, close or version == b"HTTP/1.0", length, chunked
 
 
 def _status_line(rfile: BinaryIO) -> tuple[int, bytes]:
@@ -115,23 +120,34 @@ def _headers(rfile: BinaryIO) -> tuple[int | None, bool, bool]:
 
 def _read_chunked(rfile: BinaryIO) -> bytes:
     parts: list[bytes] = []
+    try:
+        for chunk in iter_chunks(rfile):
+            parts.append(chunk)
+    except http.client.IncompleteRead as e:
+        raise http.client.IncompleteRead(b"".join(parts) + e.partial, e.expected) from None
+    return b"".join(parts)
+
+
+def iter_chunks(rfile: BinaryIO) -> Iterator[bytes]:
+    """A chunked body's chunks as they arrive (a stream's messages), then its trailers are read.
+    IncompleteRead carries the part of the current chunk that came."""
     while True:
         line = _line(rfile)
         try:
             size = int(line.split(b";", 1)[0], 16)
         except ValueError:
-            raise http.client.IncompleteRead(b"".join(parts)) from None
+            raise http.client.IncompleteRead(b"") from None
         if size < 0:
-            raise http.client.IncompleteRead(b"".join(parts))
+            raise http.client.IncompleteRead(b"")
         if size == 0:
             break
         chunk = rfile.read(size)
         if len(chunk) < size:
-            raise http.client.IncompleteRead(b"".join(parts) + chunk, size - len(chunk))
-        parts.append(chunk)
+            raise http.client.IncompleteRead(chunk, size - len(chunk))
         if _line(rfile) not in (b"\r\n", b"\n"):
-            raise http.client.IncompleteRead(b"".join(parts))
+            raise http.client.IncompleteRead(chunk)
+        yield chunk
     for _ in range(MAX_HEADERS + 1):  # trailers, up to the blank line
         if _line(rfile) in (b"\r\n", b"\n", b""):
-            return b"".join(parts)
+            return
     raise http.client.HTTPException(f"got more than {MAX_HEADERS} trailer lines")
