@@ -24,7 +24,7 @@ from pgwarden.core.actions import (
     WriteSyncState,
 )
 from pgwarden.core.decide import decide
-from pgwarden.core.model import DataState, PgView, Role
+from pgwarden.core.model import DataState, PgView, Role, SyncState
 
 from .builders import (
     NOW,
@@ -250,8 +250,19 @@ def test_new_leader_clears_failover_naming_it() -> None:
 # -- leader: synchronous replication ---------------------------------------------------------
 
 
-def test_leader_in_sync_mode_adds_standby_to_pg_first() -> None:
+def test_leader_in_sync_mode_records_itself_before_its_first_synchronous_standby() -> None:
+    """No record in the store reads as "no promise": anyone could be promoted. Before the
+    primary acknowledges a synchronous commit the store must say only the leader has them all
+    (tests/core/test_scenarios_sync.py found a switchover losing one in that window)."""
     v = view("n1", cluster=settings(synchronous_mode=SyncMode.ON))
+    pg = primary_pg(replication=(stat("n2", 1000), stat("n3", 900)))
+    d = decide(leader_obs(pg, v))
+    assert [a for a in d.actions if isinstance(a, (ApplySync, WriteSyncState))] == [
+        WriteSyncState(SyncState("n1", frozenset(), 0), None)]
+
+
+def test_leader_in_sync_mode_adds_standby_to_pg_first() -> None:
+    v = view("n1", cluster=settings(synchronous_mode=SyncMode.ON), sync=SyncState("n1", frozenset(), 0, "s1"))
     pg = primary_pg(replication=(stat("n2", 1000), stat("n3", 900)))
     d = decide(leader_obs(pg, v))
     assert ApplySync(sync_config(1, "n2")) in d.actions

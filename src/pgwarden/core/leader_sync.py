@@ -29,6 +29,12 @@ def leader_sync_actions(obs: Observation, view: ClusterView) -> tuple[list[Actio
     eligible, lag = _eligible_sync(obs, view)
     want = sync.desired_sync(view.settings, eligible, promise, lag)
     step = sync.next_step(obs.pg.sync, promise, want, obs.pg.replication, obs.pg.sync_applied_lsn)
+    if stored is None and step.pg is not None and not step.pg.empty:
+        # Rule 6: no record in the store means "no synchronous promise", under which any member
+        # may be promoted. Before the primary acknowledges its first synchronous commit, record
+        # that only this leader has them all (an empty set it owns); the standbys come next loop.
+        return [WriteSyncState(SyncState(obs.me.name, frozenset(), 0), None)], \
+            "recording this leader in the store before the first synchronous standby"
     out: list[Action] = []
     if step.store is not None:
         token = stored.token if stored else None
