@@ -42,6 +42,14 @@ def _watch_failover(cl: Cluster, old: str) -> str:
     raise AssertionError(f"no node took over from {old} within 60 s")
 
 
+def _promised(cl: Cluster, leader: str) -> bool:
+    """The store's synchronous record is `leader`'s and names a standby (rule 6: until then only
+    the leader has every acknowledged commit, and no one may take over, fast path or not)."""
+    code, body = cl.http("GET", leader, "/cluster")
+    sync = (body.get("sync") or {}) if code == 200 else {}
+    return sync.get("leader") == leader and bool(sync.get("members"))
+
+
 def _backend_pid(cl: Cluster, node: str) -> tuple[psycopg.Connection[tuple[object, ...]], int]:
     conn = psycopg.connect(cl.conninfo(node), autocommit=True)
     row = conn.execute("SELECT pg_backend_pid()").fetchone()
@@ -53,6 +61,7 @@ def test_a_live_postmaster_is_never_taken_over_early() -> None:
     with Cluster("fastpath-no", sync="on") as cl:
         old = cl.wait_primary()
         cl.wait_replicas([n for n in cl.names if n != old])
+        wait_for(lambda: _promised(cl, old), 30, "a synchronous standby in the store")
         wait_for(lambda: cl.sql(old, "SHOW synchronous_standby_names")[0][0] not in ("", None), 30,
                  "the primary waiting for its synchronous standby")
         writer = Writer(cl.dsn(), table="fp_acks", writer_id=0)
@@ -76,6 +85,7 @@ def test_a_live_postmaster_is_never_taken_over_early() -> None:
         #    its listening socket through the crash restart, so its node is not "refused" while it
         #    runs. Only the fencer, at the lease deadline, leaves nothing listening there; from then
         #    on a take-over may be early (the store's key outlives the deadline by the margin).
+        wait_for(lambda: _promised(cl, new), 30, "the new primary's synchronous standby in the store")
         wait_for(lambda: cl.sql(new, "SHOW synchronous_standby_names")[0][0] not in ("", None), 30,
                  "the new primary waiting for a synchronous standby")
         conn, backend = _backend_pid(cl, new)
