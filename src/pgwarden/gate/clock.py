@@ -58,7 +58,6 @@ class ConfirmedClock:
         self._confirmed: int | None = None
         self._stopped = False
         self._conn: psycopg.Connection[Any] | None = None
-        self.reads = 0  # completed reads (tests: an idle gate does not poll)
         self._thread = threading.Thread(target=self._run, name="pgwarden-gate-clock", daemon=True)
         self._thread.start()
 
@@ -111,7 +110,6 @@ class ConfirmedClock:
             value = self._read()
             with self._cond:
                 self._confirmed = value
-                self.reads += 1
                 listeners = list(self._listeners)
             for loop, event in listeners:
                 try:

@@ -345,9 +345,8 @@ class PostgresController(DataDirectory):
         if up is None or up.dsn or not snaps.is_dir():
             return
         replayed = slot_copies.replay_lsn(local)
-        need = {slot_copies.snapshot_file(lsn) for lsn in slot_copies.restart_points(local)
-                if lsn <= replayed}
-        need -= {p.name for p in snaps.iterdir()}
+        need = {name for lsn in slot_copies.restart_points(local)
+                if lsn <= replayed and not (snaps / (name := slot_copies.snapshot_file(lsn))).exists()}
         if not need:
             return
         pg = self._cfg.postgresql

@@ -41,25 +41,34 @@ def fetch_state(primary: psycopg.Connection[Any], name: str) -> tuple[bytes, int
     return bytes(row[0]), lsn_to_int(pos[0]) or 0
 
 
-def write_state(data_dir: Path, name: str, state: bytes, uid: int, gid: int) -> None:
-    """pg_replslot/<name>/state, as PostgreSQL writes it (directory 0700, file 0600, synced)."""
-    d = data_dir / "pg_replslot" / name
-    d.mkdir(mode=0o700, exist_ok=True)
-    path = d / "state"
+def _write_synced(path: Path, data: bytes, uid: int, gid: int) -> None:
+    """A file of ours in the data directory: mode 0600, synced, owned by the PostgreSQL user."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, state)
+        os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     if os.geteuid() == 0:
-        os.chown(d, uid, gid)
         os.chown(path, uid, gid)
+
+
+def _fsync_dir(d: Path) -> None:
     dfd = os.open(d, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def write_state(data_dir: Path, name: str, state: bytes, uid: int, gid: int) -> None:
+    """pg_replslot/<name>/state, as PostgreSQL writes it (directory 0700, file 0600, synced)."""
+    d = data_dir / "pg_replslot" / name
+    d.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(d, uid, gid)
+    _write_synced(d / "state", state, uid, gid)
+    _fsync_dir(d)
 
 
 def snapshot_file(lsn: int) -> str:
@@ -89,21 +98,10 @@ def write_snapshots(data_dir: Path, files: dict[str, bytes], uid: int, gid: int)
     d = data_dir / "pg_logical" / "snapshots"
     for name, data in files.items():
         tmp = d / f"{name}.pgwarden.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if os.geteuid() == 0:
-            os.chown(tmp, uid, gid)
+        _write_synced(tmp, data, uid, gid)
         os.rename(tmp, d / name)
     if files:
-        dfd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync_dir(d)
 
 
 def replay_lsn(conn: psycopg.Connection[Any]) -> int:
