@@ -55,8 +55,9 @@ def _replica(version: int, slots: dict[str, SlotInfo], copies: dict[str, int] | 
              **kw: object) -> Observation:
     pg = replica_pg(version=version, logical=objs(**slots), slot_copies=copies or {},
                     replayed_lsn=5000, lsn=5000)
+    # n3 streams and already holds its copy: it leaves n2 the turn (test_slot_copies_turns.py).
     st = view("n1", [member("n1", Role.PRIMARY, logical_slots=(("s1", 4000),), **kw), member("n2"),
-                     member("n3")])
+                     member("n3", streaming=True, logical_slots=(("s1", 4000),))])
     return obs("n2", pg, st)
 
 

@@ -11,13 +11,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from pgwarden import __version__
 from pgwarden.agent.crash_check import CrashCheck
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
 from pgwarden.agent.failsafe import FailsafeClient, FailsafeLedger
 from pgwarden.agent.failsafe_member import FailsafeMember
 from pgwarden.agent.lease import LeaseKeeper
 from pgwarden.agent.logical import LOGICAL_RECHECK, BoundedReader, logical_read_due
+from pgwarden.agent.member_card import MemberCard
 from pgwarden.agent.peers import PeerProbe
 from pgwarden.agent.position import (
     SharedReading,
@@ -37,7 +37,6 @@ from pgwarden.core.decide import decide
 from pgwarden.core.logical import MARK
 from pgwarden.core.model import (
     ClusterView,
-    DataState,
     LeaderCheck,
     LocalCommand,
     Me,
@@ -50,8 +49,9 @@ from pgwarden.core.model import (
     Tags,
 )
 from pgwarden.core.shutdown import after_stop
+from pgwarden.core.slot_copies import pending_copies
 from pgwarden.core.standby import source_upstream
-from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
+from pgwarden.core.waits import CopyClock, StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
 from pgwarden.postgres.controller import PostgresController, UpstreamTuple
 from pgwarden.routing.router import router_for
@@ -120,8 +120,8 @@ class Agent(FailsafeMember):
         self._unhealthy = UnhealthyClock()
         self._waits = WaitClocks()  # monotonic; see Observation.leaderless_for
         self._last_pg: PgView | None = None
-        self._slots: tuple[tuple[str, int], ...] = ()
-        self._native: tuple[str, ...] = ()
+        self.card = MemberCard(self.me, cfg.postgresql.logical_gate_port)
+        self._copies = CopyClock()  # Observation.copies_pending_for
         self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._logical_read_at = -LOGICAL_RECHECK  # when they were last read (monotonic)
@@ -292,10 +292,12 @@ class Agent(FailsafeMember):
             first_look=view is not None and not self._seen_store, sites=self._site_readings(view, s),
             failsafe_bound_until=self.failsafe.bound_until, failsafe_round=fs_round,
             failsafe_sets=self._failsafe_sets(), failsafe_votes=fs_votes, snapshot_at=now, crash=crash,
+            copies_pending_for=self._copies.pending_for(mono),
         )
         self._seen_store = self._seen_store or view is not None
         trouble = view is None
         decision = decide(obs)
+        self._copies.saw(bool(pending_copies(obs)), mono)
         if decision.message != self._message:
             log.info("%s", decision.message)
             self._message = decision.message
@@ -427,46 +429,8 @@ class Agent(FailsafeMember):
                 log.warning("applying settings failed: %s", e)
 
     def _member_info(self, pgv: PgView) -> MemberInfo:
-        if pgv.running and pgv.in_recovery is False:
-            role = Role.PRIMARY
-        elif pgv.running and pgv.in_recovery and self.lease.held and \
-                self._settings.standby_cluster is not None:
-            role = Role.STANDBY_LEADER
-        elif pgv.running and pgv.in_recovery:
-            role = Role.REPLICA
-        else:
-            role = Role.UNKNOWN
-        if self.facts.activity:
-            state = self.facts.activity
-        elif pgv.running and pgv.healthy:
-            state = "running"
-        elif pgv.running:
-            state = "unhealthy"
-        elif pgv.data != DataState.VALID:
-            state = "uninitialized"
-        else:
-            state = "stopped"
-        return MemberInfo(
-            name=self.cfg.name, api_url=self.me.api_url, host=self.me.host, port=self.me.port,
-            role=role, state=state, running=pgv.running and pgv.healthy, timeline=pgv.timeline,
-            lsn=pgv.lsn, received_lsn=pgv.received_lsn, replayed_lsn=pgv.replayed_lsn,
-            upstream=pgv.upstream if role == Role.REPLICA else None,
-            streaming=role == Role.REPLICA and pgv.streaming, tags=self.me.tags,
-            agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
-            pg_version=pgv.version, pending_restart=pgv.pending_restart,
-            logical_slots=self._slots_seen(pgv), native_slots=self._native,
-            logical_gate_port=self.cfg.postgresql.logical_gate_port)
-
-    def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
-        """Our logical slots as last read (kept through a loop that did not read them)."""
-        if not pgv.running:
-            self._slots, self._native = (), ()
-        elif pgv.logical is not None:
-            slots = pgv.logical.slots
-            self._slots = tuple(sorted((n, s.confirmed_flush) for n, s in slots.items()
-                                       if s.confirmed_flush is not None and not s.lost))
-            self._native = tuple(sorted(n for n, s in slots.items() if s.failover))
-        return self._slots
+        standby_leader = self.lease.held and self._settings.standby_cluster is not None
+        return self.card.info(pgv, standby_leader, self.facts.activity)
 
     def _publish_member(self, pgv: PgView, view: ClusterView, info: MemberInfo | None = None) -> bool:
         s = self._settings

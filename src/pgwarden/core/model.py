@@ -408,6 +408,9 @@ class Observation:
     # No loop of this agent has seen the store yet: a leader key naming us is one a previous run
     # of this agent held, which we may take back at once instead of demoting first (rule 5).
     first_look: bool = False
+    # How long this candidate has had copies of the leader's logical slots to load, without a
+    # break (0: none). Bounds its wait for the peers' turns (slot_copies.turn_holder).
+    copies_pending_for: float = 0.0
     # Monotonic time each physical slot name was last in an EnsureSlots' `names` (core/slots.py).
     slots_wanted_at: Mapping[str, float] = field(default_factory=dict)
     # The other sites named in the site document, read this loop (core/standby.py).

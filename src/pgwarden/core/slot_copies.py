@@ -10,6 +10,12 @@ would skip the new primary's first changes in that range, silently. So a copy is
 while that cannot be: made by this agent, on this timeline or on an earlier one it does not
 reach past the end of (the store's timeline history). Anything else is dropped and copied anew.
 On 17 and later PostgreSQL's own slot synchronisation does this (`failover = true`).
+
+Loading copies restarts the candidate, so candidates take turns (`turn_holder`): one restarts
+while every other candidate streams, in name order, so a subscription created on the
+primary does not take every standby (and with them the synchronous promise and the read
+replicas) down at once. The wait is bounded by COPY_TURN_PATIENCE: a peer that never streams
+again must not keep a candidate from its copies for ever (docs/architecture.md, rule 19).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pgwarden.core.logical import SlotInfo
 from pgwarden.core.model import ClusterView, HistoryEntry, MemberInfo, Observation, Role
 
 FIRST_NATIVE = 17  # slots with failover = true and sync_replication_slots
+# Seconds a candidate puts off the restart that loads its copies while a peer has the turn.
+COPY_TURN_PATIENCE = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,48 +80,101 @@ def plan(leader: Mapping[str, int], local: Mapping[str, SlotInfo], copies: Mappi
     return SlotPlan(copy, tuple(advance), drop)
 
 
-def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream) -> tuple[list[Action], str]:
-    """A streaming candidate keeps copies of the leader's logical slots: drop the untrusted,
-    advance the rest, copy the missing (the copy needs a restart to load). On 17 and later the
-    slot-sync worker keeps the failover slots, and the copies are only of the others (made by a
-    subscriber older than 17, which cannot ask for failover)."""
+@dataclass(frozen=True)
+class _Reading:
+    out: tuple[Action, ...]  # what is due whatever the plan (17+: stale failover slots)
+    notes: tuple[str, ...]
+    plan: SlotPlan | None  # None: nothing to keep here this loop
+
+
+def _read(obs: Observation, leader: MemberInfo) -> _Reading:
     pg = obs.pg
     if pg.logical is None or not pg.healthy or pg.version is None:
-        return [], ""
+        return _Reading((), (), None)
     local = dict(pg.logical.slots)
     wanted = dict(leader.logical_slots)
-    out: list[Action] = []
-    notes: list[str] = []
+    out: tuple[Action, ...] = ()
+    notes: tuple[str, ...] = ()
     if pg.version >= FIRST_NATIVE:
         # A failover slot this standby did not get from the slot-sync worker (a demoted
         # primary's own) makes that worker stop with "same name slot already exists": drop it
         # (patroni#3493, cloudnative-pg#9969); the worker then syncs the primary's.
         stale = frozenset(n for n, s in local.items() if s.failover and not s.synced)
         if stale:
-            out.append(DropLogicalSlots(stale))
-            notes.append(f"dropping stale failover slots {', '.join(sorted(stale))}")
+            out = (DropLogicalSlots(stale),)
+            notes = (f"dropping stale failover slots {', '.join(sorted(stale))}",)
         local = {n: s for n, s in local.items() if not s.failover}
         wanted = {n: lsn for n, lsn in wanted.items() if n not in leader.native_slots}
     if obs.me.tags.nofailover or not pg.streaming or (not wanted and not local):
-        return out, "; ".join(notes)
+        return _Reading(out, notes, None)
     if not (leader.running and leader.role == Role.PRIMARY):
         # Its published slots are not current while it restarts: dropping our copies for that
         # would lose the slot exactly when a failover may come.
-        return out, "; ".join(notes)
+        return _Reading(out, notes, None)
     history = obs.store.history if obs.store is not None else ()
-    p = plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn)
+    return _Reading(out, notes, plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn))
+
+
+def pending_copies(obs: Observation) -> frozenset[str]:
+    """The leader's slots this candidate would copy (and restart to load) this loop, turns
+    aside: the agent's `CopyClock` follows it, and bounds the wait for a turn with it."""
+    view = obs.store
+    if view is None or view.leader is None or view.leader.name == obs.me.name:
+        return frozenset()
+    leader = view.members.get(view.leader.name)
+    r = _read(obs, leader) if leader is not None else None
+    return r.plan.copy if r is not None and r.plan is not None else frozenset()
+
+
+def turn_holder(obs: Observation, leader: MemberInfo) -> str | None:
+    """The peer this candidate lets go first before it restarts to load copies, None when it is
+    our turn. A peer has the turn while it does not stream (it is down to load its own copies:
+    the agent stops PostgreSQL in one loop and starts it in the next, or it is reconnecting),
+    or while it streams, lacks a copy and comes before us in name order. So at most one
+    candidate is down for copies at a time and the last one streaming stays up, as long as each
+    sees the others' keys within a loop. A peer down for another reason holds the turn too:
+    its key cannot say whether it is coming back, so after COPY_TURN_PATIENCE seconds of
+    waiting we go anyway (nothing we do keeps a broken peer up)."""
+    view = obs.store
+    if view is None or obs.copies_pending_for >= COPY_TURN_PATIENCE:
+        return None
+    wanted = frozenset(n for n, _ in leader.logical_slots) - frozenset(leader.native_slots)
+    for name, m in sorted(view.members.items()):
+        if name in (obs.me.name, leader.name) or m.tags.nofailover:
+            continue
+        if not m.streaming:
+            return name
+        if name < obs.me.name and not wanted <= {n for n, _ in m.logical_slots}:
+            return name
+    return None
+
+
+def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream) -> tuple[list[Action], str]:
+    """A streaming candidate keeps copies of the leader's logical slots: drop the untrusted,
+    advance the rest, copy the missing (the copy needs a restart to load, taken in turns). On
+    17 and later the slot-sync worker keeps the failover slots, and the copies are only of the
+    others (made by a subscriber older than 17, which cannot ask for failover)."""
+    r = _read(obs, leader)
+    out, notes = list(r.out), list(r.notes)
+    p = r.plan
+    if p is None:
+        return out, "; ".join(notes)
     if p.drop:
         out.append(DropLogicalSlots(p.drop))
     if p.advance:
         out.append(AdvanceLogicalSlots(p.advance))
+    names = ", ".join(sorted(p.copy))
+    holder = turn_holder(obs, leader) if p.copy else None
     if p.copy and obs.store is not None and obs.store.settings.paused:
-        notes.append(f"paused: not restarting to load copies of {', '.join(sorted(p.copy))}")
+        notes.append(f"paused: not restarting to load copies of {names}")
+    elif holder is not None:
+        notes.append(f"letting {holder} go first: not restarting yet to load copies of {names}")
     elif p.copy:
         # Copied only if our replay is past each slot's position (checked as it is read), then
         # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
         out += [CopyLogicalSlots(p.copy, source),
                 StopPostgres("fast", "loading copied logical slots", restart=True)]
-        notes.append(f"copying logical slots {', '.join(sorted(p.copy))} from {source.name}")
+        notes.append(f"copying logical slots {names} from {source.name}")
     return out, "; ".join(notes)
 
 

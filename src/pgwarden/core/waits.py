@@ -67,6 +67,23 @@ class StreamClock:
 
 
 @dataclass
+class CopyClock:
+    """Since when this candidate has had copies of the leader's slots to load
+    (`slot_copies.pending_copies`); `Observation.copies_pending_for`."""
+
+    since: float | None = None
+
+    def saw(self, pending: bool, now: float) -> None:
+        if not pending:
+            self.since = None
+        elif self.since is None:
+            self.since = now
+
+    def pending_for(self, now: float) -> float:
+        return 0.0 if self.since is None else now - self.since
+
+
+@dataclass
 class UnhealthyClock:
     """Since when the postmaster has been alive but failing the health query (rule 9's
     "healthy"; a leader unhealthy for longer than ttl fences itself and releases the lease)."""

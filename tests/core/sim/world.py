@@ -37,8 +37,9 @@ from pgwarden.core.model import (
     Tags,
 )
 from pgwarden.core.settings import ClusterSettings
+from pgwarden.core.slot_copies import pending_copies
 from pgwarden.core.sync import WILDCARD
-from pgwarden.core.waits import StreamClock, UnhealthyClock, WaitClocks
+from pgwarden.core.waits import CopyClock, StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.store.base import StoreError
 from pgwarden.store.cluster import ClusterStore
 from pgwarden.store.documents import LEADER, SYNC, load_sync
@@ -79,6 +80,7 @@ class Agent:
     executor: Executor
     waits: WaitClocks = field(default_factory=WaitClocks)
     stream: StreamClock = field(default_factory=StreamClock)
+    copies: CopyClock = field(default_factory=CopyClock)
     unhealthy: UnhealthyClock = field(default_factory=UnhealthyClock)
 
 
@@ -314,8 +316,10 @@ class World:
             settings=self.s, leaderless_for=a.waits.leaderless_for(self.t),
             request_pending_for=a.waits.request_pending_for(self.t), restart_pending=a.facts.restart_pending,
             slots_wanted_at=dict(a.facts.slot_seen), crash=crash,
+            copies_pending_for=a.copies.pending_for(self.t),
         )
         decision = decide(obs)
+        a.copies.saw(bool(pending_copies(obs)), self.t)
         if decision.message != node.message:
             node.message = decision.message
             self.log.append(f"{self.t:.2f} {node.name}: {decision.message}")
