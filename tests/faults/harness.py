@@ -43,6 +43,7 @@ from tests.support.netns import Network
 
 PG_PORT = 5432
 API_PORT = 8008
+GATE_PORT = 5433
 ETCD_CLIENT = 2379
 ETCD_PEER = 2380
 ZK_CLIENT = 2181
@@ -76,7 +77,8 @@ class FaultCluster:
     """`start()` brings up the store and three agents and waits for a converged cluster;
     `close()` stops everything it started and removes the network (also after a failure)."""
 
-    def __init__(self, net: Network, sync: str | None = None, log: Log = print, store: str = "etcd") -> None:
+    def __init__(self, net: Network, sync: str | None = None, log: Log = print, store: str = "etcd",
+                 bin_dir: Path | None = None, gate: bool = False) -> None:
         if store not in STORES:
             raise ValueError(f"store must be one of {STORES}, not {store!r}")
         self.net = net
@@ -94,6 +96,8 @@ class FaultCluster:
         self.api_user, self.api_password = API_USER, new_password()
         self.settings = seed_settings(sync, ())
         self.ttl = self.settings.ttl
+        self.bin_dir = bin_dir  # other PostgreSQL binaries than the embedded (a 15 source)
+        self.gate = gate  # a logical gate on GATE_PORT in front of every node (pgwarden/gate)
         self._t0 = time.monotonic()
 
     # -- addresses -----------------------------------------------------------------------------
@@ -136,8 +140,9 @@ class FaultCluster:
         self.net.add_root_client("client", 250)
         repl_pw = new_password()
         for n in self.names:
-            doc = node_config(self.dir, self.cluster, NodePlan(n, PG_PORT, API_PORT), [], self.settings,
-                              self.su_password, repl_pw, self.api_password, store=self._store_section(n))
+            plan = NodePlan(n, PG_PORT, API_PORT, GATE_PORT if self.gate else None)
+            doc = node_config(self.dir, self.cluster, plan, [], self.settings, self.su_password, repl_pw,
+                              self.api_password, store=self._store_section(n), bin_dir=self.bin_dir)
             doc["postgresql"]["listen_address"] = self.addr(n)
             doc["restapi"]["listen_address"] = self.addr(n)
             parse_node_config(doc, f"{n} config")  # the agent's own validation

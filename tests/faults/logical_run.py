@@ -27,6 +27,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -82,7 +83,9 @@ class LogicalPair:
 
     def subscribe(self) -> None:
         self.src_ctl("logical", "publish", PUB, "--tables", f"public.{TABLE}")
-        source = self.src_ctl("dsn", "--with-password").strip().splitlines()[-1]
+        # Through the source's logical gates when it runs them (15/16 in synchronous mode).
+        gates = ("--logical",) if self.cl.gate else ()
+        source = self.src_ctl("dsn", *gates, "--with-password").strip().splitlines()[-1]
         self.sub.ctl("logical", "subscribe", SUB, "--source", source, "--publications", PUB,
                      "--copy-schema")
 
@@ -229,7 +232,10 @@ def self_test(pair: LogicalPair, work: Workload, say: Callable[[str], None]) -> 
 
 
 def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] | None = None,
-                       writers: int = 2, log: Callable[[str], None] = print) -> LogicalOutcome:
+                       writers: int = 2, log: Callable[[str], None] = print,
+                       source_bin: Path | None = None) -> LogicalOutcome:
+    """`source_bin`: the source on those PostgreSQL binaries (Debian's 15) instead of the embedded
+    18, with a logical gate on every source node and the subscription through them."""
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -237,12 +243,13 @@ def logical_experiment(sync: str | None, seed: int, duration: float, kinds: tupl
         log(text)
 
     with Network() as net:
-        cl = FaultCluster(net, sync=sync, log=say)
+        cl = FaultCluster(net, sync=sync, log=say, bin_dir=source_bin, gate=source_bin is not None)
         cl.settings = seed_settings(sync, LOGICAL)
         steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for("etcd"))
         out = LogicalOutcome(seed, sync, steps)
         only = f" --fault-kinds {','.join(kinds)}" if kinds is not None else ""
-        mode = "logical-sync-on" if sync else "logical-async"
+        mode = ("logical-15-gate-" if source_bin is not None else "logical-") + \
+            ("sync-on" if sync else "async")
         say(f"logical fault schedule seed {seed} (replay: pytest -m fault_run tests/faults/test_faults.py "
             f"-k {mode} --seed {seed} --duration {duration:g}{only}), synchronous_mode {sync or 'off'}, "
             f"ttl {cl.ttl:g}s, network 10.77.{net.octet}.0/24, dir {cl.dir}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,26 @@ def test_a_frozen_primary_streams_again_soon_after_it_resumes(netns_ok: None) ->
                                   f"{cl.log_excerpt(old, lines=25)}")
         finally:
             cl.close(keep=keep)
+
+
+PG15 = Path("/usr/lib/postgresql/15/bin")
+
+
+@pytest.mark.fault_run
+@pytest.mark.parametrize("sync", ["on"], ids=["logical-15-gate-sync-on"])
+def test_through_the_logical_gate_a_15_source_loses_no_row_under_random_faults(
+        sync: str, netns_ok: None, request: pytest.FixtureRequest) -> None:
+    """Rule 19 on 15/16: the same run with the source on Debian's PostgreSQL 15 (slot copies
+    loaded by restarts, in turns) and the subscription through the source's logical gates
+    (`ctl dsn --logical`), which hold every change until the synchronous standbys have it."""
+    if "fault_run" not in str(request.config.getoption("markexpr") or ""):
+        pytest.skip("a logical fault run takes minutes: select it with -m fault_run")
+    if not (PG15 / "postgres").exists():
+        pytest.skip(f"needs Debian's PostgreSQL 15 in {PG15} (apt install postgresql-15)")
+    chosen = seed(request.config)
+    run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
+    out = logical_experiment(sync, run_seed, duration(request.config), kinds=fault_kinds(request.config),
+                             source_bin=PG15)
+    assert out.acks > 0 and out.checks > 0, out.report
+    assert not out.violations, f"seed {run_seed}: logical checks failed\n{out.report}"
+    assert not out.not_converged, f"seed {run_seed}: source did not converge\n{out.report}"
