@@ -129,6 +129,35 @@ def test_a_commit_on_no_synchronous_standby_waits_at_the_gate_and_arrives_once_c
     wait_for(lambda: not p.gate.holding(), 10, "the gate to hold nothing")
 
 
+def walsender(p: Pair, sub: str) -> int | None:
+    rows = p.sql(p.src, f"SELECT pid FROM pg_stat_replication WHERE application_name = '{sub}'")
+    return int(rows[0][0]) if rows else None
+
+
+def test_a_walsender_that_ends_while_a_commit_is_held_ends_the_subscribers_connection_at_once(
+        pair: Pair) -> None:
+    """A fenced or crashed primary: its walsender is gone while the gate holds a commit. The gate
+    must close the subscriber's connection then (sending nothing held), so the apply worker
+    reconnects within wal_retrieve_retry_interval, rather than after its wal_receiver_timeout
+    (60 s) on a connection nobody serves."""
+    p = pair
+    wait_for(lambda: ids(p, "gated") == {1}, 60, "the initial copy")
+    set_standby_names(p, "ghost")
+    p.sql(p.src, "INSERT INTO t VALUES (4)", synchronous_commit="local")
+    wait_for(lambda: p.gate.holding(), 30, "the gate to hold the commit")
+    old = walsender(p, "sub_gated")
+    assert old is not None
+    p.sql(p.src, f"SELECT pg_terminate_backend({old})")
+    # The apply worker restarts after wal_retrieve_retry_interval (5 s): well within 30 s, and
+    # never within it while it waits out wal_receiver_timeout (60 s) on the old connection.
+    wait_for(lambda: walsender(p, "sub_gated") not in (None, old), 30,
+             "the subscriber to reconnect through the gate")
+    wait_for(lambda: p.gate.holding(), 30, "the gate to hold the commit again, for the new connection")
+    assert ids(p, "gated") == {1}
+    set_standby_names(p, "")
+    wait_for(lambda: ids(p, "gated") == {1, 4}, 30, "the commit, once confirmed")
+
+
 def test_a_new_slot_waits_until_its_snapshot_is_confirmed(pair: Pair) -> None:
     """CREATE SUBSCRIPTION's table copy reads the slot's snapshot, which shows local-only commits:
     the slot's answer (its consistent point) waits at the gate until they are confirmed."""

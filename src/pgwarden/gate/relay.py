@@ -179,6 +179,13 @@ class Relay:
             head = self._queue[0].hold_until
             confirmed = None if head is None else await self._clock.wait_beyond(head, HOLD_CHECK)
             if head is not None and confirmed is None:
+                if self._ended:
+                    # The server side is gone (its walsender ended: a fenced or crashed primary,
+                    # a cut connection): what is held would only ever go out on a connection no
+                    # server serves. Close now, so the subscriber reconnects (to the next
+                    # primary) and asks again from its own position, instead of waiting out its
+                    # wal_receiver_timeout on a silent connection. Nothing held is sent.
+                    return
                 self._note_hold(head)
                 await self._send(self._take_keepalives())
                 continue
