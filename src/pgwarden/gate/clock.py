@@ -31,19 +31,20 @@ SELECT pg_is_in_recovery(),
 """
 
 
-def read_confirmed(conn: psycopg.Connection[Any]) -> int | None:
+def read_confirmed(conn: psycopg.Connection[Any]) -> tuple[bool, int | None]:
+    """Whether the server is in recovery, and its confirmed position (None: nothing is)."""
     row = conn.execute(CONFIRMED_QUERY).fetchone()
     if row is None:
-        return None
+        return False, None
     in_recovery, names, flush, rep = row
     try:
         sync = parse_sync_standby_names(str(names))
     except SyncNamesError as e:  # the server would not run with it; hold everything
         log.warning("synchronous_standby_names %r: %s", names, e)
-        return None
+        return bool(in_recovery), None
     stats = [ReplicationStat(str(r["name"]), str(r["state"]), "", lsn_to_int(r["flush_lsn"]))
              for r in rep or ()]
-    return confirmed_lsn(sync, stats, lsn_to_int(flush), bool(in_recovery))
+    return bool(in_recovery), confirmed_lsn(sync, stats, lsn_to_int(flush), bool(in_recovery))
 
 
 class ConfirmedClock:
@@ -56,6 +57,7 @@ class ConfirmedClock:
         self._cond = threading.Condition()
         self._listeners: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._confirmed: int | None = None
+        self.in_recovery = False  # the last read found the server in recovery (a standby)
         self._stopped = False
         self._conn: psycopg.Connection[Any] | None = None
         self._thread = threading.Thread(target=self._run, name="pgwarden-gate-clock", daemon=True)
@@ -125,7 +127,8 @@ class ConfirmedClock:
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
-            return read_confirmed(self._conn)
+            self.in_recovery, value = read_confirmed(self._conn)
+            return value
         except Exception as e:  # psycopg's, or a row it could not read: never end the thread
             log.log(logging.DEBUG if isinstance(e, psycopg.Error) else logging.WARNING,
                     "reading the confirmed position: %s", e)

@@ -45,6 +45,9 @@ class Upstream:
     connect_timeout: float = 5.0
 
 
+IN_RECOVERY = ("the logical gate releases changes only on a primary, and this server is in recovery "
+               "(a standby); subscribe through `pgwarden ctl dsn --logical`, which reaches the primary")
+
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
@@ -185,6 +188,13 @@ class Relay:
                     # server serves. Close now, so the subscriber reconnects (to the next
                     # primary) and asks again from its own position, instead of waiting out its
                     # wal_receiver_timeout on a silent connection. Nothing held is sent.
+                    return
+                if self._clock.in_recovery:
+                    # A standby confirms nothing (core/gate.py): rather than hold this client for
+                    # ever, tell it where to go. A primary that was demoted under a connection
+                    # ended its walsenders, so this is a client that came to a standby.
+                    self._client_w.write(wire.error_response("55000", IN_RECOVERY))
+                    await self._client_w.drain()
                     return
                 self._note_hold(head)
                 await self._send(self._take_keepalives())
