@@ -132,6 +132,7 @@ class ConfirmedClock:
         except Exception as e:  # psycopg's, or a row it could not read: never end the thread
             log.log(logging.DEBUG if isinstance(e, psycopg.Error) else logging.WARNING,
                     "reading the confirmed position: %s", e)
+            self.in_recovery = False  # not known: never turn a client away on an old reading
             if self._conn is not None:
                 self._conn.close()
             self._conn = None
