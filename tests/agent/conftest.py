@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from pgwarden.postgres.controller import PostgresController
-from tests.support.pg import bootstrapped_primary, controller, make_node_config, query, teardown
+from tests.support.pg import bootstrapped_primary, make_node_config, query, streaming_standby, teardown
 from tests.support.ports import free_port
 
 HOST = "127.0.0.1"
@@ -17,13 +17,9 @@ HOST = "127.0.0.1"
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PostgresController, PostgresController]]:
     base = tmp_path_factory.mktemp("peers")
     p = bootstrapped_primary(make_node_config(base, "p", free_port(), free_port()))
-    r = controller(make_node_config(base, "c", free_port(), free_port()))
     try:
         query(p._cfg, "CREATE TABLE t (id int PRIMARY KEY)")
-        p.ensure_slots({"c"})
-        r.clone(HOST, p._cfg.postgresql.port, timeout=60)
-        r.start(role="replica", upstream=("p", HOST, p._cfg.postgresql.port), wait_timeout=30)
-        yield p, r
+        with streaming_standby(p, make_node_config(base, "c", free_port(), free_port())) as r:
+            yield p, r
     finally:
-        teardown(r)
         teardown(p)

@@ -23,9 +23,9 @@ from tests.support.pg import (
     SUPERPASS,
     SUPERUSER,
     bootstrapped_primary,
-    controller,
     make_node_config,
     query,
+    streaming_standby,
     teardown,
 )
 from tests.support.ports import free_port
@@ -39,15 +39,11 @@ HOST = "127.0.0.1"
 def standby(tmp_path: Path) -> Iterator[tuple[PostgresController, PostgresController, int]]:
     p = bootstrapped_primary(make_node_config(tmp_path, "p", free_port(), free_port(), parameters=PARAMS))
     gate_port = free_port()
-    r = controller(make_node_config(tmp_path, "r", free_port(), free_port(), parameters=PARAMS,
-                                    logical_gate_port=gate_port))
     try:
-        p.ensure_slots({"r"})
-        r.clone(HOST, p._cfg.postgresql.port, timeout=60)
-        r.start(role="replica", upstream=("p", HOST, p._cfg.postgresql.port), wait_timeout=30)
-        yield p, r, gate_port
+        with streaming_standby(p, make_node_config(tmp_path, "r", free_port(), free_port(), parameters=PARAMS,
+                                                  logical_gate_port=gate_port)) as r:
+            yield p, r, gate_port
     finally:
-        teardown(r)
         teardown(p)
 
 

@@ -30,8 +30,8 @@ from tests.support.pg import (
     SUPERPASS,
     SUPERUSER,
     bootstrapped_primary,
-    controller,
     make_node_config,
+    streaming_standby,
     teardown,
 )
 from tests.support.ports import free_port
@@ -62,14 +62,11 @@ def replayed(ctl: PostgresController, lsn: Any) -> bool:
 def pair(tmp_path: Path) -> Iterator[tuple[PostgresController, PostgresController]]:
     p = bootstrapped_primary(make_node_config(tmp_path, "p", free_port(), free_port(),
                                               parameters=PARAMS, bin_dir=PG15))
-    r = controller(make_node_config(tmp_path, "c", free_port(), free_port(), parameters=PARAMS, bin_dir=PG15))
     try:
-        p.ensure_slots({"c"})
-        r.clone(HOST, p._cfg.postgresql.port, timeout=60)
-        r.start(role="replica", upstream=("p", HOST, p._cfg.postgresql.port), wait_timeout=30)
-        yield p, r
+        with streaming_standby(p, make_node_config(tmp_path, "c", free_port(), free_port(), parameters=PARAMS,
+                                                  bin_dir=PG15)) as r:
+            yield p, r
     finally:
-        teardown(r)
         teardown(p)
 
 

@@ -143,6 +143,18 @@ def bootstrapped_primary(cfg: NodeConfig, settings: ClusterSettings | None = Non
     return ctl
 
 
+@contextlib.contextmanager
+def streaming_standby(primary: PostgresController, cfg: NodeConfig) -> Iterator[PostgresController]:
+    """A replica of `primary` made from `cfg` (its slot on the primary, a base backup, started
+    streaming), stopped on exit whatever state it is in."""
+    pg = primary._cfg.postgresql
+    with running(controller(cfg)) as r:
+        primary.ensure_slots({cfg.name})
+        r.clone(pg.listen_address, pg.port, timeout=60)
+        r.start(role="replica", upstream=(primary._cfg.name, pg.listen_address, pg.port), wait_timeout=30)
+        yield r
+
+
 def connect(cfg: NodeConfig, timeout: float = 5.0) -> psycopg.Connection[Any]:
     """A TCP superuser connection (what a client would use)."""
     pg = cfg.postgresql

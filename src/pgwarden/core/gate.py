@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pgwarden.core.model import ReplicationStat, SyncConfig
+from pgwarden.core.sync import WILDCARD
 
-WILDCARD = "*"
 # The gate sends this ParameterStatus to its clients (`logical subscribe` looks for it).
 GATE_PARAMETER = "pgwarden_logical_gate"
 
