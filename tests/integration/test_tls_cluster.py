@@ -107,16 +107,20 @@ def test_switchover_and_crash_failover_under_a_verify_full_writer(cluster: Clust
     w.start(max_seconds=200)
     try:
         wait_for(lambda: len(w.acks) > 50, 30, "writes flowing")
-        out = cluster.ctl("switchover", "--leader", leader, "--candidate", others[0], "--force")
-        assert others[0] in out.stdout
-        assert cluster.wait_primary(timeout=30) == others[0]
-        cluster.wait_replicas([n for n in cluster.names if n != others[0]])
-        port = str(cluster.config(others[0])["postgresql"]["port"])
+        # synchronous_mode: on lets only a member of the store's synchronous set take over, and the
+        # set can still be empty when the replicas have just begun to stream: wait for it.
+        wait_for(partial(sync_members, cluster, leader), 30, "a synchronous standby in the store")
+        candidate = sync_members(cluster, leader)[0]
+        out = cluster.ctl("switchover", "--leader", leader, "--candidate", candidate, "--force")
+        assert candidate in out.stdout
+        assert cluster.wait_primary(timeout=30) == candidate
+        cluster.wait_replicas([n for n in cluster.names if n != candidate])
+        port = str(cluster.config(candidate)["postgresql"]["port"])
         seen = len(w.acks)
         wait_for(lambda: any(a.server.endswith(port) for a in w.acks[seen:]), 30,
                  "writes on the new primary")
 
-        old = others[0]
+        old = candidate
         # Only a member of the store's synchronous set may be promoted (rule 7): crash the new
         # primary once it has one, not in the moments after the switchover when it has none.
         wait_for(partial(sync_members, cluster, old), 30, "a synchronous standby in the store")
