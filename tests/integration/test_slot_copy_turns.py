@@ -5,10 +5,16 @@ the same second and the synchronous promise, and every read replica, went with t
 
 The primary's pg_stat_replication is sampled every 20 ms from before the slot is created until
 both standbys hold their copy and stream again: at every sample at least one standby has a
-walsender, and each standby's postmaster did restart (the test saw the restarts it guards)."""
+walsender, and each standby's postmaster did restart (the test saw the restarts it guards).
+
+And no commit waits for a standby that is down to load its copy (slot_copies.leaving_sync): the
+standby whose turn it is leaves the synchronous standbys first. At every sample, each standby the
+primary's synchronous_standby_names names has a walsender. Before, the synchronous standby's
+restart held commits up until the leader noticed, a loop or more later."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +53,7 @@ class Sampler:
 
     def __init__(self, conninfo: str, limit: float) -> None:
         self.samples: list[frozenset[str]] = []
+        self.waits_for: list[frozenset[str]] = []  # the names in synchronous_standby_names
         self.times: list[float] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
@@ -58,8 +65,13 @@ class Sampler:
         try:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 while not self._stop.is_set() and time.monotonic() < end:
-                    rows = conn.execute("SELECT application_name FROM pg_stat_replication").fetchall()
-                    self.samples.append(frozenset(r[0] for r in rows))
+                    # One statement, one snapshot: the setting this session runs and the walsenders.
+                    row = conn.execute(
+                        "SELECT current_setting('synchronous_standby_names'), "
+                        "array(SELECT application_name FROM pg_stat_replication)").fetchone()
+                    assert row is not None
+                    self.waits_for.append(frozenset(re.findall(r'"([^"]+)"', row[0])))
+                    self.samples.append(frozenset(row[1]))
                     self.times.append(time.time())
                     self._stop.wait(0.02)
         except BaseException as e:  # reported by stop(): a silent sampler would prove nothing
@@ -96,4 +108,9 @@ def test_standbys_restart_one_at_a_time_to_load_a_new_slots_copy(src: Cluster) -
                if i == 0 or s != samples[i - 1]]
     gaps = [i for i, s in enumerate(samples) if not s & set(standbys)]
     assert not gaps, f"no standby connected in {len(gaps)} of {len(samples)} samples: {changes}"
+    assert any(sampler.waits_for), "the primary never waited for a standby: nothing was tested"
+    stalls = [(time.strftime("%H:%M:%S", time.localtime(t)) + f"{t % 1:.3f}"[1:], sorted(w - s))
+              for t, w, s in zip(sampler.times, sampler.waits_for, samples, strict=True) if w - s]
+    assert not stalls, f"the primary waited for a disconnected standby in {len(stalls)} samples: " \
+                       f"{stalls[:10]}; connected: {changes}"
     src.sql(primary, "SELECT pg_drop_replication_slot('turns')")

@@ -17,9 +17,11 @@ class MemberCard:
         self._slots: tuple[tuple[str, int], ...] = ()
         self._native: tuple[str, ...] = ()
 
-    def info(self, pgv: PgView, standby_leader: bool, activity: str) -> MemberInfo:
+    def info(self, pgv: PgView, standby_leader: bool, activity: str,
+             leaving_sync: bool = False) -> MemberInfo:
         """`standby_leader`: we hold the lease of a standby cluster; `activity`: a long step
-        under way (cloning, rewinding), shown as the state."""
+        under way (cloning, rewinding), shown as the state; `leaving_sync`: about to restart
+        (slot_copies.leaving_sync), so the leader should not wait for us."""
         if pgv.running and pgv.in_recovery is False:
             role = Role.PRIMARY
         elif pgv.running and pgv.in_recovery and standby_leader:
@@ -48,7 +50,9 @@ class MemberCard:
             agent_pid=os.getpid(), postmaster_pid=pgv.postmaster_pid, version=__version__,
             pg_version=pgv.version, pending_restart=pgv.pending_restart,
             logical_slots=self._slots_seen(pgv), native_slots=self._native,
-            logical_gate_port=self.gate_port)
+            logical_gate_port=self.gate_port,
+            waits_for=tuple(sorted(pgv.sync.members)) if role == Role.PRIMARY else (),
+            leaving_sync=leaving_sync and role == Role.REPLICA)
 
     def _slots_seen(self, pgv: PgView) -> tuple[tuple[str, int], ...]:
         """Our logical slots as last read (kept through a loop that did not read them)."""

@@ -49,7 +49,7 @@ from pgwarden.core.model import (
     Tags,
 )
 from pgwarden.core.shutdown import after_stop
-from pgwarden.core.slot_copies import pending_copies
+from pgwarden.core.slot_copies import leaving_sync, pending_copies
 from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import CopyClock, StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
@@ -122,6 +122,7 @@ class Agent(FailsafeMember):
         self._last_pg: PgView | None = None
         self.card = MemberCard(self.me, cfg.postgresql.logical_gate_port)
         self._copies = CopyClock()  # Observation.copies_pending_for
+        self._leaving_sync = False  # MemberInfo.leaving_sync
         self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._logical_read_at = -LOGICAL_RECHECK  # when they were last read (monotonic)
@@ -298,6 +299,7 @@ class Agent(FailsafeMember):
         trouble = view is None
         decision = decide(obs)
         self._copies.saw(bool(pending_copies(obs)), mono)
+        self._leaving_sync = leaving_sync(obs)  # published in our key from this loop on
         if decision.message != self._message:
             log.info("%s", decision.message)
             self._message = decision.message
@@ -430,7 +432,7 @@ class Agent(FailsafeMember):
 
     def _member_info(self, pgv: PgView) -> MemberInfo:
         standby_leader = self.lease.held and self._settings.standby_cluster is not None
-        return self.card.info(pgv, standby_leader, self.facts.activity)
+        return self.card.info(pgv, standby_leader, self.facts.activity, self._leaving_sync)
 
     def _publish_member(self, pgv: PgView, view: ClusterView, info: MemberInfo | None = None) -> bool:
         s = self._settings

@@ -14,7 +14,8 @@ def _eligible_sync(obs: Observation, view: ClusterView) -> tuple[set[str], dict[
     lag: dict[str, int] = {}
     for st in obs.pg.replication:
         m = view.members.get(st.name)
-        if m is None or m.tags.nosync or st.state != "streaming":
+        # leaving_sync: about to restart to load slot copies (core/slot_copies.py).
+        if m is None or m.tags.nosync or m.leaving_sync or st.state != "streaming":
             continue
         eligible.add(st.name)
         lag[st.name] = max(0, lsn - (st.flush_lsn or 0))

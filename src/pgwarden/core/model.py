@@ -102,6 +102,12 @@ class MemberInfo:
     logical_slots: tuple[tuple[str, int], ...] = ()
     native_slots: tuple[str, ...] = ()  # those PostgreSQL (17+) keeps on standbys itself (failover)
     logical_gate_port: int | None = None  # postgresql.logical_gate_port (`ctl dsn --logical`)
+    # A primary: the members its synchronous_standby_names names now ("*": any standby). A
+    # standby about to restart to load slot copies waits until it is not among them.
+    waits_for: tuple[str, ...] = ()
+    # A standby about to restart (to load slot copies): the leader stops choosing it as a
+    # synchronous standby, so its restart holds up no commit (core/slot_copies.py).
+    leaving_sync: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,6 +133,8 @@ class MemberInfo:
             "logical_slots": dict(self.logical_slots),
             "native_slots": list(self.native_slots),
             "logical_gate_port": self.logical_gate_port,
+            "waits_for": list(self.waits_for),
+            "leaving_sync": self.leaving_sync,
         }
 
     @classmethod
@@ -159,6 +167,8 @@ class MemberInfo:
             logical_slots=tuple(sorted((str(k), int(v)) for k, v in (d.get("logical_slots") or {}).items())),
             native_slots=tuple(sorted(str(n) for n in d.get("native_slots") or ())),
             logical_gate_port=opt_int("logical_gate_port"),
+            waits_for=tuple(sorted(str(n) for n in d.get("waits_for") or ())),
+            leaving_sync=bool(d.get("leaving_sync", False)),
         )
 
 

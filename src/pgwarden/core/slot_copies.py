@@ -14,8 +14,11 @@ On 17 and later PostgreSQL's own slot synchronisation does this (`failover = tru
 Loading copies restarts the candidate, so candidates take turns (`turn_holder`): one restarts
 while every other candidate streams, in name order, so a subscription created on the
 primary does not take every standby (and with them the synchronous promise and the read
-replicas) down at once. The wait is bounded by COPY_TURN_PATIENCE: a peer that never streams
-again must not keep a candidate from its copies for ever (docs/architecture.md, rule 19).
+replicas) down at once. A candidate whose turn it is first leaves the synchronous standbys
+(`leaving_sync`) and restarts once the primary no longer waits for it, so in a synchronous mode
+the restart holds up no commit. Both waits are bounded by COPY_TURN_PATIENCE: a peer that never
+streams again, or a leader that never lets go, must not keep a candidate from its copies for
+ever (docs/architecture.md, rule 19).
 """
 
 from __future__ import annotations
@@ -115,15 +118,48 @@ def _read(obs: Observation, leader: MemberInfo) -> _Reading:
     return _Reading(out, notes, plan(wanted, local, pg.slot_copies, pg.timeline, history, pg.replayed_lsn))
 
 
+def _leader_plan(obs: Observation) -> tuple[MemberInfo, SlotPlan] | None:
+    view = obs.store
+    if view is None or view.leader is None or view.leader.name == obs.me.name:
+        return None
+    leader = view.members.get(view.leader.name)
+    r = _read(obs, leader) if leader is not None else None
+    return None if leader is None or r is None or r.plan is None else (leader, r.plan)
+
+
 def pending_copies(obs: Observation) -> frozenset[str]:
     """The leader's slots this candidate would copy (and restart to load) this loop, turns
     aside: the agent's `CopyClock` follows it, and bounds the wait for a turn with it."""
-    view = obs.store
-    if view is None or view.leader is None or view.leader.name == obs.me.name:
-        return frozenset()
-    leader = view.members.get(view.leader.name)
-    r = _read(obs, leader) if leader is not None else None
-    return r.plan.copy if r is not None and r.plan is not None else frozenset()
+    lp = _leader_plan(obs)
+    return lp[1].copy if lp is not None else frozenset()
+
+
+def leaving_sync(obs: Observation) -> bool:
+    """Is it this candidate's turn to restart to load copies? The agent publishes it in its key
+    (MemberInfo.leaving_sync), the leader stops choosing it as a synchronous standby
+    (leader_sync), and the restart waits until the leader's key no longer names it among the
+    standbys its commits wait for (`_why_not_now`): so a restart holds up no commit, wherever
+    another standby can take its place."""
+    lp = _leader_plan(obs)
+    if lp is None or not lp[1].copy or obs.store is None or obs.store.settings.paused:
+        return False
+    return turn_holder(obs, lp[0]) is None
+
+
+def _why_not_now(obs: Observation, leader: MemberInfo, names: str) -> str:
+    """Why this candidate does not restart to load copies of `names` this loop ('' if it does)."""
+    if obs.store is not None and obs.store.settings.paused:
+        return f"paused: not restarting to load copies of {names}"
+    holder = turn_holder(obs, leader)
+    if holder is not None:
+        return f"letting {holder} go first: not restarting yet to load copies of {names}"
+    if obs.me.name in leader.waits_for and obs.copies_pending_for < COPY_TURN_PATIENCE:
+        # Removal goes store first, then the primary's setting (sync.next_step): the leader's
+        # key says when the primary no longer waits for us. Bounded like the turns: a leader
+        # that never lets go (an older agent) must not keep us from our copies for ever.
+        return (f"leaving the synchronous standbys first: {leader.name} still waits for this "
+                f"standby; not restarting yet to load copies of {names}")
+    return ""
 
 
 def turn_holder(obs: Observation, leader: MemberInfo) -> str | None:
@@ -164,11 +200,9 @@ def follower_slot_actions(obs: Observation, leader: MemberInfo, source: Upstream
     if p.advance:
         out.append(AdvanceLogicalSlots(p.advance))
     names = ", ".join(sorted(p.copy))
-    holder = turn_holder(obs, leader) if p.copy else None
-    if p.copy and obs.store is not None and obs.store.settings.paused:
-        notes.append(f"paused: not restarting to load copies of {names}")
-    elif holder is not None:
-        notes.append(f"letting {holder} go first: not restarting yet to load copies of {names}")
+    why = _why_not_now(obs, leader, names) if p.copy else ""
+    if why:
+        notes.append(why)
     elif p.copy:
         # Copied only if our replay is past each slot's position (checked as it is read), then
         # loaded by a restart: PostgreSQL reads pg_replslot only when it starts.
