@@ -141,7 +141,11 @@ def test_the_wait_for_the_leader_to_let_go_is_bounded() -> None:
     assert "n2" in w.pg.members
     o = w.candidate("n2")
     assert not restarts(replace(o, copies_pending_for=C.COPY_TURN_PATIENCE - 0.1))
+    assert C.leaving_sync(replace(o, copies_pending_for=C.COPY_TURN_PATIENCE - 0.1))
     assert restarts(replace(o, copies_pending_for=C.COPY_TURN_PATIENCE))
+    # Past the bound it no longer asks to leave: a copy that keeps failing must not keep it out
+    # of the synchronous set for good (with one standby in `on` mode: a primary gone async).
+    assert not C.leaving_sync(replace(o, copies_pending_for=C.COPY_TURN_PATIENCE))
 
 
 def test_the_leader_does_not_choose_a_leaving_standby() -> None:

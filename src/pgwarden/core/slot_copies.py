@@ -139,9 +139,13 @@ def leaving_sync(obs: Observation) -> bool:
     (MemberInfo.leaving_sync), the leader stops choosing it as a synchronous standby
     (leader_sync), and the restart waits until the leader's key no longer names it among the
     standbys its commits wait for (`_why_not_now`): so a restart holds up no commit, wherever
-    another standby can take its place."""
+    another standby can take its place. Not past COPY_TURN_PATIENCE: the restart then goes
+    ahead anyway, and a copy that keeps failing must not keep this standby out of the
+    synchronous set (in `on` mode with one standby, a primary committing asynchronously)."""
     lp = _leader_plan(obs)
     if lp is None or not lp[1].copy or obs.store is None or obs.store.settings.paused:
+        return False
+    if obs.copies_pending_for >= COPY_TURN_PATIENCE:
         return False
     return turn_holder(obs, lp[0]) is None
 
