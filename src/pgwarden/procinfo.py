@@ -48,3 +48,12 @@ def pid_alive(pid: int | None) -> bool:
     except PermissionError:
         pass  # exists, owned by someone else
     return not zombie(pid)
+
+
+def cmdline(pid: int) -> bytes:
+    """argv of `pid`, NUL-terminated; empty once it is gone (or a zombie). How a supervisor tells
+    its own helper (fencer, logical gate) from a process that reuses its pid."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -214,9 +214,17 @@ class Cluster:
         except (OSError, ValueError, IndexError):
             return None
 
+    def gate_pid(self, node: str) -> int | None:
+        """The node's logical gate process (postgresql.logical_gate_port), as its agent recorded it."""
+        run_dir = Path(str(self.config(node)["data_dir"]) + ".pgwarden")
+        try:
+            return int((run_dir / "gate.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
     def kill_node(self, node: str) -> None:
-        """SIGKILL the node's agent and postmaster together (a node crash)."""
-        pids = [self.agent_pid(node), self.postmaster_pid(node)]
+        """SIGKILL the node's agent, its logical gate and its postmaster together (a node crash)."""
+        pids = [self.agent_pid(node), self.gate_pid(node), self.postmaster_pid(node)]
         for pid in pids:
             if pid:
                 try:

@@ -8,28 +8,15 @@ import signal
 import threading
 from types import FrameType
 
-from pgwarden.agent.runner import Agent, run_dir_for
-from pgwarden.agent.single import AlreadyRunning, hold_run_dir
+from pgwarden.agent.runner import Agent
+from pgwarden.agent.single import AlreadyRunning, hold_run_dir, run_dir_for
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.exposure import api_credentials
 from pgwarden.config.load import load_node_config
-from pgwarden.config.schema import NodeConfig
-from pgwarden.gate.start import gate_for
+from pgwarden.gate.start import gate_process_for
+from pgwarden.logs import setup_logging
 
 log = logging.getLogger("pgwarden.agent")
-
-
-def setup_logging(cfg: NodeConfig) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if cfg.log.file is not None:
-        handlers = [logging.FileHandler(cfg.log.file)]
-    logging.basicConfig(
-        level=cfg.log.level.upper(), handlers=handlers, force=True,
-        format=f"%(asctime)s %(levelname)s {cfg.name} %(name)s: %(message)s",
-    )
-    if cfg.log.level.upper() != "DEBUG":
-        # Health checks from HAProxy and peers arrive every second: log requests only when debugging.
-        logging.getLogger("pgwarden.api.access").setLevel(logging.WARNING)
 
 
 def run_agent(config_path: str) -> int:
@@ -45,14 +32,15 @@ def run_agent(config_path: str) -> int:
         raise SystemExit(f"pgwarden: error: {e}") from None
     setup_logging(cfg)
     agent = Agent(cfg, api_auth)
-    gate = gate_for(cfg, agent.pg.local_params)  # postgresql.logical_gate_port (pgwarden/gate)
+    gate = gate_process_for(cfg, config_path, run_dir_for(cfg))  # postgresql.logical_gate_port
     if gate is not None:
         try:
             gate.start()
         except OSError as e:
             lock.close()
-            raise SystemExit(f"pgwarden: error: postgresql.logical_gate_port: cannot listen on "
-                             f"{gate.listen[0]}:{gate.listen[1]}: {e}; give the gate a free port") from None
+            raise SystemExit(f"pgwarden: error: postgresql.logical_gate_port {gate.listen[1]}: {e}; "
+                             f"give the gate a free port") from None
+        agent.gate = gate
 
     def _stop(signum: int, frame: FrameType | None) -> None:
         log.info("signal %d: stopping", signum)

@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from pgwarden.agent.crash_check import CrashCheck
 from pgwarden.agent.executor import BOOKKEEPING, STOP_TIMEOUT, Executor, LocalFacts
@@ -25,6 +24,7 @@ from pgwarden.agent.position import (
     looks_behind_the_leader,
     with_fresh_position,
 )
+from pgwarden.agent.single import run_dir_for
 from pgwarden.agent.sites import SiteProbe
 from pgwarden.agent.slot_ledger import SlotLedger
 from pgwarden.api.auth import BasicAuth, basic_header
@@ -53,6 +53,7 @@ from pgwarden.core.slot_copies import leaving_sync, pending_copies
 from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import CopyClock, StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
+from pgwarden.gate.supervisor import GateProcess
 from pgwarden.postgres.controller import PostgresController, UpstreamTuple
 from pgwarden.routing.router import router_for
 from pgwarden.store.base import StoreError
@@ -64,11 +65,6 @@ from pgwarden.tls.contexts import ContextSource, client_context, server_context
 log = logging.getLogger("pgwarden.agent")
 
 MIN_LOOP_INTERVAL = 0.05
-
-
-def run_dir_for(cfg: NodeConfig) -> Path:
-    """Agent-owned files (fencer state, pid files) live beside the data directory."""
-    return Path(str(cfg.data_dir) + ".pgwarden")
 
 
 class Agent(FailsafeMember):
@@ -123,6 +119,7 @@ class Agent(FailsafeMember):
         self.card = MemberCard(self.me, cfg.postgresql.logical_gate_port)
         self._copies = CopyClock()  # Observation.copies_pending_for
         self._leaving_sync = False  # MemberInfo.leaving_sync
+        self.gate: GateProcess | None = None  # the logical gate's process, set by agent.main
         self._logical_reader = BoundedReader(self.pg.logical_objects)
         self._logical_seen = True  # managed logical objects may exist: read them until none do
         self._logical_read_at = -LOGICAL_RECHECK  # when they were last read (monotonic)
@@ -260,6 +257,8 @@ class Agent(FailsafeMember):
             self.fencer.ensure_running()  # rule 13 holds only while a fencer watches
         except OSError as e:
             log.error("cannot start the fencer: %s", e)
+        if self.gate is not None:
+            self.gate.ensure_running()
         now = time.monotonic()
         pgv = self._observe_pg(s)
         # A store that hung last loop may have used up most of the lease: ask for confirmations

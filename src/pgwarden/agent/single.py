@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 from typing import IO
 
+from pgwarden.config.schema import NodeConfig
+
 LOCK_FILE = "agent.lock"
+
+
+def run_dir_for(cfg: NodeConfig) -> Path:
+    """Agent-owned files (fencer state, pid files, the lock) live beside the data directory."""
+    return Path(str(cfg.data_dir) + ".pgwarden")
 
 
 class AlreadyRunning(Exception):

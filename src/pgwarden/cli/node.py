@@ -176,7 +176,7 @@ def agent_running(cfg: NodeConfig) -> int | None:
             return pid
     except (urllib3.exceptions.HTTPError, ValueError):
         pass
-    from pgwarden.agent.runner import run_dir_for
+    from pgwarden.agent.single import run_dir_for
     from pgwarden.fence.state import read_state
 
     st = read_state(run_dir_for(cfg) / "fence.json")

@@ -12,6 +12,7 @@ from pathlib import Path
 from pgwarden.core.settings import LEASE_MARGIN
 from pgwarden.fence.state import FenceState, process_start_time, read_state, write_state
 from pgwarden.fence.wake import MAX_BOUND, WAKE_SLACK, send_wake, wake_path
+from pgwarden.procinfo import cmdline
 
 log = logging.getLogger("pgwarden.fence")
 
@@ -74,7 +75,7 @@ class Fencer:
                 # fencer we spawned still runs (no /proc read every loop, issue 16).
                 return False
             self._proc = None  # reaped: a zombie would keep its pid
-        if self._pid > 0 and _cmdline(self._pid).endswith(self._tail):
+        if self._pid > 0 and cmdline(self._pid).endswith(self._tail):
             return False
         # The new fencer reads the file first: make sure it holds what we last told it.
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -139,11 +140,3 @@ def _wake_needed(prev: FenceState | None, st: FenceState) -> bool:
     return not (prev is not None and prev.armed and st.armed and st.deadline >= prev.deadline
                 and (prev.postmaster_pid, prev.postmaster_start, prev.data_dir, prev.idle_bound)
                 == (st.postmaster_pid, st.postmaster_start, st.data_dir, st.idle_bound))
-
-
-def _cmdline(pid: int) -> bytes:
-    """argv of `pid`, NUL-terminated; empty once it is gone (or a zombie)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""

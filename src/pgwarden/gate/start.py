@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from pgwarden.config.schema import NodeConfig
 from pgwarden.gate.relay import Upstream
 from pgwarden.gate.server import GateServer
+from pgwarden.gate.supervisor import GateProcess
 from pgwarden.postgres import sql
 from pgwarden.postgres.server import local_host
 from pgwarden.tls.contexts import TlsPaths, server_context
@@ -36,9 +38,23 @@ def upstream_for(cfg: NodeConfig) -> Upstream:
 def gate_for(cfg: NodeConfig, local: Callable[[], sql.ConnParams]) -> GateServer | None:
     """The gate the node file asks for (None without logical_gate_port), not started yet.
     `local`: how the agent reaches its server as the superuser (read the confirmed position)."""
+    listen = gate_address(cfg)
+    if listen is None:
+        return None
+    return GateServer(listen, upstream_for(cfg), lambda: sql.connect(local(), CLOCK_TIMEOUT))
+
+
+def gate_address(cfg: NodeConfig) -> tuple[str, int] | None:
+    """Where the node file asks the gate to listen (None without logical_gate_port): where
+    PostgreSQL listens, on the gate's port."""
     port = cfg.postgresql.logical_gate_port
     if port is None:
         return None
     first = cfg.postgresql.listen_address.split(",")[0].strip()
-    listen = "0.0.0.0" if first in ("*", "") else first  # where PostgreSQL listens, the gate does
-    return GateServer((listen, port), upstream_for(cfg), lambda: sql.connect(local(), CLOCK_TIMEOUT))
+    return ("0.0.0.0" if first in ("*", "") else first), port
+
+
+def gate_process_for(cfg: NodeConfig, node_file: str, run_dir: Path) -> GateProcess | None:
+    """The agent's handle on the gate's own process (gate/process.py), not started yet."""
+    listen = gate_address(cfg)
+    return None if listen is None else GateProcess(node_file, run_dir, listen)

@@ -8,8 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pgwarden.agent.single import run_dir_for
 from pgwarden.config.load import load_node_config
 from pgwarden.core.model import Role
+from pgwarden.gate.supervisor import stop_left_behind
 from pgwarden.local import procs
 from pgwarden.local.component import AFTER_STOP, STAGE_AGENTS, Component
 from pgwarden.local.handle import ClusterHandle
@@ -65,6 +67,9 @@ def _stop_agent_postgres(cluster: ClusterHandle, record: ProcRecord) -> None:
         cfg = load_node_config(record.config)
     except Exception:  # a damaged node file must not stop the clean-up
         return
+    gate = stop_left_behind(record.config, run_dir_for(cfg))
+    if gate is not None:
+        cluster.out(f"stopped {record.name}'s logical gate (pid {gate}), which outlived its agent")
     pg_ctl: Path | None = None
     try:
         from pgwarden.postgres.binaries import find_bin_dir, reachable_bin_dir

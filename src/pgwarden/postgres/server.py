@@ -73,6 +73,33 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def socket_dir_for(cfg: NodeConfig) -> Path | None:
+    """Where the node's PostgreSQL puts its Unix socket (beside the data directory), None when
+    that path would be too long for a socket."""
+    data_dir = cfg.data_dir.absolute()
+    run_dir = data_dir.with_name(data_dir.name + ".run")
+    sock = run_dir / f".s.PGSQL.{cfg.postgresql.port}"
+    return run_dir if len(str(sock)) <= _MAX_SOCKET_PATH else None
+
+
+def local_conn_host(cfg: NodeConfig, socket_dir: Path | None) -> str:
+    """Where this host reaches the node's server: the socket directory when the socket is there,
+    else the listen address over TCP (a server started with another layout, or TCP-only). One
+    stat in os calls (pathlib's answers, error for error): the agent asks every loop (issue 16)."""
+    pg = cfg.postgresql
+    sock_dir = str(socket_dir) if socket_dir else None
+    if sock_dir is not None and datadir_state.exists(f"{sock_dir}/.s.PGSQL.{pg.port}"):
+        return sock_dir
+    return local_host(pg.listen_address)
+
+
+def local_conn_params(cfg: NodeConfig, socket_dir: Path | None) -> sql.ConnParams:
+    """How this host reaches the node's server as the superuser."""
+    pg = cfg.postgresql
+    return sql.ConnParams(host=local_conn_host(cfg, socket_dir), port=pg.port,
+                          user=pg.superuser.username, password=pg.superuser.secret())
+
+
 def local_host(listen_address: str) -> str:
     first = listen_address.split(",")[0].strip()
     if first in ("*", "0.0.0.0", ""):
@@ -102,9 +129,7 @@ class PostgresServer:
         self.data_dir = cfg.data_dir.absolute()
         self.log_file = self.data_dir.with_name(self.data_dir.name + ".log")
         self.passfile = self.data_dir.with_name(self.data_dir.name + ".pgpass")
-        run_dir = self.data_dir.with_name(self.data_dir.name + ".run")
-        sock = run_dir / f".s.PGSQL.{pg.port}"
-        self.socket_dir: Path | None = run_dir if len(str(sock)) <= _MAX_SOCKET_PATH else None
+        self.socket_dir: Path | None = socket_dir_for(cfg)
         self.tls = None if pg.tls is None else pgtls.installed(pg.tls, self.data_dir)
         self._state = self._load_state()
         # The health query's kept thread; the kept connection is used by that thread only.
@@ -136,14 +161,10 @@ class PostgresServer:
 
     def local_params(self) -> sql.ConnParams:
         pg = self._cfg.postgresql
-        # TCP when our socket is absent (a server started with another layout, or TCP-only).
-        # Called every loop: one stat in os calls (pathlib's answers, error for error), and the
-        # parameters built again only when what they are made of changed (issue 16).
-        sock_dir = str(self.socket_dir) if self.socket_dir else None
-        on_socket = sock_dir is not None and \
-            datadir_state.exists(f"{sock_dir}/.s.PGSQL.{pg.port}")
-        host = sock_dir if on_socket and sock_dir is not None else local_host(pg.listen_address)
-        key = (host, pg.port, pg.superuser.username, pg.superuser.secret())
+        # Called every loop: the parameters are built again only when what they are made of
+        # changed (issue 16).
+        key = (local_conn_host(self._cfg, self.socket_dir), pg.port, pg.superuser.username,
+               pg.superuser.secret())
         if self._params is None or self._params[0] != key:
             self._params = (key, sql.ConnParams(host=key[0], port=key[1], user=key[2], password=key[3]))
         return self._params[1]
