@@ -134,9 +134,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def helper_pids(pid: int, marker: str = "pgwarden") -> list[int]:
-    """Direct children of `pid` whose command line names `marker`: pgwarden's fencer, a process
-    of its own per node that the footprint counts with its agent. PostgreSQL, which a Patroni
-    agent starts as its child, does not name it."""
+    """Direct children of `pid` whose command line names `marker`: pgwarden's fencer
+    (`pgwarden.fence`), a process of its own per node that the footprint counts with its agent,
+    or its logical gate (`pgwarden.gate`), counted apart. PostgreSQL, which a Patroni agent
+    starts as its child, names neither."""
     found = []
     for child in sorted(c for c, parent in _ppid_map().items() if parent == pid):
         try:

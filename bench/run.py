@@ -202,21 +202,30 @@ def scenario_footprint(
 ) -> list[Row]:
     rss = Row("footprint-rss", tool, timing, "MB")
     cpu = Row("footprint-cpu", tool, timing, "cpu s/min")
+    # pgwarden's logical gate (a process of its own per node, `local up` gives every node one) is
+    # a part Patroni does not have: shown on rows of its own, not in the agents' comparison.
+    gate_rss = Row("gate-rss", tool, timing, "MB")
+    gate_cpu = Row("gate-cpu", tool, timing, "cpu s/min")
     for i in range(runs):
         driver.wait_healthy(timeout=120)
         # Per node: the agent and its helper processes (pgwarden's fencer), not PostgreSQL.
-        groups = [[pid, *helper_pids(pid)] for pid in driver.agent_pids()]
-        before = {pid: cpu_seconds(pid) for g in groups for pid in g}
+        agents = driver.agent_pids()
+        groups = [[pid, *helper_pids(pid, "pgwarden.fence")] for pid in agents]
+        gates = [helper_pids(pid, "pgwarden.gate") for pid in agents]
+        every = [pid for g in groups + gates for pid in g]
+        before = {pid: cpu_seconds(pid) for pid in every}
         started = time.monotonic()
         # An idle window of fixed length is the measurement itself, not a wait for a condition.
         threading.Event().wait(seconds)
         elapsed = time.monotonic() - started
-        for g in groups:
-            rss.values.append(sum(rss_mb(pid) for pid in g))
-            cpu.values.append(sum(cpu_seconds(pid) - before[pid] for pid in g) / elapsed * 60.0)
+        for row_rss, row_cpu, of in ((rss, cpu, groups), (gate_rss, gate_cpu, [g for g in gates if g])):
+            for g in of:
+                row_rss.values.append(sum(rss_mb(pid) for pid in g))
+                row_cpu.values.append(sum(cpu_seconds(pid) - before[pid] for pid in g) / elapsed * 60.0)
         say(f"{tool} footprint ({timing.label}) run {i + 1}: processes per node "
-            f"{[len(g) for g in groups]}, rss {rss.values[-len(groups) :]}")
-    return [rss, cpu]
+            f"{[len(g) for g in groups]}, rss {rss.values[-len(groups) :]}, "
+            f"gates {[len(g) for g in gates]}")
+    return [rss, cpu, *((gate_rss, gate_cpu) if gate_rss.values else ())]
 
 
 def _pgbench(dsn: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

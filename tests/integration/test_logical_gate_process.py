@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -118,3 +119,25 @@ def test_local_stop_stops_the_gate_a_killed_agent_left_behind(pair: tuple[Cluste
     src.start_node(replica)
     src.wait_replicas([replica])
     assert gate_pid(src, replica) != gate
+
+
+def test_an_agent_whose_gate_port_is_taken_stops_and_says_so(pair: tuple[Cluster, Cluster]) -> None:
+    src, _ = pair
+    replica = next(n for n in src.names if n not in src.primaries())
+    port = int(src.config(replica)["postgresql"]["logical_gate_port"])
+    src.stop_node(replica)
+    squatter = socket.socket()
+    try:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        r = pgwarden("local", "start", "--dir", str(src.dir), replica, check=False)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, out
+        assert f"postgresql.logical_gate_port {port}: the logical gate did not start: cannot listen on " \
+               in out and "give the gate a free port" in out, out
+    finally:
+        squatter.close()
+    src.start_node(replica)
+    src.wait_replicas([replica])
+    assert gate_pid(src, replica)

@@ -38,8 +38,9 @@ def run_agent(config_path: str) -> int:
             gate.start()
         except OSError as e:
             lock.close()
-            raise SystemExit(f"pgwarden: error: postgresql.logical_gate_port {gate.listen[1]}: {e}; "
-                             f"give the gate a free port") from None
+            hint = "; give the gate a free port" if "cannot listen" in str(e) else ""
+            raise SystemExit(f"pgwarden: error: postgresql.logical_gate_port {gate.listen[1]}: "
+                             f"{e}{hint}") from None
         agent.gate = gate
 
     def _stop(signum: int, frame: FrameType | None) -> None:

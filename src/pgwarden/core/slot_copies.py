@@ -147,7 +147,18 @@ def leaving_sync(obs: Observation) -> bool:
         return False
     if obs.copies_pending_for >= COPY_TURN_PATIENCE:
         return False
-    return turn_holder(obs, lp[0]) is None
+    return turn_holder(obs, lp[0]) is None and _may_leave(obs, lp[0])
+
+
+def _may_leave(obs: Observation, leader: MemberInfo) -> bool:
+    """Is leaving worth it? Not in strict mode with no other standby to stand in: the primary
+    then waits for any standby ("*") instead, which gains nothing (the restart holds commits up
+    all the same) and lets a logical subscriber's walsender count as one."""
+    view = obs.store
+    if view is None or not view.settings.synchronous_mode_strict:
+        return True
+    return any(m.streaming and not m.tags.nosync and not m.leaving_sync
+               for n, m in view.members.items() if n not in (obs.me.name, leader.name))
 
 
 def _why_not_now(obs: Observation, leader: MemberInfo, names: str) -> str:
@@ -157,7 +168,8 @@ def _why_not_now(obs: Observation, leader: MemberInfo, names: str) -> str:
     holder = turn_holder(obs, leader)
     if holder is not None:
         return f"letting {holder} go first: not restarting yet to load copies of {names}"
-    if obs.me.name in leader.waits_for and obs.copies_pending_for < COPY_TURN_PATIENCE:
+    if obs.me.name in leader.waits_for and obs.copies_pending_for < COPY_TURN_PATIENCE and \
+            _may_leave(obs, leader):
         # Removal goes store first, then the primary's setting (sync.next_step): the leader's
         # key says when the primary no longer waits for us. Bounded like the turns: a leader
         # that never lets go (an older agent) must not keep us from our copies for ever.

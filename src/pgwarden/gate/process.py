@@ -18,8 +18,6 @@ import logging
 import os
 import signal
 import sys
-import threading
-from types import FrameType
 
 from pgwarden.config.errors import ConfigError
 from pgwarden.config.load import load_node_config
@@ -40,18 +38,16 @@ def main(argv: list[str]) -> int:
         print(f"pgwarden gate: error: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg)
+    # SIGTERM and SIGINT are taken with sigwait below: blocked here, before the gate's threads
+    # (the clock's, the event loop's) start, so they inherit the mask and the main thread sleeps
+    # without a wake-up until one comes.
+    ends = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, ends)
     sock = socket_dir_for(cfg)
     gate = gate_for(cfg, lambda: local_conn_params(cfg, sock))
     if gate is None:
         print("pgwarden gate: error: the node file sets no postgresql.logical_gate_port", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     try:
         gate.start()
     except OSError as e:
@@ -62,9 +58,8 @@ def main(argv: list[str]) -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)
-    while not stop.wait(5.0):  # woken by the signal handler; the timeout is only a safety net
-        pass
-    log.info("logical gate on %s:%d: stopping", *gate.listen)
+    signum = signal.sigwait(ends)
+    log.info("logical gate on %s:%d: signal %d, stopping", *gate.listen, signum)
     gate.stop()
     return 0
 

@@ -309,6 +309,13 @@ class PostgresController(DataDirectory):
                 if replayed < position:
                     log.info("logical slot %s: not copied yet, our replay is behind it", name)
                     continue
+                start = slot_copies.state_restart_lsn(state)
+                if start is not None and not slot_copies.has_wal_at(local, start):
+                    # Loaded, it could not decode (and would be dropped after a restart for
+                    # nothing, again each loop): wait until the primary's slot moves on.
+                    log.info("logical slot %s: not copied yet, it starts decoding at %s, in WAL this "
+                             "standby no longer has", name, int_to_lsn(start))
+                    continue
                 slot_copies.write_state(self.data_dir, name, state, self.uid, self.gid)
                 log.info("copied logical slot %s from %s:%d", name, host, port)
                 done.append(name)

@@ -5,6 +5,7 @@ pg_replslot and pg_logical/snapshots, advancing and dropping copies."""
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ def fetch_state(primary: psycopg.Connection[Any], name: str) -> tuple[bytes, int
     if row is None or pos is None or pos[0] is None:
         return None
     return bytes(row[0]), lsn_to_int(pos[0]) or 0
+
+
+# ReplicationSlotOnDisk (slot.c): magic, checksum, version, length, then the persistent data:
+# name (NAMEDATALEN 64), database, persistency, xmin, catalog_xmin, restart_lsn. The same on 15-18.
+STATE_MAGIC = 0x1051CA1
+_RESTART_LSN_AT = 16 + 64 + 4 * 4
+
+
+def state_restart_lsn(state: bytes) -> int | None:
+    """Where a slot copied from this state file starts decoding; None if the bytes are not a slot
+    state file this code knows (then nothing is checked against it)."""
+    if len(state) < _RESTART_LSN_AT + 8 or struct.unpack_from("=I", state, 0)[0] != STATE_MAGIC:
+        return None
+    return int(struct.unpack_from("=Q", state, _RESTART_LSN_AT)[0])
+
+
+def has_wal_at(conn: psycopg.Connection[Any], lsn: int) -> bool:
+    """Does our pg_wal hold a segment file (of any timeline) for `lsn`? A copy whose restart_lsn
+    lies in a segment we removed can never decode: loading it costs a restart for nothing."""
+    row = conn.execute("SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").fetchone()
+    size = int(row[0]) if row else 16 << 20
+    per_id = 0x100000000 // size
+    want = lsn // size
+    for (name,) in conn.execute("SELECT name FROM pg_ls_waldir()").fetchall():
+        name = str(name)
+        if len(name) == 24 and all(c in "0123456789ABCDEF" for c in name) and \
+                int(name[8:16], 16) * per_id + int(name[16:24], 16) == want:
+            return True
+    return False
 
 
 def _write_synced(path: Path, data: bytes, uid: int, gid: int) -> None:
