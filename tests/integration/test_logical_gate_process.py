@@ -131,11 +131,12 @@ def test_an_agent_whose_gate_port_is_taken_stops_and_says_so(pair: tuple[Cluster
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        r = pgwarden("local", "start", "--dir", str(src.dir), replica, check=False)
-        out = r.stdout + r.stderr
-        assert r.returncode != 0, out
-        assert f"postgresql.logical_gate_port {port}: the logical gate did not start: cannot listen on " \
-               in out and "give the gate a free port" in out, out
+        src.start_node(replica)  # `local start` spawns the agent; the agent then gives up
+        agent = src.agent_pid(replica)
+        wait_for(lambda: not pid_alive(agent), 30, "the agent to exit")
+        log = (src.dir / replica / "agent.log").read_text()
+        assert f"pgwarden: error: postgresql.logical_gate_port {port}: the logical gate did not start: " \
+               f"cannot listen on 127.0.0.1:{port}" in log and "give the gate a free port" in log, log[-2000:]
     finally:
         squatter.close()
     src.start_node(replica)
