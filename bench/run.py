@@ -389,7 +389,7 @@ def main() -> int:
         for driver in list(LIVE):
             driver.down()
     order = ["crash", "crash-sync", "crash-quorum", "partition", "partition-sync", "switchover", "bootstrap",
-             "footprint-rss", "footprint-cpu", "false-failover", "store-outage",
+             "footprint-rss", "footprint-cpu", "gate-rss", "gate-cpu", "false-failover", "store-outage",
              "store-outage-replica-down"]
     rows.sort(key=lambda r: (order.index(r.scenario), r.timing.label, r.tool != "patroni", r.tool))
     print_table(rows)
