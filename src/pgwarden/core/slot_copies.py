@@ -139,9 +139,9 @@ def leaving_sync(obs: Observation) -> bool:
     (MemberInfo.leaving_sync), the leader stops choosing it as a synchronous standby
     (leader_sync), and the restart waits until the leader's key no longer names it among the
     standbys its commits wait for (`_why_not_now`): so a restart holds up no commit, wherever
-    another standby can take its place. Not past COPY_TURN_PATIENCE: the restart then goes
-    ahead anyway, and a copy that keeps failing must not keep this standby out of the
-    synchronous set (in `on` mode with one standby, a primary committing asynchronously)."""
+    another standby can take its place (`_may_leave`). Not past COPY_TURN_PATIENCE: the restart
+    then goes ahead anyway, and a copy that keeps failing must not keep this standby out of
+    the synchronous set for good."""
     lp = _leader_plan(obs)
     if lp is None or not lp[1].copy or obs.store is None or obs.store.settings.paused:
         return False
@@ -151,12 +151,14 @@ def leaving_sync(obs: Observation) -> bool:
 
 
 def _may_leave(obs: Observation, leader: MemberInfo) -> bool:
-    """Is leaving worth it? Not in strict mode with no other standby to stand in: the primary
-    then waits for any standby ("*") instead, which gains nothing (the restart holds commits up
-    all the same) and lets a logical subscriber's walsender count as one."""
+    """Only where another streaming standby that may be synchronous can stand in. With none,
+    leaving would empty the synchronous promise: not strict, the primary would commit
+    asynchronously for as long as we wait (up to COPY_TURN_PATIENCE when the copy cannot be
+    made yet); strict, it would wait for any standby ("*"), which a logical subscriber's
+    walsender satisfies. The restart's short hold-up is the lesser cost."""
     view = obs.store
-    if view is None or not view.settings.synchronous_mode_strict:
-        return True
+    if view is None:
+        return False
     return any(m.streaming and not m.tags.nosync and not m.leaving_sync
                for n, m in view.members.items() if n not in (obs.me.name, leader.name))
 
