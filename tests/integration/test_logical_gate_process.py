@@ -4,7 +4,8 @@ happens to the agent does not happen to the subscriptions through it:
 - a frozen agent (SIGSTOP) no longer freezes the gate: rows keep arriving through it;
 - a killed agent leaves the gate serving, and the agent started again keeps that same process;
 - a gate that dies is started again by its agent, and the subscription carries on through it;
-- `local stop` after the agent was killed stops the gate it left behind.
+- `local stop` after the agent was killed stops the gate it left behind;
+- an agent whose gate cannot listen exits and says which port and why.
 
 A source of two nodes on the embedded PostgreSQL, a one-node subscriber subscribing through
 `ctl dsn --logical` (the gates of the source's members)."""

@@ -27,14 +27,9 @@ from pgwarden.core.model import lsn_to_int
 from pgwarden.postgres.controller import PostgresController
 from tests.support.pg import (
     NEEDS_POSTGRES,
-    SUPERPASS,
-    SUPERUSER,
-    bootstrapped_primary,
-    make_node_config,
-    streaming_standby,
-    teardown,
+    connect,
+    primary_and_standby,
 )
-from tests.support.ports import free_port
 from tests.support.wait import wait_for
 
 PG15 = "/usr/lib/postgresql/15/bin"
@@ -49,8 +44,7 @@ PARAMS = {"wal_level": "logical", "hot_standby_feedback": "on"}
 
 
 def conn(ctl: PostgresController) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=HOST, port=ctl._cfg.postgresql.port, user=SUPERUSER, password=SUPERPASS,
-                           dbname="postgres", autocommit=True, connect_timeout=5)
+    return connect(ctl._cfg)
 
 
 def replayed(ctl: PostgresController, lsn: Any) -> bool:
@@ -60,14 +54,8 @@ def replayed(ctl: PostgresController, lsn: Any) -> bool:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[PostgresController, PostgresController]]:
-    p = bootstrapped_primary(make_node_config(tmp_path, "p", free_port(), free_port(),
-                                              parameters=PARAMS, bin_dir=PG15))
-    try:
-        with streaming_standby(p, make_node_config(tmp_path, "c", free_port(), free_port(), parameters=PARAMS,
-                                                  bin_dir=PG15)) as r:
-            yield p, r
-    finally:
-        teardown(p)
+    with primary_and_standby(tmp_path, PARAMS, PG15) as both:
+        yield both
 
 
 def test_the_promoted_standbys_first_commit_is_decoded_from_the_copied_slot(

@@ -22,11 +22,10 @@ from pgwarden.postgres import slot_copies
 from pgwarden.postgres.controller import PostgresController
 from tests.support.pg import (
     NEEDS_POSTGRES,
-    SUPERPASS,
-    SUPERUSER,
     bootstrapped_primary,
+    connect,
     make_node_config,
-    streaming_standby,
+    primary_and_standby,
     teardown,
 )
 from tests.support.ports import free_port
@@ -40,8 +39,7 @@ PARAMS = {"wal_level": "logical", "hot_standby_feedback": "on", "wal_keep_size":
 
 
 def conn(ctl: PostgresController) -> psycopg.Connection[Any]:
-    return psycopg.connect(host=HOST, port=ctl._cfg.postgresql.port, user=SUPERUSER, password=SUPERPASS,
-                           dbname="postgres", autocommit=True, connect_timeout=5)
+    return connect(ctl._cfg)
 
 
 @pytest.mark.parametrize("bin_dir", [
@@ -68,14 +66,8 @@ def test_the_restart_lsn_read_from_a_real_state_file(tmp_path: Path, bin_dir: st
 def pair(tmp_path: Path) -> Iterator[tuple[PostgresController, PostgresController]]:
     if not HAS_15:
         pytest.skip(f"needs Debian's PostgreSQL 15 in {PG15}: slots are copied by the agents on 15 and 16")
-    p = bootstrapped_primary(make_node_config(tmp_path, "p", free_port(), free_port(),
-                                              parameters=PARAMS, bin_dir=PG15))
-    try:
-        with streaming_standby(p, make_node_config(tmp_path, "c", free_port(), free_port(), parameters=PARAMS,
-                                                  bin_dir=PG15)) as r:
-            yield p, r
-    finally:
-        teardown(p)
+    with primary_and_standby(tmp_path, PARAMS, PG15) as both:
+        yield both
 
 
 def test_a_slot_starting_in_wal_the_standby_recycled_is_not_copied(

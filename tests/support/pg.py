@@ -26,6 +26,7 @@ from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.config.validate import validate
 from pgwarden.postgres import osuser
 from pgwarden.postgres.controller import PostgresController
+from tests.support.ports import free_port
 
 # Tests that run PostgreSQL need root (to run it as the `postgres` OS user) and that user.
 NEEDS_POSTGRES = pytest.mark.skipif(not osuser.is_root() or osuser.lookup("postgres") is None,
@@ -153,6 +154,21 @@ def streaming_standby(primary: PostgresController, cfg: NodeConfig) -> Iterator[
         r.clone(pg.listen_address, pg.port, timeout=60)
         r.start(role="replica", upstream=(primary._cfg.name, pg.listen_address, pg.port), wait_timeout=30)
         yield r
+
+
+@contextlib.contextmanager
+def primary_and_standby(
+        tmp_path: Path, parameters: dict[str, str], bin_dir: str | None = None,
+) -> Iterator[tuple[PostgresController, PostgresController]]:
+    """A primary ("p") and a streaming standby of it ("c") on free ports, both stopped on exit."""
+    p = bootstrapped_primary(make_node_config(tmp_path, "p", free_port(), free_port(),
+                                              parameters=parameters, bin_dir=bin_dir))
+    try:
+        with streaming_standby(p, make_node_config(tmp_path, "c", free_port(), free_port(),
+                                                   parameters=parameters, bin_dir=bin_dir)) as r:
+            yield p, r
+    finally:
+        teardown(p)
 
 
 def connect(cfg: NodeConfig, timeout: float = 5.0) -> psycopg.Connection[Any]:
