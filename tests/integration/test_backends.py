@@ -98,15 +98,19 @@ def test_two_nodes_and_a_witness_survive_the_loss_of_the_witness(witness_cluster
     cl.wait_replicas([replica])
     wait_for(lambda: _witness_healthy(cl), 30, "the witness in a group with a leader")
     _kill(cl.proc_pid("witness"), signal.SIGKILL)
-    # Two of three voters remain: a majority. For longer than a lease nothing may change.
-    end = time.monotonic() + TTL + 2.0
-    while time.monotonic() < end:
-        assert cl.primaries() == [primary], "losing the witness changed the primary"
-        # None is "did not answer within connect_timeout" (a loaded machine): ask once more.
-        writable = is_writable(cl, primary)
-        assert (writable if writable is not None else is_writable(cl, primary)) is True
-        time.sleep(0.2)
-    cl.start_node("witness")
+    try:
+        # Two of three voters remain: a majority. For longer than a lease nothing may change.
+        end = time.monotonic() + TTL + 2.0
+        while time.monotonic() < end:
+            assert cl.primaries() == [primary], "losing the witness changed the primary"
+            # None is "did not answer within connect_timeout" (a loaded machine): ask again, for
+            # a bounded time; a demoted or stopped server answers False or never.
+            writable = wait_for(lambda: (w := is_writable(cl, primary)) is not None and (w,), 10,
+                                f"{primary}'s PostgreSQL to answer")
+            assert writable == (True,), f"{primary} stopped taking writes when the witness was lost"
+            time.sleep(0.2)
+    finally:  # the module's later tests need the witness, whatever happened here
+        cl.start_node("witness")
     wait_for(lambda: _witness_healthy(cl), 30, "the witness back in the group")
     assert cl.primaries() == [primary]
 
