@@ -49,7 +49,7 @@ from pgwarden.core.model import (
     Tags,
 )
 from pgwarden.core.shutdown import after_stop
-from pgwarden.core.slot_copies import leaving_sync, pending_copies
+from pgwarden.core.slot_copies import copy_state
 from pgwarden.core.standby import source_upstream
 from pgwarden.core.waits import CopyClock, StreamClock, UnhealthyClock, WaitClocks
 from pgwarden.fence.supervisor import Fencer
@@ -297,8 +297,8 @@ class Agent(FailsafeMember):
         self._seen_store = self._seen_store or view is not None
         trouble = view is None
         decision = decide(obs)
-        self._copies.saw(bool(pending_copies(obs)), mono)
-        self._leaving_sync = leaving_sync(obs)  # published in our key from this loop on
+        pending, self._leaving_sync = copy_state(obs)  # the flag: published in our key from now on
+        self._copies.saw(bool(pending), mono)
         if decision.message != self._message:
             log.info("%s", decision.message)
             self._message = decision.message

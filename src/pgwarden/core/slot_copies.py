@@ -134,6 +134,15 @@ def pending_copies(obs: Observation) -> frozenset[str]:
     return lp[1].copy if lp is not None else frozenset()
 
 
+def copy_state(obs: Observation) -> tuple[frozenset[str], bool]:
+    """`pending_copies` and `leaving_sync` from one reading of the plan: what the agent asks
+    after each decision (its CopyClock, and the flag it publishes)."""
+    lp = _leader_plan(obs)
+    if lp is None:
+        return frozenset(), False
+    return lp[1].copy, _leaving(obs, *lp)
+
+
 def leaving_sync(obs: Observation) -> bool:
     """Is it this candidate's turn to restart to load copies? The agent publishes it in its key
     (MemberInfo.leaving_sync), the leader stops choosing it as a synchronous standby
@@ -143,11 +152,15 @@ def leaving_sync(obs: Observation) -> bool:
     then goes ahead anyway, and a copy that keeps failing must not keep this standby out of
     the synchronous set for good."""
     lp = _leader_plan(obs)
-    if lp is None or not lp[1].copy or obs.store is None or obs.store.settings.paused:
+    return lp is not None and _leaving(obs, *lp)
+
+
+def _leaving(obs: Observation, leader: MemberInfo, p: SlotPlan) -> bool:
+    if not p.copy or obs.store is None or obs.store.settings.paused:
         return False
     if obs.copies_pending_for >= COPY_TURN_PATIENCE:
         return False
-    return turn_holder(obs, lp[0]) is None and _may_leave(obs, lp[0])
+    return turn_holder(obs, leader) is None and _may_leave(obs, leader)
 
 
 def _may_leave(obs: Observation, leader: MemberInfo) -> bool:
