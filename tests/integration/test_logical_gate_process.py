@@ -16,7 +16,9 @@ import itertools
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,6 +69,8 @@ def test_the_gate_is_a_process_of_its_own(pair: tuple[Cluster, Cluster]) -> None
         pid = gate_pid(src, n)
         assert pid != src.agent_pid(n)
         assert os.getsid(pid) == pid  # its own session: the agent's end is not its end
+        # kill_node (a node crash in many tests) finds all three, each checked to be the node's
+        assert src.node_pids(n) == [src.agent_pid(n), pid, src.postmaster_pid(n)]
 
 
 def test_a_frozen_agent_does_not_freeze_its_gate(pair: tuple[Cluster, Cluster]) -> None:
@@ -117,6 +121,18 @@ def test_local_stop_stops_the_gate_a_killed_agent_left_behind(pair: tuple[Cluste
     out = pgwarden("local", "stop", "--dir", str(src.dir), replica).stderr  # progress goes there
     assert f"stopped {replica}'s logical gate (pid {gate})" in out, out
     assert not cmdline(gate)
+    # Files naming PIDs outlive the processes; a PID reused by anything else is never the node's
+    # (kill_node would otherwise SIGKILL it: a session's ZooKeeper server, say).
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        run_dir = Path(str(src.config(replica)["data_dir"]) + ".pgwarden")
+        (run_dir / "gate.pid").write_text(str(other.pid))
+        (Path(src.config(replica)["data_dir"]) / "postmaster.pid").write_text(f"{other.pid}\n")
+        assert src.node_pids(replica) == []
+    finally:
+        other.kill()
+        other.wait()
+        (Path(src.config(replica)["data_dir"]) / "postmaster.pid").unlink()
     src.start_node(replica)
     src.wait_replicas([replica])
     assert gate_pid(src, replica) != gate

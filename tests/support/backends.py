@@ -54,6 +54,7 @@ def etcd_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
         enable_auth([server.endpoint], "contract-suite-root", *ETCD_USER, "/pgwarden", 10.0)
 
         def open_one(cluster: str) -> ClusterStore:
+            server.check_running()
             return ClusterStore(EtcdKV([server.endpoint], cluster, LAYOUT, credentials=ETCD_USER))
 
         with _stores(open_one) as make:
@@ -110,9 +111,13 @@ def zookeeper_backend(tmp_dir: Path) -> Iterator[StoreFactory]:
     """Every session authenticates (digest) and every node carries that user's ACL."""
     from tests.support.zookeeper import ZooKeeperServer
 
-    with ZooKeeperServer(tmp_dir) as server, \
-            _stores(lambda c: open_zookeeper([server.endpoint], c, ZOOKEEPER_USER)) as make:
-        yield make
+    with ZooKeeperServer(tmp_dir) as server:
+        def open_one(cluster: str) -> ClusterStore:
+            server.check_running()
+            return open_zookeeper([server.endpoint], cluster, ZOOKEEPER_USER)
+
+        with _stores(open_one) as make:
+            yield make
 
 
 BACKENDS["zookeeper"] = zookeeper_backend

@@ -20,7 +20,9 @@ import urllib3
 import yaml
 
 from pgwarden.api.auth import basic_header
+from pgwarden.local import procs
 from pgwarden.local.layout import LOOPBACK, write_node_config
+from pgwarden.procinfo import cmdline
 from pgwarden.tls.contexts import TlsPaths
 from pgwarden.tls.http import api_pool
 from tests.support.wait import wait_for
@@ -222,15 +224,32 @@ class Cluster:
         except (OSError, ValueError):
             return None
 
+    def node_pids(self, node: str) -> list[int]:
+        """The node's agent, logical gate and postmaster that run now. Each PID is checked to
+        be that process still: the files naming them outlive the processes (a killed node's
+        postmaster.pid), and with PIDs wrapping around many times in a suite run a stale one can
+        name anything, such as the session's ZooKeeper server."""
+        found: list[int] = []
+        rec = self.state()["procs"][node]
+        if procs.is_ours(rec.get("pid"), str(rec["marker"])):
+            found.append(int(rec["pid"]))
+        gate = self.gate_pid(node)
+        node_file = os.fsencode(os.path.abspath(self.config_path(node)))
+        if gate and b"pgwarden.gate.process" in cmdline(gate) and node_file in cmdline(gate):
+            found.append(gate)
+        data_dir = Path(self.config(node)["data_dir"])
+        pm = self.postmaster_pid(node)
+        if pm and procs.is_postmaster_of(pm, data_dir):
+            found.append(pm)
+        return found
+
     def kill_node(self, node: str) -> None:
         """SIGKILL the node's agent, its logical gate and its postmaster together (a node crash)."""
-        pids = [self.agent_pid(node), self.gate_pid(node), self.postmaster_pid(node)]
-        for pid in pids:
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for pid in self.node_pids(node):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def start_node(self, node: str) -> None:
         pgwarden("local", "start", "--dir", str(self.dir), node)
@@ -279,3 +298,4 @@ def is_writable(cl: Cluster, node: str) -> bool | None:
 
 def now() -> float:
     return time.monotonic()
+

@@ -95,6 +95,16 @@ class ZooKeeperServer:
             self.stop()
             raise
 
+    def check_running(self) -> None:
+        """Raise, with the exit status and the log's tail, if the server died under a test that
+        did not stop it (a session server shared by many tests): the tests' own errors would
+        only say that nothing answers."""
+        proc = self._proc
+        if proc is not None and proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"zookeeper on {self.endpoint} (pid {proc.pid}) exited with "
+                               f"{proc.returncode} while tests used it:\n{tail}")
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
