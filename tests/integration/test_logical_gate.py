@@ -46,7 +46,8 @@ def src() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="module")
 def dst() -> Iterator[Cluster]:
-    with Cluster("gdst", nodes=2, sets=LOGICAL) as c:
+    # Synchronous too: an 18 source with synchronous standbys for the 15 cluster to subscribe to.
+    with Cluster("gdst", nodes=2, sync="on", sets=LOGICAL) as c:
         c.wait_primary()
         yield c
 
@@ -66,6 +67,25 @@ def test_a_direct_subscription_to_a_synchronous_15_source_is_refused(src: Cluste
     assert dst.sql(dst.wait_primary(), "SELECT count(*) FROM pg_subscription") == [(0,)]
     assert "gdst" not in " ".join(str(r) for r in src.sql(
         src.wait_primary(), "SELECT slot_name FROM pg_replication_slots"))
+
+
+def test_a_15_subscriber_is_refused_a_direct_subscription_to_a_synchronous_18_source(
+        src: Cluster, dst: Cluster) -> None:
+    """A subscriber before 17 cannot make a failover slot, and synchronized_standby_slots holds
+    back only those: on an 18 source its walsender sends what the standbys lack, as on 15."""
+    primary = dst.wait_primary()
+    wait_for(lambda: dst.sql(primary, "SHOW synchronous_standby_names")[0][0] not in ("", None), 30,
+             "the 18 primary waiting for a synchronous standby")
+    dst.sql(primary, "CREATE TABLE IF NOT EXISTS back (id bigint PRIMARY KEY)")
+    dst.ctl("logical", "publish", "back", "--tables", "public.back")
+    r = src.ctl("logical", "subscribe", "reverse", "--source", dst.dsn(), "--publications", "back",
+                "--copy-schema", check=False)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert "this subscriber runs PostgreSQL 15, which cannot make a failover slot on the PostgreSQL " \
+           "18 source" in lines[0] and "dsn --logical" in lines[0], lines[0]
+    assert src.sql(src.wait_primary(), "SELECT count(*) FROM pg_subscription") == [(0,)]
+    dst.ctl("logical", "drop", "back")
 
 
 def test_a_commit_on_the_primary_alone_never_reaches_the_subscriber_through_a_failover(
@@ -120,3 +140,4 @@ def test_a_commit_on_the_primary_alone_never_reaches_the_subscriber_through_a_fa
     settled_equal(src, dst, new)  # without the gate: the marker, extra, and what it made PG skip
     src.start_node(old)
     src.wait_replicas([old], timeout=120)
+

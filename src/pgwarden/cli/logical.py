@@ -223,7 +223,7 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Ctx) -> int:
             if src.execute("SELECT pg_is_in_recovery()").fetchone() == (True,):
                 raise CliError(f"the source {redact(spec.source)} is a standby; give the source "
                                f"cluster's primary (`ctl dsn` prints a string that finds it)")
-            window = pglogical.window_open(src)
+            window = pglogical.window_open(src, conn.info.server_version // 10000)
             if window is not None and not args.without_gate:
                 raise CliError(
                     f"{window} and {redact(spec.source)} does not go through a logical gate: after "
