@@ -13,7 +13,7 @@ from pgwarden.core.actions import Promote
 from pgwarden.core.decide import decide
 from pgwarden.core.model import NO_SYNC, Role, SyncConfig
 from pgwarden.core.settings import SyncMode
-from pgwarden.core.sync import after_promotion
+from pgwarden.core.sync import NO_STANDBY, after_promotion
 
 from .builders import leader_obs, member, obs, peer, peers, replica_pg, settings, sync_state, view
 
@@ -54,16 +54,21 @@ def test_a_failover_candidate_in_the_promise_waits_for_the_rest_of_it() -> None:
 def test_after_promotion_enforces_the_promise_for_new_commits(
         quorum: int, members: tuple[str, ...], me: str, expected: SyncConfig) -> None:
     stored = sync_state("n1", *members, quorum=quorum)
-    assert after_promotion(ON, stored, me) == expected
+    assert after_promotion(ON, stored, me, ("n1", "n2", "n3")) == expected
 
 
 def test_strict_mode_waits_for_some_standby_when_the_promise_asks_for_none() -> None:
     strict = settings(synchronous_mode=SyncMode.ON, synchronous_mode_strict=True)
-    assert after_promotion(strict, sync_state("n1", "n1"), "n1") == SyncConfig(1, frozenset({"*"}))
-    assert after_promotion(strict, None, "n1") == SyncConfig(1, frozenset({"*"}))
+    # Some standby by name: any of the peers that may be synchronous, never "*" (which a logical
+    # subscriber's walsender satisfies); with no peer, a name no member has.
+    assert after_promotion(strict, sync_state("n1", "n1"), "n1", ("n2", "n3")) == \
+        SyncConfig(1, frozenset({"n2", "n3"}))
+    assert after_promotion(strict, None, "n1", ("n2",)) == SyncConfig(1, frozenset({"n2"}))
+    assert after_promotion(strict, None, "n1", ()) == SyncConfig(1, frozenset({NO_STANDBY}))
 
 
 def test_asynchronous_mode_waits_for_nothing_once_the_promise_is_gone() -> None:
-    assert after_promotion(settings(), None, "n1") == NO_SYNC
+    assert after_promotion(settings(), None, "n1", ("n2",)) == NO_SYNC
     # A promise left from a synchronous period still holds until the leader weakens it in order.
-    assert after_promotion(settings(), sync_state("n1", "n3"), "n1") == SyncConfig(1, frozenset({"n3"}))
+    assert after_promotion(settings(), sync_state("n1", "n3"), "n1", ("n3",)) == \
+        SyncConfig(1, frozenset({"n3"}))

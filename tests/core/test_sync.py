@@ -8,6 +8,7 @@ from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.core.model import NO_SYNC, SyncConfig, SyncState
 from pgwarden.core.sync import (
     NO_PROMISE,
+    NO_STANDBY,
     WILDCARD,
     Desired,
     Promise,
@@ -20,9 +21,11 @@ from pgwarden.core.sync import (
     may_promote_stored,
     may_take_over,
     next_step,
+    strict_wait,
+    sync_peers,
 )
 
-from .builders import stat
+from .builders import member, stat, view
 
 
 def P(k: int, *names: str) -> Promise:
@@ -79,31 +82,34 @@ def test_implies(a: Promise, b: Promise, expected: bool) -> None:
 
 
 def test_desired_on_prefers_current_then_least_lag() -> None:
-    d = desired_sync(ON, {"a", "b", "c"}, P(1, "c"), {"a": 0, "b": 10, "c": 100})
+    d = desired_sync(ON, {"a", "b", "c"}, P(1, "c"), {"a": 0, "b": 10, "c": 100}, "abc")
     assert d.promise == P(1, "c")
-    d = desired_sync(ON2, {"a", "b", "c"}, NO_PROMISE, {"a": 50, "b": 10, "c": 100})
+    d = desired_sync(ON2, {"a", "b", "c"}, NO_PROMISE, {"a": 50, "b": 10, "c": 100}, "abc")
     assert d.promise == P(2, "a", "b") and d.pg == C(2, "a", "b")
 
 
 def test_desired_on_with_fewer_standbys_than_count() -> None:
-    assert desired_sync(ON2, {"a"}, NO_PROMISE, {}).promise == P(1, "a")
+    assert desired_sync(ON2, {"a"}, NO_PROMISE, {}, "a").promise == P(1, "a")
 
 
 def test_desired_quorum_uses_all_voters() -> None:
-    d = desired_sync(QUORUM, {"a", "b", "c"}, NO_PROMISE, {})
+    d = desired_sync(QUORUM, {"a", "b", "c"}, NO_PROMISE, {}, "abc")
     assert d.promise == P(1, "a", "b", "c") and d.pg == C(1, "a", "b", "c")
 
 
 def test_desired_no_standby_non_strict_goes_async() -> None:
-    assert desired_sync(ON, set(), P(1, "a"), {}) == Desired(NO_PROMISE, NO_SYNC)
+    assert desired_sync(ON, set(), P(1, "a"), {}, "ab") == Desired(NO_PROMISE, NO_SYNC)
 
 
-def test_desired_no_standby_strict_waits_for_any() -> None:
-    assert desired_sync(STRICT, set(), P(1, "a"), {}) == Desired(NO_PROMISE, C(1, WILDCARD))
+def test_desired_no_standby_strict_waits_for_any_member_that_may_be_synchronous_by_name() -> None:
+    # Not "*", which any walsender satisfies, a logical subscriber's too.
+    assert desired_sync(STRICT, set(), P(1, "a"), {}, "ab") == Desired(NO_PROMISE, C(1, "a", "b"))
+    # No member that could be synchronous: a name no member can have; commits wait for one.
+    assert desired_sync(STRICT, set(), P(1, "a"), {}, ()) == Desired(NO_PROMISE, C(1, NO_STANDBY))
 
 
 def test_desired_off() -> None:
-    assert desired_sync(ClusterSettings(), {"a"}, P(1, "a"), {}) == Desired(NO_PROMISE, NO_SYNC)
+    assert desired_sync(ClusterSettings(), {"a"}, P(1, "a"), {}, "a") == Desired(NO_PROMISE, NO_SYNC)
 
 
 # -- confirmed -------------------------------------------------------------------------------
@@ -219,15 +225,25 @@ def test_go_async_when_no_standby_non_strict() -> None:
 
 
 def test_strict_no_standby_waits_for_any_standby() -> None:
-    d = desired_sync(STRICT, set(), P(1, "a"), {})
+    d = desired_sync(STRICT, set(), P(1, "a"), {}, "ab")
     assert next_step(C(1, "a"), P(1, "a"), d, [], 0) == Step(store=NO_PROMISE)
-    assert next_step(C(1, "a"), NO_PROMISE, d, [], 0) == Step(pg=C(1, WILDCARD))
-    assert next_step(C(1, WILDCARD), NO_PROMISE, d, [], 0) == Step()
+    assert next_step(C(1, "a"), NO_PROMISE, d, [], 0) == Step(pg=C(1, "a", "b"))
+    assert next_step(C(1, "a", "b"), NO_PROMISE, d, [], 0) == Step()
 
 
 def test_strict_wildcard_to_named_standby() -> None:
-    d = desired_sync(STRICT, {"b"}, NO_PROMISE, {})
+    # A server left waiting for "*" (set by an older pgwarden) moves to named standbys.
+    d = desired_sync(STRICT, {"b"}, NO_PROMISE, {}, "b")
     assert next_step(C(1, WILDCARD), NO_PROMISE, d, [stat("b", 10)], 5) == Step(pg=C(1, "b"))
+    d = desired_sync(STRICT, set(), NO_PROMISE, {}, "b")
+    assert next_step(C(1, WILDCARD), NO_PROMISE, d, [], 5) == Step(pg=C(1, "b"))
+
+
+def test_strict_fallback_names_every_member_but_me_and_the_nosync_ones() -> None:
+    v = view("a", [member("a"), member("b"), member("c", tags={"nosync": True})])
+    assert sync_peers(v, "a") == {"b"}
+    assert sync_peers(None, "a") == frozenset()
+    assert strict_wait(()) == C(1, NO_STANDBY) and strict_wait("bd") == C(1, "b", "d")
 
 
 # -- may_promote -----------------------------------------------------------------------------
@@ -290,6 +306,7 @@ def test_a_new_primary_waits_for_any_standby_only_in_strict_mode() -> None:
     from pgwarden.core.sync import after_promotion
 
     strict = ClusterSettings(synchronous_mode=SyncMode.ON, synchronous_mode_strict=True)
-    assert after_promotion(strict, None, "n1") == SyncConfig(1, frozenset({"*"}))
-    assert after_promotion(ClusterSettings(synchronous_mode=SyncMode.QUORUM), None, "n1") == NO_SYNC
-    assert after_promotion(ClusterSettings(synchronous_mode_strict=True), None, "n1") == NO_SYNC  # mode off
+    assert after_promotion(strict, None, "n1", ("n1", "n2")) == SyncConfig(1, frozenset({"n2"}))
+    assert after_promotion(ClusterSettings(synchronous_mode=SyncMode.QUORUM), None, "n1", ("n2",)) == NO_SYNC
+    mode_off = ClusterSettings(synchronous_mode_strict=True)
+    assert after_promotion(mode_off, None, "n1", ("n2",)) == NO_SYNC

@@ -128,7 +128,7 @@ class SyncWorld(RuleBasedStateMachine):
     def leader_loop(self) -> None:
         eligible = {s for s in self.standbys if self.connected[s] and s not in self.nosync}
         lag = {s: self.lsn - self.flush[s] for s in eligible}
-        want = desired_sync(self.cfg, eligible, self.store, lag)
+        want = desired_sync(self.cfg, eligible, self.store, lag, set(self.standbys) - self.nosync)
         stats = [ReplicationStat(s, "streaming", "async", self.flush[s])
                  for s in self.standbys if self.connected[s]]
         step = next_step(self.pg, self.store, want, stats, self.applied)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,3 +142,43 @@ def test_a_commit_on_the_primary_alone_never_reaches_the_subscriber_through_a_fa
     src.start_node(old)
     src.wait_replicas([old], timeout=120)
 
+
+def test_strict_mode_without_a_standby_does_not_take_the_subscriber_for_one(src: Cluster) -> None:
+    """Rule 8 with a subscriber: with every standby gone, a strict primary must hold each commit
+    until a standby has it. Waiting for "*" would let the subscription's walsender (logical, but
+    a walsender all the same) acknowledge it; the primary waits for its peers by name instead."""
+    primary = src.wait_primary()
+    standbys = [n for n in src.names if n != primary]
+    before = src.sql(primary, "SHOW synchronous_standby_names")[0][0]
+    for n in standbys:
+        src.stop_node(n)
+    try:
+        def settled() -> bool:
+            """The store's synchronous set emptied, then the primary's setting moved on."""
+            code, body = src.http("GET", primary, "/cluster")
+            emptied = code == 200 and not (body.get("sync") or {}).get("members")
+            return emptied and src.sql(primary, "SHOW synchronous_standby_names")[0][0] != before
+        wait_for(settled, 30, "the leader settled on having no synchronous standby")
+        # The stopped peers by name, or a name no member has once their keys are gone; never
+        # "*", under which PostgreSQL counts the subscription's walsender as a synchronous one.
+        names = str(src.sql(primary, "SHOW synchronous_standby_names")[0][0])
+        assert names.startswith("ANY 1 (") and "*" not in names, names
+        assert src.sql(primary, "SELECT application_name, sync_state FROM pg_stat_replication") == \
+            [("gated", "async")]
+        done = threading.Event()
+        def commit() -> None:
+            src.sql(primary, f"INSERT INTO acked VALUES ({MARKER + 1}, 98)")
+            done.set()
+        t = threading.Thread(target=commit, daemon=True)
+        t.start()
+        wait_for(lambda: src.sql(primary, "SELECT count(*) FROM pg_stat_activity "
+                                          "WHERE wait_event = 'SyncRep'") == [(1,)], 10,
+                 "the commit waiting for a synchronous standby")
+        # The subscription keeps streaming all along; nothing it does may release the commit.
+        assert not done.wait(3.0), "a strict primary with no standby acknowledged a commit"
+    finally:
+        for n in standbys:
+            src.start_node(n)
+    src.wait_replicas(standbys, timeout=120)
+    assert done.wait(30), "the commit was not released once a standby had it"
+    t.join(5)

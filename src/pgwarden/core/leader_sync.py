@@ -28,7 +28,7 @@ def leader_sync_actions(obs: Observation, view: ClusterView) -> tuple[list[Actio
     if not view.settings.synchronous and promise.empty and obs.pg.sync.empty:
         return [], ""
     eligible, lag = _eligible_sync(obs, view)
-    want = sync.desired_sync(view.settings, eligible, promise, lag)
+    want = sync.desired_sync(view.settings, eligible, promise, lag, sync.sync_peers(view, obs.me.name))
     step = sync.next_step(obs.pg.sync, promise, want, obs.pg.replication, obs.pg.sync_applied_lsn)
     if stored is None and step.pg is not None and not step.pg.empty:
         # Rule 6: no record in the store means "no synchronous promise", under which any member

@@ -167,8 +167,9 @@ def _may_leave(obs: Observation, leader: MemberInfo) -> bool:
     """Only where another streaming standby that may be synchronous can stand in. With none,
     leaving would empty the synchronous promise: not strict, the primary would commit
     asynchronously for as long as we wait (up to COPY_TURN_PATIENCE when the copy cannot be
-    made yet); strict, it would wait for any standby ("*"), which a logical subscriber's
-    walsender satisfies. The restart's short hold-up is the lesser cost."""
+    made yet); strict, it would wait for any member that may be synchronous, this one among
+    them (sync.strict_wait), so leaving gains nothing. The restart's short hold-up is the lesser
+    cost."""
     view = obs.store
     if view is None:
         return False

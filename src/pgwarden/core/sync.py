@@ -16,10 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from pgwarden.core.model import NO_SYNC, ReplicationStat, SyncConfig, SyncState
+from pgwarden.core.model import NO_SYNC, ClusterView, ReplicationStat, SyncConfig, SyncState
 from pgwarden.core.settings import ClusterSettings, SyncMode
 
-WILDCARD = "*"
+WILDCARD = "*"  # only read back from a server set by hand or by an older pgwarden
+
+# Strict mode with no standby that may be synchronous waits for the members that could be one,
+# by name (`strict_wait`). Not "*": PostgreSQL takes any walsender for it, a logical
+# subscriber's too, and would acknowledge commits that no standby has. With no such member, this
+# name, which no member can have (member names are [A-Za-z0-9_.-]): commits wait until one joins.
+NO_STANDBY = "pgwarden: no standby"
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,22 @@ class Desired:
     pg: SyncConfig  # what the primary should wait for once the promise is in the store
 
 
-def after_promotion(settings: ClusterSettings, stored: SyncState | None, me: str) -> SyncConfig:
+def sync_peers(view: ClusterView | None, me: str) -> frozenset[str]:
+    """The members other than `me` that may ever be synchronous (not tagged nosync), streaming
+    now or not: what strict mode waits for when none may be chosen now."""
+    if view is None:
+        return frozenset()
+    return frozenset(n for n, m in view.members.items() if n != me and not m.tags.nosync)
+
+
+def strict_wait(peers: Iterable[str]) -> SyncConfig:
+    """Strict mode with no synchronous standby: any one of `peers` by name (NO_STANDBY if none)."""
+    names = frozenset(peers)
+    return SyncConfig(1, names or frozenset({NO_STANDBY}))
+
+
+def after_promotion(settings: ClusterSettings, stored: SyncState | None, me: str,
+                    peers: Iterable[str]) -> SyncConfig:
     """What a new primary waits for from its first commit, before its HA loop manages synchronous
     replication (rules 6, 8).
 
@@ -74,14 +95,14 @@ def after_promotion(settings: ClusterSettings, stored: SyncState | None, me: str
     another member has every commit (a leader promoting again after it demoted itself, say) would
     let that member be promoted later without them. Never the set the server may carry from an
     earlier term: that can name a dead member the promise no longer does. With nothing left to
-    wait for, strict mode waits for any standby (rule 8).
+    wait for, strict mode waits for any of `peers` (rule 8; `strict_wait`).
     """
     if stored is not None and not stored.empty:
         need = stored.quorum - (1 if me in stored.members else 0)
         if need > 0:
             return SyncConfig(need, frozenset(stored.members - {me}))
     if settings.synchronous and settings.synchronous_mode_strict:
-        return SyncConfig(1, frozenset({WILDCARD}))
+        return strict_wait(set(peers) - {me})
     return NO_SYNC
 
 
@@ -90,11 +111,14 @@ def desired_sync(
     eligible: Iterable[str],
     current: Promise,
     lag: Mapping[str, int],
+    peers: Iterable[str],
 ) -> Desired:
     """What to aim for given the healthy standbys that may be synchronous.
 
     `eligible`: streaming from this primary, not tagged nosync. `lag`: bytes behind, to prefer
     the closest standbys. Members already promised stay first, so a healthy set does not churn.
+    `peers`: every member that may ever be synchronous (`sync_peers`), what strict mode waits
+    for while none is eligible.
     """
     names = sorted(set(eligible), key=lambda n: (n not in current.members, lag.get(n, 1 << 62), n))
     mode = settings.synchronous_mode
@@ -102,7 +126,7 @@ def desired_sync(
         return Desired(NO_PROMISE, NO_SYNC)
     if not names:
         if settings.synchronous_mode_strict:
-            return Desired(NO_PROMISE, SyncConfig(1, frozenset({WILDCARD})))
+            return Desired(NO_PROMISE, strict_wait(peers))
         return Desired(NO_PROMISE, NO_SYNC)
     n = settings.synchronous_node_count
     if mode == SyncMode.ON:

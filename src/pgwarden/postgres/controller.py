@@ -151,7 +151,7 @@ class PostgresController(DataDirectory):
         """
         deadline = time.monotonic() + timeout
         if sync_after is None:
-            sync_after = core_sync.after_promotion(self._settings_provider(), None, self._cfg.name)
+            sync_after = core_sync.after_promotion(self._settings_provider(), None, self._cfg.name, ())
         try:
             with self._local(timeout) as conn:
                 standby = sql.query_live_sync(conn).in_recovery
