@@ -14,6 +14,7 @@ import pytest
 
 from pgwarden.config.schema import ClusterSettings, SyncMode
 from pgwarden.core.model import SyncConfig
+from pgwarden.core.sync import NO_STANDBY
 from pgwarden.postgres import sql as pgsql_module
 from pgwarden.postgres.controller import PostgresController, PostgresError
 from tests.support.pg import (
@@ -146,7 +147,9 @@ def test_new_primary_enforces_strict_sync_from_its_first_commit(
 
         assert spy.seen["signal_before"] is True, "standby.signal removed before pg_promote"
         assert spy.seen["in_recovery"] is False
-        assert spy.seen["sync_names"] == "*", (
+        # With no view of the cluster (promote() called without the core's setting): a name no
+        # member has, so every commit waits (rule 8) until the HA loop names the members.
+        assert spy.seen["sync_names"] == f'ANY 1 ("{NO_STANDBY}")', (
             f"right after pg_promote the new primary ran synchronous_standby_names = "
             f"{spy.seen['sync_names']!r}")
         blocked, what = spy.seen["commit"]
@@ -154,9 +157,9 @@ def test_new_primary_enforces_strict_sync_from_its_first_commit(
 
         # And after promote() returns, of course.
         assert not (b.data_dir / "standby.signal").exists()
-        assert query(b._cfg, "SHOW synchronous_standby_names") == [("*",)]
+        assert query(b._cfg, "SHOW synchronous_standby_names") == [(f'ANY 1 ("{NO_STANDBY}")',)]
         v = b.observe(2)
-        assert v.in_recovery is False and v.sync == SyncConfig(1, frozenset({"*"}))
+        assert v.in_recovery is False and v.sync == SyncConfig(1, frozenset({NO_STANDBY}))
         assert v.sync_applied_lsn is not None
         blocked, what = _commit_blocks(b, "written_after_promote")
         assert blocked, what
