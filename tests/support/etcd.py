@@ -15,6 +15,7 @@ import urllib3
 from pgwarden.procinfo import stopped
 from pgwarden.store.etcd_binary import find_etcd_binary
 from tests.support.ports import free_port
+from tests.support.server_exit import raise_if_exited
 from tests.support.wait import wait_for
 
 
@@ -97,14 +98,7 @@ class EtcdServer:
             raise
 
     def check_running(self) -> None:
-        """Raise, with the exit status and the log's tail, if the server died under a test that
-        did not stop it (a session server shared by many tests): the tests' own errors would
-        only say that nothing answers."""
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"etcd on {self.endpoint} (pid {proc.pid}) exited with "
-                               f"{proc.returncode} while tests used it:\n{tail}")
+        raise_if_exited(self._proc, self.log_path, f"etcd on {self.endpoint}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

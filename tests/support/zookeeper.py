@@ -15,6 +15,7 @@ from pgwarden.local.zookeeper import MAX_SESSION_MS, MIN_SESSION_MS, TICK_MS, co
 from pgwarden.local.zookeeper import zookeeper_available as zookeeper_available
 from pgwarden.procinfo import stopped
 from tests.support.ports import free_port
+from tests.support.server_exit import raise_if_exited
 from tests.support.wait import wait_for
 
 
@@ -96,14 +97,7 @@ class ZooKeeperServer:
             raise
 
     def check_running(self) -> None:
-        """Raise, with the exit status and the log's tail, if the server died under a test that
-        did not stop it (a session server shared by many tests): the tests' own errors would
-        only say that nothing answers."""
-        proc = self._proc
-        if proc is not None and proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"zookeeper on {self.endpoint} (pid {proc.pid}) exited with "
-                               f"{proc.returncode} while tests used it:\n{tail}")
+        raise_if_exited(self._proc, self.log_path, f"zookeeper on {self.endpoint}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
