@@ -40,7 +40,7 @@ class Outcome:
 
 def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, ...] | None = None,
                writers: int = 4, log: Callable[[str], None] = print, store: str = "etcd",
-               failsafe: bool = False) -> Outcome:
+               failsafe: bool = False, strict: bool = False) -> Outcome:
     lines: list[str] = []
 
     def say(text: str) -> None:
@@ -49,14 +49,16 @@ def experiment(sync: str | None, seed: int, duration: float, kinds: tuple[str, .
 
     with Network() as net:
         cl = FaultCluster(net, sync=sync, log=say, store=store)
-        if failsafe:
-            cl.settings = seed_settings(sync, ("failsafe=on",))
+        sets = (*(("failsafe=on",) if failsafe else ()),
+                *(("synchronous_mode_strict=true",) if strict else ()))
+        if sets:
+            cl.settings = seed_settings(sync, sets)
         steps = draw(seed, duration, cl.ttl, kinds if kinds is not None else kinds_for(store, failsafe))
         out = Outcome(seed, sync, steps)
         only = f" --fault-kinds {','.join(kinds)}" if kinds is not None else ""
         say(f"fault schedule seed {seed} (replay: pytest tests/faults/test_faults.py --seed {seed} "
             f"--duration {duration:g}{only}), store {store}, synchronous_mode {sync or 'off'}, "
-            f"failsafe {'on' if failsafe else 'off'}, "
+            f"failsafe {'on' if failsafe else 'off'}{', strict' if strict else ''}, "
             f"ttl {cl.ttl:g}s, network 10.77.{net.octet}.0/24, dir {cl.dir}")
         for s in steps:
             say(f"  {s.describe()}")

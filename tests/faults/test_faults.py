@@ -33,13 +33,14 @@ def netns_ok() -> None:
 
 
 @pytest.mark.fault_run
-@pytest.mark.parametrize(("store", "sync", "failsafe"), [
-    ("etcd", None, False), ("etcd", "on", False), ("etcd", "quorum", False), ("zookeeper", None, False),
-    ("raft", None, False), ("etcd", None, True), ("etcd", "on", True),
+@pytest.mark.parametrize(("store", "sync", "failsafe", "strict"), [
+    ("etcd", None, False, False), ("etcd", "on", False, False), ("etcd", "quorum", False, False),
+    ("zookeeper", None, False, False), ("raft", None, False, False), ("etcd", None, True, False),
+    ("etcd", "on", True, False), ("etcd", "on", False, True),
 ], ids=["etcd-async", "etcd-sync-on", "etcd-sync-quorum", "zookeeper-async", "raft-async", "etcd-failsafe",
-        "etcd-sync-on-failsafe"])
+        "etcd-sync-on-failsafe", "etcd-sync-strict"])
 def test_checker_finds_no_violation_under_random_faults(
-        store: str, sync: str | None, failsafe: bool, netns_ok: None,
+        store: str, sync: str | None, failsafe: bool, strict: bool, netns_ok: None,
         request: pytest.FixtureRequest) -> None:
     if store == "zookeeper" and not zookeeper_available():
         pytest.skip("no ZooKeeper: install Debian's `zookeeper` package (and java)")
@@ -52,7 +53,7 @@ def test_checker_finds_no_violation_under_random_faults(
     chosen = seed(request.config)
     run_seed = chosen if chosen is not None else random.SystemRandom().randrange(2**31)
     out = experiment(sync, run_seed, duration(request.config), kinds=kinds, store=store,
-                     failsafe=failsafe)
+                     failsafe=failsafe, strict=strict)
     assert out.acks > 0, out.report
     assert not out.violations, f"seed {run_seed}: checker found violations\n{out.report}"
     assert not out.not_converged, f"seed {run_seed}: cluster did not converge\n{out.report}"
