@@ -179,9 +179,14 @@ def test_a_new_slot_waits_until_its_snapshot_is_confirmed(pair: Pair) -> None:
 
     t = threading.Thread(target=subscribe, daemon=True)
     t.start()
-    wait_for(lambda: p.gate.holding(), 30, "the gate to hold the new slot's answer")
-    assert not done and p.sql(p.src, "SELECT count(*) FROM pg_replication_slots "
-                                     "WHERE slot_name = 'sub_late'") == [(1,)]
+    # The gate holds the existing subscription's stream too (the same local-only commit), so its
+    # holding says nothing about the new slot until that slot exists: wait for both.
+    wait_for(lambda: p.sql(p.src, "SELECT count(*) FROM pg_replication_slots "
+                                  "WHERE slot_name = 'sub_late'") == [(1,)] and bool(p.gate.holding()),
+             30, "the new slot made on the source and the gate holding")
+    # Not let through: CREATE SUBSCRIPTION would return within moments of the slot's answer.
+    t.join(1.0)
+    assert not done, f"CREATE SUBSCRIPTION returned while its slot's answer should wait: {done}"
     set_standby_names(p, "")
     t.join(30)
     assert done == [None]
