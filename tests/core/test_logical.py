@@ -109,3 +109,15 @@ def test_a_name_taken_by_someone_else_is_reported_by_the_leader() -> None:
     d = decide(leader_obs(primary_pg(logical=have), view("n1", cluster=cluster)))
     assert "not made by pgwarden" in d.message
     assert not any(isinstance(a, ApplyLogical) for a in d.actions)
+
+
+@pytest.mark.parametrize(("source", "subscriber", "names", "gated", "open_"), [
+    (15, 18, "ANY 1 (n2)", False, True),
+    (16, 16, "n2", False, True),
+    (18, 15, "ANY 1 (n2)", False, True),  # no failover slot for a pre-17 subscriber
+    (18, 17, "ANY 1 (n2)", False, False),  # failover slot: synchronized_standby_slots
+    (15, 18, "ANY 1 (n2)", True, False),  # through the gate
+    (15, 18, "", False, False),  # no synchronous standby
+])
+def test_the_asynchronous_window(source: int, subscriber: int, names: str, gated: bool, open_: bool) -> None:
+    assert (L.window_reason(source, subscriber, names, gated) is not None) == open_

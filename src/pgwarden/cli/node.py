@@ -33,7 +33,7 @@ from pgwarden.config.schema import ClusterSettings, NodeConfig
 from pgwarden.core.history import merge_history
 from pgwarden.core.manual import Writable, before_start, fork_refusal
 from pgwarden.core.model import ClusterView, DataState, MemberInfo, PgView, Role
-from pgwarden.core.sync import after_promotion, sync_peers
+from pgwarden.core.sync import after_promotion_in
 from pgwarden.errors import CliError
 from pgwarden.store.base import StoreUnavailable
 from pgwarden.store.cluster import ClusterStore
@@ -334,7 +334,7 @@ def cmd_promote(args: argparse.Namespace, node: Node) -> int:
             node.pg.stop("fast", PG_TIMEOUT)
         raise Refused(refusal)
     # From its first commit, the new primary keeps the store's synchronous promise (rule 6).
-    node.pg.promote(PG_TIMEOUT, after_promotion(view.settings, view.sync, name, sync_peers(view, name)))
+    node.pg.promote(PG_TIMEOUT, after_promotion_in(view, name))
     after = node.pg.observe(PG_TIMEOUT)
     if after.timeline is not None:
         _publish_history(node, view, after.timeline)

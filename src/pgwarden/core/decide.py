@@ -238,7 +238,7 @@ def _as_leader(obs: Observation, view: ClusterView) -> Decision:
         # still ours (renewed first; the runner checks the deadline again just before starting).
         return Decision((*renew, StartPostgres("primary")), "leader; restarting PostgreSQL in place")
     if pg.in_recovery:
-        after = sync.after_promotion(settings, view.sync, obs.me.name, sync.sync_peers(view, obs.me.name))
+        after = sync.after_promotion_in(view, obs.me.name)
         return Decision((*renew, Promote(after, "the leader's standby promoted (after a restart or retry)")),
                         "holding the lease: promoting")
     if not pg.healthy:

@@ -137,7 +137,7 @@ def _try_promote(obs: Observation, view: ClusterView, explicit: bool, note: str 
         if top is not None and top.name != obs.me.name:
             return Decision((), f"no leader; {top.name} is the better candidate, waiting for it")
     req = view.failover
-    after = sync.after_promotion(view.settings, view.sync, obs.me.name, sync.sync_peers(view, obs.me.name))
+    after = sync.after_promotion_in(view, obs.me.name)
     if crashed:
         assert view.leader is not None and view.sync is not None
         why = f"automatic failover: {fast_path.describe(obs)} (fast path, before the lease ran out)"

@@ -212,3 +212,22 @@ def reconcile(pubs: tuple[PublicationSpec, ...], subs: tuple[SubscriptionSpec, .
 
 
 _ABSENT = "\0absent"
+
+
+def failover_slots(source_major: int, subscriber_major: int) -> bool:
+    """A subscription's slot is a failover slot (`failover = true`) when both sides run 17+."""
+    return source_major >= 17 and subscriber_major >= 17
+
+
+def window_reason(source_major: int, subscriber_major: int, sync_names: str, gated: bool) -> str | None:
+    """Why a subscription could apply a transaction the source's synchronous standbys lack
+    (docs/logical-replication.md, "The asynchronous window"), or None when it cannot: through a
+    logical gate, with a failover slot (synchronized_standby_slots holds its walsender back), or
+    with no synchronous standby at all. A subscriber before 17 cannot ask for a failover slot, so
+    its slot on a 17+ source is an ordinary one that nothing holds back."""
+    if gated or not sync_names or failover_slots(source_major, subscriber_major):
+        return None
+    if source_major >= 17:
+        return (f"this subscriber runs PostgreSQL {subscriber_major}, which cannot make a failover "
+                f"slot on the PostgreSQL {source_major} source with synchronous standbys ({sync_names})")
+    return f"the source runs PostgreSQL {source_major} with synchronous standbys ({sync_names})"

@@ -130,8 +130,7 @@ def _leader_plan(obs: Observation) -> tuple[MemberInfo, SlotPlan] | None:
 def pending_copies(obs: Observation) -> frozenset[str]:
     """The leader's slots this candidate would copy (and restart to load) this loop, turns
     aside: the agent's `CopyClock` follows it, and bounds the wait for a turn with it."""
-    lp = _leader_plan(obs)
-    return lp[1].copy if lp is not None else frozenset()
+    return copy_state(obs)[0]
 
 
 def copy_state(obs: Observation) -> tuple[frozenset[str], bool]:
@@ -151,8 +150,7 @@ def leaving_sync(obs: Observation) -> bool:
     another standby can take its place (`_may_leave`). Not past COPY_TURN_PATIENCE: the restart
     then goes ahead anyway, and a copy that keeps failing must not keep this standby out of
     the synchronous set for good."""
-    lp = _leader_plan(obs)
-    return lp is not None and _leaving(obs, *lp)
+    return copy_state(obs)[1]
 
 
 def _leaving(obs: Observation, leader: MemberInfo, p: SlotPlan) -> bool:

@@ -106,6 +106,11 @@ def after_promotion(settings: ClusterSettings, stored: SyncState | None, me: str
     return NO_SYNC
 
 
+def after_promotion_in(view: ClusterView, me: str) -> SyncConfig:
+    """`after_promotion` for `me` from one read of the store."""
+    return after_promotion(view.settings, view.sync, me, sync_peers(view, me))
+
+
 def desired_sync(
     settings: ClusterSettings,
     eligible: Iterable[str],

@@ -73,28 +73,12 @@ def source_connect(dsn: str, timeout: float) -> psycopg.Connection[Any]:
 
 
 def window_open(src: psycopg.Connection[Any], subscriber_major: int) -> str | None:
-    """Why a subscription over `src` made on a PostgreSQL `subscriber_major` server could apply a
-    transaction the source's synchronous standbys lack (docs/logical-replication.md, "The
-    asynchronous window"), or None when it cannot: through a logical gate, with a failover slot
-    (both sides 17+: synchronized_standby_slots holds its walsender back), or with no synchronous
-    standby at all. A subscriber before 17 cannot ask for a failover slot, so its slot on a 17+
-    source is an ordinary one that nothing holds back."""
-    if src.info.parameter_status(GATE_PARAMETER) == "on":
-        return None
-    major = src.info.server_version // 10000
+    """`core.logical.window_reason` for a subscription over `src` made on a PostgreSQL
+    `subscriber_major` server."""
     row = src.execute("SELECT current_setting('synchronous_standby_names')").fetchone()
-    names = str(row[0]) if row else ""
-    if not names or failover_slots(major, subscriber_major):
-        return None
-    if major >= 17:
-        return (f"this subscriber runs PostgreSQL {subscriber_major}, which cannot make a failover "
-                f"slot on the PostgreSQL {major} source with synchronous standbys ({names})")
-    return f"the source runs PostgreSQL {major} with synchronous standbys ({names})"
-
-
-def failover_slots(source_major: int, subscriber_major: int) -> bool:
-    """A subscription's slot is a failover slot (`failover = true`) when both sides run 17+."""
-    return source_major >= 17 and subscriber_major >= 17
+    return L.window_reason(src.info.server_version // 10000, subscriber_major,
+                           str(row[0]) if row else "",
+                           src.info.parameter_status(GATE_PARAMETER) == "on")
 
 
 @dataclass(frozen=True)
@@ -182,7 +166,7 @@ def create_subscription(conn: psycopg.Connection[Any], spec: L.SubscriptionSpec,
     made = create_tables(conn, tables) if tables else []
     ours = conn.info.server_version // 10000
     opts: list[Q.Composable] = [Q.SQL("copy_data = {}").format(Q.SQL("true" if spec.copy_data else "false"))]
-    if failover_slots(src_version, ours):
+    if L.failover_slots(src_version, ours):
         opts.append(Q.SQL("failover = true"))
     try:
         conn.execute(Q.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH ({})").format(
